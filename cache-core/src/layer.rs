@@ -1,0 +1,171 @@
+//! The [`CacheLayer`] trait and the `Send`-outside-wasm plumbing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{Entry, Error, Operation, Result};
+
+/// `Send` on native targets, nothing on wasm32, where JS values are `!Send` and
+/// everything runs on one thread. (The matrix-rust-sdk pattern.)
+#[cfg(not(target_family = "wasm"))]
+pub trait MaybeSend: Send {}
+#[cfg(not(target_family = "wasm"))]
+impl<T: Send + ?Sized> MaybeSend for T {}
+/// `Send` on native targets, nothing on wasm32, where JS values are `!Send` and
+/// everything runs on one thread. (The matrix-rust-sdk pattern.)
+#[cfg(target_family = "wasm")]
+pub trait MaybeSend {}
+#[cfg(target_family = "wasm")]
+impl<T: ?Sized> MaybeSend for T {}
+
+/// `Sync` on native targets, nothing on wasm32.
+#[cfg(not(target_family = "wasm"))]
+pub trait MaybeSync: Sync {}
+#[cfg(not(target_family = "wasm"))]
+impl<T: Sync + ?Sized> MaybeSync for T {}
+/// `Sync` on native targets, nothing on wasm32.
+#[cfg(target_family = "wasm")]
+pub trait MaybeSync {}
+#[cfg(target_family = "wasm")]
+impl<T: ?Sized> MaybeSync for T {}
+
+/// A boxed future that is `Send` on native targets and not on wasm32.
+#[cfg(not(target_family = "wasm"))]
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future that is `Send` on native targets and not on wasm32.
+#[cfg(target_family = "wasm")]
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// One cache tier: a store of [`Entry`] values keyed by `K`.
+///
+/// # Contract
+///
+/// - `get` never returns an entry at or after its `expires_at`, whatever the
+///   backend still holds: every read is checked against the tier's clock.
+/// - `put` stores the entry until `min(entry.expires_at, now + tier_ttl)` when the
+///   tier has its own TTL; putting an already-expired entry leaves the key absent.
+/// - A key reaches only its own entry: stores with key syntax encode keys (see
+///   [`crate::key`]) and keep to their namespace.
+/// - A value the backend holds but cannot decode is a miss (and is removed), not
+///   an error for the reader.
+/// - `remove` says whether an entry was removed. `remove_prefix` and `clear` touch
+///   only this tier's own keys.
+/// - Errors are [`Error`]s; a tier never panics on bad input or a failing backend.
+///
+/// The futures are `Send` on native targets and `?Send` on wasm32. The trait is
+/// object-safe: chains hold tiers as `Arc<dyn CacheLayer<K, V>>`.
+///
+/// Every tier in this workspace runs the shared conformance suite
+/// (`cache_core::conformance`, feature `conformance`).
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use cache_core::{CacheLayer, Clock, Entry, ManualClock, MemoryTier};
+///
+/// # futures_executor::block_on(async {
+/// let clock = ManualClock::new();
+/// let tier: Arc<dyn CacheLayer<String, String>> =
+///     Arc::new(MemoryTier::builder().clock(clock.clone()).build());
+/// let key = "avatar:42".to_string();
+/// tier.put(&key, Entry::expiring_in("v1".into(), clock.now(), Duration::from_secs(60))).await?;
+/// assert_eq!(tier.get(&key).await?.map(|e| e.value).as_deref(), Some("v1"));
+/// clock.advance(Duration::from_secs(60));
+/// assert!(tier.get(&key).await?.is_none());
+/// # Ok::<_, cache_core::Error>(()) }).unwrap();
+/// ```
+#[cfg_attr(not(target_family = "wasm"), async_trait)]
+#[cfg_attr(target_family = "wasm", async_trait(?Send))]
+pub trait CacheLayer<K, V>: MaybeSend + MaybeSync
+where
+    K: MaybeSend + MaybeSync + 'static,
+    V: MaybeSend + 'static,
+{
+    /// A short name for errors and metrics, e.g. `"memory"` or `"redis"`.
+    fn name(&self) -> &str;
+
+    /// The unexpired entry for `key`, if any.
+    async fn get(&self, key: &K) -> Result<Option<Entry<V>>>;
+
+    /// Stores `entry` under `key`, replacing any previous entry.
+    async fn put(&self, key: &K, entry: Entry<V>) -> Result<()>;
+
+    /// Removes `key`; `true` if an entry was there.
+    async fn remove(&self, key: &K) -> Result<bool>;
+
+    /// Removes every key whose string form starts with `prefix`.
+    ///
+    /// The default says the operation is unsupported.
+    async fn remove_prefix(&self, prefix: &str) -> Result<()> {
+        let _ = prefix;
+        Err(Error::Unsupported {
+            tier: self.name().to_owned(),
+            operation: Operation::RemovePrefix,
+        })
+    }
+
+    /// Removes every entry of this tier (and only of this tier).
+    async fn clear(&self) -> Result<()>;
+
+    /// The entries for `keys`, in order. The default calls [`CacheLayer::get`] for
+    /// each key; tiers with a batch command override it (one round trip).
+    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stores every entry. The default calls [`CacheLayer::put`] for each.
+    async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
+        for (key, entry) in entries {
+            self.put(&key, entry).await?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! forward_layer {
+    ($($ptr:ty),*) => {$(
+        #[cfg_attr(not(target_family = "wasm"), async_trait)]
+        #[cfg_attr(target_family = "wasm", async_trait(?Send))]
+        impl<K, V, T> CacheLayer<K, V> for $ptr
+        where
+            K: MaybeSend + MaybeSync + 'static,
+            V: MaybeSend + 'static,
+            T: CacheLayer<K, V> + ?Sized,
+        {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
+                (**self).get(key).await
+            }
+            async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
+                (**self).put(key, entry).await
+            }
+            async fn remove(&self, key: &K) -> Result<bool> {
+                (**self).remove(key).await
+            }
+            async fn remove_prefix(&self, prefix: &str) -> Result<()> {
+                (**self).remove_prefix(prefix).await
+            }
+            async fn clear(&self) -> Result<()> {
+                (**self).clear().await
+            }
+            async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
+                (**self).get_many(keys).await
+            }
+            async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
+                (**self).put_many(entries).await
+            }
+        }
+    )*};
+}
+forward_layer!(&T, Arc<T>, Box<T>);

@@ -1,0 +1,76 @@
+//! # cache-core
+//!
+//! The core of a multi-tier cache: one small trait for a tier, and a chain that
+//! puts tiers in order in front of an origin and keeps them correct together.
+//!
+//! - [`CacheLayer`]: a tier (async get / put / remove / clear, batch get / put).
+//!   Object-safe, `Send` futures on native and `?Send` on wasm32.
+//! - [`TieredCache`]: ordered tiers with TTLs and timeouts, an origin loader,
+//!   backfill, fail-open reads with circuit breakers, single-flight loads, and
+//!   invalidation that reports every tier's outcome and stops racing loads from
+//!   writing stale values back. Its docs hold the full contract.
+//! - [`Entry`], [`Timestamp`], [`Clock`] ([`SystemClock`], [`ManualClock`]): absolute
+//!   expiry on an injected wall clock (wasm-safe).
+//! - [`MemoryTier`]: an LRU tier bounded by entries and bytes; native and wasm32.
+//! - [`FaultTier`]: fails, delays or hangs a tier on demand, for tests.
+//! - [`Observer`]: every hit, miss, error, timeout, backfill, invalidation and
+//!   origin load, with tier, latency and bytes. The `monitor` crate implements it.
+//! - [`key`]: key validation and an injective, syntax-free encoding for stores.
+//! - `conformance` (feature `conformance`): the test suite every tier runs.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use cache_core::{loader_fn, BoxError, Clock, Entry, MemoryTier, Source, SystemClock, Tier, TieredCache};
+//!
+//! # futures_executor::block_on(async {
+//! let cache = TieredCache::builder()
+//!     .tier(Tier::new(MemoryTier::builder().name("hot").max_entries(1_000).build()).ttl(Duration::from_secs(60)))
+//!     .tier(Tier::new(MemoryTier::builder().name("warm").build()).ttl(Duration::from_secs(3_000)))
+//!     .origin(loader_fn(|id: u64| async move {
+//!         Ok::<_, BoxError>(Some(Entry::expiring_in(format!("avatar-{id}"), SystemClock.now(), Duration::from_secs(3_600))))
+//!     }))
+//!     .build();
+//!
+//! assert_eq!(cache.get(&1).await?.unwrap().source, Source::Origin);
+//! assert_eq!(cache.get(&1).await?.unwrap().source, Source::Tier { index: 0, name: "hot" });
+//! # Ok::<_, cache_core::Error>(()) }).unwrap();
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod entry;
+mod error;
+mod fault;
+pub mod key;
+mod layer;
+mod memory;
+mod observer;
+mod report;
+mod size;
+mod tiered;
+mod time;
+mod timer;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use entry::Entry;
+pub use error::{BoxError, Error, Operation, Result, SharedError};
+pub use fault::{FaultHandle, FaultTier, InjectedFault};
+pub use key::{CacheKey, KeyError};
+pub use layer::{BoxFuture, CacheLayer, MaybeSend, MaybeSync};
+pub use memory::{MemoryTier, MemoryTierBuilder};
+pub use observer::{Event, EventKind, EventSource, Observer};
+pub use report::{ChainOp, TierAction, TierOutcome, TierReport};
+pub use size::ByteSize;
+pub use tiered::{
+    loader_fn, ExpiredFromOrigin, FnLoader, Loader, Lookup, Source, Tier, TierSelection,
+    TieredCache, TieredCacheBuilder, DEFAULT_BREAKER,
+};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use timer::{DefaultTimer, Timer};
+
+/// Re-exported so tier implementations use the same `async_trait` as the trait.
+pub use async_trait::async_trait;

@@ -1,0 +1,105 @@
+//! [`Observer`]: the hook through which a chain reports every access.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Error, MaybeSend, MaybeSync};
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A tier returned an unexpired entry.
+    Hit,
+    /// A tier answered that it does not hold the key (or held it expired).
+    Miss,
+    /// A tier failed; the read carried on (fail-open).
+    Error,
+    /// A tier did not answer within its timeout; the read carried on.
+    Timeout,
+    /// A tier was skipped because its circuit breaker is open.
+    Skipped,
+    /// An entry found lower down was written into this (upper) tier.
+    Backfill,
+    /// An entry was written into this tier by `put` or after an origin load.
+    Write,
+    /// This tier removed a key, a prefix or everything.
+    Invalidate,
+    /// The origin loaded a value.
+    OriginLoad,
+    /// The origin answered that the key has no value.
+    OriginNotFound,
+    /// The origin failed.
+    OriginError,
+    /// A read joined an origin load already in flight for the same key.
+    Coalesced,
+    /// The origin failed and an expired value within its grace period was served.
+    StaleServed,
+    /// A remembered "no value" answered the read without asking the origin.
+    NegativeHit,
+}
+
+/// Where it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventSource<'a> {
+    /// Tier number `index` (0 is read first) named `name`.
+    Tier {
+        /// Position in the chain, 0 first.
+        index: usize,
+        /// The tier's name.
+        name: &'a str,
+    },
+    /// The origin loader.
+    Origin,
+    /// The chain itself (negative cache, stale store).
+    Chain,
+}
+
+/// One access, as reported to an [`Observer`].
+#[derive(Clone, Copy, Debug)]
+pub struct Event<'a> {
+    /// What happened.
+    pub kind: EventKind,
+    /// Where.
+    pub source: EventSource<'a>,
+    /// The key's string form; for prefix invalidation the prefix; empty for `clear`.
+    pub key: &'a str,
+    /// How long the tier or origin took (zero where nothing was awaited).
+    pub latency: Duration,
+    /// Payload bytes moved (value size on hits, writes and loads), else 0.
+    pub bytes: usize,
+    /// The error, for `Error`, `Timeout` and `OriginError` events.
+    pub error: Option<&'a Error>,
+}
+
+/// Receives a chain's events. Implemented by the `monitor` crate; implement it to
+/// feed your own metrics or logs.
+///
+/// Called inline on the read path: keep it cheap and never block. With no
+/// observer installed the chain does not read the clock for latencies at all.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use cache_core::{Event, EventKind, Observer};
+///
+/// #[derive(Debug, Default)]
+/// struct CountHits(AtomicU64);
+/// impl Observer for CountHits {
+///     fn on_event(&self, event: &Event<'_>) {
+///         if event.kind == EventKind::Hit {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+/// ```
+pub trait Observer: fmt::Debug + MaybeSend + MaybeSync + 'static {
+    /// Called once per event.
+    fn on_event(&self, event: &Event<'_>);
+}
+
+impl<O: Observer + ?Sized> Observer for Arc<O> {
+    fn on_event(&self, event: &Event<'_>) {
+        (**self).on_event(event)
+    }
+}

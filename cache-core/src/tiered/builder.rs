@@ -1,0 +1,265 @@
+//! [`TieredCacheBuilder`] and [`Tier`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::breaker::Breaker;
+use super::guard::InvalidationLog;
+use super::{Inner, NegativeCache, StaleStore, TierSlot, TieredCache};
+use crate::{
+    ByteSize, CacheKey, CacheLayer, Clock, DefaultTimer, Loader, MaybeSend, MaybeSync,
+    MemoryTierBuilder, Observer, SystemClock, Timer,
+};
+
+/// Default circuit breaker: open after 5 consecutive failures, for 30 seconds.
+pub const DEFAULT_BREAKER: (u32, Duration) = (5, Duration::from_secs(30));
+
+/// One tier of a chain and how the chain treats it: its TTL, its timeout, its
+/// circuit breaker.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::{MemoryTier, Tier};
+///
+/// let tier = Tier::new(MemoryTier::<String, String>::new())
+///     .ttl(Duration::from_secs(300))
+///     .timeout(Duration::from_millis(50))
+///     .circuit_breaker(3, Duration::from_secs(10));
+/// # let _ = tier;
+/// ```
+pub struct Tier<K, V> {
+    pub(super) layer: Arc<dyn CacheLayer<K, V>>,
+    pub(super) ttl: Option<Duration>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) breaker: Option<(u32, Duration)>,
+}
+
+impl<K, V> fmt::Debug for Tier<K, V>
+where
+    K: MaybeSend + MaybeSync + 'static,
+    V: MaybeSend + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tier")
+            .field("name", &self.layer.name())
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker)
+            .finish()
+    }
+}
+
+impl<K, V> Tier<K, V>
+where
+    K: MaybeSend + MaybeSync + 'static,
+    V: MaybeSend + 'static,
+{
+    /// A tier with no TTL of its own, no timeout and the default circuit breaker.
+    pub fn new(layer: impl CacheLayer<K, V> + 'static) -> Self {
+        Self::shared(Arc::new(layer))
+    }
+
+    /// Like [`Tier::new`], for a tier that is already shared.
+    pub fn shared(layer: Arc<dyn CacheLayer<K, V>>) -> Self {
+        Tier {
+            layer,
+            ttl: None,
+            timeout: None,
+            breaker: Some(DEFAULT_BREAKER),
+        }
+    }
+
+    /// Entries written into this tier by the chain live at most `ttl`
+    /// (and never past their own expiry).
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// A call into this tier that takes longer than `timeout` counts as a failure
+    /// (a miss for reads).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Skip this tier for `cool_down` after `failures` consecutive failures.
+    #[must_use]
+    pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
+        self.breaker = Some((failures.max(1), cool_down));
+        self
+    }
+
+    /// Never skip this tier, however often it fails.
+    #[must_use]
+    pub fn no_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+}
+
+/// Builds a [`TieredCache`]. Tiers are read in the order they are added.
+#[must_use]
+pub struct TieredCacheBuilder<K, V> {
+    tiers: Vec<Tier<K, V>>,
+    origin: Option<Arc<dyn Loader<K, V>>>,
+    clock: Arc<dyn Clock>,
+    timer: Arc<dyn Timer>,
+    observer: Option<Arc<dyn Observer>>,
+    negative_ttl: Option<Duration>,
+    negative_capacity: usize,
+    stale_grace: Option<Duration>,
+    stale_capacity: usize,
+}
+
+impl<K, V> fmt::Debug for TieredCacheBuilder<K, V>
+where
+    K: MaybeSend + MaybeSync + 'static,
+    V: MaybeSend + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCacheBuilder")
+            .field("tiers", &self.tiers)
+            .field("origin", &self.origin.is_some())
+            .field("clock", &self.clock)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("stale_grace", &self.stale_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Default for TieredCacheBuilder<K, V> {
+    fn default() -> Self {
+        TieredCacheBuilder {
+            tiers: Vec::new(),
+            origin: None,
+            clock: Arc::new(SystemClock),
+            timer: Arc::new(DefaultTimer),
+            observer: None,
+            negative_ttl: None,
+            negative_capacity: 10_000,
+            stale_grace: None,
+            stale_capacity: 10_000,
+        }
+    }
+}
+
+impl<K, V> TieredCacheBuilder<K, V>
+where
+    K: CacheKey,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+{
+    /// Appends a tier; it is read after every tier added before it.
+    pub fn tier(mut self, tier: Tier<K, V>) -> Self {
+        self.tiers.push(tier);
+        self
+    }
+
+    /// The origin asked when every tier misses.
+    pub fn origin(mut self, loader: impl Loader<K, V>) -> Self {
+        self.origin = Some(Arc::new(loader));
+        self
+    }
+
+    /// The origin, already shared.
+    pub fn shared_origin(mut self, loader: Arc<dyn Loader<K, V>>) -> Self {
+        self.origin = Some(loader);
+        self
+    }
+
+    /// The clock expiry is checked against (default: [`SystemClock`]). Give the
+    /// tiers the same clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The clock, already shared.
+    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// What tier timeouts sleep on (default: [`DefaultTimer`]).
+    pub fn timer(mut self, timer: impl Timer) -> Self {
+        self.timer = Arc::new(timer);
+        self
+    }
+
+    /// Receives every event (hits, misses, errors, loads...).
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// The observer, already shared.
+    pub fn shared_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Remember "the origin has no value for this key" for `ttl` (off by default),
+    /// for up to `capacity` keys.
+    pub fn negative_caching(mut self, ttl: Duration, capacity: usize) -> Self {
+        self.negative_ttl = Some(ttl);
+        self.negative_capacity = capacity.max(1);
+        self
+    }
+
+    /// When the origin fails, serve a value that expired less than `grace` ago
+    /// (off by default). The chain keeps the last `capacity` values it loaded or
+    /// backfilled for this.
+    pub fn serve_stale_on_error(mut self, grace: Duration, capacity: usize) -> Self {
+        self.stale_grace = Some(grace);
+        self.stale_capacity = capacity.max(1);
+        self
+    }
+
+    /// The chain.
+    pub fn build(self) -> TieredCache<K, V> {
+        let tiers = self
+            .tiers
+            .into_iter()
+            .map(|t| TierSlot {
+                name: t.layer.name().to_owned(),
+                layer: t.layer,
+                ttl: t.ttl,
+                timeout: t.timeout,
+                breaker: Breaker::new(t.breaker),
+            })
+            .collect();
+        let negative = self.negative_ttl.map(|ttl| NegativeCache {
+            ttl,
+            capacity: self.negative_capacity,
+            map: Mutex::new(HashMap::new()),
+        });
+        let stale = self.stale_grace.map(|grace| StaleStore {
+            grace,
+            values: MemoryTierBuilder::default()
+                .name("stale")
+                .max_entries(self.stale_capacity)
+                .max_bytes(usize::MAX)
+                .shared_clock(self.clock.clone())
+                .build(),
+        });
+        TieredCache {
+            inner: Arc::new(Inner {
+                tiers,
+                origin: self.origin,
+                clock: self.clock,
+                timer: self.timer,
+                observer: self.observer,
+                log: InvalidationLog::default(),
+                flights: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(1),
+                negative,
+                stale,
+            }),
+        }
+    }
+}

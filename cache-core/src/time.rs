@@ -1,0 +1,188 @@
+//! Wall-clock time for expiry: [`Timestamp`], the [`Clock`] trait, [`SystemClock`]
+//! and the [`ManualClock`] tests use to jump a day without sleeping.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{MaybeSend, MaybeSync};
+
+/// A point in wall-clock time, in whole milliseconds since the Unix epoch.
+///
+/// Expiry is absolute so that an entry keeps the same deadline however many tiers
+/// it travels through. Millisecond precision matches what stores keep (Redis
+/// `PXAT`, `Date.now()` in the browser).
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::Timestamp;
+///
+/// let t = Timestamp::from_unix_millis(1_000);
+/// assert_eq!(t.saturating_add(Duration::from_secs(1)).as_unix_millis(), 2_000);
+/// assert_eq!(t.saturating_add(Duration::from_secs(1)).duration_since(t), Duration::from_secs(1));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const UNIX_EPOCH: Timestamp = Timestamp(0);
+    /// The latest representable instant; "never expires".
+    pub const MAX: Timestamp = Timestamp(u64::MAX);
+
+    /// A timestamp `millis` milliseconds after the Unix epoch.
+    pub const fn from_unix_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_unix_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Converts a [`std::time::SystemTime`]-like value (also `web_time::SystemTime`).
+    /// Times before the epoch clamp to the epoch.
+    pub fn from_system_time(time: web_time::SystemTime) -> Self {
+        let millis = time
+            .duration_since(web_time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Timestamp(millis)
+    }
+
+    /// This instant plus `d`, clamped at [`Timestamp::MAX`].
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let add = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_add(add))
+    }
+
+    /// This instant minus `d`, clamped at the epoch.
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        let sub = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_sub(sub))
+    }
+
+    /// Time from `earlier` to `self`; zero if `earlier` is later.
+    pub fn duration_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({}ms)", self.0)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms since epoch", self.0)
+    }
+}
+
+/// A source of wall-clock time. Injected everywhere expiry is decided, so tests can
+/// move time by hand.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// let before = clock.now();
+/// clock.advance(Duration::from_secs(86_400));
+/// assert_eq!(clock.now().duration_since(before), Duration::from_secs(86_400));
+/// ```
+pub trait Clock: fmt::Debug + MaybeSend + MaybeSync + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+}
+
+/// The real wall clock. Works on wasm32 too (`Date.now()` through `web-time`), where
+/// `std::time::SystemTime::now()` and `Instant::now()` panic.
+///
+/// ```
+/// use cache_core::{Clock, SystemClock, Timestamp};
+/// assert!(SystemClock.now() > Timestamp::UNIX_EPOCH);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now(&self) -> Timestamp {
+        Timestamp::from_system_time(web_time::SystemTime::now())
+    }
+}
+
+/// A clock that only moves when told to. Clones share the same time.
+///
+/// Starts at a fixed, realistic instant (2026-01-01T00:00:00Z) rather than the
+/// epoch, so code that subtracts durations from "now" behaves as in production.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// let shared = clock.clone();
+/// clock.advance(Duration::from_secs(60));
+/// assert_eq!(shared.now(), clock.now());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    millis: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// The instant a new `ManualClock` starts at: 2026-01-01T00:00:00Z.
+    pub const START: Timestamp = Timestamp(1_767_225_600_000);
+
+    /// A clock standing at [`ManualClock::START`].
+    pub fn new() -> Self {
+        Self::starting_at(Self::START)
+    }
+
+    /// A clock standing at `start`.
+    pub fn starting_at(start: Timestamp) -> Self {
+        ManualClock {
+            millis: Arc::new(AtomicU64::new(start.0)),
+        }
+    }
+
+    /// Moves time forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        let add = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        // fetch_update never fails with a closure that always returns Some.
+        let _ = self
+            .millis
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
+                Some(m.saturating_add(add))
+            });
+    }
+
+    /// Sets the time; it may move backwards, as real wall clocks sometimes do.
+    pub fn set(&self, to: Timestamp) {
+        self.millis.store(to.0, Ordering::SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.millis.load(Ordering::SeqCst))
+    }
+}

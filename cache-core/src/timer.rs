@@ -1,0 +1,45 @@
+//! [`Timer`]: how the chain waits, for tier timeouts and injected delays.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::{BoxFuture, MaybeSend, MaybeSync};
+
+/// Something that can sleep. The chain uses it to bound each tier call by its
+/// timeout without depending on one async runtime.
+///
+/// [`DefaultTimer`] works everywhere (a timer thread on native, `setTimeout` on
+/// wasm32). Tests can plug in a runtime's virtual time, e.g. tokio's paused clock:
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::{BoxFuture, Timer};
+///
+/// #[derive(Debug)]
+/// struct TokioTimer;
+/// impl Timer for TokioTimer {
+///     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+///         Box::pin(tokio::time::sleep(d))
+///     }
+/// }
+/// ```
+pub trait Timer: fmt::Debug + MaybeSend + MaybeSync + 'static {
+    /// A future that completes after `duration`.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// The runtime-independent timer from `futures-timer`.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::{DefaultTimer, Timer};
+/// futures_executor::block_on(DefaultTimer.sleep(Duration::from_millis(1)));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultTimer;
+
+impl Timer for DefaultTimer {
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(futures_timer::Delay::new(duration))
+    }
+}
