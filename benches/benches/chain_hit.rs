@@ -1,0 +1,71 @@
+//! A hit on tier 0 through the chain (observer off) against a direct `get` on the
+//! same tier with the same keys. Goal (issue: cache-core): chain ≤ 1.2× direct.
+//!
+//! Both futures complete on their first poll (the memory tier never waits), so
+//! they are polled once with a no-op waker: no executor cost dilutes the ratio.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use cache_core::{CacheLayer, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+fn ready<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a memory-tier hit must not wait"),
+    }
+}
+
+const KEYS: usize = 1_000;
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("user:{i}:avatar")).collect()
+}
+
+fn memory_tier(keys: &[String]) -> MemoryTier<String, String> {
+    let tier = MemoryTier::builder().max_entries(KEYS * 2).build();
+    let now = SystemClock.now();
+    for k in keys {
+        let entry = Entry::expiring_in(format!("https://img.example/{k}.png"), now, Duration::from_secs(3_600));
+        ready(tier.put(k, entry)).expect("memory put");
+    }
+    tier
+}
+
+fn chain_hit(c: &mut Criterion) {
+    let keys = keys();
+    let mut group = c.benchmark_group("chain_hit");
+    group.throughput(Throughput::Elements(1));
+
+    let direct = memory_tier(&keys);
+    let mut i = 0;
+    group.bench_function("tier0_direct_get", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            let hit = ready(direct.get(black_box(&keys[i]))).expect("get");
+            black_box(hit.is_some())
+        })
+    });
+
+    let chain: TieredCache<String, String> = TieredCache::builder()
+        .tier(Tier::new(memory_tier(&keys)).ttl(Duration::from_secs(3_600)))
+        .tier(Tier::new(MemoryTier::builder().name("l2").build()))
+        .build();
+    let mut i = 0;
+    group.bench_function("chain_tier0_hit_no_observer", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            let hit = ready(chain.get(black_box(&keys[i]))).expect("get");
+            black_box(hit.is_some())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, chain_hit);
+criterion_main!(benches);
