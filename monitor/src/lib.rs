@@ -1,0 +1,56 @@
+//! # monitor
+//!
+//! Per-tier metrics for [`cache_core::TieredCache`]: attach a [`Monitor`] as the
+//! chain's observer and read a [`Report`] — hit rate, average access time and
+//! bytes saved overall; hits, misses, errors, timeouts, skips, backfills,
+//! writes, invalidations, bytes served and latency percentiles per tier; origin
+//! loads and their latency — as a console table, serde JSON or Prometheus text.
+//!
+//! - [`Monitor`]: the observer. Lock-free recording into preallocated atomic
+//!   counters and log-linear histograms (3.1% resolution), up to [`MAX_TIERS`]
+//!   tiers. Native and wasm32 (no threads, no `Instant::now()`; time comes from an
+//!   injected [`cache_core::Clock`]).
+//! - [`Report`]: a snapshot since start or reset ([`Monitor::report`]), over the
+//!   last N minutes ([`Monitor::window`]) or bucket by bucket
+//!   ([`Monitor::timeline`]). `Display` is a console table, `Serialize` feeds
+//!   dashboards, [`Report::to_prometheus`] feeds Prometheus.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use cache_core::{loader_fn, BoxError, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
+//! use monitor::Monitor;
+//!
+//! # futures_executor::block_on(async {
+//! let monitor = Monitor::new();
+//! let cache = TieredCache::builder()
+//!     .tier(Tier::new(MemoryTier::builder().name("memory").build()))
+//!     .tier(Tier::new(MemoryTier::builder().name("shared").build()))
+//!     .origin(loader_fn(|id: u64| async move {
+//!         Ok::<_, BoxError>(Some(Entry::expiring_in(format!("https://img/{id}"), SystemClock.now(), Duration::from_secs(60))))
+//!     }))
+//!     .observer(monitor.clone())
+//!     .build();
+//!
+//! for _ in 0..20 {
+//!     cache.get(&7).await?;
+//! }
+//! let report = monitor.report();
+//! assert_eq!(report.requests, 20);
+//! assert_eq!(report.hit_rate, Some(0.95));
+//! println!("{report}"); // cache report over ...: 20 requests, hit rate 95.0%, average time ...
+//! let _json = serde_json::to_string(&report).unwrap();
+//! let _text = monitor.prometheus(); // serve at GET /metrics
+//! # Ok::<_, cache_core::Error>(()) }).unwrap();
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod histogram;
+mod monitor;
+mod prometheus;
+mod report;
+
+pub use crate::monitor::{Monitor, MonitorBuilder, MAX_TIERS};
+pub use crate::report::{Bucket, KeyCount, LatencyStats, OriginStats, Report, TierStats};

@@ -1,0 +1,792 @@
+//! [`Monitor`]: the observer that records a chain's events into atomic counters.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::Duration;
+
+use cache_core::{
+    Clock, Error, Event, EventKind, EventSource, Observer, Operation, SystemClock, Timestamp,
+};
+
+use crate::histogram::{nanos, AtomicHistogram, HistogramSnapshot};
+use crate::report::{build_report, KeyCount, KeyStats, Report};
+
+/// How many tiers (indexes `0..MAX_TIERS`) a monitor keeps apart. Events for
+/// higher indexes are counted in [`Report::dropped_events`] only.
+pub const MAX_TIERS: usize = 16;
+
+// Per-tier counters, by position.
+pub(crate) const T_HITS: usize = 0;
+pub(crate) const T_MISSES: usize = 1;
+pub(crate) const T_ERRORS: usize = 2;
+pub(crate) const T_TIMEOUTS: usize = 3;
+pub(crate) const T_READ_FAILURES: usize = 4;
+pub(crate) const T_SKIPS: usize = 5;
+pub(crate) const T_BACKFILLS: usize = 6;
+pub(crate) const T_WRITES: usize = 7;
+pub(crate) const T_INVALIDATIONS: usize = 8;
+pub(crate) const T_BYTES_SERVED: usize = 9;
+pub(crate) const T_BYTES_WRITTEN: usize = 10;
+const TIER_COUNTERS: usize = 11;
+/// In flat snapshots, each tier's counters are followed by its read latency sum.
+pub(crate) const T_READ_NS: usize = TIER_COUNTERS;
+pub(crate) const TIER_STRIDE: usize = TIER_COUNTERS + 1;
+
+// Origin counters.
+pub(crate) const O_LOADS: usize = 0;
+pub(crate) const O_NOT_FOUND: usize = 1;
+pub(crate) const O_ERRORS: usize = 2;
+pub(crate) const O_COALESCED: usize = 3;
+pub(crate) const O_BYTES: usize = 4;
+const ORIGIN_COUNTERS: usize = 5;
+pub(crate) const O_NS: usize = ORIGIN_COUNTERS;
+pub(crate) const ORIGIN_OFFSET: usize = MAX_TIERS * TIER_STRIDE;
+
+// Chain-level counters.
+pub(crate) const C_NEGATIVE_HITS: usize = 0;
+pub(crate) const C_STALE_SERVED: usize = 1;
+pub(crate) const C_STALE_BYTES: usize = 2;
+pub(crate) const C_DROPPED: usize = 3;
+const CHAIN_COUNTERS: usize = 4;
+pub(crate) const CHAIN_OFFSET: usize = ORIGIN_OFFSET + ORIGIN_COUNTERS + 1;
+pub(crate) const FLAT_LEN: usize = CHAIN_OFFSET + CHAIN_COUNTERS;
+
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+#[inline]
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+struct TierSlot {
+    /// Set by the first event from this index; later names are ignored.
+    name: OnceLock<Box<str>>,
+    counters: [AtomicU64; TIER_COUNTERS],
+    /// Reads answered or failed: hits, misses, read errors and timeouts.
+    read: AtomicHistogram,
+}
+
+struct OriginSlot {
+    counters: [AtomicU64; ORIGIN_COUNTERS],
+    /// Every origin call: loads, not-found answers and failures.
+    load: AtomicHistogram,
+}
+
+/// Cumulative counters at the start of one window bucket.
+struct RingState {
+    slots: Vec<Option<(u64, Vec<u64>)>>,
+}
+
+/// What `reset` subtracts.
+struct Baseline {
+    at: Timestamp,
+    flat: Vec<u64>,
+    hists: Vec<HistogramSnapshot>,
+    keys: HashMap<Box<str>, KeyStats>,
+}
+
+struct Shared {
+    clock: Arc<dyn Clock>,
+    started: Timestamp,
+    prefix: String,
+    tiers: Box<[TierSlot]>,
+    origin: OriginSlot,
+    chain: [AtomicU64; CHAIN_COUNTERS],
+    bucket_ms: u64,
+    /// The newest window bucket snapshotted; `tick` compares against it.
+    current_bucket: AtomicU64,
+    ring: Mutex<RingState>,
+    baseline: Mutex<Baseline>,
+    keys: Option<KeyTracker>,
+}
+
+/// Per-key counts for the busiest keys (opt-in; see
+/// [`MonitorBuilder::track_keys`]).
+struct KeyTracker {
+    capacity: usize,
+    map: Mutex<HashMap<Box<str>, KeyStats>>,
+}
+
+impl KeyTracker {
+    fn record(&self, key: &str, hit: bool) {
+        let mut map = lock(&self.map);
+        if let Some(stats) = map.get_mut(key) {
+            stats.requests += 1;
+            stats.hits += u64::from(hit);
+            return;
+        }
+        let mut stats = KeyStats {
+            requests: 1,
+            hits: u64::from(hit),
+        };
+        if map.len() >= self.capacity {
+            // Space-saving: the newcomer takes over the least-counted key's slot
+            // and inherits its count, so a heavy key is never pushed out by a
+            // stream of one-off keys.
+            let Some(victim) = map
+                .iter()
+                .min_by_key(|(_, s)| s.requests)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            if let Some(old) = map.remove(&victim) {
+                stats.requests += old.requests;
+            }
+        }
+        map.insert(key.into(), stats);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Per-tier cache metrics: an [`Observer`] for [`cache_core::TieredCache`].
+///
+/// # What it counts
+///
+/// - Per tier (by index, named by the first event seen for that index): hits,
+///   misses, errors, timeouts, circuit-breaker skips, backfills, writes,
+///   invalidations, bytes served (hits) and bytes written; a histogram of read
+///   latency (hits, misses, failed reads) with p50/p95/p99/max.
+/// - The origin: loads, not-found answers, failures, coalesced reads, bytes loaded,
+///   and a histogram of origin call latency.
+/// - Overall: requests (every read reaches tier 0 once), hit rate, average access
+///   time and bytes saved. See [`Report`] for the exact definitions.
+/// - Optionally, the top keys by requests ([`MonitorBuilder::track_keys`]).
+///
+/// # Cost
+///
+/// Recording is lock-free: a few relaxed atomic adds into preallocated slots and
+/// one clock read. Once per window bucket (a minute by default) one event also
+/// copies the counters into the window ring under a mutex that other events
+/// never wait for. Key tracking, when enabled, takes a mutex per read.
+///
+/// # Windows
+///
+/// [`Monitor::report`] covers everything since the monitor was built or last
+/// [`reset`](Monitor::reset). [`Monitor::window`] covers the last N minutes and
+/// [`Monitor::timeline`] gives one report per bucket, for plotting. Window reports
+/// carry counts, rates, average times and bytes, but no percentiles (the
+/// histograms are kept since start only; compute windowed quantiles from the
+/// Prometheus buckets).
+///
+/// `Monitor` is a cheap handle: clones record into the same counters.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::{loader_fn, BoxError, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
+/// use monitor::Monitor;
+///
+/// # futures_executor::block_on(async {
+/// let monitor = Monitor::new();
+/// let cache = TieredCache::builder()
+///     .tier(Tier::new(MemoryTier::builder().name("memory").build()))
+///     .origin(loader_fn(|id: u64| async move {
+///         Ok::<_, BoxError>(Some(Entry::expiring_in(vec![0u8; 1000], SystemClock.now(), Duration::from_secs(60))))
+///     }))
+///     .observer(monitor.clone())
+///     .build();
+///
+/// cache.get(&1).await?; // miss, origin load
+/// cache.get(&1).await?; // hit
+/// let report = monitor.report();
+/// assert_eq!(report.requests, 2);
+/// assert_eq!(report.hit_rate, Some(0.5));
+/// assert_eq!(report.bytes_saved, 1000);
+/// assert_eq!(report.tiers[0].hits, 1);
+/// assert_eq!(report.origin.loads, 1);
+/// println!("{report}");
+/// # Ok::<_, cache_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monitor")
+            .field("prefix", &self.shared.prefix)
+            .field("started", &self.shared.started)
+            .field("bucket_ms", &self.shared.bucket_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds a [`Monitor`].
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::ManualClock;
+/// use monitor::Monitor;
+///
+/// let monitor = Monitor::builder()
+///     .clock(ManualClock::new())
+///     .window(Duration::from_secs(10), 360) // one hour in 10-second buckets
+///     .metric_prefix("avatar_cache")
+///     .track_keys(100)
+///     .build();
+/// assert!(monitor.prometheus().contains("avatar_cache_requests_total"));
+/// ```
+#[must_use]
+pub struct MonitorBuilder {
+    clock: Arc<dyn Clock>,
+    bucket: Duration,
+    buckets: usize,
+    prefix: String,
+    track_keys: Option<usize>,
+}
+
+impl fmt::Debug for MonitorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MonitorBuilder")
+            .field("clock", &self.clock)
+            .field("bucket", &self.bucket)
+            .field("buckets", &self.buckets)
+            .field("prefix", &self.prefix)
+            .field("track_keys", &self.track_keys)
+            .finish()
+    }
+}
+
+impl Default for MonitorBuilder {
+    fn default() -> Self {
+        MonitorBuilder {
+            clock: Arc::new(SystemClock),
+            bucket: Duration::from_secs(60),
+            buckets: 60,
+            prefix: "cache".to_owned(),
+            track_keys: None,
+        }
+    }
+}
+
+impl MonitorBuilder {
+    /// The clock that places events in window buckets (default: [`SystemClock`]).
+    /// Latencies come from the chain, not from this clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The clock, already shared.
+    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Window resolution and depth: `buckets` buckets of `bucket` each (default 60
+    /// buckets of one minute). `bucket` is rounded to whole milliseconds, at least 1;
+    /// `buckets` is at least 1.
+    pub fn window(mut self, bucket: Duration, buckets: usize) -> Self {
+        self.bucket = bucket;
+        self.buckets = buckets;
+        self
+    }
+
+    /// The Prometheus metric name prefix (default `cache`). Characters outside
+    /// `[a-zA-Z0-9_:]` become `_`.
+    pub fn metric_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = sanitize_metric_name(prefix);
+        self
+    }
+
+    /// Counts requests and hits per key for the `capacity` busiest keys
+    /// (space-saving: counts of keys that entered late are upper bounds). Keys are
+    /// user data: they appear in [`Report::top_keys`], never in the Prometheus
+    /// output. Costs a mutex per read.
+    pub fn track_keys(mut self, capacity: usize) -> Self {
+        self.track_keys = (capacity > 0).then_some(capacity);
+        self
+    }
+
+    /// The monitor.
+    pub fn build(self) -> Monitor {
+        let now = self.clock.now();
+        let bucket_ms = u64::try_from(self.bucket.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let shared = Shared {
+            clock: self.clock,
+            started: now,
+            prefix: self.prefix,
+            tiers: (0..MAX_TIERS)
+                .map(|_| TierSlot {
+                    name: OnceLock::new(),
+                    counters: counters(),
+                    read: AtomicHistogram::new(),
+                })
+                .collect(),
+            origin: OriginSlot {
+                counters: counters(),
+                load: AtomicHistogram::new(),
+            },
+            chain: counters(),
+            bucket_ms,
+            current_bucket: AtomicU64::new(0),
+            ring: Mutex::new(RingState {
+                slots: vec![None; self.buckets.max(1)],
+            }),
+            baseline: Mutex::new(Baseline {
+                at: now,
+                flat: vec![0; FLAT_LEN],
+                hists: Vec::new(),
+                keys: HashMap::new(),
+            }),
+            keys: self.track_keys.map(|capacity| KeyTracker {
+                capacity,
+                map: Mutex::new(HashMap::new()),
+            }),
+        };
+        let monitor = Monitor {
+            shared: Arc::new(shared),
+        };
+        monitor.tick(now);
+        lock(&monitor.shared.baseline).hists = monitor.histograms();
+        monitor
+    }
+}
+
+fn sanitize_metric_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Whether a failed tier call was a read (as opposed to a write or removal).
+fn failed_read(error: Option<&Error>) -> bool {
+    match error {
+        Some(Error::Backend { operation, .. })
+        | Some(Error::Timeout { operation, .. })
+        | Some(Error::Unsupported { operation, .. }) => {
+            matches!(operation, Operation::Get | Operation::GetMany)
+        }
+        Some(Error::QuotaExceeded { .. }) | Some(Error::Encode { .. }) => false,
+        // Unknown operation: count it as a read, which is what most events are.
+        _ => true,
+    }
+}
+
+impl Monitor {
+    /// A monitor on the system clock with one-minute buckets kept for an hour.
+    pub fn new() -> Self {
+        MonitorBuilder::default().build()
+    }
+
+    /// A builder.
+    pub fn builder() -> MonitorBuilder {
+        MonitorBuilder::default()
+    }
+
+    /// Records one event. This is what [`Observer::on_event`] does.
+    #[inline]
+    pub fn record(&self, event: &Event<'_>) {
+        let s = &*self.shared;
+        self.tick(s.clock.now());
+        match event.source {
+            EventSource::Tier { index, name } => {
+                let Some(slot) = s.tiers.get(index) else {
+                    add(&s.chain[C_DROPPED], 1);
+                    return;
+                };
+                if slot.name.get().is_none() {
+                    let _ = slot.name.set(name.into());
+                }
+                let c = &slot.counters;
+                let ns = nanos(event.latency);
+                let bytes = event.bytes as u64;
+                match event.kind {
+                    EventKind::Hit => {
+                        add(&c[T_HITS], 1);
+                        add(&c[T_BYTES_SERVED], bytes);
+                        slot.read.record(ns);
+                        if index == 0 {
+                            self.track_key(event.key, true);
+                        }
+                    }
+                    EventKind::Miss => {
+                        add(&c[T_MISSES], 1);
+                        slot.read.record(ns);
+                        if index == 0 {
+                            self.track_key(event.key, false);
+                        }
+                    }
+                    EventKind::Error | EventKind::Timeout => {
+                        let which = if event.kind == EventKind::Error {
+                            T_ERRORS
+                        } else {
+                            T_TIMEOUTS
+                        };
+                        add(&c[which], 1);
+                        if failed_read(event.error) {
+                            add(&c[T_READ_FAILURES], 1);
+                            slot.read.record(ns);
+                            if index == 0 {
+                                self.track_key(event.key, false);
+                            }
+                        }
+                    }
+                    EventKind::Skipped => {
+                        add(&c[T_SKIPS], 1);
+                        if index == 0 {
+                            self.track_key(event.key, false);
+                        }
+                    }
+                    EventKind::Backfill => {
+                        add(&c[T_BACKFILLS], 1);
+                        add(&c[T_BYTES_WRITTEN], bytes);
+                    }
+                    EventKind::Write => {
+                        add(&c[T_WRITES], 1);
+                        add(&c[T_BYTES_WRITTEN], bytes);
+                    }
+                    EventKind::Invalidate => add(&c[T_INVALIDATIONS], 1),
+                    _ => add(&s.chain[C_DROPPED], 1),
+                }
+            }
+            EventSource::Origin => {
+                let c = &s.origin.counters;
+                let ns = nanos(event.latency);
+                match event.kind {
+                    EventKind::OriginLoad => {
+                        add(&c[O_LOADS], 1);
+                        add(&c[O_BYTES], event.bytes as u64);
+                        s.origin.load.record(ns);
+                    }
+                    EventKind::OriginNotFound => {
+                        add(&c[O_NOT_FOUND], 1);
+                        s.origin.load.record(ns);
+                    }
+                    EventKind::OriginError => {
+                        add(&c[O_ERRORS], 1);
+                        s.origin.load.record(ns);
+                    }
+                    EventKind::Coalesced => add(&c[O_COALESCED], 1),
+                    _ => add(&s.chain[C_DROPPED], 1),
+                }
+            }
+            EventSource::Chain => match event.kind {
+                EventKind::NegativeHit => add(&s.chain[C_NEGATIVE_HITS], 1),
+                EventKind::StaleServed => {
+                    add(&s.chain[C_STALE_SERVED], 1);
+                    add(&s.chain[C_STALE_BYTES], event.bytes as u64);
+                }
+                _ => add(&s.chain[C_DROPPED], 1),
+            },
+        }
+    }
+
+    fn track_key(&self, key: &str, hit: bool) {
+        if let Some(keys) = &self.shared.keys {
+            keys.record(key, hit);
+        }
+    }
+
+    /// Snapshots the counters into the window ring when `now` entered a new bucket.
+    #[inline]
+    fn tick(&self, now: Timestamp) {
+        let s = &*self.shared;
+        let bucket = now.as_unix_millis() / s.bucket_ms;
+        // A clock that went backwards keeps recording into the newest bucket.
+        if bucket <= s.current_bucket.load(Ordering::Acquire) {
+            return;
+        }
+        self.rotate(bucket);
+    }
+
+    #[cold]
+    fn rotate(&self, bucket: u64) {
+        let s = &*self.shared;
+        let mut ring = match s.ring.try_lock() {
+            Ok(ring) => ring,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            // Another event is rotating: this one lands on either side of the
+            // boundary, and is counted either way.
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let current = s.current_bucket.load(Ordering::Acquire);
+        if bucket <= current {
+            return;
+        }
+        let flat = self.flat();
+        let len = ring.slots.len() as u64;
+        let first = if current == 0 {
+            bucket.saturating_sub(len - 1)
+        } else {
+            (current + 1).max(bucket.saturating_sub(len - 1))
+        };
+        for b in first..=bucket {
+            ring.slots[(b % len) as usize] = Some((b, flat.clone()));
+        }
+        s.current_bucket.store(bucket, Ordering::Release);
+    }
+
+    /// Every cumulative counter, in the flat layout.
+    fn flat(&self) -> Vec<u64> {
+        let s = &*self.shared;
+        let mut out = Vec::with_capacity(FLAT_LEN);
+        for slot in s.tiers.iter() {
+            out.extend(slot.counters.iter().map(|c| c.load(Ordering::Relaxed)));
+            out.push(slot.read.sum_ns());
+        }
+        out.extend(s.origin.counters.iter().map(|c| c.load(Ordering::Relaxed)));
+        out.push(s.origin.load.sum_ns());
+        out.extend(s.chain.iter().map(|c| c.load(Ordering::Relaxed)));
+        out
+    }
+
+    /// Histogram snapshots: one per tier slot, then the origin.
+    fn histograms(&self) -> Vec<HistogramSnapshot> {
+        let s = &*self.shared;
+        s.tiers
+            .iter()
+            .map(|t| t.read.snapshot())
+            .chain(std::iter::once(s.origin.load.snapshot()))
+            .collect()
+    }
+
+    fn names(&self) -> Vec<Option<String>> {
+        self.shared
+            .tiers
+            .iter()
+            .map(|t| t.name.get().map(|n| n.to_string()))
+            .collect()
+    }
+
+    /// Everything since the monitor was built or last reset, with latency
+    /// percentiles.
+    pub fn report(&self) -> Report {
+        let now = self.shared.clock.now();
+        self.tick(now);
+        let flat = self.flat();
+        let hists = self.histograms();
+        let baseline = lock(&self.shared.baseline);
+        let diff = sub(&flat, &baseline.flat);
+        let hists: Vec<HistogramSnapshot> = hists
+            .iter()
+            .zip(&baseline.hists)
+            .map(|(h, b)| h.since(b))
+            .collect();
+        let top = self.top_keys(&baseline.keys);
+        let since = baseline.at;
+        drop(baseline);
+        build_report(&diff, Some(&hists), &self.names(), since, now, top)
+    }
+
+    /// The last `last` of activity, to the bucket: the current (partial) bucket
+    /// and the full buckets before it, as many as `last` spans (rounded up, at most
+    /// the configured depth), and never from before the last reset. No
+    /// percentiles.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_core::{Event, EventKind, EventSource, ManualClock};
+    /// use monitor::Monitor;
+    ///
+    /// let clock = ManualClock::new();
+    /// let monitor = Monitor::builder().clock(clock.clone()).build();
+    /// let hit = Event { kind: EventKind::Hit, source: EventSource::Tier { index: 0, name: "memory" },
+    ///                   key: "k", latency: Duration::from_micros(5), bytes: 10, error: None };
+    /// monitor.record(&hit);
+    /// clock.advance(Duration::from_secs(600));
+    /// monitor.record(&hit);
+    /// assert_eq!(monitor.window(Duration::from_secs(300)).requests, 1);
+    /// assert_eq!(monitor.report().requests, 2);
+    /// ```
+    pub fn window(&self, last: Duration) -> Report {
+        let now = self.shared.clock.now();
+        self.tick(now);
+        let flat = self.flat();
+        let (start_bucket, start) = self.window_start(last);
+        let baseline = lock(&self.shared.baseline);
+        let (since, start) = if baseline.at > start_bucket {
+            (baseline.at, baseline.flat.clone())
+        } else {
+            (start_bucket, start)
+        };
+        drop(baseline);
+        build_report(&sub(&flat, &start), None, &self.names(), since, now, None)
+    }
+
+    /// Start time and counters of the oldest bucket in a window of `last`.
+    fn window_start(&self, last: Duration) -> (Timestamp, Vec<u64>) {
+        let s = &*self.shared;
+        let ring = lock(&s.ring);
+        let len = ring.slots.len() as u64;
+        let current = s.current_bucket.load(Ordering::Acquire);
+        let span = u64::try_from(last.as_millis())
+            .unwrap_or(u64::MAX)
+            .div_ceil(s.bucket_ms)
+            .clamp(1, len);
+        let first = current.saturating_sub(span - 1);
+        match &ring.slots[(first % len) as usize] {
+            Some((b, flat)) if *b == first => (
+                Timestamp::from_unix_millis(first.saturating_mul(s.bucket_ms)),
+                flat.clone(),
+            ),
+            _ => (s.started, vec![0; FLAT_LEN]),
+        }
+    }
+
+    /// One report per bucket over the last `last` (as [`Monitor::window`] counts
+    /// it), oldest first; the last one is the current, partial bucket. For
+    /// plotting hit rate and access time over time. No percentiles.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_core::{Event, EventKind, EventSource, ManualClock};
+    /// use monitor::Monitor;
+    ///
+    /// let clock = ManualClock::new();
+    /// let monitor = Monitor::builder().clock(clock.clone()).build();
+    /// let miss = Event { kind: EventKind::Miss, source: EventSource::Tier { index: 0, name: "memory" },
+    ///                    key: "k", latency: Duration::ZERO, bytes: 0, error: None };
+    /// monitor.record(&miss);
+    /// clock.advance(Duration::from_secs(60));
+    /// let points = monitor.timeline(Duration::from_secs(120));
+    /// assert_eq!(points.iter().map(|r| r.requests).collect::<Vec<_>>(), [1, 0]);
+    /// ```
+    pub fn timeline(&self, last: Duration) -> Vec<Report> {
+        let s = &*self.shared;
+        let now = s.clock.now();
+        self.tick(now);
+        let flat = self.flat();
+        let names = self.names();
+        let (reset_at, reset_flat) = {
+            let b = lock(&s.baseline);
+            (b.at, b.flat.clone())
+        };
+        let ring = lock(&s.ring);
+        let len = ring.slots.len() as u64;
+        let current = s.current_bucket.load(Ordering::Acquire);
+        let span = u64::try_from(last.as_millis())
+            .unwrap_or(u64::MAX)
+            .div_ceil(s.bucket_ms)
+            .clamp(1, len);
+        let first = current.saturating_sub(span - 1);
+        let at = |b: u64| -> Option<&Vec<u64>> {
+            match &ring.slots[(b % len) as usize] {
+                Some((tag, flat)) if *tag == b => Some(flat),
+                _ => None,
+            }
+        };
+        let mut out = Vec::new();
+        for b in first..=current {
+            let begin = Timestamp::from_unix_millis(b.saturating_mul(s.bucket_ms));
+            let end = if b == current {
+                now
+            } else {
+                Timestamp::from_unix_millis((b + 1).saturating_mul(s.bucket_ms))
+            };
+            let Some(start) = at(b) else { continue };
+            let stop = if b == current { Some(&flat) } else { at(b + 1) };
+            let Some(stop) = stop else { continue };
+            // Buckets before a reset start from the reset's counters.
+            let (begin, start) = if reset_at > begin {
+                (reset_at.min(end), max_each(start, &reset_flat))
+            } else {
+                (begin, start.clone())
+            };
+            let stop = max_each(stop, &start);
+            out.push(build_report(
+                &sub(&stop, &start),
+                None,
+                &names,
+                begin,
+                end,
+                None,
+            ));
+        }
+        out
+    }
+
+    /// Starts counting afresh: reports after this cover only later events (the
+    /// maximum latency restarts too). Prometheus sees the counters drop, which it
+    /// treats as a counter reset. Events recorded while `reset` runs count on one
+    /// side or the other (their maximum latency may be missed).
+    pub fn reset(&self) {
+        let now = self.shared.clock.now();
+        self.tick(now);
+        let mut baseline = lock(&self.shared.baseline);
+        for t in self.shared.tiers.iter() {
+            t.read.reset_max();
+        }
+        self.shared.origin.load.reset_max();
+        baseline.at = now;
+        baseline.flat = self.flat();
+        baseline.hists = self.histograms();
+        baseline.keys = self
+            .shared
+            .keys
+            .as_ref()
+            .map(|k| lock(&k.map).clone())
+            .unwrap_or_default();
+    }
+
+    /// The Prometheus text exposition of [`Monitor::report`]; see
+    /// [`Report::to_prometheus`].
+    pub fn prometheus(&self) -> String {
+        self.report().to_prometheus(&self.shared.prefix)
+    }
+
+    fn top_keys(&self, since: &HashMap<Box<str>, KeyStats>) -> Option<Vec<KeyCount>> {
+        let keys = self.shared.keys.as_ref()?;
+        let map = lock(&keys.map);
+        let mut top: Vec<KeyCount> = map
+            .iter()
+            .map(|(k, s)| {
+                let before = since.get(k).copied().unwrap_or_default();
+                KeyCount {
+                    key: k.to_string(),
+                    requests: s.requests.saturating_sub(before.requests),
+                    hits: s.hits.saturating_sub(before.hits),
+                }
+            })
+            .filter(|k| k.requests > 0)
+            .collect();
+        drop(map);
+        top.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.key.cmp(&b.key)));
+        top.truncate(keys.capacity);
+        Some(top)
+    }
+}
+
+fn sub(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect()
+}
+
+fn max_each(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| *x.max(y)).collect()
+}
+
+impl Observer for Monitor {
+    #[inline]
+    fn on_event(&self, event: &Event<'_>) {
+        self.record(event);
+    }
+}
