@@ -1,0 +1,171 @@
+//! End to end: a real `TieredCache` (two memory tiers and an origin) with the
+//! monitor attached.
+#![cfg(not(target_family = "wasm"))]
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{
+    loader_fn, BoxError, Clock, Entry, FaultTier, ManualClock, MemoryTier, Operation, Source, Tier,
+    TieredCache,
+};
+use futures_executor::block_on;
+use monitor::Monitor;
+
+fn value(id: u64) -> String {
+    format!("https://img.example/avatars/{id}.png")
+}
+
+#[test]
+fn chain_hits_misses_backfills_loads_and_bytes_saved() {
+    let clock = ManualClock::new();
+    let monitor = Monitor::builder().clock(clock.clone()).build();
+    let origin_calls = Arc::new(AtomicUsize::new(0));
+    let (calls, origin_clock) = (origin_calls.clone(), clock.clone());
+    let cache: TieredCache<u64, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(
+            Tier::new(
+                MemoryTier::builder()
+                    .name("l1")
+                    .clock(clock.clone())
+                    .build(),
+            )
+            .ttl(Duration::from_secs(60)),
+        )
+        .tier(
+            Tier::new(
+                MemoryTier::builder()
+                    .name("l2")
+                    .clock(clock.clone())
+                    .build(),
+            )
+            .ttl(Duration::from_secs(3_000)),
+        )
+        .origin(loader_fn(move |id: u64| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let now = origin_clock.now();
+            async move {
+                Ok::<_, BoxError>(
+                    (id != 404)
+                        .then(|| Entry::expiring_in(value(id), now, Duration::from_secs(3_600))),
+                )
+            }
+        }))
+        .observer(monitor.clone())
+        .build();
+
+    block_on(async {
+        assert_eq!(cache.get(&1).await.unwrap().unwrap().source, Source::Origin);
+        assert_eq!(
+            cache.get(&1).await.unwrap().unwrap().source,
+            Source::Tier {
+                index: 0,
+                name: "l1"
+            }
+        );
+        clock.advance(Duration::from_secs(60)); // l1's TTL is over; l2 still holds it
+        assert_eq!(
+            cache.get(&1).await.unwrap().unwrap().source,
+            Source::Tier {
+                index: 1,
+                name: "l2"
+            }
+        );
+        assert_eq!(
+            cache.get(&1).await.unwrap().unwrap().source,
+            Source::Tier {
+                index: 0,
+                name: "l1"
+            }
+        );
+        assert_eq!(cache.get(&2).await.unwrap().unwrap().source, Source::Origin);
+        assert!(cache.get(&404).await.unwrap().is_none());
+        cache.invalidate(&1).await.unwrap();
+    });
+
+    let r = monitor.report();
+    let len = value(1).len() as u64;
+    assert_eq!(origin_calls.load(Ordering::SeqCst), 3);
+    assert_eq!(r.requests, 6);
+    assert_eq!(r.hits, 3);
+    assert_eq!(r.hit_rate, Some(0.5));
+    assert_eq!(r.bytes_saved, 3 * len);
+    let (l1, l2) = (&r.tiers[0], &r.tiers[1]);
+    assert_eq!((l1.name.as_str(), l2.name.as_str()), ("l1", "l2"));
+    assert_eq!((l1.hits, l1.misses, l1.reads), (2, 4, 6));
+    assert_eq!((l2.hits, l2.misses, l2.reads), (1, 3, 4));
+    assert_eq!((l1.backfills, l2.backfills), (1, 0));
+    assert_eq!((l1.writes, l2.writes), (2, 2));
+    assert_eq!((l1.invalidations, l2.invalidations), (1, 1));
+    assert_eq!((l1.bytes_served, l2.bytes_served), (2 * len, len));
+    assert_eq!(l1.bytes_written, 3 * len); // two writes, one backfill
+    assert_eq!((l1.errors, l1.timeouts, l2.errors), (0, 0, 0));
+    assert_eq!(l1.latency.as_ref().unwrap().count, 6);
+    assert_eq!(l2.latency.as_ref().unwrap().count, 4);
+    assert_eq!(r.origin.loads, 2);
+    assert_eq!(r.origin.not_found, 1);
+    assert_eq!(r.origin.bytes_loaded, 2 * len);
+    assert_eq!(r.origin.latency.as_ref().unwrap().count, 3);
+    assert!(r.average_access_time.is_some());
+    assert_eq!(r.dropped_events, 0);
+    println!("{r}");
+}
+
+#[test]
+fn chain_tier_failures_show_as_errors_not_lost_reads() {
+    let clock = ManualClock::new();
+    let monitor = Monitor::builder().clock(clock.clone()).build();
+    let (faulty, faults) = FaultTier::new(
+        MemoryTier::<u64, String>::builder()
+            .name("shared")
+            .clock(clock.clone())
+            .build(),
+    );
+    let origin_clock = clock.clone();
+    let cache: TieredCache<u64, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(
+            MemoryTier::builder()
+                .name("local")
+                .clock(clock.clone())
+                .build(),
+        ))
+        .tier(Tier::new(faulty).no_circuit_breaker())
+        .origin(loader_fn(move |id: u64| {
+            let now = origin_clock.now();
+            async move {
+                Ok::<_, BoxError>(Some(Entry::expiring_in(
+                    value(id),
+                    now,
+                    Duration::from_secs(60),
+                )))
+            }
+        }))
+        .observer(monitor.clone())
+        .build();
+    faults.only(Some(&[Operation::Get]));
+    faults.set_failing(true);
+    block_on(async {
+        // Reads fail at the shared tier, then load from the origin; writes work.
+        for id in 0..3 {
+            assert_eq!(
+                cache.get(&id).await.unwrap().unwrap().source,
+                Source::Origin
+            );
+        }
+    });
+    let r = monitor.report();
+    let shared = &r.tiers[1];
+    assert_eq!(shared.name, "fault(shared)");
+    assert_eq!(
+        (shared.errors, shared.read_failures, shared.reads),
+        (3, 3, 3)
+    );
+    assert_eq!(shared.writes, 3);
+    assert_eq!(r.origin.loads, 3);
+    assert_eq!(r.requests, 3);
+    assert_eq!(r.hit_rate, Some(0.0));
+}
