@@ -183,7 +183,7 @@ fn exposition_parses_and_matches_the_report() {
     };
     let first_holding = buckets.iter().find(|b| b.count == 1.0).unwrap().less_than;
     assert!(
-        first_holding >= 0.120 && first_holding < 0.26,
+        (0.120..0.26).contains(&first_holding),
         "{first_holding}"
     );
 }
