@@ -10,7 +10,7 @@ use monitor::Monitor;
 
 fn hit(index: usize, ns: u64) -> Event<'static> {
     Event {
-        kind: if ns % 4 == 0 {
+        kind: if ns.is_multiple_of(4) {
             EventKind::Miss
         } else {
             EventKind::Hit
@@ -21,7 +21,7 @@ fn hit(index: usize, ns: u64) -> Event<'static> {
         },
         key: "k",
         latency: Duration::from_nanos(ns),
-        bytes: if ns % 4 == 0 { 0 } else { 3 },
+        bytes: if ns.is_multiple_of(4) { 0 } else { 3 },
         error: None,
     }
 }
@@ -47,7 +47,7 @@ fn many_threads_lose_no_events_even_across_window_buckets() {
                     m.record(&hit((t % 2) as usize, i % 1_000));
                     // Every thread moves the clock now and then: bucket rotations
                     // race with the other threads' recording.
-                    if i % 500 == 0 {
+                    if i.is_multiple_of(500) {
                         clock.advance(Duration::from_millis(1));
                     }
                 }
@@ -103,7 +103,7 @@ async fn many_tasks_lose_no_events() {
             tokio::spawn(async move {
                 for i in 0..2_000u64 {
                     m.record(&hit(t % 2, i + 1));
-                    if i % 100 == 0 {
+                    if i.is_multiple_of(100) {
                         tokio::task::yield_now().await;
                     }
                 }
