@@ -1,0 +1,896 @@
+//! The tiered chain's contract, test by test (see `TieredCache` docs).
+#![cfg(not(target_family = "wasm"))]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{
+    async_trait, loader_fn, BoxError, CacheLayer, ChainOp, Clock, Entry, Error, EventKind,
+    FaultTier, Loader, ManualClock, MemoryTier, Result, Source, Tier, TierAction, TieredCache,
+};
+use common::{Gate, GatedPuts, Recorder, TokioTimer};
+
+const HOUR: Duration = Duration::from_secs(3_600);
+
+fn mem(name: &'static str, clock: &ManualClock) -> Arc<MemoryTier<String, String>> {
+    Arc::new(
+        MemoryTier::builder()
+            .name(name)
+            .clock(clock.clone())
+            .build(),
+    )
+}
+
+/// An origin answering `"<key>@v<n>"` valid for an hour, counting its loads.
+#[derive(Debug, Clone)]
+struct Origin {
+    clock: ManualClock,
+    loads: Arc<AtomicUsize>,
+    batches: Arc<AtomicUsize>,
+    ttl: Duration,
+}
+
+impl Origin {
+    fn new(clock: &ManualClock) -> Self {
+        Origin {
+            clock: clock.clone(),
+            loads: Arc::default(),
+            batches: Arc::default(),
+            ttl: HOUR,
+        }
+    }
+    fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Loader<String, String> for Origin {
+    async fn load(&self, key: &String) -> std::result::Result<Option<Entry<String>>, BoxError> {
+        let n = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
+        if key.starts_with("missing") {
+            return Ok(None);
+        }
+        Ok(Some(Entry::expiring_in(
+            format!("{key}@v{n}"),
+            self.clock.now(),
+            self.ttl,
+        )))
+    }
+    async fn load_many(
+        &self,
+        keys: &[String],
+    ) -> std::result::Result<Vec<Option<Entry<String>>>, BoxError> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        let mut out = Vec::new();
+        for k in keys {
+            out.push(self.load(k).await?);
+        }
+        Ok(out)
+    }
+}
+
+fn k(s: &str) -> String {
+    s.to_string()
+}
+
+#[tokio::test]
+async fn first_hit_wins_and_backfills_upper_tiers_capped_by_their_ttl_and_remaining_life() {
+    let clock = ManualClock::new();
+    let (l1, l2, l3) = (mem("l1", &clock), mem("l2", &clock), mem("l3", &clock));
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()).ttl(Duration::from_secs(60)))
+        .tier(Tier::shared(l2.clone()).ttl(Duration::from_secs(600)))
+        .tier(Tier::shared(l3.clone()))
+        .build();
+    // Only the bottom tier holds the key, for 300 more seconds.
+    let entry = Entry::expiring_in(k("v"), clock.now(), Duration::from_secs(300));
+    l3.put(&k("a"), entry.clone()).await.unwrap();
+
+    let got = cache.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(
+        got.source,
+        Source::Tier {
+            index: 2,
+            name: "l3"
+        }
+    );
+    assert_eq!(got.entry, entry);
+    // l1 got its own 60 s TTL; l2's 600 s is capped by the entry's 300 s of life.
+    let in_l1 = l1.get(&k("a")).await.unwrap().unwrap();
+    let in_l2 = l2.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(
+        in_l1.expires_at,
+        clock.now().saturating_add(Duration::from_secs(60))
+    );
+    assert_eq!(in_l2.expires_at, entry.expires_at);
+
+    assert_eq!(
+        cache.get(&k("a")).await.unwrap().unwrap().source,
+        Source::Tier {
+            index: 0,
+            name: "l1"
+        }
+    );
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        cache.get(&k("a")).await.unwrap().unwrap().source,
+        Source::Tier {
+            index: 1,
+            name: "l2"
+        }
+    );
+    clock.advance(Duration::from_secs(240));
+    assert!(
+        cache.get(&k("a")).await.unwrap().is_none(),
+        "served past its expiry"
+    );
+}
+
+#[tokio::test]
+async fn origin_results_land_in_every_tier() {
+    let clock = ManualClock::new();
+    let (l1, l2) = (mem("l1", &clock), mem("l2", &clock));
+    let origin = Origin::new(&clock);
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()).ttl(Duration::from_secs(60)))
+        .tier(Tier::shared(l2.clone()))
+        .origin(origin.clone())
+        .build();
+    let got = cache.get(&k("u1")).await.unwrap().unwrap();
+    assert_eq!(got.source, Source::Origin);
+    assert_eq!(got.entry.value, "u1@v1");
+    assert_eq!(l1.get(&k("u1")).await.unwrap().unwrap().value, "u1@v1");
+    assert_eq!(
+        l2.get(&k("u1")).await.unwrap().unwrap().expires_at,
+        got.entry.expires_at
+    );
+    assert_eq!(
+        cache.get(&k("u1")).await.unwrap().unwrap().source,
+        Source::Tier {
+            index: 0,
+            name: "l1"
+        }
+    );
+    assert_eq!(origin.loads(), 1);
+}
+
+/// A tier that returns whatever it holds, expired or not: the chain must still
+/// never hand out an expired entry.
+#[derive(Debug)]
+struct IgnoresExpiry(Entry<String>);
+
+#[async_trait]
+impl CacheLayer<String, String> for IgnoresExpiry {
+    fn name(&self) -> &str {
+        "careless"
+    }
+    async fn get(&self, _: &String) -> Result<Option<Entry<String>>> {
+        Ok(Some(self.0.clone()))
+    }
+    async fn put(&self, _: &String, _: Entry<String>) -> Result<()> {
+        Ok(())
+    }
+    async fn remove(&self, _: &String) -> Result<bool> {
+        Ok(false)
+    }
+    async fn clear(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_expired_entry_from_a_careless_tier_is_a_miss() {
+    let clock = ManualClock::new();
+    let stale = Entry::new(k("old"), clock.now());
+    let origin = Origin::new(&clock);
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(IgnoresExpiry(stale)))
+        .origin(origin.clone())
+        .build();
+    let got = cache.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(got.source, Source::Origin);
+    assert_eq!(got.entry.value, "a@v1");
+}
+
+#[tokio::test]
+async fn a_failing_tier_is_a_miss_and_is_reported() {
+    let clock = ManualClock::new();
+    let (l1, faults) = FaultTier::new(
+        MemoryTier::builder()
+            .name("l1")
+            .clock(clock.clone())
+            .build(),
+    );
+    let l2 = mem("l2", &clock);
+    let recorder = Arc::new(Recorder::default());
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .observer(recorder.clone())
+        .tier(Tier::new(l1))
+        .tier(Tier::shared(l2.clone()))
+        .build();
+    l2.put(&k("a"), Entry::expiring_in(k("v"), clock.now(), HOUR))
+        .await
+        .unwrap();
+    faults.set_failing(true);
+    let got = cache.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(
+        got.source,
+        Source::Tier {
+            index: 1,
+            name: "l2"
+        }
+    );
+    assert_eq!(
+        recorder.count_at(EventKind::Error, 0),
+        2,
+        "the failed read and the failed backfill"
+    );
+    assert_eq!(recorder.count_at(EventKind::Hit, 1), 1);
+
+    // With no origin and every tier failing, the read fails, and says why.
+    let lonely: TieredCache<String, String> = {
+        let (t, f) = FaultTier::new(MemoryTier::builder().build());
+        f.set_failing(true);
+        TieredCache::builder().tier(Tier::new(t)).build()
+    };
+    assert!(matches!(
+        lonely.get(&k("a")).await,
+        Err(Error::NoTierAnswered { failed: 1 })
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_tier_with_an_origin_still_answers() {
+    let clock = ManualClock::new();
+    let (l1, faults) = FaultTier::new(MemoryTier::builder().clock(clock.clone()).build());
+    faults.set_failing(true);
+    let origin = Origin::new(&clock);
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(l1))
+        .origin(origin)
+        .build();
+    for _ in 0..10 {
+        assert!(cache.get(&k("a")).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn circuit_breaker_skips_a_tier_that_keeps_failing_then_probes_after_cool_down() {
+    let clock = ManualClock::new();
+    let (l1, faults) = FaultTier::new(MemoryTier::builder().clock(clock.clone()).build());
+    let l2 = mem("l2", &clock);
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(l1).circuit_breaker(3, Duration::from_secs(30)))
+        .tier(Tier::shared(l2.clone()).no_circuit_breaker())
+        .build();
+    l2.put(
+        &k("a"),
+        Entry::expiring_in(k("v"), clock.now(), Duration::from_secs(86_400)),
+    )
+    .await
+    .unwrap();
+    faults.set_failing(true);
+    // Read 1: get fails (1), backfill put fails (2). Read 2: get fails (3) and
+    // opens the breaker, so its backfill skips the tier.
+    for _ in 0..2 {
+        assert!(cache.get(&k("a")).await.unwrap().is_some());
+    }
+    assert_eq!(faults.calls(), 3);
+    assert!(cache.is_tier_skipped(0));
+    for _ in 0..5 {
+        assert!(cache.get(&k("a")).await.unwrap().is_some());
+    }
+    assert_eq!(
+        faults.calls(),
+        3,
+        "an open breaker keeps reads and backfills away from the tier"
+    );
+
+    clock.advance(Duration::from_secs(30));
+    faults.heal();
+    let got = cache.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(
+        got.source,
+        Source::Tier {
+            index: 1,
+            name: "l2"
+        }
+    );
+    assert_eq!(
+        faults.calls(),
+        5,
+        "one probe read after the cool-down, then its backfill"
+    );
+    assert!(
+        !cache.is_tier_skipped(0),
+        "a successful probe closes the breaker"
+    );
+    assert_eq!(
+        cache.get(&k("a")).await.unwrap().unwrap().source,
+        Source::Tier {
+            index: 0,
+            name: "fault(memory)"
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_that_hangs_forever_costs_a_read_no_more_than_its_timeout() {
+    // Paused tokio time: the elapsed time below is virtual and exact, not a
+    // wall-clock measurement.
+    let clock = ManualClock::new();
+    let (l1, faults) = FaultTier::new(MemoryTier::builder().clock(clock.clone()).build());
+    let l2 = mem("l2", &clock);
+    let timeout = Duration::from_millis(50);
+    let recorder = Arc::new(Recorder::default());
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .timer(TokioTimer)
+        .observer(recorder.clone())
+        .tier(Tier::new(l1).timeout(timeout).no_circuit_breaker())
+        .tier(Tier::shared(l2.clone()))
+        .build();
+    l2.put(&k("a"), Entry::expiring_in(k("v"), clock.now(), HOUR))
+        .await
+        .unwrap();
+    faults.set_hanging(true);
+    faults.only(Some(&[cache_core::Operation::Get]));
+
+    let start = tokio::time::Instant::now();
+    let got = cache.get(&k("a")).await.unwrap().unwrap();
+    let took = start.elapsed();
+    assert_eq!(
+        got.source,
+        Source::Tier {
+            index: 1,
+            name: "l2"
+        }
+    );
+    assert!(took >= timeout, "returned before the timeout: {took:?}");
+    assert!(
+        took < timeout + Duration::from_millis(2),
+        "waited past the timeout: {took:?}"
+    );
+    assert_eq!(recorder.count_at(EventKind::Timeout, 0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_gets_of_one_cold_key_cause_one_origin_load() {
+    let clock = ManualClock::new();
+    let gate = Arc::new(Gate::default());
+    let loads = Arc::new(AtomicUsize::new(0));
+    let recorder = Arc::new(Recorder::default());
+    let origin = {
+        let (gate, loads, clock) = (gate.clone(), loads.clone(), clock.clone());
+        loader_fn(move |key: String| {
+            let (gate, loads, clock) = (gate.clone(), loads.clone(), clock.clone());
+            async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                gate.wait().await;
+                Ok::<_, BoxError>(Some(Entry::expiring_in(
+                    format!("{key}!"),
+                    clock.now(),
+                    HOUR,
+                )))
+            }
+        })
+    };
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .observer(recorder.clone())
+        .tier(Tier::new(
+            MemoryTier::builder().clock(clock.clone()).build(),
+        ))
+        .origin(origin)
+        .build();
+
+    let readers: Vec<_> = (0..1_000)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get(&k("cold"))
+                    .await
+                    .map(|l| l.map(|l| (l.entry.value, l.source == Source::Origin)))
+            })
+        })
+        .collect();
+    // Open the gate only once every other reader has joined the load in flight.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while recorder.count(EventKind::Coalesced) < 999 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("readers did not all join the load within 30 s");
+    gate.open();
+    for reader in readers {
+        let (value, from_origin) = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!(value, "cold!");
+        assert!(from_origin);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(recorder.count(EventKind::OriginLoad), 1);
+    assert_eq!(cache.loads_in_flight(), 0);
+}
+
+/// An origin whose first load parks at a gate and answers "old"; later loads
+/// answer "new" at once.
+fn gated_origin(
+    clock: &ManualClock,
+    gate: Arc<Gate>,
+    loads: Arc<AtomicUsize>,
+) -> impl Loader<String, String> {
+    let clock = clock.clone();
+    loader_fn(move |_key: String| {
+        let (gate, loads, clock) = (gate.clone(), loads.clone(), clock.clone());
+        async move {
+            let n = loads.fetch_add(1, Ordering::SeqCst);
+            let value = if n == 0 {
+                gate.wait().await;
+                "old"
+            } else {
+                "new"
+            };
+            Ok::<_, BoxError>(Some(Entry::expiring_in(
+                value.to_string(),
+                clock.now(),
+                HOUR,
+            )))
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_load_racing_an_invalidate_leaves_no_stale_value_in_any_tier() {
+    let clock = ManualClock::new();
+    let (l1, l2) = (mem("l1", &clock), mem("l2", &clock));
+    let gate = Arc::new(Gate::default());
+    let loads = Arc::new(AtomicUsize::new(0));
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()))
+        .tier(Tier::shared(l2.clone()))
+        .origin(gated_origin(&clock, gate.clone(), loads.clone()))
+        .build();
+
+    let early = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get(&k("u")).await.unwrap().unwrap().entry.value }
+    });
+    gate.reached().await; // the first load is in flight, holding "old"
+    let report = cache.invalidate(&k("u")).await.unwrap();
+    assert_eq!(report.operation(), ChainOp::Invalidate);
+
+    // A read that starts after the invalidation must not join the old load.
+    let late = cache.get(&k("u")).await.unwrap().unwrap();
+    assert_eq!(late.entry.value, "new");
+    assert_eq!(late.source, Source::Origin);
+
+    gate.open();
+    assert_eq!(
+        early.await.unwrap(),
+        "old",
+        "the early reader gets what it asked for"
+    );
+    // ...but "old" was written nowhere: every tier holds "new".
+    assert_eq!(l1.get(&k("u")).await.unwrap().unwrap().value, "new");
+    assert_eq!(l2.get(&k("u")).await.unwrap().unwrap().value, "new");
+    assert_eq!(
+        cache.get(&k("u")).await.unwrap().unwrap().entry.value,
+        "new"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_load_racing_an_invalidate_with_nothing_after_leaves_tiers_empty() {
+    let clock = ManualClock::new();
+    let (l1, l2) = (mem("l1", &clock), mem("l2", &clock));
+    let gate = Arc::new(Gate::default());
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()))
+        .tier(Tier::shared(l2.clone()))
+        .origin(gated_origin(&clock, gate.clone(), Arc::default()))
+        .build();
+    let early = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get(&k("u")).await.unwrap().map(|l| l.entry.value) }
+    });
+    gate.reached().await;
+    cache.invalidate(&k("u")).await.unwrap();
+    gate.open();
+    early.await.unwrap();
+    assert!(
+        l1.get(&k("u")).await.unwrap().is_none(),
+        "stale value written to l1"
+    );
+    assert!(
+        l2.get(&k("u")).await.unwrap().is_none(),
+        "stale value written to l2"
+    );
+}
+
+#[tokio::test]
+async fn a_backfill_racing_an_invalidate_is_taken_back() {
+    let clock = ManualClock::new();
+    let upper = Arc::new(GatedPuts::new(
+        MemoryTier::builder()
+            .name("upper")
+            .clock(clock.clone())
+            .build(),
+    ));
+    let lower = mem("lower", &clock);
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(upper.clone()))
+        .tier(Tier::shared(lower.clone()))
+        .build();
+    lower
+        .put(&k("u"), Entry::expiring_in(k("old"), clock.now(), HOUR))
+        .await
+        .unwrap();
+    upper.armed.store(true, Ordering::SeqCst);
+
+    let reader = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get(&k("u")).await.unwrap().unwrap().entry.value }
+    });
+    upper.gate.reached().await; // the backfill into `upper` is about to write "old"
+    cache.invalidate(&k("u")).await.unwrap();
+    upper.gate.open();
+    assert_eq!(reader.await.unwrap(), "old");
+    assert!(
+        upper.inner.get(&k("u")).await.unwrap().is_none(),
+        "the racing backfill left a stale value"
+    );
+    assert!(lower.get(&k("u")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn invalidate_reports_each_tier_and_names_the_one_that_failed() {
+    let clock = ManualClock::new();
+    let l1 = mem("l1", &clock);
+    let (l2, faults) = FaultTier::new(
+        MemoryTier::builder()
+            .name("redis-ish")
+            .clock(clock.clone())
+            .build(),
+    );
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()))
+        .tier(Tier::new(l2))
+        .build();
+    cache
+        .put(&k("u"), Entry::expiring_in(k("v"), clock.now(), HOUR))
+        .await
+        .unwrap();
+
+    faults.set_failing(true);
+    let err = cache.invalidate(&k("u")).await.unwrap_err();
+    let Error::Incomplete { report } = &err else {
+        panic!("expected Incomplete, got {err}")
+    };
+    assert_eq!(report.failed_tier_names(), vec!["fault(redis-ish)"]);
+    assert_eq!(report.failed_tiers(), vec![1]);
+    assert!(matches!(
+        report.outcomes()[0].result,
+        Ok(TierAction::Removed)
+    ));
+    assert!(err.to_string().contains("fault(redis-ish)"), "{err}");
+    assert!(l1.get(&k("u")).await.unwrap().is_none());
+
+    // Retrying once the tier is back finishes the job.
+    faults.heal();
+    let report = cache.invalidate(&k("u")).await.unwrap();
+    assert!(report.is_complete());
+    assert!(matches!(
+        report.outcomes()[1].result,
+        Ok(TierAction::Removed)
+    ));
+    assert!(cache.get(&k("u")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn prefix_invalidation_and_clear_reach_every_tier() {
+    let clock = ManualClock::new();
+    let (l1, l2) = (mem("l1", &clock), mem("l2", &clock));
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()))
+        .tier(Tier::shared(l2.clone()))
+        .build();
+    for key in ["user:1:avatar", "user:1:name", "user:2:avatar"] {
+        cache
+            .put(&k(key), Entry::expiring_in(k("v"), clock.now(), HOUR))
+            .await
+            .unwrap();
+    }
+    cache.invalidate_prefix("user:1:").await.unwrap();
+    for tier in [&l1, &l2] {
+        assert!(tier.get(&k("user:1:avatar")).await.unwrap().is_none());
+        assert!(tier.get(&k("user:1:name")).await.unwrap().is_none());
+        assert!(tier.get(&k("user:2:avatar")).await.unwrap().is_some());
+    }
+    cache.clear().await.unwrap();
+    assert!(l1.is_empty() && l2.is_empty());
+}
+
+#[tokio::test]
+async fn only_selected_tiers_are_invalidated() {
+    let clock = ManualClock::new();
+    let (l1, l2) = (mem("l1", &clock), mem("l2", &clock));
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()))
+        .tier(Tier::shared(l2.clone()))
+        .build();
+    cache
+        .put(&k("u"), Entry::expiring_in(k("v"), clock.now(), HOUR))
+        .await
+        .unwrap();
+    let report = cache.only(&[0]).invalidate(&k("u")).await.unwrap();
+    assert!(matches!(
+        report.outcomes()[1].result,
+        Ok(TierAction::NotSelected)
+    ));
+    assert!(l1.get(&k("u")).await.unwrap().is_none());
+    assert!(l2.get(&k("u")).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn stale_values_are_served_within_grace_when_the_origin_fails() {
+    let clock = ManualClock::new();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin = {
+        let (clock, failing) = (clock.clone(), failing.clone());
+        loader_fn(move |key: String| {
+            let (clock, failing) = (clock.clone(), failing.clone());
+            async move {
+                if failing.load(Ordering::SeqCst) {
+                    return Err(BoxError::from("origin down"));
+                }
+                Ok(Some(Entry::expiring_in(
+                    format!("{key}!"),
+                    clock.now(),
+                    Duration::from_secs(60),
+                )))
+            }
+        })
+    };
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(
+            MemoryTier::builder().clock(clock.clone()).build(),
+        ))
+        .origin(origin)
+        .serve_stale_on_error(Duration::from_secs(300), 100)
+        .build();
+    cache.get(&k("a")).await.unwrap().unwrap();
+    failing.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(61));
+    let got = cache.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(got.source, Source::Stale);
+    assert_eq!(got.entry.value, "a!");
+    assert!(
+        got.entry.is_expired(clock.now()),
+        "a stale value says it is expired"
+    );
+    clock.advance(Duration::from_secs(300));
+    assert!(
+        matches!(cache.get(&k("a")).await, Err(Error::Origin { .. })),
+        "served past the grace period"
+    );
+
+    // Without the option, an origin failure is an error straight away.
+    let strict: TieredCache<String, String> = TieredCache::builder()
+        .origin(loader_fn(|_: String| async {
+            Err::<Option<Entry<String>>, _>(BoxError::from("down"))
+        }))
+        .build();
+    assert!(matches!(
+        strict.get(&k("a")).await,
+        Err(Error::Origin { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_invalidated_key_is_not_served_stale() {
+    let clock = ManualClock::new();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin = {
+        let (clock, failing) = (clock.clone(), failing.clone());
+        loader_fn(move |key: String| {
+            let (clock, failing) = (clock.clone(), failing.clone());
+            async move {
+                if failing.load(Ordering::SeqCst) {
+                    return Err(BoxError::from("origin down"));
+                }
+                Ok(Some(Entry::expiring_in(
+                    key,
+                    clock.now(),
+                    Duration::from_secs(60),
+                )))
+            }
+        })
+    };
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(
+            MemoryTier::builder().clock(clock.clone()).build(),
+        ))
+        .origin(origin)
+        .serve_stale_on_error(Duration::from_secs(300), 100)
+        .build();
+    cache.get(&k("a")).await.unwrap();
+    cache.invalidate(&k("a")).await.unwrap();
+    failing.store(true, Ordering::SeqCst);
+    assert!(cache.get(&k("a")).await.is_err());
+}
+
+#[tokio::test]
+async fn negative_results_are_cached_for_their_own_ttl() {
+    let clock = ManualClock::new();
+    let origin = Origin::new(&clock);
+    let recorder = Arc::new(Recorder::default());
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .observer(recorder.clone())
+        .tier(Tier::new(
+            MemoryTier::builder().clock(clock.clone()).build(),
+        ))
+        .origin(origin.clone())
+        .negative_caching(Duration::from_secs(10), 100)
+        .build();
+    assert!(cache.get(&k("missing-1")).await.unwrap().is_none());
+    assert!(cache.get(&k("missing-1")).await.unwrap().is_none());
+    assert_eq!(origin.loads(), 1);
+    assert_eq!(recorder.count(EventKind::NegativeHit), 1);
+    clock.advance(Duration::from_secs(10));
+    assert!(cache.get(&k("missing-1")).await.unwrap().is_none());
+    assert_eq!(origin.loads(), 2, "the negative entry expired");
+    cache.invalidate(&k("missing-1")).await.unwrap();
+    assert!(cache.get(&k("missing-1")).await.unwrap().is_none());
+    assert_eq!(origin.loads(), 3, "invalidation forgets negative entries");
+}
+
+#[tokio::test]
+async fn get_many_reads_each_tier_once_loads_the_rest_in_one_batch_and_backfills() {
+    let clock = ManualClock::new();
+    let (l1, faults1) = FaultTier::new(
+        MemoryTier::builder()
+            .name("l1")
+            .clock(clock.clone())
+            .build(),
+    );
+    let l1_inner_calls = faults1.clone();
+    let l2 = mem("l2", &clock);
+    let origin = Origin::new(&clock);
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(l1))
+        .tier(Tier::shared(l2.clone()))
+        .origin(origin.clone())
+        .build();
+    l2.put(
+        &k("b"),
+        Entry::expiring_in(k("b-from-l2"), clock.now(), HOUR),
+    )
+    .await
+    .unwrap();
+    let keys = vec![k("a"), k("b"), k("c"), k("a"), k("missing-x")];
+    let got = cache.get_many(&keys).await.unwrap();
+    assert_eq!(
+        l1_inner_calls.calls(),
+        3,
+        "one get_many on l1, one put_many backfilling b, one put_many of the origin batch"
+    );
+    assert_eq!(origin.batches.load(Ordering::SeqCst), 1, "one origin batch");
+    assert_eq!(
+        origin.loads(),
+        3,
+        "a, c and missing-x: duplicates coalesced"
+    );
+    let values: Vec<Option<(String, Source<'_>)>> = got
+        .into_iter()
+        .map(|l| l.map(|l| (l.entry.value, l.source)))
+        .collect();
+    assert_eq!(
+        values[1],
+        Some((
+            k("b-from-l2"),
+            Source::Tier {
+                index: 1,
+                name: "l2"
+            }
+        ))
+    );
+    assert_eq!(values[0].as_ref().map(|v| v.1), Some(Source::Origin));
+    assert_eq!(values[0], values[3]);
+    assert!(values[4].is_none());
+    let again = cache.get_many(&keys[..3]).await.unwrap();
+    assert!(again.iter().all(|l| l.as_ref().unwrap().source
+        == Source::Tier {
+            index: 0,
+            name: "fault(l1)"
+        }));
+}
+
+#[tokio::test]
+async fn bad_keys_are_refused_with_a_clear_error() {
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .tier(Tier::new(MemoryTier::builder().build()))
+        .build();
+    for bad in [String::new(), "a\nb".into(), "x".repeat(10_000)] {
+        let err = cache.get(&bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+        assert!(
+            err.to_string().len() < 200,
+            "error echoes the whole key: {err}"
+        );
+        assert!(matches!(
+            cache.invalidate(&bad).await,
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn put_writes_through_and_beats_a_load_in_flight() {
+    let clock = ManualClock::new();
+    let l1 = mem("l1", &clock);
+    let gate = Arc::new(Gate::default());
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()))
+        .origin(gated_origin(&clock, gate.clone(), Arc::default()))
+        .build();
+    let early = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get(&k("u")).await.unwrap().unwrap().entry.value }
+    });
+    gate.reached().await;
+    cache
+        .put(&k("u"), Entry::expiring_in(k("put"), clock.now(), HOUR))
+        .await
+        .unwrap();
+    gate.open();
+    early.await.unwrap();
+    assert_eq!(l1.get(&k("u")).await.unwrap().unwrap().value, "put");
+}
+
+#[tokio::test]
+async fn a_chain_is_itself_a_tier() {
+    let clock = ManualClock::new();
+    let inner = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(mem("inner", &clock)))
+        .origin(Origin::new(&clock))
+        .build();
+    let outer = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(mem("outer", &clock)))
+        .tier(Tier::new(inner))
+        .build();
+    assert_eq!(
+        outer.get(&k("a")).await.unwrap().unwrap().source,
+        Source::Tier {
+            index: 1,
+            name: "tiered"
+        }
+    );
+    assert_eq!(outer.to_string(), "TieredCache(outer -> tiered)");
+}
