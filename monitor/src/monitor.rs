@@ -352,9 +352,10 @@ impl MonitorBuilder {
                 map: Mutex::new(HashMap::new()),
             }),
         };
-        let monitor = Monitor {
-            shared: Arc::new(shared),
-        };
+        // On wasm32 the clock is not `Send`/`Sync`, and there are no threads.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let shared = Arc::new(shared);
+        let monitor = Monitor { shared };
         monitor.tick(now);
         lock(&monitor.shared.baseline).hists = monitor.histograms();
         monitor

@@ -182,10 +182,7 @@ fn exposition_parses_and_matches_the_report() {
         panic!()
     };
     let first_holding = buckets.iter().find(|b| b.count == 1.0).unwrap().less_than;
-    assert!(
-        (0.120..0.26).contains(&first_holding),
-        "{first_holding}"
-    );
+    assert!((0.120..0.26).contains(&first_holding), "{first_holding}");
 }
 
 #[test]
