@@ -47,10 +47,12 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod clock;
 mod histogram;
 mod monitor;
 mod prometheus;
 mod report;
 
+pub use crate::clock::CoarseClock;
 pub use crate::monitor::{Monitor, MonitorBuilder, MAX_TIERS};
 pub use crate::report::{Bucket, KeyCount, LatencyStats, OriginStats, Report, TierStats};
