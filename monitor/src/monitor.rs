@@ -61,6 +61,8 @@ fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Aligned so that threads hitting different tiers do not share cache lines.
+#[repr(align(128))]
 struct TierSlot {
     /// Set by the first event from this index; later names are ignored.
     name: OnceLock<Box<str>>,
@@ -69,6 +71,7 @@ struct TierSlot {
     read: AtomicHistogram,
 }
 
+#[repr(align(128))]
 struct OriginSlot {
     counters: [AtomicU64; ORIGIN_COUNTERS],
     /// Every origin call: loads, not-found answers and failures.
