@@ -660,7 +660,8 @@ impl Monitor {
 
     /// One report per bucket over the last `last` (as [`Monitor::window`] counts
     /// it), oldest first; the last one is the current, partial bucket. For
-    /// plotting hit rate and access time over time. No percentiles.
+    /// plotting hit rate and access time over time. No percentiles. Buckets from
+    /// before the monitor was built (or last reset) are empty.
     ///
     /// ```
     /// use std::time::Duration;
