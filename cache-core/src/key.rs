@@ -69,8 +69,23 @@ pub fn validate(key: &str) -> Result<(), KeyError> {
             max: MAX_KEY_BYTES,
         });
     }
-    if let Some((at, _)) = key.char_indices().find(|(_, c)| c.is_control()) {
-        return Err(KeyError::ControlCharacter { at });
+    let bytes = key.as_bytes();
+    // Fast path, branch-free so it vectorizes: every byte printable ASCII.
+    if bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x20) < 0x5F))
+    {
+        return Ok(());
+    }
+    // Byte scan: C0 controls and DEL are single bytes; C1 controls (U+0080..U+009F,
+    // all that `char::is_control` adds) are 0xC2 0x80..=0x9F in UTF-8.
+    for (at, &b) in bytes.iter().enumerate() {
+        let control = b < 0x20
+            || b == 0x7F
+            || (b == 0xC2 && bytes.get(at + 1).is_some_and(|n| (0x80..=0x9F).contains(n)));
+        if control {
+            return Err(KeyError::ControlCharacter { at });
+        }
     }
     Ok(())
 }
@@ -259,6 +274,20 @@ mod tests {
         assert_eq!(validate("a\nb"), Err(KeyError::ControlCharacter { at: 1 }));
         assert_eq!(validate("a\0"), Err(KeyError::ControlCharacter { at: 1 }));
         assert_eq!(validate("../etc/passwd"), Ok(()));
+        assert_eq!(
+            validate("é\u{85}"),
+            Err(KeyError::ControlCharacter { at: 2 })
+        );
+        assert_eq!(
+            validate("\u{7f}"),
+            Err(KeyError::ControlCharacter { at: 0 })
+        );
+        assert_eq!(validate("ключ 🙂 \u{a0}"), Ok(()));
+        // Agrees with `char::is_control` on every char.
+        for c in (0..0x3000u32).filter_map(char::from_u32) {
+            let s = format!("a{c}");
+            assert_eq!(validate(&s).is_err(), c.is_control(), "{c:?}");
+        }
     }
 
     #[test]

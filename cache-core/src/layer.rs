@@ -131,39 +131,85 @@ where
     }
 }
 
+// The forwarding impls are written out by hand, in async_trait's desugared form,
+// so that they hand back the inner tier's future as is. Written with
+// `#[async_trait]` they would box a second future around it on every call, and
+// method resolution picks these impls for every `Arc<dyn CacheLayer>`.
 macro_rules! forward_layer {
     ($($ptr:ty),*) => {$(
-        #[cfg_attr(not(target_family = "wasm"), async_trait)]
-        #[cfg_attr(target_family = "wasm", async_trait(?Send))]
         impl<K, V, T> CacheLayer<K, V> for $ptr
         where
             K: MaybeSend + MaybeSync + 'static,
             V: MaybeSend + 'static,
             T: CacheLayer<K, V> + ?Sized,
         {
+            #[inline]
             fn name(&self) -> &str {
                 (**self).name()
             }
-            async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
-                (**self).get(key).await
+            #[inline]
+            fn get<'s, 'k, 'f>(&'s self, key: &'k K) -> BoxFuture<'f, Result<Option<Entry<V>>>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).get(key)
             }
-            async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
-                (**self).put(key, entry).await
+            #[inline]
+            fn put<'s, 'k, 'f>(&'s self, key: &'k K, entry: Entry<V>) -> BoxFuture<'f, Result<()>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).put(key, entry)
             }
-            async fn remove(&self, key: &K) -> Result<bool> {
-                (**self).remove(key).await
+            #[inline]
+            fn remove<'s, 'k, 'f>(&'s self, key: &'k K) -> BoxFuture<'f, Result<bool>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).remove(key)
             }
-            async fn remove_prefix(&self, prefix: &str) -> Result<()> {
-                (**self).remove_prefix(prefix).await
+            #[inline]
+            fn remove_prefix<'s, 'p, 'f>(&'s self, prefix: &'p str) -> BoxFuture<'f, Result<()>>
+            where
+                's: 'f,
+                'p: 'f,
+                Self: 'f,
+            {
+                (**self).remove_prefix(prefix)
             }
-            async fn clear(&self) -> Result<()> {
-                (**self).clear().await
+            #[inline]
+            fn clear<'s, 'f>(&'s self) -> BoxFuture<'f, Result<()>>
+            where
+                's: 'f,
+                Self: 'f,
+            {
+                (**self).clear()
             }
-            async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
-                (**self).get_many(keys).await
+            #[inline]
+            fn get_many<'s, 'k, 'f>(
+                &'s self,
+                keys: &'k [K],
+            ) -> BoxFuture<'f, Result<Vec<Option<Entry<V>>>>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).get_many(keys)
             }
-            async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
-                (**self).put_many(entries).await
+            #[inline]
+            fn put_many<'s, 'f>(&'s self, entries: Vec<(K, Entry<V>)>) -> BoxFuture<'f, Result<()>>
+            where
+                's: 'f,
+                Self: 'f,
+            {
+                (**self).put_many(entries)
             }
         }
     )*};

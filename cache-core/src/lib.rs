@@ -40,6 +40,11 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+// The README's example is a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;
+
 mod entry;
 mod error;
 mod fault;

@@ -45,10 +45,15 @@ impl Timestamp {
 
     /// Converts a [`std::time::SystemTime`]-like value (also `web_time::SystemTime`).
     /// Times before the epoch clamp to the epoch.
+    #[inline]
     pub fn from_system_time(time: web_time::SystemTime) -> Self {
         let millis = time
             .duration_since(web_time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map(|d| {
+                d.as_secs()
+                    .saturating_mul(1_000)
+                    .saturating_add(u64::from(d.subsec_millis()))
+            })
             .unwrap_or(0);
         Timestamp(millis)
     }

@@ -9,19 +9,26 @@ use crate::{BoxFuture, MaybeSend, MaybeSync};
 /// timeout without depending on one async runtime.
 ///
 /// [`DefaultTimer`] works everywhere (a timer thread on native, `setTimeout` on
-/// wasm32). Tests can plug in a runtime's virtual time, e.g. tokio's paused clock:
+/// wasm32). Tests can plug in a runtime's virtual time instead, e.g.
+/// `Box::pin(tokio::time::sleep(d))` under tokio's paused clock, or wrap the
+/// default one:
 ///
 /// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::time::Duration;
-/// use cache_core::{BoxFuture, Timer};
+/// use cache_core::{BoxFuture, DefaultTimer, Timer};
 ///
-/// #[derive(Debug)]
-/// struct TokioTimer;
-/// impl Timer for TokioTimer {
+/// #[derive(Debug, Default)]
+/// struct CountingTimer(AtomicU64);
+/// impl Timer for CountingTimer {
 ///     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
-///         Box::pin(tokio::time::sleep(d))
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         DefaultTimer.sleep(d)
 ///     }
 /// }
+/// let timer = CountingTimer::default();
+/// futures_executor::block_on(timer.sleep(Duration::from_millis(1)));
+/// assert_eq!(timer.0.load(Ordering::Relaxed), 1);
 /// ```
 pub trait Timer: fmt::Debug + MaybeSend + MaybeSync + 'static {
     /// A future that completes after `duration`.

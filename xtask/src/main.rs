@@ -1,1 +1,455 @@
-fn main() {}
+//! `cargo xtask`: the workspace's two set-up commands and the bench runner.
+//!
+//! - `cargo xtask test`: fmt, clippy (native and wasm32), native tests (with real
+//!   Redis and a real S3-compatible server, started by the tests themselves), and
+//!   browser tests in headless Chromium. Every suite runs; the command fails if any
+//!   suite fails or cannot run. Nothing is skipped silently.
+//! - `cargo xtask demo`: builds everything, wasm included, and serves the demo.
+//! - `cargo xtask bench`: the criterion suites and the browser benchmark.
+//!
+//! Missing tools are installed when running as root (the wasm32 target,
+//! `wasm-bindgen-cli` at the version in Cargo.lock, Debian's `chromium`,
+//! `chromium-driver`, `redis-server`, `redis-tools`); otherwise the exact command
+//! to run is printed and the task stops.
+//!
+//! Std only, so that it builds in seconds on a fresh machine.
+
+use std::env;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/chromedriver", "chromium-driver"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let root = workspace_root();
+    if let Err(e) = env::set_current_dir(&root) {
+        eprintln!(
+            "xtask: cannot enter the workspace root {}: {e}",
+            root.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("setup") => setup().map(|()| true),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test | demo | bench | setup>\n\
+                 \n  test   fmt, clippy, native tests (real Redis, real S3), browser tests in headless Chromium\
+                 \n  demo   build everything (wasm included) and serve the profile-picture demo\
+                 \n  bench  criterion suites and the browser benchmark\
+                 \n  setup  only install (or print how to install) what the other tasks need"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("\nxtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    manifest
+        .and_then(|m| m.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+// ---------------------------------------------------------------------------
+// Tools: find, install when root, or say exactly how.
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn run_visible(what: &str, cmd: &mut Command) -> Result<(), String> {
+    println!("xtask: {what}");
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("`{what}` failed ({s})")),
+        Err(e) => Err(format!("`{what}` could not start: {e}")),
+    }
+}
+
+/// The wasm-bindgen version pinned in Cargo.lock.
+fn locked_wasm_bindgen_version() -> Result<String, String> {
+    let lock = fs::read_to_string("Cargo.lock")
+        .map_err(|e| format!("cannot read Cargo.lock ({e}); run `cargo generate-lockfile`"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"wasm-bindgen\"" {
+            if let Some(v) = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("version = "))
+            {
+                return Ok(v.trim_matches('"').to_string());
+            }
+        }
+    }
+    Err("Cargo.lock has no wasm-bindgen package".into())
+}
+
+fn wasm_bindgen_runner() -> PathBuf {
+    on_path("wasm-bindgen-test-runner")
+        .unwrap_or_else(|| cargo_bin_dir().join("wasm-bindgen-test-runner"))
+}
+
+fn installed_wasm_bindgen_version() -> Option<String> {
+    let out = Command::new(wasm_bindgen_runner())
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1).map(str::to_string)
+}
+
+/// Makes sure every tool the tests need is here. Returns the commands that a
+/// non-root user must run, if any are missing.
+fn setup() -> Result<(), String> {
+    let root = is_root();
+    let mut todo: Vec<String> = Vec::new();
+
+    // 1. The wasm32 target (rust-toolchain.toml lists it; older rustups may not add it).
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !targets.lines().any(|l| l.trim() == WASM_TARGET) {
+        let cmd = format!("rustup target add {WASM_TARGET}");
+        if root {
+            run_visible(
+                &cmd,
+                Command::new("rustup").args(["target", "add", WASM_TARGET]),
+            )?;
+        } else {
+            todo.push(cmd);
+        }
+    }
+
+    // 2. Debian packages: one `apt-get update`, then one install of what is missing.
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(bin, _)| on_path(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        let install = format!("apt-get install -y {}", missing.join(" "));
+        if root {
+            run_visible(
+                "apt-get update",
+                Command::new("apt-get").args(["update", "-qq"]),
+            )?;
+            let mut cmd = Command::new("apt-get");
+            cmd.args(["install", "-y", "-qq"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            run_visible(&install, &mut cmd)?;
+        } else {
+            todo.push(format!("sudo apt-get update && sudo {install}"));
+        }
+    }
+
+    // 3. wasm-bindgen-cli at exactly the version in Cargo.lock.
+    let want = locked_wasm_bindgen_version()?;
+    if installed_wasm_bindgen_version().as_deref() != Some(want.as_str()) {
+        // Without --locked: the CLI's own lockfile pins a webpki-roots release that
+        // is no longer on crates.io.
+        let cmd = format!("cargo install wasm-bindgen-cli --version {want} --force");
+        if root {
+            run_visible(
+                &cmd,
+                Command::new("cargo").args([
+                    "install",
+                    "wasm-bindgen-cli",
+                    "--version",
+                    &want,
+                    "--force",
+                ]),
+            )?;
+        } else {
+            todo.push(cmd);
+        }
+    }
+
+    if todo.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "missing tools; not running as root, so not installing them. Run:\n  {}\nthen run the task again.",
+        todo.join("\n  ")
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Suites.
+
+/// Workspace members, from the root Cargo.toml (directory names).
+fn members() -> Vec<String> {
+    let manifest = fs::read_to_string("Cargo.toml").unwrap_or_default();
+    let Some(start) = manifest.find("members") else {
+        return Vec::new();
+    };
+    let rest = &manifest[start..];
+    let (Some(open), Some(close)) = (rest.find('['), rest.find(']')) else {
+        return Vec::new();
+    };
+    rest[open + 1..close]
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_string())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+/// The package name declared in a member's Cargo.toml.
+fn package_name(member: &str) -> Option<String> {
+    let manifest = fs::read_to_string(Path::new(member).join("Cargo.toml")).ok()?;
+    let package = manifest.split("[package]").nth(1)?;
+    package.lines().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix("name").map(|rest| {
+            rest.trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('"')
+                .to_string()
+        })
+    })
+}
+
+/// Members with browser tests: by convention, those with a `webdriver.json`
+/// (the Chromium options wasm-bindgen-test-runner reads).
+fn browser_tested() -> Vec<String> {
+    members()
+        .into_iter()
+        .filter(|m| Path::new(m).join("webdriver.json").is_file())
+        .filter_map(|m| package_name(&m))
+        .collect()
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs a command, echoing its output, and adds up `test result:` lines.
+fn run_suite(cmd: &mut Command, tally: &mut Tally) -> Result<(), String> {
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("could not start: {e}"))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.trim().strip_prefix("test result: ") {
+                for part in rest.split([';', '.']) {
+                    let mut words = part.split_whitespace();
+                    if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                        let n: u64 = n.parse().unwrap_or(0);
+                        match what {
+                            "passed" => tally.passed += n,
+                            "failed" => tally.failed += n,
+                            "ignored" => tally.ignored += n,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("exited with {status}"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn browser_env(cmd: &mut Command) -> &mut Command {
+    cmd.env(
+        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+        wasm_bindgen_runner(),
+    )
+    .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+    .env("WASM_BINDGEN_TEST_TIMEOUT", "180")
+}
+
+fn test(args: &[String]) -> Result<bool, String> {
+    if let Some(extra) = args.first() {
+        return Err(format!(
+            "`cargo xtask test` takes no arguments (got `{extra}`)"
+        ));
+    }
+    setup()?;
+    let browser = browser_tested();
+    if browser.is_empty() {
+        return Err(
+            "no crate has browser tests (no webdriver.json found); the wasm suite cannot run"
+                .into(),
+        );
+    }
+    let mut wasm_pkgs: Vec<String> = Vec::new();
+    for p in &browser {
+        wasm_pkgs.push("-p".into());
+        wasm_pkgs.push(p.clone());
+    }
+
+    let mut suites: Vec<(String, Command)> = Vec::new();
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    suites.push(("rustfmt".into(), fmt));
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    suites.push(("clippy (native)".into(), clippy));
+    let mut clippy_wasm = cargo();
+    clippy_wasm
+        .args(["clippy", "--target", WASM_TARGET, "--all-targets"])
+        .args(&wasm_pkgs)
+        .args(["--", "-D", "warnings"]);
+    suites.push((
+        format!("clippy (wasm32: {})", browser.join(", ")),
+        clippy_wasm,
+    ));
+    let mut native = cargo();
+    native.args(["test", "--workspace", "--no-fail-fast"]);
+    suites.push((
+        "native tests (incl. doctests, real Redis and S3)".into(),
+        native,
+    ));
+    let mut wasm = cargo();
+    // Test targets only: doctests run natively above (on wasm32 they would need
+    // every example's dev-dependencies to build for the browser).
+    wasm.args(["test", "--target", WASM_TARGET, "--no-fail-fast", "--tests"])
+        .args(&wasm_pkgs);
+    browser_env(&mut wasm);
+    suites.push((
+        format!(
+            "browser tests in headless Chromium ({})",
+            browser.join(", ")
+        ),
+        wasm,
+    ));
+
+    let mut tally = Tally::default();
+    let mut outcomes: Vec<(String, Result<(), String>, f64)> = Vec::new();
+    for (name, mut cmd) in suites {
+        println!("\n=== xtask: {name} ===");
+        let started = Instant::now();
+        let result = run_suite(&mut cmd, &mut tally);
+        outcomes.push((name, result, started.elapsed().as_secs_f64()));
+    }
+
+    println!("\n=== xtask test: summary ===");
+    let mut ok = true;
+    for (name, result, secs) in &outcomes {
+        match result {
+            Ok(()) => println!("  ok      {name} ({secs:.0} s)"),
+            Err(e) => {
+                ok = false;
+                println!("  FAILED  {name} ({secs:.0} s): {e}");
+            }
+        }
+    }
+    if tally.passed == 0 {
+        ok = false;
+        println!("  FAILED  no test ran");
+    }
+    println!(
+        "xtask: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    Ok(ok)
+}
+
+fn bench(args: &[String]) -> Result<bool, String> {
+    setup()?;
+    let mut criterion = cargo();
+    criterion.args(["bench", "-p", "benches"]);
+    if !args.is_empty() {
+        criterion.arg("--").args(args);
+    }
+    let mut tally = Tally::default();
+    println!("\n=== xtask: criterion suites (benches crate) ===");
+    let mut ok = run_suite(&mut criterion, &mut tally).is_ok();
+    if Path::new("cache-browser/tests/bench.rs").is_file() {
+        println!("\n=== xtask: browser benchmark in headless Chromium (cache-browser) ===");
+        let mut browser = cargo();
+        browser.args([
+            "test",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "-p",
+            "cache-browser",
+            "--features",
+            "browser-bench",
+            "--test",
+            "bench",
+            "--",
+            "--nocapture",
+        ]);
+        browser_env(&mut browser);
+        ok &= run_suite(&mut browser, &mut tally).is_ok();
+    }
+    println!("\nxtask bench: results above; record them with their baselines in BENCHMARKS.md");
+    Ok(ok)
+}
+
+fn demo(args: &[String]) -> Result<bool, String> {
+    let _ = args;
+    Err(
+        "the demo (examples/profile-server and examples/profile-web) is not in this workspace yet"
+            .into(),
+    )
+}
