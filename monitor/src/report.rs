@@ -168,7 +168,8 @@ pub struct OriginStats {
 /// - `hit_rate`: `hits / requests`.
 /// - `average_access_time`: the time spent reading tiers and calling the origin,
 ///   per request: `(Σ tier read latency + Σ origin latency) / requests`. Reads that
-///   joined an origin load in flight share that one load's time.
+///   joined an origin load in flight share that one load's time; in a batch
+///   (`get_many`) every key's event carries the whole batch call's latency.
 /// - `bytes_saved`: bytes served from a cache tier instead of the origin (sum of
 ///   the tiers' `bytes_served`).
 ///

@@ -169,3 +169,57 @@ fn chain_tier_failures_show_as_errors_not_lost_reads() {
     assert_eq!(r.requests, 3);
     assert_eq!(r.hit_rate, Some(0.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_through_a_chain_are_all_accounted_for() {
+    const TASKS: u64 = 16;
+    const READS: u64 = 400;
+    const KEYS: u64 = 50;
+    let monitor = Monitor::builder().clock(ManualClock::new()).build();
+    let cache: TieredCache<u64, String> = TieredCache::builder()
+        .tier(Tier::new(
+            MemoryTier::builder().name("l1").max_entries(20).build(),
+        ))
+        .tier(Tier::new(MemoryTier::builder().name("l2").build()))
+        .origin(loader_fn(|id: u64| async move {
+            tokio::task::yield_now().await; // let other reads join the load
+            Ok::<_, BoxError>(Some(Entry::expiring_in(
+                value(1_000 + id), // same length for every key
+                cache_core::SystemClock.now(),
+                Duration::from_secs(600),
+            )))
+        }))
+        .observer(monitor.clone())
+        .build();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                for i in 0..READS {
+                    let key = (t * 7 + i * 13) % KEYS;
+                    assert!(cache.get(&key).await.unwrap().is_some());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = monitor.report();
+    assert_eq!(r.requests, TASKS * READS);
+    // Every read was answered by a tier, started an origin load, or joined one.
+    assert_eq!(
+        r.hits + r.origin.loads + r.origin.coalesced,
+        r.requests,
+        "{r}"
+    );
+    assert!(r.origin.loads >= KEYS, "every key was loaded at least once");
+    let (l1, l2) = (&r.tiers[0], &r.tiers[1]);
+    assert_eq!(l1.reads, r.requests);
+    assert_eq!(l2.reads, l1.misses, "every l1 miss went on to l2");
+    assert_eq!(
+        r.bytes_saved,
+        (l1.hits + l2.hits) * value(1_000).len() as u64
+    );
+    println!("{r}");
+}
