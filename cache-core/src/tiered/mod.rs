@@ -15,6 +15,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::{join_all, select, Either, FutureExt, Shared, WeakShared};
+// Latencies are timed only when an observer is installed. On native targets a
+// TSC-based clock (quanta) reads in a few nanoseconds where `clock_gettime` can
+// cost tens on a VM; on wasm32, `web_time` wraps `performance.now()`.
+#[cfg(not(target_family = "wasm"))]
+use quanta::Instant;
+#[cfg(target_family = "wasm")]
 use web_time::Instant;
 
 pub use builder::{Tier, TieredCacheBuilder, DEFAULT_BREAKER};
