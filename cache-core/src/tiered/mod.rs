@@ -1053,17 +1053,17 @@ where
             drop(flights);
             if !to_load.is_empty() {
                 let epoch = this.log.current();
-                let batch = Self::run_loads(this.clone(), to_load.clone(), epoch)
-                    .boxed()
-                    .shared();
+                // `Box::pin` into `BoxFuture`, not `.boxed()`: the latter demands
+                // `Send`, which wasm32 futures are not.
+                let batch: BoxFuture<'static, Arc<Vec<LoadResult<V>>>> =
+                    Box::pin(Self::run_loads(this.clone(), to_load.clone(), epoch));
+                let batch = batch.shared();
                 let mut flights = this.lock_flights();
                 for (i, (key, id)) in to_load.into_iter().enumerate() {
-                    let per_key: BoxFuture<'static, LoadResult<V>> = batch
-                        .clone()
-                        .map(move |all: Arc<Vec<LoadResult<V>>>| {
+                    let per_key: BoxFuture<'static, LoadResult<V>> =
+                        Box::pin(batch.clone().map(move |all: Arc<Vec<LoadResult<V>>>| {
                             all.get(i).cloned().unwrap_or(Ok(None))
-                        })
-                        .boxed();
+                        }));
                     let shared = per_key.shared();
                     if let Some(weak) = shared.downgrade() {
                         flights.insert(key, Flight { id, weak });
