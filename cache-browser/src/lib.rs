@@ -1,0 +1,16 @@
+//! # cache-browser
+//!
+//! Browser tiers for [`cache_core`], compiled to `wasm32-unknown-unknown`.
+//! On other targets the crate is empty.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(target_family = "wasm")]
+mod js;
+#[cfg(target_family = "wasm")]
+mod local_storage;
+
+#[cfg(target_family = "wasm")]
+pub use js::JsError;
+#[cfg(target_family = "wasm")]
+pub use local_storage::{LocalStorageTier, LocalStorageTierBuilder};
