@@ -14,3 +14,7 @@ mod local_storage;
 pub use js::JsError;
 #[cfg(target_family = "wasm")]
 pub use local_storage::{LocalStorageTier, LocalStorageTierBuilder};
+#[cfg(target_family = "wasm")]
+mod indexed_db;
+#[cfg(target_family = "wasm")]
+pub use indexed_db::{IndexedDbTier, IndexedDbTierBuilder, DEFAULT_MAX_BYTES};
