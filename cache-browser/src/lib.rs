@@ -18,3 +18,7 @@ pub use local_storage::{LocalStorageTier, LocalStorageTierBuilder};
 mod indexed_db;
 #[cfg(target_family = "wasm")]
 pub use indexed_db::{IndexedDbTier, IndexedDbTierBuilder, DEFAULT_MAX_BYTES};
+#[cfg(target_family = "wasm")]
+mod cache_api;
+#[cfg(target_family = "wasm")]
+pub use cache_api::{CacheApiTier, CacheApiTierBuilder, DEFAULT_BASE_URL, DEFAULT_MAX_ENTRIES, EXPIRES_HEADER};
