@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use cache_core::{BoxError, Error, Operation};
+use cache_core::{Error, Operation};
 use js_sys::Reflect;
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -66,14 +66,6 @@ impl std::error::Error for JsError {}
 
 pub(crate) fn backend(tier: &str, op: Operation, err: &JsValue) -> Error {
     Error::backend(tier, op, JsError::from_js(err))
-}
-
-pub(crate) fn backend_msg(tier: &str, op: Operation, name: &str, msg: impl Into<String>) -> Error {
-    Error::backend(tier, op, JsError::new(name, msg))
-}
-
-pub(crate) fn boxed(err: &JsValue) -> BoxError {
-    Box::new(JsError::from_js(err))
 }
 
 /// `globalThis[name]`, treating a throwing getter (storage blocked) like an

@@ -22,3 +22,11 @@ pub use indexed_db::{IndexedDbTier, IndexedDbTierBuilder, DEFAULT_MAX_BYTES};
 mod cache_api;
 #[cfg(target_family = "wasm")]
 pub use cache_api::{CacheApiTier, CacheApiTierBuilder, DEFAULT_BASE_URL, DEFAULT_MAX_ENTRIES, EXPIRES_HEADER};
+#[cfg(target_family = "wasm")]
+mod cross_tab;
+#[cfg(target_family = "wasm")]
+pub use cross_tab::CrossTabInvalidation;
+#[cfg(target_family = "wasm")]
+mod profile;
+#[cfg(target_family = "wasm")]
+pub use profile::{Picture, ProfilePictures, ProfilePicturesBuilder, ResolvedPicture, BYTES_TTL, LOCAL_STORAGE_TTL};
