@@ -5,7 +5,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock, Timestamp};
+use cache_core::{
+    async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
+    Timestamp,
+};
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Cache, CacheStorage, Headers, Request, Response, ResponseInit, ResponseType};
@@ -249,7 +252,12 @@ impl<V> CacheApiTier<V> {
     /// [`Error::Encode`] for an opaque or error response (nothing is stored);
     /// [`Error::QuotaExceeded`] when the origin is out of quota; other backend
     /// errors.
-    pub async fn put_response(&self, key: &str, response: &Response, expires_at: Timestamp) -> Result<()> {
+    pub async fn put_response(
+        &self,
+        key: &str,
+        response: &Response,
+        expires_at: Timestamp,
+    ) -> Result<()> {
         key::validate(key).map_err(|reason| Error::invalid_key(key, reason))?;
         let op = Operation::Put;
         match response.type_() {
@@ -273,14 +281,27 @@ impl<V> CacheApiTier<V> {
         .await
         .map_err(|e| self.err(op, e))?;
         let content_type = response.headers().get("content-type").ok().flatten();
-        self.store(key, &Uint8Array::new(&body), content_type.as_deref(), expires_at)
-            .await
+        self.store(
+            key,
+            &Uint8Array::new(&body),
+            content_type.as_deref(),
+            expires_at,
+        )
+        .await
     }
 
-    async fn store(&self, key: &str, body: &Uint8Array, content_type: Option<&str>, expires_at: Timestamp) -> Result<()> {
+    async fn store(
+        &self,
+        key: &str,
+        body: &Uint8Array,
+        content_type: Option<&str>,
+        expires_at: Timestamp,
+    ) -> Result<()> {
         let op = Operation::Put;
         let now = self.clock.now();
-        let expires_at = Entry::new((), expires_at).capped_by_ttl(now, self.ttl).expires_at;
+        let expires_at = Entry::new((), expires_at)
+            .capped_by_ttl(now, self.ttl)
+            .expires_at;
         let url = self.url_for(key);
         if now >= expires_at {
             self.delete_url(&url, op).await?;
@@ -297,7 +318,8 @@ impl<V> CacheApiTier<V> {
         let init = ResponseInit::new();
         init.set_status(200);
         init.set_headers(&headers);
-        let response = Response::new_with_opt_js_u8_array_and_init(Some(body), &init).map_err(|e| fail(&e))?;
+        let response =
+            Response::new_with_opt_js_u8_array_and_init(Some(body), &init).map_err(|e| fail(&e))?;
         let request = Request::new_with_str(&url).map_err(|e| fail(&e))?;
         js::await_promise(self.cache.put_with_request(&request, &response))
             .await
@@ -361,7 +383,9 @@ where
         let promise = response
             .array_buffer()
             .map_err(|e| self.err(op, JsError::from_js(&e)))?;
-        let body = js::await_promise(promise).await.map_err(|e| self.err(op, e))?;
+        let body = js::await_promise(promise)
+            .await
+            .map_err(|e| self.err(op, e))?;
         Ok(Some(Entry::new(
             V::from(Uint8Array::new(&body).to_vec()),
             expires_at,
@@ -376,7 +400,8 @@ where
 
     async fn remove(&self, key: &K) -> Result<bool> {
         let key = checked_key(key)?;
-        self.delete_url(&self.url_for(&key), Operation::Remove).await
+        self.delete_url(&self.url_for(&key), Operation::Remove)
+            .await
     }
 
     async fn remove_prefix(&self, prefix: &str) -> Result<()> {

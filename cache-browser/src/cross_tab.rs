@@ -3,7 +3,9 @@
 use std::fmt;
 use std::rc::Rc;
 
-use cache_core::{ByteSize, CacheKey, Error, MaybeSend, MaybeSync, Result, TierReport, TieredCache};
+use cache_core::{
+    ByteSize, CacheKey, Error, MaybeSend, MaybeSync, Result, TierReport, TieredCache,
+};
 use js_sys::{Object, Reflect};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
@@ -62,7 +64,11 @@ where
     /// # Errors
     ///
     /// [`Error::Unavailable`] when `BroadcastChannel` is missing.
-    pub fn new(cache: TieredCache<K, V>, channel_name: &str, local_tiers: &[usize]) -> Result<Self> {
+    pub fn new(
+        cache: TieredCache<K, V>,
+        channel_name: &str,
+        local_tiers: &[usize],
+    ) -> Result<Self> {
         let channel = BroadcastChannel::new(channel_name).map_err(|e| Error::Unavailable {
             tier: "broadcast_channel".into(),
             reason: JsError::from_js(&e).to_string(),
@@ -72,7 +78,11 @@ where
 
     /// Like [`CrossTabInvalidation::new`] with a channel made by the caller,
     /// e.g. in another browsing context (an iframe's realm).
-    pub fn with_channel(cache: TieredCache<K, V>, channel: BroadcastChannel, local_tiers: &[usize]) -> Self {
+    pub fn with_channel(
+        cache: TieredCache<K, V>,
+        channel: BroadcastChannel,
+        local_tiers: &[usize],
+    ) -> Self {
         let tiers: Rc<[usize]> = local_tiers.into();
         let target = cache.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
@@ -128,7 +138,8 @@ where
 
     fn post(&self, kind: &str, key: &str) -> Result<()> {
         let msg = Object::new();
-        let put = |f: &str, v: &str| Reflect::set(&msg, &JsValue::from_str(f), &JsValue::from_str(v));
+        let put =
+            |f: &str, v: &str| Reflect::set(&msg, &JsValue::from_str(f), &JsValue::from_str(v));
         put("format", FORMAT)
             .and_then(|_| put("kind", kind))
             .and_then(|_| put("key", key))

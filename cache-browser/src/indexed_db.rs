@@ -9,7 +9,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock, Timestamp};
+use cache_core::{
+    async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
+    Timestamp,
+};
 use indexed_db_futures::database::Database;
 use indexed_db_futures::error::{DomException, Error as IdbError, OpenDbError};
 use indexed_db_futures::prelude::*;
@@ -189,8 +192,10 @@ fn idb_err(e: &IdbError) -> JsError {
 
 /// Errors that mean "this connection is gone; a new one may work".
 fn is_closing(e: &IdbError) -> bool {
-    matches!(e, IdbError::DomException(DomException::InvalidStateError(_)))
-        || e.to_string().contains("closing")
+    matches!(
+        e,
+        IdbError::DomException(DomException::InvalidStateError(_))
+    ) || e.to_string().contains("closing")
 }
 
 fn is_quota(e: &IdbError) -> bool {
@@ -212,7 +217,11 @@ fn set(obj: &Object, field: &str, value: &JsValue) -> std::result::Result<(), Id
 
 fn lru_record(last_access: Timestamp, size: u64) -> std::result::Result<JsValue, IdbError> {
     let obj = Object::new();
-    set(&obj, "last_access", &JsValue::from_f64(last_access.as_unix_millis() as f64))?;
+    set(
+        &obj,
+        "last_access",
+        &JsValue::from_f64(last_access.as_unix_millis() as f64),
+    )?;
     set(&obj, "size", &JsValue::from_f64(size as f64))?;
     Ok(obj.into())
 }
@@ -435,9 +444,15 @@ impl<V> IndexedDbTier<V> {
             self.delete_key(&enc, Operation::Get).await?;
             return Ok(None);
         }
-        let last = access.as_ref().and_then(|a| num(a, "last_access")).unwrap_or(0.0);
+        let last = access
+            .as_ref()
+            .and_then(|a| num(a, "last_access"))
+            .unwrap_or(0.0);
         if (now.as_unix_millis() as f64) - last >= self.touch_after.as_millis() as f64 {
-            let size = access.as_ref().and_then(|a| num(a, "size")).unwrap_or(value.length() as f64);
+            let size = access
+                .as_ref()
+                .and_then(|a| num(a, "size"))
+                .unwrap_or(value.length() as f64);
             self.with_db(Operation::Get, |db| {
                 let enc = enc.clone();
                 async move {
@@ -499,7 +514,10 @@ impl<V> IndexedDbTier<V> {
                 tier: self.name.clone(),
                 source: Some(Box::new(JsError::new(
                     "QuotaExceededError",
-                    format!("a {size}-byte value exceeds the tier's {}-byte budget", self.max_bytes),
+                    format!(
+                        "a {size}-byte value exceeds the tier's {}-byte budget",
+                        self.max_bytes
+                    ),
                 ))),
             });
         }
@@ -555,8 +573,15 @@ impl<V> IndexedDbTier<V> {
                         lru.delete(k).primitive()?.await?;
                     }
                 }
-                entries.put(JsValue::from(record)).with_key(enc.clone()).primitive()?.await?;
-                lru.put(lru_record(now, size)?).with_key(enc).primitive()?.await?;
+                entries
+                    .put(JsValue::from(record))
+                    .with_key(enc.clone())
+                    .primitive()?
+                    .await?;
+                lru.put(lru_record(now, size)?)
+                    .with_key(enc)
+                    .primitive()?
+                    .await?;
                 meta.put(JsValue::from_f64(total.max(0.0)))
                     .with_key(TOTAL)
                     .primitive()?
@@ -585,8 +610,13 @@ impl<V> IndexedDbTier<V> {
                     .await?
                     .collect::<std::result::Result<_, _>>()?;
                 let freed: f64 = recs.iter().filter_map(|r| num(r, "size")).sum();
-                entries.delete::<String, _>(prefix_range(start.clone())).primitive()?.await?;
-                lru.delete::<String, _>(prefix_range(start)).primitive()?.await?;
+                entries
+                    .delete::<String, _>(prefix_range(start.clone()))
+                    .primitive()?
+                    .await?;
+                lru.delete::<String, _>(prefix_range(start))
+                    .primitive()?
+                    .await?;
                 let total: Option<JsValue> = meta.get(TOTAL).primitive()?.await?;
                 let total = total.and_then(|v| v.as_f64()).unwrap_or(0.0);
                 meta.put(JsValue::from_f64((total - freed).max(0.0)))
@@ -632,7 +662,8 @@ where
             self.delete_key(&key::encode(&key), Operation::Put).await?;
             return Ok(());
         }
-        self.put_bytes(&key, entry.value.as_ref(), entry.expires_at).await
+        self.put_bytes(&key, entry.value.as_ref(), entry.expires_at)
+            .await
     }
 
     async fn remove(&self, key: &K) -> Result<bool> {
@@ -641,7 +672,8 @@ where
     }
 
     async fn remove_prefix(&self, prefix: &str) -> Result<()> {
-        self.remove_range(key::encode(prefix), Operation::RemovePrefix).await
+        self.remove_range(key::encode(prefix), Operation::RemovePrefix)
+            .await
     }
 
     async fn clear(&self) -> Result<()> {

@@ -5,7 +5,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock, Timestamp};
+use cache_core::{
+    async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
+    Timestamp,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use web_sys::Storage;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_core::{
-    async_trait, loader_fn, BoxError, ByteSize, CacheLayer, Clock, Entry, Error, Loader, MemoryTier, Result, Source,
-    SystemClock, Tier, TieredCache, Timestamp,
+    async_trait, loader_fn, BoxError, ByteSize, CacheLayer, Clock, Entry, Error, Loader,
+    MemoryTier, Result, Source, SystemClock, Tier, TieredCache, Timestamp,
 };
 use js_sys::{Array, Uint8Array};
 use serde::{Deserialize, Serialize};
@@ -180,9 +180,13 @@ impl CacheLayer<String, Picture> for ResponseTier {
             .ok()
             .flatten()
             .unwrap_or_else(|| "application/octet-stream".into());
-        let body = response
-            .array_buffer()
-            .map_err(|e| Error::backend(self.name(), cache_core::Operation::Get, JsError::from_js(&e)))?;
+        let body = response.array_buffer().map_err(|e| {
+            Error::backend(
+                self.name(),
+                cache_core::Operation::Get,
+                JsError::from_js(&e),
+            )
+        })?;
         let body = crate::js::await_promise(body)
             .await
             .map_err(|e| Error::backend(self.name(), cache_core::Operation::Get, e))?;
@@ -200,13 +204,24 @@ impl CacheLayer<String, Picture> for ResponseTier {
             return Ok(());
         };
         let init = web_sys::ResponseInit::new();
-        let headers = web_sys::Headers::new()
-            .map_err(|e| Error::backend(self.name(), cache_core::Operation::Put, JsError::from_js(&e)))?;
+        let headers = web_sys::Headers::new().map_err(|e| {
+            Error::backend(
+                self.name(),
+                cache_core::Operation::Put,
+                JsError::from_js(&e),
+            )
+        })?;
         let _ = headers.set("content-type", &entry.value.content_type);
         init.set_headers(&headers);
         let body = Uint8Array::from(bytes.as_ref());
         let response = web_sys::Response::new_with_opt_js_u8_array_and_init(Some(&body), &init)
-            .map_err(|e| Error::backend(self.name(), cache_core::Operation::Put, JsError::from_js(&e)))?;
+            .map_err(|e| {
+                Error::backend(
+                    self.name(),
+                    cache_core::Operation::Put,
+                    JsError::from_js(&e),
+                )
+            })?;
         self.0.put_response(key, &response, entry.expires_at).await
     }
     async fn remove(&self, key: &String) -> Result<bool> {
@@ -296,7 +311,8 @@ impl ProfilePicturesBuilder {
     pub fn network<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(String) -> Fut + 'static,
-        Fut: std::future::Future<Output = std::result::Result<Option<Entry<Picture>>, BoxError>> + 'static,
+        Fut: std::future::Future<Output = std::result::Result<Option<Entry<Picture>>, BoxError>>
+            + 'static,
     {
         self.loader = Some(Arc::new(loader_fn(f)));
         self
@@ -318,13 +334,15 @@ impl ProfilePicturesBuilder {
     pub async fn build(self) -> ProfilePictures {
         let ns = self.namespace;
         let clock = self.clock;
-        let mut chain = TieredCache::builder().shared_clock(clock.clone()).tier(Tier::new(
-            MemoryTier::builder()
-                .name("memory")
-                .shared_clock(clock.clone())
-                .max_entries(1_000)
-                .build(),
-        ));
+        let mut chain = TieredCache::builder()
+            .shared_clock(clock.clone())
+            .tier(Tier::new(
+                MemoryTier::builder()
+                    .name("memory")
+                    .shared_clock(clock.clone())
+                    .max_entries(1_000)
+                    .build(),
+            ));
         if let Ok(t) = LocalStorageTier::<StoredUrl>::builder(&ns)
             .clock(clock.clone())
             .ttl(LOCAL_STORAGE_TTL)
@@ -433,7 +451,11 @@ impl ProfilePictures {
         opts.set_type(content_type);
         let blob = Blob::new_with_u8_array_sequence_and_options(&parts, &opts).map_err(fail)?;
         let url = Url::create_object_url_with_blob(&blob).map_err(fail)?;
-        if let Some(old) = self.object_urls.borrow_mut().insert(key.to_owned(), url.clone()) {
+        if let Some(old) = self
+            .object_urls
+            .borrow_mut()
+            .insert(key.to_owned(), url.clone())
+        {
             let _ = Url::revoke_object_url(&old);
         }
         Ok(url)

@@ -37,7 +37,8 @@ extern "C" {
 #[wasm_bindgen_test]
 async fn cache_api_passes_conformance() {
     conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
-        let mut b = CacheApiTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
+        let mut b =
+            CacheApiTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
         if let Some(ttl) = setup.tier_ttl {
             b = b.ttl(ttl);
         }
@@ -52,7 +53,11 @@ async fn refuses_responses_whose_type_hides_the_body() {
     // no-cors) response can be made here; `Response.error()` (type "error")
     // goes through the same type check that refuses "opaque" and "opaqueredirect".
     let clock = ManualClock::new();
-    let t = CacheApiTier::<Vec<u8>>::builder(&unique("opaque")).clock(clock.clone()).open().await.unwrap();
+    let t = CacheApiTier::<Vec<u8>>::builder(&unique("opaque"))
+        .clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
     let resp: web_sys::Response = error_response().unchecked_into();
     assert_eq!(resp.type_(), web_sys::ResponseType::Error);
     let err = t
@@ -80,15 +85,25 @@ async fn stores_real_responses_under_a_stable_logical_url_with_expiry_header() {
     let resp = web_sys::Response::new_with_opt_str_and_init(Some("PNGDATA"), &init).unwrap();
     let expires = clock.now().saturating_add(Duration::from_secs(3_600));
     t.put_response("user:42", &resp, expires).await.unwrap();
-    assert_eq!(t.url_for("user:42"), "https://app.example/avatars/user~3A42");
+    assert_eq!(
+        t.url_for("user:42"),
+        "https://app.example/avatars/user~3A42"
+    );
     let (got, at) = t.match_response("user:42").await.unwrap().unwrap();
     assert_eq!(at, expires);
-    assert_eq!(got.headers().get("content-type").unwrap().as_deref(), Some("image/png"));
+    assert_eq!(
+        got.headers().get("content-type").unwrap().as_deref(),
+        Some("image/png")
+    );
     assert_eq!(
         got.headers().get(EXPIRES_HEADER).unwrap(),
         Some(expires.as_unix_millis().to_string())
     );
-    let text = JsFuture::from(got.text().unwrap()).await.unwrap().as_string().unwrap();
+    let text = JsFuture::from(got.text().unwrap())
+        .await
+        .unwrap()
+        .as_string()
+        .unwrap();
     assert_eq!(text, "PNGDATA");
     clock.advance(Duration::from_secs(3_600));
     assert!(t.match_response("user:42").await.unwrap().is_none());
@@ -98,10 +113,16 @@ async fn stores_real_responses_under_a_stable_logical_url_with_expiry_header() {
 #[wasm_bindgen_test]
 async fn foreign_response_under_our_url_is_a_miss_and_removed() {
     let name = unique("foreign");
-    let t = CacheApiTier::<Vec<u8>>::builder(&name).open().await.unwrap();
+    let t = CacheApiTier::<Vec<u8>>::builder(&name)
+        .open()
+        .await
+        .unwrap();
     put_foreign(&name, &t.url_for("k")).await;
     assert_eq!(t.len().await.unwrap(), 1);
-    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k".to_string()).await.unwrap().is_none());
+    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k".to_string())
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(t.len().await.unwrap(), 0);
 }
 
@@ -115,11 +136,18 @@ async fn keeps_at_most_max_entries_dropping_the_oldest() {
         .await
         .unwrap();
     for i in 0..5u8 {
-        t.put(&format!("k{i}"), Entry::expiring_in(vec![i], clock.now(), day())).await.unwrap();
+        t.put(
+            &format!("k{i}"),
+            Entry::expiring_in(vec![i], clock.now(), day()),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(t.len().await.unwrap(), 3);
     for (i, want) in [(0, false), (1, false), (2, true), (3, true), (4, true)] {
-        let got = CacheLayer::<String, Vec<u8>>::get(&t, &format!("k{i}")).await.unwrap();
+        let got = CacheLayer::<String, Vec<u8>>::get(&t, &format!("k{i}"))
+            .await
+            .unwrap();
         assert_eq!(got.is_some(), want, "k{i}");
     }
 }

@@ -1,6 +1,8 @@
 //! The profile-picture preset and cross-tab invalidation in headless Chromium.
 #![cfg(target_family = "wasm")]
 #![allow(clippy::unwrap_used)]
+// `Tier::shared` takes an `Arc`; on wasm32 nothing is `Send`.
+#![allow(clippy::arc_with_non_send_sync)]
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -16,10 +18,11 @@ wasm_bindgen_test_configure!(run_in_browser);
 
 /// A 1×1 PNG.
 const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4, 0x89, 0x00, 0x00, 0x00, 0x0D, 0x49,
-    0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0, 0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D,
-    0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
+    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
 ];
 
 fn unique(name: &str) -> String {
@@ -75,7 +78,11 @@ async fn pictures(ns: &str, clock: &ManualClock, calls: Rc<Cell<u32>>) -> Profil
                     bytes: Some(Bytes::from_static(PNG)),
                     content_type: "image/png".into(),
                 };
-                Ok::<_, BoxError>(Some(Entry::expiring_in(picture, now, Duration::from_secs(30 * 86_400))))
+                Ok::<_, BoxError>(Some(Entry::expiring_in(
+                    picture,
+                    now,
+                    Duration::from_secs(30 * 86_400),
+                )))
             }
         })
         .build()
@@ -88,12 +95,19 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
     let clock = ManualClock::new();
     let calls = Rc::new(Cell::new(0));
     let p = pictures(&ns, &clock, calls.clone()).await;
-    assert_eq!(p.tier_names(), ["memory", "local_storage", "indexed_db", "cache_api"]);
+    assert_eq!(
+        p.tier_names(),
+        ["memory", "local_storage", "indexed_db", "cache_api"]
+    );
 
     let first = p.get("42").await.unwrap().unwrap();
     assert_eq!(first.served_by, "network");
     assert!(first.src.starts_with("blob:"), "{}", first.src);
-    assert_eq!(load_img(&first.src).await.as_f64(), Some(1.0), "the <img> must load the object URL");
+    assert_eq!(
+        load_img(&first.src).await.as_f64(),
+        Some(1.0),
+        "the <img> must load the object URL"
+    );
     assert_eq!(p.get("42").await.unwrap().unwrap().served_by, "memory");
 
     // A new page session: memory is empty, LocalStorage has the URL.
@@ -110,10 +124,17 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
     assert_eq!(load_img(&hit.src).await.as_f64(), Some(1.0));
     // ... and that hit backfilled LocalStorage.
     let p4 = pictures(&ns, &clock, calls.clone()).await;
-    assert_eq!(p4.get("42").await.unwrap().unwrap().served_by, "local_storage");
+    assert_eq!(
+        p4.get("42").await.unwrap().unwrap().served_by,
+        "local_storage"
+    );
 
     // Without LocalStorage and IndexedDB copies, the Cache API answers.
-    p4.cache().only(&[0, 1, 2]).invalidate(&"42".to_string()).await.unwrap();
+    p4.cache()
+        .only(&[0, 1, 2])
+        .invalidate(&"42".to_string())
+        .await
+        .unwrap();
     let p5 = pictures(&ns, &clock, calls.clone()).await;
     let hit = p5.get("42").await.unwrap().unwrap();
     assert_eq!(hit.served_by, "cache_api");
@@ -144,7 +165,11 @@ async fn invalidate_in_one_tab_clears_the_memory_tier_of_another() {
     let name = unique("tabs");
     let clock = ManualClock::new();
     let make = || {
-        let memory = std::sync::Arc::new(MemoryTier::<String, String>::builder().clock(clock.clone()).build());
+        let memory = std::sync::Arc::new(
+            MemoryTier::<String, String>::builder()
+                .clock(clock.clone())
+                .build(),
+        );
         let chain = TieredCache::builder()
             .clock(clock.clone())
             .tier(Tier::shared(memory.clone()))
@@ -154,28 +179,49 @@ async fn invalidate_in_one_tab_clears_the_memory_tier_of_another() {
     let (mem_a, cache_a) = make();
     let (mem_b, cache_b) = make();
     let tab_a = CrossTabInvalidation::new(cache_a, &name, &[0]).unwrap();
-    let tab_b = CrossTabInvalidation::with_channel(cache_b, same_origin_frame_channel(&name).unchecked_into(), &[0]);
+    let tab_b = CrossTabInvalidation::with_channel(
+        cache_b,
+        same_origin_frame_channel(&name).unchecked_into(),
+        &[0],
+    );
     let entry = Entry::expiring_in("v".to_string(), clock.now(), Duration::from_secs(600));
     for key in ["user:1", "user:2", "team:1"] {
-        tab_a.cache().put(&key.to_string(), entry.clone()).await.unwrap();
-        tab_b.cache().put(&key.to_string(), entry.clone()).await.unwrap();
+        tab_a
+            .cache()
+            .put(&key.to_string(), entry.clone())
+            .await
+            .unwrap();
+        tab_b
+            .cache()
+            .put(&key.to_string(), entry.clone())
+            .await
+            .unwrap();
     }
 
     tab_a.invalidate(&"user:1".to_string()).await.unwrap();
     assert!(mem_a.get(&"user:1".to_string()).await.unwrap().is_none());
     let mut waited = 0;
     while mem_b.get(&"user:1".to_string()).await.unwrap().is_some() {
-        assert!(waited < 10_000, "tab B never heard of the invalidation (liveness bound 10 s)");
+        assert!(
+            waited < 10_000,
+            "tab B never heard of the invalidation (liveness bound 10 s)"
+        );
         sleep(10).await;
         waited += 10;
     }
-    assert!(mem_b.get(&"user:2".to_string()).await.unwrap().is_some(), "only the key");
+    assert!(
+        mem_b.get(&"user:2".to_string()).await.unwrap().is_some(),
+        "only the key"
+    );
 
     // And back the other way, by prefix.
     tab_b.invalidate_prefix("user:").await.unwrap();
     let mut waited = 0;
     while mem_a.get(&"user:2".to_string()).await.unwrap().is_some() {
-        assert!(waited < 10_000, "tab A never heard of the prefix invalidation");
+        assert!(
+            waited < 10_000,
+            "tab A never heard of the prefix invalidation"
+        );
         sleep(10).await;
         waited += 10;
     }

@@ -56,7 +56,8 @@ extern "C" {
 #[wasm_bindgen_test]
 async fn indexed_db_passes_conformance() {
     conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
-        let mut b = IndexedDbTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
+        let mut b =
+            IndexedDbTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
         if let Some(ttl) = setup.tier_ttl {
             b = b.ttl(ttl);
         }
@@ -70,10 +71,16 @@ async fn indexed_db_stores_bytes_as_uint8array_and_serves_20kb_images() {
     let clock = ManualClock::new();
     let t = tier("bytes", &clock, 1 << 20).await;
     let img: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    t.put(&"avatar:1".to_string(), Entry::expiring_in(img.clone(), clock.now(), day()))
+    t.put(
+        &"avatar:1".to_string(),
+        Entry::expiring_in(img.clone(), clock.now(), day()),
+    )
+    .await
+    .unwrap();
+    let got = CacheLayer::<String, Vec<u8>>::get(&t, &"avatar:1".to_string())
         .await
+        .unwrap()
         .unwrap();
-    let got = CacheLayer::<String, Vec<u8>>::get(&t, &"avatar:1".to_string()).await.unwrap().unwrap();
     assert_eq!(got.value, img);
     assert_eq!(t.total_bytes().await.unwrap(), 20_000);
 }
@@ -83,10 +90,17 @@ async fn sweep_expired_deletes_only_expired_entries_through_the_index() {
     let clock = ManualClock::new();
     let t = tier("sweep", &clock, 1 << 20).await;
     for i in 0..4u64 {
-        let ttl = if i < 3 { Duration::from_secs(60) } else { day() };
-        t.put(&format!("k{i}"), Entry::expiring_in(vec![i as u8; 100], clock.now(), ttl))
-            .await
-            .unwrap();
+        let ttl = if i < 3 {
+            Duration::from_secs(60)
+        } else {
+            day()
+        };
+        t.put(
+            &format!("k{i}"),
+            Entry::expiring_in(vec![i as u8; 100], clock.now(), ttl),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(t.sweep_expired().await.unwrap(), 0);
     clock.advance(Duration::from_secs(60));
@@ -94,8 +108,14 @@ async fn sweep_expired_deletes_only_expired_entries_through_the_index() {
     assert_eq!(t.total_bytes().await.unwrap(), 100);
     // Gone from the store itself, not just hidden by the read-time check.
     clock.set(cache_core::ManualClock::START);
-    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k0".to_string()).await.unwrap().is_none());
-    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k3".to_string()).await.unwrap().is_some());
+    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k0".to_string())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k3".to_string())
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[wasm_bindgen_test]
@@ -109,27 +129,44 @@ async fn byte_budget_evicts_least_recently_used() {
         .await
         .unwrap();
     for k in ["a", "b", "c"] {
-        t.put(&k.to_string(), Entry::expiring_in(vec![1; 1_000], clock.now(), day()))
-            .await
-            .unwrap();
+        t.put(
+            &k.to_string(),
+            Entry::expiring_in(vec![1; 1_000], clock.now(), day()),
+        )
+        .await
+        .unwrap();
         clock.advance(Duration::from_secs(1));
     }
     // Reading `a` makes `b` the least recently used.
-    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"a".to_string()).await.unwrap().is_some());
-    clock.advance(Duration::from_secs(1));
-    t.put(&"d".to_string(), Entry::expiring_in(vec![2; 1_000], clock.now(), day()))
+    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"a".to_string())
         .await
-        .unwrap();
+        .unwrap()
+        .is_some());
+    clock.advance(Duration::from_secs(1));
+    t.put(
+        &"d".to_string(),
+        Entry::expiring_in(vec![2; 1_000], clock.now(), day()),
+    )
+    .await
+    .unwrap();
     let present = |k: &'static str| {
         let t = &t;
-        async move { CacheLayer::<String, Vec<u8>>::get(t, &k.to_string()).await.unwrap().is_some() }
+        async move {
+            CacheLayer::<String, Vec<u8>>::get(t, &k.to_string())
+                .await
+                .unwrap()
+                .is_some()
+        }
     };
     assert!(!present("b").await, "the least recently used entry must go");
     assert!(present("a").await && present("c").await && present("d").await);
     assert!(t.total_bytes().await.unwrap() <= 3_000);
     // A value larger than the whole budget is refused, not stored.
     let err = t
-        .put(&"huge".to_string(), Entry::expiring_in(vec![0; 3_001], clock.now(), day()))
+        .put(
+            &"huge".to_string(),
+            Entry::expiring_in(vec![0; 3_001], clock.now(), day()),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::QuotaExceeded { .. }), "{err}");
@@ -139,24 +176,41 @@ async fn byte_budget_evicts_least_recently_used() {
 async fn reopens_and_retries_once_when_the_connection_was_closed() {
     let clock = ManualClock::new();
     let t = tier("reopen", &clock, 1 << 20).await;
-    t.put(&"k".to_string(), Entry::expiring_in(vec![9; 10], clock.now(), day()))
+    t.put(
+        &"k".to_string(),
+        Entry::expiring_in(vec![9; 10], clock.now(), day()),
+    )
+    .await
+    .unwrap();
+    t.close_connection_for_test();
+    let got = CacheLayer::<String, Vec<u8>>::get(&t, &"k".to_string())
         .await
         .unwrap();
-    t.close_connection_for_test();
-    let got = CacheLayer::<String, Vec<u8>>::get(&t, &"k".to_string()).await.unwrap();
     assert_eq!(got.map(|e| e.value), Some(vec![9; 10]));
     t.close_connection_for_test();
-    t.put(&"k2".to_string(), Entry::expiring_in(vec![1; 10], clock.now(), day()))
-        .await
-        .unwrap();
+    t.put(
+        &"k2".to_string(),
+        Entry::expiring_in(vec![1; 10], clock.now(), day()),
+    )
+    .await
+    .unwrap();
 }
 
 #[wasm_bindgen_test]
 async fn closes_on_versionchange_so_another_tab_can_upgrade() {
     let clock = ManualClock::new();
     let name = unique("versionchange");
-    let t = IndexedDbTier::<Vec<u8>>::builder(&name).clock(clock.clone()).open().await.unwrap();
-    t.put(&"k".to_string(), Entry::expiring_in(vec![1], clock.now(), day())).await.unwrap();
+    let t = IndexedDbTier::<Vec<u8>>::builder(&name)
+        .clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    t.put(
+        &"k".to_string(),
+        Entry::expiring_in(vec![1], clock.now(), day()),
+    )
+    .await
+    .unwrap();
     // Another context opens the same database at a higher version: it must not
     // stay blocked by our open connection.
     let outcome = open_upgrade(&name, 2).await.as_string().unwrap();
@@ -169,7 +223,9 @@ async fn closes_on_versionchange_so_another_tab_can_upgrade() {
 #[wasm_bindgen_test]
 async fn missing_indexed_db_is_unavailable_not_a_panic() {
     let restore = hide_indexed_db();
-    let r = IndexedDbTier::<Vec<u8>>::builder(&unique("absent")).open().await;
+    let r = IndexedDbTier::<Vec<u8>>::builder(&unique("absent"))
+        .open()
+        .await;
     restore.call0(&JsValue::NULL).unwrap();
     match r {
         Err(Error::Unavailable { .. }) => {}

@@ -35,7 +35,10 @@ async fn local_storage_passes_conformance() {
 }
 
 fn tier(ns: &str, clock: &ManualClock) -> LocalStorageTier<String> {
-    let t = LocalStorageTier::<String>::builder(ns).clock(clock.clone()).open().unwrap();
+    let t = LocalStorageTier::<String>::builder(ns)
+        .clock(clock.clone())
+        .open()
+        .unwrap();
     for i in (0..storage().length().unwrap()).rev() {
         if let Some(k) = storage().key(i).unwrap() {
             if k.starts_with(t.prefix()) {
@@ -83,17 +86,35 @@ async fn corrupt_and_foreign_records_are_misses_and_removed() {
     let t = tier("bad-records", &clock);
     let k = |s: &str| format!("{}{}", t.prefix(), cache_core::key::encode(s));
     storage().set_item(&k("corrupt"), "{not json").unwrap();
-    storage().set_item(&k("foreign"), r#"{"value":"x","expires_at":99999999999999,"stored_at":0}"#).unwrap();
+    storage()
+        .set_item(
+            &k("foreign"),
+            r#"{"value":"x","expires_at":99999999999999,"stored_at":0}"#,
+        )
+        .unwrap();
     // Our format, but recorded for another key (copied by hand): not served.
-    t.put(&"real".to_string(), Entry::expiring_in("v".into(), clock.now(), day())).await.unwrap();
+    t.put(
+        &"real".to_string(),
+        Entry::expiring_in("v".into(), clock.now(), day()),
+    )
+    .await
+    .unwrap();
     let copied = storage().get_item(&k("real")).unwrap().unwrap();
     storage().set_item(&k("copy"), &copied).unwrap();
     for key in ["corrupt", "foreign", "copy"] {
-        let got = CacheLayer::<String, String>::get(&t, &key.to_string()).await.unwrap();
+        let got = CacheLayer::<String, String>::get(&t, &key.to_string())
+            .await
+            .unwrap();
         assert!(got.is_none(), "{key} served");
-        assert!(storage().get_item(&k(key)).unwrap().is_none(), "{key} not removed");
+        assert!(
+            storage().get_item(&k(key)).unwrap().is_none(),
+            "{key} not removed"
+        );
     }
-    assert!(CacheLayer::<String, String>::get(&t, &"real".to_string()).await.unwrap().is_some());
+    assert!(CacheLayer::<String, String>::get(&t, &"real".to_string())
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[wasm_bindgen_test]
@@ -101,10 +122,21 @@ async fn clear_touches_only_our_prefix() {
     let clock = ManualClock::new();
     let t = tier("mine", &clock);
     storage().set_item("someone-else", "keep me").unwrap();
-    t.put(&"a".to_string(), Entry::expiring_in("v".into(), clock.now(), day())).await.unwrap();
+    t.put(
+        &"a".to_string(),
+        Entry::expiring_in("v".into(), clock.now(), day()),
+    )
+    .await
+    .unwrap();
     CacheLayer::<String, String>::clear(&t).await.unwrap();
-    assert_eq!(storage().get_item("someone-else").unwrap().as_deref(), Some("keep me"));
-    assert!(CacheLayer::<String, String>::get(&t, &"a".to_string()).await.unwrap().is_none());
+    assert_eq!(
+        storage().get_item("someone-else").unwrap().as_deref(),
+        Some("keep me")
+    );
+    assert!(CacheLayer::<String, String>::get(&t, &"a".to_string())
+        .await
+        .unwrap()
+        .is_none());
     storage().remove_item("someone-else").unwrap();
 }
 
@@ -113,19 +145,43 @@ async fn full_storage_evicts_our_oldest_and_retries_then_reports_quota() {
     let clock = ManualClock::new();
     let t = tier("full", &clock);
     for i in 0..8u32 {
-        t.put(&format!("old{i}"), Entry::expiring_in("o".repeat(20_000), clock.now(), day())).await.unwrap();
+        t.put(
+            &format!("old{i}"),
+            Entry::expiring_in("o".repeat(20_000), clock.now(), day()),
+        )
+        .await
+        .unwrap();
         clock.advance(Duration::from_secs(1));
     }
     fill_local_storage("zz-other-app:");
     // Room is made among our own records, oldest first.
-    let r = t.put(&"new".to_string(), Entry::expiring_in("n".repeat(30_000), clock.now(), day())).await;
-    let kept_new = CacheLayer::<String, String>::get(&t, &"new".to_string()).await.unwrap().is_some();
-    let old0 = CacheLayer::<String, String>::get(&t, &"old0".to_string()).await.unwrap().is_some();
-    let old7 = CacheLayer::<String, String>::get(&t, &"old7".to_string()).await.unwrap().is_some();
+    let r = t
+        .put(
+            &"new".to_string(),
+            Entry::expiring_in("n".repeat(30_000), clock.now(), day()),
+        )
+        .await;
+    let kept_new = CacheLayer::<String, String>::get(&t, &"new".to_string())
+        .await
+        .unwrap()
+        .is_some();
+    let old0 = CacheLayer::<String, String>::get(&t, &"old0".to_string())
+        .await
+        .unwrap()
+        .is_some();
+    let old7 = CacheLayer::<String, String>::get(&t, &"old7".to_string())
+        .await
+        .unwrap()
+        .is_some();
     // With none of our records left, the quota error is reported.
     CacheLayer::<String, String>::clear(&t).await.unwrap();
     fill_local_storage("zz-other-app:more:");
-    let err = t.put(&"big".to_string(), Entry::expiring_in("b".repeat(100_000), clock.now(), day())).await;
+    let err = t
+        .put(
+            &"big".to_string(),
+            Entry::expiring_in("b".repeat(100_000), clock.now(), day()),
+        )
+        .await;
     unfill_local_storage("zz-other-app:");
     r.unwrap();
     assert!(kept_new, "the new record was stored after eviction");
@@ -148,22 +204,47 @@ fn missing_or_blocked_storage_is_detected_by_the_write_probe() {
             other => panic!("{mode}: expected Unavailable, got {other:?}"),
         }
     }
-    assert!(LocalStorageTier::<String>::builder("probe").open().is_ok(), "restored");
+    assert!(
+        LocalStorageTier::<String>::builder("probe").open().is_ok(),
+        "restored"
+    );
 }
 
 #[wasm_bindgen_test]
 async fn hostile_keys_never_reach_other_entries() {
     let clock = ManualClock::new();
     let t = tier("hostile", &clock);
-    t.put(&"a/../b".to_string(), Entry::expiring_in("1".into(), clock.now(), day())).await.unwrap();
-    t.put(&"b".to_string(), Entry::expiring_in("2".into(), clock.now(), day())).await.unwrap();
+    t.put(
+        &"a/../b".to_string(),
+        Entry::expiring_in("1".into(), clock.now(), day()),
+    )
+    .await
+    .unwrap();
+    t.put(
+        &"b".to_string(),
+        Entry::expiring_in("2".into(), clock.now(), day()),
+    )
+    .await
+    .unwrap();
     let raw: Vec<String> = (0..storage().length().unwrap())
         .filter_map(|i| storage().key(i).unwrap())
         .filter(|k| k.starts_with(t.prefix()))
         .collect();
-    assert!(raw.iter().all(|k| !k[t.prefix().len()..].contains(['/', '.', ':'])), "{raw:?}");
-    let err = t.put(&"nul\0".to_string(), Entry::expiring_in("x".into(), clock.now(), day())).await;
+    assert!(
+        raw.iter()
+            .all(|k| !k[t.prefix().len()..].contains(['/', '.', ':'])),
+        "{raw:?}"
+    );
+    let err = t
+        .put(
+            &"nul\0".to_string(),
+            Entry::expiring_in("x".into(), clock.now(), day()),
+        )
+        .await;
     assert!(matches!(err, Err(Error::InvalidKey { .. })));
-    let got = CacheLayer::<String, String>::get(&t, &"b".to_string()).await.unwrap().map(|e| e.value);
+    let got = CacheLayer::<String, String>::get(&t, &"b".to_string())
+        .await
+        .unwrap()
+        .map(|e| e.value);
     assert_eq!(got.as_deref(), Some("2"));
 }

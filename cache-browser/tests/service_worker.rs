@@ -17,7 +17,8 @@ fn unique(name: &str) -> String {
 #[wasm_bindgen_test]
 async fn cache_api_passes_conformance_in_a_service_worker() {
     conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
-        let mut b = CacheApiTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
+        let mut b =
+            CacheApiTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
         if let Some(ttl) = setup.tier_ttl {
             b = b.ttl(ttl);
         }
@@ -28,7 +29,9 @@ async fn cache_api_passes_conformance_in_a_service_worker() {
 
 #[wasm_bindgen_test]
 async fn indexed_db_opens_in_a_service_worker() {
-    let t = IndexedDbTier::<Vec<u8>>::builder(&unique("sw")).open().await;
+    let t = IndexedDbTier::<Vec<u8>>::builder(&unique("sw"))
+        .open()
+        .await;
     assert!(t.is_ok(), "{:?}", t.err());
 }
 
