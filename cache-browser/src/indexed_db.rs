@@ -2,6 +2,7 @@
 //! budget and least-recently-used eviction.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -85,6 +86,8 @@ pub struct IndexedDbTier<V> {
     touch_after: Duration,
     conn: RefCell<Option<Database>>,
     closed: Rc<Cell<bool>>,
+    /// When this instance last wrote each key's LRU record.
+    touched: RefCell<HashMap<String, Timestamp>>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -166,6 +169,7 @@ impl<V> IndexedDbTierBuilder<V> {
             touch_after: self.touch_after,
             conn: RefCell::new(None),
             closed: Rc::new(Cell::new(false)),
+            touched: RefCell::new(HashMap::new()),
             _value: PhantomData,
         };
         tier.connection().await?;
@@ -404,19 +408,15 @@ impl<V> IndexedDbTier<V> {
             .with_db(Operation::Get, |db| {
                 let enc = enc.clone();
                 async move {
-                    let tx = db.transaction([ENTRIES, LRU]).build()?;
-                    let entries = tx.object_store(ENTRIES)?;
-                    let lru = tx.object_store(LRU)?;
-                    // Both requests go out before either is awaited.
-                    let rec = entries.get(enc.clone()).primitive()?;
-                    let access = lru.get(enc).primitive()?;
-                    let rec: Option<JsValue> = rec.await?;
-                    let access: Option<JsValue> = access.await?;
-                    Ok((rec, access))
+                    // The hot path: one request in one read-only transaction.
+                    let tx = db.transaction(ENTRIES).build()?;
+                    let rec: Option<JsValue> =
+                        tx.object_store(ENTRIES)?.get(enc).primitive()?.await?;
+                    Ok(rec)
                 }
             })
             .await?;
-        let (Some(rec), access) = found else {
+        let Some(rec) = found else {
             return Ok(None);
         };
         let format = Reflect::get(&rec, &JsValue::from_str("format"))
@@ -444,15 +444,15 @@ impl<V> IndexedDbTier<V> {
             self.delete_key(&enc, Operation::Get).await?;
             return Ok(None);
         }
-        let last = access
-            .as_ref()
-            .and_then(|a| num(a, "last_access"))
-            .unwrap_or(0.0);
-        if (now.as_unix_millis() as f64) - last >= self.touch_after.as_millis() as f64 {
-            let size = access
-                .as_ref()
-                .and_then(|a| num(a, "size"))
-                .unwrap_or(value.length() as f64);
+        let stale = self
+            .touched
+            .borrow()
+            .get(&enc)
+            .is_none_or(|t| now.duration_since(*t) >= self.touch_after);
+        if stale {
+            // Refresh the LRU record at most once per `touch_after` per key, in its
+            // own small transaction, so most hits do not write.
+            let size = u64::from(value.length());
             self.with_db(Operation::Get, |db| {
                 let enc = enc.clone();
                 async move {
@@ -461,7 +461,7 @@ impl<V> IndexedDbTier<V> {
                         .with_mode(TransactionMode::Readwrite)
                         .build()?;
                     let lru = tx.object_store(LRU)?;
-                    lru.put(lru_record(now, size as u64)?)
+                    lru.put(lru_record(now, size)?)
                         .with_key(enc)
                         .primitive()?
                         .await?;
@@ -469,8 +469,18 @@ impl<V> IndexedDbTier<V> {
                 }
             })
             .await?;
+            self.mark_touched(enc.clone(), now);
         }
         Ok(Some((value.to_vec(), expires_at)))
+    }
+
+    fn mark_touched(&self, enc: String, now: Timestamp) {
+        let mut touched = self.touched.borrow_mut();
+        // Only a hint for how often to write; forgetting it costs one write.
+        if touched.len() >= 10_000 {
+            touched.clear();
+        }
+        touched.insert(enc, now);
     }
 
     /// Deletes one key and its accounting; `true` if it was there.
@@ -507,6 +517,7 @@ impl<V> IndexedDbTier<V> {
 
     async fn put_bytes(&self, key: &str, bytes: &[u8], expires_at: Timestamp) -> Result<()> {
         let enc = key::encode(key);
+        self.mark_touched(enc.clone(), self.clock.now());
         let now = self.clock.now();
         let size = bytes.len() as u64;
         if size > self.max_bytes {

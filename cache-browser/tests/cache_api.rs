@@ -21,6 +21,17 @@ fn unique(name: &str) -> String {
 }
 
 #[wasm_bindgen(inline_js = r#"
+export async function opaque_response() {
+  // The same server under another origin: an IPv4-mapped IPv6 address is a
+  // different host string than 127.0.0.1 but reaches the same socket.
+  const url = location.protocol + "//[::ffff:127.0.0.1]:" + location.port + "/";
+  try {
+    return await fetch(url, { mode: "no-cors" });
+  } catch (e) {
+    throw new Error("the cross-origin no-cors fetch failed (" + e + "): the test page must not be " +
+      "cross-origin isolated; run with WASM_BINDGEN_TEST_NO_ORIGIN_ISOLATION=1");
+  }
+}
 export function error_response() {
   return Response.error();
 }
@@ -31,6 +42,7 @@ export async function put_foreign(cache_name, url) {
 "#)]
 extern "C" {
     fn error_response() -> JsValue;
+    async fn opaque_response() -> JsValue;
     async fn put_foreign(cache_name: &str, url: &str);
 }
 
@@ -45,6 +57,28 @@ async fn cache_api_passes_conformance() {
         b.open().await.unwrap()
     })
     .await;
+}
+
+#[wasm_bindgen_test]
+async fn refuses_opaque_responses() {
+    let clock = ManualClock::new();
+    let t = CacheApiTier::<Vec<u8>>::builder(&unique("opaque-real"))
+        .clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    let resp: web_sys::Response = opaque_response().await.unchecked_into();
+    assert_eq!(
+        resp.type_(),
+        web_sys::ResponseType::Opaque,
+        "the fixture must be opaque"
+    );
+    let err = t
+        .put_response("avatar:1", &resp, clock.now().saturating_add(day()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Encode { .. }), "{err}");
+    assert_eq!(t.len().await.unwrap(), 0, "nothing stored");
 }
 
 #[wasm_bindgen_test]

@@ -48,6 +48,12 @@ export function block_local_storage() {
   }});
   return () => { delete globalThis.localStorage; if (!("localStorage" in globalThis)) Object.defineProperty(globalThis, "localStorage", desc); };
 }
+export function hide_indexed_db() {
+  const desc = Object.getOwnPropertyDescriptor(globalThis, "indexedDB")
+    || Object.getOwnPropertyDescriptor(Window.prototype, "indexedDB");
+  Object.defineProperty(globalThis, "indexedDB", { configurable: true, get() { return undefined; } });
+  return () => { delete globalThis.indexedDB; if (!("indexedDB" in globalThis)) Object.defineProperty(globalThis, "indexedDB", desc); };
+}
 export function same_origin_frame_channel(name) {
   const iframe = document.createElement("iframe");
   document.body.appendChild(iframe);
@@ -60,6 +66,7 @@ export function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
 extern "C" {
     async fn load_img(src: &str) -> JsValue;
     fn block_local_storage() -> js_sys::Function;
+    fn hide_indexed_db() -> js_sys::Function;
     fn same_origin_frame_channel(name: &str) -> JsValue;
     async fn sleep(ms: u32);
 }
@@ -101,6 +108,10 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
     );
 
     let first = p.get("42").await.unwrap().unwrap();
+    assert_eq!(
+        first.expires_at,
+        clock.now().saturating_add(Duration::from_secs(30 * 86_400))
+    );
     assert_eq!(first.served_by, "network");
     assert!(first.src.starts_with("blob:"), "{}", first.src);
     assert_eq!(
@@ -122,6 +133,8 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
     let hit = p3.get("42").await.unwrap().unwrap();
     assert_eq!(hit.served_by, "indexed_db");
     assert_eq!(load_img(&hit.src).await.as_f64(), Some(1.0));
+    // ... which backfilled the memory tier above it ...
+    assert_eq!(p3.get("42").await.unwrap().unwrap().served_by, "memory");
     // ... and that hit backfilled LocalStorage.
     let p4 = pictures(&ns, &clock, calls.clone()).await;
     assert_eq!(
@@ -226,4 +239,22 @@ async fn invalidate_in_one_tab_clears_the_memory_tier_of_another() {
         waited += 10;
     }
     assert!(mem_a.get(&"team:1".to_string()).await.unwrap().is_some());
+}
+
+#[wasm_bindgen_test]
+async fn missing_indexed_db_leaves_the_tier_out_and_the_chain_works() {
+    let restore = hide_indexed_db();
+    let clock = ManualClock::new();
+    let calls = Rc::new(Cell::new(0));
+    let p = pictures(&unique("no-idb"), &clock, calls.clone()).await;
+    restore.call0(&JsValue::NULL).unwrap();
+    assert_eq!(p.tier_names(), ["memory", "local_storage", "cache_api"]);
+    assert_eq!(p.get("9").await.unwrap().unwrap().served_by, "network");
+    p.cache()
+        .only(&[0, 1])
+        .invalidate(&"9".to_string())
+        .await
+        .unwrap();
+    assert_eq!(p.get("9").await.unwrap().unwrap().served_by, "cache_api");
+    assert_eq!(calls.get(), 1);
 }
