@@ -32,14 +32,16 @@ struct RecordOut<'a, V> {
     stored_at: u64,
 }
 
+/// Borrows `format` and `key` from the raw JSON when it can: the hit path
+/// allocates only the value.
 #[derive(Deserialize)]
-struct RecordIn<V> {
-    format: String,
-    key: String,
+struct RecordIn<'a, V> {
+    #[serde(borrow)]
+    format: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
     value: V,
     expires_at: u64,
-    #[allow(dead_code)]
-    stored_at: u64,
 }
 
 #[derive(Deserialize)]
@@ -296,7 +298,7 @@ where
         else {
             return Ok(None);
         };
-        match serde_json::from_str::<RecordIn<V>>(&raw) {
+        match serde_json::from_str::<RecordIn<'_, V>>(&raw) {
             Ok(r) if r.format == FORMAT && r.key == *key => {
                 let entry = Entry::new(r.value, Timestamp::from_unix_millis(r.expires_at));
                 if entry.is_expired(self.clock.now()) {
