@@ -59,7 +59,7 @@ struct RecordAge {
 /// - When the ~5 MB origin quota runs out, the tier evicts its own oldest
 ///   records (never anyone else's) and retries once, then reports
 ///   [`Error::QuotaExceeded`].
-/// - [`LocalStorageTier::open`] probes storage with a real write: storage that is
+/// - [`LocalStorageTierBuilder::open`] probes storage with a real write: storage that is
 ///   absent (a service worker) or blocked (privacy settings, sandboxed frames)
 ///   gives [`Error::Unavailable`] so the page can build its chain without it.
 /// - [`CacheLayer::clear`] removes only keys under the prefix.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cache_core::{
     async_trait, loader_fn, BoxError, ByteSize, CacheLayer, Clock, Entry, Error, Loader,
-    MemoryTier, Result, Source, SystemClock, Tier, TieredCache, Timestamp,
+    MemoryTier, Observer, Result, Source, SystemClock, Tier, TieredCache, Timestamp,
 };
 use js_sys::{Array, Uint8Array};
 use serde::{Deserialize, Serialize};
@@ -288,6 +288,7 @@ pub struct ProfilePicturesBuilder {
     namespace: String,
     clock: Arc<dyn Clock>,
     loader: Option<Arc<dyn Loader<String, Picture>>>,
+    observer: Option<Arc<dyn Observer>>,
     max_bytes: u64,
     max_entries: usize,
 }
@@ -315,6 +316,13 @@ impl ProfilePicturesBuilder {
             + 'static,
     {
         self.loader = Some(Arc::new(loader_fn(f)));
+        self
+    }
+
+    /// Receives every hit, miss, error and backfill of the chain (e.g. the
+    /// `monitor` crate's metrics).
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
         self
     }
 
@@ -368,6 +376,9 @@ impl ProfilePicturesBuilder {
         {
             chain = chain.tier(Tier::new(ResponseTier(t)).ttl(BYTES_TTL));
         }
+        if let Some(observer) = self.observer {
+            chain = chain.shared_observer(observer);
+        }
         if let Some(loader) = self.loader {
             chain = chain.shared_origin(loader);
         }
@@ -386,6 +397,7 @@ impl ProfilePictures {
             namespace: namespace.to_owned(),
             clock: Arc::new(SystemClock),
             loader: None,
+            observer: None,
             max_bytes: crate::DEFAULT_MAX_BYTES,
             max_entries: crate::DEFAULT_MAX_ENTRIES,
         }

@@ -54,6 +54,14 @@ export function hide_indexed_db() {
   Object.defineProperty(globalThis, "indexedDB", { configurable: true, get() { return undefined; } });
   return () => { delete globalThis.indexedDB; if (!("indexedDB" in globalThis)) Object.defineProperty(globalThis, "indexedDB", desc); };
 }
+export function open_upgrade(name, version) {
+  return new Promise((resolve) => {
+    const req = indexedDB.open(name, version);
+    req.onblocked = () => resolve("blocked");
+    req.onsuccess = () => { req.result.close(); resolve("upgraded"); };
+    req.onerror = () => resolve("error: " + req.error);
+  });
+}
 export function same_origin_frame_channel(name) {
   const iframe = document.createElement("iframe");
   document.body.appendChild(iframe);
@@ -67,13 +75,38 @@ extern "C" {
     async fn load_img(src: &str) -> JsValue;
     fn block_local_storage() -> js_sys::Function;
     fn hide_indexed_db() -> js_sys::Function;
+    async fn open_upgrade(name: &str, version: u32) -> JsValue;
     fn same_origin_frame_channel(name: &str) -> JsValue;
     async fn sleep(ms: u32);
 }
 
+/// Records which tiers reported errors.
+#[derive(Debug, Default)]
+struct Errors(std::sync::Mutex<Vec<String>>);
+
+impl cache_core::Observer for Errors {
+    fn on_event(&self, event: &cache_core::Event<'_>) {
+        if event.kind == cache_core::EventKind::Error {
+            if let cache_core::EventSource::Tier { name, .. } = event.source {
+                self.0.lock().unwrap().push(name.to_owned());
+            }
+        }
+    }
+}
+
 async fn pictures(ns: &str, clock: &ManualClock, calls: Rc<Cell<u32>>) -> ProfilePictures {
+    pictures_observed(ns, clock, calls, std::sync::Arc::new(Errors::default())).await
+}
+
+async fn pictures_observed(
+    ns: &str,
+    clock: &ManualClock,
+    calls: Rc<Cell<u32>>,
+    errors: std::sync::Arc<Errors>,
+) -> ProfilePictures {
     let loader_clock = clock.clone();
     ProfilePictures::builder(ns)
+        .observer(errors)
         .clock(clock.clone())
         .network(move |user: String| {
             let calls = calls.clone();
@@ -257,4 +290,34 @@ async fn missing_indexed_db_leaves_the_tier_out_and_the_chain_works() {
         .unwrap();
     assert_eq!(p.get("9").await.unwrap().unwrap().served_by, "cache_api");
     assert_eq!(calls.get(), 1);
+}
+
+#[wasm_bindgen_test]
+async fn a_tier_failing_at_run_time_is_a_miss_and_the_chain_carries_on() {
+    let ns = unique("fail-open");
+    let clock = ManualClock::new();
+    let calls = Rc::new(Cell::new(0));
+    let errors = std::sync::Arc::new(Errors::default());
+    let p = pictures_observed(&ns, &clock, calls.clone(), errors.clone()).await;
+    assert_eq!(p.get("5").await.unwrap().unwrap().served_by, "network");
+    assert!(errors.0.lock().unwrap().is_empty());
+    // Another tab upgrades the IndexedDB schema: our tier closes its connection
+    // and cannot reopen at its version, so every IndexedDB read now fails.
+    assert_eq!(open_upgrade(&ns, 2).await.as_string().unwrap(), "upgraded");
+    p.cache()
+        .only(&[0, 1])
+        .invalidate(&"5".to_string())
+        .await
+        .unwrap();
+    let hit = p.get("5").await.unwrap().unwrap();
+    assert_eq!(
+        hit.served_by, "cache_api",
+        "IndexedDB errored, the next tier answered"
+    );
+    assert_eq!(calls.get(), 1);
+    assert!(
+        errors.0.lock().unwrap().iter().any(|t| t == "indexed_db"),
+        "the IndexedDB failure must reach the observer: {:?}",
+        errors.0.lock().unwrap()
+    );
 }
