@@ -100,6 +100,19 @@ async fn corrupt_and_foreign_records_are_misses_and_removed() {
     .await
     .unwrap();
     let copied = storage().get_item(&k("real")).unwrap().unwrap();
+    // The record is plain JSON: {format, key, value, expires_at, stored_at}.
+    let record: js_sys::Object = js_sys::JSON::parse(&copied).unwrap().unchecked_into();
+    let field = |f: &str| js_sys::Reflect::get(&record, &f.into()).unwrap();
+    assert_eq!(field("value").as_string().as_deref(), Some("v"));
+    assert_eq!(field("key").as_string().as_deref(), Some("real"));
+    assert_eq!(
+        field("expires_at").as_f64(),
+        Some((clock.now().as_unix_millis() + 86_400_000) as f64)
+    );
+    assert_eq!(
+        field("stored_at").as_f64(),
+        Some(clock.now().as_unix_millis() as f64)
+    );
     storage().set_item(&k("copy"), &copied).unwrap();
     for key in ["corrupt", "foreign", "copy"] {
         let got = CacheLayer::<String, String>::get(&t, &key.to_string())

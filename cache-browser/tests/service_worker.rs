@@ -28,11 +28,16 @@ async fn cache_api_passes_conformance_in_a_service_worker() {
 }
 
 #[wasm_bindgen_test]
-async fn indexed_db_opens_in_a_service_worker() {
-    let t = IndexedDbTier::<Vec<u8>>::builder(&unique("sw"))
-        .open()
-        .await;
-    assert!(t.is_ok(), "{:?}", t.err());
+async fn indexed_db_passes_conformance_in_a_service_worker() {
+    conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
+        let mut b =
+            IndexedDbTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
+        if let Some(ttl) = setup.tier_ttl {
+            b = b.ttl(ttl);
+        }
+        b.open().await.unwrap()
+    })
+    .await;
 }
 
 #[wasm_bindgen_test]
