@@ -14,6 +14,7 @@ use cache_core::{
     async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
     Timestamp,
 };
+use futures_util::future::{abortable, AbortHandle};
 use indexed_db_futures::database::Database;
 use indexed_db_futures::error::{DomException, Error as IdbError, OpenDbError};
 use indexed_db_futures::prelude::*;
@@ -84,8 +85,7 @@ pub struct IndexedDbTier<V> {
     ttl: Option<Duration>,
     max_bytes: u64,
     touch_after: Duration,
-    conn: RefCell<Option<Database>>,
-    closed: Rc<Cell<bool>>,
+    conn: RefCell<Option<Conn>>,
     /// When this instance last wrote each key's LRU record.
     touched: RefCell<HashMap<String, Timestamp>>,
     _value: PhantomData<fn() -> V>,
@@ -168,12 +168,30 @@ impl<V> IndexedDbTierBuilder<V> {
             max_bytes: self.max_bytes,
             touch_after: self.touch_after,
             conn: RefCell::new(None),
-            closed: Rc::new(Cell::new(false)),
             touched: RefCell::new(HashMap::new()),
             _value: PhantomData,
         };
         tier.connection().await?;
         Ok(tier)
+    }
+}
+
+/// An open connection and its `versionchange` watcher.
+struct Conn {
+    db: Database,
+    /// Set when the connection was closed for another tab's upgrade.
+    closed: Rc<Cell<bool>>,
+    watcher: Option<AbortHandle>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        // Closing an already-closed connection is a no-op; closing a live one
+        // lets other tabs upgrade the database.
+        self.db.clone().close();
     }
 }
 
@@ -264,7 +282,7 @@ impl<V> IndexedDbTier<V> {
         }
     }
 
-    async fn open_db(&self) -> Result<Database> {
+    async fn open_db(&self) -> Result<Conn> {
         let db = Database::open(self.db_name.as_str())
             .with_version(DB_VERSION)
             .with_on_upgrade_needed(|_event, db| {
@@ -280,29 +298,39 @@ impl<V> IndexedDbTier<V> {
             })
             .await
             .map_err(|e: OpenDbError| self.unavailable(e))?;
-        // Another tab wants to upgrade the schema: let it, and reopen later.
-        if let Ok(mut changes) = db.version_changes() {
-            let closed = self.closed.clone();
-            wasm_bindgen_futures::spawn_local(async move {
+        let closed = Rc::new(Cell::new(false));
+        // Another tab wants to upgrade the schema: close so it is not blocked,
+        // and reopen on the next operation. The watcher ends with its connection.
+        let watcher = db.version_changes().ok().map(|mut changes| {
+            let closed = closed.clone();
+            let (watch, handle) = abortable(async move {
                 if changes.recv().await.is_some() {
                     changes.db().clone().close();
                 }
                 closed.set(true);
             });
-        }
-        Ok(db)
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = watch.await;
+            });
+            handle
+        });
+        Ok(Conn {
+            db,
+            closed,
+            watcher,
+        })
     }
 
     async fn connection(&self) -> Result<Database> {
-        if self.closed.get() {
-            self.conn.borrow_mut().take();
+        if let Some(conn) = self.conn.borrow().as_ref() {
+            if !conn.closed.get() {
+                return Ok(conn.db.clone());
+            }
         }
-        if let Some(db) = self.conn.borrow().as_ref() {
-            return Ok(db.clone());
-        }
-        self.closed.set(false);
-        let db = self.open_db().await?;
-        *self.conn.borrow_mut() = Some(db.clone());
+        self.conn.borrow_mut().take();
+        let conn = self.open_db().await?;
+        let db = conn.db.clone();
+        *self.conn.borrow_mut() = Some(conn);
         Ok(db)
     }
 
@@ -340,8 +368,8 @@ impl<V> IndexedDbTier<V> {
     /// is cleared; the next operation sees "connection is closing" and reopens.
     #[doc(hidden)]
     pub fn close_connection_for_test(&self) {
-        if let Some(db) = self.conn.borrow().as_ref() {
-            db.clone().close();
+        if let Some(conn) = self.conn.borrow().as_ref() {
+            conn.db.clone().close();
         }
     }
 
