@@ -321,3 +321,61 @@ async fn a_tier_failing_at_run_time_is_a_miss_and_the_chain_carries_on() {
         errors.0.lock().unwrap()
     );
 }
+
+#[wasm_bindgen_test]
+async fn chain_get_many_over_browser_tiers_loads_misses_in_one_batch() {
+    // Exercises cache-core's batch-load path on wasm32 (the one that needed
+    // `Box::pin` instead of `.boxed()`).
+    #[derive(Debug)]
+    struct Batch(Rc<Cell<u32>>);
+    #[cache_core::async_trait(?Send)]
+    impl cache_core::Loader<String, String> for Batch {
+        async fn load(&self, key: &String) -> Result<Option<Entry<String>>, BoxError> {
+            Ok(self
+                .load_many(std::slice::from_ref(key))
+                .await?
+                .pop()
+                .flatten())
+        }
+        async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<Entry<String>>>, BoxError> {
+            self.0.set(self.0.get() + 1);
+            let now = ManualClock::START;
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    Some(Entry::expiring_in(
+                        format!("v-{k}"),
+                        now,
+                        Duration::from_secs(3_600),
+                    ))
+                })
+                .collect())
+        }
+    }
+    let clock = ManualClock::new();
+    let batches = Rc::new(Cell::new(0));
+    let ls = cache_browser::LocalStorageTier::<String>::builder(&unique("many"))
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(ls))
+        .origin(Batch(batches.clone()))
+        .build();
+    let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+    let got = cache.get_many(&keys).await.unwrap();
+    assert_eq!(batches.get(), 1, "one batch load for all misses");
+    for (k, g) in keys.iter().zip(&got) {
+        assert_eq!(
+            g.as_ref().map(|l| l.value().clone()),
+            Some(format!("v-{k}"))
+        );
+    }
+    let again = cache.get_many(&keys).await.unwrap();
+    assert!(again.iter().all(|l| matches!(
+        l.as_ref().map(|l| l.source),
+        Some(cache_core::Source::Tier { index: 0, .. })
+    )));
+    assert_eq!(batches.get(), 1);
+}
