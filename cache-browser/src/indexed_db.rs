@@ -1,0 +1,735 @@
+//! [`IndexedDbTier`]: image bytes in IndexedDB, with an expiry index, a byte
+//! budget and least-recently-used eviction.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{
+    async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
+    Timestamp,
+};
+use futures_util::future::{abortable, AbortHandle};
+use indexed_db_futures::database::Database;
+use indexed_db_futures::error::{DomException, Error as IdbError, OpenDbError};
+use indexed_db_futures::prelude::*;
+use indexed_db_futures::transaction::TransactionMode;
+use indexed_db_futures::{KeyPath, KeyRange};
+use js_sys::{Object, Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+
+use crate::js::JsError;
+
+const ENTRIES: &str = "entries";
+const LRU: &str = "lru";
+const META: &str = "meta";
+const BY_EXPIRY: &str = "by_expiry";
+const BY_ACCESS: &str = "by_access";
+const TOTAL: &str = "total_bytes";
+const FORMAT: &str = "cache-browser/1";
+const DB_VERSION: u8 = 1;
+
+/// Default byte budget: 50 MiB of values.
+pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
+
+/// A cache tier of binary values (image bytes) in IndexedDB.
+///
+/// # Layout
+///
+/// One database per tier with three object stores: `entries` (the value as a
+/// `Uint8Array`, never a `Blob`, which Safari cannot store reliably; its
+/// `expires_at`, indexed), `lru` (last access and size per key, indexed by last
+/// access) and `meta` (the running byte total). Primary keys are
+/// [`cache_core::key::encode`]d, so prefix removal is a key range.
+///
+/// # Behaviour
+///
+/// - Reads check `expires_at` against the tier's clock; [`IndexedDbTier::sweep_expired`]
+///   deletes expired entries in bulk through the expiry index.
+/// - A put that takes the total over the byte budget first evicts the least
+///   recently used entries, in the same transaction.
+/// - Inside a transaction only IndexedDB requests are awaited, so transactions
+///   never auto-commit early.
+/// - If the connection was closed under us (`InvalidStateError`, "the database
+///   connection is closing"), the tier reopens and retries the operation once.
+/// - On `versionchange` (another tab upgrading the database) it closes its
+///   connection so the upgrade is not blocked.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> cache_core::Result<()> {
+/// use std::time::Duration;
+/// use cache_browser::IndexedDbTier;
+/// use cache_core::{CacheLayer, Clock, Entry, SystemClock};
+///
+/// let tier = IndexedDbTier::<Vec<u8>>::builder("avatar-bytes")
+///     .ttl(Duration::from_secs(7 * 86_400))
+///     .max_bytes(20 * 1024 * 1024)
+///     .open()
+///     .await?;
+/// let png = vec![0x89, b'P', b'N', b'G'];
+/// tier.put(&"user:42".to_string(), Entry::expiring_in(png, SystemClock.now(), Duration::from_secs(3600))).await?;
+/// tier.sweep_expired().await?;
+/// # Ok(()) }
+/// ```
+pub struct IndexedDbTier<V> {
+    db_name: String,
+    name: String,
+    clock: Arc<dyn Clock>,
+    ttl: Option<Duration>,
+    max_bytes: u64,
+    touch_after: Duration,
+    conn: RefCell<Option<Conn>>,
+    /// When this instance last wrote each key's LRU record.
+    touched: RefCell<HashMap<String, Timestamp>>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> fmt::Debug for IndexedDbTier<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexedDbTier")
+            .field("db_name", &self.db_name)
+            .field("ttl", &self.ttl)
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`IndexedDbTier`]; see [`IndexedDbTier::builder`].
+#[must_use]
+pub struct IndexedDbTierBuilder<V> {
+    db_name: String,
+    name: String,
+    clock: Arc<dyn Clock>,
+    ttl: Option<Duration>,
+    max_bytes: u64,
+    touch_after: Duration,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> fmt::Debug for IndexedDbTierBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexedDbTierBuilder")
+            .field("db_name", &self.db_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> IndexedDbTierBuilder<V> {
+    /// The tier's name for errors and metrics (default `"indexed_db"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The clock expiry is checked against (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The tier's own TTL: entries are kept at most this long after a put.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The budget for the sum of value sizes (default [`DEFAULT_MAX_BYTES`]).
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// How stale a key's last-access time may get before a read refreshes it
+    /// (default one minute). Refreshing costs a write, so hits do not write
+    /// every time.
+    pub fn touch_after(mut self, d: Duration) -> Self {
+        self.touch_after = d;
+        self
+    }
+
+    /// Opens (creating or upgrading) the database.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when IndexedDB is absent, blocked or refuses to open.
+    pub async fn open(self) -> Result<IndexedDbTier<V>> {
+        let tier = IndexedDbTier {
+            db_name: self.db_name,
+            name: self.name,
+            clock: self.clock,
+            ttl: self.ttl,
+            max_bytes: self.max_bytes,
+            touch_after: self.touch_after,
+            conn: RefCell::new(None),
+            touched: RefCell::new(HashMap::new()),
+            _value: PhantomData,
+        };
+        tier.connection().await?;
+        Ok(tier)
+    }
+}
+
+/// An open connection and its `versionchange` watcher.
+struct Conn {
+    db: Database,
+    /// Set when the connection was closed for another tab's upgrade.
+    closed: Rc<Cell<bool>>,
+    watcher: Option<AbortHandle>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        // Closing an already-closed connection is a no-op; closing a live one
+        // lets other tabs upgrade the database.
+        self.db.clone().close();
+    }
+}
+
+fn idb_err(e: &IdbError) -> JsError {
+    let name = match e {
+        IdbError::DomException(d) => match d {
+            DomException::InvalidStateError(_) => "InvalidStateError",
+            DomException::TransactionInactiveError(_) => "TransactionInactiveError",
+            DomException::NotFoundError(_) => "NotFoundError",
+            DomException::ConstraintError(_) => "ConstraintError",
+            DomException::DataError(_) => "DataError",
+            DomException::AbortError(_) => "AbortError",
+            DomException::DataCloneError(_) => "DataCloneError",
+            _ => "DOMException",
+        },
+        _ => "IndexedDbError",
+    };
+    JsError::new(name, e.to_string())
+}
+
+/// Errors that mean "this connection is gone; a new one may work".
+fn is_closing(e: &IdbError) -> bool {
+    matches!(
+        e,
+        IdbError::DomException(DomException::InvalidStateError(_))
+    ) || e.to_string().contains("closing")
+}
+
+fn is_quota(e: &IdbError) -> bool {
+    let s = e.to_string();
+    s.contains("QuotaExceeded") || s.contains("quota")
+}
+
+fn num(obj: &JsValue, field: &str) -> Option<f64> {
+    Reflect::get(obj, &JsValue::from_str(field))
+        .ok()
+        .and_then(|v| v.as_f64())
+}
+
+fn set(obj: &Object, field: &str, value: &JsValue) -> std::result::Result<(), IdbError> {
+    Reflect::set(obj, &JsValue::from_str(field), value)
+        .map(|_| ())
+        .map_err(|e| IdbError::Unknown(e.into()))
+}
+
+fn lru_record(last_access: Timestamp, size: u64) -> std::result::Result<JsValue, IdbError> {
+    let obj = Object::new();
+    set(
+        &obj,
+        "last_access",
+        &JsValue::from_f64(last_access.as_unix_millis() as f64),
+    )?;
+    set(&obj, "size", &JsValue::from_f64(size as f64))?;
+    Ok(obj.into())
+}
+
+/// The end of the key range holding every encoded key that starts with `start`:
+/// encoded keys only use ASCII below `0x7F`.
+fn prefix_range(start: String) -> KeyRange<String> {
+    let mut end = start.clone();
+    end.push('\u{7F}');
+    KeyRange::Bound(start, false, end, true)
+}
+
+impl<V> IndexedDbTier<V> {
+    /// A builder for a tier in the database named `db_name`.
+    pub fn builder(db_name: &str) -> IndexedDbTierBuilder<V> {
+        IndexedDbTierBuilder {
+            db_name: db_name.to_owned(),
+            name: "indexed_db".into(),
+            clock: Arc::new(SystemClock),
+            ttl: None,
+            max_bytes: DEFAULT_MAX_BYTES,
+            touch_after: Duration::from_secs(60),
+            _value: PhantomData,
+        }
+    }
+
+    /// The database's name.
+    pub fn db_name(&self) -> &str {
+        &self.db_name
+    }
+
+    fn unavailable(&self, reason: impl fmt::Display) -> Error {
+        Error::Unavailable {
+            tier: self.name.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn open_db(&self) -> Result<Conn> {
+        let db = Database::open(self.db_name.as_str())
+            .with_version(DB_VERSION)
+            .with_on_upgrade_needed(|_event, db| {
+                let entries = db.create_object_store(ENTRIES).build()?;
+                entries
+                    .create_index(BY_EXPIRY, KeyPath::One("expires_at"))
+                    .build()?;
+                let lru = db.create_object_store(LRU).build()?;
+                lru.create_index(BY_ACCESS, KeyPath::One("last_access"))
+                    .build()?;
+                db.create_object_store(META).build()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e: OpenDbError| self.unavailable(e))?;
+        let closed = Rc::new(Cell::new(false));
+        // Another tab wants to upgrade the schema: close so it is not blocked,
+        // and reopen on the next operation. The watcher ends with its connection.
+        let watcher = db.version_changes().ok().map(|mut changes| {
+            let closed = closed.clone();
+            let (watch, handle) = abortable(async move {
+                if changes.recv().await.is_some() {
+                    changes.db().clone().close();
+                }
+                closed.set(true);
+            });
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = watch.await;
+            });
+            handle
+        });
+        Ok(Conn {
+            db,
+            closed,
+            watcher,
+        })
+    }
+
+    async fn connection(&self) -> Result<Database> {
+        if let Some(conn) = self.conn.borrow().as_ref() {
+            if !conn.closed.get() {
+                return Ok(conn.db.clone());
+            }
+        }
+        self.conn.borrow_mut().take();
+        let conn = self.open_db().await?;
+        let db = conn.db.clone();
+        *self.conn.borrow_mut() = Some(conn);
+        Ok(db)
+    }
+
+    /// Runs `f` on the connection; if the connection turns out to be closing or
+    /// closed, reopens and runs it once more.
+    async fn with_db<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    where
+        F: Fn(Database) -> Fut,
+        Fut: Future<Output = std::result::Result<T, IdbError>>,
+    {
+        let db = self.connection().await?;
+        match f(db).await {
+            Ok(v) => Ok(v),
+            Err(e) if is_closing(&e) => {
+                self.conn.borrow_mut().take();
+                let db = self.connection().await?;
+                f(db).await.map_err(|e| self.map_err(op, &e))
+            }
+            Err(e) => Err(self.map_err(op, &e)),
+        }
+    }
+
+    fn map_err(&self, op: Operation, e: &IdbError) -> Error {
+        if is_quota(e) {
+            Error::QuotaExceeded {
+                tier: self.name.clone(),
+                source: Some(Box::new(idb_err(e))),
+            }
+        } else {
+            Error::backend(&self.name, op, idb_err(e))
+        }
+    }
+
+    /// Closes the connection the tier holds, as the browser does when site data
+    /// is cleared; the next operation sees "connection is closing" and reopens.
+    #[doc(hidden)]
+    pub fn close_connection_for_test(&self) {
+        if let Some(conn) = self.conn.borrow().as_ref() {
+            conn.db.clone().close();
+        }
+    }
+
+    /// Deletes every expired entry through the expiry index; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if IndexedDB fails.
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        let now = self.clock.now().as_unix_millis() as f64;
+        self.with_db(Operation::RemovePrefix, |db| async move {
+            let tx = db
+                .transaction([ENTRIES, LRU, META])
+                .with_mode(TransactionMode::Readwrite)
+                .build()?;
+            let entries = tx.object_store(ENTRIES)?;
+            let lru = tx.object_store(LRU)?;
+            let meta = tx.object_store(META)?;
+            let keys: Vec<JsValue> = entries
+                .index(BY_EXPIRY)?
+                .get_all_keys::<JsValue>()
+                .with_query::<f64, _>(KeyRange::UpperBound(now, false)) // open = false: inclusive
+                .primitive()?
+                .await?
+                .collect::<std::result::Result<_, _>>()?;
+            let mut freed = 0.0;
+            for k in &keys {
+                let rec: Option<JsValue> = lru.get(k.clone()).primitive()?.await?;
+                freed += rec.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
+                entries.delete(k.clone()).primitive()?.await?;
+                lru.delete(k.clone()).primitive()?.await?;
+            }
+            let total: Option<JsValue> = meta.get(TOTAL).primitive()?.await?;
+            let total = total.and_then(|v| v.as_f64()).unwrap_or(0.0);
+            meta.put(JsValue::from_f64((total - freed).max(0.0)))
+                .with_key(TOTAL)
+                .primitive()?
+                .await?;
+            tx.commit().await?;
+            Ok(keys.len())
+        })
+        .await
+    }
+
+    /// The sum of stored value sizes, as the tier accounts it.
+    ///
+    /// # Errors
+    ///
+    /// A backend error if IndexedDB fails.
+    pub async fn total_bytes(&self) -> Result<u64> {
+        self.with_db(Operation::Get, |db| async move {
+            let tx = db.transaction(META).build()?;
+            let meta = tx.object_store(META)?;
+            let total: Option<JsValue> = meta.get(TOTAL).primitive()?.await?;
+            Ok(total.and_then(|v| v.as_f64()).unwrap_or(0.0) as u64)
+        })
+        .await
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Option<(Vec<u8>, Timestamp)>> {
+        let enc = key::encode(key);
+        let now = self.clock.now();
+        let found = self
+            .with_db(Operation::Get, |db| {
+                let enc = enc.clone();
+                async move {
+                    // The hot path: one request in one read-only transaction.
+                    let tx = db.transaction(ENTRIES).build()?;
+                    let rec: Option<JsValue> =
+                        tx.object_store(ENTRIES)?.get(enc).primitive()?.await?;
+                    Ok(rec)
+                }
+            })
+            .await?;
+        let Some(rec) = found else {
+            return Ok(None);
+        };
+        let format = Reflect::get(&rec, &JsValue::from_str("format"))
+            .ok()
+            .and_then(|v| v.as_string());
+        let owner = Reflect::get(&rec, &JsValue::from_str("key"))
+            .ok()
+            .and_then(|v| v.as_string());
+        let expires = num(&rec, "expires_at");
+        let value = Reflect::get(&rec, &JsValue::from_str("value"))
+            .ok()
+            .and_then(|v| v.dyn_into::<Uint8Array>().ok());
+        let (Some(expires), Some(value), true, true) = (
+            expires,
+            value,
+            format.as_deref() == Some(FORMAT),
+            owner.as_deref() == Some(key),
+        ) else {
+            // Not a record this tier wrote for this key: a miss, removed.
+            self.delete_key(&enc, Operation::Get).await?;
+            return Ok(None);
+        };
+        let expires_at = Timestamp::from_unix_millis(expires as u64);
+        if now >= expires_at {
+            self.delete_key(&enc, Operation::Get).await?;
+            return Ok(None);
+        }
+        let stale = self
+            .touched
+            .borrow()
+            .get(&enc)
+            .is_none_or(|t| now.duration_since(*t) >= self.touch_after);
+        if stale {
+            // Refresh the LRU record at most once per `touch_after` per key, in its
+            // own small transaction, so most hits do not write.
+            let size = u64::from(value.length());
+            self.with_db(Operation::Get, |db| {
+                let enc = enc.clone();
+                async move {
+                    let tx = db
+                        .transaction(LRU)
+                        .with_mode(TransactionMode::Readwrite)
+                        .build()?;
+                    let lru = tx.object_store(LRU)?;
+                    lru.put(lru_record(now, size)?)
+                        .with_key(enc)
+                        .primitive()?
+                        .await?;
+                    tx.commit().await
+                }
+            })
+            .await?;
+            self.mark_touched(enc.clone(), now);
+        }
+        Ok(Some((value.to_vec(), expires_at)))
+    }
+
+    fn mark_touched(&self, enc: String, now: Timestamp) {
+        let mut touched = self.touched.borrow_mut();
+        // Only a hint for how often to write; forgetting it costs one write.
+        if touched.len() >= 10_000 {
+            touched.clear();
+        }
+        touched.insert(enc, now);
+    }
+
+    /// Deletes one key and its accounting; `true` if it was there.
+    async fn delete_key(&self, enc: &str, op: Operation) -> Result<bool> {
+        self.with_db(op, |db| async move {
+            let tx = db
+                .transaction([ENTRIES, LRU, META])
+                .with_mode(TransactionMode::Readwrite)
+                .build()?;
+            let entries = tx.object_store(ENTRIES)?;
+            let lru = tx.object_store(LRU)?;
+            let meta = tx.object_store(META)?;
+            let rec: Option<JsValue> = lru.get(enc).primitive()?.await?;
+            let there: Option<String> = entries
+                .get_key::<String, _>(enc.to_owned())
+                .primitive()?
+                .await?;
+            if let Some(rec) = &rec {
+                let size = num(rec, "size").unwrap_or(0.0);
+                let total: Option<JsValue> = meta.get(TOTAL).primitive()?.await?;
+                let total = total.and_then(|v| v.as_f64()).unwrap_or(0.0);
+                meta.put(JsValue::from_f64((total - size).max(0.0)))
+                    .with_key(TOTAL)
+                    .primitive()?
+                    .await?;
+            }
+            entries.delete(enc).primitive()?.await?;
+            lru.delete(enc).primitive()?.await?;
+            tx.commit().await?;
+            Ok(there.is_some())
+        })
+        .await
+    }
+
+    async fn put_bytes(&self, key: &str, bytes: &[u8], expires_at: Timestamp) -> Result<()> {
+        let enc = key::encode(key);
+        self.mark_touched(enc.clone(), self.clock.now());
+        let now = self.clock.now();
+        let size = bytes.len() as u64;
+        if size > self.max_bytes {
+            return Err(Error::QuotaExceeded {
+                tier: self.name.clone(),
+                source: Some(Box::new(JsError::new(
+                    "QuotaExceededError",
+                    format!(
+                        "a {size}-byte value exceeds the tier's {}-byte budget",
+                        self.max_bytes
+                    ),
+                ))),
+            });
+        }
+        let max = self.max_bytes as f64;
+        self.with_db(Operation::Put, |db| {
+            let enc = enc.clone();
+            async move {
+                let record = Object::new();
+                set(&record, "format", &JsValue::from_str(FORMAT))?;
+                set(&record, "key", &JsValue::from_str(key))?;
+                set(&record, "value", &Uint8Array::from(bytes).into())?;
+                set(
+                    &record,
+                    "expires_at",
+                    &JsValue::from_f64(expires_at.as_unix_millis() as f64),
+                )?;
+                let tx = db
+                    .transaction([ENTRIES, LRU, META])
+                    .with_mode(TransactionMode::Readwrite)
+                    .build()?;
+                let entries = tx.object_store(ENTRIES)?;
+                let lru = tx.object_store(LRU)?;
+                let meta = tx.object_store(META)?;
+                let old = lru.get(enc.clone()).primitive()?;
+                let total = meta.get(TOTAL).primitive()?;
+                let old: Option<JsValue> = old.await?;
+                let total: Option<JsValue> = total.await?;
+                let old = old.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
+                let mut total = total.and_then(|v| v.as_f64()).unwrap_or(0.0) - old + size as f64;
+                // Over budget: evict least recently used keys, in this transaction.
+                while total > max {
+                    let victims: Vec<JsValue> = lru
+                        .index(BY_ACCESS)?
+                        .get_all_keys::<JsValue>()
+                        .with_limit(16)
+                        .primitive()?
+                        .await?
+                        .collect::<std::result::Result<_, _>>()?;
+                    let victims: Vec<JsValue> = victims
+                        .into_iter()
+                        .filter(|k| k.as_string().as_deref() != Some(enc.as_str()))
+                        .collect();
+                    if victims.is_empty() {
+                        break;
+                    }
+                    for k in victims {
+                        if total <= max {
+                            break;
+                        }
+                        let rec: Option<JsValue> = lru.get(k.clone()).primitive()?.await?;
+                        total -= rec.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
+                        entries.delete(k.clone()).primitive()?.await?;
+                        lru.delete(k).primitive()?.await?;
+                    }
+                }
+                entries
+                    .put(JsValue::from(record))
+                    .with_key(enc.clone())
+                    .primitive()?
+                    .await?;
+                lru.put(lru_record(now, size)?)
+                    .with_key(enc)
+                    .primitive()?
+                    .await?;
+                meta.put(JsValue::from_f64(total.max(0.0)))
+                    .with_key(TOTAL)
+                    .primitive()?
+                    .await?;
+                tx.commit().await
+            }
+        })
+        .await
+    }
+
+    async fn remove_range(&self, start: String, op: Operation) -> Result<()> {
+        self.with_db(op, |db| {
+            let start = start.clone();
+            async move {
+                let tx = db
+                    .transaction([ENTRIES, LRU, META])
+                    .with_mode(TransactionMode::Readwrite)
+                    .build()?;
+                let entries = tx.object_store(ENTRIES)?;
+                let lru = tx.object_store(LRU)?;
+                let meta = tx.object_store(META)?;
+                let recs: Vec<JsValue> = lru
+                    .get_all::<JsValue>()
+                    .with_query::<String, _>(prefix_range(start.clone()))
+                    .primitive()?
+                    .await?
+                    .collect::<std::result::Result<_, _>>()?;
+                let freed: f64 = recs.iter().filter_map(|r| num(r, "size")).sum();
+                entries
+                    .delete::<String, _>(prefix_range(start.clone()))
+                    .primitive()?
+                    .await?;
+                lru.delete::<String, _>(prefix_range(start))
+                    .primitive()?
+                    .await?;
+                let total: Option<JsValue> = meta.get(TOTAL).primitive()?.await?;
+                let total = total.and_then(|v| v.as_f64()).unwrap_or(0.0);
+                meta.put(JsValue::from_f64((total - freed).max(0.0)))
+                    .with_key(TOTAL)
+                    .primitive()?
+                    .await?;
+                tx.commit().await
+            }
+        })
+        .await
+    }
+}
+
+fn checked_key<K: CacheKey>(key: &K) -> Result<std::borrow::Cow<'_, str>> {
+    let s = key.key_str();
+    key::validate(&s).map_err(|reason| Error::invalid_key(&s, reason))?;
+    Ok(s)
+}
+
+#[async_trait(?Send)]
+impl<K, V> CacheLayer<K, V> for IndexedDbTier<V>
+where
+    K: CacheKey,
+    V: AsRef<[u8]> + From<Vec<u8>> + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
+        let key = checked_key(key)?;
+        Ok(self
+            .get_bytes(&key)
+            .await?
+            .map(|(bytes, expires_at)| Entry::new(V::from(bytes), expires_at)))
+    }
+
+    async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
+        let key = checked_key(key)?;
+        let now = self.clock.now();
+        let entry = entry.capped_by_ttl(now, self.ttl);
+        if entry.is_expired(now) {
+            self.delete_key(&key::encode(&key), Operation::Put).await?;
+            return Ok(());
+        }
+        self.put_bytes(&key, entry.value.as_ref(), entry.expires_at)
+            .await
+    }
+
+    async fn remove(&self, key: &K) -> Result<bool> {
+        let key = checked_key(key)?;
+        self.delete_key(&key::encode(&key), Operation::Remove).await
+    }
+
+    async fn remove_prefix(&self, prefix: &str) -> Result<()> {
+        self.remove_range(key::encode(prefix), Operation::RemovePrefix)
+            .await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.with_db(Operation::Clear, |db| async move {
+            let tx = db
+                .transaction([ENTRIES, LRU, META])
+                .with_mode(TransactionMode::Readwrite)
+                .build()?;
+            tx.object_store(ENTRIES)?.clear()?.await?;
+            tx.object_store(LRU)?.clear()?.await?;
+            tx.object_store(META)?
+                .put(JsValue::from_f64(0.0))
+                .with_key(TOTAL)
+                .primitive()?
+                .await?;
+            tx.commit().await
+        })
+        .await
+    }
+}

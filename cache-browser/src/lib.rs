@@ -1,0 +1,74 @@
+//! # cache-browser
+//!
+//! Browser tiers for [`cache_core`], compiled to `wasm32-unknown-unknown` with
+//! wasm-bindgen and web-sys. On other targets the crate is empty, so a native
+//! workspace build is unaffected.
+//!
+//! - `LocalStorageTier`: JSON records `{format, key, value, expires_at, stored_at}`
+//!   under a prefix; corrupt or foreign records are misses and are removed; on
+//!   `QuotaExceededError` it evicts its own oldest records and retries once; a
+//!   write probe detects absent or blocked storage.
+//! - `IndexedDbTier` (indexed_db_futures 0.6): bytes as `Uint8Array`, an expiry
+//!   index with `sweep_expired()`, a byte budget with LRU eviction, reopen and
+//!   retry once on a closing connection, close on `versionchange`.
+//! - `CacheApiTier`: responses under stable logical URLs, expiry in a header,
+//!   refuses opaque responses, a maximum entry count; works in a window and in a
+//!   service worker (it finds `caches` on `globalThis`).
+//! - `CrossTabInvalidation`: `invalidate(key)` in one tab drops the key from the
+//!   memory tier of every other tab of the origin, over `BroadcastChannel`.
+//! - `ProfilePictures`: the preset chain memory → LocalStorage (URL, 45 min) →
+//!   IndexedDB (bytes, 7 days) → Cache API (response, 7 days) → network, giving an
+//!   `<img>` source and the tier that served it.
+//!
+//! Every tier takes an injected [`cache_core::Clock`], checks expiry on every
+//! read, passes `cache_core::conformance` in headless Chromium, and turns every
+//! browser exception into a [`cache_core::Error`] (never a panic).
+//!
+//! # Example (wasm32)
+//!
+//! ```text
+//! use cache_browser::{Picture, ProfilePictures};
+//! use cache_core::{BoxError, Clock, Entry, SystemClock};
+//!
+//! let pictures = ProfilePictures::builder("avatars")
+//!     .network(|user: String| async move {
+//!         let p = Picture { url: format!("/img/{user}.png"), bytes: None, content_type: "image/png".into() };
+//!         Ok::<_, BoxError>(Some(Entry::expiring_in(p, SystemClock.now(), std::time::Duration::from_secs(3600))))
+//!     })
+//!     .build()
+//!     .await;
+//! let found = pictures.get("42").await?.expect("the loader always answers");
+//! img.set_src(&found.src); // found.served_by: "memory", "local_storage", ..., "network"
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(target_family = "wasm")]
+mod js;
+#[cfg(target_family = "wasm")]
+mod local_storage;
+
+#[cfg(target_family = "wasm")]
+pub use js::JsError;
+#[cfg(target_family = "wasm")]
+pub use local_storage::{LocalStorageTier, LocalStorageTierBuilder};
+#[cfg(target_family = "wasm")]
+mod indexed_db;
+#[cfg(target_family = "wasm")]
+pub use indexed_db::{IndexedDbTier, IndexedDbTierBuilder, DEFAULT_MAX_BYTES};
+#[cfg(target_family = "wasm")]
+mod cache_api;
+#[cfg(target_family = "wasm")]
+pub use cache_api::{
+    CacheApiTier, CacheApiTierBuilder, DEFAULT_BASE_URL, DEFAULT_MAX_ENTRIES, EXPIRES_HEADER,
+};
+#[cfg(target_family = "wasm")]
+mod cross_tab;
+#[cfg(target_family = "wasm")]
+pub use cross_tab::CrossTabInvalidation;
+#[cfg(target_family = "wasm")]
+mod profile;
+#[cfg(target_family = "wasm")]
+pub use profile::{
+    Picture, ProfilePictures, ProfilePicturesBuilder, ResolvedPicture, BYTES_TTL, LOCAL_STORAGE_TTL,
+};

@@ -1,0 +1,234 @@
+//! IndexedDbTier in headless Chromium: conformance, expiry index, byte budget,
+//! reconnects, versionchange and a missing IndexedDB.
+#![cfg(target_family = "wasm")]
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cache_browser::IndexedDbTier;
+use cache_core::{conformance, CacheLayer, Clock, Entry, Error, ManualClock};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn day() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", js_sys::Math::random().to_bits())
+}
+
+async fn tier(name: &str, clock: &ManualClock, max_bytes: u64) -> IndexedDbTier<Vec<u8>> {
+    IndexedDbTier::builder(&unique(name))
+        .clock(clock.clone())
+        .max_bytes(max_bytes)
+        .open()
+        .await
+        .unwrap()
+}
+
+#[wasm_bindgen(inline_js = r#"
+export function open_upgrade(name, version) {
+  return new Promise((resolve) => {
+    const req = indexedDB.open(name, version);
+    req.onblocked = () => resolve("blocked");
+    req.onsuccess = () => { req.result.close(); resolve("upgraded"); };
+    req.onerror = () => resolve("error: " + req.error);
+  });
+}
+export function hide_indexed_db() {
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "indexedDB")
+    || Object.getOwnPropertyDescriptor(Object.getPrototypeOf(globalThis), "indexedDB");
+  Object.defineProperty(globalThis, "indexedDB", { configurable: true, get() { return undefined; } });
+  return () => {
+    delete globalThis.indexedDB;
+    if (!("indexedDB" in globalThis)) Object.defineProperty(globalThis, "indexedDB", saved);
+  };
+}
+"#)]
+extern "C" {
+    async fn open_upgrade(name: &str, version: u32) -> JsValue;
+    fn hide_indexed_db() -> js_sys::Function;
+}
+
+#[wasm_bindgen_test]
+async fn indexed_db_passes_conformance() {
+    conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
+        let mut b =
+            IndexedDbTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
+        if let Some(ttl) = setup.tier_ttl {
+            b = b.ttl(ttl);
+        }
+        b.open().await.unwrap()
+    })
+    .await;
+}
+
+#[wasm_bindgen_test]
+async fn indexed_db_stores_bytes_as_uint8array_and_serves_20kb_images() {
+    let clock = ManualClock::new();
+    let t = tier("bytes", &clock, 1 << 20).await;
+    let img: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    t.put(
+        &"avatar:1".to_string(),
+        Entry::expiring_in(img.clone(), clock.now(), day()),
+    )
+    .await
+    .unwrap();
+    let got = CacheLayer::<String, Vec<u8>>::get(&t, &"avatar:1".to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.value, img);
+    assert_eq!(t.total_bytes().await.unwrap(), 20_000);
+}
+
+#[wasm_bindgen_test]
+async fn sweep_expired_deletes_only_expired_entries_through_the_index() {
+    let clock = ManualClock::new();
+    let t = tier("sweep", &clock, 1 << 20).await;
+    for i in 0..4u64 {
+        let ttl = if i < 3 {
+            Duration::from_secs(60)
+        } else {
+            day()
+        };
+        t.put(
+            &format!("k{i}"),
+            Entry::expiring_in(vec![i as u8; 100], clock.now(), ttl),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(t.sweep_expired().await.unwrap(), 0);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(t.sweep_expired().await.unwrap(), 3);
+    assert_eq!(t.total_bytes().await.unwrap(), 100);
+    // Gone from the store itself, not just hidden by the read-time check.
+    clock.set(cache_core::ManualClock::START);
+    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k0".to_string())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"k3".to_string())
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[wasm_bindgen_test]
+async fn byte_budget_evicts_least_recently_used() {
+    let clock = ManualClock::new();
+    let t = IndexedDbTier::<Vec<u8>>::builder(&unique("lru"))
+        .clock(clock.clone())
+        .max_bytes(3_000)
+        .touch_after(Duration::ZERO)
+        .open()
+        .await
+        .unwrap();
+    for k in ["a", "b", "c"] {
+        t.put(
+            &k.to_string(),
+            Entry::expiring_in(vec![1; 1_000], clock.now(), day()),
+        )
+        .await
+        .unwrap();
+        clock.advance(Duration::from_secs(1));
+    }
+    // Reading `a` makes `b` the least recently used.
+    assert!(CacheLayer::<String, Vec<u8>>::get(&t, &"a".to_string())
+        .await
+        .unwrap()
+        .is_some());
+    clock.advance(Duration::from_secs(1));
+    t.put(
+        &"d".to_string(),
+        Entry::expiring_in(vec![2; 1_000], clock.now(), day()),
+    )
+    .await
+    .unwrap();
+    let present = |k: &'static str| {
+        let t = &t;
+        async move {
+            CacheLayer::<String, Vec<u8>>::get(t, &k.to_string())
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    assert!(!present("b").await, "the least recently used entry must go");
+    assert!(present("a").await && present("c").await && present("d").await);
+    assert!(t.total_bytes().await.unwrap() <= 3_000);
+    // A value larger than the whole budget is refused, not stored.
+    let err = t
+        .put(
+            &"huge".to_string(),
+            Entry::expiring_in(vec![0; 3_001], clock.now(), day()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::QuotaExceeded { .. }), "{err}");
+}
+
+#[wasm_bindgen_test]
+async fn reopens_and_retries_once_when_the_connection_was_closed() {
+    let clock = ManualClock::new();
+    let t = tier("reopen", &clock, 1 << 20).await;
+    t.put(
+        &"k".to_string(),
+        Entry::expiring_in(vec![9; 10], clock.now(), day()),
+    )
+    .await
+    .unwrap();
+    t.close_connection_for_test();
+    let got = CacheLayer::<String, Vec<u8>>::get(&t, &"k".to_string())
+        .await
+        .unwrap();
+    assert_eq!(got.map(|e| e.value), Some(vec![9; 10]));
+    t.close_connection_for_test();
+    t.put(
+        &"k2".to_string(),
+        Entry::expiring_in(vec![1; 10], clock.now(), day()),
+    )
+    .await
+    .unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn closes_on_versionchange_so_another_tab_can_upgrade() {
+    let clock = ManualClock::new();
+    let name = unique("versionchange");
+    let t = IndexedDbTier::<Vec<u8>>::builder(&name)
+        .clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    t.put(
+        &"k".to_string(),
+        Entry::expiring_in(vec![1], clock.now(), day()),
+    )
+    .await
+    .unwrap();
+    // Another context opens the same database at a higher version: it must not
+    // stay blocked by our open connection.
+    let outcome = open_upgrade(&name, 2).await.as_string().unwrap();
+    assert_eq!(outcome, "upgraded");
+    // Afterwards the tier reports an error (its schema version is gone), never a panic.
+    let r = CacheLayer::<String, Vec<u8>>::get(&t, &"k".to_string()).await;
+    assert!(r.is_err() || r.unwrap().is_none());
+}
+
+#[wasm_bindgen_test]
+async fn missing_indexed_db_is_unavailable_not_a_panic() {
+    let restore = hide_indexed_db();
+    let r = IndexedDbTier::<Vec<u8>>::builder(&unique("absent"))
+        .open()
+        .await;
+    restore.call0(&JsValue::NULL).unwrap();
+    match r {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
