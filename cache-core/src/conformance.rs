@@ -37,8 +37,9 @@ pub struct Setup {
     pub clock: ManualClock,
     /// The tier's own TTL, when the check needs one.
     pub tier_ttl: Option<Duration>,
-    /// A name unique to this check, for tiers that need a fresh namespace,
-    /// database or cache name per tier.
+    /// A name unique to this check and this run (`conformance-<check>-<nonce>`),
+    /// for tiers whose storage outlives a run (Redis, browser storage) and needs a
+    /// fresh namespace, database or cache name per tier.
     pub namespace: String,
 }
 
@@ -114,6 +115,14 @@ pub fn hostile_keys() -> Vec<String> {
     ]
 }
 
+/// Different in every call and every run: wall-clock milliseconds and a counter.
+fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}{n:x}", crate::SystemClock.now().as_unix_millis())
+}
+
 fn day() -> Duration {
     Duration::from_secs(86_400)
 }
@@ -127,7 +136,7 @@ where
     let tier = make(Setup {
         clock: clock.clone(),
         tier_ttl,
-        namespace: format!("conformance-{check}"),
+        namespace: format!("conformance-{check}-{}", nonce()),
     })
     .await;
     (tier, clock)

@@ -373,6 +373,9 @@ fn test(args: &[String]) -> Result<bool, String> {
     wasm.args(["test", "--target", WASM_TARGET, "--no-fail-fast", "--tests"])
         .args(&wasm_pkgs);
     browser_env(&mut wasm);
+    // The runner serves pages cross-origin isolated (COEP), which blocks the real
+    // cross-origin fetch the Cache API tier's opaque-response test needs.
+    wasm.env("WASM_BINDGEN_TEST_NO_ORIGIN_ISOLATION", "1");
     suites.push((
         format!(
             "browser tests in headless Chromium ({})",
@@ -439,7 +442,9 @@ fn bench(args: &[String]) -> Result<bool, String> {
             "--",
             "--nocapture",
         ]);
-        browser_env(&mut browser);
+        // Without the isolation switch: isolation off makes Chromium coarsen
+        // `performance.now()` to 100 µs.
+        browser_env(&mut browser).env_remove("WASM_BINDGEN_TEST_NO_ORIGIN_ISOLATION");
         ok &= run_suite(&mut browser, &mut tally).is_ok();
     }
     println!("\nxtask bench: results above; record them with their baselines in BENCHMARKS.md");
