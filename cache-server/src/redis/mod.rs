@@ -753,6 +753,8 @@ pub(crate) fn client_builder(
             c.internal_command_timeout = connect_timeout;
             // A command is tried once more after a reconnect, within its timeout.
             c.max_command_attempts = 2;
+            // Name connections (CLIENT SETNAME) so operators can find them.
+            c.auto_client_setname = true;
         })
         .set_policy(policy);
     builder
