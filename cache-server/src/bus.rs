@@ -378,11 +378,7 @@ fn spawn_message_pump(
                         continue;
                     }
                     inner.counters.received.fetch_add(1, Ordering::Relaxed);
-                    match msg
-                        .value
-                        .as_str()
-                        .and_then(|s| Invalidation::decode(&s))
-                    {
+                    match msg.value.as_str().and_then(|s| Invalidation::decode(&s)) {
                         Some((origin, inv)) => {
                             let _ = inner.events.send(BusEvent::Message(origin, inv));
                         }
@@ -393,7 +389,10 @@ fn spawn_message_pump(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "invalidation bus fell behind; flushing in-process tiers");
+                    tracing::warn!(
+                        missed = n,
+                        "invalidation bus fell behind; flushing in-process tiers"
+                    );
                     inner.counters.resyncs.fetch_add(1, Ordering::Relaxed);
                     let _ = inner.events.send(BusEvent::Resync);
                 }

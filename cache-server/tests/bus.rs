@@ -76,20 +76,36 @@ async fn invalidation_on_one_instance_drops_the_key_on_the_other() {
     let b = instance(&server, version.clone()).await;
     let key = "user:42".to_string();
 
-    assert_eq!(a.cache.get(&key).await.unwrap().unwrap().value(), "user:42@v1");
+    assert_eq!(
+        a.cache.get(&key).await.unwrap().unwrap().value(),
+        "user:42@v1"
+    );
     let hit = b.cache.get(&key).await.unwrap().unwrap();
-    assert_eq!(hit.source, Source::Tier { index: 1, name: "redis" });
+    assert_eq!(
+        hit.source,
+        Source::Tier {
+            index: 1,
+            name: "redis"
+        }
+    );
     assert!(b.moka.contains(&key), "b backfilled its moka tier");
 
     // A new picture: bump the origin and invalidate on A only.
     version.store(2, Ordering::SeqCst);
     let mut applied = b.cache.applied();
     a.cache.invalidate(&key).await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(LIVENESS, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Invalidation::Key(key.clone()));
     assert!(!b.moka.contains(&key));
     let fresh = b.cache.get(&key).await.unwrap().unwrap();
-    assert_eq!(fresh.value(), "user:42@v2", "b must not serve the old picture");
+    assert_eq!(
+        fresh.value(),
+        "user:42@v2",
+        "b must not serve the old picture"
+    );
     assert_eq!(fresh.source, Source::Origin);
 
     // Prefix and clear travel too.
@@ -98,14 +114,28 @@ async fn invalidation_on_one_instance_drops_the_key_on_the_other() {
     }
     b.cache.get(&"team:8".to_string()).await.unwrap();
     a.cache.invalidate_prefix("team:7").await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(LIVENESS, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Invalidation::Prefix("team:7".into()));
     assert!((0..3).all(|i| !b.moka.contains(&format!("team:7:{i}"))));
     assert!(b.moka.contains(&"team:8".to_string()));
     a.cache.clear().await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(LIVENESS, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Invalidation::Clear);
-    assert_eq!(b.cache.get(&"team:8".to_string()).await.unwrap().unwrap().source, Source::Origin);
+    assert_eq!(
+        b.cache
+            .get(&"team:8".to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .source,
+        Source::Origin
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +155,10 @@ async fn invalidation_latency_between_instances_is_measured() {
         assert!(b.moka.contains(&key));
         let start = Instant::now();
         a.cache.invalidate(&key).await.unwrap();
-        let got = tokio::time::timeout(LIVENESS, applied.recv()).await.unwrap().unwrap();
+        let got = tokio::time::timeout(LIVENESS, applied.recv())
+            .await
+            .unwrap()
+            .unwrap();
         lat.push(start.elapsed());
         assert_eq!(got, Invalidation::Key(key.clone()));
         assert!(!b.moka.contains(&key));
@@ -160,13 +193,17 @@ async fn a_fill_after_a_miss_publishes_nothing() {
     assert_eq!(a.cache.bus().stats().published, 0);
     // The spy does see an invalidation, so the zero above means something.
     a.cache.invalidate(&"user:1".to_string()).await.unwrap();
-    wait_until("the spy sees the invalidation", || spy.load(Ordering::SeqCst) == 1).await;
+    wait_until("the spy sees the invalidation", || {
+        spy.load(Ordering::SeqCst) == 1
+    })
+    .await;
 }
 
 async fn spy_on(server: &RedisServer) -> Arc<AtomicU64> {
-    let sub = cache_server::fred::prelude::Builder::from_config(Config::from_url(&server.url()).unwrap())
-        .build_subscriber_client()
-        .unwrap();
+    let sub =
+        cache_server::fred::prelude::Builder::from_config(Config::from_url(&server.url()).unwrap())
+            .build_subscriber_client()
+            .unwrap();
     sub.init().await.unwrap();
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
@@ -194,12 +231,22 @@ async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
 
     // Kill only B's subscriber connection.
     let list = server.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).unwrap();
-    assert_eq!(list.lines().count(), 2, "one subscriber per instance: {list}");
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "one subscriber per instance: {list}"
+    );
     let b_name = b.cache.bus().subscriber().id().to_string();
     let ids: Vec<String> = list
         .lines()
         .filter(|l| l.contains(&format!("name={b_name} ")))
-        .map(|l| l.split_whitespace().next().unwrap().trim_start_matches("id=").to_string())
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("id=")
+                .to_string()
+        })
         .collect();
     assert_eq!(ids.len(), 1, "find B's subscriber named {b_name} in {list}");
     let killed = server.cli(&["CLIENT", "KILL", "ID", &ids[0]]).unwrap();
@@ -209,7 +256,11 @@ async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
         b.cache.resync_flushes() >= 1 && !b.moka.contains(&key)
     })
     .await;
-    assert_eq!(a.cache.resync_flushes(), 0, "A's subscriber was not touched");
+    assert_eq!(
+        a.cache.resync_flushes(),
+        0,
+        "A's subscriber was not touched"
+    );
     assert!(b.cache.bus().stats().resyncs >= 1);
 
     // B is subscribed again: later invalidations still reach it.
@@ -218,7 +269,10 @@ async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
     let mut applied = b.cache.applied();
     a.cache.invalidate(&other).await.unwrap();
     loop {
-        let got = tokio::time::timeout(LIVENESS, applied.recv()).await.unwrap().unwrap();
+        let got = tokio::time::timeout(LIVENESS, applied.recv())
+            .await
+            .unwrap()
+            .unwrap();
         if got == Invalidation::Key(other.clone()) {
             break;
         }

@@ -14,11 +14,15 @@ fn node_keys(cluster: &RedisCluster, pattern: &str) -> Vec<usize> {
         .nodes()
         .iter()
         .map(|n| {
-            n.cli(&["EVAL", &format!("return #redis.call('KEYS', '{pattern}')"), "0"])
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
+            n.cli(&[
+                "EVAL",
+                &format!("return #redis.call('KEYS', '{pattern}')"),
+                "0",
+            ])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
         })
         .collect()
 }
@@ -64,13 +68,21 @@ async fn redis_cluster_end_to_end() {
     tier.put_many(
         keys.iter()
             .filter(|k| !k.ends_with('3'))
-            .map(|k| (k.clone(), Entry::expiring_in(format!("v-{k}"), now, Duration::from_secs(600))))
+            .map(|k| {
+                (
+                    k.clone(),
+                    Entry::expiring_in(format!("v-{k}"), now, Duration::from_secs(600)),
+                )
+            })
             .collect(),
     )
     .await
     .unwrap();
     let per_node = node_keys(&cluster, "avatars:*");
-    assert!(per_node.iter().all(|&n| n > 0), "keys on every master: {per_node:?}");
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "keys on every master: {per_node:?}"
+    );
     let got = tier.get_many(&keys).await.unwrap();
     for (k, v) in keys.iter().zip(&got) {
         if k.ends_with('3') {
@@ -87,7 +99,9 @@ async fn redis_cluster_end_to_end() {
         .set::<(), _, _>("foreign", "keep", None, None, false)
         .await
         .unwrap();
-    CacheLayer::<String, String>::remove_prefix(&tier, "user:1").await.unwrap();
+    CacheLayer::<String, String>::remove_prefix(&tier, "user:1")
+        .await
+        .unwrap();
     assert!(tier.get(&"user:1".to_string()).await.unwrap().is_none());
     assert!(tier.get(&"user:12".to_string()).await.unwrap().is_none());
     assert!(tier.get(&"user:2".to_string()).await.unwrap().is_some());
@@ -103,13 +117,20 @@ async fn redis_cluster_end_to_end() {
             .tier(Tier::new(moka.clone()))
             .tier(Tier::new(tier.clone()))
             .build();
-        let bus = InvalidationBus::builder().url(url.clone()).connect().await.unwrap();
+        let bus = InvalidationBus::builder()
+            .url(url.clone())
+            .connect()
+            .await
+            .unwrap();
         instances.push((SyncedCache::new(chain, bus, vec![0]), moka));
     }
     let key = "user:5".to_string();
-    tier.put(&key, Entry::expiring_in("v".into(), SystemClock.now(), Duration::from_secs(60)))
-        .await
-        .unwrap();
+    tier.put(
+        &key,
+        Entry::expiring_in("v".into(), SystemClock.now(), Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
     let (a, _) = &instances[0];
     let (b, b_moka) = &instances[1];
     b.get(&key).await.unwrap().unwrap();

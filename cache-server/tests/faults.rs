@@ -67,7 +67,10 @@ async fn killing_redis_fails_no_read_and_redis_is_used_again_when_back() {
         .unwrap();
     let chain: TieredCache<u64, String> = TieredCache::builder()
         // Small on purpose: most reads must reach Redis.
-        .tier(Tier::new(MokaTier::builder().max_bytes(32 * 1024).build()).ttl(Duration::from_secs(60)))
+        .tier(
+            Tier::new(MokaTier::builder().max_bytes(32 * 1024).build())
+                .ttl(Duration::from_secs(60)),
+        )
         .tier(
             Tier::new(redis)
                 .ttl(Duration::from_secs(600))
@@ -113,7 +116,10 @@ async fn killing_redis_fails_no_read_and_redis_is_used_again_when_back() {
 
     // Phase 1: Redis up.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(events.hits.load(Ordering::Relaxed) > 0, "redis answers before the kill");
+    assert!(
+        events.hits.load(Ordering::Relaxed) > 0,
+        "redis answers before the kill"
+    );
     let reads_before = stats.reads.load(Ordering::Relaxed);
 
     // Phase 2: Redis killed.
@@ -121,8 +127,14 @@ async fn killing_redis_fails_no_read_and_redis_is_used_again_when_back() {
     let failures_at_kill = events.failures.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let failures = events.failures.load(Ordering::Relaxed) - failures_at_kill;
-    assert!(failures > 0, "the observer must see redis errors or timeouts");
-    assert!(events.skipped.load(Ordering::Relaxed) > 0, "the breaker skips the dead tier");
+    assert!(
+        failures > 0,
+        "the observer must see redis errors or timeouts"
+    );
+    assert!(
+        events.skipped.load(Ordering::Relaxed) > 0,
+        "the breaker skips the dead tier"
+    );
     let reads_down = stats.reads.load(Ordering::Relaxed) - reads_before;
     assert!(reads_down > 0, "reads go on while redis is down");
 
@@ -144,7 +156,10 @@ async fn killing_redis_fails_no_read_and_redis_is_used_again_when_back() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "redis not used again within 15 s of its restart");
+        assert!(
+            Instant::now() < deadline,
+            "redis not used again within 15 s of its restart"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

@@ -53,9 +53,7 @@ async fn moka_tier_stays_within_its_byte_budget() {
 #[tokio::test]
 async fn moka_reclaims_entries_at_their_own_expiry() {
     // Real time here: moka's own expiry (not the read check) must drop the entry.
-    let tier: MokaTier<String, String> = MokaTier::builder()
-        .ttl(Duration::from_secs(3600))
-        .build();
+    let tier: MokaTier<String, String> = MokaTier::builder().ttl(Duration::from_secs(3600)).build();
     let now = SystemClock.now();
     let key = "short".to_string();
     tier.put(
@@ -94,14 +92,26 @@ async fn moka_tier_ttl_caps_expiry_to_the_smaller_of_the_two() {
         .ttl(Duration::from_secs(60))
         .build();
     let k = "k".to_string();
-    tier.put(&k, Entry::expiring_in("v".into(), clock.now(), Duration::from_secs(3600)))
-        .await
-        .unwrap();
+    tier.put(
+        &k,
+        Entry::expiring_in("v".into(), clock.now(), Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
     let got = tier.get(&k).await.unwrap().unwrap();
-    assert_eq!(got.expires_at, clock.now().saturating_add(Duration::from_secs(60)));
-    tier.put(&k, Entry::expiring_in("v".into(), clock.now(), Duration::from_secs(10)))
-        .await
-        .unwrap();
+    assert_eq!(
+        got.expires_at,
+        clock.now().saturating_add(Duration::from_secs(60))
+    );
+    tier.put(
+        &k,
+        Entry::expiring_in("v".into(), clock.now(), Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     let got = tier.get(&k).await.unwrap().unwrap();
-    assert_eq!(got.expires_at, clock.now().saturating_add(Duration::from_secs(10)));
+    assert_eq!(
+        got.expires_at,
+        clock.now().saturating_add(Duration::from_secs(10))
+    );
 }

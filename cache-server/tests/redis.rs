@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use cache_core::{conformance, CacheLayer, Clock, Entry, Error, ManualClock, SystemClock};
-use cache_server::testing::RedisServer;
 use cache_server::fred::interfaces::KeysInterface;
+use cache_server::testing::RedisServer;
 use cache_server::RedisTier;
 
 type L = dyn CacheLayer<String, String>;
@@ -71,7 +71,9 @@ async fn undecodable_values_are_misses_deleted_and_counted() {
     let k = |s: &str| s.to_string();
     // Garbage, an envelope of another version, a payload that does not decode
     // as a String, and a key of another Redis type.
-    server.cli(&["SET", "avatars:garbage", "not an envelope"]).unwrap();
+    server
+        .cli(&["SET", "avatars:garbage", "not an envelope"])
+        .unwrap();
     let mut old = b"LC\x00".to_vec();
     old.extend_from_slice(&u64::MAX.to_be_bytes());
     old.push(b'x');
@@ -94,7 +96,10 @@ async fn undecodable_values_are_misses_deleted_and_counted() {
         let got = tier.get(&k(key)).await;
         assert!(matches!(got, Ok(None)), "{key}: {got:?}");
         assert_eq!(
-            server.cli(&["EXISTS", &format!("avatars:{key}")]).unwrap().trim(),
+            server
+                .cli(&["EXISTS", &format!("avatars:{key}")])
+                .unwrap()
+                .trim(),
             "0",
             "{key} was not deleted"
         );
@@ -103,14 +108,20 @@ async fn undecodable_values_are_misses_deleted_and_counted() {
 
     // Through get_many too.
     server.cli(&["SET", "avatars:garbage", "junk"]).unwrap();
-    tier.put(&k("good"), Entry::expiring_in("v".into(), SystemClock.now(), Duration::from_secs(60)))
-        .await
-        .unwrap();
+    tier.put(
+        &k("good"),
+        Entry::expiring_in("v".into(), SystemClock.now(), Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
     let got = tier.get_many(&[k("garbage"), k("good")]).await.unwrap();
     assert!(got[0].is_none());
     assert_eq!(got[1].as_ref().unwrap().value, "v");
     assert_eq!(tier.corrupt_values(), 5);
-    assert_eq!(server.cli(&["EXISTS", "avatars:garbage"]).unwrap().trim(), "0");
+    assert_eq!(
+        server.cli(&["EXISTS", "avatars:garbage"]).unwrap().trim(),
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,9 +153,14 @@ async fn put_sets_an_absolute_expiry_capped_by_the_tier_ttl() {
         .trim()
         .parse()
         .unwrap();
-    let cap = now.saturating_add(Duration::from_secs(600)).as_unix_millis();
+    let cap = now
+        .saturating_add(Duration::from_secs(600))
+        .as_unix_millis();
     // The tier reads its own clock a moment after `now`.
-    assert!((cap..cap + 5_000).contains(&at), "PXAT {at} not capped near {cap}");
+    assert!(
+        (cap..cap + 5_000).contains(&at),
+        "PXAT {at} not capped near {cap}"
+    );
     assert_eq!(stat_calls(&server, "expire"), 0);
 }
 
@@ -157,7 +173,12 @@ async fn get_many_of_fifty_keys_is_one_mget() {
     tier.put_many(
         keys.iter()
             .filter(|k| !k.ends_with('7'))
-            .map(|k| (k.clone(), Entry::expiring_in(format!("v-{k}"), now, Duration::from_secs(60))))
+            .map(|k| {
+                (
+                    k.clone(),
+                    Entry::expiring_in(format!("v-{k}"), now, Duration::from_secs(60)),
+                )
+            })
             .collect(),
     )
     .await
@@ -204,13 +225,23 @@ async fn clear_and_remove_prefix_touch_only_the_namespace() {
     assert!(b.get(&"user:1".to_string()).await.unwrap().is_some());
 
     L::clear(&a).await.unwrap();
-    assert_eq!(server.cli(&["EVAL", "return #redis.call('KEYS', 'a:*')", "0"]).unwrap().trim(), "0");
+    assert_eq!(
+        server
+            .cli(&["EVAL", "return #redis.call('KEYS', 'a:*')", "0"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
     for i in 0..10 {
         assert!(b.get(&format!("user:{i}")).await.unwrap().is_some());
         assert!(ab.get(&format!("user:{i}")).await.unwrap().is_some());
     }
     for foreign in ["a", "ab:user~3A1", "a.b", "other", "A:user~3A1"] {
-        assert_eq!(server.cli(&["GET", foreign]).unwrap().trim(), "keep", "{foreign}");
+        assert_eq!(
+            server.cli(&["GET", foreign]).unwrap().trim(),
+            "keep",
+            "{foreign}"
+        );
     }
     assert_eq!(stat_calls(&server, "flushdb"), 0);
     assert_eq!(stat_calls(&server, "flushall"), 0);
@@ -231,7 +262,8 @@ async fn keys_are_encoded_inside_their_namespace() {
         let (ns, rest) = line.split_once(':').unwrap();
         assert_eq!(ns, "a", "{line} left the namespace");
         assert!(
-            rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-~".contains(&b)),
+            rest.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-~".contains(&b)),
             "{line} carries key syntax"
         );
     }
@@ -243,14 +275,21 @@ async fn keys_are_encoded_inside_their_namespace() {
 async fn bad_namespaces_and_keys_are_refused() {
     let server = RedisServer::start();
     for ns in ["", "a:b", "a*", "{a}", "a b"] {
-        let r = RedisTier::<String>::builder().url(server.url()).namespace(ns).build().await;
+        let r = RedisTier::<String>::builder()
+            .url(server.url())
+            .namespace(ns)
+            .build()
+            .await;
         assert!(matches!(r, Err(Error::Unavailable { .. })), "{ns:?}");
     }
     let t = tier(&server, "ok").await;
     let r = t.get(&String::new()).await;
     assert!(matches!(r, Err(Error::InvalidKey { .. })));
     let r = t
-        .put(&"a\nb".to_string(), Entry::new("v".into(), cache_core::Timestamp::MAX))
+        .put(
+            &"a\nb".to_string(),
+            Entry::new("v".into(), cache_core::Timestamp::MAX),
+        )
         .await;
     assert!(matches!(r, Err(Error::InvalidKey { .. })));
 }
@@ -268,29 +307,50 @@ async fn a_manual_clock_keeps_redis_expiry_in_step() {
         .build()
         .await
         .unwrap();
-    tier.put(&"k".to_string(), Entry::expiring_in("v".into(), clock.now(), Duration::from_secs(30)))
-        .await
+    tier.put(
+        &"k".to_string(),
+        Entry::expiring_in("v".into(), clock.now(), Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    let pttl: i64 = server
+        .cli(&["PTTL", "manual:k"])
+        .unwrap()
+        .trim()
+        .parse()
         .unwrap();
-    let pttl: i64 = server.cli(&["PTTL", "manual:k"]).unwrap().trim().parse().unwrap();
     assert!((25_000..=30_000).contains(&pttl), "pttl {pttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_output_holds_no_credentials() {
     let server = RedisServer::start();
-    server.cli(&["CONFIG", "SET", "requirepass", "s3cret-pass"]).unwrap();
+    server
+        .cli(&["CONFIG", "SET", "requirepass", "s3cret-pass"])
+        .unwrap();
     let builder = RedisTier::<String>::builder()
-        .url(format!("redis://default:s3cret-pass@127.0.0.1:{}", server.port()))
+        .url(format!(
+            "redis://default:s3cret-pass@127.0.0.1:{}",
+            server.port()
+        ))
         .namespace("auth");
     assert!(!format!("{builder:?}").contains("s3cret"));
     let tier = builder.build().await.unwrap();
     assert!(!format!("{tier:?}").contains("s3cret"));
-    tier.put(&"k".to_string(), Entry::expiring_in("v".into(), SystemClock.now(), Duration::from_secs(60)))
-        .await
-        .unwrap();
+    tier.put(
+        &"k".to_string(),
+        Entry::expiring_in("v".into(), SystemClock.now(), Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
     let bad = RedisTier::<String>::builder()
-        .url(format!("redis://default:wrong-pass@127.0.0.1:{}", server.port()))
-        .reconnect_policy(cache_server::fred::prelude::ReconnectPolicy::new_constant(1, 10))
+        .url(format!(
+            "redis://default:wrong-pass@127.0.0.1:{}",
+            server.port()
+        ))
+        .reconnect_policy(cache_server::fred::prelude::ReconnectPolicy::new_constant(
+            1, 10,
+        ))
         .build()
         .await;
     let err = bad.unwrap_err().to_string();

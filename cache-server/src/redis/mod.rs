@@ -21,8 +21,8 @@ use fred::prelude::{
 };
 use futures_util::StreamExt;
 
-pub use codec::{Codec, MsgPackCodec};
 use codec::{open, write_header, Corrupt, HEADER_LEN};
+pub use codec::{Codec, MsgPackCodec};
 
 /// Default per-command timeout.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
@@ -135,7 +135,11 @@ impl<V, C: fmt::Debug> fmt::Debug for RedisTier<V, C> {
 
 impl<V, C> fmt::Display for RedisTier<V, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RedisTier({}, {})", self.inner.name, self.inner.namespace)
+        write!(
+            f,
+            "RedisTier({}, {})",
+            self.inner.name, self.inner.namespace
+        )
     }
 }
 
@@ -182,7 +186,8 @@ where
     /// ```
     pub fn redis_key<K: CacheKey>(&self, key: &K) -> Result<String> {
         let s = key.key_str();
-        key.validate().map_err(|reason| Error::invalid_key(&s, reason))?;
+        key.validate()
+            .map_err(|reason| Error::invalid_key(&s, reason))?;
         let mut out = String::with_capacity(self.inner.namespace.len() + 1 + s.len());
         out.push_str(&self.inner.namespace);
         out.push(':');
@@ -304,8 +309,8 @@ impl<C> Inner<C> {
                 .map_err(|e| self.error(operation, e))?;
             if self.clustered {
                 // UNLINK of several keys must stay within one hash slot.
-                let groups = fred::util::group_by_hash_slot(keys)
-                    .map_err(|e| self.error(operation, e))?;
+                let groups =
+                    fred::util::group_by_hash_slot(keys).map_err(|e| self.error(operation, e))?;
                 let pipe = client.pipeline();
                 for (_, keys) in groups {
                     let _: () = pipe
