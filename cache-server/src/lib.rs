@@ -17,23 +17,25 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use cache_core::{Tier, TieredCache};
 //! use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
 //!
-//! # async fn demo() -> cache_core::Result<()> {
-//! let url = "redis://127.0.0.1:6379";
+//! # let server = cache_server::testing::RedisServer::start(); // a throwaway redis-server
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let url = server.url(); // "redis://127.0.0.1:6379"
 //! let chain: TieredCache<String, String> = TieredCache::builder()
 //!     .tier(Tier::new(MokaTier::builder().max_bytes(32 << 20).build()).ttl(Duration::from_secs(60)))
-//!     .tier(Tier::new(RedisTier::builder().url(url).namespace("avatars").build().await?)
+//!     .tier(Tier::new(RedisTier::builder().url(&url).namespace("avatars").build().await?)
 //!         .ttl(Duration::from_secs(3000))
 //!         .timeout(Duration::from_millis(250)))
 //!     .build();
 //! let bus = InvalidationBus::builder().url(url).channel("avatars:invalidate").connect().await?;
 //! let cache = SyncedCache::new(chain, bus, vec![0]);
+//! cache.get(&"user:42".to_string()).await?;
 //! cache.invalidate(&"user:42".to_string()).await?; // every instance drops it
-//! # Ok(()) }
+//! # Ok::<_, cache_core::Error>(()) }).unwrap();
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

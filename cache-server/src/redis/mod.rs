@@ -76,22 +76,25 @@ const UNLINK_BATCH: usize = 500;
 ///
 /// # Example
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use cache_core::{CacheLayer, Clock, Entry, SystemClock};
 /// use cache_server::RedisTier;
 ///
-/// # async fn demo() -> cache_core::Result<()> {
+/// # let server = cache_server::testing::RedisServer::start(); // a throwaway redis-server
+/// # let url = server.url();
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let tier: RedisTier<String> = RedisTier::builder()
-///     .url("redis://127.0.0.1:6379")
+///     .url(url) // "redis://127.0.0.1:6379"
 ///     .namespace("avatars")
 ///     .ttl(Duration::from_secs(50 * 60))
 ///     .build()
 ///     .await?;
 /// let key = "user:42".to_string();
 /// tier.put(&key, Entry::expiring_in("https://img/42".into(), SystemClock.now(), Duration::from_secs(60))).await?;
-/// assert!(tier.get(&key).await?.is_some());
-/// # Ok(()) }
+/// assert_eq!(tier.get(&key).await?.unwrap().value, "https://img/42");
+/// assert_eq!(tier.redis_key(&key)?, "avatars:user~3A42");
+/// # Ok::<_, cache_core::Error>(()) }).unwrap();
 /// ```
 pub struct RedisTier<V, C = MsgPackCodec> {
     inner: Arc<Inner<C>>,
@@ -177,12 +180,13 @@ where
 
     /// The Redis key `key` is stored under: `<namespace>:<encoded key>`.
     ///
-    /// ```no_run
-    /// # async fn demo() -> cache_core::Result<()> {
+    /// ```
+    /// # let server = cache_server::testing::RedisServer::start();
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let tier: cache_server::RedisTier<String> =
-    ///     cache_server::RedisTier::builder().namespace("avatars").build().await?;
+    ///     cache_server::RedisTier::builder().url(server.url()).namespace("avatars").build().await?;
     /// assert_eq!(tier.redis_key(&"user/42".to_string())?, "avatars:user~2F42");
-    /// # Ok(()) }
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
     /// ```
     pub fn redis_key<K: CacheKey>(&self, key: &K) -> Result<String> {
         let s = key.key_str();
@@ -403,9 +407,10 @@ where
             }
             out
         } else {
+            let ks: Vec<&str> = rkeys.iter().map(String::as_str).collect();
             inner
                 .pool
-                .mget(rkeys.clone())
+                .mget(ks)
                 .await
                 .map_err(|e| inner.error(Operation::GetMany, e))?
         };
