@@ -356,3 +356,50 @@ async fn debug_output_holds_no_credentials() {
     let err = bad.unwrap_err().to_string();
     assert!(!err.contains("wrong-pass"), "{err}");
 }
+
+/// Stores `String`s as plain UTF-8, for other services to read.
+#[derive(Debug)]
+struct Utf8;
+
+impl cache_server::Codec<String> for Utf8 {
+    fn encode_into(&self, value: &String, out: &mut Vec<u8>) -> Result<(), cache_core::BoxError> {
+        out.extend_from_slice(value.as_bytes());
+        Ok(())
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<String, cache_core::BoxError> {
+        Ok(std::str::from_utf8(bytes)?.to_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_codec_is_pluggable() {
+    let server = RedisServer::start();
+    let tier = RedisTier::builder()
+        .url(server.url())
+        .namespace("utf8")
+        .codec(Utf8)
+        .build()
+        .await
+        .unwrap();
+    let k = "k".to_string();
+    tier.put(
+        &k,
+        Entry::expiring_in("héllo".to_string(), SystemClock.now(), Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tier.get(&k).await.unwrap().unwrap().value, "héllo");
+    let raw = server.cli(&["GET", "utf8:k"]).unwrap();
+    assert!(raw.trim_end().ends_with("héllo"), "{raw:?}");
+    // Invalid UTF-8 after a valid header: a miss, deleted, counted.
+    let mut bad = b"LC\x01".to_vec();
+    bad.extend_from_slice(&u64::MAX.to_be_bytes());
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    tier.pool()
+        .next()
+        .set::<(), _, _>("utf8:k", bad.as_slice(), None, None, false)
+        .await
+        .unwrap();
+    assert!(tier.get(&k).await.unwrap().is_none());
+    assert_eq!(tier.corrupt_values(), 1);
+}

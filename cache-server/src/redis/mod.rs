@@ -757,6 +757,8 @@ pub(crate) fn client_builder(
     builder
         .with_performance_config(|p| {
             p.default_command_timeout = command_timeout;
+            // Pub/sub bursts: a lagging receiver makes the bus flush everything.
+            p.broadcast_channel_capacity = p.broadcast_channel_capacity.max(4096);
         })
         .with_connection_config(|c| {
             c.connection_timeout = connect_timeout;
