@@ -5,15 +5,21 @@
 //!   `GET` of the same Redis key on the same pool. Goal (issue 3): ≤ 1.15×.
 //! - `redis_get_many_50`: 50 keys through `get_many` (tier and chain) against
 //!   one raw `GET` round trip. Goal (issue 3): ≤ 2×.
+//! - `invalidation_bus`: `SyncedCache::invalidate` on instance A until
+//!   instance B has dropped the key from its moka tier, against a raw fred
+//!   `PUBLISH` until a plain subscriber receives it. Target (issue 3): p99 under
+//!   100 ms on loopback (the test `invalidation_latency_between_instances_is_measured`
+//!   prints the percentiles).
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cache_core::{CacheLayer, Clock, Entry, SystemClock, Tier, TieredCache};
-use cache_server::fred::interfaces::KeysInterface;
+use cache_server::fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use cache_server::fred::prelude::{Builder, Config};
 use cache_server::testing::RedisServer;
-use cache_server::RedisTier;
+use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const KEYS: usize = 1_000;
@@ -126,6 +132,79 @@ fn redis(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    let mut group = c.benchmark_group("invalidation_bus");
+    let (publisher, subscriber, mut raw_rx) = rt.block_on(async {
+        let config = Config::from_url(&server.url()).expect("url");
+        let publisher = Builder::from_config(config.clone())
+            .build()
+            .expect("client");
+        publisher.init().await.expect("connect");
+        let subscriber = Builder::from_config(config)
+            .build_subscriber_client()
+            .expect("client");
+        subscriber.init().await.expect("connect");
+        let rx = subscriber.message_rx();
+        subscriber.subscribe("raw").await.expect("subscribe");
+        (publisher, subscriber, rx)
+    });
+    group.bench_function("raw_publish_to_subscriber", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let _: i64 = publisher.publish("raw", "k").await.expect("publish");
+                    black_box(raw_rx.recv().await.expect("message"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    let instance = |moka: MokaTier<String, String>| {
+        let (url, tier) = (server.url(), tier.clone());
+        async move {
+            let chain = TieredCache::builder()
+                .tier(Tier::new(moka))
+                .tier(Tier::new(tier))
+                .build();
+            let bus = InvalidationBus::builder()
+                .url(url)
+                .channel("bench:invalidate")
+                .connect()
+                .await
+                .expect("bus");
+            SyncedCache::new(chain, bus, vec![0])
+        }
+    };
+    let b_moka: MokaTier<String, String> = MokaTier::builder().build();
+    let (a, b_cache) = rt.block_on(async {
+        (
+            instance(MokaTier::builder().build()).await,
+            instance(b_moka.clone()).await,
+        )
+    });
+    let mut applied = b_cache.applied();
+    let mut i = 0;
+    group.bench_function("synced_invalidate_until_remote_moka_drops", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    i = (i + 1) % KEYS;
+                    a.invalidate(black_box(&keys[i])).await.expect("invalidate");
+                    black_box(applied.recv().await.expect("applied"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    assert!(!b_moka.contains(&keys[i]));
+    group.finish();
+    rt.block_on(async {
+        let _ = subscriber.quit().await;
+        let _ = publisher.quit().await;
+    });
+    drop((a, b_cache));
     drop(server);
 }
 
