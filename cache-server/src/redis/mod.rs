@@ -39,7 +39,8 @@ const UNLINK_BATCH: usize = 500;
 /// Every key is stored as `<namespace>:<encoded key>`, where the encoding is
 /// [`cache_core::key::encode`]: no key can leave its namespace, glob `SCAN`
 /// patterns, or reach another key's entry. Keys are validated first (empty, too
-/// long or control characters give [`Error::InvalidKey`]).
+/// long or control characters give [`Error::InvalidKey`]). The tier owns every
+/// Redis key under `<namespace>:`; `clear` removes them all, and nothing else.
 ///
 /// # Values
 ///
@@ -221,7 +222,10 @@ where
             .pool
             .quit()
             .await
-            .map_err(|e| self.inner.error(Operation::Clear, e))
+            .map_err(|e| Error::Unavailable {
+                tier: self.inner.name.to_string(),
+                reason: format!("closing the pool failed: {e}"),
+            })
     }
 }
 
