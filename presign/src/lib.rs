@@ -34,3 +34,6 @@ pub use error::{Error, Result};
 pub use signer::{
     Credentials, Method, PresignedUrl, S3Config, Signer, UrlStyle, MAX_EXPIRY, MAX_OBJECT_KEY_BYTES,
 };
+
+#[cfg(feature = "test-support")]
+pub mod test_support;

@@ -80,10 +80,6 @@ impl Credentials {
     pub(crate) fn secret_access_key(&self) -> &str {
         &self.secret_access_key
     }
-
-    pub(crate) fn session_token(&self) -> Option<&str> {
-        self.session_token.as_deref()
-    }
 }
 
 impl fmt::Debug for Credentials {
