@@ -10,6 +10,12 @@
 //! - [`Credentials`]: never shown in `Debug`, `Display` or errors.
 //! - [`S3Config`]: endpoint, region, bucket, style and credentials; builds the
 //!   signer and an `object_store` client for the same bucket.
+//! - [`PresignedUrls`]: user id → presigned GET URL through a cache-core chain
+//!   (in-process → Redis → signer), keyed by user, never by URL. Every URL it
+//!   hands out works for at least a safety margin more. Batch lookups, safe user
+//!   id → object key mapping, and `replace` (upload + invalidate everywhere).
+//! - `test_support` (feature `test-support`): an in-process S3 server (s3s-fs,
+//!   SigV4 auth on) on a loopback port.
 //!
 //! # Example
 //!
@@ -28,9 +34,14 @@
 
 mod encode;
 mod error;
+mod service;
 mod signer;
 
 pub use error::{Error, Result};
+pub use service::{
+    Invalidator, PresignedUrls, PresignedUrlsBuilder, UserId, DEFAULT_MARGIN,
+    DEFAULT_MAX_CACHE_LIFETIME, DEFAULT_URL_VALIDITY, MAX_USER_ID_BYTES,
+};
 pub use signer::{
     Credentials, Method, PresignedUrl, S3Config, Signer, UrlStyle, MAX_EXPIRY, MAX_OBJECT_KEY_BYTES,
 };

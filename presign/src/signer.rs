@@ -575,9 +575,9 @@ impl Signer {
         let mut hasher = Sha256::new();
         hasher.update(method.as_str().as_bytes());
         hasher.update(b"\n");
-        hasher.update(url[path_start..query_start - 1].as_bytes());
+        hasher.update(&url.as_bytes()[path_start..query_start - 1]);
         hasher.update(b"\n");
-        hasher.update(url[query_start..].as_bytes());
+        hasher.update(&url.as_bytes()[query_start..]);
         hasher.update(b"\nhost:");
         hasher.update(self.host.as_bytes());
         hasher.update(b"\n\nhost\nUNSIGNED-PAYLOAD");
