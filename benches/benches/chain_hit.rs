@@ -31,7 +31,11 @@ fn memory_tier(keys: &[String]) -> MemoryTier<String, String> {
     let tier = MemoryTier::builder().max_entries(KEYS * 2).build();
     let now = SystemClock.now();
     for k in keys {
-        let entry = Entry::expiring_in(format!("https://img.example/{k}.png"), now, Duration::from_secs(3_600));
+        let entry = Entry::expiring_in(
+            format!("https://img.example/{k}.png"),
+            now,
+            Duration::from_secs(3_600),
+        );
         ready(tier.put(k, entry)).expect("memory put");
     }
     tier
