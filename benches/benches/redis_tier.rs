@@ -1,0 +1,216 @@
+//! `RedisTier` against raw fred, on a redis-server the bench starts on loopback.
+//!
+//! - `redis_get`: a hit through a chain whose only tier is the `RedisTier`
+//!   (envelope, decode, expiry check, chain bookkeeping) against a raw fred
+//!   `GET` of the same Redis key on the same pool. Goal (issue 3): ≤ 1.15×.
+//! - `redis_get_many_50`: 50 keys through `get_many` (tier and chain) against
+//!   one raw `GET` round trip. Goal (issue 3): ≤ 2×.
+//! - `invalidation_bus`: `SyncedCache::invalidate` on instance A until
+//!   instance B has dropped the key from its moka tier, against a raw fred
+//!   `PUBLISH` until a plain subscriber receives it. Target (issue 3): p99 under
+//!   100 ms on loopback (the test `invalidation_latency_between_instances_is_measured`
+//!   prints the percentiles).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cache_core::{CacheLayer, Clock, Entry, SystemClock, Tier, TieredCache};
+use cache_server::fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use cache_server::fred::prelude::{Builder, Config};
+use cache_server::testing::RedisServer;
+use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const KEYS: usize = 1_000;
+
+fn value(k: &str) -> String {
+    // About the size of a presigned S3 URL.
+    format!(
+        "https://bucket.s3.example/{k}.png?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={}",
+        "0".repeat(64)
+    )
+}
+
+fn redis(c: &mut Criterion) {
+    let server = RedisServer::start();
+    // One thread: the bench and fred's connection task share it, as a request
+    // handler and its pool do on a busy server; no cross-thread wake-ups.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("user:{i}:avatar")).collect();
+    let tier: RedisTier<String> = rt.block_on(async {
+        let tier = RedisTier::builder()
+            .url(server.url())
+            .namespace("bench")
+            .pool_size(1)
+            .build()
+            .await
+            .expect("connect");
+        let now = SystemClock.now();
+        let entries = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Entry::expiring_in(value(k), now, Duration::from_secs(3_600)),
+                )
+            })
+            .collect();
+        tier.put_many(entries).await.expect("fill");
+        tier
+    });
+    let redis_keys: Vec<String> = keys
+        .iter()
+        .map(|k| tier.redis_key(k).expect("key"))
+        .collect();
+    let chain: TieredCache<String, String> =
+        TieredCache::builder().tier(Tier::new(tier.clone())).build();
+    let pool = tier.pool().clone();
+
+    let mut group = c.benchmark_group("redis_get");
+    let mut i = 0;
+    group.bench_function("raw_fred_get", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % KEYS;
+            let (pool, k) = (&pool, &redis_keys[i]);
+            async move {
+                let v: Option<Bytes> = pool.get(black_box(k.as_str())).await.expect("get");
+                black_box(v.expect("present"));
+            }
+        })
+    });
+    let mut i = 0;
+    group.bench_function("chain_redis_tier_get", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % KEYS;
+            let (chain, k) = (&chain, &keys[i]);
+            async move {
+                let hit = chain.get(black_box(k)).await.expect("get");
+                black_box(hit.expect("present"));
+            }
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("redis_get_many_50");
+    let mut i = 0;
+    group.bench_function("raw_fred_get_one", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % KEYS;
+            let (pool, k) = (&pool, &redis_keys[i]);
+            async move {
+                let v: Option<Bytes> = pool.get(black_box(k.as_str())).await.expect("get");
+                black_box(v.expect("present"));
+            }
+        })
+    });
+    let mut i = 0;
+    group.bench_function("tier_get_many_50", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 50) % (KEYS - 50);
+            let (tier, ks) = (&tier, &keys[i..i + 50]);
+            async move {
+                let got = CacheLayer::<String, String>::get_many(tier, black_box(ks))
+                    .await
+                    .expect("get_many");
+                black_box(got);
+            }
+        })
+    });
+    let mut i = 0;
+    group.bench_function("chain_get_many_50", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 50) % (KEYS - 50);
+            let (chain, ks) = (&chain, &keys[i..i + 50]);
+            async move {
+                let got = chain.get_many(black_box(ks)).await.expect("get_many");
+                black_box(got);
+            }
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("invalidation_bus");
+    let (publisher, subscriber, mut raw_rx) = rt.block_on(async {
+        let config = Config::from_url(&server.url()).expect("url");
+        let publisher = Builder::from_config(config.clone())
+            .build()
+            .expect("client");
+        publisher.init().await.expect("connect");
+        let subscriber = Builder::from_config(config)
+            .build_subscriber_client()
+            .expect("client");
+        subscriber.init().await.expect("connect");
+        let rx = subscriber.message_rx();
+        subscriber.subscribe("raw").await.expect("subscribe");
+        (publisher, subscriber, rx)
+    });
+    group.bench_function("raw_publish_to_subscriber", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let _: i64 = publisher.publish("raw", "k").await.expect("publish");
+                    black_box(raw_rx.recv().await.expect("message"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    let instance = |moka: MokaTier<String, String>| {
+        let (url, tier) = (server.url(), tier.clone());
+        async move {
+            let chain = TieredCache::builder()
+                .tier(Tier::new(moka))
+                .tier(Tier::new(tier))
+                .build();
+            let bus = InvalidationBus::builder()
+                .url(url)
+                .channel("bench:invalidate")
+                .connect()
+                .await
+                .expect("bus");
+            SyncedCache::new(chain, bus, vec![0])
+        }
+    };
+    let b_moka: MokaTier<String, String> = MokaTier::builder().build();
+    let (a, b_cache) = rt.block_on(async {
+        (
+            instance(MokaTier::builder().build()).await,
+            instance(b_moka.clone()).await,
+        )
+    });
+    let mut applied = b_cache.applied();
+    let mut i = 0;
+    group.bench_function("synced_invalidate_until_remote_moka_drops", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    i = (i + 1) % KEYS;
+                    a.invalidate(black_box(&keys[i])).await.expect("invalidate");
+                    black_box(applied.recv().await.expect("applied"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    assert!(!b_moka.contains(&keys[i]));
+    group.finish();
+    rt.block_on(async {
+        let _ = subscriber.quit().await;
+        let _ = publisher.quit().await;
+    });
+    drop((a, b_cache));
+    drop(server);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30);
+    targets = redis
+}
+criterion_main!(benches);

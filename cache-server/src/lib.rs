@@ -1,0 +1,57 @@
+//! # cache-server
+//!
+//! Server-side tiers for [`cache_core::TieredCache`], for a fleet of backend
+//! instances that share one Redis (or Redis Cluster) and each keep an in-process
+//! tier in front of it:
+//!
+//! - [`MokaTier`]: the in-process tier, a moka cache bounded by bytes, with
+//!   per-entry expiry.
+//! - [`RedisTier`]: the shared tier, namespaced and key-encoded, values in a
+//!   versioned envelope, absolute expiry, batch reads in one round trip, works on
+//!   Redis Cluster.
+//! - [`InvalidationBus`] and [`SyncedCache`]: an invalidation on one instance
+//!   drops the key from every other instance's in-process tier, over Redis
+//!   pub/sub; a lost subscription flushes the in-process tier.
+//! - `testing` (feature `testing`): throwaway `redis-server` processes and
+//!   3-master clusters on loopback ports, for tests and benches.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use cache_core::{Tier, TieredCache};
+//! use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
+//!
+//! # let server = cache_server::testing::RedisServer::start(); // a throwaway redis-server
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let url = server.url(); // "redis://127.0.0.1:6379"
+//! let chain: TieredCache<String, String> = TieredCache::builder()
+//!     .tier(Tier::new(MokaTier::builder().max_bytes(32 << 20).build()).ttl(Duration::from_secs(60)))
+//!     .tier(Tier::new(RedisTier::builder().url(&url).namespace("avatars").build().await?)
+//!         .ttl(Duration::from_secs(3000))
+//!         .timeout(Duration::from_millis(250)))
+//!     .build();
+//! let bus = InvalidationBus::builder().url(url).channel("avatars:invalidate").connect().await?;
+//! let cache = SyncedCache::new(chain, bus, vec![0]);
+//! cache.get(&"user:42".to_string()).await?;
+//! cache.invalidate(&"user:42".to_string()).await?; // every instance drops it
+//! # Ok::<_, cache_core::Error>(()) }).unwrap();
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod bus;
+mod moka_tier;
+mod redis;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use bus::{BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache};
+pub use moka_tier::{MokaTier, MokaTierBuilder};
+pub use redis::{
+    default_reconnect_policy, Codec, MsgPackCodec, RedisTier, RedisTierBuilder,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_POOL_SIZE,
+};
+
+/// The fred client crate, re-exported for its config types.
+pub use fred;
