@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cache_core::{
     BoxError, Clock, Entry, Loader, Observer, SystemClock, Tier, TieredCache, TieredCacheBuilder,
 };
+use cache_server::{InvalidationBus, SyncedCache};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
@@ -167,8 +168,8 @@ impl Loader<String, PresignedUrl> for SignLoader {
 /// # Replacing a picture
 ///
 /// [`PresignedUrls::replace`] uploads the new bytes, then invalidates the user in
-/// every tier (on every instance, when the chain is wired to an invalidation
-/// bus). Lookups in flight at that moment do not write their result back. The
+/// every tier (on every instance, when an invalidation bus is wired with
+/// [`PresignedUrlsBuilder::bus`]). Lookups in flight at that moment do not write their result back. The
 /// object key is stable, so any URL still held serves the new bytes too.
 ///
 /// # Example
@@ -197,6 +198,7 @@ pub struct PresignedUrls {
     loader: Arc<SignLoader>,
     store: Arc<dyn ObjectStore>,
     invalidator: Option<Arc<dyn Invalidator>>,
+    synced: Option<SyncedCache<String, PresignedUrl>>,
 }
 
 impl fmt::Debug for PresignedUrls {
@@ -238,6 +240,7 @@ impl PresignedUrls {
             margin: DEFAULT_MARGIN,
             max_lifetime: DEFAULT_MAX_CACHE_LIFETIME,
             invalidator: None,
+            bus: None,
         }
     }
 
@@ -310,15 +313,14 @@ impl PresignedUrls {
     }
 
     async fn invalidate_id(&self, user: &UserId) -> Result<()> {
-        match &self.invalidator {
-            Some(inv) => inv.invalidate(&user.0).await,
-            None => self
-                .cache
-                .invalidate(&user.0)
-                .await
-                .map(drop)
-                .map_err(Error::from),
+        if let Some(inv) = &self.invalidator {
+            return inv.invalidate(&user.0).await;
         }
+        let report = match &self.synced {
+            Some(synced) => synced.invalidate(&user.0).await,
+            None => self.cache.invalidate(&user.0).await,
+        };
+        report.map(drop).map_err(Error::from)
     }
 
     /// The object's metadata (size, ETag, last modified); `Ok(None)` if the user
@@ -356,6 +358,12 @@ impl PresignedUrls {
     /// The chain (for metrics, or to wire an invalidation bus to it).
     pub fn cache(&self) -> &TieredCache<String, PresignedUrl> {
         &self.cache
+    }
+
+    /// The chain wired to the invalidation bus, when one was given
+    /// ([`PresignedUrlsBuilder::bus`]).
+    pub fn synced(&self) -> Option<&SyncedCache<String, PresignedUrl>> {
+        self.synced.as_ref()
     }
 
     /// The signer.
@@ -401,6 +409,7 @@ pub struct PresignedUrlsBuilder {
     margin: Duration,
     max_lifetime: Duration,
     invalidator: Option<Arc<dyn Invalidator>>,
+    bus: Option<(InvalidationBus, Vec<usize>)>,
 }
 
 impl fmt::Debug for PresignedUrlsBuilder {
@@ -470,6 +479,16 @@ impl PresignedUrlsBuilder {
         self
     }
 
+    /// Sends invalidations ([`PresignedUrls::replace`], [`PresignedUrls::delete`],
+    /// [`PresignedUrls::invalidate`]) over `bus` to every instance, and applies
+    /// theirs here: other instances' invalidations drop the user from
+    /// `local_tiers` (the in-process tiers' indexes, usually `[0]`). `build` must
+    /// then run inside a tokio runtime (it starts the listener).
+    pub fn bus(mut self, bus: InvalidationBus, local_tiers: Vec<usize>) -> Self {
+        self.bus = Some((bus, local_tiers));
+        self
+    }
+
     /// Checks the settings and builds the service.
     pub fn build(self) -> Result<PresignedUrls> {
         if self.validity > MAX_EXPIRY {
@@ -517,11 +536,15 @@ impl PresignedUrlsBuilder {
             .shared_clock(self.clock)
             .shared_origin(loader.clone())
             .build();
+        let synced = self
+            .bus
+            .map(|(bus, local)| SyncedCache::new(cache.clone(), bus, local));
         Ok(PresignedUrls {
             cache,
             loader,
             store: self.store,
             invalidator: self.invalidator,
+            synced,
         })
     }
 }
