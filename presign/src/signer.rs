@@ -1,7 +1,7 @@
 //! AWS Signature Version 4 query-string presigning for S3 and S3-compatible stores.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use cache_core::{Clock, SystemClock, Timestamp};
@@ -75,10 +75,6 @@ impl Credentials {
     /// When the credentials expire, if they do.
     pub fn expires_at(&self) -> Option<Timestamp> {
         self.expires_at
-    }
-
-    pub(crate) fn secret_access_key(&self) -> &str {
-        &self.secret_access_key
     }
 }
 
@@ -402,15 +398,68 @@ pub struct Signer {
     host: String,
     /// `/bucket` for path-style URLs, empty for virtual-hosted ones.
     path_prefix: String,
-    /// `&X-Amz-Credential=<akid>%2F`, pre-encoded.
-    credential_prefix: String,
     /// `%2F<region>%2Fs3%2Faws4_request`, pre-encoded.
     scope_suffix_encoded: String,
     /// `/<region>/s3/aws4_request\n`.
     scope_suffix: String,
+    /// The credentials in use and what is derived from them; replaced whole by
+    /// [`Signer::set_credentials`].
+    keyed: RwLock<Arc<Keyed>>,
+}
+
+/// Credentials with their pre-encoded URL parts and cached day key.
+struct Keyed {
+    credentials: Credentials,
+    /// `&X-Amz-Credential=<akid>%2F`, pre-encoded.
+    credential_prefix: String,
     /// `&X-Amz-Security-Token=<token>`, pre-encoded, or empty.
     token_param: String,
     day_key: Mutex<Option<DayKey>>,
+}
+
+impl Keyed {
+    fn new(credentials: Credentials) -> Self {
+        let mut credential_prefix = String::from("&X-Amz-Credential=");
+        uri_encode_into(&credentials.access_key_id, false, &mut credential_prefix);
+        credential_prefix.push_str("%2F");
+        let token_param = match &credentials.session_token {
+            Some(token) => format!("&X-Amz-Security-Token={}", uri_encode(token, false)),
+            None => String::new(),
+        };
+        Keyed {
+            credentials,
+            credential_prefix,
+            token_param,
+            day_key: Mutex::new(None),
+        }
+    }
+
+    /// The keyed HMAC for `day`, derived on the first signature of each day.
+    fn day_mac(&self, day: u64, date: &str, region: &str) -> HmacSha256 {
+        let mut slot = self.day_key.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(key) = slot.as_ref().filter(|k| k.day == day) {
+            return key.mac.clone();
+        }
+        let key = self.derive_key(date, region);
+        let mac =
+            <HmacSha256 as KeyInit>::new_from_slice(&key).unwrap_or_else(|_| unreachable_hmac());
+        *slot = Some(DayKey {
+            day,
+            mac: mac.clone(),
+        });
+        mac
+    }
+
+    fn derive_key(&self, date: &str, region: &str) -> [u8; 32] {
+        let secret_key = &self.credentials.secret_access_key;
+        let mut secret = String::with_capacity(secret_key.len() + 4);
+        secret.push_str("AWS4");
+        secret.push_str(secret_key);
+        let k_date = hmac(secret.as_bytes(), date.as_bytes());
+        let k_region = hmac(&k_date, region.as_bytes());
+        let k_service = hmac(&k_region, b"s3");
+        hmac(&k_service, b"aws4_request")
+    }
 }
 
 impl fmt::Debug for Signer {
@@ -420,7 +469,7 @@ impl fmt::Debug for Signer {
             .field("region", &self.config.region)
             .field("bucket", &self.config.bucket)
             .field("style", &self.config.style)
-            .field("credentials", &self.config.credentials)
+            .field("credentials", &self.keyed().credentials)
             .finish_non_exhaustive()
     }
 }
@@ -450,28 +499,15 @@ impl Signer {
                 String::new(),
             ),
         };
-        let mut credential_prefix = String::from("&X-Amz-Credential=");
-        uri_encode_into(
-            &config.credentials.access_key_id,
-            false,
-            &mut credential_prefix,
-        );
-        credential_prefix.push_str("%2F");
-        let token_param = match &config.credentials.session_token {
-            Some(token) => format!("&X-Amz-Security-Token={}", uri_encode(token, false)),
-            None => String::new(),
-        };
         Ok(Signer {
             origin: format!("{scheme}://{host}"),
             host,
             path_prefix,
-            credential_prefix,
+            keyed: RwLock::new(Arc::new(Keyed::new(config.credentials.clone()))),
             scope_suffix_encoded: format!("%2F{}%2Fs3%2Faws4_request", config.region),
             scope_suffix: format!("/{}/s3/aws4_request\n", config.region),
-            token_param,
             config,
             clock: Arc::new(SystemClock),
-            day_key: Mutex::new(None),
         })
     }
 
@@ -489,7 +525,8 @@ impl Signer {
         self
     }
 
-    /// The configuration this signer was built from.
+    /// The configuration this signer was built from (its credentials are the
+    /// initial ones; see [`Signer::credentials`]).
     pub fn config(&self) -> &S3Config {
         &self.config
     }
@@ -538,6 +575,7 @@ impl Signer {
             return Err(Error::ExpiryTooShort);
         }
         validate_object_key(key)?;
+        let keyed = self.keyed();
         let secs = at.as_unix_millis() / 1_000;
         let date_time = amz_date(secs);
         // Both are ASCII digits and letters, so `from_utf8` cannot fail.
@@ -551,8 +589,8 @@ impl Signer {
             self.origin.len()
                 + self.path_prefix.len()
                 + key.len() * 3
-                + self.credential_prefix.len()
-                + self.token_param.len()
+                + keyed.credential_prefix.len()
+                + keyed.token_param.len()
                 + 200,
         );
         url.push_str(&self.origin);
@@ -562,14 +600,14 @@ impl Signer {
         uri_encode_into(key, true, &mut url);
         let query_start = url.len() + 1;
         url.push_str("?X-Amz-Algorithm=AWS4-HMAC-SHA256");
-        url.push_str(&self.credential_prefix);
+        url.push_str(&keyed.credential_prefix);
         url.push_str(date);
         url.push_str(&self.scope_suffix_encoded);
         url.push_str("&X-Amz-Date=");
         url.push_str(date_time);
         url.push_str("&X-Amz-Expires=");
         url.push_str(expires);
-        url.push_str(&self.token_param);
+        url.push_str(&keyed.token_param);
         url.push_str("&X-Amz-SignedHeaders=host");
 
         let mut hasher = Sha256::new();
@@ -583,7 +621,7 @@ impl Signer {
         hasher.update(b"\n\nhost\nUNSIGNED-PAYLOAD");
         let request_hash = hex32(&hasher.finalize());
 
-        let mut mac = self.day_mac(secs / 86_400, date);
+        let mut mac = keyed.day_mac(secs / 86_400, date, &self.config.region);
         mac.update(ALGORITHM.as_bytes());
         mac.update(b"\n");
         mac.update(date_time.as_bytes());
@@ -598,36 +636,31 @@ impl Signer {
 
         let mut expires_at = Timestamp::from_unix_millis(secs.saturating_mul(1_000))
             .saturating_add(Duration::from_secs(expires_secs));
-        if let Some(creds_expire) = self.config.credentials.expires_at {
+        if let Some(creds_expire) = keyed.credentials.expires_at {
             expires_at = expires_at.min(creds_expire);
         }
         Ok(PresignedUrl { url, expires_at })
     }
 
-    /// The keyed HMAC for `day`, derived on the first signature of each day.
-    fn day_mac(&self, day: u64, date: &str) -> HmacSha256 {
-        let mut slot = self.day_key.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(key) = slot.as_ref().filter(|k| k.day == day) {
-            return key.mac.clone();
-        }
-        let key = self.derive_key(date);
-        let mac =
-            <HmacSha256 as KeyInit>::new_from_slice(&key).unwrap_or_else(|_| unreachable_hmac());
-        *slot = Some(DayKey {
-            day,
-            mac: mac.clone(),
-        });
-        mac
+    fn keyed(&self) -> Arc<Keyed> {
+        self.keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    fn derive_key(&self, date: &str) -> [u8; 32] {
-        let mut secret = String::with_capacity(self.config.credentials.secret_access_key.len() + 4);
-        secret.push_str("AWS4");
-        secret.push_str(self.config.credentials.secret_access_key());
-        let k_date = hmac(secret.as_bytes(), date.as_bytes());
-        let k_region = hmac(&k_date, self.config.region.as_bytes());
-        let k_service = hmac(&k_region, b"s3");
-        hmac(&k_service, b"aws4_request")
+    /// The credentials URLs are signed with now.
+    pub fn credentials(&self) -> Credentials {
+        self.keyed().credentials.clone()
+    }
+
+    /// Signs with `credentials` from now on (rotated keys, refreshed STS
+    /// credentials). URLs signed before keep working until they, or the old
+    /// credentials, expire; if the old keys were revoked, clear any cache holding
+    /// such URLs.
+    pub fn set_credentials(&self, credentials: Credentials) {
+        let keyed = Arc::new(Keyed::new(credentials));
+        *self.keyed.write().unwrap_or_else(PoisonError::into_inner) = keyed;
     }
 }
 
@@ -870,6 +903,49 @@ mod tests {
             signer.presign_get(&"k".repeat(1_025), Duration::from_secs(1)),
             Err(Error::InvalidObjectKey { .. })
         ));
+    }
+
+    #[test]
+    fn rotated_credentials_sign_from_then_on() {
+        let signer = S3Config::new(
+            "https://s3.amazonaws.com",
+            "us-east-1",
+            "examplebucket",
+            Credentials::new("OLDKEY", "old-secret"),
+        )
+        .virtual_hosted()
+        .signer()
+        .unwrap();
+        let before = signer
+            .presign_at(
+                Method::Get,
+                "test.txt",
+                Duration::from_secs(86_400),
+                EXAMPLE_AT,
+            )
+            .unwrap();
+        assert!(before.url.contains("X-Amz-Credential=OLDKEY%2F"));
+        signer.set_credentials(Credentials::new("AKIAIOSFODNN7EXAMPLE", EXAMPLE_SECRET));
+        let after = signer
+            .presign_at(
+                Method::Get,
+                "test.txt",
+                Duration::from_secs(86_400),
+                EXAMPLE_AT,
+            )
+            .unwrap();
+        assert_eq!(
+            after,
+            example_signer()
+                .presign_at(
+                    Method::Get,
+                    "test.txt",
+                    Duration::from_secs(86_400),
+                    EXAMPLE_AT
+                )
+                .unwrap()
+        );
+        assert_eq!(signer.credentials().access_key_id(), "AKIAIOSFODNN7EXAMPLE");
     }
 
     #[test]

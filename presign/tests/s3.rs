@@ -189,3 +189,26 @@ async fn special_character_keys_reach_the_right_object() {
         );
     }
 }
+
+#[tokio::test]
+async fn rotated_credentials_take_effect_on_the_next_url() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "k.png", b"x").await;
+    let config = s3.config();
+    let signer = S3Config::new(
+        config.endpoint(),
+        config.region(),
+        config.bucket(),
+        Credentials::new(ACCESS_KEY_ID, "stale-secret"),
+    )
+    .signer()
+    .unwrap();
+    let stale = signer.presign_get("k.png", HOUR).unwrap();
+    assert_eq!(get(&stale.url).await.0, 403);
+    signer.set_credentials(config.credentials().clone());
+    let fresh = signer.presign_get("k.png", HOUR).unwrap();
+    assert_eq!(
+        get(&fresh.url).await,
+        (reqwest::StatusCode::OK, b"x".to_vec())
+    );
+}
