@@ -55,7 +55,7 @@ impl CacheLayer<String, PresignedUrl> for Counting {
     }
 }
 
-/// moka-like local tier (10 min) and Redis-like shared tier (50 min), both on `clock`.
+/// The moka tier (10 min) and a Redis-like shared tier (50 min), both on `clock`.
 fn service(clock: &ManualClock, creds: Credentials) -> (PresignedUrls, Arc<Counting>) {
     let config = offline_config(creds);
     let shared = Arc::new(Counting {
@@ -71,8 +71,8 @@ fn service(clock: &ManualClock, creds: Credentials) -> (PresignedUrls, Arc<Count
     )
     .tier(
         Tier::new(
-            MemoryTier::builder()
-                .name("local")
+            cache_server::MokaTier::<String, PresignedUrl>::builder()
+                .name("moka")
                 .clock(clock.clone())
                 .build(),
         )
