@@ -1,0 +1,50 @@
+//! # presign
+//!
+//! Presigned URLs for S3 and S3-compatible stores (MinIO, s3s, Ceph...), and a
+//! cached service that hands each user a URL to their picture.
+//!
+//! - [`Signer`]: AWS Signature Version 4 query-string presigning of GET, PUT,
+//!   HEAD and DELETE URLs; path-style or virtual-hosted URLs, session tokens,
+//!   injectable signing time. The derived signing key is cached per day, so a
+//!   signature costs one SHA-256 and one HMAC.
+//! - [`Credentials`]: never shown in `Debug`, `Display` or errors.
+//! - [`S3Config`]: endpoint, region, bucket, style and credentials; builds the
+//!   signer and an `object_store` client for the same bucket.
+//! - [`PresignedUrls`]: user id → presigned GET URL through a cache-core chain
+//!   (in-process → Redis → signer), keyed by user, never by URL. Every URL it
+//!   hands out works for at least a safety margin more. Batch lookups, safe user
+//!   id → object key mapping, and `replace` (upload + invalidate everywhere).
+//! - `test_support` (feature `test-support`): an in-process S3 server (s3s-fs,
+//!   SigV4 auth on) on a loopback port.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use presign::{Credentials, S3Config};
+//!
+//! let signer = S3Config::new("http://127.0.0.1:9000", "us-east-1", "avatars",
+//!     Credentials::new("access-key", "secret-key")).signer()?;
+//! let url = signer.presign_get("users/42.png", Duration::from_secs(3_600))?;
+//! assert!(url.url.starts_with("http://127.0.0.1:9000/avatars/users/42.png?X-Amz-Algorithm="));
+//! # Ok::<_, presign::Error>(())
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod encode;
+mod error;
+mod service;
+mod signer;
+
+pub use error::{Error, Result};
+pub use service::{
+    Invalidator, PresignedUrls, PresignedUrlsBuilder, UserId, DEFAULT_MARGIN,
+    DEFAULT_MAX_CACHE_LIFETIME, DEFAULT_URL_VALIDITY, MAX_USER_ID_BYTES,
+};
+pub use signer::{
+    Credentials, Method, PresignedUrl, S3Config, Signer, UrlStyle, MAX_EXPIRY, MAX_OBJECT_KEY_BYTES,
+};
+
+#[cfg(feature = "test-support")]
+pub mod test_support;

@@ -1,0 +1,550 @@
+//! [`PresignedUrls`]: per-user presigned GET URLs through a cache-core chain.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::{
+    BoxError, Clock, Entry, Loader, Observer, SystemClock, Tier, TieredCache, TieredCacheBuilder,
+};
+use cache_server::{InvalidationBus, SyncedCache};
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+};
+
+use crate::signer::validate_object_key;
+use crate::{Error, Method, PresignedUrl, Result, Signer, MAX_EXPIRY};
+
+/// Longest user id accepted, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 128;
+
+/// Default validity of a URL the service signs: 60 minutes.
+pub const DEFAULT_URL_VALIDITY: Duration = Duration::from_secs(60 * 60);
+/// Default safety margin: every URL handed out works for at least this long.
+pub const DEFAULT_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Default longest time a URL stays cached: 50 minutes.
+pub const DEFAULT_MAX_CACHE_LIFETIME: Duration = Duration::from_secs(50 * 60);
+
+/// A user id that is safe to turn into an object key.
+///
+/// 1 to [`MAX_USER_ID_BYTES`] bytes of ASCII letters, digits, `-`, `_`, `.` and
+/// `@`; no `..` and no leading `.`. There is no `/` to escape the key prefix with,
+/// and no character that needs encoding anywhere (S3 keys, Redis keys, URLs).
+///
+/// ```
+/// use presign::UserId;
+/// assert_eq!(UserId::parse("alice-42")?.as_str(), "alice-42");
+/// assert!(UserId::parse("../bob").is_err());
+/// assert!(UserId::parse("/etc").is_err());
+/// assert!(UserId::parse("").is_err());
+/// # Ok::<_, presign::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Checks `id` and wraps it.
+    pub fn parse(id: &str) -> Result<Self> {
+        let bad = |reason| Error::InvalidUserId {
+            preview: cache_core::key::preview(id),
+            reason,
+        };
+        if id.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if id.len() > MAX_USER_ID_BYTES {
+            return Err(bad("it is longer than 128 bytes"));
+        }
+        if id.starts_with('/') {
+            return Err(bad("it starts with '/'"));
+        }
+        if id.contains("..") {
+            return Err(bad("it holds '..'"));
+        }
+        if id.starts_with('.') {
+            return Err(bad("it starts with '.'"));
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+        {
+            return Err(bad(
+                "only ASCII letters, digits, '-', '_', '.' and '@' are allowed",
+            ));
+        }
+        Ok(UserId(id.to_owned()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Signs a GET URL for a user on a chain miss, and sets how long it may be cached.
+struct SignLoader {
+    signer: Arc<Signer>,
+    clock: Arc<dyn Clock>,
+    prefix: String,
+    validity: Duration,
+    margin: Duration,
+    max_lifetime: Duration,
+    signatures: AtomicU64,
+}
+
+impl SignLoader {
+    fn object_key(&self, user: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + user.len());
+        key.push_str(&self.prefix);
+        key.push_str(user);
+        key
+    }
+
+    fn sign(&self, user: &str) -> Result<Entry<PresignedUrl>> {
+        let now = self.clock.now();
+        let url =
+            self.signer
+                .presign_at(Method::Get, &self.object_key(user), self.validity, now)?;
+        self.signatures.fetch_add(1, Ordering::Relaxed);
+        // The URL's expiry already includes the credentials' expiry.
+        let cache_until = now
+            .saturating_add(self.max_lifetime)
+            .min(url.expires_at.saturating_sub(self.margin));
+        if cache_until <= now {
+            return Err(Error::CredentialsExpireTooSoon {
+                remaining: url.remaining(now),
+                needed: self.margin,
+            });
+        }
+        Ok(Entry::new(url, cache_until))
+    }
+}
+
+#[async_trait]
+impl Loader<String, PresignedUrl> for SignLoader {
+    async fn load(&self, user: &String) -> Result<Option<Entry<PresignedUrl>>, BoxError> {
+        Ok(Some(self.sign(user)?))
+    }
+
+    async fn load_many(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<Option<Entry<PresignedUrl>>>, BoxError> {
+        users.iter().map(|u| Ok(Some(self.sign(u)?))).collect()
+    }
+}
+
+/// Hands out presigned GET URLs for users' pictures, cached by user id (never by
+/// URL) in a [`TieredCache`] whose origin is the [`Signer`].
+///
+/// # Order
+///
+/// The tiers given to the builder are read first to last (typically in-process
+/// moka, then Redis); the signer answers when they all miss, and its URL is
+/// written to every tier.
+///
+/// # Lifetimes
+///
+/// URLs are signed for [`DEFAULT_URL_VALIDITY`] (60 min). A URL is cached until
+/// `min(now + max cache lifetime (50 min), URL expiry − margin, credentials
+/// expiry − margin)`, and the chain never returns an entry past its cache expiry,
+/// so every URL handed out works for at least the margin (5 min) more.
+///
+/// # Object keys
+///
+/// User `u`'s picture is the object `<key prefix>u` (prefix `avatars/` by
+/// default). User ids are checked by [`UserId::parse`].
+///
+/// # Replacing a picture
+///
+/// [`PresignedUrls::replace`] uploads the new bytes, then invalidates the user in
+/// every tier (on every instance, when an invalidation bus is wired with
+/// [`PresignedUrlsBuilder::bus`]). Lookups in flight at that moment do not write their result back. The
+/// object key is stable, so any URL still held serves the new bytes too.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use cache_core::{ManualClock, MemoryTier, Tier};
+/// use presign::{Credentials, PresignedUrls, S3Config};
+///
+/// # futures_executor::block_on(async {
+/// let config = S3Config::new("http://127.0.0.1:9000", "us-east-1", "avatars",
+///     Credentials::new("access-key", "secret-key"));
+/// let clock = ManualClock::new();
+/// let urls = PresignedUrls::builder(config.signer()?, Arc::new(config.object_store()?))
+///     .tier(Tier::new(MemoryTier::builder().clock(clock.clone()).build()).ttl(Duration::from_secs(600)))
+///     .clock(clock.clone())
+///     .build()?;
+/// let first = urls.url("alice").await?;
+/// assert_eq!(urls.url("alice").await?, first); // cached
+/// assert!(first.url.starts_with("http://127.0.0.1:9000/avatars/avatars/alice?"));
+/// # Ok::<_, presign::Error>(()) }).unwrap();
+/// ```
+pub struct PresignedUrls {
+    cache: TieredCache<String, PresignedUrl>,
+    loader: Arc<SignLoader>,
+    store: Arc<dyn ObjectStore>,
+    invalidator: Option<Arc<dyn Invalidator>>,
+    synced: Option<SyncedCache<String, PresignedUrl>>,
+}
+
+impl fmt::Debug for PresignedUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresignedUrls")
+            .field("cache", &self.cache)
+            .field("signer", &self.loader.signer)
+            .field("key_prefix", &self.loader.prefix)
+            .field("url_validity", &self.loader.validity)
+            .field("margin", &self.loader.margin)
+            .field("max_cache_lifetime", &self.loader.max_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a user's cached URL everywhere it may be cached, for
+/// [`PresignedUrls::replace`] and [`PresignedUrls::delete`].
+///
+/// Without one, the service invalidates its own chain (every tier of this
+/// instance). Wire one that also tells other instances (an invalidation bus over
+/// Redis pub/sub) when several servers share the picture store.
+#[async_trait]
+pub trait Invalidator: fmt::Debug + Send + Sync + 'static {
+    /// Removes `user` from every tier on every instance.
+    async fn invalidate(&self, user: &str) -> Result<()>;
+}
+
+impl PresignedUrls {
+    /// A builder signing with `signer` and storing objects in `store` (the same
+    /// bucket: see [`crate::S3Config::object_store`]).
+    pub fn builder(signer: Signer, store: Arc<dyn ObjectStore>) -> PresignedUrlsBuilder {
+        PresignedUrlsBuilder {
+            signer,
+            store,
+            chain: TieredCache::builder(),
+            clock: Arc::new(SystemClock),
+            prefix: "avatars/".to_owned(),
+            validity: DEFAULT_URL_VALIDITY,
+            margin: DEFAULT_MARGIN,
+            max_lifetime: DEFAULT_MAX_CACHE_LIFETIME,
+            invalidator: None,
+            bus: None,
+        }
+    }
+
+    /// The URL for `user`'s picture, from the first tier holding one, else newly
+    /// signed. It works for at least the margin more.
+    pub async fn url(&self, user: &str) -> Result<PresignedUrl> {
+        let user = UserId::parse(user)?;
+        let lookup = self.cache.get(&user.0).await?;
+        lookup.map(|l| l.into_value()).ok_or_else(no_url)
+    }
+
+    /// URLs for many users at once, in order: one batch read per tier (one round
+    /// trip to Redis), then one signature per user no tier holds. Fails on the
+    /// first invalid id, before any lookup.
+    pub async fn urls<S: AsRef<str>>(&self, users: &[S]) -> Result<Vec<PresignedUrl>> {
+        let keys = users
+            .iter()
+            .map(|u| UserId::parse(u.as_ref()).map(|u| u.0))
+            .collect::<Result<Vec<_>>>()?;
+        let found = self.cache.get_many(&keys).await?;
+        found
+            .into_iter()
+            .map(|l| l.map(|l| l.into_value()).ok_or_else(no_url))
+            .collect()
+    }
+
+    /// A presigned PUT URL for a client to upload `user`'s new picture directly
+    /// (not cached). Call [`PresignedUrls::invalidate`] once the upload is done.
+    pub fn upload_url(&self, user: &str, expires_in: Duration) -> Result<PresignedUrl> {
+        let user = UserId::parse(user)?;
+        let now = self.loader.clock.now();
+        self.loader.signer.presign_at(
+            Method::Put,
+            &self.loader.object_key(&user.0),
+            expires_in,
+            now,
+        )
+    }
+
+    /// Uploads `bytes` as `user`'s picture, then removes the user's cached URL
+    /// from every tier (every instance, with an [`Invalidator`]). The next lookup
+    /// signs a fresh URL, which serves the new bytes; lookups in flight meanwhile
+    /// do not write the old entry back.
+    ///
+    /// If the invalidation fails after the upload, the error says which tiers
+    /// failed: call [`PresignedUrls::invalidate`] to retry.
+    pub async fn replace(&self, user: &str, bytes: Bytes, content_type: &str) -> Result<()> {
+        let user = UserId::parse(user)?;
+        let path = self.path(&user)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&path, PutPayload::from_bytes(bytes), options)
+            .await
+            .map_err(|source| Error::ObjectStore {
+                operation: "put",
+                source,
+            })?;
+        self.invalidate_id(&user).await
+    }
+
+    /// Removes `user`'s cached URL from every tier (every instance, with an
+    /// [`Invalidator`]).
+    pub async fn invalidate(&self, user: &str) -> Result<()> {
+        self.invalidate_id(&UserId::parse(user)?).await
+    }
+
+    async fn invalidate_id(&self, user: &UserId) -> Result<()> {
+        if let Some(inv) = &self.invalidator {
+            return inv.invalidate(&user.0).await;
+        }
+        let report = match &self.synced {
+            Some(synced) => synced.invalidate(&user.0).await,
+            None => self.cache.invalidate(&user.0).await,
+        };
+        report.map(drop).map_err(Error::from)
+    }
+
+    /// The object's metadata (size, ETag, last modified); `Ok(None)` if the user
+    /// has no picture.
+    pub async fn head(&self, user: &str) -> Result<Option<ObjectMeta>> {
+        let user = UserId::parse(user)?;
+        match self.store.head(&self.path(&user)?).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(Error::ObjectStore {
+                operation: "head",
+                source,
+            }),
+        }
+    }
+
+    /// Deletes `user`'s picture and invalidates the cached URL.
+    pub async fn delete(&self, user: &str) -> Result<()> {
+        let user = UserId::parse(user)?;
+        self.store
+            .delete(&self.path(&user)?)
+            .await
+            .map_err(|source| Error::ObjectStore {
+                operation: "delete",
+                source,
+            })?;
+        self.invalidate_id(&user).await
+    }
+
+    /// The object key of `user`'s picture.
+    pub fn object_key(&self, user: &str) -> Result<String> {
+        Ok(self.loader.object_key(&UserId::parse(user)?.0))
+    }
+
+    /// The chain (for metrics, or to wire an invalidation bus to it).
+    pub fn cache(&self) -> &TieredCache<String, PresignedUrl> {
+        &self.cache
+    }
+
+    /// The chain wired to the invalidation bus, when one was given
+    /// ([`PresignedUrlsBuilder::bus`]).
+    pub fn synced(&self) -> Option<&SyncedCache<String, PresignedUrl>> {
+        self.synced.as_ref()
+    }
+
+    /// The signer.
+    pub fn signer(&self) -> &Signer {
+        &self.loader.signer
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// How many URLs the service has signed (chain misses).
+    pub fn signatures(&self) -> u64 {
+        self.loader.signatures.load(Ordering::Relaxed)
+    }
+
+    /// The safety margin: every URL handed out works at least this much longer.
+    pub fn margin(&self) -> Duration {
+        self.loader.margin
+    }
+
+    fn path(&self, user: &UserId) -> Result<Path> {
+        let key = self.loader.object_key(&user.0);
+        Path::parse(&key).map_err(|e| Error::Config(format!("object key is not a valid path: {e}")))
+    }
+}
+
+fn no_url() -> Error {
+    // The loader always answers `Some`, so a `None` means the chain had no origin.
+    Error::Config("the cache chain returned no URL".to_owned())
+}
+
+/// Builder for [`PresignedUrls`]. See [`PresignedUrls::builder`].
+#[must_use]
+pub struct PresignedUrlsBuilder {
+    signer: Signer,
+    store: Arc<dyn ObjectStore>,
+    chain: TieredCacheBuilder<String, PresignedUrl>,
+    clock: Arc<dyn Clock>,
+    prefix: String,
+    validity: Duration,
+    margin: Duration,
+    max_lifetime: Duration,
+    invalidator: Option<Arc<dyn Invalidator>>,
+    bus: Option<(InvalidationBus, Vec<usize>)>,
+}
+
+impl fmt::Debug for PresignedUrlsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresignedUrlsBuilder")
+            .field("signer", &self.signer)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresignedUrlsBuilder {
+    /// Adds a cache tier; tiers are read in the order they are added. Give the
+    /// in-process tier first, then the shared one (Redis).
+    pub fn tier(mut self, tier: Tier<String, PresignedUrl>) -> Self {
+        self.chain = self.chain.tier(tier);
+        self
+    }
+
+    /// The clock for signing times and cache expiry (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Reports every hit, miss, error and signature (origin load) to `observer`.
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.chain = self.chain.observer(observer);
+        self
+    }
+
+    /// Shares an observer, e.g. the `monitor` crate's metrics.
+    pub fn shared_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.chain = self.chain.shared_observer(observer);
+        self
+    }
+
+    /// Object keys are `<prefix><user id>` (default `avatars/`). Empty, or ending
+    /// with `/`; not starting with `/`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long signed URLs are valid (default 60 min, at most 7 days).
+    pub fn url_validity(mut self, validity: Duration) -> Self {
+        self.validity = validity;
+        self
+    }
+
+    /// The least validity a URL handed out has left (default 5 min).
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// The longest a URL stays cached (default 50 min).
+    pub fn max_cache_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Invalidates through `invalidator` (e.g. an invalidation bus reaching
+    /// every instance) instead of this chain only.
+    pub fn invalidator(mut self, invalidator: Arc<dyn Invalidator>) -> Self {
+        self.invalidator = Some(invalidator);
+        self
+    }
+
+    /// Sends invalidations ([`PresignedUrls::replace`], [`PresignedUrls::delete`],
+    /// [`PresignedUrls::invalidate`]) over `bus` to every instance, and applies
+    /// theirs here: other instances' invalidations drop the user from
+    /// `local_tiers` (the in-process tiers' indexes, usually `[0]`). `build` must
+    /// then run inside a tokio runtime (it starts the listener).
+    pub fn bus(mut self, bus: InvalidationBus, local_tiers: Vec<usize>) -> Self {
+        self.bus = Some((bus, local_tiers));
+        self
+    }
+
+    /// Checks the settings and builds the service.
+    pub fn build(self) -> Result<PresignedUrls> {
+        if self.validity > MAX_EXPIRY {
+            return Err(Error::ExpiryTooLong {
+                requested: self.validity,
+                max: MAX_EXPIRY,
+            });
+        }
+        if self.validity <= self.margin + Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "URL validity ({:?}) must exceed the margin ({:?}) by more than a second",
+                self.validity, self.margin
+            )));
+        }
+        if self.max_lifetime.is_zero() {
+            return Err(Error::Config(
+                "max cache lifetime must not be zero".to_owned(),
+            ));
+        }
+        if !(self.prefix.is_empty() || self.prefix.ends_with('/')) || self.prefix.starts_with('/') {
+            return Err(Error::Config(format!(
+                "key prefix {:?} must be empty or end with '/', and not start with '/'",
+                self.prefix
+            )));
+        }
+        let sample = format!("{}{}", self.prefix, "u".repeat(MAX_USER_ID_BYTES));
+        validate_object_key(&sample)?;
+        Path::parse(&sample).map_err(|e| {
+            Error::Config(format!(
+                "key prefix {:?} is not a valid path: {e}",
+                self.prefix
+            ))
+        })?;
+        let loader = Arc::new(SignLoader {
+            signer: Arc::new(self.signer),
+            clock: self.clock.clone(),
+            prefix: self.prefix,
+            validity: self.validity,
+            margin: self.margin,
+            max_lifetime: self.max_lifetime,
+            signatures: AtomicU64::new(0),
+        });
+        let cache = self
+            .chain
+            .shared_clock(self.clock)
+            .shared_origin(loader.clone())
+            .build();
+        let synced = self
+            .bus
+            .map(|(bus, local)| SyncedCache::new(cache.clone(), bus, local));
+        Ok(PresignedUrls {
+            cache,
+            loader,
+            store: self.store,
+            invalidator: self.invalidator,
+            synced,
+        })
+    }
+}

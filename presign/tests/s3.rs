@@ -1,0 +1,214 @@
+//! The signer against a real S3 implementation: s3s-fs with SigV4 auth on, on a
+//! loopback port. Status codes come from s3s' own signature checks.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cache_core::{Clock, SystemClock};
+use presign::test_support::{S3Server, ACCESS_KEY_ID};
+use presign::{Credentials, Method, S3Config};
+
+const HOUR: Duration = Duration::from_secs(3_600);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn put(url: &str, body: &'static [u8]) -> reqwest::StatusCode {
+    http().put(url).body(body).send().await.unwrap().status()
+}
+
+async fn get(url: &str) -> (reqwest::StatusCode, Vec<u8>) {
+    let resp = http().get(url).send().await.unwrap();
+    let status = resp.status();
+    (status, resp.bytes().await.unwrap().to_vec())
+}
+
+/// Uploads `body` under `key` with a presigned PUT.
+async fn upload(s3: &S3Server, key: &str, body: &'static [u8]) {
+    let url = s3
+        .config()
+        .signer()
+        .unwrap()
+        .presign_put(key, HOUR)
+        .unwrap();
+    assert_eq!(put(&url.url, body).await, 200, "upload of {key:?}");
+}
+
+#[tokio::test]
+async fn presigned_get_fetches_exactly_the_stored_bytes() {
+    let s3 = S3Server::start().await.unwrap();
+    let store = s3.config().object_store().unwrap();
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    object_store::ObjectStoreExt::put(&store, &"users/42.png".into(), bytes.clone().into())
+        .await
+        .unwrap();
+    let url = s3
+        .config()
+        .signer()
+        .unwrap()
+        .presign_get("users/42.png", HOUR)
+        .unwrap();
+    let (status, body) = get(&url.url).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, bytes);
+}
+
+#[tokio::test]
+async fn presigned_put_uploads_the_body() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "uploads/new.png", b"fresh bytes").await;
+    let store = s3.config().object_store().unwrap();
+    let got = object_store::ObjectStoreExt::get(&store, &"uploads/new.png".into())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"fresh bytes");
+}
+
+#[tokio::test]
+async fn tampered_signature_is_rejected() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "k.png", b"x").await;
+    let url = s3
+        .config()
+        .signer()
+        .unwrap()
+        .presign_get("k.png", HOUR)
+        .unwrap()
+        .url;
+    assert_eq!(get(&url).await.0, 200);
+    let last = url.chars().last().unwrap();
+    let flipped = if last == '0' { '1' } else { '0' };
+    let tampered = format!("{}{flipped}", &url[..url.len() - 1]);
+    assert_eq!(get(&tampered).await.0, 403);
+}
+
+#[tokio::test]
+async fn edited_expiry_is_rejected() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "k.png", b"x").await;
+    let url = s3
+        .config()
+        .signer()
+        .unwrap()
+        .presign_get("k.png", HOUR)
+        .unwrap()
+        .url;
+    assert!(url.contains("X-Amz-Expires=3600"));
+    let edited = url.replace("X-Amz-Expires=3600", "X-Amz-Expires=604800");
+    assert_eq!(get(&edited).await.0, 403);
+}
+
+#[tokio::test]
+async fn another_key_swapped_in_is_rejected() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "users/1.png", b"one").await;
+    upload(&s3, "users/2.png", b"two").await;
+    let url = s3
+        .config()
+        .signer()
+        .unwrap()
+        .presign_get("users/1.png", HOUR)
+        .unwrap()
+        .url;
+    assert_eq!(get(&url).await, (reqwest::StatusCode::OK, b"one".to_vec()));
+    let swapped = url.replace("/users/1.png?", "/users/2.png?");
+    assert_ne!(swapped, url);
+    assert_eq!(get(&swapped).await.0, 403);
+}
+
+#[tokio::test]
+async fn wrong_secret_is_rejected() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "k.png", b"x").await;
+    let config = s3.config();
+    let wrong = S3Config::new(
+        config.endpoint(),
+        config.region(),
+        config.bucket(),
+        Credentials::new(ACCESS_KEY_ID, "not-the-secret"),
+    );
+    let url = wrong.signer().unwrap().presign_get("k.png", HOUR).unwrap();
+    assert_eq!(get(&url.url).await.0, 403);
+    let put_url = wrong.signer().unwrap().presign_put("k.png", HOUR).unwrap();
+    assert_eq!(put(&put_url.url, b"evil").await, 403);
+    let right = config.signer().unwrap().presign_get("k.png", HOUR).unwrap();
+    assert_eq!(
+        get(&right.url).await,
+        (reqwest::StatusCode::OK, b"x".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn expired_url_is_rejected() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "k.png", b"x").await;
+    let signer = s3.config().signer().unwrap();
+    // Signed two hours ago, valid for one: expired an hour ago.
+    let past = SystemClock.now().saturating_sub(2 * HOUR);
+    let expired = signer.presign_at(Method::Get, "k.png", HOUR, past).unwrap();
+    assert!(expired.expires_at < SystemClock.now());
+    assert_eq!(get(&expired.url).await.0, 403);
+    // Signed as long ago but valid for three hours: still good.
+    let alive = signer
+        .presign_at(Method::Get, "k.png", 3 * HOUR, past)
+        .unwrap();
+    assert_eq!(get(&alive.url).await.0, 200);
+}
+
+#[tokio::test]
+async fn special_character_keys_reach_the_right_object() {
+    let s3 = S3Server::start().await.unwrap();
+    let keys: [(&str, &'static [u8]); 9] = [
+        ("a b.png", b"space"),
+        ("a+b.png", b"plus"),
+        ("x=y&z.png", b"equals-amp"),
+        ("ünïcødé/☃ 😀.png", b"unicode"),
+        ("dir/sub/file.txt", b"nested"),
+        ("100%.png", b"percent"),
+        ("semi;colon,comma'quote(paren)!*.png", b"punct"),
+        ("tilde~dash-under_score.png", b"unreserved"),
+        ("question?hash#.png", b"query-chars"),
+    ];
+    for (key, body) in keys {
+        upload(&s3, key, body).await;
+        // The server stored it under exactly this key (s3s-fs keeps keys as paths).
+        let on_disk = std::fs::read(s3.root().join("avatars").join(key)).unwrap();
+        assert_eq!(on_disk, body, "{key:?} on disk");
+    }
+    let signer = s3.config().signer().unwrap();
+    for (key, body) in keys {
+        let url = signer.presign_get(key, HOUR).unwrap();
+        assert_eq!(
+            get(&url.url).await,
+            (reqwest::StatusCode::OK, body.to_vec()),
+            "{key:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotated_credentials_take_effect_on_the_next_url() {
+    let s3 = S3Server::start().await.unwrap();
+    upload(&s3, "k.png", b"x").await;
+    let config = s3.config();
+    let signer = S3Config::new(
+        config.endpoint(),
+        config.region(),
+        config.bucket(),
+        Credentials::new(ACCESS_KEY_ID, "stale-secret"),
+    )
+    .signer()
+    .unwrap();
+    let stale = signer.presign_get("k.png", HOUR).unwrap();
+    assert_eq!(get(&stale.url).await.0, 403);
+    signer.set_credentials(config.credentials().clone());
+    let fresh = signer.presign_get("k.png", HOUR).unwrap();
+    assert_eq!(
+        get(&fresh.url).await,
+        (reqwest::StatusCode::OK, b"x".to_vec())
+    );
+}
