@@ -108,6 +108,18 @@ fn redis(c: &mut Criterion) {
         })
     });
     let mut i = 0;
+    group.bench_function("raw_fred_mget_50", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 50) % (KEYS - 50);
+            let (pool, ks) = (&pool, &redis_keys[i..i + 50]);
+            async move {
+                let ks: Vec<&str> = ks.iter().map(String::as_str).collect();
+                let v: Vec<Option<Bytes>> = pool.mget(black_box(ks)).await.expect("mget");
+                black_box(v);
+            }
+        })
+    });
+    let mut i = 0;
     group.bench_function("tier_get_many_50", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 50) % (KEYS - 50);

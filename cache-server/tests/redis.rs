@@ -384,7 +384,11 @@ async fn the_codec_is_pluggable() {
     let k = "k".to_string();
     tier.put(
         &k,
-        Entry::expiring_in("héllo".to_string(), SystemClock.now(), Duration::from_secs(60)),
+        Entry::expiring_in(
+            "héllo".to_string(),
+            SystemClock.now(),
+            Duration::from_secs(60),
+        ),
     )
     .await
     .unwrap();
@@ -402,4 +406,38 @@ async fn the_codec_is_pluggable() {
         .unwrap();
     assert!(tier.get(&k).await.unwrap().is_none());
     assert_eq!(tier.corrupt_values(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_tier_starts_while_redis_is_down_and_works_once_it_is_up() {
+    let mut server = RedisServer::start();
+    tokio::task::block_in_place(|| server.kill());
+    let tier: RedisTier<String> = RedisTier::builder()
+        .url(server.url())
+        .namespace("lazy")
+        .command_timeout(Duration::from_millis(200))
+        .lazy_connect(true)
+        .build()
+        .await
+        .unwrap();
+    let k = "k".to_string();
+    let start = std::time::Instant::now();
+    let down = tier.get(&k).await;
+    assert!(
+        matches!(down, Err(Error::Timeout { .. } | Error::Backend { .. })),
+        "{down:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "bounded by the timeout"
+    );
+
+    tokio::task::block_in_place(|| server.restart());
+    let e = Entry::expiring_in("v".to_string(), SystemClock.now(), Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tier.put(&k, e.clone()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tier.get(&k).await.unwrap().unwrap().value, "v");
 }

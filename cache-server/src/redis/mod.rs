@@ -39,7 +39,8 @@ const UNLINK_BATCH: usize = 500;
 /// Every key is stored as `<namespace>:<encoded key>`, where the encoding is
 /// [`cache_core::key::encode`]: no key can leave its namespace, glob `SCAN`
 /// patterns, or reach another key's entry. Keys are validated first (empty, too
-/// long or control characters give [`Error::InvalidKey`]).
+/// long or control characters give [`Error::InvalidKey`]). The tier owns every
+/// Redis key under `<namespace>:`; `clear` removes them all, and nothing else.
 ///
 /// # Values
 ///
@@ -112,6 +113,22 @@ struct Inner<C> {
     command_timeout: Duration,
     clustered: bool,
     corrupt: AtomicU64,
+    /// Whether the pool was made here (and is closed when the tier is dropped).
+    owned: bool,
+}
+
+impl<C> Drop for Inner<C> {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            rt.spawn(async move {
+                let _ = pool.quit().await;
+            });
+        }
+    }
 }
 
 impl<V, C> Clone for RedisTier<V, C> {
@@ -205,7 +222,10 @@ where
             .pool
             .quit()
             .await
-            .map_err(|e| self.inner.error(Operation::Clear, e))
+            .map_err(|e| Error::Unavailable {
+                tier: self.inner.name.to_string(),
+                reason: format!("closing the pool failed: {e}"),
+            })
     }
 }
 
@@ -536,6 +556,7 @@ pub struct RedisTierBuilder<V, C = MsgPackCodec> {
     connect_timeout: Duration,
     pool_size: usize,
     policy: ReconnectPolicy,
+    lazy: bool,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -571,6 +592,7 @@ impl<V> Default for RedisTierBuilder<V, MsgPackCodec> {
             connect_timeout: Duration::from_secs(2),
             pool_size: DEFAULT_POOL_SIZE,
             policy: default_reconnect_policy(),
+            lazy: false,
             _value: PhantomData,
         }
     }
@@ -660,6 +682,7 @@ where
             connect_timeout: self.connect_timeout,
             pool_size: self.pool_size,
             policy: self.policy,
+            lazy: self.lazy,
             _value: PhantomData,
         }
     }
@@ -690,8 +713,18 @@ where
         self
     }
 
-    /// Connects and builds the tier. Fails if the namespace is invalid or the
-    /// first connection cannot be made.
+    /// Starts without waiting for Redis (default `false`): `build` then
+    /// succeeds even while Redis is down, commands fail with
+    /// [`Error::Timeout`] until the pool has connected, and the chain serves
+    /// from its other tiers meanwhile (fail-open at start-up too).
+    pub fn lazy_connect(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
+    /// Connects and builds the tier. Fails if the namespace is invalid, or (unless
+    /// [`lazy_connect`](Self::lazy_connect)) if the first connection cannot be
+    /// made.
     pub async fn build(self) -> Result<RedisTier<V, C>> {
         check_namespace(&self.namespace).map_err(|reason| Error::Unavailable {
             tier: self.name.to_string(),
@@ -701,6 +734,7 @@ where
             tier: self.name.to_string(),
             reason: format!("{what}: {e}"),
         };
+        let owned = !matches!(self.connection, Connection::Pool(_));
         let pool = match self.connection {
             Connection::Pool(pool) => pool,
             Connection::Url(ref url) => {
@@ -728,6 +762,7 @@ where
                 command_timeout: self.command_timeout,
                 clustered,
                 corrupt: AtomicU64::new(0),
+                owned,
             }),
             _value: PhantomData,
         })
@@ -741,7 +776,21 @@ where
             self.policy.clone(),
         )
         .build_pool(self.pool_size)?;
-        pool.init().await?;
+        if self.lazy {
+            // fred's reconnect policy covers lost connections, not a first
+            // connection that never succeeded: retry that here.
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(50);
+                while let Err(err) = pool.init().await {
+                    tracing::debug!(error = %err, "Redis not reachable yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            });
+        } else {
+            pool.init().await?;
+        }
         Ok(pool)
     }
 }
