@@ -31,6 +31,8 @@
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// Native only: on wasm32 the crate is empty.
+#![cfg(not(target_family = "wasm"))]
 
 mod encode;
 mod error;

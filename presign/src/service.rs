@@ -484,6 +484,30 @@ impl PresignedUrlsBuilder {
     /// theirs here: other instances' invalidations drop the user from
     /// `local_tiers` (the in-process tiers' indexes, usually `[0]`). `build` must
     /// then run inside a tokio runtime (it starts the listener).
+    ///
+    /// # Example: the production chain, `moka → Redis → signer`
+    ///
+    /// ```no_run
+    /// use std::{sync::Arc, time::Duration};
+    /// use cache_core::Tier;
+    /// use cache_server::{InvalidationBus, MokaTier, RedisTier};
+    /// use presign::{Credentials, PresignedUrl, PresignedUrls, S3Config};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let s3 = S3Config::new("http://127.0.0.1:9000", "us-east-1", "avatars",
+    ///     Credentials::new("access-key", "secret-key"));
+    /// let redis = "redis://127.0.0.1:6380";
+    /// let urls = PresignedUrls::builder(s3.signer()?, Arc::new(s3.object_store()?))
+    ///     .tier(Tier::new(MokaTier::<String, PresignedUrl>::builder().max_bytes(32 << 20).build())
+    ///         .ttl(Duration::from_secs(600)))
+    ///     .tier(Tier::new(RedisTier::<PresignedUrl>::builder().url(redis).namespace("avatar-urls").build().await?)
+    ///         .ttl(Duration::from_secs(3_000))
+    ///         .timeout(Duration::from_millis(250)))
+    ///     .bus(InvalidationBus::builder().url(redis).channel("avatar-urls:invalidate").connect().await?, vec![0])
+    ///     .build()?;
+    /// let url = urls.url("alice").await?;
+    /// # let _ = url; Ok(()) }
+    /// ```
     pub fn bus(mut self, bus: InvalidationBus, local_tiers: Vec<usize>) -> Self {
         self.bus = Some((bus, local_tiers));
         self

@@ -146,3 +146,63 @@ async fn replace_on_one_instance_invalidates_every_instance() {
     assert_eq!(fetch(&next.url).await, (200, b"new".to_vec()));
     assert!(next.remaining(clock.now()) >= 55 * MIN);
 }
+
+/// The margin guarantee on the production chain: random request times on a
+/// manual clock (Redis itself keeps real time; the tier checks every read
+/// against the injected clock), every URL handed out by either instance has at
+/// least the margin left.
+#[test]
+fn every_url_from_moka_and_redis_has_the_margin_left() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = RedisServer::start();
+    // Signing needs no S3: nothing is fetched here.
+    let s3 = S3Config::new(
+        "http://127.0.0.1:9",
+        "us-east-1",
+        "avatars",
+        presign::Credentials::new("AKIDEXAMPLE", "secret"),
+    );
+    let mut runner = TestRunner::new(Config::with_cases(24));
+    let steps = prop::collection::vec(
+        (
+            0u64..(3 * 3_600_000),
+            0usize..3,
+            any::<bool>(),
+            any::<bool>(),
+        ),
+        1..25,
+    );
+    runner
+        .run(&steps, |steps| {
+            rt.block_on(async {
+                redis.cli(&["FLUSHDB"]).unwrap(); // our own throwaway server
+                let clock = ManualClock::new();
+                let a = instance(&redis, &s3, &clock).await;
+                let b = instance(&redis, &s3, &clock).await;
+                let users = ["u0", "u1", "u2"];
+                for (advance_ms, user, on_b, batch) in steps {
+                    clock.advance(Duration::from_millis(advance_ms));
+                    let now = clock.now();
+                    let svc = if on_b { &b } else { &a };
+                    let url = if batch {
+                        svc.urls(&users).await.unwrap()[user].clone()
+                    } else {
+                        svc.url(users[user]).await.unwrap()
+                    };
+                    let left = url.expires_at.duration_since(now);
+                    prop_assert!(left >= presign::DEFAULT_MARGIN, "{:?} left", left);
+                    let path = format!("/avatars/{}?", users[user]);
+                    prop_assert!(url.url.contains(&path), "{}", url.url);
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
