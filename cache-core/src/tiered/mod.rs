@@ -252,9 +252,16 @@ where
             match inner.read_tier(index, key).await {
                 Read::Hit(entry) => {
                     if index > 0 {
-                        inner
-                            .write_back(key, &entry, 0..index, epoch, EventKind::Backfill)
-                            .await;
+                        // Boxed: the cold paths stay out of the hot future, which
+                        // is moved on every call.
+                        Box::pin(inner.write_back(
+                            key,
+                            &entry,
+                            0..index,
+                            epoch,
+                            EventKind::Backfill,
+                        ))
+                        .await;
                     }
                     return Ok(Some(Lookup {
                         entry,
@@ -268,7 +275,7 @@ where
                 Read::Failed => failed += 1,
             }
         }
-        self.load_through(key, failed).await
+        Box::pin(self.load_through(key, failed)).await
     }
 
     /// The values for `keys`, in order: one batch call per tier for the keys still
@@ -595,7 +602,11 @@ where
             return Read::Failed;
         }
         let start = self.start();
-        let result = self.call(slot, Operation::Get, slot.layer.get(key)).await;
+        let result = match slot.timeout {
+            // The common in-process case stays small: no timer state in this future.
+            None => slot.layer.get(key).await,
+            Some(_) => Box::pin(self.call(slot, Operation::Get, slot.layer.get(key))).await,
+        };
         match result {
             Ok(Some(entry)) if !entry.is_expired(self.clock.now()) => {
                 slot.breaker.success();
