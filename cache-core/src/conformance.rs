@@ -171,6 +171,7 @@ where
     batch(&make).await;
     remove_prefix(&make).await;
     hostile(&make).await;
+    get_ready_agrees(&make).await;
 }
 
 /// A key never written reads as `None`.
@@ -580,4 +581,45 @@ where
         ok!("hostile", tier.get(&victim).await).is_some(),
         "conformance[hostile]: removing hostile keys removed {victim:?}"
     );
+}
+
+/// A tier that answers [`CacheLayer::get_ready`] gives exactly what `get` gives:
+/// for a hit, a missing key and an expired entry.
+pub async fn get_ready_agrees<T, V, F, Fut>(make: &F)
+where
+    T: CacheLayer<String, V>,
+    V: SampleValue,
+    F: Fn(Setup) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let (tier, clock) = fresh(make, "get_ready", None).await;
+    let (hit, gone) = ("hit".to_string(), "gone".to_string());
+    ok!(
+        "get_ready",
+        tier.put(
+            &hit,
+            Entry::expiring_in(V::sample(1, 32), clock.now(), day())
+        )
+        .await
+    );
+    ok!(
+        "get_ready",
+        tier.put(
+            &gone,
+            Entry::expiring_in(V::sample(2, 32), clock.now(), Duration::from_secs(5))
+        )
+        .await
+    );
+    clock.advance(Duration::from_secs(5));
+    for key in [&hit, &gone, &"never".to_string()] {
+        let Some(now) = tier.get_ready(key) else {
+            return; // this tier always waits; nothing to compare
+        };
+        let now = ok!("get_ready", now);
+        let later = ok!("get_ready", tier.get(key).await);
+        assert!(
+            now == later,
+            "conformance[get_ready]: get_ready and get disagree for {key:?}"
+        );
+    }
 }

@@ -92,6 +92,16 @@ where
     /// The unexpired entry for `key`, if any.
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>>;
 
+    /// The same answer as [`CacheLayer::get`], given at once by tiers that never
+    /// wait (in-process memory); `None` means "cannot answer without waiting:
+    /// call `get`". The chain serves tier-0 hits through it without allocating a
+    /// future. The default returns `None`; a tier that implements it must give
+    /// exactly what `get` would.
+    fn get_ready(&self, key: &K) -> Option<Result<Option<Entry<V>>>> {
+        let _ = key;
+        None
+    }
+
     /// Stores `entry` under `key`, replacing any previous entry.
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()>;
 
@@ -146,6 +156,10 @@ macro_rules! forward_layer {
             #[inline]
             fn name(&self) -> &str {
                 (**self).name()
+            }
+            #[inline]
+            fn get_ready(&self, key: &K) -> Option<Result<Option<Entry<V>>>> {
+                (**self).get_ready(key)
             }
             #[inline]
             fn get<'s, 'k, 'f>(&'s self, key: &'k K) -> BoxFuture<'f, Result<Option<Entry<V>>>>

@@ -380,6 +380,10 @@ where
         &self.name
     }
 
+    fn get_ready(&self, key: &K) -> Option<Result<Option<Entry<V>>>> {
+        Some(Ok(self.get_entry(key, self.clock.now())))
+    }
+
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
         Ok(self.get_entry(key, self.clock.now()))
     }

@@ -51,6 +51,12 @@ impl Breaker {
             .is_ok()
     }
 
+    /// Closed: no failure streak has opened it (no cool-down, no probe pending).
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) == 0
+    }
+
     #[inline]
     pub(crate) fn success(&self) {
         // Loads first so the common (healthy) path never writes the shared line.

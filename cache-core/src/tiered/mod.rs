@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::{join_all, select, Either, FutureExt, Shared, WeakShared};
+use futures_util::future::{join_all, ready, select, Either, FutureExt, Shared, WeakShared};
 // Latencies are timed only when an observer is installed. On native targets a
 // TSC-based clock (quanta) reads in a few nanoseconds where `clock_gettime` can
 // cost tens on a VM; on wasm32, `web_time` wraps `performance.now()`.
@@ -242,26 +242,57 @@ where
     /// The value for `key`, from the first tier that holds it, else from the
     /// origin. `Ok(None)` when no tier holds it and the origin (if any) has no
     /// value. Errors only when no tier and no origin could answer.
-    pub async fn get(&self, key: &K) -> Result<Option<Lookup<'_, V>>> {
+    pub fn get<'s, 'k, 'f>(
+        &'s self,
+        key: &'k K,
+    ) -> impl Future<Output = Result<Option<Lookup<'s, V>>>> + 'f
+    where
+        's: 'f,
+        'k: 'f,
+    {
         let inner = &*self.inner;
-        key.validate()
-            .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
+        if let Err(reason) = key.validate() {
+            return Either::Left(ready(Err(Error::invalid_key(&key.key_str(), reason))));
+        }
         let epoch = inner.log.current();
-        let mut failed = 0;
-        for index in 0..inner.tiers.len() {
+        // Fast path: a tier 0 that answers without waiting (an in-process tier)
+        // serves a hit as an already-completed future; everything else continues
+        // in the boxed slow path below, from where the fast path stopped.
+        let (next, failed) = match inner.read_tier_now(0, key) {
+            Some(Read::Hit(entry)) => {
+                return Either::Left(ready(Ok(Some(Lookup {
+                    entry,
+                    source: Source::Tier {
+                        index: 0,
+                        name: &inner.tiers[0].name,
+                    },
+                }))));
+            }
+            Some(Read::Miss) => (1, 0),
+            Some(Read::Failed) => (1, 1),
+            None => (0, 0),
+        };
+        let slow: BoxFuture<'f, Result<Option<Lookup<'s, V>>>> =
+            Box::pin(self.get_from(key, next, failed, epoch));
+        Either::Right(slow)
+    }
+
+    /// The read from tier `first` on, after `failed` tiers above it failed.
+    async fn get_from(
+        &self,
+        key: &K,
+        first: usize,
+        mut failed: usize,
+        epoch: u64,
+    ) -> Result<Option<Lookup<'_, V>>> {
+        let inner = &*self.inner;
+        for index in first..inner.tiers.len() {
             match inner.read_tier(index, key).await {
                 Read::Hit(entry) => {
                     if index > 0 {
-                        // Boxed: the cold paths stay out of the hot future, which
-                        // is moved on every call.
-                        Box::pin(inner.write_back(
-                            key,
-                            &entry,
-                            0..index,
-                            epoch,
-                            EventKind::Backfill,
-                        ))
-                        .await;
+                        inner
+                            .write_back(key, &entry, 0..index, epoch, EventKind::Backfill)
+                            .await;
                     }
                     return Ok(Some(Lookup {
                         entry,
@@ -275,7 +306,7 @@ where
                 Read::Failed => failed += 1,
             }
         }
-        Box::pin(self.load_through(key, failed)).await
+        self.load_through(key, failed).await
     }
 
     /// The values for `keys`, in order: one batch call per tier for the keys still
@@ -585,28 +616,64 @@ where
         }
     }
 
+    /// Emits `Skipped` and says so when tier `index`'s breaker keeps it out.
+    fn breaker_skips(&self, index: usize, key: &K) -> bool {
+        if self.tiers[index].breaker.allows(&*self.clock) {
+            return false;
+        }
+        if self.observer.is_some() {
+            let source = self.tier_source(index);
+            self.emit(
+                EventKind::Skipped,
+                source,
+                &key.key_str(),
+                Duration::ZERO,
+                0,
+                None,
+            );
+        }
+        true
+    }
+
     async fn read_tier(&self, index: usize, key: &K) -> Read<V> {
-        let slot = &self.tiers[index];
-        if !slot.breaker.allows(&*self.clock) {
-            if self.observer.is_some() {
-                let source = self.tier_source(index);
-                self.emit(
-                    EventKind::Skipped,
-                    source,
-                    &key.key_str(),
-                    Duration::ZERO,
-                    0,
-                    None,
-                );
-            }
+        if self.breaker_skips(index, key) {
             return Read::Failed;
         }
+        let slot = &self.tiers[index];
         let start = self.start();
         let result = match slot.timeout {
             // The common in-process case stays small: no timer state in this future.
             None => slot.layer.get(key).await,
             Some(_) => Box::pin(self.call(slot, Operation::Get, slot.layer.get(key))).await,
         };
+        self.classify(index, key, start, result)
+    }
+
+    /// Tier `index`'s answer without waiting, when its breaker is closed and it can
+    /// give one ([`CacheLayer::get_ready`]); `None` sends the read down the async
+    /// path (which also handles open and half-open breakers).
+    #[inline]
+    fn read_tier_now(&self, index: usize, key: &K) -> Option<Read<V>> {
+        let slot = self.tiers.get(index)?;
+        if !slot.breaker.is_closed() {
+            return None;
+        }
+        let start = self.start();
+        let result = slot.layer.get_ready(key)?;
+        Some(self.classify(index, key, start, result))
+    }
+
+    /// Turns a tier's answer into a hit, miss or failure: checks expiry against the
+    /// chain's clock, updates the breaker and reports to the observer.
+    #[inline]
+    fn classify(
+        &self,
+        index: usize,
+        key: &K,
+        start: Option<Instant>,
+        result: Result<Option<Entry<V>>>,
+    ) -> Read<V> {
+        let slot = &self.tiers[index];
         match result {
             Ok(Some(entry)) if !entry.is_expired(self.clock.now()) => {
                 slot.breaker.success();
