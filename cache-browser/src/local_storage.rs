@@ -1,6 +1,9 @@
 //! [`LocalStorageTier`]: JSON records in `window.localStorage` under a prefix.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,8 @@ use cache_core::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::JsValue;
 use web_sys::Storage;
 
 use crate::js::{self, JsError};
@@ -22,6 +27,96 @@ const FORMAT: &str = "cache-browser/1";
 /// The key suffix of the write probe. `~p` is never produced by
 /// [`cache_core::key::encode`], so the probe cannot collide with an entry.
 const PROBE: &str = "~probe";
+
+// The read path. Through web-sys, `Storage::getItem` turns the storage key into
+// a fresh JS string with a `TextDecoder` (a fixed cost that dominates for a short
+// key, and a fresh string must be hashed again by the engine) and copies the
+// record into a new allocation made by calling back into wasm. Here the storage
+// key is a JS string the tier keeps (`KeyCache`), and the record is copied into
+// the tier's reusable scratch buffer, which serde_json then parses in place.
+// Returns the number of UTF-8 bytes written; -1 when there is no record; or
+// -2 - (record length in UTF-16 units) when it does not fit (the caller grows
+// the buffer and reads that record the web-sys way). Throws what `getItem`
+// throws.
+#[wasm_bindgen(inline_js = r#"
+const encoder = new TextEncoder();
+export function ls_read(storage, key, buf) {
+  const raw = storage.getItem(key);
+  if (raw === null) return -1;
+  const len = raw.length;
+  if (len > buf.length) return -2 - len;
+  let i = 0;
+  for (; i < len; i++) {
+    const c = raw.charCodeAt(i);
+    if (c > 0x7f) break;
+    buf[i] = c;
+  }
+  if (i === len) return len;
+  const r = encoder.encodeInto(raw.slice(i), buf.subarray(i));
+  return r.read === len - i ? i + r.written : -2 - len;
+}
+"#)]
+extern "C" {
+    #[wasm_bindgen(catch)]
+    fn ls_read(
+        storage: &Storage,
+        key: &JsValue,
+        buf: &mut [u8],
+    ) -> std::result::Result<i32, JsValue>;
+}
+
+/// The scratch buffer's starting size, and the largest it grows to: records
+/// bigger than that are read the web-sys way.
+const SCRATCH_START: usize = 1024;
+const SCRATCH_MAX: usize = 64 * 1024;
+
+/// How many storage keys [`KeyCache`] keeps as JS strings before it starts over.
+const KEY_CACHE_MAX: usize = 256;
+
+/// The storage keys of recently read keys, as JS strings (what
+/// `wasm_bindgen::intern` does for a whole program, bounded and per tier).
+#[derive(Default)]
+struct KeyCache {
+    map: HashMap<Box<str>, JsValue, BuildHasherDefault<Fnv>>,
+}
+
+impl KeyCache {
+    /// The storage key of `key` as a JS string (always `Some`).
+    fn get(&mut self, key: &str, storage_key: impl FnOnce() -> String) -> Option<&JsValue> {
+        if !self.map.contains_key(key) {
+            if self.map.len() >= KEY_CACHE_MAX {
+                self.map.clear();
+            }
+            let js = JsValue::from_str(&storage_key());
+            self.map.insert(key.into(), js);
+        }
+        self.map.get(key)
+    }
+}
+
+/// FNV-1a: far cheaper than SipHash in wasm for short keys. Collisions only
+/// cost time, and the map holds at most [`KEY_CACHE_MAX`] keys.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
 
 #[derive(Serialize)]
 struct RecordOut<'a, V> {
@@ -86,6 +181,9 @@ pub struct LocalStorageTier<V> {
     name: String,
     clock: Arc<dyn Clock>,
     ttl: Option<Duration>,
+    /// The last record read (see `ls_read`); always fully initialised.
+    scratch: RefCell<Vec<u8>>,
+    keys: RefCell<KeyCache>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -160,6 +258,8 @@ impl<V> LocalStorageTierBuilder<V> {
             name: self.name,
             clock: self.clock,
             ttl: self.ttl,
+            scratch: RefCell::new(vec![0; SCRATCH_START]),
+            keys: RefCell::default(),
             _value: PhantomData,
         })
     }
@@ -190,8 +290,43 @@ impl<V> LocalStorageTier<V> {
         out
     }
 
-    fn err(&self, op: Operation, e: &wasm_bindgen::JsValue) -> Error {
+    fn err(&self, op: Operation, e: &JsValue) -> Error {
         js::backend(&self.name, op, e)
+    }
+
+    /// Reads the record of `key` (valid) into `buf` (see `ls_read`).
+    fn read_into(&self, key: &str, buf: &mut [u8]) -> Result<Read> {
+        let Ok(mut keys) = self.keys.try_borrow_mut() else {
+            return Ok(Read::Elsewhere);
+        };
+        let Some(sk) = keys.get(key, || self.storage_key(key)) else {
+            return Ok(Read::Elsewhere);
+        };
+        let n = ls_read(&self.storage, sk, buf).map_err(|e| self.err(Operation::Get, &e))?;
+        Ok(match usize::try_from(n) {
+            Ok(n) => Read::Bytes(n),
+            Err(_) if n == -1 => Read::Absent,
+            // UTF-8 takes at most 3 bytes per UTF-16 unit.
+            Err(_) => Read::TooBig(
+                usize::try_from(-2 - i64::from(n))
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(3),
+            ),
+        })
+    }
+
+    /// Serves a decoded record unless it has expired; removes it if it is
+    /// expired or was not ours (`None`).
+    fn serve(&self, key: &str, found: Option<Entry<V>>) -> Result<Option<Entry<V>>> {
+        match found {
+            Some(entry) if !entry.is_expired(self.clock.now()) => Ok(Some(entry)),
+            // Expired, or corrupt, foreign or another key's record: a miss, and
+            // not kept.
+            _ => {
+                self.remove_raw(&self.storage_key(key), Operation::Get)?;
+                Ok(None)
+            }
+        }
     }
 
     /// Every storage key under our prefix (a snapshot: removal shifts indices).
@@ -272,6 +407,31 @@ impl<V> LocalStorageTier<V> {
     }
 }
 
+/// What [`LocalStorageTier::read_into`] found.
+enum Read {
+    /// No record under the key.
+    Absent,
+    /// The record is the first `n` bytes of the scratch buffer.
+    Bytes(usize),
+    /// The record did not fit in the scratch buffer, which needs this many
+    /// bytes.
+    TooBig(usize),
+    /// Not read: read it the web-sys way.
+    Elsewhere,
+}
+
+/// The record's entry if it is ours and for `key`; `None` if it is corrupt,
+/// foreign or another key's.
+fn decode<V: DeserializeOwned>(raw: &[u8], key: &str) -> Option<Entry<V>> {
+    match serde_json::from_slice::<RecordIn<'_, V>>(raw) {
+        Ok(r) if r.format == FORMAT && r.key == key => Some(Entry::new(
+            r.value,
+            Timestamp::from_unix_millis(r.expires_at),
+        )),
+        _ => None,
+    }
+}
+
 fn checked_key<K: CacheKey>(key: &K) -> Result<std::borrow::Cow<'_, str>> {
     let s = key.key_str();
     key::validate(&s).map_err(|reason| Error::invalid_key(&s, reason))?;
@@ -290,6 +450,28 @@ where
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
         let key = checked_key(key)?;
+        if let Ok(mut buf) = self.scratch.try_borrow_mut() {
+            match self.read_into(&key, &mut buf)? {
+                Read::Absent => return Ok(None),
+                Read::Bytes(n) => {
+                    // `ls_read` never reports more than the buffer holds; if it
+                    // did, the record is read again the web-sys way below.
+                    if let Some(raw) = buf.get(..n) {
+                        let found = decode::<V>(raw, &key);
+                        drop(buf);
+                        return self.serve(&key, found);
+                    }
+                }
+                Read::TooBig(need) => {
+                    // Grow the buffer for next time, up to the cap; read this
+                    // record the web-sys way.
+                    if need <= SCRATCH_MAX && need > buf.len() {
+                        buf.resize(need, 0);
+                    }
+                }
+                Read::Elsewhere => {}
+            }
+        }
         let sk = self.storage_key(&key);
         let Some(raw) = self
             .storage
@@ -298,21 +480,8 @@ where
         else {
             return Ok(None);
         };
-        match serde_json::from_str::<RecordIn<'_, V>>(&raw) {
-            Ok(r) if r.format == FORMAT && r.key == *key => {
-                let entry = Entry::new(r.value, Timestamp::from_unix_millis(r.expires_at));
-                if entry.is_expired(self.clock.now()) {
-                    self.remove_raw(&sk, Operation::Get)?;
-                    return Ok(None);
-                }
-                Ok(Some(entry))
-            }
-            // Corrupt, foreign or another key's record: a miss, and not kept.
-            _ => {
-                self.remove_raw(&sk, Operation::Get)?;
-                Ok(None)
-            }
-        }
+        let found = decode::<V>(raw.as_bytes(), &key);
+        self.serve(&key, found)
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
