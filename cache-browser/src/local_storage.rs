@@ -32,16 +32,19 @@ const PROBE: &str = "~probe";
 // a fresh JS string with a `TextDecoder` (a fixed cost that dominates for a short
 // key, and a fresh string must be hashed again by the engine) and copies the
 // record into a new allocation made by calling back into wasm. Here the storage
-// key is a JS string the tier keeps (`KeyCache`), and the record is copied into
-// the tier's reusable scratch buffer, which serde_json then parses in place.
-// Returns the number of UTF-8 bytes written; -1 when there is no record; or
-// -2 - (record length in UTF-16 units) when it does not fit (the caller grows
-// the buffer and reads that record the web-sys way). Throws what `getItem`
-// throws.
+// key is a JS string the tier keeps (`KeyCache`) or, for a key it does not keep
+// yet, is passed in the tier's scratch buffer (it is ASCII) and made into a JS
+// string with `fromCharCode`, which the tier then keeps (`ls_last_key`). The
+// record is copied into the scratch buffer, which serde_json parses in place.
+// `ls_read*` return the number of UTF-8 bytes written; -1 when there is no
+// record; or -2 - (record length in UTF-16 units) when it does not fit (the
+// caller grows the buffer and reads that record the web-sys way). They throw
+// what `getItem` throws.
 #[wasm_bindgen(inline_js = r#"
 const encoder = new TextEncoder();
-export function ls_read(storage, key, buf) {
-  const raw = storage.getItem(key);
+const decoder = new TextDecoder();
+let lastKey;
+function copy(raw, buf) {
   if (raw === null) return -1;
   const len = raw.length;
   if (len > buf.length) return -2 - len;
@@ -55,14 +58,37 @@ export function ls_read(storage, key, buf) {
   const r = encoder.encodeInto(raw.slice(i), buf.subarray(i));
   return r.read === len - i ? i + r.written : -2 - len;
 }
+export function ls_read(storage, key, buf) {
+  return copy(storage.getItem(key), buf);
+}
+export function ls_read_new(storage, buf, key_len) {
+  const k = buf.subarray(0, key_len);
+  lastKey = key_len <= 128 ? String.fromCharCode.apply(null, k) : decoder.decode(k);
+  return copy(storage.getItem(lastKey), buf);
+}
+export function ls_last_key() {
+  const k = lastKey;
+  lastKey = undefined;
+  return k;
+}
 "#)]
 extern "C" {
+    /// Reads the record under `key` (a JS string) into `buf`.
     #[wasm_bindgen(catch)]
     fn ls_read(
         storage: &Storage,
         key: &JsValue,
         buf: &mut [u8],
     ) -> std::result::Result<i32, JsValue>;
+    /// Reads the record under the ASCII storage key in `buf[..key_len]` into `buf`.
+    #[wasm_bindgen(catch)]
+    fn ls_read_new(
+        storage: &Storage,
+        buf: &mut [u8],
+        key_len: u32,
+    ) -> std::result::Result<i32, JsValue>;
+    /// The storage key `ls_read_new` last made, as a JS string.
+    fn ls_last_key() -> JsValue;
 }
 
 /// The scratch buffer's starting size, and the largest it grows to: records
@@ -81,16 +107,11 @@ struct KeyCache {
 }
 
 impl KeyCache {
-    /// The storage key of `key` as a JS string (always `Some`).
-    fn get(&mut self, key: &str, storage_key: impl FnOnce() -> String) -> Option<&JsValue> {
-        if !self.map.contains_key(key) {
-            if self.map.len() >= KEY_CACHE_MAX {
-                self.map.clear();
-            }
-            let js = JsValue::from_str(&storage_key());
-            self.map.insert(key.into(), js);
+    fn insert(&mut self, key: &str, storage_key: JsValue) {
+        if self.map.len() >= KEY_CACHE_MAX {
+            self.map.clear();
         }
-        self.map.get(key)
+        self.map.insert(key.into(), storage_key);
     }
 }
 
@@ -295,14 +316,29 @@ impl<V> LocalStorageTier<V> {
     }
 
     /// Reads the record of `key` (valid) into `buf` (see `ls_read`).
-    fn read_into(&self, key: &str, buf: &mut [u8]) -> Result<Read> {
+    fn read_into(&self, key: &str, buf: &mut Vec<u8>) -> Result<Read> {
         let Ok(mut keys) = self.keys.try_borrow_mut() else {
             return Ok(Read::Elsewhere);
         };
-        let Some(sk) = keys.get(key, || self.storage_key(key)) else {
-            return Ok(Read::Elsewhere);
-        };
-        let n = ls_read(&self.storage, sk, buf).map_err(|e| self.err(Operation::Get, &e))?;
+        let n = if let Some(sk) = keys.map.get(key) {
+            ls_read(&self.storage, sk, buf)
+        } else {
+            let sk = self.storage_key(key);
+            let Ok(key_len) = u32::try_from(sk.len()) else {
+                return Ok(Read::Elsewhere);
+            };
+            if buf.len() < sk.len() {
+                buf.resize(sk.len(), 0);
+            }
+            buf[..sk.len()].copy_from_slice(sk.as_bytes());
+            let n = ls_read_new(&self.storage, buf, key_len);
+            let js = ls_last_key();
+            if js.is_string() {
+                keys.insert(key, js);
+            }
+            n
+        }
+        .map_err(|e| self.err(Operation::Get, &e))?;
         Ok(match usize::try_from(n) {
             Ok(n) => Read::Bytes(n),
             Err(_) if n == -1 => Read::Absent,

@@ -25,6 +25,9 @@ wasm_bindgen_test_configure!(run_in_browser);
 const N: usize = 100;
 /// LocalStorage reads per sample.
 const SYNC_BATCH: usize = 1_000;
+/// Distinct keys in the many-keys LocalStorage row (more than the tier keeps
+/// JS key strings for).
+const MANY: usize = 1_000;
 /// IndexedDB / Cache API reads per sample (sequential, each awaited).
 const ASYNC_BATCH: usize = 20;
 
@@ -38,6 +41,14 @@ export function ls_json_batch(key, batch) {
   const s = performance.now();
   for (let j = 0; j < batch; j++) {
     const r = JSON.parse(localStorage.getItem(key));
+    if (r.expires_at <= Date.now()) throw new Error("expired");
+  }
+  return (performance.now() - s) / batch;
+}
+export function ls_json_many_batch(prefix, n, batch) {
+  const s = performance.now();
+  for (let j = 0; j < batch; j++) {
+    const r = JSON.parse(localStorage.getItem(prefix + (j % n)));
     if (r.expires_at <= Date.now()) throw new Error("expired");
   }
   return (performance.now() - s) / batch;
@@ -84,6 +95,7 @@ export async function cache_batch(cache, batch, size) {
 extern "C" {
     fn ls_batch(key: &str, batch: usize) -> f64;
     fn ls_json_batch(key: &str, batch: usize) -> f64;
+    fn ls_json_many_batch(prefix: &str, n: usize, batch: usize) -> f64;
     async fn idb_setup(size: usize) -> JsValue;
     async fn idb_batch(db: &JsValue, batch: usize, size: usize) -> JsValue;
     async fn cache_setup(size: usize) -> JsValue;
@@ -192,6 +204,48 @@ async fn browser_hit_latency() {
         &json,
         "`JSON.parse(localStorage.getItem(k))` + expiry check",
     );
+
+    // Many keys: every read is of another key, more than the tier keeps JS key
+    // strings for, so it builds each storage key afresh; the JS side builds its
+    // key strings by concatenation, as a page would.
+    let url =
+        |i: usize| format!("https://img.example/avatars/{i}.png?X-Amz-Signature=0123456789abcdef");
+    let keys: Vec<String> = (0..MANY).map(|i| format!("user:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        ls.put(k, Entry::expiring_in(url(i), SystemClock.now(), day))
+            .await
+            .unwrap();
+    }
+    let many_prefix = format!("{}user~3A", ls.prefix());
+    let ls_many_batch = || {
+        let s = now();
+        for j in 0..SYNC_BATCH {
+            let hit = futures_ready(CacheLayer::<String, String>::get(&ls, &keys[j % MANY]));
+            assert!(hit.unwrap().is_some());
+        }
+        (now() - s) / SYNC_BATCH as f64
+    };
+    for _ in 0..10 {
+        ls_many_batch();
+        ls_json_many_batch(&many_prefix, MANY, SYNC_BATCH);
+    }
+    let (mut tier, mut json) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        if i % 2 == 0 {
+            tier.push(ls_many_batch());
+            json.push(ls_json_many_batch(&many_prefix, MANY, SYNC_BATCH));
+        } else {
+            json.push(ls_json_many_batch(&many_prefix, MANY, SYNC_BATCH));
+            tier.push(ls_many_batch());
+        }
+    }
+    row(
+        "LocalStorageTier (URL JSON, 1,000 keys in turn)",
+        &tier,
+        &json,
+        "`JSON.parse(localStorage.getItem(prefix + id))` + expiry check, same keys",
+    );
+    CacheLayer::<String, String>::clear(&ls).await.unwrap();
 
     // IndexedDB: a 20 KB image.
     let idb = IndexedDbTier::<Vec<u8>>::builder(&format!("bench-{}", js_sys::Math::random()))

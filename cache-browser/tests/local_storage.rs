@@ -332,6 +332,24 @@ async fn many_keys_read_right_past_the_key_cache() {
             assert_eq!(got, Some(format!("v{i}")), "round {round}");
         }
     }
+    // Long keys (their storage keys are passed to JS another way) and the
+    // longest valid key.
+    for k in [
+        "é".repeat(100),
+        "x/".repeat(100),
+        "z".repeat(cache_core::key::MAX_KEY_BYTES),
+    ] {
+        t.put(&k, Entry::expiring_in(k.clone(), clock.now(), day()))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let got = CacheLayer::<String, String>::get(&t, &k)
+                .await
+                .unwrap()
+                .map(|e| e.value);
+            assert_eq!(got.as_ref(), Some(&k));
+        }
+    }
     // A key removed behind the tier's back is a miss, not a stale hit.
     storage().remove_item(&format!("{}k7", t.prefix())).unwrap();
     assert!(CacheLayer::<String, String>::get(&t, &"k7".to_string())
