@@ -43,28 +43,36 @@ const PROBE: &str = "~probe";
 #[wasm_bindgen(inline_js = r#"
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-let lastKey;
-function copy(raw, buf) {
+let memory, mem = new Uint8Array(0), lastKey;
+export function ls_init(m) { memory = m; }
+// The wasm memory as bytes, through `end` (a view made again after the memory
+// grew: growth detaches a plain buffer and lengthens a shared one).
+function bytes(end) {
+  if (mem.byteLength === 0 || end > mem.length) mem = new Uint8Array(memory.buffer);
+  return mem;
+}
+function copy(raw, ptr, cap) {
   if (raw === null) return -1;
   const len = raw.length;
-  if (len > buf.length) return -2 - len;
+  if (len > cap) return -2 - len;
+  const m = bytes(ptr + cap);
   let i = 0;
   for (; i < len; i++) {
     const c = raw.charCodeAt(i);
     if (c > 0x7f) break;
-    buf[i] = c;
+    m[ptr + i] = c;
   }
   if (i === len) return len;
-  const r = encoder.encodeInto(raw.slice(i), buf.subarray(i));
+  const r = encoder.encodeInto(raw.slice(i), m.subarray(ptr + i, ptr + cap));
   return r.read === len - i ? i + r.written : -2 - len;
 }
-export function ls_read(storage, key, buf) {
-  return copy(storage.getItem(key), buf);
+export function ls_read(storage, key, ptr, cap) {
+  return copy(storage.getItem(key), ptr, cap);
 }
-export function ls_read_new(storage, buf, key_len) {
-  const k = buf.subarray(0, key_len);
+export function ls_read_new(storage, ptr, cap, key_len) {
+  const k = bytes(ptr + cap).subarray(ptr, ptr + key_len);
   lastKey = key_len <= 128 ? String.fromCharCode.apply(null, k) : decoder.decode(k);
-  return copy(storage.getItem(lastKey), buf);
+  return copy(storage.getItem(lastKey), ptr, cap);
 }
 export function ls_last_key() {
   const k = lastKey;
@@ -73,18 +81,23 @@ export function ls_last_key() {
 }
 "#)]
 extern "C" {
-    /// Reads the record under `key` (a JS string) into `buf`.
+    /// Gives the JS side the wasm memory (idempotent).
+    fn ls_init(memory: &JsValue);
+    /// Reads the record under `key` (a JS string) into the `cap` bytes at `ptr`.
     #[wasm_bindgen(catch)]
     fn ls_read(
         storage: &Storage,
         key: &JsValue,
-        buf: &mut [u8],
+        ptr: u32,
+        cap: u32,
     ) -> std::result::Result<i32, JsValue>;
-    /// Reads the record under the ASCII storage key in `buf[..key_len]` into `buf`.
+    /// Reads the record under the ASCII storage key in the first `key_len` of
+    /// the `cap` bytes at `ptr` into them.
     #[wasm_bindgen(catch)]
     fn ls_read_new(
         storage: &Storage,
-        buf: &mut [u8],
+        ptr: u32,
+        cap: u32,
         key_len: u32,
     ) -> std::result::Result<i32, JsValue>;
     /// The storage key `ls_read_new` last made, as a JS string.
@@ -273,6 +286,7 @@ impl<V> LocalStorageTierBuilder<V> {
             .set_item(&probe, "1")
             .and_then(|()| storage.remove_item(&probe))
             .map_err(|e| unavailable(JsError::from_js(&e)))?;
+        ls_init(&wasm_bindgen::memory());
         Ok(LocalStorageTier {
             storage,
             prefix,
@@ -320,18 +334,29 @@ impl<V> LocalStorageTier<V> {
         let Ok(mut keys) = self.keys.try_borrow_mut() else {
             return Ok(Read::Elsewhere);
         };
+        // The JS side writes into `buf` through its address in wasm memory
+        // (no typed-array view is made per call), as C would through a pointer.
+        let at = |buf: &mut Vec<u8>| {
+            Some((
+                u32::try_from(buf.as_mut_ptr() as usize).ok()?,
+                u32::try_from(buf.len()).ok()?,
+            ))
+        };
         let n = if let Some(sk) = keys.map.get(key) {
-            ls_read(&self.storage, sk, buf)
-        } else {
-            let sk = self.storage_key(key);
-            let Ok(key_len) = u32::try_from(sk.len()) else {
+            let Some((ptr, cap)) = at(buf) else {
                 return Ok(Read::Elsewhere);
             };
+            ls_read(&self.storage, sk, ptr, cap)
+        } else {
+            let sk = self.storage_key(key);
             if buf.len() < sk.len() {
                 buf.resize(sk.len(), 0);
             }
             buf[..sk.len()].copy_from_slice(sk.as_bytes());
-            let n = ls_read_new(&self.storage, buf, key_len);
+            let (Some((ptr, cap)), Ok(key_len)) = (at(buf), u32::try_from(sk.len())) else {
+                return Ok(Read::Elsewhere);
+            };
+            let n = ls_read_new(&self.storage, ptr, cap, key_len);
             let js = ls_last_key();
             if js.is_string() {
                 keys.insert(key, js);

@@ -358,3 +358,35 @@ async fn many_keys_read_right_past_the_key_cache() {
         .is_none());
     CacheLayer::<String, String>::clear(&t).await.unwrap();
 }
+
+#[wasm_bindgen_test]
+async fn reads_stay_right_after_wasm_memory_grows() {
+    // The read path writes records into wasm memory from JS; growing the memory
+    // replaces its buffer, and reads must follow.
+    let clock = ManualClock::new();
+    let t = tier("grow", &clock);
+    let k = "user:1".to_string();
+    t.put(&k, Entry::expiring_in("before".into(), clock.now(), day()))
+        .await
+        .unwrap();
+    let get = || async {
+        CacheLayer::<String, String>::get(&t, &k)
+            .await
+            .unwrap()
+            .map(|e| e.value)
+    };
+    assert_eq!(get().await.as_deref(), Some("before"));
+    let pages_before = wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .grow(0);
+    let big = vec![1u8; 64 << 20];
+    let pages_after = wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .grow(0);
+    assert!(pages_after > pages_before, "the memory grew");
+    t.put(&k, Entry::expiring_in("after".into(), clock.now(), day()))
+        .await
+        .unwrap();
+    assert_eq!(get().await.as_deref(), Some("after"));
+    assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
+}
