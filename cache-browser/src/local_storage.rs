@@ -192,6 +192,9 @@ struct RecordAge {
 ///   absent (a service worker) or blocked (privacy settings, sandboxed frames)
 ///   gives [`Error::Unavailable`] so the page can build its chain without it.
 /// - [`CacheLayer::clear`] removes only keys under the prefix.
+/// - A hit costs about one `getItem` plus a parse: the tier keeps the storage
+///   keys of up to 256 recently read keys as JS strings and reads records into
+///   one reusable buffer (up to 64 KiB; bigger records take a slower path).
 ///
 /// # Example
 ///
