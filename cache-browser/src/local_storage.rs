@@ -1,6 +1,9 @@
 //! [`LocalStorageTier`]: JSON records in `window.localStorage` under a prefix.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,8 @@ use cache_core::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::JsValue;
 use web_sys::Storage;
 
 use crate::js::{self, JsError};
@@ -22,6 +27,130 @@ const FORMAT: &str = "cache-browser/1";
 /// The key suffix of the write probe. `~p` is never produced by
 /// [`cache_core::key::encode`], so the probe cannot collide with an entry.
 const PROBE: &str = "~probe";
+
+// The read path. Through web-sys, `Storage::getItem` turns the storage key into
+// a fresh JS string with a `TextDecoder` (a fixed cost that dominates for a short
+// key, and a fresh string must be hashed again by the engine) and copies the
+// record into a new allocation made by calling back into wasm. Here the storage
+// key is a JS string the tier keeps (`KeyCache`) or, for a key it does not keep
+// yet, is passed in the tier's scratch buffer (it is ASCII) and made into a JS
+// string with `fromCharCode`, which the tier then keeps (`ls_last_key`). The
+// record is copied into the scratch buffer, which serde_json parses in place.
+// `ls_read*` return the number of UTF-8 bytes written; -1 when there is no
+// record; or -2 - (record length in UTF-16 units) when it does not fit (the
+// caller grows the buffer and reads that record the web-sys way). They throw
+// what `getItem` throws.
+#[wasm_bindgen(inline_js = r#"
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+let memory, mem = new Uint8Array(0), lastKey;
+export function ls_init(m) { memory = m; }
+// The wasm memory as bytes, through `end` (a view made again after the memory
+// grew: growth detaches a plain buffer and lengthens a shared one).
+function bytes(end) {
+  if (mem.byteLength === 0 || end > mem.length) mem = new Uint8Array(memory.buffer);
+  return mem;
+}
+function copy(raw, ptr, cap) {
+  if (raw === null) return -1;
+  const len = raw.length;
+  if (len > cap) return -2 - len;
+  const m = bytes(ptr + cap);
+  let i = 0;
+  for (; i < len; i++) {
+    const c = raw.charCodeAt(i);
+    if (c > 0x7f) break;
+    m[ptr + i] = c;
+  }
+  if (i === len) return len;
+  const r = encoder.encodeInto(raw.slice(i), m.subarray(ptr + i, ptr + cap));
+  return r.read === len - i ? i + r.written : -2 - len;
+}
+export function ls_read(storage, key, ptr, cap) {
+  return copy(storage.getItem(key), ptr, cap);
+}
+export function ls_read_new(storage, ptr, cap, key_len) {
+  const k = bytes(ptr + cap).subarray(ptr, ptr + key_len);
+  lastKey = key_len <= 128 ? String.fromCharCode.apply(null, k) : decoder.decode(k);
+  return copy(storage.getItem(lastKey), ptr, cap);
+}
+export function ls_last_key() {
+  const k = lastKey;
+  lastKey = undefined;
+  return k;
+}
+"#)]
+extern "C" {
+    /// Gives the JS side the wasm memory (idempotent).
+    fn ls_init(memory: &JsValue);
+    /// Reads the record under `key` (a JS string) into the `cap` bytes at `ptr`.
+    #[wasm_bindgen(catch)]
+    fn ls_read(
+        storage: &Storage,
+        key: &JsValue,
+        ptr: u32,
+        cap: u32,
+    ) -> std::result::Result<i32, JsValue>;
+    /// Reads the record under the ASCII storage key in the first `key_len` of
+    /// the `cap` bytes at `ptr` into them.
+    #[wasm_bindgen(catch)]
+    fn ls_read_new(
+        storage: &Storage,
+        ptr: u32,
+        cap: u32,
+        key_len: u32,
+    ) -> std::result::Result<i32, JsValue>;
+    /// The storage key `ls_read_new` last made, as a JS string.
+    fn ls_last_key() -> JsValue;
+}
+
+/// The scratch buffer's starting size, and the largest it grows to: records
+/// bigger than that are read the web-sys way.
+const SCRATCH_START: usize = 1024;
+const SCRATCH_MAX: usize = 64 * 1024;
+
+/// How many storage keys [`KeyCache`] keeps as JS strings before it starts over.
+const KEY_CACHE_MAX: usize = 256;
+
+/// The storage keys of recently read keys, as JS strings (what
+/// `wasm_bindgen::intern` does for a whole program, bounded and per tier).
+#[derive(Default)]
+struct KeyCache {
+    map: HashMap<Box<str>, JsValue, BuildHasherDefault<Fnv>>,
+}
+
+impl KeyCache {
+    fn insert(&mut self, key: &str, storage_key: JsValue) {
+        if self.map.len() >= KEY_CACHE_MAX {
+            self.map.clear();
+        }
+        self.map.insert(key.into(), storage_key);
+    }
+}
+
+/// FNV-1a: far cheaper than SipHash in wasm for short keys. Collisions only
+/// cost time, and the map holds at most [`KEY_CACHE_MAX`] keys.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
 
 #[derive(Serialize)]
 struct RecordOut<'a, V> {
@@ -63,6 +192,9 @@ struct RecordAge {
 ///   absent (a service worker) or blocked (privacy settings, sandboxed frames)
 ///   gives [`Error::Unavailable`] so the page can build its chain without it.
 /// - [`CacheLayer::clear`] removes only keys under the prefix.
+/// - A hit costs about one `getItem` plus a parse: the tier keeps the storage
+///   keys of up to 256 recently read keys as JS strings and reads records into
+///   one reusable buffer (up to 64 KiB; bigger records take a slower path).
 ///
 /// # Example
 ///
@@ -86,6 +218,9 @@ pub struct LocalStorageTier<V> {
     name: String,
     clock: Arc<dyn Clock>,
     ttl: Option<Duration>,
+    /// The last record read (see `ls_read`); always fully initialised.
+    scratch: RefCell<Vec<u8>>,
+    keys: RefCell<KeyCache>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -154,12 +289,15 @@ impl<V> LocalStorageTierBuilder<V> {
             .set_item(&probe, "1")
             .and_then(|()| storage.remove_item(&probe))
             .map_err(|e| unavailable(JsError::from_js(&e)))?;
+        ls_init(&wasm_bindgen::memory());
         Ok(LocalStorageTier {
             storage,
             prefix,
             name: self.name,
             clock: self.clock,
             ttl: self.ttl,
+            scratch: RefCell::new(vec![0; SCRATCH_START]),
+            keys: RefCell::default(),
             _value: PhantomData,
         })
     }
@@ -190,8 +328,69 @@ impl<V> LocalStorageTier<V> {
         out
     }
 
-    fn err(&self, op: Operation, e: &wasm_bindgen::JsValue) -> Error {
+    fn err(&self, op: Operation, e: &JsValue) -> Error {
         js::backend(&self.name, op, e)
+    }
+
+    /// Reads the record of `key` (valid) into `buf` (see `ls_read`).
+    fn read_into(&self, key: &str, buf: &mut Vec<u8>) -> Result<Read> {
+        let Ok(mut keys) = self.keys.try_borrow_mut() else {
+            return Ok(Read::Elsewhere);
+        };
+        // The JS side writes into `buf` through its address in wasm memory
+        // (no typed-array view is made per call), as C would through a pointer.
+        let at = |buf: &mut Vec<u8>| {
+            Some((
+                u32::try_from(buf.as_mut_ptr() as usize).ok()?,
+                u32::try_from(buf.len()).ok()?,
+            ))
+        };
+        let n = if let Some(sk) = keys.map.get(key) {
+            let Some((ptr, cap)) = at(buf) else {
+                return Ok(Read::Elsewhere);
+            };
+            ls_read(&self.storage, sk, ptr, cap)
+        } else {
+            let sk = self.storage_key(key);
+            if buf.len() < sk.len() {
+                buf.resize(sk.len(), 0);
+            }
+            buf[..sk.len()].copy_from_slice(sk.as_bytes());
+            let (Some((ptr, cap)), Ok(key_len)) = (at(buf), u32::try_from(sk.len())) else {
+                return Ok(Read::Elsewhere);
+            };
+            let n = ls_read_new(&self.storage, ptr, cap, key_len);
+            let js = ls_last_key();
+            if js.is_string() {
+                keys.insert(key, js);
+            }
+            n
+        }
+        .map_err(|e| self.err(Operation::Get, &e))?;
+        Ok(match usize::try_from(n) {
+            Ok(n) => Read::Bytes(n),
+            Err(_) if n == -1 => Read::Absent,
+            // UTF-8 takes at most 3 bytes per UTF-16 unit.
+            Err(_) => Read::TooBig(
+                usize::try_from(-2 - i64::from(n))
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(3),
+            ),
+        })
+    }
+
+    /// Serves a decoded record unless it has expired; removes it if it is
+    /// expired or was not ours (`None`).
+    fn serve(&self, key: &str, found: Option<Entry<V>>) -> Result<Option<Entry<V>>> {
+        match found {
+            Some(entry) if !entry.is_expired(self.clock.now()) => Ok(Some(entry)),
+            // Expired, or corrupt, foreign or another key's record: a miss, and
+            // not kept.
+            _ => {
+                self.remove_raw(&self.storage_key(key), Operation::Get)?;
+                Ok(None)
+            }
+        }
     }
 
     /// Every storage key under our prefix (a snapshot: removal shifts indices).
@@ -272,6 +471,31 @@ impl<V> LocalStorageTier<V> {
     }
 }
 
+/// What [`LocalStorageTier::read_into`] found.
+enum Read {
+    /// No record under the key.
+    Absent,
+    /// The record is the first `n` bytes of the scratch buffer.
+    Bytes(usize),
+    /// The record did not fit in the scratch buffer, which needs this many
+    /// bytes.
+    TooBig(usize),
+    /// Not read: read it the web-sys way.
+    Elsewhere,
+}
+
+/// The record's entry if it is ours and for `key`; `None` if it is corrupt,
+/// foreign or another key's.
+fn decode<V: DeserializeOwned>(raw: &[u8], key: &str) -> Option<Entry<V>> {
+    match serde_json::from_slice::<RecordIn<'_, V>>(raw) {
+        Ok(r) if r.format == FORMAT && r.key == key => Some(Entry::new(
+            r.value,
+            Timestamp::from_unix_millis(r.expires_at),
+        )),
+        _ => None,
+    }
+}
+
 fn checked_key<K: CacheKey>(key: &K) -> Result<std::borrow::Cow<'_, str>> {
     let s = key.key_str();
     key::validate(&s).map_err(|reason| Error::invalid_key(&s, reason))?;
@@ -290,6 +514,28 @@ where
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
         let key = checked_key(key)?;
+        if let Ok(mut buf) = self.scratch.try_borrow_mut() {
+            match self.read_into(&key, &mut buf)? {
+                Read::Absent => return Ok(None),
+                Read::Bytes(n) => {
+                    // `ls_read` never reports more than the buffer holds; if it
+                    // did, the record is read again the web-sys way below.
+                    if let Some(raw) = buf.get(..n) {
+                        let found = decode::<V>(raw, &key);
+                        drop(buf);
+                        return self.serve(&key, found);
+                    }
+                }
+                Read::TooBig(need) => {
+                    // Grow the buffer for next time, up to the cap; read this
+                    // record the web-sys way.
+                    if need <= SCRATCH_MAX && need > buf.len() {
+                        buf.resize(need, 0);
+                    }
+                }
+                Read::Elsewhere => {}
+            }
+        }
         let sk = self.storage_key(&key);
         let Some(raw) = self
             .storage
@@ -298,21 +544,8 @@ where
         else {
             return Ok(None);
         };
-        match serde_json::from_str::<RecordIn<'_, V>>(&raw) {
-            Ok(r) if r.format == FORMAT && r.key == *key => {
-                let entry = Entry::new(r.value, Timestamp::from_unix_millis(r.expires_at));
-                if entry.is_expired(self.clock.now()) {
-                    self.remove_raw(&sk, Operation::Get)?;
-                    return Ok(None);
-                }
-                Ok(Some(entry))
-            }
-            // Corrupt, foreign or another key's record: a miss, and not kept.
-            _ => {
-                self.remove_raw(&sk, Operation::Get)?;
-                Ok(None)
-            }
-        }
+        let found = decode::<V>(raw.as_bytes(), &key);
+        self.serve(&key, found)
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {

@@ -261,3 +261,132 @@ async fn hostile_keys_never_reach_other_entries() {
         .map(|e| e.value);
     assert_eq!(got.as_deref(), Some("2"));
 }
+
+#[wasm_bindgen_test]
+async fn values_of_any_size_and_script_round_trip() {
+    // The read path copies records into a reusable buffer that starts at 1 KiB
+    // and grows up to 64 KiB; bigger records, and non-ASCII text, must read back
+    // exactly all the same, and again on the next read (after the buffer grew).
+    let clock = ManualClock::new();
+    let t = tier("sizes", &clock);
+    let values = [
+        ("ascii", "https://img.example/42.png".to_string()),
+        ("accents", "café/naïve/Ünïcödé".repeat(3)),
+        (
+            "emoji",
+            "🖼️ avatar 😀 \u{10FFFF} \"quoted\" \\ \n\t".to_string(),
+        ),
+        // Fits the starting buffer in UTF-16 units but not in UTF-8 bytes.
+        ("partial", "é".repeat(600)),
+        ("mid", "m".repeat(5_000)),
+        ("mid-utf8", "é".repeat(3_000)),
+        ("huge", "h€".repeat(60_000)),
+        ("ключ", "значение".to_string()),
+    ];
+    for (k, v) in &values {
+        t.put(
+            &k.to_string(),
+            Entry::expiring_in(v.clone(), clock.now(), day()),
+        )
+        .await
+        .unwrap();
+    }
+    for round in 0..2 {
+        for (k, v) in &values {
+            let got = CacheLayer::<String, String>::get(&t, &k.to_string())
+                .await
+                .unwrap()
+                .map(|e| e.value);
+            assert_eq!(got.as_deref(), Some(v.as_str()), "{k}, round {round}");
+        }
+    }
+    // A small record after a huge one: no stale bytes from the bigger read.
+    let got = CacheLayer::<String, String>::get(&t, &"ascii".to_string())
+        .await
+        .unwrap()
+        .map(|e| e.value);
+    assert_eq!(got.as_deref(), Some("https://img.example/42.png"));
+    CacheLayer::<String, String>::clear(&t).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn many_keys_read_right_past_the_key_cache() {
+    // The tier keeps the storage keys of recent reads as JS strings (bounded,
+    // starting over when full): each key must still read its own record.
+    let clock = ManualClock::new();
+    let t = tier("many", &clock);
+    for i in 0..600u32 {
+        t.put(
+            &format!("k{i}"),
+            Entry::expiring_in(format!("v{i}"), clock.now(), day()),
+        )
+        .await
+        .unwrap();
+    }
+    for round in 0..2 {
+        for i in (0..600u32).rev() {
+            let got = CacheLayer::<String, String>::get(&t, &format!("k{i}"))
+                .await
+                .unwrap()
+                .map(|e| e.value);
+            assert_eq!(got, Some(format!("v{i}")), "round {round}");
+        }
+    }
+    // Long keys (their storage keys are passed to JS another way) and the
+    // longest valid key.
+    for k in [
+        "é".repeat(100),
+        "x/".repeat(100),
+        "z".repeat(cache_core::key::MAX_KEY_BYTES),
+    ] {
+        t.put(&k, Entry::expiring_in(k.clone(), clock.now(), day()))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let got = CacheLayer::<String, String>::get(&t, &k)
+                .await
+                .unwrap()
+                .map(|e| e.value);
+            assert_eq!(got.as_ref(), Some(&k));
+        }
+    }
+    // A key removed behind the tier's back is a miss, not a stale hit.
+    storage().remove_item(&format!("{}k7", t.prefix())).unwrap();
+    assert!(CacheLayer::<String, String>::get(&t, &"k7".to_string())
+        .await
+        .unwrap()
+        .is_none());
+    CacheLayer::<String, String>::clear(&t).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn reads_stay_right_after_wasm_memory_grows() {
+    // The read path writes records into wasm memory from JS; growing the memory
+    // replaces its buffer, and reads must follow.
+    let clock = ManualClock::new();
+    let t = tier("grow", &clock);
+    let k = "user:1".to_string();
+    t.put(&k, Entry::expiring_in("before".into(), clock.now(), day()))
+        .await
+        .unwrap();
+    let get = || async {
+        CacheLayer::<String, String>::get(&t, &k)
+            .await
+            .unwrap()
+            .map(|e| e.value)
+    };
+    assert_eq!(get().await.as_deref(), Some("before"));
+    let pages_before = wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .grow(0);
+    let big = vec![1u8; 64 << 20];
+    let pages_after = wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .grow(0);
+    assert!(pages_after > pages_before, "the memory grew");
+    t.put(&k, Entry::expiring_in("after".into(), clock.now(), day()))
+        .await
+        .unwrap();
+    assert_eq!(get().await.as_deref(), Some("after"));
+    assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
+}
