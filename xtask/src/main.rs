@@ -546,11 +546,27 @@ fn demo(args: &[String]) -> Result<bool, String> {
     Ok(true)
 }
 
-/// The end-to-end journey in headless Chromium: builds the web app, then runs
+/// The end-to-end journey in headless Chromium: lints the web app for wasm32,
+/// builds it, then runs
 /// examples/profile-server/tests/journey.rs against it. `cargo xtask test` runs
 /// it as its last suite (through `cargo xtask journey`, so the build happens
 /// when the suite starts).
 fn journey() -> Result<bool, String> {
+    // The web app is not in the wasm32 clippy suite (no browser unit tests).
+    run_visible(
+        &format!("cargo clippy --target {WASM_TARGET} -p {WEB_PACKAGE} -- -D warnings"),
+        cargo().args([
+            "clippy",
+            "--target",
+            WASM_TARGET,
+            "--all-targets",
+            "-p",
+            WEB_PACKAGE,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
     let web = build_web()?;
     let mut cmd = cargo();
     cmd.args([
