@@ -48,11 +48,12 @@ fn main() -> ExitCode {
         Some("journey") => journey(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test | demo | bench | setup>\n\
+                "usage: cargo xtask <test | demo | bench | setup | journey>\n\
                  \n  test   fmt, clippy, native tests (real Redis, real S3), browser tests in headless Chromium\
                  \n  demo   build everything (wasm included) and serve the profile-picture demo\
                  \n  bench  criterion suites and the browser benchmark\
-                 \n  setup  only install (or print how to install) what the other tasks need"
+                 \n  setup  only install (or print how to install) what the other tasks need\
+                 \n  journey  only the end-to-end journey in headless Chromium (the last suite of `test`)"
             );
             return ExitCode::from(2);
         }

@@ -408,3 +408,17 @@ async fn put_on_one_instance_is_seen_by_another_through_redis() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[test]
+fn config_debug_never_shows_the_secret_key() {
+    let mut config = Config::embedded();
+    config.s3 = Some(presign::S3Config::new(
+        "http://127.0.0.1:9000",
+        "us-east-1",
+        "avatars",
+        presign::Credentials::new("key-id", "super-secret-value-123"),
+    ));
+    let shown = format!("{config:?}");
+    assert!(shown.contains("avatars"), "{shown}");
+    assert!(!shown.contains("super-secret-value-123"), "{shown}");
+}
