@@ -44,13 +44,16 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("setup") => setup().map(|()| true),
+        // The end-to-end journey alone (also the last suite of `test`).
+        Some("journey") => journey(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test | demo | bench | setup>\n\
+                "usage: cargo xtask <test | demo | bench | setup | journey>\n\
                  \n  test   fmt, clippy, native tests (real Redis, real S3), browser tests in headless Chromium\
                  \n  demo   build everything (wasm included) and serve the profile-picture demo\
                  \n  bench  criterion suites and the browser benchmark\
-                 \n  setup  only install (or print how to install) what the other tasks need"
+                 \n  setup  only install (or print how to install) what the other tasks need\
+                 \n  journey  only the end-to-end journey in headless Chromium (the last suite of `test`)"
             );
             return ExitCode::from(2);
         }
@@ -384,6 +387,12 @@ fn test(args: &[String]) -> Result<bool, String> {
         wasm,
     ));
 
+    // Last: the end-to-end journey (examples/), which builds the web app first.
+    let me = env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
+    let mut journey = Command::new(me);
+    journey.arg("journey");
+    suites.push(("end-to-end journey in headless Chromium".into(), journey));
+
     let mut tally = Tally::default();
     let mut outcomes: Vec<(String, Result<(), String>, f64)> = Vec::new();
     for (name, mut cmd) in suites {
@@ -451,10 +460,131 @@ fn bench(args: &[String]) -> Result<bool, String> {
     Ok(ok)
 }
 
+// ---------------------------------------------------------------------------
+// The demo: examples/profile-web (wasm) served by examples/profile-server.
+
+const WEB_PACKAGE: &str = "profile-web";
+const WEB_STATIC: &str = "examples/profile-web/static";
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+fn wasm_bindgen_cli() -> PathBuf {
+    on_path("wasm-bindgen").unwrap_or_else(|| cargo_bin_dir().join("wasm-bindgen"))
+}
+
+/// Builds examples/profile-web for wasm32 (release), runs `wasm-bindgen --target
+/// web` and copies the static files (index.html, sw.js) beside it, into
+/// `target/profile-web/`. Returns that directory (absolute).
+fn build_web() -> Result<PathBuf, String> {
+    setup()?;
+    run_visible(
+        &format!("cargo build --release --target {WASM_TARGET} -p {WEB_PACKAGE}"),
+        cargo().args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "-p",
+            WEB_PACKAGE,
+        ]),
+    )?;
+    let target = target_dir();
+    let wasm = target
+        .join(WASM_TARGET)
+        .join("release")
+        .join(format!("{}.wasm", WEB_PACKAGE.replace('-', "_")));
+    let out = target.join("profile-web");
+    if out.exists() {
+        fs::remove_dir_all(&out).map_err(|e| format!("cannot clear {}: {e}", out.display()))?;
+    }
+    fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let bindgen = wasm_bindgen_cli();
+    run_visible(
+        &format!("wasm-bindgen --target web --out-dir {}", out.display()),
+        Command::new(&bindgen)
+            .args(["--target", "web", "--no-typescript", "--out-dir"])
+            .arg(&out)
+            .arg(&wasm),
+    )?;
+    let statics = fs::read_dir(WEB_STATIC).map_err(|e| format!("cannot read {WEB_STATIC}: {e}"))?;
+    for file in statics {
+        let file = file.map_err(|e| e.to_string())?.path();
+        if file.is_file() {
+            let name = file.file_name().unwrap_or_default();
+            fs::copy(&file, out.join(name))
+                .map_err(|e| format!("cannot copy {}: {e}", file.display()))?;
+        }
+    }
+    fs::canonicalize(&out).map_err(|e| e.to_string())
+}
+
 fn demo(args: &[String]) -> Result<bool, String> {
-    let _ = args;
-    Err(
-        "the demo (examples/profile-server and examples/profile-web) is not in this workspace yet"
-            .into(),
-    )
+    if let Some(extra) = args.first() {
+        return Err(format!(
+            "`cargo xtask demo` takes no arguments (got `{extra}`); set PORT to change the port"
+        ));
+    }
+    let web = build_web()?;
+    let port = env::var("PORT").unwrap_or_else(|_| "8080".into());
+    println!("\nxtask: the demo will be at http://127.0.0.1:{port}/ (Ctrl-C stops it)\n");
+    let mut server = cargo();
+    server
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "profile-server",
+            "--",
+            "--web-dir",
+        ])
+        .arg(&web)
+        .env("PORT", &port);
+    run_visible("cargo run --release -p profile-server", &mut server)?;
+    Ok(true)
+}
+
+/// The end-to-end journey in headless Chromium: lints the web app for wasm32,
+/// builds it, then runs
+/// examples/profile-server/tests/journey.rs against it. `cargo xtask test` runs
+/// it as its last suite (through `cargo xtask journey`, so the build happens
+/// when the suite starts).
+fn journey() -> Result<bool, String> {
+    // The web app is not in the wasm32 clippy suite (no browser unit tests).
+    run_visible(
+        &format!("cargo clippy --target {WASM_TARGET} -p {WEB_PACKAGE} -- -D warnings"),
+        cargo().args([
+            "clippy",
+            "--target",
+            WASM_TARGET,
+            "--all-targets",
+            "-p",
+            WEB_PACKAGE,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    let web = build_web()?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "profile-server",
+        "--features",
+        "journey",
+        "--test",
+        "journey",
+        "--",
+        "--nocapture",
+    ])
+    .env("PROFILE_WEB_DIR", &web);
+    run_visible(
+        "cargo test -p profile-server --features journey --test journey",
+        &mut cmd,
+    )?;
+    Ok(true)
 }

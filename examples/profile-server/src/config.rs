@@ -1,0 +1,108 @@
+//! Settings, from the environment or code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use presign::{Credentials, S3Config};
+
+/// The server's settings.
+///
+/// ```
+/// let config = profile_server::Config::embedded();
+/// assert!(config.redis_url.is_none() && config.s3.is_none());
+/// assert_eq!(config.addr.port(), 0); // a free port
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The built web app (index.html, wasm, sw.js), served at `/`.
+    pub web_dir: Option<PathBuf>,
+    /// Redis (or `redis-cluster://`) URL for the shared tier and the
+    /// invalidation bus; without it the shared tier is in-process.
+    pub redis_url: Option<String>,
+    /// S3/MinIO (the same settings sign URLs for browsers and upload); without
+    /// it an embedded s3s-fs runs on loopback.
+    pub s3: Option<S3Config>,
+    /// Users are `1..=users`; each gets a generated picture if it has none.
+    pub users: u64,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_bytes: usize,
+}
+
+/// Default largest upload: 2 MiB.
+pub const DEFAULT_MAX_UPLOAD: usize = 2 << 20;
+
+impl Config {
+    /// Everything embedded, on a free 127.0.0.1 port, 6 users, no web app.
+    pub fn embedded() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            web_dir: None,
+            redis_url: None,
+            s3: None,
+            users: 6,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD,
+        }
+    }
+
+    /// From the environment: `PORT` (default 8080, on 127.0.0.1; `BIND` for
+    /// another address), `WEB_DIR`, `REDIS_URL`, `USERS`, and `S3_ENDPOINT`,
+    /// `S3_BUCKET`, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`, `S3_REGION`
+    /// (all five, or none).
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut config = Config::embedded();
+        let port: u16 = match var("PORT") {
+            Some(p) => p.parse().map_err(|_| format!("PORT={p} is not a port"))?,
+            None => 8080,
+        };
+        let ip = match var("BIND") {
+            Some(b) => b
+                .parse()
+                .map_err(|_| format!("BIND={b} is not an IP address"))?,
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+        };
+        config.addr = SocketAddr::new(ip, port);
+        config.web_dir = var("WEB_DIR").map(PathBuf::from);
+        config.redis_url = var("REDIS_URL");
+        if let Some(users) = var("USERS") {
+            config.users = users
+                .parse()
+                .map_err(|_| format!("USERS={users} is not a number"))?;
+        }
+        let names = [
+            "S3_ENDPOINT",
+            "S3_BUCKET",
+            "S3_ACCESS_KEY_ID",
+            "S3_SECRET_ACCESS_KEY",
+            "S3_REGION",
+        ];
+        let values: Vec<Option<String>> = names.iter().map(|n| var(n)).collect();
+        if values.iter().any(Option::is_some) {
+            let missing: Vec<&str> = names
+                .iter()
+                .zip(&values)
+                .filter(|(_, v)| v.is_none())
+                .map(|(n, _)| *n)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "incomplete S3 settings: {} not set",
+                    missing.join(", ")
+                ));
+            }
+            let v: Vec<String> = values.into_iter().flatten().collect();
+            let [endpoint, bucket, key_id, secret, region] = &v[..] else {
+                return Err("incomplete S3 settings".to_owned());
+            };
+            config.s3 = Some(S3Config::new(
+                endpoint.clone(),
+                region.clone(),
+                bucket.clone(),
+                Credentials::new(key_id.clone(), secret.clone()),
+            ));
+        }
+        Ok(config)
+    }
+}

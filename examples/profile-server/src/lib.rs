@@ -1,0 +1,543 @@
+//! The profile-picture backend of the demo.
+//!
+//! Presigned avatar URLs resolved through `moka → shared tier → signer`
+//! ([`presign::PresignedUrls`]), where the shared tier is Redis when
+//! `REDIS_URL` is set and an in-process moka tier otherwise. Uploads replace the
+//! object and invalidate every tier on every instance (over cache-server's
+//! invalidation bus when Redis is there). Every access is measured by a
+//! [`monitor::Monitor`].
+//!
+//! # HTTP API
+//!
+//! - `GET /api/users/{id}/avatar` → `200 {"url", "expires_at", "etag"}` with
+//!   `Cache-Control: private, max-age=…` (never past the URL's life minus the
+//!   safety margin) and an `ETag`; `If-None-Match` → `304`.
+//! - `GET /api/avatars?ids=1,2,3` (1 to 100 ids) → `200 {"1": {...}, ...}`, one
+//!   batch lookup.
+//! - `PUT /api/users/{id}/avatar` with PNG/JPEG/GIF/WebP bytes (≤ 2 MiB) → `204`.
+//! - `GET /metrics` (Prometheus text), `GET /api/cache/report` (JSON),
+//!   `GET /dashboard` (HTML polling the report).
+//! - Errors: `{"error": "..."}` with 400 (invalid id), 404 (unknown user), 413
+//!   (upload too big), 415 (not an image).
+//! - Anything else: the web app's static files, when a directory is given.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cache_core::BoxError> {
+//! use profile_server::{serve, Config};
+//! let server = serve(Config::embedded()).await?; // embedded S3, in-process tiers
+//! println!("listening on {}", server.url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod avatar;
+mod config;
+mod s3_front;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use cache_core::{BoxError, Clock, SystemClock, Tier};
+use cache_server::{InvalidationBus, MokaTier, RedisTier};
+use futures_util::StreamExt;
+use monitor::Monitor;
+use presign::{PresignedUrl, PresignedUrls};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_http::services::{ServeDir, ServeFile};
+
+pub use config::{Config, DEFAULT_MAX_UPLOAD};
+pub use s3_front::EmbeddedS3;
+
+/// Most ids one batch request may ask for.
+pub const MAX_BATCH: usize = 100;
+
+/// How long the in-process tier keeps a URL.
+const LOCAL_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long the shared tier (Redis) keeps a URL (the service also caps it by the
+/// URL's expiry minus the margin).
+const SHARED_TTL: Duration = Duration::from_secs(50 * 60);
+
+/// The application: its router and the services behind it.
+pub struct App {
+    state: Arc<AppState>,
+}
+
+struct AppState {
+    urls: PresignedUrls,
+    monitor: Monitor,
+    users: u64,
+    max_upload: usize,
+    web_dir: Option<std::path::PathBuf>,
+    embedded_s3: Option<EmbeddedS3>,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("users", &self.state.users)
+            .field("urls", &self.state.urls)
+            .field("embedded_s3", &self.state.embedded_s3)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the services of `config` (connects to Redis and S3, or starts the
+/// embedded S3) and seeds a generated picture for every user who has none.
+///
+/// Needs a tokio runtime.
+pub async fn build_app(config: &Config) -> Result<App, BoxError> {
+    let monitor = Monitor::new();
+    let (embedded_s3, public, direct) = match &config.s3 {
+        Some(s3) => (None, s3.clone(), s3.clone()),
+        None => {
+            let s3 = EmbeddedS3::start().await?;
+            let (public, direct) = (s3.public_config(), s3.direct_config());
+            (Some(s3), public, direct)
+        }
+    };
+    let local = MokaTier::<String, PresignedUrl>::builder()
+        .name("moka")
+        .max_bytes(32 << 20)
+        .build();
+    let mut builder = PresignedUrls::builder(public.signer()?, Arc::new(direct.object_store()?))
+        .tier(Tier::new(local).ttl(LOCAL_TTL))
+        .observer(monitor.clone());
+    builder = match &config.redis_url {
+        Some(url) => {
+            let shared = RedisTier::<PresignedUrl>::builder()
+                .url(url.clone())
+                .namespace("profile-server.avatar-urls")
+                .build()
+                .await?;
+            let bus = InvalidationBus::builder()
+                .url(url.clone())
+                .channel("profile-server:avatar-urls:invalidate")
+                .connect()
+                .await?;
+            builder
+                .tier(
+                    Tier::new(shared)
+                        .ttl(SHARED_TTL)
+                        .timeout(Duration::from_millis(250)),
+                )
+                .bus(bus, vec![0])
+        }
+        None => builder.tier(
+            Tier::new(
+                MokaTier::<String, PresignedUrl>::builder()
+                    .name("shared-in-process")
+                    .max_bytes(32 << 20)
+                    .build(),
+            )
+            .ttl(SHARED_TTL),
+        ),
+    };
+    let urls = builder.build()?;
+    for user in 1..=config.users {
+        let id = user.to_string();
+        if urls.head(&id).await?.is_none() {
+            urls.replace(
+                &id,
+                Bytes::from(avatar::generate_png(user, 96)),
+                "image/png",
+            )
+            .await?;
+        }
+    }
+    Ok(App {
+        state: Arc::new(AppState {
+            urls,
+            monitor,
+            users: config.users,
+            max_upload: config.max_upload_bytes,
+            web_dir: config.web_dir.clone(),
+            embedded_s3,
+        }),
+    })
+}
+
+impl App {
+    /// The HTTP routes (API, metrics, dashboard, static files).
+    pub fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/api/users/{id}/avatar", get(get_avatar).put(put_avatar))
+            .route("/api/avatars", get(get_avatars))
+            .route("/api/cache/report", get(report))
+            .route("/metrics", get(metrics))
+            .route("/dashboard", get(dashboard))
+            .route("/api/{*rest}", get(api_not_found).put(api_not_found));
+        let api = api.with_state(self.state.clone());
+        match &self.state.web_dir {
+            Some(dir) => api.fallback_service(
+                ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("index.html"))),
+            ),
+            None => api.fallback(no_web_app),
+        }
+    }
+
+    /// The per-tier metrics.
+    pub fn monitor(&self) -> &Monitor {
+        &self.state.monitor
+    }
+
+    /// The URL service.
+    pub fn urls(&self) -> &PresignedUrls {
+        &self.state.urls
+    }
+
+    /// The embedded S3 (its CORS front's endpoint), when no S3 was configured.
+    pub fn embedded_s3_endpoint(&self) -> Option<String> {
+        self.state
+            .embedded_s3
+            .as_ref()
+            .map(EmbeddedS3::public_endpoint)
+    }
+}
+
+/// A running server; see [`serve`].
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    app: App,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The application behind it.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Stops accepting connections, closes the listener, ends open
+    /// connections and stops the embedded S3.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Graceful shutdown waits for idle keep-alive connections (a browser's);
+        // cut them after a moment.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+    }
+
+    /// Runs until the task ends (Ctrl-C in `main`).
+    pub async fn wait(self) -> Result<(), BoxError> {
+        Ok(self.task.await??)
+    }
+}
+
+/// Builds the app and serves it on `config.addr` (port 0: a free port).
+pub async fn serve(config: Config) -> Result<Server, BoxError> {
+    let app = build_app(&config).await?;
+    let listener = TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    let router = app.router();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(Server {
+        addr,
+        app,
+        stop: Some(stop),
+        task,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+/// An error answered as `{"error": "..."}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<presign::Error> for ApiError {
+    fn from(e: presign::Error) -> Self {
+        match e {
+            presign::Error::InvalidUserId { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            // The message names the failing tier or store, never a credential.
+            other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl AppState {
+    /// Users are `1..=users`: a decimal id without sign or leading zero.
+    fn user(&self, raw: &str) -> Result<String, ApiError> {
+        let valid = !raw.is_empty()
+            && raw.len() <= 19
+            && raw.bytes().all(|b| b.is_ascii_digit())
+            && !(raw.len() > 1 && raw.starts_with('0'));
+        let id: u64 = match raw.parse() {
+            Ok(id) if valid => id,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "invalid user id {}: expected a positive decimal number",
+                        cache_core::key::preview(raw)
+                    ),
+                ))
+            }
+        };
+        if id == 0 || id > self.users {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown user {id}"),
+            ));
+        }
+        Ok(id.to_string())
+    }
+}
+
+/// One avatar in the API's JSON.
+#[derive(Debug, Serialize)]
+struct AvatarBody {
+    url: String,
+    /// Milliseconds since the Unix epoch.
+    expires_at: u64,
+    etag: String,
+}
+
+fn etag_of(url: &PresignedUrl) -> String {
+    let digest = Sha256::digest(url.url.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+fn body_of(url: &PresignedUrl) -> AvatarBody {
+    AvatarBody {
+        url: url.url.clone(),
+        expires_at: url.expires_at.as_unix_millis(),
+        etag: etag_of(url),
+    }
+}
+
+/// Seconds a client may keep the answer: the URL's remaining life minus the
+/// margin, so a cached answer never hands out a dead (or nearly dead) URL.
+fn max_age(state: &AppState, url: &PresignedUrl) -> u64 {
+    url.remaining(SystemClock.now())
+        .saturating_sub(state.urls.margin())
+        .as_secs()
+}
+
+fn cache_control(seconds: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("private, max-age={seconds}"))
+        .unwrap_or(HeaderValue::from_static("no-store"))
+}
+
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+async fn get_avatar(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = state.user(&id)?;
+    let url = state.urls.url(&user).await?;
+    let etag = etag_of(&url);
+    let mut response = if if_none_match(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(body_of(&url)).into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, cache_control(max_age(&state, &url)));
+    if let Ok(v) = HeaderValue::try_from(etag) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+async fn get_avatars(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(raw) = query.get("ids") else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter `ids` (e.g. ?ids=1,2,3)",
+        ));
+    };
+    let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if parts.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "too many ids: {} (at most {MAX_BATCH} per request)",
+                parts.len()
+            ),
+        ));
+    }
+    let mut users: Vec<String> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let user = state.user(part)?;
+        if !users.contains(&user) {
+            users.push(user);
+        }
+    }
+    let urls = state.urls.urls(&users).await?;
+    let seconds = urls.iter().map(|u| max_age(&state, u)).min().unwrap_or(0);
+    let body: BTreeMap<&str, AvatarBody> = users
+        .iter()
+        .map(String::as_str)
+        .zip(urls.iter().map(body_of))
+        .collect();
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, cache_control(seconds));
+    Ok(response)
+}
+
+async fn put_avatar(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let user = state.user(&id)?;
+    let too_big = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("upload larger than {} bytes", state.max_upload),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_upload as u64) {
+        return Err(too_big());
+    }
+    let mut bytes = BytesMut::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
+        })?;
+        if bytes.len() + chunk.len() > state.max_upload {
+            return Err(too_big());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let Some(content_type) = avatar::sniff_image(&bytes) else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not an image: expected PNG, JPEG, GIF or WebP bytes",
+        ));
+    };
+    state
+        .urls
+        .replace(&user, bytes.freeze(), content_type)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn report(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = Json(state.monitor.report()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.monitor.prometheus(),
+    )
+        .into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")
+}
+
+async fn no_web_app() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(
+            "<!doctype html><title>profile-server</title><p>No web app directory was given \
+             (WEB_DIR or --web-dir). Run <code>cargo xtask demo</code> to build and serve it. \
+             The API is at <code>/api/users/1/avatar</code>; metrics at \
+             <a href=\"/dashboard\">/dashboard</a>.</p>",
+        ),
+    )
+        .into_response()
+}

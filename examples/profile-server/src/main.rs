@@ -1,0 +1,53 @@
+//! `profile-server [--web-dir DIR]`: serves the profile-picture demo. Settings
+//! from the environment (see `Config::from_env`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut config = match profile_server::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("profile-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--web-dir", Some(dir)) => config.web_dir = Some(PathBuf::from(dir)),
+            _ => {
+                eprintln!("usage: profile-server [--web-dir DIR]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let redis = if config.redis_url.is_some() {
+        "Redis (REDIS_URL)"
+    } else {
+        "in-process"
+    };
+    let s3 = match &config.s3 {
+        Some(s3) => format!("S3 at {} bucket {}", s3.endpoint(), s3.bucket()),
+        None => "embedded s3s-fs (SigV4 on)".to_owned(),
+    };
+    let server = match profile_server::serve(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("profile-server: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("profile-server: shared tier {redis}; objects in {s3}");
+    println!(
+        "profile-server: open {}/  (metrics: {}/dashboard)",
+        server.url(),
+        server.url()
+    );
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("profile-server: {e}");
+    }
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,424 @@
+//! The HTTP API against real parts: the server in-process on a free loopback
+//! port, the embedded s3s-fs (SigV4 on), and, for two instances, a real
+//! redis-server started by the test.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cache_core::{Clock, SystemClock, Timestamp};
+use cache_server::testing::RedisServer;
+use profile_server::avatar::generate_png;
+use profile_server::{serve, Config, Server};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn start() -> Server {
+    serve(Config::embedded()).await.unwrap()
+}
+
+async fn get_json(server: &Server, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let resp = client()
+        .get(format!("{}{path}", server.url()))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+async fn put(
+    server: &Server,
+    path: &str,
+    body: Vec<u8>,
+    content_type: &str,
+) -> (StatusCode, Value) {
+    let resp = client()
+        .put(format!("{}{path}", server.url()))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (
+        status,
+        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+async fn fetch_bytes(url: &str) -> (StatusCode, Vec<u8>) {
+    let resp = client().get(url).send().await.unwrap();
+    (resp.status(), resp.bytes().await.unwrap().to_vec())
+}
+
+fn max_age(headers: &reqwest::header::HeaderMap) -> u64 {
+    let cc = headers["cache-control"].to_str().unwrap();
+    assert!(cc.starts_with("private, max-age="), "{cc}");
+    cc["private, max-age=".len()..].parse().unwrap()
+}
+
+fn assert_error(body: &Value) {
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(!msg.is_empty(), "expected {{\"error\": ...}}, got {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_avatar_returns_a_working_url_with_bounded_max_age() {
+    let server = start().await;
+    let (status, headers, body) = get_json(&server, "/api/users/1/avatar").await;
+    assert_eq!(status, StatusCode::OK);
+    let url = body["url"].as_str().unwrap();
+    let expires_at = Timestamp::from_unix_millis(body["expires_at"].as_u64().unwrap());
+    assert_eq!(
+        headers["etag"].to_str().unwrap(),
+        body["etag"].as_str().unwrap()
+    );
+    // max-age never outlives the URL: now + max-age <= expires_at.
+    let remaining = expires_at.duration_since(SystemClock.now());
+    let age = max_age(&headers);
+    assert!(age > 0, "a fresh URL may be cached a while");
+    assert!(
+        Duration::from_secs(age) <= remaining,
+        "max-age {age}s exceeds the URL's remaining life {remaining:?}"
+    );
+    // The URL is presigned for the embedded S3 and serves the seeded picture.
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let (s3_status, bytes) = fetch_bytes(url).await;
+    assert_eq!(s3_status, StatusCode::OK);
+    assert_eq!(bytes, generate_png(1, 96));
+    // Tampering with the URL is refused by S3 (SigV4 is on).
+    let tampered = url.replace("avatars/1", "avatars/2");
+    assert_eq!(fetch_bytes(&tampered).await.0, StatusCode::FORBIDDEN);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_none_match_with_current_etag_is_304_and_other_etag_is_200() {
+    let server = start().await;
+    let (_, headers, body) = get_json(&server, "/api/users/2/avatar").await;
+    let etag = body["etag"].as_str().unwrap().to_owned();
+    let c = client();
+    let url = format!("{}/api/users/2/avatar", server.url());
+    let resp = c
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(resp.headers()["etag"].to_str().unwrap(), etag);
+    assert!(max_age(resp.headers()) <= max_age(&headers));
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let resp = c
+        .get(&url)
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_with_400_404_413_415() {
+    let server = start().await;
+    for bad in [
+        "abc",
+        "-1",
+        "1.5",
+        "01",
+        "1%20",
+        "%2F1",
+        "99999999999999999999999",
+    ] {
+        let (status, _, body) = get_json(&server, &format!("/api/users/{bad}/avatar")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "id {bad}");
+        assert_error(&body);
+    }
+    for unknown in ["0", "7", "12345"] {
+        let (status, _, body) = get_json(&server, &format!("/api/users/{unknown}/avatar")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "id {unknown}");
+        assert_error(&body);
+    }
+    let png = generate_png(9, 16);
+    let (status, body) = put(&server, "/api/users/abc/avatar", png.clone(), "image/png").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body);
+    let (status, body) = put(&server, "/api/users/42/avatar", png, "image/png").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body);
+
+    // Over 2 MiB, with a PNG header so only the size is wrong.
+    let mut big = generate_png(1, 16);
+    big.resize(profile_server::DEFAULT_MAX_UPLOAD + 1, 0);
+    let (status, body) = put(&server, "/api/users/1/avatar", big, "image/png").await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&body);
+    // Same, streamed without a Content-Length.
+    let mut big = generate_png(1, 16);
+    big.resize(profile_server::DEFAULT_MAX_UPLOAD + 1, 0);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let resp = client()
+        .put(format!("{}/api/users/1/avatar", server.url()))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // The Content-Type claims an image; the bytes are not one.
+    let (status, body) = put(
+        &server,
+        "/api/users/1/avatar",
+        b"<svg onload=alert(1)>".to_vec(),
+        "image/png",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_error(&body);
+    let (status, _) = put(&server, "/api/users/1/avatar", Vec::new(), "image/png").await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Batch errors.
+    for (query, want) in [
+        ("/api/avatars", StatusCode::BAD_REQUEST),
+        ("/api/avatars?ids=", StatusCode::BAD_REQUEST),
+        ("/api/avatars?ids=1,x", StatusCode::BAD_REQUEST),
+        ("/api/avatars?ids=1,2,99", StatusCode::NOT_FOUND),
+    ] {
+        let (status, _, body) = get_json(&server, query).await;
+        assert_eq!(status, want, "{query}");
+        assert_error(&body);
+    }
+    let ids: Vec<String> = (0..101).map(|i| (i % 6 + 1).to_string()).collect();
+    let (status, _, body) = get_json(&server, &format!("/api/avatars?ids={}", ids.join(","))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "101 ids");
+    assert_error(&body);
+    // The pictures were not touched by any refused upload.
+    let (_, _, body) = get_json(&server, "/api/users/1/avatar").await;
+    assert_eq!(
+        fetch_bytes(body["url"].as_str().unwrap()).await.1,
+        generate_png(1, 96)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_returns_every_user_through_the_batch_path() {
+    let server = start().await;
+    let single = get_json(&server, "/api/users/3/avatar").await.2;
+    let signed_before = server.app().urls().signatures();
+    let (status, headers, body) = get_json(&server, "/api/avatars?ids=1,2,3,3").await;
+    assert_eq!(status, StatusCode::OK);
+    let map = body.as_object().unwrap();
+    assert_eq!(map.len(), 3);
+    // User 3 was cached: the batch answered it from a tier, same URL.
+    assert_eq!(map["3"]["url"], single["url"]);
+    assert_eq!(server.app().urls().signatures(), signed_before + 2);
+    for id in ["1", "2", "3"] {
+        let u: u64 = id.parse().unwrap();
+        let (s, bytes) = fetch_bytes(map[id]["url"].as_str().unwrap()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(bytes, generate_png(u, 96));
+    }
+    let remaining = map
+        .values()
+        .map(|v| {
+            Timestamp::from_unix_millis(v["expires_at"].as_u64().unwrap())
+                .duration_since(SystemClock.now())
+        })
+        .min()
+        .unwrap();
+    assert!(Duration::from_secs(max_age(&headers)) <= remaining);
+    // 100 ids is the limit, and allowed.
+    let ids: Vec<String> = (0..100).map(|i| (i % 6 + 1).to_string()).collect();
+    let (status, _, body) = get_json(&server, &format!("/api/avatars?ids={}", ids.join(","))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_object().unwrap().len(), 6);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_replaces_the_picture_and_the_next_get_serves_the_new_bytes() {
+    let server = start().await;
+    let before = get_json(&server, "/api/users/4/avatar").await.2;
+    assert_eq!(
+        fetch_bytes(before["url"].as_str().unwrap()).await.1,
+        generate_png(4, 96)
+    );
+    let signed = server.app().urls().signatures();
+
+    // A GIF this time: any sniffed image type is accepted.
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&[1, 0, 1, 0, 0, 0, 0, 0x3B]);
+    let (status, _) = put(
+        &server,
+        "/api/users/4/avatar",
+        gif.clone(),
+        "application/octet-stream",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let after = get_json(&server, "/api/users/4/avatar").await.2;
+    // The cached URL was invalidated: a new one was signed for this read.
+    assert_eq!(server.app().urls().signatures(), signed + 1);
+    let resp = client()
+        .get(after["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "image/gif"
+    );
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), gif);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_and_dashboard_show_the_tiers() {
+    let server = start().await;
+    get_json(&server, "/api/users/1/avatar").await;
+    get_json(&server, "/api/users/1/avatar").await;
+    let (status, _, report) = get_json(&server, "/api/cache/report").await;
+    assert_eq!(status, StatusCode::OK);
+    let tiers: Vec<&str> = report["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tiers, ["moka", "shared-in-process"]);
+    assert_eq!(report["tiers"][0]["hits"], 1);
+    assert_eq!(report["origin"]["loads"], 1);
+
+    let resp = client()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("# TYPE") && text.contains("moka"), "{text}");
+
+    let resp = client()
+        .get(format!("{}/dashboard", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("/api/cache/report"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_web_directory_at_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("index.html"),
+        "<!doctype html><p>hello page</p>",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("sw.js"), "// worker").unwrap();
+    let mut config = Config::embedded();
+    config.web_dir = Some(dir.path().to_owned());
+    let server = serve(config).await.unwrap();
+    let page = client()
+        .get(server.url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("hello page"));
+    let sw = client()
+        .get(format!("{}/sw.js", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sw.status(), StatusCode::OK);
+    assert_eq!(sw.text().await.unwrap(), "// worker");
+    // Unknown API paths stay JSON errors, not the page.
+    let (status, _, body) = get_json(&server, "/api/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body);
+    server.shutdown().await;
+}
+
+/// Two instances sharing one real redis-server and one S3: a PUT on A
+/// invalidates B's in-process tier over the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_on_one_instance_is_seen_by_another_through_redis() {
+    let redis = RedisServer::start();
+    let s3 = profile_server::EmbeddedS3::start().await.unwrap();
+    let mut config = Config::embedded();
+    config.redis_url = Some(redis.url());
+    config.s3 = Some(s3.public_config());
+    let a = serve(config.clone()).await.unwrap();
+    let b = serve(config).await.unwrap();
+
+    let first = get_json(&b, "/api/users/5/avatar").await.2;
+    // B answers the next read from its own in-process tier.
+    let again = get_json(&b, "/api/users/5/avatar").await.2;
+    assert_eq!(again["url"], first["url"]);
+    let report = get_json(&b, "/api/cache/report").await.2;
+    assert_eq!(report["tiers"][0]["name"], "moka");
+    assert_eq!(report["tiers"][0]["hits"], 1);
+    assert_eq!(report["tiers"][1]["name"], "redis");
+
+    let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 4, 5].to_vec();
+    let signed_on_b = b.app().urls().signatures();
+    let (status, _) = put(&a, "/api/users/5/avatar", jpeg.clone(), "image/jpeg").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // The bus is asynchronous: poll B until its next GET misses every tier
+    // (its moka tier dropped by the bus, Redis by A) and signs a new URL
+    // (liveness bound, not a speed claim).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let now = loop {
+        let now = get_json(&b, "/api/users/5/avatar").await.2;
+        if b.app().urls().signatures() > signed_on_b {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still serves its cached URL 10 s after the PUT on A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, bytes) = fetch_bytes(now["url"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, jpeg, "B's new URL serves A's upload");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn config_debug_never_shows_the_secret_key() {
+    let mut config = Config::embedded();
+    config.s3 = Some(presign::S3Config::new(
+        "http://127.0.0.1:9000",
+        "us-east-1",
+        "avatars",
+        presign::Credentials::new("key-id", "super-secret-value-123"),
+    ));
+    let shown = format!("{config:?}");
+    assert!(shown.contains("avatars"), "{shown}");
+    assert!(!shown.contains("super-secret-value-123"), "{shown}");
+}
