@@ -10,48 +10,17 @@
 //!   two `Instant::now()` and the event), and with the monitor. Futures complete on
 //!   their first poll and are polled once with a no-op waker.
 
-use std::future::Future;
+use benches::{keys, memory_tier, ready, KEYS};
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use cache_core::{
-    CacheLayer, Clock, Entry, Event, EventKind, EventSource, MemoryTier, Observer, SystemClock,
-    Tier, TieredCache,
+    Clock, Event, EventKind, EventSource, MemoryTier, Observer, SystemClock, Tier, TieredCache,
 };
 use criterion::{criterion_group, Criterion, Throughput};
 use monitor::Monitor;
-
-fn ready<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("a memory-tier hit must not wait"),
-    }
-}
-
-const KEYS: usize = 1_000;
-
-fn keys() -> Vec<String> {
-    (0..KEYS).map(|i| format!("user:{i}:avatar")).collect()
-}
-
-fn memory_tier(keys: &[String]) -> MemoryTier<String, String> {
-    let tier = MemoryTier::builder().max_entries(KEYS * 2).build();
-    let now = SystemClock.now();
-    for k in keys {
-        let entry = Entry::expiring_in(
-            format!("https://img.example/{k}.png"),
-            now,
-            Duration::from_secs(3_600),
-        );
-        ready(tier.put(k, entry)).expect("memory put");
-    }
-    tier
-}
 
 fn record(c: &mut Criterion) {
     let mut group = c.benchmark_group("record");

@@ -8,10 +8,8 @@
 //! each call, behind an `async fn` that completes on its first poll — polled
 //! once with a no-op waker here, so no executor cost is added.
 
-use std::future::Future;
+use benches::ready;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use cache_core::Timestamp;
@@ -26,14 +24,6 @@ const ACCESS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 const VALIDITY: Duration = Duration::from_secs(3_600);
 const AT_SECS: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
-
-fn ready<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("object_store's signer must not wait with static credentials"),
-    }
-}
 
 fn sign_one_url(c: &mut Criterion) {
     let ours = presign::S3Config::new(
