@@ -651,8 +651,13 @@ async fn only_selected_tiers_are_invalidated() {
     assert!(l2.get(&k("u")).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn stale_values_are_served_within_grace_when_the_origin_fails() {
+/// A one-tier chain serving stale values for 5 minutes, in front of an origin that
+/// answers `"<key>!"` for 60 s until `failing` is set.
+fn stale_serving_chain() -> (
+    TieredCache<String, String>,
+    ManualClock,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
     let clock = ManualClock::new();
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let origin = {
@@ -679,6 +684,12 @@ async fn stale_values_are_served_within_grace_when_the_origin_fails() {
         .origin(origin)
         .serve_stale_on_error(Duration::from_secs(300), 100)
         .build();
+    (cache, clock, failing)
+}
+
+#[tokio::test]
+async fn stale_values_are_served_within_grace_when_the_origin_fails() {
+    let (cache, clock, failing) = stale_serving_chain();
     cache.get(&k("a")).await.unwrap().unwrap();
     failing.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(61));
@@ -709,32 +720,7 @@ async fn stale_values_are_served_within_grace_when_the_origin_fails() {
 
 #[tokio::test]
 async fn an_invalidated_key_is_not_served_stale() {
-    let clock = ManualClock::new();
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let origin = {
-        let (clock, failing) = (clock.clone(), failing.clone());
-        loader_fn(move |key: String| {
-            let (clock, failing) = (clock.clone(), failing.clone());
-            async move {
-                if failing.load(Ordering::SeqCst) {
-                    return Err(BoxError::from("origin down"));
-                }
-                Ok(Some(Entry::expiring_in(
-                    key,
-                    clock.now(),
-                    Duration::from_secs(60),
-                )))
-            }
-        })
-    };
-    let cache = TieredCache::builder()
-        .clock(clock.clone())
-        .tier(Tier::new(
-            MemoryTier::builder().clock(clock.clone()).build(),
-        ))
-        .origin(origin)
-        .serve_stale_on_error(Duration::from_secs(300), 100)
-        .build();
+    let (cache, _clock, failing) = stale_serving_chain();
     cache.get(&k("a")).await.unwrap();
     cache.invalidate(&k("a")).await.unwrap();
     failing.store(true, Ordering::SeqCst);
