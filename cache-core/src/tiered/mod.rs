@@ -224,6 +224,23 @@ enum Read<V> {
     Failed,
 }
 
+/// The event a failed tier call reports.
+fn failure_kind(error: &Error) -> EventKind {
+    match error {
+        Error::Timeout { .. } => EventKind::Timeout,
+        _ => EventKind::Error,
+    }
+}
+
+/// The event a tier call reports: `ok_kind` on success, else its failure kind
+/// with the error.
+fn event_for<T>(result: &Result<T>, ok_kind: EventKind) -> (EventKind, Option<&Error>) {
+    match result {
+        Ok(_) => (ok_kind, None),
+        Err(e) => (failure_kind(e), Some(e)),
+    }
+}
+
 #[inline]
 fn elapsed(start: Option<Instant>) -> Duration {
     start.map_or(Duration::ZERO, |s| s.elapsed())
@@ -584,6 +601,15 @@ where
         }
     }
 
+    /// Feeds a tier call's outcome to the tier's circuit breaker.
+    fn record_outcome<T>(&self, index: usize, result: &Result<T>) {
+        let breaker = &self.tiers[index].breaker;
+        match result {
+            Ok(_) => breaker.success(),
+            Err(_) => breaker.failure(self.clock.now()),
+        }
+    }
+
     /// Records a tier call's outcome in the breaker and the observer.
     fn settle<T>(
         &self,
@@ -594,17 +620,10 @@ where
         result: &Result<T>,
         ok_kind: EventKind,
     ) {
-        let slot = &self.tiers[index];
-        match result {
-            Ok(_) => slot.breaker.success(),
-            Err(_) => slot.breaker.failure(self.clock.now()),
-        }
+        self.record_outcome(index, result);
         if self.observer.is_some() {
-            let (kind, error, bytes) = match result {
-                Ok(_) => (ok_kind, None, bytes),
-                Err(e @ Error::Timeout { .. }) => (EventKind::Timeout, Some(e), 0),
-                Err(e) => (EventKind::Error, Some(e), 0),
-            };
+            let (kind, error) = event_for(result, ok_kind);
+            let bytes = if error.is_none() { bytes } else { 0 };
             self.emit(
                 kind,
                 self.tier_source(index),
@@ -765,11 +784,7 @@ where
             }
             Err(err) => {
                 slot.breaker.failure(self.clock.now());
-                let kind = if matches!(err, Error::Timeout { .. }) {
-                    EventKind::Timeout
-                } else {
-                    EventKind::Error
-                };
+                let kind = failure_kind(&err);
                 for key in keys {
                     self.emit(
                         kind,
@@ -878,17 +893,14 @@ where
                 let result = self
                     .call(slot, Operation::PutMany, slot.layer.put_many(batch))
                     .await;
-                match &result {
-                    Ok(()) => slot.breaker.success(),
-                    Err(_) => slot.breaker.failure(self.clock.now()),
-                }
+                self.record_outcome(index, &result);
                 if self.observer.is_some() {
                     let latency = elapsed(start);
+                    let (kind, error) = event_for(&result, kind);
                     for (i, (k, _)) in entries.iter().enumerate() {
-                        let (kind, bytes, error) = match &result {
-                            Ok(()) => (kind, sizes.get(i).copied().unwrap_or(0), None),
-                            Err(e @ Error::Timeout { .. }) => (EventKind::Timeout, 0, Some(e)),
-                            Err(e) => (EventKind::Error, 0, Some(e)),
+                        let bytes = match error {
+                            None => sizes.get(i).copied().unwrap_or(0),
+                            Some(_) => 0,
                         };
                         self.emit(
                             kind,
@@ -1082,15 +1094,8 @@ where
                     }
                     let start = self.start();
                     let result = self.call(slot, operation, remove(slot)).await;
-                    match &result {
-                        Ok(()) => slot.breaker.success(),
-                        Err(_) => slot.breaker.failure(self.clock.now()),
-                    }
-                    let (kind, error) = match &result {
-                        Ok(()) => (EventKind::Invalidate, None),
-                        Err(e @ Error::Timeout { .. }) => (EventKind::Timeout, Some(e)),
-                        Err(e) => (EventKind::Error, Some(e)),
-                    };
+                    self.record_outcome(index, &result);
+                    let (kind, error) = event_for(&result, EventKind::Invalidate);
                     self.emit(
                         kind,
                         self.tier_source(index),
