@@ -584,7 +584,8 @@ where
 }
 
 /// A tier that answers [`CacheLayer::get_ready`] gives exactly what `get` gives:
-/// for a hit, a missing key and an expired entry.
+/// for a hit, a missing key and an expired entry; and it judges expiry by the
+/// `now` it is given.
 pub async fn get_ready_agrees<T, V, F, Fut>(make: &F)
 where
     T: CacheLayer<String, V>,
@@ -610,9 +611,18 @@ where
         )
         .await
     );
+    // Before the advance: `get_ready` judges expiry by the `now` it is given,
+    // not by reading a clock of its own.
+    let at_expiry = clock.now().saturating_add(Duration::from_secs(5));
+    if let Some(answer) = tier.get_ready(&gone, at_expiry) {
+        assert!(
+            ok!("get_ready", answer).is_none(),
+            "conformance[get_ready]: returned an entry expired at the `now` it was given"
+        );
+    }
     clock.advance(Duration::from_secs(5));
     for key in [&hit, &gone, &"never".to_string()] {
-        let Some(now) = tier.get_ready(key) else {
+        let Some(now) = tier.get_ready(key, clock.now()) else {
             return; // this tier always waits; nothing to compare
         };
         let now = ok!("get_ready", now);

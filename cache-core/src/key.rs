@@ -70,11 +70,7 @@ pub fn validate(key: &str) -> Result<(), KeyError> {
         });
     }
     let bytes = key.as_bytes();
-    // Fast path, branch-free so it vectorizes: every byte printable ASCII.
-    if bytes
-        .iter()
-        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x20) < 0x5F))
-    {
+    if all_printable_ascii(bytes) {
         return Ok(());
     }
     // Byte scan: C0 controls and DEL are single bytes; C1 controls (U+0080..U+009F,
@@ -88,6 +84,57 @@ pub fn validate(key: &str) -> Result<(), KeyError> {
         }
     }
     Ok(())
+}
+
+/// Every byte in `0x20..=0x7E`, eight at a time (keys are short, so this beats a
+/// vectorized loop that ends in a scalar tail). Exact: a `false` is re-checked by
+/// the byte scan in [`validate`], which also locates the offending byte.
+#[inline]
+fn all_printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACE: u64 = u64::from_ne_bytes([0x20; 8]);
+    // A byte below 0x20 (classic "has a byte less than n" test, exact for n ≤ 128),
+    // or at or above 0x7F (0x7F + 1 and every byte ≥ 0x80 set the high bit).
+    let bad = |w: u64| (w.wrapping_sub(SPACE) & !w & HIGH) | ((w.wrapping_add(ONES) | w) & HIGH);
+    let word = |b: &[u8]| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&b[..8]);
+        u64::from_ne_bytes(w)
+    };
+    let half = |b: &[u8]| {
+        let mut w = [0; 4];
+        w.copy_from_slice(&b[..4]);
+        u64::from(u32::from_ne_bytes(w))
+    };
+    let n = bytes.len();
+    let acc = if n >= 8 {
+        // Whole words, then the last eight bytes (overlapping the last word): no
+        // byte-by-byte copy, which would stall the word load that follows it.
+        let mut acc = bad(word(&bytes[n - 8..]));
+        for chunk in bytes.chunks_exact(8) {
+            acc |= bad(word(chunk));
+        }
+        acc
+    } else if n >= 4 {
+        // Two overlapping halves cover all of it.
+        bad(half(bytes) | half(&bytes[n - 4..]) << 32)
+    } else if let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) {
+        // One to three bytes: first, middle and last cover all of them.
+        bad(u64::from_ne_bytes([
+            first,
+            bytes[n / 2],
+            last,
+            b'A',
+            b'A',
+            b'A',
+            b'A',
+            b'A',
+        ]))
+    } else {
+        0
+    };
+    acc == 0
 }
 
 #[inline]
@@ -287,6 +334,33 @@ mod tests {
         for c in (0..0x3000u32).filter_map(char::from_u32) {
             let s = format!("a{c}");
             assert_eq!(validate(&s).is_err(), c.is_control(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn word_at_a_time_check_agrees_with_a_byte_scan() {
+        let printable = |b: u8| (0x20..=0x7E).contains(&b);
+        // Every byte value at every position of keys up to three words long.
+        for len in 0..=24 {
+            for at in 0..len {
+                for b in 0..=u8::MAX {
+                    let mut key = vec![b'k'; len];
+                    key[at] = b;
+                    assert_eq!(all_printable_ascii(&key), printable(b), "{key:?}");
+                }
+            }
+            assert!(all_printable_ascii(&vec![b'k'; len]));
+        }
+        // Pairs of bytes in one word, where a borrow or carry could cross over.
+        for a in 0..=u8::MAX {
+            for b in 0..=u8::MAX {
+                let key = [b'k', a, b, b'k', b'k', b'k', b'k', b'k', b'k'];
+                assert_eq!(
+                    all_printable_ascii(&key),
+                    printable(a) && printable(b),
+                    "{key:?}"
+                );
+            }
         }
     }
 

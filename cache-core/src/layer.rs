@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{Entry, Error, Operation, Result};
+use crate::{Entry, Error, Operation, Result, Timestamp};
 
 /// `Send` on native targets, nothing on wasm32, where JS values are `!Send` and
 /// everything runs on one thread. (The matrix-rust-sdk pattern.)
@@ -92,13 +92,35 @@ where
     /// The unexpired entry for `key`, if any.
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>>;
 
-    /// The same answer as [`CacheLayer::get`], given at once by tiers that never
-    /// wait (in-process memory); `None` means "cannot answer without waiting:
-    /// call `get`". The chain serves tier-0 hits through it without allocating a
-    /// future. The default returns `None`; a tier that implements it must give
-    /// exactly what `get` would.
-    fn get_ready(&self, key: &K) -> Option<Result<Option<Entry<V>>>> {
-        let _ = key;
+    /// The same answer as [`CacheLayer::get`] at time `now`, given at once by
+    /// tiers that never wait (in-process memory); `None` means "cannot answer
+    /// without waiting: call `get`".
+    ///
+    /// The chain serves tier-0 hits through it without allocating a future, and
+    /// passes the time it read from its own clock, so one hit reads the clock once.
+    /// A tier that implements it must give exactly what `get` would give if its
+    /// clock read `now`: in particular, never an entry expired at `now`. The
+    /// default returns `None`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_core::{CacheLayer, Clock, Entry, ManualClock, MemoryTier};
+    ///
+    /// # futures_executor::block_on(async {
+    /// let clock = ManualClock::new();
+    /// let tier = MemoryTier::builder().clock(clock.clone()).build();
+    /// let key = "user:1".to_string();
+    /// tier.put(&key, Entry::expiring_in(1u32, clock.now(), Duration::from_secs(60))).await?;
+    ///
+    /// let hit = tier.get_ready(&key, clock.now()).expect("memory never waits")?;
+    /// assert_eq!(hit.map(|e| e.value), Some(1));
+    /// let later = clock.now().saturating_add(Duration::from_secs(60));
+    /// assert!(tier.get_ready(&key, later).expect("memory never waits")?.is_none());
+    /// # Ok::<(), cache_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn get_ready(&self, key: &K, now: Timestamp) -> Option<Result<Option<Entry<V>>>> {
+        let _ = (key, now);
         None
     }
 
@@ -158,8 +180,8 @@ macro_rules! forward_layer {
                 (**self).name()
             }
             #[inline]
-            fn get_ready(&self, key: &K) -> Option<Result<Option<Entry<V>>>> {
-                (**self).get_ready(key)
+            fn get_ready(&self, key: &K, now: Timestamp) -> Option<Result<Option<Entry<V>>>> {
+                (**self).get_ready(key, now)
             }
             #[inline]
             fn get<'s, 'k, 'f>(&'s self, key: &'k K) -> BoxFuture<'f, Result<Option<Entry<V>>>>

@@ -380,8 +380,8 @@ where
         &self.name
     }
 
-    fn get_ready(&self, key: &K) -> Option<Result<Option<Entry<V>>>> {
-        Some(Ok(self.get_entry(key, self.clock.now())))
+    fn get_ready(&self, key: &K, now: Timestamp) -> Option<Result<Option<Entry<V>>>> {
+        Some(Ok(self.get_entry(key, now)))
     }
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {

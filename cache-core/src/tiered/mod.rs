@@ -241,6 +241,12 @@ fn event_for<T>(result: &Result<T>, ok_kind: EventKind) -> (EventKind, Option<&E
     }
 }
 
+#[cold]
+#[inline(never)]
+fn invalid_key<K: CacheKey>(key: &K, reason: crate::key::KeyError) -> Error {
+    Error::invalid_key(&key.key_str(), reason)
+}
+
 #[inline]
 fn elapsed(start: Option<Instant>) -> Duration {
     start.map_or(Duration::ZERO, |s| s.elapsed())
@@ -259,6 +265,7 @@ where
     /// The value for `key`, from the first tier that holds it, else from the
     /// origin. `Ok(None)` when no tier holds it and the origin (if any) has no
     /// value. Errors only when no tier and no origin could answer.
+    #[inline]
     pub fn get<'s, 'k, 'f>(
         &'s self,
         key: &'k K,
@@ -269,7 +276,7 @@ where
     {
         let inner = &*self.inner;
         if let Err(reason) = key.validate() {
-            return Either::Left(ready(Err(Error::invalid_key(&key.key_str(), reason))));
+            return Either::Left(ready(Err(invalid_key(key, reason))));
         }
         let epoch = inner.log.current();
         // Fast path: a tier 0 that answers without waiting (an in-process tier)
@@ -289,9 +296,24 @@ where
             Some(Read::Failed) => (1, 1),
             None => (0, 0),
         };
-        let slow: BoxFuture<'f, Result<Option<Lookup<'s, V>>>> =
-            Box::pin(self.get_from(key, next, failed, epoch));
-        Either::Right(slow)
+        Either::Right(self.get_slow(key, next, failed, epoch))
+    }
+
+    /// The boxed rest of a read that tier 0 did not serve at once. Kept out of line
+    /// so the fast path in [`TieredCache::get`] stays small.
+    #[inline(never)]
+    fn get_slow<'s, 'k, 'f>(
+        &'s self,
+        key: &'k K,
+        first: usize,
+        failed: usize,
+        epoch: u64,
+    ) -> BoxFuture<'f, Result<Option<Lookup<'s, V>>>>
+    where
+        's: 'f,
+        'k: 'f,
+    {
+        Box::pin(self.get_from(key, first, failed, epoch))
     }
 
     /// The read from tier `first` on, after `failed` tiers above it failed.
@@ -665,7 +687,7 @@ where
             None => slot.layer.get(key).await,
             Some(_) => Box::pin(self.call(slot, Operation::Get, slot.layer.get(key))).await,
         };
-        self.classify(index, key, start, result)
+        self.classify(index, key, start, result, self.clock.now())
     }
 
     /// Tier `index`'s answer without waiting, when its breaker is closed and it can
@@ -678,12 +700,15 @@ where
             return None;
         }
         let start = self.start();
-        let result = slot.layer.get_ready(key)?;
-        Some(self.classify(index, key, start, result))
+        // One clock read serves the tier's expiry check and the chain's.
+        let now = self.clock.now();
+        let result = slot.layer.get_ready(key, now)?;
+        Some(self.classify(index, key, start, result, now))
     }
 
-    /// Turns a tier's answer into a hit, miss or failure: checks expiry against the
-    /// chain's clock, updates the breaker and reports to the observer.
+    /// Turns a tier's answer into a hit, miss or failure: checks expiry against
+    /// `now` (read from the chain's clock), updates the breaker and reports to the
+    /// observer.
     #[inline]
     fn classify(
         &self,
@@ -691,10 +716,11 @@ where
         key: &K,
         start: Option<Instant>,
         result: Result<Option<Entry<V>>>,
+        now: Timestamp,
     ) -> Read<V> {
         let slot = &self.tiers[index];
         match result {
-            Ok(Some(entry)) if !entry.is_expired(self.clock.now()) => {
+            Ok(Some(entry)) if !entry.is_expired(now) => {
                 slot.breaker.success();
                 if self.observer.is_some() {
                     let bytes = entry.value.byte_size();
