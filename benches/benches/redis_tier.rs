@@ -8,8 +8,13 @@
 //! - `invalidation_bus`: `SyncedCache::invalidate` on instance A until
 //!   instance B has dropped the key from its moka tier, against a raw fred
 //!   `PUBLISH` until a plain subscriber receives it. Target (issue 3): p99 under
-//!   100 ms on loopback (the test `invalidation_latency_between_instances_is_measured`
-//!   prints the percentiles).
+//!   100 ms on loopback; after the group, 1,000 single invalidations are timed
+//!   and their p50 / p99 / max printed (the test
+//!   `invalidation_latency_between_instances_is_measured` prints them too).
+//!
+//! After the `redis_get*` groups, the same reads run interleaved in rounds
+//! against the raw `GET` of each round (see `interleaved`), which holds up on a
+//! machine whose load drifts between criterion's groups.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -145,6 +150,8 @@ fn redis(c: &mut Criterion) {
     });
     group.finish();
 
+    interleaved(&rt, &pool, &chain, &tier, &keys, &redis_keys);
+
     let mut group = c.benchmark_group("invalidation_bus");
     let (publisher, subscriber, mut raw_rx) = rt.block_on(async {
         let config = Config::from_url(&server.url()).expect("url");
@@ -212,12 +219,122 @@ fn redis(c: &mut Criterion) {
     });
     assert!(!b_moka.contains(&keys[i]));
     group.finish();
+
+    // The issue's target is a p99 (under 100 ms on loopback), which criterion's
+    // summary does not give: time single invalidations and print percentiles.
+    const SAMPLES: usize = 1_000;
+    let mut latencies: Vec<Duration> = rt.block_on(async {
+        let mut out = Vec::with_capacity(SAMPLES);
+        for n in 0..SAMPLES {
+            let key = &keys[n % KEYS];
+            let start = Instant::now();
+            a.invalidate(key).await.expect("invalidate");
+            black_box(applied.recv().await.expect("applied"));
+            out.push(start.elapsed());
+        }
+        out
+    });
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "invalidation A -> B's moka ({SAMPLES} single invalidations): p50 {:?}  p99 {:?}  max {:?}",
+        at(0.50),
+        at(0.99),
+        at(1.0)
+    );
     rt.block_on(async {
         let _ = subscriber.quit().await;
         let _ = publisher.quit().await;
     });
     drop((a, b_cache));
     drop(server);
+}
+
+/// The reads of the two goals, interleaved in rounds, each against the raw
+/// `GET` of the same round. A loopback round trip on a shared VM swings by ±30 %
+/// as the load of its neighbours drifts; criterion's groups run one after the
+/// other and can each see a different load, while a round gives every read the
+/// same conditions. Prints the median time per read and the median of the
+/// per-round ratios.
+fn interleaved(
+    rt: &tokio::runtime::Runtime,
+    pool: &cache_server::fred::clients::Pool,
+    chain: &TieredCache<String, String>,
+    tier: &RedisTier<String>,
+    keys: &[String],
+    redis_keys: &[String],
+) {
+    const ROUNDS: usize = 31;
+    const PER_ROUND: usize = 100;
+    const NAMES: [&str; 5] = [
+        "raw_fred_get (baseline)",
+        "chain_redis_tier_get",
+        "raw_fred_mget_50",
+        "tier_get_many_50",
+        "chain_get_many_50",
+    ];
+    let mut times: [Vec<f64>; 5] = Default::default();
+    let mut ratios: [Vec<f64>; 5] = Default::default();
+    rt.block_on(async {
+        for round in 0..ROUNDS {
+            let mut round_times = [0.0; 5];
+            for (op, time) in round_times.iter_mut().enumerate() {
+                let start = Instant::now();
+                for n in 0..PER_ROUND {
+                    let one = (round * PER_ROUND + n) % KEYS;
+                    let fifty = (round * PER_ROUND + n) * 50 % (KEYS - 50);
+                    match op {
+                        0 => {
+                            let v: Option<Bytes> =
+                                pool.get(redis_keys[one].as_str()).await.expect("get");
+                            black_box(v.expect("present"));
+                        }
+                        1 => {
+                            let hit = chain.get(&keys[one]).await.expect("get");
+                            black_box(hit.expect("present"));
+                        }
+                        2 => {
+                            let ks: Vec<&str> = redis_keys[fifty..fifty + 50]
+                                .iter()
+                                .map(String::as_str)
+                                .collect();
+                            let v: Vec<Option<Bytes>> = pool.mget(ks).await.expect("mget");
+                            black_box(v);
+                        }
+                        3 => {
+                            let got = CacheLayer::<String, String>::get_many(
+                                tier,
+                                &keys[fifty..fifty + 50],
+                            )
+                            .await
+                            .expect("get_many");
+                            black_box(got);
+                        }
+                        _ => {
+                            let got = chain
+                                .get_many(&keys[fifty..fifty + 50])
+                                .await
+                                .expect("get_many");
+                            black_box(got);
+                        }
+                    }
+                }
+                *time = start.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64;
+            }
+            for op in 0..5 {
+                times[op].push(round_times[op]);
+                ratios[op].push(round_times[op] / round_times[0]);
+            }
+        }
+    });
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("redis interleaved ({ROUNDS} rounds x {PER_ROUND} reads of each; median time, median per-round ratio):");
+    for ((name, t), r) in NAMES.iter().zip(times).zip(ratios) {
+        println!("  {name:<26} {:8.1} us   {:.2}x", median(t), median(r));
+    }
 }
 
 criterion_group! {
