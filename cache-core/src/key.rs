@@ -59,6 +59,7 @@ pub enum KeyError {
 /// [`MAX_KEY_BYTES`] bytes, no control characters.
 ///
 /// `/`, `..`, `:`, `*` and unicode are allowed: [`encode`] makes them harmless.
+#[inline]
 pub fn validate(key: &str) -> Result<(), KeyError> {
     if key.is_empty() {
         return Err(KeyError::Empty);
@@ -69,10 +70,16 @@ pub fn validate(key: &str) -> Result<(), KeyError> {
             max: MAX_KEY_BYTES,
         });
     }
-    let bytes = key.as_bytes();
-    if all_printable_ascii(bytes) {
+    if all_printable_ascii(key.as_bytes()) {
         return Ok(());
     }
+    find_control(key.as_bytes())
+}
+
+/// The byte scan behind [`validate`] for keys that are not all printable ASCII.
+#[cold]
+#[inline(never)]
+fn find_control(bytes: &[u8]) -> Result<(), KeyError> {
     // Byte scan: C0 controls and DEL are single bytes; C1 controls (U+0080..U+009F,
     // all that `char::is_control` adds) are 0xC2 0x80..=0x9F in UTF-8.
     for (at, &b) in bytes.iter().enumerate() {
@@ -235,27 +242,32 @@ pub trait CacheKey: Clone + Eq + Hash + fmt::Debug + MaybeSend + MaybeSync + 'st
     fn key_str(&self) -> Cow<'_, str>;
 
     /// Checks the key; by default [`validate`] on [`CacheKey::key_str`].
+    #[inline]
     fn validate(&self) -> Result<(), KeyError> {
         validate(&self.key_str())
     }
 }
 
 impl CacheKey for String {
+    #[inline]
     fn key_str(&self) -> Cow<'_, str> {
         Cow::Borrowed(self)
     }
 }
 impl CacheKey for &'static str {
+    #[inline]
     fn key_str(&self) -> Cow<'_, str> {
         Cow::Borrowed(self)
     }
 }
 impl CacheKey for Box<str> {
+    #[inline]
     fn key_str(&self) -> Cow<'_, str> {
         Cow::Borrowed(self)
     }
 }
 impl CacheKey for Arc<str> {
+    #[inline]
     fn key_str(&self) -> Cow<'_, str> {
         Cow::Borrowed(self)
     }
