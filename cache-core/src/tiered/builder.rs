@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::breaker::Breaker;
 use super::guard::InvalidationLog;
-use super::{Inner, NegativeCache, StaleStore, TierSlot, TieredCache};
+use super::{ChainClock, Inner, NegativeCache, StaleStore, TierSlot, TieredCache};
 use crate::{
     ByteSize, CacheKey, CacheLayer, Clock, DefaultTimer, Loader, MaybeSend, MaybeSync,
     MemoryTierBuilder, Observer, SystemClock, Timer,
@@ -109,6 +109,9 @@ pub struct TieredCacheBuilder<K, V> {
     tiers: Vec<Tier<K, V>>,
     origin: Option<Arc<dyn Loader<K, V>>>,
     clock: Arc<dyn Clock>,
+    /// Whether `clock` is still the default [`SystemClock`], which the chain
+    /// calls directly instead of through the trait object.
+    system_clock: bool,
     timer: Arc<dyn Timer>,
     observer: Option<Arc<dyn Observer>>,
     negative_ttl: Option<Duration>,
@@ -139,6 +142,7 @@ impl<K, V> Default for TieredCacheBuilder<K, V> {
             tiers: Vec::new(),
             origin: None,
             clock: Arc::new(SystemClock),
+            system_clock: true,
             timer: Arc::new(DefaultTimer),
             observer: None,
             negative_ttl: None,
@@ -176,12 +180,14 @@ where
     /// tiers the same clock.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self.system_clock = false;
         self
     }
 
     /// The clock, already shared.
     pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.system_clock = false;
         self
     }
 
@@ -251,7 +257,10 @@ where
             inner: Arc::new(Inner {
                 tiers,
                 origin: self.origin,
-                clock: self.clock,
+                clock: ChainClock {
+                    system: self.system_clock,
+                    shared: self.clock,
+                },
                 timer: self.timer,
                 observer: self.observer,
                 log: InvalidationLog::default(),

@@ -96,7 +96,7 @@ pub(crate) struct StaleStore<K, V> {
 pub(crate) struct Inner<K, V> {
     tiers: Vec<TierSlot<K, V>>,
     origin: Option<Arc<dyn Loader<K, V>>>,
-    clock: Arc<dyn Clock>,
+    clock: ChainClock,
     timer: Arc<dyn Timer>,
     observer: Option<Arc<dyn Observer>>,
     log: InvalidationLog,
@@ -244,6 +244,25 @@ fn invalid_key<K: CacheKey>(key: &K, reason: crate::key::KeyError) -> Error {
 #[inline]
 fn elapsed(start: Option<Stopwatch>) -> Duration {
     start.map_or(Duration::ZERO, |s| s.elapsed())
+}
+
+/// The chain's clock: the default [`SystemClock`] is called directly (inlined on
+/// every read's hot path); any other clock through its trait object.
+#[derive(Debug)]
+pub(crate) struct ChainClock {
+    pub(crate) system: bool,
+    pub(crate) shared: Arc<dyn Clock>,
+}
+
+impl Clock for ChainClock {
+    #[inline]
+    fn now(&self) -> Timestamp {
+        if self.system {
+            crate::SystemClock.now()
+        } else {
+            self.shared.now()
+        }
+    }
 }
 
 /// Times one tier or origin call for the observer.
@@ -699,7 +718,7 @@ where
 
     /// Emits `Skipped` and says so when tier `index`'s breaker keeps it out.
     fn breaker_skips(&self, index: usize, key: &K) -> bool {
-        if self.tiers[index].breaker.allows(&*self.clock) {
+        if self.tiers[index].breaker.allows(&self.clock) {
             return false;
         }
         if self.observer.is_some() {
@@ -790,7 +809,7 @@ where
     /// One batch read of tier `index`; `None` if the tier failed or was skipped.
     async fn read_tier_many(&self, index: usize, keys: &[K]) -> Option<Vec<Option<Entry<V>>>> {
         let slot = &self.tiers[index];
-        if !slot.breaker.allows(&*self.clock) {
+        if !slot.breaker.allows(&self.clock) {
             for key in keys {
                 let source = self.tier_source(index);
                 if self.observer.is_some() {
@@ -885,7 +904,7 @@ where
         self.remember_stale(key, entry, now);
         let written = join_all(targets.filter_map(|index| {
             let slot = &self.tiers[index];
-            if !slot.breaker.allows(&*self.clock) {
+            if !slot.breaker.allows(&self.clock) {
                 return None;
             }
             let entry = entry.clone().capped_by_ttl(now, slot.ttl);
@@ -942,7 +961,7 @@ where
         let entries = &entries;
         let written = join_all(targets.filter_map(|index| {
             let slot = &self.tiers[index];
-            if !slot.breaker.allows(&*self.clock) {
+            if !slot.breaker.allows(&self.clock) {
                 return None;
             }
             let batch: Vec<(K, Entry<V>)> = entries
