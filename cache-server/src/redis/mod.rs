@@ -17,11 +17,16 @@ use cache_core::{
 };
 use fred::error::ErrorKind;
 use fred::prelude::{
-    Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy, Value,
+    Builder, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Pool, ReconnectPolicy,
+    Value,
 };
 use futures_util::StreamExt;
 
 use codec::{open, write_header, Corrupt, HEADER_LEN};
+
+/// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.
+const DELETE_IF_UNCHANGED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     return redis.call('DEL', KEYS[1]) else return 0 end";
 pub use codec::{Codec, MsgPackCodec};
 
 /// Default per-command timeout.
@@ -48,7 +53,8 @@ const UNLINK_BATCH: usize = 500;
 /// `expires_at` (u64 ms), then the payload from the [`Codec`] (default
 /// [`MsgPackCodec`]). A stored value that does not decode (garbage, another
 /// envelope version, a payload the codec rejects, a key of another Redis type)
-/// is a **miss**: it is deleted, logged at `warn` and counted
+/// is a **miss**: it is deleted (only if the key still holds the bytes that were
+/// read, so a fresh value written meanwhile survives), logged at `warn` and counted
 /// ([`RedisTier::corrupt_values`]); the reader never gets an error or a panic.
 ///
 /// # Expiry
@@ -257,7 +263,12 @@ impl<C> Inner<C> {
     }
 
     /// Counts, logs and deletes a value that cannot be read.
-    async fn corrupt(&self, rkey: &str, why: Corrupt) {
+    ///
+    /// `seen` is the value as read: it is deleted only if the key still holds
+    /// exactly those bytes (one atomic script), so a fresh value another instance
+    /// wrote in the meantime survives. A key of another Redis type (`seen` is
+    /// `None`) is deleted outright.
+    async fn corrupt(&self, rkey: &str, why: Corrupt, seen: Option<&[u8]>) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             tier = %self.name,
@@ -265,7 +276,16 @@ impl<C> Inner<C> {
             reason = %why,
             "undecodable cache value treated as a miss and deleted"
         );
-        if let Err(err) = self.pool.del::<i64, _>(rkey).await {
+        let deleted = match seen {
+            Some(bytes) => {
+                self.pool
+                    .next()
+                    .eval::<i64, _, _, _>(DELETE_IF_UNCHANGED, rkey, Bytes::copy_from_slice(bytes))
+                    .await
+            }
+            None => self.pool.del::<i64, _>(rkey).await,
+        };
+        if let Err(err) = deleted {
             tracing::warn!(tier = %self.name, error = %err, "could not delete an undecodable value");
         }
     }
@@ -284,7 +304,7 @@ impl<C> Inner<C> {
         let (expires_at, payload) = match open(bytes) {
             Ok(parts) => parts,
             Err(why) => {
-                self.corrupt(rkey, why).await;
+                self.corrupt(rkey, why, Some(bytes)).await;
                 return None;
             }
         };
@@ -294,7 +314,7 @@ impl<C> Inner<C> {
         match self.codec.decode(payload) {
             Ok(value) => Some(Entry::new(value, expires_at)),
             Err(_) => {
-                self.corrupt(rkey, Corrupt::Payload).await;
+                self.corrupt(rkey, Corrupt::Payload, Some(bytes)).await;
                 None
             }
         }
@@ -372,7 +392,7 @@ where
             Ok(None) => Ok(None),
             Ok(Some(bytes)) => Ok(inner.decode(&rkey, &bytes, inner.clock.now()).await),
             Err(err) if Inner::<C>::is_wrong_type(&err) => {
-                inner.corrupt(&rkey, Corrupt::WrongType).await;
+                inner.corrupt(&rkey, Corrupt::WrongType, None).await;
                 Ok(None)
             }
             Err(err) => Err(inner.error(Operation::Get, err)),
@@ -819,4 +839,35 @@ pub(crate) fn client_builder(
         })
         .set_policy(policy);
     builder
+}
+
+#[cfg(all(test, feature = "testing"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    #[tokio::test]
+    async fn a_corrupt_value_is_deleted_only_while_it_is_unchanged() {
+        let server = RedisServer::start();
+        let tier: RedisTier<String> = RedisTier::builder()
+            .url(server.url())
+            .namespace("t")
+            .build()
+            .await
+            .unwrap();
+        server.cli(&["SET", "t:k", "fresh"]).unwrap();
+        // The read saw garbage, but another instance has written since: its value
+        // stays.
+        tier.inner
+            .corrupt("t:k", Corrupt::NotAnEnvelope, Some(b"garbage"))
+            .await;
+        assert_eq!(server.cli(&["GET", "t:k"]).unwrap().trim(), "fresh");
+        // The key still holds what the read saw: deleted.
+        tier.inner
+            .corrupt("t:k", Corrupt::NotAnEnvelope, Some(b"fresh"))
+            .await;
+        assert_eq!(server.cli(&["EXISTS", "t:k"]).unwrap().trim(), "0");
+        assert_eq!(tier.corrupt_values(), 2);
+    }
 }
