@@ -75,27 +75,28 @@ fn redis(c: &mut Criterion) {
         TieredCache::builder().tier(Tier::new(tier.clone())).build();
     let pool = tier.pool().clone();
 
+    let reads = Reads {
+        pool: &pool,
+        chain: &chain,
+        tier: &tier,
+        keys: &keys,
+        redis_keys: &redis_keys,
+    };
+    let reads = &reads;
+
     let mut group = c.benchmark_group("redis_get");
     let mut i = 0;
     group.bench_function("raw_fred_get", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % KEYS;
-            let (pool, k) = (&pool, &redis_keys[i]);
-            async move {
-                let v: Option<Bytes> = pool.get(black_box(k.as_str())).await.expect("get");
-                black_box(v.expect("present"));
-            }
+            reads.raw_get(i)
         })
     });
     let mut i = 0;
     group.bench_function("chain_redis_tier_get", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % KEYS;
-            let (chain, k) = (&chain, &keys[i]);
-            async move {
-                let hit = chain.get(black_box(k)).await.expect("get");
-                black_box(hit.expect("present"));
-            }
+            reads.chain_get(i)
         })
     });
     group.finish();
@@ -105,52 +106,33 @@ fn redis(c: &mut Criterion) {
     group.bench_function("raw_fred_get_one", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % KEYS;
-            let (pool, k) = (&pool, &redis_keys[i]);
-            async move {
-                let v: Option<Bytes> = pool.get(black_box(k.as_str())).await.expect("get");
-                black_box(v.expect("present"));
-            }
+            reads.raw_get(i)
         })
     });
     let mut i = 0;
     group.bench_function("raw_fred_mget_50", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 50) % (KEYS - 50);
-            let (pool, ks) = (&pool, &redis_keys[i..i + 50]);
-            async move {
-                let ks: Vec<&str> = ks.iter().map(String::as_str).collect();
-                let v: Vec<Option<Bytes>> = pool.mget(black_box(ks)).await.expect("mget");
-                black_box(v);
-            }
+            reads.raw_mget_50(i)
         })
     });
     let mut i = 0;
     group.bench_function("tier_get_many_50", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 50) % (KEYS - 50);
-            let (tier, ks) = (&tier, &keys[i..i + 50]);
-            async move {
-                let got = CacheLayer::<String, String>::get_many(tier, black_box(ks))
-                    .await
-                    .expect("get_many");
-                black_box(got);
-            }
+            reads.tier_get_many_50(i)
         })
     });
     let mut i = 0;
     group.bench_function("chain_get_many_50", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 50) % (KEYS - 50);
-            let (chain, ks) = (&chain, &keys[i..i + 50]);
-            async move {
-                let got = chain.get_many(black_box(ks)).await.expect("get_many");
-                black_box(got);
-            }
+            reads.chain_get_many_50(i)
         })
     });
     group.finish();
 
-    interleaved(&rt, &pool, &chain, &tier, &keys, &redis_keys);
+    interleaved(&rt, reads);
 
     let mut group = c.benchmark_group("invalidation_bus");
     let (publisher, subscriber, mut raw_rx) = rt.block_on(async {
@@ -250,20 +232,69 @@ fn redis(c: &mut Criterion) {
     drop(server);
 }
 
+/// The reads both harnesses time: one key by index, or 50 keys from a window start.
+struct Reads<'a> {
+    pool: &'a cache_server::fred::clients::Pool,
+    chain: &'a TieredCache<String, String>,
+    tier: &'a RedisTier<String>,
+    keys: &'a [String],
+    redis_keys: &'a [String],
+}
+
+impl Reads<'_> {
+    /// Raw fred `GET` of the Redis key (the baseline).
+    async fn raw_get(&self, i: usize) {
+        let v: Option<Bytes> = self
+            .pool
+            .get(black_box(self.redis_keys[i].as_str()))
+            .await
+            .expect("get");
+        black_box(v.expect("present"));
+    }
+
+    /// A hit through the chain whose only tier is the `RedisTier`.
+    async fn chain_get(&self, i: usize) {
+        let hit = self.chain.get(black_box(&self.keys[i])).await.expect("get");
+        black_box(hit.expect("present"));
+    }
+
+    /// Raw fred `MGET` of 50 Redis keys (reference).
+    async fn raw_mget_50(&self, at: usize) {
+        let ks: Vec<&str> = self.redis_keys[at..at + 50]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let v: Vec<Option<Bytes>> = self.pool.mget(black_box(ks)).await.expect("mget");
+        black_box(v);
+    }
+
+    /// `RedisTier::get_many` of 50 keys.
+    async fn tier_get_many_50(&self, at: usize) {
+        let got =
+            CacheLayer::<String, String>::get_many(self.tier, black_box(&self.keys[at..at + 50]))
+                .await
+                .expect("get_many");
+        black_box(got);
+    }
+
+    /// `TieredCache::get_many` of 50 keys through the `RedisTier`.
+    async fn chain_get_many_50(&self, at: usize) {
+        let got = self
+            .chain
+            .get_many(black_box(&self.keys[at..at + 50]))
+            .await
+            .expect("get_many");
+        black_box(got);
+    }
+}
+
 /// The reads of the two goals, interleaved in rounds, each against the raw
 /// `GET` of the same round. A loopback round trip on a shared VM swings by ±30 %
 /// as the load of its neighbours drifts; criterion's groups run one after the
 /// other and can each see a different load, while a round gives every read the
 /// same conditions. Prints the median time per read and the median of the
 /// per-round ratios.
-fn interleaved(
-    rt: &tokio::runtime::Runtime,
-    pool: &cache_server::fred::clients::Pool,
-    chain: &TieredCache<String, String>,
-    tier: &RedisTier<String>,
-    keys: &[String],
-    redis_keys: &[String],
-) {
+fn interleaved(rt: &tokio::runtime::Runtime, reads: &Reads<'_>) {
     const ROUNDS: usize = 31;
     const PER_ROUND: usize = 100;
     const NAMES: [&str; 5] = [
@@ -284,39 +315,11 @@ fn interleaved(
                     let one = (round * PER_ROUND + n) % KEYS;
                     let fifty = (round * PER_ROUND + n) * 50 % (KEYS - 50);
                     match op {
-                        0 => {
-                            let v: Option<Bytes> =
-                                pool.get(redis_keys[one].as_str()).await.expect("get");
-                            black_box(v.expect("present"));
-                        }
-                        1 => {
-                            let hit = chain.get(&keys[one]).await.expect("get");
-                            black_box(hit.expect("present"));
-                        }
-                        2 => {
-                            let ks: Vec<&str> = redis_keys[fifty..fifty + 50]
-                                .iter()
-                                .map(String::as_str)
-                                .collect();
-                            let v: Vec<Option<Bytes>> = pool.mget(ks).await.expect("mget");
-                            black_box(v);
-                        }
-                        3 => {
-                            let got = CacheLayer::<String, String>::get_many(
-                                tier,
-                                &keys[fifty..fifty + 50],
-                            )
-                            .await
-                            .expect("get_many");
-                            black_box(got);
-                        }
-                        _ => {
-                            let got = chain
-                                .get_many(&keys[fifty..fifty + 50])
-                                .await
-                                .expect("get_many");
-                            black_box(got);
-                        }
+                        0 => reads.raw_get(one).await,
+                        1 => reads.chain_get(one).await,
+                        2 => reads.raw_mget_50(fifty).await,
+                        3 => reads.tier_get_many_50(fifty).await,
+                        _ => reads.chain_get_many_50(fifty).await,
                     }
                 }
                 *time = start.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64;
