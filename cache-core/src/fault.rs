@@ -247,4 +247,36 @@ where
         self.inject(Operation::PutMany).await?;
         self.inner.put_many(entries).await
     }
+    async fn get_stamped(&self, key: &K) -> Result<(Option<Entry<V>>, crate::Stamp)> {
+        self.inject(Operation::Get).await?;
+        self.inner.get_stamped(key).await
+    }
+    async fn get_many_stamped(&self, keys: &[K]) -> Result<Vec<(Option<Entry<V>>, crate::Stamp)>> {
+        self.inject(Operation::GetMany).await?;
+        self.inner.get_many_stamped(keys).await
+    }
+    async fn put_fenced(
+        &self,
+        key: &K,
+        entry: Entry<V>,
+        fence: &crate::Fence<'_>,
+    ) -> Result<crate::Fill> {
+        self.inject(Operation::Put).await?;
+        self.inner.put_fenced(key, entry, fence).await
+    }
+    async fn put_many_fenced(
+        &self,
+        entries: Vec<(K, Entry<V>)>,
+        fences: &[crate::Fence<'_>],
+    ) -> Result<Vec<crate::Fill>> {
+        self.inject(Operation::PutMany).await?;
+        self.inner.put_many_fenced(entries, fences).await
+    }
+    async fn remove_stamped(&self, key: &K) -> Result<(bool, crate::Stamp)> {
+        self.inject(Operation::Remove).await?;
+        self.inner.remove_stamped(key).await
+    }
+    fn fenced_writes_are_atomic(&self) -> bool {
+        self.inner.fenced_writes_are_atomic()
+    }
 }

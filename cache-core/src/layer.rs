@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{Entry, Error, Operation, Result, Timestamp};
+use crate::{Entry, Error, Fence, Fill, Operation, Result, Stamp, Timestamp};
 
 /// `Send` on native targets, nothing on wasm32, where JS values are `!Send` and
 /// everything runs on one thread. (The matrix-rust-sdk pattern.)
@@ -54,6 +54,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// - `remove` says whether an entry was removed. `remove_prefix` and `clear` touch
 ///   only this tier's own keys.
 /// - Errors are [`Error`]s; a tier never panics on bad input or a failing backend.
+/// - `put_fenced` writes only while its [`Fence`] holds, judged at the moment of
+///   the write (see [`crate::fence`]); a refused write leaves the tier as it was.
+///   Tiers that stamp (`get_stamped` hands out [`Stamp`]s) also refuse a stamp
+///   that a removal or write-through has voided since.
 ///
 /// The futures are `Send` on native targets and `?Send` on wasm32. The trait is
 /// object-safe: chains hold tiers as `Arc<dyn CacheLayer<K, V>>`.
@@ -127,8 +131,77 @@ where
     /// Stores `entry` under `key`, replacing any previous entry.
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()>;
 
+    /// Like [`CacheLayer::get`], and on a miss also the [`Stamp`] a later
+    /// [`CacheLayer::put_fenced`] of this key must present. The default stamps
+    /// nothing ([`Stamp::NONE`]): right for in-process tiers, which the fence's
+    /// in-process check covers.
+    async fn get_stamped(&self, key: &K) -> Result<(Option<Entry<V>>, Stamp)> {
+        Ok((self.get(key).await?, Stamp::NONE))
+    }
+
+    /// [`CacheLayer::get_stamped`] for many keys, in order. The default calls
+    /// [`CacheLayer::get_many`] and stamps nothing.
+    async fn get_many_stamped(&self, keys: &[K]) -> Result<Vec<(Option<Entry<V>>, Stamp)>> {
+        Ok(self
+            .get_many(keys)
+            .await?
+            .into_iter()
+            .map(|e| (e, Stamp::NONE))
+            .collect())
+    }
+
+    /// A conditional write: stores `entry` only if `fence` still holds at the
+    /// moment of the write, and its stamp is still current for tiers that stamp.
+    /// [`Fill::Refused`] means nothing was written.
+    ///
+    /// The default checks the fence, then calls [`CacheLayer::put`]: the check and
+    /// the write are not one atomic step, so a chain serialises such a tier's
+    /// fills with its removals (see [`CacheLayer::fenced_writes_are_atomic`]).
+    /// Tiers that can check under their own lock, or in the backend (a Lua
+    /// script), override it and say so.
+    async fn put_fenced(&self, key: &K, entry: Entry<V>, fence: &Fence<'_>) -> Result<Fill> {
+        if !fence.holds() {
+            return Ok(Fill::Refused);
+        }
+        self.put(key, entry).await?;
+        Ok(Fill::Written)
+    }
+
+    /// [`CacheLayer::put_fenced`] for many entries; `fences[i]` guards
+    /// `entries[i]`. The default writes them one by one.
+    async fn put_many_fenced(
+        &self,
+        entries: Vec<(K, Entry<V>)>,
+        fences: &[Fence<'_>],
+    ) -> Result<Vec<Fill>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for ((key, entry), fence) in entries.into_iter().zip(fences) {
+            out.push(self.put_fenced(&key, entry, fence).await?);
+        }
+        Ok(out)
+    }
+
+    /// Whether [`CacheLayer::put_fenced`] checks its fence and writes in one
+    /// atomic step with respect to `remove`, `remove_prefix` and `clear` (under
+    /// the tier's lock, or in the backend). When `false` (the default) a chain
+    /// keeps this tier's fills and removals apart itself: a removal waits for the
+    /// fills already under way, and a fill that meets a removal under way is
+    /// refused.
+    fn fenced_writes_are_atomic(&self) -> bool {
+        false
+    }
+
     /// Removes `key`; `true` if an entry was there.
     async fn remove(&self, key: &K) -> Result<bool>;
+
+    /// Like [`CacheLayer::remove`], and hands back the [`Stamp`] a write that
+    /// follows this removal (a write-through) presents to
+    /// [`CacheLayer::put_fenced`]: a stamping tier's removal voids every earlier
+    /// stamp and the returned one is current until the next removal or
+    /// write-through. The default stamps nothing.
+    async fn remove_stamped(&self, key: &K) -> Result<(bool, Stamp)> {
+        Ok((self.remove(key).await?, Stamp::NONE))
+    }
 
     /// Removes every key whose string form starts with `prefix`.
     ///
@@ -182,6 +255,73 @@ macro_rules! forward_layer {
             #[inline]
             fn get_ready(&self, key: &K, now: Timestamp) -> Option<Result<Option<Entry<V>>>> {
                 (**self).get_ready(key, now)
+            }
+            #[inline]
+            fn fenced_writes_are_atomic(&self) -> bool {
+                (**self).fenced_writes_are_atomic()
+            }
+            #[inline]
+            fn get_stamped<'s, 'k, 'f>(
+                &'s self,
+                key: &'k K,
+            ) -> BoxFuture<'f, Result<(Option<Entry<V>>, Stamp)>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).get_stamped(key)
+            }
+            #[inline]
+            fn get_many_stamped<'s, 'k, 'f>(
+                &'s self,
+                keys: &'k [K],
+            ) -> BoxFuture<'f, Result<Vec<(Option<Entry<V>>, Stamp)>>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).get_many_stamped(keys)
+            }
+            #[inline]
+            fn put_fenced<'s, 'k, 'r, 'c, 'f>(
+                &'s self,
+                key: &'k K,
+                entry: Entry<V>,
+                fence: &'r Fence<'c>,
+            ) -> BoxFuture<'f, Result<Fill>>
+            where
+                's: 'f,
+                'k: 'f,
+                'r: 'f,
+                'c: 'f,
+                Self: 'f,
+            {
+                (**self).put_fenced(key, entry, fence)
+            }
+            #[inline]
+            fn put_many_fenced<'s, 'r, 'c, 'f>(
+                &'s self,
+                entries: Vec<(K, Entry<V>)>,
+                fences: &'r [Fence<'c>],
+            ) -> BoxFuture<'f, Result<Vec<Fill>>>
+            where
+                's: 'f,
+                'r: 'f,
+                'c: 'f,
+                Self: 'f,
+            {
+                (**self).put_many_fenced(entries, fences)
+            }
+            #[inline]
+            fn remove_stamped<'s, 'k, 'f>(&'s self, key: &'k K) -> BoxFuture<'f, Result<(bool, Stamp)>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).remove_stamped(key)
             }
             #[inline]
             fn get<'s, 'k, 'f>(&'s self, key: &'k K) -> BoxFuture<'f, Result<Option<Entry<V>>>>

@@ -271,16 +271,33 @@ impl<K: CacheKey, V: Clone + ByteSize> MemoryTier<K, V> {
     }
 
     pub(crate) fn put_entry(&self, key: &K, entry: Entry<V>, now: Timestamp) {
+        self.put_entry_if(key, entry, now, || true);
+    }
+
+    /// Writes `entry` if `holds()` is true when checked under the tier's lock
+    /// (so no removal can come between the check and the write); `false` when
+    /// refused, leaving the tier as it was.
+    pub(crate) fn put_entry_if(
+        &self,
+        key: &K,
+        entry: Entry<V>,
+        now: Timestamp,
+        holds: impl FnOnce() -> bool,
+    ) -> bool {
         let entry = entry.capped_by_ttl(now, self.ttl);
         let size = Self::size_of(key, &entry.value);
         let mut lru = self.lock();
+        if !holds() {
+            return false;
+        }
         if entry.is_expired(now) || size > self.max_bytes {
             // The new value cannot be kept; the old one must not survive it.
             lru.remove(key);
-            return;
+            return true;
         }
         lru.insert(key.clone(), entry, size);
         lru.evict_to(self.max_entries, self.max_bytes);
+        true
     }
 }
 
@@ -391,6 +408,43 @@ where
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
         self.put_entry(key, entry, self.clock.now());
         Ok(())
+    }
+
+    async fn put_fenced(
+        &self,
+        key: &K,
+        entry: Entry<V>,
+        fence: &crate::Fence<'_>,
+    ) -> Result<crate::Fill> {
+        let written = self.put_entry_if(key, entry, self.clock.now(), || fence.holds());
+        Ok(if written {
+            crate::Fill::Written
+        } else {
+            crate::Fill::Refused
+        })
+    }
+
+    async fn put_many_fenced(
+        &self,
+        entries: Vec<(K, Entry<V>)>,
+        fences: &[crate::Fence<'_>],
+    ) -> Result<Vec<crate::Fill>> {
+        let now = self.clock.now();
+        Ok(entries
+            .into_iter()
+            .zip(fences)
+            .map(|((k, e), fence)| {
+                if self.put_entry_if(&k, e, now, || fence.holds()) {
+                    crate::Fill::Written
+                } else {
+                    crate::Fill::Refused
+                }
+            })
+            .collect())
+    }
+
+    fn fenced_writes_are_atomic(&self) -> bool {
+        true
     }
 
     async fn remove(&self, key: &K) -> Result<bool> {
