@@ -148,6 +148,15 @@ pub enum Error {
         failed: usize,
     },
 
+    /// A write-through lost to a newer write or an invalidation of the same key
+    /// that began while it was under way: the tier refused it (nothing of it was
+    /// written there), and the newer operation's outcome stands.
+    #[error("the write of tier `{tier}` was refused: a newer write or invalidation of the key came first")]
+    Superseded {
+        /// The tier's name.
+        tier: String,
+    },
+
     /// An operation that must reach every tier (invalidate, clear, write-through)
     /// failed in at least one. The report says what each tier did; retry the
     /// operation to finish it.
@@ -191,6 +200,7 @@ impl Error {
                 | Error::Origin { .. }
                 | Error::NoTierAnswered { .. }
                 | Error::Incomplete { .. }
+                | Error::Superseded { .. }
         )
     }
 }

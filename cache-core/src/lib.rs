@@ -52,6 +52,8 @@ pub mod fence;
 pub mod key;
 mod layer;
 mod memory;
+#[doc(hidden)]
+pub mod mutation;
 mod observer;
 mod report;
 mod size;
@@ -73,8 +75,8 @@ pub use observer::{Event, EventKind, EventSource, Observer};
 pub use report::{ChainOp, TierAction, TierOutcome, TierReport};
 pub use size::ByteSize;
 pub use tiered::{
-    loader_fn, ExpiredFromOrigin, FnLoader, Loader, Lookup, Source, Tier, TierSelection,
-    TieredCache, TieredCacheBuilder, DEFAULT_BREAKER,
+    loader_fn, ExpiredFromOrigin, FnLoader, Loader, LoaderPanicked, Lookup, Source, Tier,
+    TierSelection, TieredCache, TieredCacheBuilder, DEFAULT_BREAKER,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use timer::{DefaultTimer, Timer};

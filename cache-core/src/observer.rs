@@ -38,6 +38,10 @@ pub enum EventKind {
     StaleServed,
     /// A remembered "no value" answered the read without asking the origin.
     NegativeHit,
+    /// A fenced write into this tier (a backfill or an origin fill) was refused:
+    /// an invalidation or a newer write of its key began after the read that
+    /// found the value. Nothing was written.
+    Refused,
 }
 
 /// Where it happened.

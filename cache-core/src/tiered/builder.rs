@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::breaker::Breaker;
-use super::guard::InvalidationLog;
-use super::{ChainClock, Inner, NegativeCache, StaleStore, TierSlot, TieredCache};
+use super::extras::{NegativeCache, StaleStore};
+use super::fences::Fences;
+use super::observe::ChainClock;
+use super::{Inner, TierSlot, TieredCache};
 use crate::{
     ByteSize, CacheKey, CacheLayer, Clock, DefaultTimer, Loader, MaybeSend, MaybeSync,
     MemoryTierBuilder, Observer, SystemClock, Timer,
@@ -233,6 +235,7 @@ where
             .into_iter()
             .map(|t| TierSlot {
                 name: t.layer.name().to_owned(),
+                gate: (!t.layer.fenced_writes_are_atomic()).then(|| async_lock::RwLock::new(())),
                 layer: t.layer,
                 ttl: t.ttl,
                 timeout: t.timeout,
@@ -263,7 +266,7 @@ where
                 },
                 timer: self.timer,
                 observer: self.observer,
-                log: InvalidationLog::default(),
+                fences: Fences::default(),
                 flights: Mutex::new(HashMap::new()),
                 next_flight: AtomicU64::new(1),
                 negative,

@@ -1,0 +1,247 @@
+//! Invalidation and write-through: begin (fence), forget, remove under the write
+//! gates, end.
+
+use std::future::Future;
+
+use futures_util::future::join_all;
+
+use super::fences::{Begun, KeyFence, Scope};
+use super::observe::{elapsed, event_for};
+use super::{Inner, TierSlot};
+use crate::mutation::{self, Mutation};
+use crate::{
+    ByteSize, CacheKey, ChainOp, Clock, Entry, Error, EventKind, Fill, MaybeSend, MaybeSync,
+    Operation, Result, Stamp, TierAction, TierOutcome, TierReport,
+};
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+{
+    /// Drops what the chain itself remembers about keys matching `matches`:
+    /// flights (reads from now on do not join loads begun before), remembered
+    /// "no value" answers and stale values. Called after the fence has begun.
+    fn forget(&self, matches: impl Fn(&K) -> bool) {
+        self.lock_flights().retain(|k, _| !matches(k));
+        if let Some(negative) = &self.negative {
+            negative
+                .map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k, _| !matches(k));
+        }
+        if let Some(stale) = &self.stale {
+            stale.values.retain_keys(|k| !matches(k));
+        }
+    }
+
+    fn selected(tiers: Option<&[usize]>, index: usize) -> bool {
+        tiers.is_none_or(|t| t.contains(&index))
+    }
+
+    fn not_selected(index: usize, slot: &TierSlot<K, V>) -> TierOutcome {
+        TierOutcome {
+            index,
+            tier: slot.name.clone(),
+            result: Ok(TierAction::NotSelected),
+        }
+    }
+
+    /// Runs one removal in tier `index` with its write gate held exclusively
+    /// (waiting for the fills already under way in a tier without atomic fenced
+    /// writes).
+    async fn remove_in<T>(
+        &self,
+        slot: &TierSlot<K, V>,
+        operation: Operation,
+        removal: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let _gate = match &slot.gate {
+            Some(gate) if !mutation::on(Mutation::CheckBeforeWrite) => Some(gate.write().await),
+            _ => None,
+        };
+        self.call(slot, operation, removal).await
+    }
+
+    pub(super) async fn invalidate(&self, key: &K, tiers: Option<&[usize]>) -> Result<TierReport> {
+        key.validate()
+            .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
+        let _begun = Begun::new(&self.fences, Scope::Key(key.key_str().into_owned()));
+        self.forget(|k| k == key);
+        let outcomes = join_all(
+            self.tiers
+                .iter()
+                .enumerate()
+                .map(|(index, slot)| async move {
+                    if !Self::selected(tiers, index) {
+                        return Self::not_selected(index, slot);
+                    }
+                    let start = self.start();
+                    let result = self
+                        .remove_in(slot, Operation::Remove, slot.layer.remove(key))
+                        .await;
+                    self.settle(index, key, start, 0, &result, EventKind::Invalidate);
+                    TierOutcome {
+                        index,
+                        tier: slot.name.clone(),
+                        result: result.map(|removed| {
+                            if removed {
+                                TierAction::Removed
+                            } else {
+                                TierAction::Absent
+                            }
+                        }),
+                    }
+                }),
+        )
+        .await;
+        TierReport::new(ChainOp::Invalidate, outcomes).into_result()
+    }
+
+    pub(super) async fn invalidate_prefix(
+        &self,
+        prefix: &str,
+        tiers: Option<&[usize]>,
+    ) -> Result<TierReport> {
+        let _begun = Begun::new(&self.fences, Scope::Prefix(prefix.to_owned()));
+        self.forget(|k| k.key_str().starts_with(prefix));
+        self.remove_everywhere(ChainOp::InvalidatePrefix, prefix, tiers, |slot| {
+            slot.layer.remove_prefix(prefix)
+        })
+        .await
+    }
+
+    pub(super) async fn clear(&self, tiers: Option<&[usize]>) -> Result<TierReport> {
+        let _begun = Begun::new(&self.fences, Scope::All);
+        self.forget(|_| true);
+        self.remove_everywhere(ChainOp::Clear, "", tiers, |slot| slot.layer.clear())
+            .await
+    }
+
+    async fn remove_everywhere<'a, F, Fut>(
+        &'a self,
+        op: ChainOp,
+        what: &str,
+        tiers: Option<&[usize]>,
+        remove: F,
+    ) -> Result<TierReport>
+    where
+        F: Fn(&'a TierSlot<K, V>) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let operation = match op {
+            ChainOp::Clear => Operation::Clear,
+            _ => Operation::RemovePrefix,
+        };
+        let remove = &remove;
+        let outcomes = join_all(
+            self.tiers
+                .iter()
+                .enumerate()
+                .map(|(index, slot)| async move {
+                    if !Self::selected(tiers, index) {
+                        return Self::not_selected(index, slot);
+                    }
+                    let start = self.start();
+                    let result = self.remove_in(slot, operation, remove(slot)).await;
+                    self.record_outcome(index, &result);
+                    let (kind, error) = event_for(&result, EventKind::Invalidate);
+                    self.emit(
+                        kind,
+                        self.tier_source(index),
+                        what,
+                        elapsed(start),
+                        0,
+                        error,
+                    );
+                    TierOutcome {
+                        index,
+                        tier: slot.name.clone(),
+                        result: result.map(|()| TierAction::Cleared),
+                    }
+                }),
+        )
+        .await;
+        TierReport::new(op, outcomes).into_result()
+    }
+
+    /// Write-through: fences the key like an invalidation (older loads and
+    /// backfills are refused from now on), removes it from every tier (a stamping
+    /// tier hands back the stamp of this removal) and writes the new entry with a
+    /// fenced write. A newer write or invalidation that begins meanwhile wins: this
+    /// one's refused tiers report [`Error::Superseded`].
+    pub(super) async fn put_through(&self, key: &K, entry: Entry<V>) -> Result<TierReport> {
+        key.validate()
+            .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
+        let key_str = key.key_str().into_owned();
+        let begun = (!mutation::on(Mutation::UnfencedPut))
+            .then(|| Begun::new(&self.fences, Scope::Key(key_str.clone())));
+        let fence = KeyFence {
+            fences: &self.fences,
+            ticket: self.fences.ticket(),
+            key: key_str,
+            own: begun.as_ref().map(|b| b.id),
+        };
+        if begun.is_some() {
+            self.forget(|k| k == key);
+        }
+        // Each tier: the removal that voids older stamps, then the fenced write.
+        let removed: Vec<(usize, Result<Stamp>)> = join_all(self.tiers.iter().enumerate().map(
+            |(index, slot)| async move {
+                let result = self
+                    .remove_in(slot, Operation::Remove, slot.layer.remove_stamped(key))
+                    .await;
+                (index, result.map(|(_, stamp)| stamp))
+            },
+        ))
+        .await;
+        let mut outcomes = Vec::with_capacity(self.tiers.len());
+        let mut targets = Vec::new();
+        for (index, result) in removed {
+            match result {
+                Ok(stamp) => targets.push((index, stamp)),
+                Err(err) => {
+                    self.tiers[index].breaker.failure(self.clock.now());
+                    outcomes.push(TierOutcome {
+                        index,
+                        tier: self.tiers[index].name.clone(),
+                        result: Err(err),
+                    });
+                }
+            }
+        }
+        if entry.is_expired(self.clock.now()) {
+            // Nothing to keep: the removal was the whole write.
+            for (index, _) in targets {
+                outcomes.push(TierOutcome {
+                    index,
+                    tier: self.tiers[index].name.clone(),
+                    result: Ok(TierAction::Absent),
+                });
+            }
+            drop(begun);
+            outcomes.sort_by_key(|o| o.index);
+            return TierReport::new(ChainOp::Put, outcomes).into_result();
+        }
+        let filled = self
+            .fill(key, &entry, &targets, &fence, EventKind::Write, true)
+            .await;
+        for (index, result) in filled {
+            let tier = self.tiers[index].name.clone();
+            let result = match result {
+                Ok(Fill::Written) => Ok(TierAction::Written),
+                Ok(Fill::Refused) => Err(Error::Superseded { tier: tier.clone() }),
+                Err(e) => Err(e),
+            };
+            outcomes.push(TierOutcome {
+                index,
+                tier,
+                result,
+            });
+        }
+        drop(begun);
+        outcomes.sort_by_key(|o| o.index);
+        TierReport::new(ChainOp::Put, outcomes).into_result()
+    }
+}

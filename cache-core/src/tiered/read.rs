@@ -1,0 +1,376 @@
+//! The read path: tier 0 without waiting when it can, then each tier in turn
+//! (taking its stamp when it misses), fenced backfills, then the origin.
+//! Expiry is checked again when a value is returned, after every wait.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::fences::KeyFence;
+use super::fill::Target;
+use super::flight::Ask;
+use super::observe::{elapsed, failure_kind, Stopwatch};
+use super::{Inner, Lookup, Source, TieredCache};
+use crate::mutation::{self, Mutation};
+use crate::{
+    ByteSize, CacheKey, Clock, Entry, Error, EventKind, MaybeSend, MaybeSync, Operation, Result,
+    Stamp, Timestamp,
+};
+
+pub(super) enum Read<V> {
+    Hit(Entry<V>),
+    /// A miss, with the stamp the tier handed out for a later fill.
+    Miss(Stamp),
+    Failed,
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: CacheKey,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+{
+    /// The read from tier `first` on. `stamps[i]` is tier `i`'s stamp if it
+    /// missed (a tier that failed or hit has none, and is not filled).
+    pub(super) async fn get_from(
+        &self,
+        key: &K,
+        first: usize,
+        mut failed: usize,
+        ticket: u64,
+        mut stamps: Vec<Option<Stamp>>,
+    ) -> Result<Option<Lookup<'_, V>>> {
+        let inner = &*self.inner;
+        stamps.resize(inner.tiers.len(), None);
+        for index in first..inner.tiers.len() {
+            match inner.read_tier(index, key).await {
+                Read::Hit(entry) => {
+                    let targets: Vec<Target> = (0..index)
+                        .filter_map(|i| stamps[i].map(|s| (i, s)))
+                        .collect();
+                    if !targets.is_empty() {
+                        let fence = KeyFence {
+                            fences: &inner.fences,
+                            ticket,
+                            key: key.key_str().into_owned(),
+                            own: None,
+                        };
+                        inner
+                            .fill(key, &entry, &targets, &fence, EventKind::Backfill, false)
+                            .await;
+                    }
+                    // Checked at the moment of return: the fill may have waited.
+                    if entry.is_expired(inner.clock.now())
+                        && !mutation::on(Mutation::NoExpiryAtReturn)
+                    {
+                        continue;
+                    }
+                    return Ok(Some(Lookup {
+                        entry,
+                        source: Source::Tier {
+                            index,
+                            name: &inner.tiers[index].name,
+                        },
+                    }));
+                }
+                Read::Miss(stamp) => stamps[index] = Some(stamp),
+                Read::Failed => failed += 1,
+            }
+        }
+        self.load_through(key, failed, ticket, stamps).await
+    }
+
+    async fn load_through(
+        &self,
+        key: &K,
+        failed: usize,
+        ticket: u64,
+        stamps: Vec<Option<Stamp>>,
+    ) -> Result<Option<Lookup<'_, V>>> {
+        let inner = &*self.inner;
+        if inner.negative_hit(key) {
+            return Ok(None);
+        }
+        if inner.origin.is_none() {
+            if failed > 0 && failed == inner.tiers.len() {
+                return Err(Error::NoTierAnswered { failed });
+            }
+            return Ok(None);
+        }
+        let ask = Ask {
+            key: key.clone(),
+            targets: targets_of(&stamps),
+        };
+        let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket)
+            .pop()
+            .ok_or(Error::NoTierAnswered { failed })?;
+        let result = flight.await;
+        inner.finish_origin_read(key, result)
+    }
+
+    pub(super) async fn get_many_from(&self, keys: &[K]) -> Result<Vec<Option<Lookup<'_, V>>>> {
+        let inner = &*self.inner;
+        for key in keys {
+            key.validate()
+                .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
+        }
+        let ticket = inner.fences.ticket();
+        let n_tiers = inner.tiers.len();
+        let mut out: Vec<Option<Lookup<'_, V>>> = keys.iter().map(|_| None).collect();
+        let mut stamps: Vec<Vec<Option<Stamp>>> =
+            keys.iter().map(|_| vec![None; n_tiers]).collect();
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut failed = 0;
+        for index in 0..n_tiers {
+            if pending.is_empty() {
+                break;
+            }
+            let batch: Vec<K> = pending.iter().map(|&j| keys[j].clone()).collect();
+            let Some(found) = inner.read_tier_many(index, &batch).await else {
+                failed += 1;
+                continue;
+            };
+            let mut still = Vec::new();
+            let mut hits = Vec::new();
+            for (&j, (entry, stamp)) in pending.iter().zip(found) {
+                match entry {
+                    Some(entry) => {
+                        let targets = targets_of(&stamps[j]);
+                        if !targets.is_empty() {
+                            hits.push((keys[j].clone(), entry.clone(), targets));
+                        }
+                        out[j] = Some(Lookup {
+                            entry,
+                            source: Source::Tier {
+                                index,
+                                name: &inner.tiers[index].name,
+                            },
+                        });
+                    }
+                    None => {
+                        stamps[j][index] = Some(stamp);
+                        still.push(j);
+                    }
+                }
+            }
+            if !hits.is_empty() {
+                inner.fill_many(hits, ticket, EventKind::Backfill).await;
+            }
+            pending = still;
+        }
+        if !pending.is_empty() {
+            if inner.origin.is_none() {
+                if failed > 0 && failed == n_tiers {
+                    return Err(Error::NoTierAnswered { failed });
+                }
+            } else {
+                let asks: Vec<(usize, Ask<K>)> = pending
+                    .iter()
+                    .filter(|&&j| !inner.negative_hit(&keys[j]))
+                    .map(|&j| {
+                        (
+                            j,
+                            Ask {
+                                key: keys[j].clone(),
+                                targets: targets_of(&stamps[j]),
+                            },
+                        )
+                    })
+                    .collect();
+                let (positions, asks): (Vec<usize>, Vec<Ask<K>>) = asks.into_iter().unzip();
+                let flights = Inner::join_or_start_many(&self.inner, asks, ticket);
+                let results = join_all(flights).await;
+                for (j, result) in positions.into_iter().zip(results) {
+                    out[j] = inner.finish_origin_read(&keys[j], result)?;
+                }
+            }
+        }
+        // Checked at the moment of return: a value may have expired while this
+        // read waited for other keys. Such keys are read again, alone.
+        if !mutation::on(Mutation::NoExpiryAtReturn) {
+            for j in 0..keys.len() {
+                let expired = matches!(&out[j], Some(l) if l.source != Source::Stale
+                    && l.entry.is_expired(inner.clock.now()));
+                if expired {
+                    out[j] = Box::pin(self.get(&keys[j])).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The tiers a fill may write: those that missed, with their stamps.
+fn targets_of(stamps: &[Option<Stamp>]) -> Vec<Target> {
+    stamps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.map(|s| (i, s)))
+        .collect()
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+{
+    pub(super) async fn read_tier(&self, index: usize, key: &K) -> Read<V> {
+        if self.breaker_skips(index, key) {
+            return Read::Failed;
+        }
+        let slot = &self.tiers[index];
+        let start = self.start();
+        let result = match slot.timeout {
+            // The common in-process case stays small: no timer state in this future.
+            None => slot.layer.get_stamped(key).await,
+            Some(_) => Box::pin(self.call(slot, Operation::Get, slot.layer.get_stamped(key))).await,
+        };
+        let (result, stamp) = match result {
+            Ok((found, stamp)) => (Ok(found), stamp),
+            Err(e) => (Err(e), Stamp::NONE),
+        };
+        self.classify(index, key, start, result, stamp, self.clock.now())
+    }
+
+    /// Tier `index`'s answer without waiting, when its breaker is closed and it can
+    /// give one ([`CacheLayer::get_ready`](crate::CacheLayer::get_ready)); `None`
+    /// sends the read down the async path (which also handles open and half-open
+    /// breakers). Tiers that answer at once are in-process and do not stamp.
+    #[inline]
+    pub(super) fn read_tier_now(&self, index: usize, key: &K) -> Option<Read<V>> {
+        let slot = self.tiers.get(index)?;
+        if !slot.breaker.is_closed() {
+            return None;
+        }
+        let start = self.start();
+        // One clock read serves the tier's expiry check and the chain's.
+        let now = self.clock.now();
+        let result = slot.layer.get_ready(key, now)?;
+        Some(self.classify(index, key, start, result, Stamp::NONE, now))
+    }
+
+    /// Turns a tier's answer into a hit, miss or failure: checks expiry against
+    /// `now` (read from the chain's clock), updates the breaker and reports to the
+    /// observer.
+    #[inline]
+    fn classify(
+        &self,
+        index: usize,
+        key: &K,
+        start: Option<Stopwatch>,
+        result: Result<Option<Entry<V>>>,
+        stamp: Stamp,
+        now: Timestamp,
+    ) -> Read<V> {
+        let slot = &self.tiers[index];
+        match result {
+            Ok(Some(entry)) if !entry.is_expired(now) => {
+                slot.breaker.success();
+                if self.observer.is_some() {
+                    let bytes = entry.value.byte_size();
+                    let source = self.tier_source(index);
+                    self.emit(
+                        EventKind::Hit,
+                        source,
+                        &key.key_str(),
+                        elapsed(start),
+                        bytes,
+                        None,
+                    );
+                }
+                Read::Hit(entry)
+            }
+            Ok(_) => {
+                self.settle(index, key, start, 0, &Ok(()), EventKind::Miss);
+                Read::Miss(stamp)
+            }
+            Err(err) => {
+                self.settle::<()>(index, key, start, 0, &Err(err), EventKind::Miss);
+                Read::Failed
+            }
+        }
+    }
+
+    /// One batch read of tier `index`, with stamps for the misses; `None` if the
+    /// tier failed or was skipped.
+    async fn read_tier_many(
+        &self,
+        index: usize,
+        keys: &[K],
+    ) -> Option<Vec<(Option<Entry<V>>, Stamp)>> {
+        let slot = &self.tiers[index];
+        if !slot.breaker.allows(&self.clock) {
+            if self.observer.is_some() {
+                for key in keys {
+                    let source = self.tier_source(index);
+                    self.emit(
+                        EventKind::Skipped,
+                        source,
+                        &key.key_str(),
+                        Duration::ZERO,
+                        0,
+                        None,
+                    );
+                }
+            }
+            return None;
+        }
+        let start = self.start();
+        let result = self
+            .call(slot, Operation::GetMany, slot.layer.get_many_stamped(keys))
+            .await
+            .and_then(|found| {
+                if found.len() == keys.len() {
+                    Ok(found)
+                } else {
+                    Err(Error::backend(
+                        slot.name.clone(),
+                        Operation::GetMany,
+                        format!("returned {} results for {} keys", found.len(), keys.len()),
+                    ))
+                }
+            });
+        let latency = elapsed(start);
+        match result {
+            Ok(found) => {
+                slot.breaker.success();
+                let now = self.clock.now();
+                let found: Vec<(Option<Entry<V>>, Stamp)> = found
+                    .into_iter()
+                    .map(|(e, s)| (e.filter(|e| !e.is_expired(now)), s))
+                    .collect();
+                if self.observer.is_some() {
+                    for (key, (entry, _)) in keys.iter().zip(&found) {
+                        let (kind, bytes) = match entry {
+                            Some(e) => (EventKind::Hit, e.value.byte_size()),
+                            None => (EventKind::Miss, 0),
+                        };
+                        self.emit(
+                            kind,
+                            self.tier_source(index),
+                            &key.key_str(),
+                            latency,
+                            bytes,
+                            None,
+                        );
+                    }
+                }
+                Some(found)
+            }
+            Err(err) => {
+                slot.breaker.failure(self.clock.now());
+                let kind = failure_kind(&err);
+                for key in keys {
+                    self.emit(
+                        kind,
+                        self.tier_source(index),
+                        &key.key_str(),
+                        latency,
+                        0,
+                        Some(&err),
+                    );
+                }
+                None
+            }
+        }
+    }
+}
