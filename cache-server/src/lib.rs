@@ -52,7 +52,7 @@ pub use bus::{BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, S
 pub use moka_tier::{MokaTier, MokaTierBuilder};
 pub use redis::{
     default_reconnect_policy, Codec, MsgPackCodec, RedisTier, RedisTierBuilder,
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_POOL_SIZE,
+    DEFAULT_CLUSTER_SHARDS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_FENCE_HORIZON, DEFAULT_POOL_SIZE,
 };
 
 /// The fred client crate, re-exported for its config types.
