@@ -44,6 +44,7 @@
 
 mod bus;
 mod moka_tier;
+pub mod mutation;
 mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;

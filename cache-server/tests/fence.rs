@@ -2,9 +2,11 @@
 //! RedisTier's fenced writes on a real redis-server and a real 3-master
 //! cluster: stamps taken on a miss, voided by another instance's removal,
 //! write-through, prefix removal or clear; the horizon; batches; hostile keys.
+//! And the mutation check: with the tier planted to ignore stamps, the same
+//! scenarios fail, so they can catch that bug.
 //!
 //! The scenarios return `Err` (not panic) when a fence lets a stale fill
-//! through.
+//! through, so the mutation test can see them fail.
 
 use std::time::Duration;
 
@@ -529,4 +531,25 @@ async fn stamps_cost_a_command_only_on_a_miss_and_fills_one_script() {
     server.cli(&["SCRIPT", "FLUSH"]).unwrap();
     CacheLayer::<String, String>::clear(&a).await.unwrap();
     assert!(a.get(&keys[27]).await.unwrap().is_none());
+}
+
+/// The mutation check: with the tier planted to write fills without comparing
+/// generations, every voiding scenario must fail; with the switch off they
+/// pass. (Current-thread runtime: the switch is per thread.)
+#[tokio::test]
+async fn the_stamp_tests_catch_a_tier_that_ignores_stamps() {
+    let server = RedisServer::start();
+    cache_server::mutation::set_ignore_stamps(true);
+    let mutated = voiding_scenarios(&server.url(), "mutated").await;
+    cache_server::mutation::set_ignore_stamps(false);
+    for (ns, result) in &mutated {
+        // The in-process check alone still refuses in the write-through
+        // scenario's first step, but its later stale fill gets through.
+        assert!(result.is_err(), "{ns}: passed with stamps ignored");
+        println!("{ns}: caught: {}", result.as_ref().unwrap_err());
+    }
+    let clean = voiding_scenarios(&server.url(), "clean").await;
+    for (ns, result) in &clean {
+        assert!(result.is_ok(), "{ns}: {result:?}");
+    }
 }

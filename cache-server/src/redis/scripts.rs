@@ -91,6 +91,18 @@ return g
 "
 );
 
+/// The fill with its generation check left out: what `put_fenced` runs while
+/// the `mutations` switch says to ignore stamps. Never sent otherwise.
+#[cfg(feature = "mutations")]
+pub(super) const FILL_IGNORING_STAMPS_LUA: &str = "\
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[4], 'PXAT', ARGV[3])
+end
+return 1
+";
+
 /// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.
 pub(super) const DELETE_IF_UNCHANGED_LUA: &str = "\
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -105,9 +117,17 @@ pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_L
 pub(super) static BUMP_SCOPE: LazyLock<Script> = LazyLock::new(|| Script::new(BUMP_SCOPE_LUA));
 pub(super) static DELETE_IF_UNCHANGED: LazyLock<Script> =
     LazyLock::new(|| Script::new(DELETE_IF_UNCHANGED_LUA));
+#[cfg(feature = "mutations")]
+pub(super) static FILL_IGNORING_STAMPS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(FILL_IGNORING_STAMPS_LUA));
 
-/// The fenced fill.
+/// The fenced fill: [`FILL`], or while the `mutations` switch says so, the
+/// one that ignores stamps.
 pub(super) fn fill() -> &'static Script {
+    if crate::mutation::ignore_stamps() {
+        #[cfg(feature = "mutations")]
+        return &FILL_IGNORING_STAMPS;
+    }
     &FILL
 }
 
