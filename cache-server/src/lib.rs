@@ -44,6 +44,8 @@
 
 mod bus;
 mod moka_tier;
+#[cfg(feature = "mutations")]
+#[doc(hidden)]
 pub mod mutation;
 mod redis;
 #[cfg(feature = "testing")]

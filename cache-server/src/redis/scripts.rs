@@ -124,11 +124,23 @@ pub(super) static FILL_IGNORING_STAMPS: LazyLock<Script> =
 /// The fenced fill: [`FILL`], or while the `mutations` switch says so, the
 /// one that ignores stamps.
 pub(super) fn fill() -> &'static Script {
-    if crate::mutation::ignore_stamps() {
+    if ignore_stamps() {
         #[cfg(feature = "mutations")]
         return &FILL_IGNORING_STAMPS;
     }
     &FILL
+}
+
+/// Whether fills on this thread ignore stamps (`mutation::set_ignore_stamps`).
+#[cfg(feature = "mutations")]
+fn ignore_stamps() -> bool {
+    crate::mutation::ignore_stamps()
+}
+
+/// Whether fills ignore stamps: never, without the `mutations` feature.
+#[cfg(not(feature = "mutations"))]
+const fn ignore_stamps() -> bool {
+    false
 }
 
 /// Whether Redis said it does not have the script.
