@@ -12,17 +12,25 @@
 //!   and their p50 / p99 / max printed (the test
 //!   `invalidation_latency_between_instances_is_measured` prints them too).
 //!
+//! - `redis_fill`: a fenced fill (`RedisTier::put_fenced` with a current
+//!   stamp: one `EVALSHA` that compares the key's and the scope's generations
+//!   and then `SET .. PXAT`) against a raw fred `SET .. PXAT` of the same
+//!   bytes to the same key.
+//!
 //! After the `redis_get*` groups, the same reads run interleaved in rounds
 //! against the raw `GET` of each round (see `interleaved`), which holds up on a
-//! machine whose load drifts between criterion's groups.
+//! machine whose load drifts between criterion's groups; after `redis_fill`,
+//! the fills run interleaved with the raw `SET` (see `interleaved_fills`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cache_core::{CacheLayer, Clock, Entry, SystemClock, Tier, TieredCache};
+use cache_core::{
+    CacheLayer, Clock, Entry, Fence, Fill, Stamp, SystemClock, Tier, TieredCache, Unfenced,
+};
 use cache_server::fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
-use cache_server::fred::prelude::{Builder, Config};
+use cache_server::fred::prelude::{Builder, Config, Expiration};
 use cache_server::testing::RedisServer;
 use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -133,6 +141,26 @@ fn redis(c: &mut Criterion) {
     group.finish();
 
     interleaved(&rt, reads);
+
+    let fills = rt.block_on(Fills::new(&pool, &tier));
+    let fills = &fills;
+    let mut group = c.benchmark_group("redis_fill");
+    let mut i = 0;
+    group.bench_function("raw_fred_set", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % FILL_KEYS;
+            fills.raw_set(i)
+        })
+    });
+    let mut i = 0;
+    group.bench_function("tier_put_fenced", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % FILL_KEYS;
+            fills.fenced_fill(i)
+        })
+    });
+    group.finish();
+    interleaved_fills(&rt, fills);
 
     let mut group = c.benchmark_group("invalidation_bus");
     let (publisher, subscriber, mut raw_rx) = rt.block_on(async {
@@ -285,6 +313,139 @@ impl Reads<'_> {
             .await
             .expect("get_many");
         black_box(got);
+    }
+}
+
+/// Keys the fill benchmarks write (apart from the read keys).
+const FILL_KEYS: usize = 1_000;
+
+/// The writes both harnesses time: a fenced fill of key `i`, and a raw `SET`
+/// of the same bytes.
+struct Fills<'a> {
+    pool: &'a cache_server::fred::clients::Pool,
+    tier: &'a RedisTier<String>,
+    keys: Vec<String>,
+    redis_keys: Vec<String>,
+    entries: Vec<Entry<String>>,
+    /// The bytes the tier stores for `entries[i]` (its envelope).
+    stored: Vec<Bytes>,
+    stamps: Vec<Stamp>,
+}
+
+impl<'a> Fills<'a> {
+    /// Stamps every fill key on a miss (nothing removes them afterwards, so
+    /// the stamps stay current), fills each once and reads back the bytes the
+    /// tier stored, for the raw `SET`.
+    async fn new(pool: &'a cache_server::fred::clients::Pool, tier: &'a RedisTier<String>) -> Self {
+        let keys: Vec<String> = (0..FILL_KEYS).map(|i| format!("fill:{i}:avatar")).collect();
+        let redis_keys: Vec<String> = keys
+            .iter()
+            .map(|k| tier.redis_key(k).expect("key"))
+            .collect();
+        let now = SystemClock.now();
+        let entries: Vec<Entry<String>> = keys
+            .iter()
+            .map(|k| Entry::expiring_in(value(k), now, Duration::from_secs(3_600)))
+            .collect();
+        let stamped = tier.get_many_stamped(&keys).await.expect("stamps");
+        let stamps: Vec<Stamp> = stamped.into_iter().map(|(_, s)| s).collect();
+        assert!(
+            stamps.iter().all(Stamp::is_taken),
+            "the fill keys must miss"
+        );
+        let fences: Vec<Fence<'_>> = stamps.iter().map(|s| Fence::new(&Unfenced, *s)).collect();
+        let written = tier
+            .put_many_fenced(
+                keys.iter().cloned().zip(entries.iter().cloned()).collect(),
+                &fences,
+            )
+            .await
+            .expect("fill");
+        assert!(written.iter().all(|f| *f == Fill::Written));
+        let stored: Vec<Option<Bytes>> = pool
+            .mget(redis_keys.iter().map(String::as_str).collect::<Vec<_>>())
+            .await
+            .expect("mget");
+        let stored = stored.into_iter().map(|b| b.expect("stored")).collect();
+        Fills {
+            pool,
+            tier,
+            keys,
+            redis_keys,
+            entries,
+            stored,
+            stamps,
+        }
+    }
+
+    /// Raw fred `SET .. PXAT` of the bytes the tier stores (the baseline).
+    async fn raw_set(&self, i: usize) {
+        let at = self.entries[i].expires_at.as_unix_millis() as i64;
+        let _: () = self
+            .pool
+            .set(
+                black_box(self.redis_keys[i].as_str()),
+                self.stored[i].clone(),
+                Some(Expiration::PXAT(at)),
+                None,
+                false,
+            )
+            .await
+            .expect("set");
+    }
+
+    /// `RedisTier::put_fenced` with a current stamp: envelope, encode, one
+    /// script that compares generations and writes.
+    async fn fenced_fill(&self, i: usize) {
+        let fill = self
+            .tier
+            .put_fenced(
+                black_box(&self.keys[i]),
+                self.entries[i].clone(),
+                &Fence::new(&Unfenced, self.stamps[i]),
+            )
+            .await
+            .expect("put_fenced");
+        assert_eq!(fill, Fill::Written);
+    }
+}
+
+/// The fenced fill against the raw `SET` of the same round, interleaved as the
+/// reads are in `interleaved`. Prints the median time per write and the
+/// median of the per-round ratios.
+fn interleaved_fills(rt: &tokio::runtime::Runtime, fills: &Fills<'_>) {
+    const ROUNDS: usize = 31;
+    const PER_ROUND: usize = 100;
+    const NAMES: [&str; 2] = ["raw_fred_set (baseline)", "tier_put_fenced"];
+    let mut times: [Vec<f64>; 2] = Default::default();
+    let mut ratios: [Vec<f64>; 2] = Default::default();
+    rt.block_on(async {
+        for round in 0..ROUNDS {
+            let mut round_times = [0.0; 2];
+            for (op, time) in round_times.iter_mut().enumerate() {
+                let start = Instant::now();
+                for n in 0..PER_ROUND {
+                    let i = (round * PER_ROUND + n) % FILL_KEYS;
+                    match op {
+                        0 => fills.raw_set(i).await,
+                        _ => fills.fenced_fill(i).await,
+                    }
+                }
+                *time = start.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64;
+            }
+            for op in 0..2 {
+                times[op].push(round_times[op]);
+                ratios[op].push(round_times[op] / round_times[0]);
+            }
+        }
+    });
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("redis fills interleaved ({ROUNDS} rounds x {PER_ROUND} writes of each; median time, median per-round ratio):");
+    for ((name, t), r) in NAMES.iter().zip(times).zip(ratios) {
+        println!("  {name:<26} {:8.1} us   {:.2}x", median(t), median(r));
     }
 }
 

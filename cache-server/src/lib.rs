@@ -44,6 +44,9 @@
 
 mod bus;
 mod moka_tier;
+#[cfg(feature = "mutations")]
+#[doc(hidden)]
+pub mod mutation;
 mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -52,7 +55,7 @@ pub use bus::{BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, S
 pub use moka_tier::{MokaTier, MokaTierBuilder};
 pub use redis::{
     default_reconnect_policy, Codec, MsgPackCodec, RedisTier, RedisTierBuilder,
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_POOL_SIZE,
+    DEFAULT_CLUSTER_SHARDS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_FENCE_HORIZON, DEFAULT_POOL_SIZE,
 };
 
 /// The fred client crate, re-exported for its config types.

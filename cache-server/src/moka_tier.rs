@@ -5,7 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_core::{async_trait, ByteSize, CacheKey, CacheLayer, Clock, Entry, Result, SystemClock};
+use async_lock::RwLock;
+use cache_core::{
+    async_trait, ByteSize, CacheKey, CacheLayer, Clock, Entry, Fence, Fill, Result, SystemClock,
+};
 use moka::Expiry;
 
 /// Bytes counted per entry on top of key and value, for moka's own bookkeeping.
@@ -23,6 +26,20 @@ const ENTRY_OVERHEAD: usize = 64;
 ///   move a manual clock forward without sleeping).
 ///
 /// Keys are not encoded: moka has no key syntax and compares keys by value.
+///
+/// # Fenced writes
+///
+/// [`put_fenced`](CacheLayer::put_fenced) checks its [`Fence`] and inserts in one
+/// step with respect to `remove`, `remove_prefix` and `clear`
+/// ([`fenced_writes_are_atomic`](CacheLayer::fenced_writes_are_atomic) is
+/// `true`): fenced writes hold a tier-wide lock shared, removals hold it
+/// exclusively. (Moka's own per-key locking is not enough: `invalidate_all` and
+/// the prefix scan take no per-key lock.) So a removal is either entirely
+/// before a fenced write, whose check then fails and nothing is written, or
+/// entirely after it, and removes what was written. A refused write leaves the
+/// old value in place. Reads and plain `put`s never take the lock. The tier
+/// hands out no stamps ([`Stamp::NONE`](cache_core::Stamp::NONE)): the fence's
+/// in-process check covers an in-process tier.
 ///
 /// # Example
 ///
@@ -43,6 +60,8 @@ const ENTRY_OVERHEAD: usize = 64;
 /// ```
 pub struct MokaTier<K, V> {
     cache: moka::future::Cache<K, Entry<V>>,
+    /// Fenced writes hold it shared, removals exclusively (see "Fenced writes").
+    fence: Arc<RwLock<()>>,
     name: Cow<'static, str>,
     ttl: Option<Duration>,
     clock: Arc<dyn Clock>,
@@ -52,6 +71,7 @@ impl<K, V> Clone for MokaTier<K, V> {
     fn clone(&self) -> Self {
         MokaTier {
             cache: self.cache.clone(),
+            fence: self.fence.clone(),
             name: self.name.clone(),
             ttl: self.ttl,
             clock: self.clock.clone(),
@@ -128,6 +148,18 @@ where
     pub fn contains(&self, key: &K) -> bool {
         self.cache.contains_key(key)
     }
+
+    /// Inserts `entry` capped by the tier's TTL, or drops the key if that leaves
+    /// it expired (the old value must not survive an expired put).
+    async fn store(&self, key: &K, entry: Entry<V>) {
+        let now = self.clock.now();
+        let entry = entry.capped_by_ttl(now, self.ttl);
+        if entry.is_expired(now) {
+            self.cache.invalidate(key).await;
+        } else {
+            self.cache.insert(key.clone(), entry).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -146,18 +178,48 @@ where
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
-        let now = self.clock.now();
-        let entry = entry.capped_by_ttl(now, self.ttl);
-        if entry.is_expired(now) {
-            // The old value must not survive an expired put.
-            self.cache.invalidate(key).await;
-        } else {
-            self.cache.insert(key.clone(), entry).await;
-        }
+        self.store(key, entry).await;
         Ok(())
     }
 
+    async fn put_fenced(&self, key: &K, entry: Entry<V>, fence: &Fence<'_>) -> Result<Fill> {
+        // Shared: fills run side by side; a removal waits for them and they
+        // wait for it, so the check below and the insert are one step for it.
+        let _fill = self.fence.read().await;
+        if !fence.holds() {
+            return Ok(Fill::Refused);
+        }
+        self.store(key, entry).await;
+        Ok(Fill::Written)
+    }
+
+    async fn put_many_fenced(
+        &self,
+        entries: Vec<(K, Entry<V>)>,
+        fences: &[Fence<'_>],
+    ) -> Result<Vec<Fill>> {
+        let _fill = self.fence.read().await;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut fences = fences.iter();
+        for (key, entry) in entries {
+            // Each check right before its own insert; an entry without a
+            // fence is refused.
+            if fences.next().is_some_and(Fence::holds) {
+                self.store(&key, entry).await;
+                out.push(Fill::Written);
+            } else {
+                out.push(Fill::Refused);
+            }
+        }
+        Ok(out)
+    }
+
+    fn fenced_writes_are_atomic(&self) -> bool {
+        true
+    }
+
     async fn remove(&self, key: &K) -> Result<bool> {
+        let _removal = self.fence.write().await;
         let now = self.clock.now();
         Ok(self
             .cache
@@ -167,6 +229,7 @@ where
     }
 
     async fn remove_prefix(&self, prefix: &str) -> Result<()> {
+        let _removal = self.fence.write().await;
         let doomed: Vec<Arc<K>> = self
             .cache
             .iter()
@@ -180,6 +243,7 @@ where
     }
 
     async fn clear(&self) -> Result<()> {
+        let _removal = self.fence.write().await;
         // Entries inserted before this call are never returned afterwards.
         self.cache.invalidate_all();
         Ok(())
@@ -280,6 +344,7 @@ where
             .build();
         MokaTier {
             cache,
+            fence: Arc::new(RwLock::new(())),
             name: self.name,
             ttl: self.ttl,
             clock: self.clock,

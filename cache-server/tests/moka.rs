@@ -1,9 +1,13 @@
 #![allow(clippy::unwrap_used)]
-//! MokaTier: conformance, byte budget, per-entry expiry.
+//! MokaTier: conformance, byte budget, per-entry expiry, fenced writes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cache_core::{conformance, CacheLayer, Clock, Entry, ManualClock, SystemClock};
+use cache_core::{
+    conformance, CacheLayer, Clock, Entry, Fence, FenceCheck, Fill, ManualClock, Stamp, SystemClock,
+};
 use cache_server::MokaTier;
 
 #[tokio::test]
@@ -114,4 +118,123 @@ async fn moka_tier_ttl_caps_expiry_to_the_smaller_of_the_two() {
         got.expires_at,
         clock.now().saturating_add(Duration::from_secs(10))
     );
+}
+
+/// A fence check that holds or not, as told.
+struct Holds(bool);
+
+impl FenceCheck for Holds {
+    fn holds(&self) -> bool {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn a_refused_fenced_write_leaves_the_old_value() {
+    let tier: MokaTier<String, String> = MokaTier::builder().build();
+    assert!(CacheLayer::<String, String>::fenced_writes_are_atomic(
+        &tier
+    ));
+    let k = "k".to_string();
+    let now = SystemClock.now();
+    let entry = |v: &str| Entry::expiring_in(v.to_string(), now, Duration::from_secs(60));
+    let fill = tier
+        .put_fenced(&k, entry("old"), &Fence::new(&Holds(true), Stamp::NONE))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Written);
+    let fill = tier
+        .put_fenced(&k, entry("new"), &Fence::new(&Holds(false), Stamp::NONE))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Refused);
+    assert_eq!(tier.get(&k).await.unwrap().unwrap().value, "old");
+    // Moka holds the old entry, not a refused one waiting for maintenance.
+    tier.run_pending_tasks().await;
+    assert_eq!(tier.get(&k).await.unwrap().unwrap().value, "old");
+
+    // A batch refuses exactly the entries whose fence fails (and any entry
+    // without a fence).
+    let keys: Vec<String> = (0..4).map(|i| format!("b{i}")).collect();
+    let (yes, no) = (Holds(true), Holds(false));
+    let fills = tier
+        .put_many_fenced(
+            keys.iter().map(|k| (k.clone(), entry(k))).collect(),
+            &[
+                Fence::new(&yes, Stamp::NONE),
+                Fence::new(&no, Stamp::NONE),
+                Fence::new(&yes, Stamp::NONE),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fills,
+        [Fill::Written, Fill::Refused, Fill::Written, Fill::Refused]
+    );
+    let got = tier.get_many(&keys).await.unwrap();
+    let got: Vec<bool> = got.iter().map(Option::is_some).collect();
+    assert_eq!(got, [true, false, true, false]);
+}
+
+/// A check that starts a removal of the key on another task, waits long
+/// enough for an unsynchronised removal to finish, and records whether it had.
+struct RemovalDuringCheck {
+    tier: MokaTier<String, String>,
+    key: String,
+    how: &'static str,
+    removal: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    finished_during_check: Arc<AtomicBool>,
+}
+
+impl FenceCheck for RemovalDuringCheck {
+    fn holds(&self) -> bool {
+        let (tier, key, how) = (self.tier.clone(), self.key.clone(), self.how);
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let handle = tokio::runtime::Handle::current().spawn(async move {
+            let layer: &dyn CacheLayer<String, String> = &tier;
+            match how {
+                "remove" => drop(layer.remove(&key).await.unwrap()),
+                "remove_prefix" => layer.remove_prefix("ra").await.unwrap(),
+                _ => layer.clear().await.unwrap(),
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+        // Blocks this worker; the removal runs on the other one.
+        std::thread::sleep(Duration::from_millis(200));
+        self.finished_during_check
+            .store(done.load(Ordering::SeqCst), Ordering::SeqCst);
+        *self.removal.lock().unwrap() = Some(handle);
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_racing_a_fenced_write_waits_for_it_and_removes_what_it_wrote() {
+    for how in ["remove", "remove_prefix", "clear"] {
+        let tier: MokaTier<String, String> = MokaTier::builder().build();
+        let key = "race".to_string();
+        let check = RemovalDuringCheck {
+            tier: tier.clone(),
+            key: key.clone(),
+            how,
+            removal: Mutex::new(None),
+            finished_during_check: Arc::new(AtomicBool::new(false)),
+        };
+        let entry = Entry::expiring_in("v".to_string(), SystemClock.now(), Duration::from_secs(60));
+        let fill = tier
+            .put_fenced(&key, entry, &Fence::new(&check, Stamp::NONE))
+            .await
+            .unwrap();
+        assert_eq!(fill, Fill::Written, "{how}");
+        assert!(
+            !check.finished_during_check.load(Ordering::SeqCst),
+            "{how} finished between the fence check and the insert"
+        );
+        let removal = check.removal.lock().unwrap().take().unwrap();
+        removal.await.unwrap();
+        // The removal came after the write as a whole: it removed the value.
+        assert!(tier.get(&key).await.unwrap().is_none(), "{how}");
+    }
 }

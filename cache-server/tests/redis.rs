@@ -20,6 +20,20 @@ async fn tier(server: &RedisServer, ns: &str) -> RedisTier<String> {
         .unwrap()
 }
 
+/// How many value keys (not generations, `<ns>:~...`) are under `<ns>:`.
+fn value_keys(server: &RedisServer, ns: &str) -> usize {
+    let script = format!(
+        "local n = 0 for _, k in ipairs(redis.call('KEYS', '{ns}:*')) do \
+         if not string.find(k, '^{ns}:~[a-z]') then n = n + 1 end end return n"
+    );
+    server
+        .cli(&["EVAL", &script, "0"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn stat_calls(server: &RedisServer, cmd: &str) -> u64 {
     let info = server.cli(&["INFO", "commandstats"]).unwrap();
     info.lines()
@@ -225,13 +239,16 @@ async fn clear_and_remove_prefix_touch_only_the_namespace() {
     assert!(b.get(&"user:1".to_string()).await.unwrap().is_some());
 
     L::clear(&a).await.unwrap();
-    assert_eq!(
-        server
-            .cli(&["EVAL", "return #redis.call('KEYS', 'a:*')", "0"])
-            .unwrap()
-            .trim(),
-        "0"
-    );
+    // No value is left; the generations stay (the scope's, bumped twice, and
+    // the key generations of the puts).
+    assert_eq!(value_keys(&server, "a"), 0);
+    let scope: u64 = server
+        .cli(&["GET", "a:~a"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(scope > 0);
     for i in 0..10 {
         assert!(b.get(&format!("user:{i}")).await.unwrap().is_some());
         assert!(ab.get(&format!("user:{i}")).await.unwrap().is_some());
@@ -258,16 +275,23 @@ async fn keys_are_encoded_inside_their_namespace() {
         a.put(&key.to_string(), e.clone()).await.unwrap();
     }
     let keys = server.cli(&["KEYS", "*"]).unwrap();
+    let mut generations = 0;
     for line in keys.lines() {
-        let (ns, rest) = line.split_once(':').unwrap();
+        let (ns, mut rest) = line.split_once(':').unwrap();
         assert_eq!(ns, "a", "{line} left the namespace");
+        // Each put also bumped the key's generation, `a:~g:<encoded>`.
+        if let Some(key) = rest.strip_prefix("~g:") {
+            generations += 1;
+            rest = key;
+        }
         assert!(
             rest.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-~".contains(&b)),
             "{line} carries key syntax"
         );
     }
-    assert_eq!(keys.lines().count(), 5);
+    assert_eq!(keys.lines().count(), 10);
+    assert_eq!(generations, 5);
     assert_eq!(a.redis_key(&"b:k".to_string()).unwrap(), "a:b~3Ak");
 }
 

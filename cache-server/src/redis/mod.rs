@@ -1,6 +1,8 @@
 //! [`RedisTier`]: the shared tier, on one Redis or a Redis Cluster, through fred.
 
 mod codec;
+mod layout;
+mod scripts;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -12,27 +14,30 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_core::{
-    async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
-    Timestamp,
+    async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Fence, Fill, Operation, Result,
+    Stamp, SystemClock, Timestamp,
 };
 use fred::error::ErrorKind;
 use fred::prelude::{
-    Builder, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Pool, ReconnectPolicy,
-    Value,
+    Builder, ClientLike, Config, Key, KeysInterface, LuaInterface, Pool, ReconnectPolicy, Value,
 };
+use fred::types::{CustomCommand, FromValue};
 use futures_util::StreamExt;
 
 use codec::{open, write_header, Corrupt, HEADER_LEN};
+use layout::{FenceKeys, Layout};
+use scripts::{is_noscript, Script};
 
-/// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.
-const DELETE_IF_UNCHANGED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-     return redis.call('DEL', KEYS[1]) else return 0 end";
 pub use codec::{Codec, MsgPackCodec};
+pub use layout::DEFAULT_CLUSTER_SHARDS;
 
 /// Default per-command timeout.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default number of connections in the pool.
 pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default fence horizon: how long a stamp stays usable (see [`RedisTier`]'s
+/// "Fenced writes").
+pub const DEFAULT_FENCE_HORIZON: Duration = Duration::from_secs(10 * 60);
 /// Keys removed per `UNLINK` by `clear` and `remove_prefix`.
 const UNLINK_BATCH: usize = 500;
 
@@ -41,11 +46,27 @@ const UNLINK_BATCH: usize = 500;
 ///
 /// # Keys
 ///
-/// Every key is stored as `<namespace>:<encoded key>`, where the encoding is
-/// [`cache_core::key::encode`]: no key can leave its namespace, glob `SCAN`
-/// patterns, or reach another key's entry. Keys are validated first (empty, too
-/// long or control characters give [`Error::InvalidKey`]). The tier owns every
-/// Redis key under `<namespace>:`; `clear` removes them all, and nothing else.
+/// Keys are validated first (empty, too long or control characters give
+/// [`Error::InvalidKey`]), then encoded with [`cache_core::key::encode`], whose
+/// output holds only `[A-Za-z0-9_-]` and `~XX` escapes (uppercase hex): no key
+/// can leave its namespace, glob `SCAN` patterns, pick a cluster hash slot, or
+/// reach another key's entry. The tier owns every Redis key under
+/// `<namespace>:`, and nothing else:
+///
+/// | | single node | Redis Cluster |
+/// |---|---|---|
+/// | value | `<ns>:<enc>` | `<ns>:{<ns>.<shard>}:<enc>` |
+/// | key generation | `<ns>:~g:<enc>` | `<ns>:{<ns>.<shard>}:~g:<enc>` |
+/// | scope generation | `<ns>:~a` | `<ns>:{<ns>.<shard>}:~a` (one per shard) |
+///
+/// On a cluster, `<shard>` is the 64-bit FNV-1a hash of `<enc>` modulo the
+/// number of shards ([`DEFAULT_CLUSTER_SHARDS`], see
+/// [`RedisTierBuilder::cluster_shards`]): the hash tag keeps a value and its
+/// two generations in one hash slot, so one script can touch all three, while
+/// the shards spread the namespace over every primary. Every instance that
+/// shares a namespace must use the same number of shards. `~a` and `~g:` can
+/// never be an encoded key (escapes are uppercase). [`RedisTier::redis_key`]
+/// gives a key's value key.
 ///
 /// # Values
 ///
@@ -67,11 +88,61 @@ const UNLINK_BATCH: usize = 500;
 ///
 /// # Commands
 ///
+/// Every write and removal is one Lua script (sent as `EVALSHA`; on
+/// `NOSCRIPT`, after a restart or a failover, as `EVAL`, which loads it again),
+/// so a key and its generation always change together.
+///
 /// - `get`: `GET`; `get_many`: one `MGET` on a single node (one round trip), one
 ///   `MGET` per hash slot in one pipeline on a cluster.
-/// - `put_many`: one pipeline of `SET .. PXAT`.
-/// - `remove_prefix` and `clear`: `SCAN MATCH <namespace>:<prefix>*` (on every
-///   primary of a cluster) then `UNLINK` in batches. Never `FLUSHDB`/`FLUSHALL`.
+/// - `get_stamped`: `GET`, and only on a miss `MGET <key gen> <scope gen>`.
+///   `get_many_stamped`: `get_many`, then the misses' generations in one `MGET`
+///   (single node) or one pipeline of one `MGET` per shard (cluster).
+/// - `put_fenced`: one script: compare both generations with the stamp, and
+///   only if they match `SET <key> <value> PXAT <expiry>`. `put_many_fenced`:
+///   one pipeline of those.
+/// - `remove`, `remove_stamped`: one script: bump the key generation (kept
+///   for twice the fence horizon, `PX`), `DEL` the value.
+/// - `put`: one script: bump the key generation, `SET .. PXAT`; `put_many`: a
+///   pipeline of those. A `put` of an already-expired entry is a `remove`.
+/// - `remove_prefix` and `clear`: first bump the scope generation (every
+///   shard's, pipelined, on a cluster), then `SCAN MATCH <ns>:<prefix>*` (on a
+///   cluster `<ns>:{<ns>.*}:<prefix>*`, on every primary) and `UNLINK` the
+///   values in batches. Generations stay. Never `FLUSHDB`/`FLUSHALL`.
+///
+/// # Fenced writes
+///
+/// The tier stamps ([`CacheLayer::get_stamped`]) and refuses stale fills, in
+/// the manner of memcache leases. A **generation** is a number Redis keeps per
+/// key and per scope (the namespace, or a cluster shard); a missing one is `0`.
+/// Every removal and every `put` of a key bumps its key generation; every
+/// `remove_prefix` and `clear` bumps the scope generation before it deletes
+/// anything. A miss hands out a [`Stamp`] of both generations, and
+/// `put_fenced` writes only if, in the same script, both are still what the
+/// stamp says: a fill whose read came before a removal on **any** instance is
+/// refused ([`Fill::Refused`]) and Redis is left as it was. Because that check
+/// and the write are one step in Redis, and a removal's bump and `DEL` are one
+/// step too, `fenced_writes_are_atomic` is `true`: a removal is entirely
+/// before a fill (refused) or entirely after it (removes what it wrote). The
+/// fence's in-process check is evaluated just before the script is sent.
+///
+/// A new generation is `max(old + 1, Redis's clock in µs)`, so it never comes
+/// back to an earlier value, even once its key has expired or the server has
+/// restarted empty (as long as Redis's clock does not step back). A stamp of
+/// [`Stamp::NONE`] counts as generations `(0, 0)`: it is refused once the key
+/// was removed within the last two horizons, or once the scope was ever
+/// cleared.
+///
+/// **The fence horizon** (default [`DEFAULT_FENCE_HORIZON`], see
+/// [`RedisTierBuilder::fence_horizon`]) bounds two things. Key generations
+/// expire twice the horizon after their last bump, so a removed key costs one
+/// small Redis key for that long, not for ever. And because a stamp taken
+/// before a removal would match again once that removal's generation has
+/// expired (a stamp of `0`, from a key never removed before), `put_fenced`
+/// refuses, without asking Redis, any stamp older than the horizon on the
+/// tier's clock: a fill may take at most the horizon from its read to its
+/// write, or it is not cached. The second horizon is slack for the tier's
+/// clock measuring less time than Redis's (a wall clock stepped back during a
+/// fill). Scope generations never expire: one per namespace, or per shard.
 ///
 /// # Connection defaults
 ///
@@ -118,6 +189,10 @@ struct Inner<C> {
     codec: C,
     command_timeout: Duration,
     clustered: bool,
+    /// Where values and generations live.
+    layout: Layout,
+    /// How old a stamp may be when its fill is written.
+    horizon: Duration,
     corrupt: AtomicU64,
     /// Whether the pool was made here (and is closed when the tier is dropped).
     owned: bool,
@@ -154,6 +229,8 @@ impl<V, C: fmt::Debug> fmt::Debug for RedisTier<V, C> {
             .field("namespace", &self.inner.namespace)
             .field("ttl", &self.inner.ttl)
             .field("clustered", &self.inner.clustered)
+            .field("shards", &self.inner.layout.shards())
+            .field("fence_horizon", &self.inner.horizon)
             .field("codec", &self.inner.codec)
             .finish_non_exhaustive()
     }
@@ -201,7 +278,9 @@ where
         self.inner.corrupt.load(Ordering::Relaxed)
     }
 
-    /// The Redis key `key` is stored under: `<namespace>:<encoded key>`.
+    /// The Redis key `key`'s value is stored under: `<namespace>:<encoded key>`
+    /// on a single node, `<namespace>:{<namespace>.<shard>}:<encoded key>` on a
+    /// cluster (see "Keys" in [`RedisTier`]).
     ///
     /// ```
     /// # let server = cache_server::testing::RedisServer::start();
@@ -215,11 +294,29 @@ where
         let s = key.key_str();
         key.validate()
             .map_err(|reason| Error::invalid_key(&s, reason))?;
+        if self.inner.clustered {
+            let mut encoded = String::with_capacity(s.len() + 8);
+            key::encode_into(&s, &mut encoded);
+            return Ok(self.inner.layout.sharded_value_key(&encoded));
+        }
         let mut out = String::with_capacity(self.inner.namespace.len() + 1 + s.len());
         out.push_str(&self.inner.namespace);
         out.push(':');
         key::encode_into(&s, &mut out);
         Ok(out)
+    }
+
+    /// The value, generation and shard of `key`, validated.
+    fn fence_keys<K: CacheKey>(&self, key: &K) -> Result<FenceKeys> {
+        let s = key.key_str();
+        key.validate()
+            .map_err(|reason| Error::invalid_key(&s, reason))?;
+        Ok(self.inner.layout.fence_keys(&s))
+    }
+
+    /// How long a stamp stays usable (see "Fenced writes" in [`RedisTier`]).
+    pub fn fence_horizon(&self) -> Duration {
+        self.inner.horizon
     }
 
     /// Closes the pool's connections.
@@ -278,10 +375,12 @@ impl<C> Inner<C> {
         );
         let deleted = match seen {
             Some(bytes) => {
-                self.pool
-                    .next()
-                    .eval::<i64, _, _, _>(DELETE_IF_UNCHANGED, rkey, Bytes::copy_from_slice(bytes))
-                    .await
+                self.eval::<i64>(
+                    &scripts::DELETE_IF_UNCHANGED,
+                    vec![Key::from(rkey)],
+                    vec![Value::Bytes(Bytes::copy_from_slice(bytes))],
+                )
+                .await
             }
             None => self.pool.del::<i64, _>(rkey).await,
         };
@@ -292,6 +391,277 @@ impl<C> Inner<C> {
 
     fn is_wrong_type(err: &fred::error::Error) -> bool {
         err.details().starts_with("WRONGTYPE")
+    }
+
+    /// Runs one script: `EVALSHA`, or `EVAL` (which caches it again) if the
+    /// server does not have it.
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> std::result::Result<R, fred::error::Error> {
+        let client = self.pool.next();
+        match client
+            .evalsha::<R, _, _, _>(script.sha.clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(err) if is_noscript(&err) => client.eval(script.body, keys, args).await,
+            result => result,
+        }
+    }
+
+    /// Runs script calls in one pipeline (fred sends each to its key's node);
+    /// the calls a server answered `NOSCRIPT` go again as `EVAL`, in a second
+    /// pipeline. One result per call, in order.
+    async fn eval_all(
+        &self,
+        calls: Vec<ScriptCall>,
+    ) -> Vec<std::result::Result<Value, fred::error::Error>> {
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        let client = self.pool.next();
+        // fred's pipelines have no Lua methods: the calls go as custom
+        // commands, each routed by the hash slot of its first key.
+        let pipe = client.pipeline();
+        for call in &calls {
+            let (command, args) = call.command(false);
+            let queued: std::result::Result<(), _> = pipe.custom(command, args).await;
+            if let Err(err) = queued {
+                return vec![Err(err); calls.len()];
+            }
+        }
+        let mut results = pipe.try_all::<Value>().await;
+        let again: Vec<usize> = (0..results.len())
+            .filter(|&i| matches!(&results[i], Err(e) if is_noscript(e)))
+            .collect();
+        if !again.is_empty() {
+            let pipe = client.pipeline();
+            for &i in &again {
+                let (command, args) = calls[i].command(true);
+                let queued: std::result::Result<(), _> = pipe.custom(command, args).await;
+                if let Err(err) = queued {
+                    results[i] = Err(err);
+                }
+            }
+            for (i, result) in again.into_iter().zip(pipe.try_all::<Value>().await) {
+                results[i] = result;
+            }
+        }
+        results
+    }
+
+    /// How long a key generation is kept after its last bump, as a `PX`
+    /// argument: twice the horizon (see "Fenced writes" in [`RedisTier`]).
+    fn generation_ttl_ms(&self) -> Value {
+        let ms = self.horizon.saturating_mul(2).as_millis().max(1);
+        Value::Integer(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+
+    /// Whether `stamp` is young enough to be presented (a stamp older than
+    /// the horizon may predate a removal whose generation has expired).
+    fn stamp_is_fresh(&self, stamp: Stamp, now: Timestamp) -> bool {
+        stamp
+            .taken_at()
+            .is_none_or(|at| now.duration_since(at) <= self.horizon)
+    }
+
+    /// The stamps of `keys` (read as misses) at `now`: one `MGET` of their
+    /// generations and the scope's on a single node, one pipeline of one `MGET`
+    /// per shard on a cluster.
+    async fn stamps(&self, keys: &[FenceKeys], operation: Operation) -> Result<Vec<Stamp>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let err = |e| self.error(operation, e);
+        let now = self.clock.now();
+        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            by_shard.entry(k.shard).or_default().push(i);
+        }
+        let mut out = vec![Stamp::NONE; keys.len()];
+        let groups: Vec<Vec<Option<Bytes>>> = if by_shard.len() == 1 || !self.clustered {
+            // Single node (one scope), or every key in one shard: one MGET.
+            let shard = keys[0].shard;
+            let mut names: Vec<&str> = keys.iter().map(|k| k.generation.as_str()).collect();
+            names.push(self.layout.scope(shard));
+            let gens: Vec<Option<Bytes>> = self.pool.mget(names).await.map_err(err)?;
+            by_shard = BTreeMap::from([(shard, (0..keys.len()).collect())]);
+            vec![gens]
+        } else {
+            let pipe = self.pool.next().pipeline();
+            for (&shard, idx) in &by_shard {
+                let mut names: Vec<&str> =
+                    idx.iter().map(|&i| keys[i].generation.as_str()).collect();
+                names.push(self.layout.scope(shard));
+                let _: () = pipe.mget(names).await.map_err(err)?;
+            }
+            let groups = pipe.try_all::<Vec<Option<Bytes>>>().await;
+            groups
+                .into_iter()
+                .collect::<std::result::Result<_, _>>()
+                .map_err(err)?
+        };
+        for (idx, mut gens) in by_shard.values().zip(groups) {
+            let scope = parse_generation(gens.pop().flatten().as_deref());
+            for (&i, g) in idx.iter().zip(gens) {
+                out[i] = Stamp::new(parse_generation(g.as_deref()), scope, now);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bumps the scope generation of every shard (one script on a single node,
+    /// one pipeline of them on a cluster), so every fill stamped before is
+    /// refused; `remove_prefix` and `clear` do this before they delete.
+    async fn bump_scopes(&self, operation: Operation) -> Result<()> {
+        let calls = self
+            .layout
+            .scopes()
+            .iter()
+            .map(|scope| ScriptCall {
+                script: &scripts::BUMP_SCOPE,
+                keys: vec![Key::from(scope.as_str())],
+                args: Vec::new(),
+            })
+            .collect();
+        for result in self.eval_all(calls).await {
+            result.map_err(|e| self.error(operation, e))?;
+        }
+        Ok(())
+    }
+
+    /// The script call that removes `keys`' value and bumps its generation.
+    fn remove_call(&self, keys: FenceKeys) -> ScriptCall {
+        ScriptCall {
+            script: &scripts::REMOVE,
+            keys: vec![
+                Key::from(keys.value),
+                Key::from(keys.generation),
+                Key::from(self.layout.scope(keys.shard)),
+            ],
+            args: vec![self.generation_ttl_ms()],
+        }
+    }
+
+    /// The script call for an unconditional `put`: bump the generation, then
+    /// write (or remove, if the entry has already expired).
+    fn write_call<V>(&self, keys: FenceKeys, entry: Entry<V>, now: Timestamp) -> Result<ScriptCall>
+    where
+        C: Codec<V>,
+    {
+        let entry = entry.capped_by_ttl(now, self.ttl);
+        if entry.is_expired(now) {
+            return Ok(self.remove_call(keys));
+        }
+        Ok(ScriptCall {
+            script: &scripts::WRITE,
+            keys: vec![Key::from(keys.value), Key::from(keys.generation)],
+            args: vec![
+                self.generation_ttl_ms(),
+                Value::Integer(self.pxat(entry.expires_at, now)),
+                Value::Bytes(self.envelope(&entry)?),
+            ],
+        })
+    }
+
+    /// The script call for a fenced fill, or `None` if it is refused without
+    /// asking Redis (the fence's check fails, or the stamp is past the horizon).
+    fn fill_call<V>(
+        &self,
+        keys: FenceKeys,
+        entry: Entry<V>,
+        fence: &Fence<'_>,
+        now: Timestamp,
+    ) -> Result<Option<ScriptCall>>
+    where
+        C: Codec<V>,
+    {
+        let stamp = fence.stamp();
+        if !self.stamp_is_fresh(stamp, now) {
+            return Ok(None);
+        }
+        let entry = entry.capped_by_ttl(now, self.ttl);
+        let (at, value) = if entry.is_expired(now) {
+            // Written means "removed" for an entry that has already expired.
+            (Value::from(""), Value::from(""))
+        } else {
+            let value = self.envelope(&entry)?;
+            (
+                Value::Integer(self.pxat(entry.expires_at, now)),
+                Value::Bytes(value),
+            )
+        };
+        // The in-process check, as late as possible: the stamp covers what
+        // happens between here and the script.
+        if !fence.holds() {
+            return Ok(None);
+        }
+        Ok(Some(ScriptCall {
+            script: scripts::fill(),
+            keys: vec![
+                Key::from(keys.value),
+                Key::from(keys.generation),
+                Key::from(self.layout.scope(keys.shard)),
+            ],
+            args: vec![
+                Value::from(stamp.key_generation().to_string()),
+                Value::from(stamp.scope_generation().to_string()),
+                at,
+                value,
+            ],
+        }))
+    }
+}
+
+/// One script call: the script, its `KEYS` and its `ARGV`.
+struct ScriptCall {
+    script: &'static Script,
+    keys: Vec<Key>,
+    args: Vec<Value>,
+}
+
+impl ScriptCall {
+    /// The call as a raw `EVALSHA` (or `EVAL`) command for a pipeline,
+    /// routed to the hash slot of its first key.
+    fn command(&self, eval: bool) -> (CustomCommand, Vec<Value>) {
+        let slot = self.keys.first().map(Key::cluster_hash);
+        let (name, script) = if eval {
+            ("EVAL", Value::from(self.script.body))
+        } else {
+            ("EVALSHA", Value::String(self.script.sha.clone()))
+        };
+        let mut args = Vec::with_capacity(2 + self.keys.len() + self.args.len());
+        args.push(script);
+        args.push(Value::Integer(self.keys.len() as i64));
+        args.extend(self.keys.iter().map(|k| Value::Bytes(k.inner().clone())));
+        args.extend(self.args.iter().cloned());
+        (CustomCommand::new_static(name, slot, false), args)
+    }
+}
+
+/// A generation as Redis holds it (a decimal string; missing is `0`). Anything
+/// else becomes `u64::MAX`, which no stored generation matches, so a fill
+/// stamped with it is refused until a removal writes a good one.
+fn parse_generation(raw: Option<&[u8]>) -> u64 {
+    match raw {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX),
+    }
+}
+
+/// A generation in a script's reply (an integer or a decimal string).
+fn generation_of(value: &Value) -> u64 {
+    match value {
+        Value::Integer(i) => u64::try_from(*i).unwrap_or(u64::MAX),
+        Value::String(s) => parse_generation(Some(s.as_bytes())),
+        Value::Bytes(b) => parse_generation(Some(b)),
+        Value::Null => 0,
+        _ => u64::MAX,
     }
 }
 
@@ -335,7 +705,8 @@ impl<C> Inner<C> {
         Ok(Bytes::from(buf))
     }
 
-    /// Deletes every key matching `pattern` (SCAN on every primary + UNLINK).
+    /// Deletes every value key matching `pattern` (SCAN on every primary +
+    /// UNLINK); generations stay.
     async fn unlink_matching(&self, pattern: String, operation: Operation) -> Result<()> {
         let client = self.pool.next();
         let stream = if self.clustered {
@@ -347,10 +718,11 @@ impl<C> Inner<C> {
         };
         let mut chunks = stream.chunks(UNLINK_BATCH);
         while let Some(chunk) = chunks.next().await {
-            let keys = chunk
+            let mut keys = chunk
                 .into_iter()
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| self.error(operation, e))?;
+            keys.retain(|k| self.layout.is_value_key(&self.namespace, k.as_bytes()));
             if self.clustered {
                 // UNLINK of several keys must stay within one hash slot.
                 let groups =
@@ -374,18 +746,13 @@ impl<C> Inner<C> {
     }
 }
 
-#[async_trait]
-impl<K, V, C> CacheLayer<K, V> for RedisTier<V, C>
+impl<V, C> RedisTier<V, C>
 where
-    K: CacheKey,
     V: Send + Sync + 'static,
     C: Codec<V>,
 {
-    fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
+    /// `get`: one `GET`.
+    async fn fetch<K: CacheKey>(&self, key: &K) -> Result<Option<Entry<V>>> {
         let inner = &*self.inner;
         let rkey = self.redis_key(key)?;
         match inner.pool.get::<Option<Bytes>, _>(rkey.as_str()).await {
@@ -399,7 +766,9 @@ where
         }
     }
 
-    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
+    /// `get_many`: one `MGET` (single node), one pipeline of one `MGET` per
+    /// hash slot (cluster).
+    async fn fetch_many<K: CacheKey>(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
         let inner = &*self.inner;
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -465,81 +834,177 @@ where
         Ok(out)
     }
 
+    /// `remove_stamped`: one script bumps the key generation and deletes.
+    async fn remove_key<K: CacheKey>(&self, key: &K) -> Result<(bool, Stamp)> {
+        let inner = &*self.inner;
+        let keys = self.fence_keys(key)?;
+        let call = inner.remove_call(keys);
+        let reply: Vec<Value> = inner
+            .eval(call.script, call.keys, call.args)
+            .await
+            .map_err(|e| inner.error(Operation::Remove, e))?;
+        let now = inner.clock.now();
+        match reply.as_slice() {
+            [removed, generation, scope] => Ok((
+                generation_of(removed) > 0,
+                Stamp::new(generation_of(generation), generation_of(scope), now),
+            )),
+            other => Err(Error::backend(
+                inner.name.to_string(),
+                Operation::Remove,
+                format!("unexpected reply from the removal script: {other:?}"),
+            )),
+        }
+    }
+
+    /// Bumps every scope generation, then deletes the values matching
+    /// `pattern`.
+    async fn remove_matching(&self, prefix: &str, operation: Operation) -> Result<()> {
+        let inner = &*self.inner;
+        inner.bump_scopes(operation).await?;
+        let pattern = inner.layout.pattern(&inner.namespace, prefix);
+        inner.unlink_matching(pattern, operation).await
+    }
+}
+
+#[async_trait]
+impl<K, V, C> CacheLayer<K, V> for RedisTier<V, C>
+where
+    K: CacheKey,
+    V: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
+        self.fetch(key).await
+    }
+
+    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
+        self.fetch_many(keys).await
+    }
+
+    async fn get_stamped(&self, key: &K) -> Result<(Option<Entry<V>>, Stamp)> {
+        if let Some(hit) = self.fetch(key).await? {
+            return Ok((Some(hit), Stamp::NONE));
+        }
+        let keys = self.fence_keys(key)?;
+        let stamps = self
+            .inner
+            .stamps(std::slice::from_ref(&keys), Operation::Get)
+            .await?;
+        Ok((None, stamps.first().copied().unwrap_or(Stamp::NONE)))
+    }
+
+    async fn get_many_stamped(&self, keys: &[K]) -> Result<Vec<(Option<Entry<V>>, Stamp)>> {
+        let values = self.fetch_many(keys).await?;
+        let misses: Vec<usize> = (0..values.len()).filter(|&i| values[i].is_none()).collect();
+        let mut stamps = vec![Stamp::NONE; values.len()];
+        if !misses.is_empty() {
+            let fence_keys = misses
+                .iter()
+                .map(|&i| self.fence_keys(&keys[i]))
+                .collect::<Result<Vec<_>>>()?;
+            let taken = self.inner.stamps(&fence_keys, Operation::GetMany).await?;
+            for (i, stamp) in misses.into_iter().zip(taken) {
+                stamps[i] = stamp;
+            }
+        }
+        Ok(values.into_iter().zip(stamps).collect())
+    }
+
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
         let inner = &*self.inner;
-        let rkey = self.redis_key(key)?;
-        let now = inner.clock.now();
-        let entry = entry.capped_by_ttl(now, inner.ttl);
-        if entry.is_expired(now) {
-            let _: i64 = inner
-                .pool
-                .del(rkey)
-                .await
-                .map_err(|e| inner.error(Operation::Put, e))?;
-            return Ok(());
-        }
-        let value = inner.envelope(&entry)?;
-        let at = inner.pxat(entry.expires_at, now);
+        let keys = self.fence_keys(key)?;
+        let call = inner.write_call(keys, entry, inner.clock.now())?;
         inner
-            .pool
-            .set::<(), _, _>(rkey, value, Some(Expiration::PXAT(at)), None, false)
+            .eval::<Value>(call.script, call.keys, call.args)
             .await
-            .map_err(|e| inner.error(Operation::Put, e))
+            .map_err(|e| inner.error(Operation::Put, e))?;
+        Ok(())
     }
 
     async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
         let inner = &*self.inner;
-        if entries.is_empty() {
-            return Ok(());
-        }
         let now = inner.clock.now();
-        let pipe = inner.pool.next().pipeline();
-        let err = |e| inner.error(Operation::PutMany, e);
-        for (key, entry) in entries {
-            let rkey = self.redis_key(&key)?;
-            let entry = entry.capped_by_ttl(now, inner.ttl);
-            if entry.is_expired(now) {
-                let _: () = pipe.del(rkey).await.map_err(err)?;
-            } else {
-                let value = inner.envelope(&entry)?;
-                let at = inner.pxat(entry.expires_at, now);
-                let _: () = pipe
-                    .set(rkey, value, Some(Expiration::PXAT(at)), None, false)
-                    .await
-                    .map_err(err)?;
-            }
+        let calls = entries
+            .into_iter()
+            .map(|(key, entry)| inner.write_call(self.fence_keys(&key)?, entry, now))
+            .collect::<Result<Vec<_>>>()?;
+        for result in inner.eval_all(calls).await {
+            result.map_err(|e| inner.error(Operation::PutMany, e))?;
         }
-        let _: Vec<Value> = pipe.all().await.map_err(err)?;
         Ok(())
     }
 
-    async fn remove(&self, key: &K) -> Result<bool> {
+    async fn put_fenced(&self, key: &K, entry: Entry<V>, fence: &Fence<'_>) -> Result<Fill> {
         let inner = &*self.inner;
-        let rkey = self.redis_key(key)?;
-        let n: i64 = inner
-            .pool
-            .del(rkey)
+        let keys = self.fence_keys(key)?;
+        let Some(call) = inner.fill_call(keys, entry, fence, inner.clock.now())? else {
+            return Ok(Fill::Refused);
+        };
+        let written: i64 = inner
+            .eval(call.script, call.keys, call.args)
             .await
-            .map_err(|e| inner.error(Operation::Remove, e))?;
-        Ok(n > 0)
+            .map_err(|e| inner.error(Operation::Put, e))?;
+        Ok(if written == 1 {
+            Fill::Written
+        } else {
+            Fill::Refused
+        })
+    }
+
+    async fn put_many_fenced(
+        &self,
+        entries: Vec<(K, Entry<V>)>,
+        fences: &[Fence<'_>],
+    ) -> Result<Vec<Fill>> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let mut out = vec![Fill::Refused; entries.len()];
+        let mut sent = Vec::new();
+        let mut calls = Vec::new();
+        for (i, (key, entry)) in entries.into_iter().enumerate() {
+            let keys = self.fence_keys(&key)?;
+            // An entry without a fence is refused.
+            let Some(fence) = fences.get(i) else { continue };
+            if let Some(call) = inner.fill_call(keys, entry, fence, now)? {
+                sent.push(i);
+                calls.push(call);
+            }
+        }
+        for (i, result) in sent.into_iter().zip(inner.eval_all(calls).await) {
+            let written = result
+                .and_then(|v| v.convert::<i64>())
+                .map_err(|e| inner.error(Operation::PutMany, e))?;
+            if written == 1 {
+                out[i] = Fill::Written;
+            }
+        }
+        Ok(out)
+    }
+
+    fn fenced_writes_are_atomic(&self) -> bool {
+        true
+    }
+
+    async fn remove(&self, key: &K) -> Result<bool> {
+        Ok(self.remove_key(key).await?.0)
+    }
+
+    async fn remove_stamped(&self, key: &K) -> Result<(bool, Stamp)> {
+        self.remove_key(key).await
     }
 
     async fn remove_prefix(&self, prefix: &str) -> Result<()> {
-        let inner = &*self.inner;
         // The encoding preserves prefixes and has no glob characters.
-        let mut pattern = format!("{}:", inner.namespace);
-        key::encode_into(prefix, &mut pattern);
-        pattern.push('*');
-        inner
-            .unlink_matching(pattern, Operation::RemovePrefix)
-            .await
+        self.remove_matching(prefix, Operation::RemovePrefix).await
     }
 
     async fn clear(&self) -> Result<()> {
-        let inner = &*self.inner;
-        inner
-            .unlink_matching(format!("{}:*", inner.namespace), Operation::Clear)
-            .await
+        self.remove_matching("", Operation::Clear).await
     }
 }
 
@@ -577,6 +1042,8 @@ pub struct RedisTierBuilder<V, C = MsgPackCodec> {
     pool_size: usize,
     policy: ReconnectPolicy,
     lazy: bool,
+    horizon: Duration,
+    shards: u16,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -589,6 +1056,8 @@ impl<V, C: fmt::Debug> fmt::Debug for RedisTierBuilder<V, C> {
             .field("codec", &self.codec)
             .field("command_timeout", &self.command_timeout)
             .field("pool_size", &self.pool_size)
+            .field("fence_horizon", &self.horizon)
+            .field("cluster_shards", &self.shards)
             .finish_non_exhaustive()
     }
 }
@@ -613,6 +1082,8 @@ impl<V> Default for RedisTierBuilder<V, MsgPackCodec> {
             pool_size: DEFAULT_POOL_SIZE,
             policy: default_reconnect_policy(),
             lazy: false,
+            horizon: DEFAULT_FENCE_HORIZON,
+            shards: DEFAULT_CLUSTER_SHARDS,
             _value: PhantomData,
         }
     }
@@ -703,6 +1174,8 @@ where
             pool_size: self.pool_size,
             policy: self.policy,
             lazy: self.lazy,
+            horizon: self.horizon,
+            shards: self.shards,
             _value: PhantomData,
         }
     }
@@ -742,6 +1215,27 @@ where
         self
     }
 
+    /// How long a stamp stays usable (default [`DEFAULT_FENCE_HORIZON`]): a
+    /// fill whose stamp is older is refused, and key generations are kept for
+    /// twice this long after a removal. Make it longer than the slowest fill
+    /// (read, origin load, write) you want to land. See "Fenced writes" in
+    /// [`RedisTier`].
+    pub fn fence_horizon(mut self, horizon: Duration) -> Self {
+        self.horizon = horizon.max(Duration::from_millis(1));
+        self
+    }
+
+    /// On a Redis Cluster, how many hash-tagged shards the namespace is spread
+    /// over (default [`DEFAULT_CLUSTER_SHARDS`]; at least 1). Each shard is one
+    /// hash slot and has its own scope generation, so `clear` and
+    /// `remove_prefix` bump that many keys. Every instance sharing the
+    /// namespace must use the same value; changing it moves every key. Not
+    /// used on a single node.
+    pub fn cluster_shards(mut self, shards: u16) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
     /// Connects and builds the tier. Fails if the namespace is invalid, or (unless
     /// [`lazy_connect`](Self::lazy_connect)) if the first connection cannot be
     /// made.
@@ -769,6 +1263,7 @@ where
                 .map_err(|e| unavailable("cannot connect", e))?,
         };
         let clustered = pool.next().is_clustered();
+        let layout = Layout::new(&self.namespace, clustered.then_some(self.shards));
         let system_clock = self.clock.is_none();
         Ok(RedisTier {
             inner: Arc::new(Inner {
@@ -781,6 +1276,8 @@ where
                 codec: self.codec,
                 command_timeout: self.command_timeout,
                 clustered,
+                layout,
+                horizon: self.horizon,
                 corrupt: AtomicU64::new(0),
                 owned,
             }),

@@ -1,0 +1,555 @@
+#![allow(clippy::unwrap_used)]
+//! RedisTier's fenced writes on a real redis-server and a real 3-master
+//! cluster: stamps taken on a miss, voided by another instance's removal,
+//! write-through, prefix removal or clear; the horizon; batches; hostile keys.
+//! And the mutation check: with the tier planted to ignore stamps, the same
+//! scenarios fail, so they can catch that bug.
+//!
+//! The scenarios return `Err` (not panic) when a fence lets a stale fill
+//! through, so the mutation test can see them fail.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cache_core::{
+    CacheLayer, Clock, Entry, Fence, FenceCheck, Fill, ManualClock, Stamp, SystemClock, Unfenced,
+};
+use cache_server::fred::interfaces::KeysInterface;
+use cache_server::testing::{RedisCluster, RedisServer};
+use cache_server::RedisTier;
+
+type T = RedisTier<String>;
+type Checked = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($why:tt)+) => {
+        if !$cond {
+            return Err(format!($($why)+));
+        }
+    };
+}
+
+/// A fence check that holds or not, as told.
+struct Holds(bool);
+
+impl FenceCheck for Holds {
+    fn holds(&self) -> bool {
+        self.0
+    }
+}
+
+async fn tier(url: &str, ns: &str) -> T {
+    RedisTier::builder()
+        .url(url)
+        .namespace(ns)
+        .pool_size(1)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Two instances (two pools) on one namespace.
+async fn instances(url: &str, ns: &str) -> (T, T) {
+    (tier(url, ns).await, tier(url, ns).await)
+}
+
+fn entry(value: &str) -> Entry<String> {
+    Entry::expiring_in(
+        value.to_string(),
+        SystemClock.now(),
+        Duration::from_secs(600),
+    )
+}
+
+/// What Redis itself holds under the key's value key, bypassing the tier.
+async fn raw(tier: &T, key: &str) -> Option<Bytes> {
+    let rkey = tier.redis_key(&key.to_string()).unwrap();
+    tier.pool().get::<Option<Bytes>, _>(rkey).await.unwrap()
+}
+
+async fn value(tier: &T, key: &str) -> Option<String> {
+    tier.get(&key.to_string()).await.unwrap().map(|e| e.value)
+}
+
+async fn miss_stamp(tier: &T, key: &str) -> Result<Stamp, String> {
+    let (hit, stamp) = tier.get_stamped(&key.to_string()).await.unwrap();
+    ensure!(hit.is_none(), "{key}: expected a miss");
+    ensure!(stamp.is_taken(), "{key}: a miss must hand out a stamp");
+    Ok(stamp)
+}
+
+/// What another instance does between a fill's read and its write.
+#[derive(Clone, Copy, Debug)]
+enum Voider {
+    Remove,
+    Put,
+    RemovePrefix,
+    Clear,
+}
+
+const VOIDERS: [Voider; 4] = [
+    Voider::Remove,
+    Voider::Put,
+    Voider::RemovePrefix,
+    Voider::Clear,
+];
+
+/// A stamp taken on a miss by `a`, then `how` by `b`: `a`'s fill with that
+/// stamp is refused and Redis holds no value (or `b`'s, for a put).
+async fn voided_stamp_is_refused(url: &str, ns: &str, how: Voider) -> Checked {
+    let (a, b) = instances(url, ns).await;
+    let key = "user:1";
+    let k = key.to_string();
+    let stamp = miss_stamp(&a, key).await?;
+    match how {
+        Voider::Remove => drop(b.remove(&k).await.unwrap()),
+        Voider::Put => b.put(&k, entry("from-b")).await.unwrap(),
+        Voider::RemovePrefix => CacheLayer::<String, String>::remove_prefix(&b, "user:")
+            .await
+            .unwrap(),
+        Voider::Clear => CacheLayer::<String, String>::clear(&b).await.unwrap(),
+    }
+    let fill = a
+        .put_fenced(&k, entry("stale"), &Fence::new(&Unfenced, stamp))
+        .await
+        .unwrap();
+    ensure!(
+        fill == Fill::Refused,
+        "{how:?}: a fill stamped before it was {fill:?}"
+    );
+    let want = matches!(how, Voider::Put).then(|| "from-b".to_string());
+    let got = value(&a, key).await;
+    ensure!(got == want, "{how:?}: Redis holds {got:?}, want {want:?}");
+    if want.is_none() {
+        ensure!(raw(&a, key).await.is_none(), "{how:?}: a raw value is left");
+    }
+    Ok(())
+}
+
+/// A stamp nobody voided is written; another key's removal does not void it.
+async fn untouched_stamp_is_written(url: &str, ns: &str) -> Checked {
+    let (a, b) = instances(url, ns).await;
+    let stamp = miss_stamp(&a, "user:2").await?;
+    b.remove(&"user:20".to_string()).await.unwrap();
+    b.put(&"user:3".to_string(), entry("other")).await.unwrap();
+    let fill = a
+        .put_fenced(
+            &"user:2".to_string(),
+            entry("fresh"),
+            &Fence::new(&Unfenced, stamp),
+        )
+        .await
+        .unwrap();
+    ensure!(fill == Fill::Written, "an untouched stamp was {fill:?}");
+    ensure!(
+        value(&b, "user:2").await.as_deref() == Some("fresh"),
+        "the other instance does not read the fill"
+    );
+    // A hit hands out no stamp.
+    let (hit, stamp) = a.get_stamped(&"user:2".to_string()).await.unwrap();
+    ensure!(hit.is_some() && stamp == Stamp::NONE, "a hit: {stamp:?}");
+    Ok(())
+}
+
+/// The write-through a chain makes: `remove_stamped`, then `put_fenced` with
+/// that stamp; a failing in-process check refuses it and leaves Redis as it
+/// was; the write-through voids a fill stamped before it.
+async fn write_through_and_the_in_process_check(url: &str, ns: &str) -> Checked {
+    let (a, b) = instances(url, ns).await;
+    let k = "user:4".to_string();
+    let stale = miss_stamp(&b, "user:4").await?;
+    let (removed, stamp) = a.remove_stamped(&k).await.unwrap();
+    ensure!(!removed && stamp.is_taken(), "remove_stamped: {stamp:?}");
+    let fill = a
+        .put_fenced(&k, entry("new"), &Fence::new(&Holds(false), stamp))
+        .await
+        .unwrap();
+    ensure!(fill == Fill::Refused, "a failing check gave {fill:?}");
+    ensure!(raw(&a, "user:4").await.is_none(), "a refused write landed");
+    let fill = a
+        .put_fenced(&k, entry("new"), &Fence::new(&Holds(true), stamp))
+        .await
+        .unwrap();
+    ensure!(fill == Fill::Written, "the write-through was {fill:?}");
+    let fill = b
+        .put_fenced(&k, entry("stale"), &Fence::new(&Unfenced, stale))
+        .await
+        .unwrap();
+    ensure!(
+        fill == Fill::Refused,
+        "a fill stamped before the write-through was {fill:?}"
+    );
+    ensure!(
+        value(&b, "user:4").await.as_deref() == Some("new"),
+        "the write-through's value was replaced"
+    );
+    // A refused write leaves the old value in place.
+    let fill = b
+        .put_fenced(&k, entry("other"), &Fence::new(&Holds(false), stamp))
+        .await
+        .unwrap();
+    ensure!(fill == Fill::Refused, "{fill:?}");
+    ensure!(
+        value(&b, "user:4").await.as_deref() == Some("new"),
+        "a refused write touched the old value"
+    );
+    Ok(())
+}
+
+/// `Stamp::NONE` counts as generations (0, 0): fine on a key never removed,
+/// refused once it was.
+async fn no_stamp_is_generation_zero(url: &str, ns: &str) -> Checked {
+    let (a, b) = instances(url, ns).await;
+    let k = "user:5".to_string();
+    let fill = a.put_fenced(&k, entry("v"), &Fence::open()).await.unwrap();
+    ensure!(
+        fill == Fill::Written,
+        "an open fence on a fresh key: {fill:?}"
+    );
+    b.remove(&k).await.unwrap();
+    let fill = a
+        .put_fenced(&k, entry("stale"), &Fence::open())
+        .await
+        .unwrap();
+    ensure!(
+        fill == Fill::Refused,
+        "an open fence after a removal: {fill:?}"
+    );
+    ensure!(raw(&a, "user:5").await.is_none(), "the stale value landed");
+    Ok(())
+}
+
+/// `put_many_fenced` refuses only the voided entries (and the one whose check
+/// fails); stamps from one `get_many_stamped`.
+async fn a_batch_refuses_only_the_voided(url: &str, ns: &str) -> Checked {
+    let (a, b) = instances(url, ns).await;
+    let keys: Vec<String> = (0..5).map(|i| format!("batch:{i}")).collect();
+    b.put(&keys[4], entry("hit")).await.unwrap();
+    let got = a.get_many_stamped(&keys).await.unwrap();
+    ensure!(
+        got[..4].iter().all(|(e, s)| e.is_none() && s.is_taken()),
+        "misses must be stamped: {got:?}"
+    );
+    ensure!(
+        got[4].0.is_some() && got[4].1 == Stamp::NONE,
+        "a hit is not stamped"
+    );
+    b.remove(&keys[1]).await.unwrap();
+    b.put(&keys[3], entry("from-b")).await.unwrap();
+    let no = Holds(false);
+    let fences: Vec<Fence<'_>> = got
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| {
+            let check: &dyn FenceCheck = if i == 2 { &no } else { &Unfenced };
+            Fence::new(check, *s)
+        })
+        .collect();
+    let fills = a
+        .put_many_fenced(
+            keys[..4].iter().map(|k| (k.clone(), entry("a"))).collect(),
+            &fences[..4],
+        )
+        .await
+        .unwrap();
+    let want = [Fill::Written, Fill::Refused, Fill::Refused, Fill::Refused];
+    ensure!(fills == want, "fills {fills:?}, want {want:?}");
+    let values = b.get_many(&keys).await.unwrap();
+    let values: Vec<Option<&str>> = values
+        .iter()
+        .map(|e| e.as_ref().map(|e| e.value.as_str()))
+        .collect();
+    let want = [Some("a"), None, None, Some("from-b"), Some("hit")];
+    ensure!(values == want, "Redis holds {values:?}, want {want:?}");
+    Ok(())
+}
+
+/// Keys with path, glob, hash-tag and unicode characters: each gets its own
+/// value, generation and (on a cluster) slot, and a removal voids only its
+/// own key's stamp.
+async fn hostile_keys_stay_in_their_own_entry(url: &str, ns: &str) -> Checked {
+    let (a, b) = instances(url, ns).await;
+    let keys: Vec<String> = [
+        "a/../b",
+        "..",
+        "/",
+        "{user}:1",
+        "}{",
+        "{",
+        "user:*",
+        "*",
+        "~g:x",
+        "~a",
+        "ключ/🙂",
+    ]
+    .iter()
+    .map(|k| k.to_string())
+    .collect();
+    let stamps = a.get_many_stamped(&keys).await.unwrap();
+    b.remove(&keys[3]).await.unwrap();
+    let fences: Vec<Fence<'_>> = stamps
+        .iter()
+        .map(|(_, s)| Fence::new(&Unfenced, *s))
+        .collect();
+    let fills = a
+        .put_many_fenced(
+            keys.iter().map(|k| (k.clone(), entry(k))).collect(),
+            &fences,
+        )
+        .await
+        .unwrap();
+    for (i, (k, fill)) in keys.iter().zip(&fills).enumerate() {
+        let want = if i == 3 { Fill::Refused } else { Fill::Written };
+        ensure!(*fill == want, "{k:?}: {fill:?}, want {want:?}");
+        let got = value(&b, k).await;
+        let want = (i != 3).then(|| k.clone());
+        ensure!(got == want, "{k:?} reads {got:?}");
+        let rkey = a.redis_key(k).unwrap();
+        ensure!(
+            rkey.starts_with(&format!("{ns}:")),
+            "{rkey} left the namespace"
+        );
+    }
+    // Each key's generation sits beside its value (in its slot, on a cluster).
+    for k in &keys {
+        b.remove(k).await.unwrap();
+        let rkey = a.redis_key(k).unwrap();
+        let cut = rkey.rfind("}:").map_or(ns.len() + 1, |i| i + 2);
+        let generation = format!("{}~g:{}", &rkey[..cut], &rkey[cut..]);
+        let exists: i64 = a.pool().exists(generation.as_str()).await.unwrap();
+        ensure!(exists == 1, "{k:?}: no generation at {generation}");
+        let slot = |key: &str| cache_server::fred::util::redis_keyslot(key.as_bytes());
+        ensure!(
+            !a.is_clustered() || slot(&rkey) == slot(&generation),
+            "{k:?}: value and generation in different slots"
+        );
+    }
+    Ok(())
+}
+
+/// Every scenario that voids a stamp, on a fresh namespace each.
+async fn voiding_scenarios(url: &str, tag: &str) -> Vec<(String, Checked)> {
+    let mut out = Vec::new();
+    for how in VOIDERS {
+        let ns = format!("{tag}-{how:?}");
+        out.push((ns.clone(), voided_stamp_is_refused(url, &ns, how).await));
+    }
+    let ns = format!("{tag}-wt");
+    out.push((
+        ns.clone(),
+        write_through_and_the_in_process_check(url, &ns).await,
+    ));
+    let ns = format!("{tag}-none");
+    out.push((ns.clone(), no_stamp_is_generation_zero(url, &ns).await));
+    let ns = format!("{tag}-batch");
+    out.push((ns.clone(), a_batch_refuses_only_the_voided(url, &ns).await));
+    let ns = format!("{tag}-hostile");
+    out.push((
+        ns.clone(),
+        hostile_keys_stay_in_their_own_entry(url, &ns).await,
+    ));
+    out
+}
+
+async fn all_scenarios(url: &str, tag: &str) {
+    let mut results = voiding_scenarios(url, tag).await;
+    let ns = format!("{tag}-untouched");
+    results.push((ns.clone(), untouched_stamp_is_written(url, &ns).await));
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_on_a_single_node() {
+    let server = RedisServer::start();
+    let a = tier(&server.url(), "flags").await;
+    assert!(CacheLayer::<String, String>::fenced_writes_are_atomic(&a));
+    all_scenarios(&server.url(), "single").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let a = tier(&cluster.url(), "flags").await;
+    assert!(a.is_clustered());
+    assert!(CacheLayer::<String, String>::fenced_writes_are_atomic(&a));
+    all_scenarios(&cluster.url(), "cluster").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stamp_older_than_the_horizon_is_refused() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let a: T = RedisTier::builder()
+        .url(server.url())
+        .namespace("horizon")
+        .clock(clock.clone())
+        .fence_horizon(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(a.fence_horizon(), Duration::from_secs(60));
+    let k = "k".to_string();
+    let e = || Entry::expiring_in("v".to_string(), clock.now(), Duration::from_secs(3600));
+    let (_, stamp) = a.get_stamped(&k).await.unwrap();
+    clock.advance(Duration::from_secs(61));
+    let fill = a
+        .put_fenced(&k, e(), &Fence::new(&Unfenced, stamp))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Refused, "a stamp past the horizon");
+    assert!(raw(&a, "k").await.is_none());
+    let (_, stamp) = a.get_stamped(&k).await.unwrap();
+    clock.advance(Duration::from_secs(60));
+    let fill = a
+        .put_fenced(&k, e(), &Fence::new(&Unfenced, stamp))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Written, "a stamp right at the horizon");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_never_comes_back_after_it_expired() {
+    // The stamp's instance runs a clock that does not move (so its horizon
+    // check passes) while Redis lets the generation expire and a new removal
+    // bumps it again: a counter restarting from 0 would hand out the same
+    // generation and let the stale fill in.
+    let server = RedisServer::start();
+    let horizon = Duration::from_millis(100);
+    let a: T = RedisTier::builder()
+        .url(server.url())
+        .namespace("aba")
+        .clock(ManualClock::new())
+        .fence_horizon(horizon)
+        .build()
+        .await
+        .unwrap();
+    let b: T = RedisTier::builder()
+        .url(server.url())
+        .namespace("aba")
+        .fence_horizon(horizon)
+        .build()
+        .await
+        .unwrap();
+    let k = "k".to_string();
+    b.remove(&k).await.unwrap();
+    let (_, stamp) = a.get_stamped(&k).await.unwrap();
+    let pttl: i64 = server
+        .cli(&["PTTL", "aba:~g:k"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=200).contains(&pttl),
+        "kept for twice the horizon: {pttl}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.cli(&["EXISTS", "aba:~g:k"]).unwrap().trim() != "0" {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.remove(&k).await.unwrap();
+    let fill = a
+        .put_fenced(&k, entry("stale"), &Fence::new(&Unfenced, stamp))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Refused);
+    assert!(raw(&a, "k").await.is_none());
+}
+
+fn stat_calls(server: &RedisServer, cmd: &str) -> u64 {
+    let info = server.cli(&["INFO", "commandstats"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamps_cost_a_command_only_on_a_miss_and_fills_one_script() {
+    let server = RedisServer::start();
+    let a = tier(&server.url(), "cost").await;
+    let keys: Vec<String> = (0..50).map(|i| format!("user:{i}")).collect();
+    a.put_many(
+        keys.iter()
+            .filter(|k| !k.ends_with('7'))
+            .map(|k| (k.clone(), entry(k)))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    server.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    let (hit, _) = a.get_stamped(&keys[0]).await.unwrap();
+    assert!(hit.is_some());
+    assert_eq!(
+        (stat_calls(&server, "get"), stat_calls(&server, "mget")),
+        (1, 0),
+        "a hit is one GET"
+    );
+    let (_, stamp) = a.get_stamped(&keys[7]).await.unwrap();
+    assert_eq!(
+        (stat_calls(&server, "get"), stat_calls(&server, "mget")),
+        (2, 1),
+        "a miss adds one MGET"
+    );
+    server.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    let got = a.get_many_stamped(&keys).await.unwrap();
+    assert_eq!(got.iter().filter(|(e, _)| e.is_none()).count(), 5);
+    assert_eq!(
+        stat_calls(&server, "mget"),
+        2,
+        "values, then the misses' stamps"
+    );
+    server.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    let fill = a
+        .put_fenced(&keys[7], entry("v"), &Fence::new(&Unfenced, stamp))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Written);
+    assert_eq!(stat_calls(&server, "evalsha"), 1, "a fill is one script");
+    // (Redis counts the commands a script runs too: its MGET and SET.)
+    assert_eq!(stat_calls(&server, "set"), 1);
+    // After SCRIPT FLUSH the tier loads its scripts again, by itself.
+    server.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    let (_, stamp) = a.get_stamped(&keys[17]).await.unwrap();
+    let fill = a
+        .put_fenced(&keys[17], entry("v"), &Fence::new(&Unfenced, stamp))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Written);
+    server.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    let stamps = a.get_many_stamped(&keys[27..28]).await.unwrap();
+    let fills = a
+        .put_many_fenced(
+            vec![(keys[27].clone(), entry("v"))],
+            &[Fence::new(&Unfenced, stamps[0].1)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fills, [Fill::Written]);
+    server.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    CacheLayer::<String, String>::clear(&a).await.unwrap();
+    assert!(a.get(&keys[27]).await.unwrap().is_none());
+}
+
+/// The mutation check: with the tier planted to write fills without comparing
+/// generations, every voiding scenario must fail; with the switch off they
+/// pass. (Current-thread runtime: the switch is per thread.)
+#[tokio::test]
+async fn the_stamp_tests_catch_a_tier_that_ignores_stamps() {
+    let server = RedisServer::start();
+    cache_server::mutation::set_ignore_stamps(true);
+    let mutated = voiding_scenarios(&server.url(), "mutated").await;
+    cache_server::mutation::set_ignore_stamps(false);
+    for (ns, result) in &mutated {
+        // The in-process check alone still refuses in the write-through
+        // scenario's first step, but its later stale fill gets through.
+        assert!(result.is_err(), "{ns}: passed with stamps ignored");
+        println!("{ns}: caught: {}", result.as_ref().unwrap_err());
+    }
+    let clean = voiding_scenarios(&server.url(), "clean").await;
+    for (ns, result) in &clean {
+        assert!(result.is_ok(), "{ns}: {result:?}");
+    }
+}
