@@ -218,6 +218,78 @@ async fn spy_on(server: &RedisServer) -> Arc<AtomicU64> {
     count
 }
 
+/// A raw client that publishes hand-made messages on the channel.
+async fn raw_publisher(server: &RedisServer) -> cache_server::fred::prelude::Client {
+    let client =
+        cache_server::fred::prelude::Builder::from_config(Config::from_url(&server.url()).unwrap())
+            .build()
+            .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_gap_flushes_the_local_tier() {
+    let server = RedisServer::start();
+    let version = Arc::new(AtomicU64::new(1));
+    let b = instance(&server, version).await;
+    for i in 1..=3 {
+        b.cache.get(&format!("user:{i}")).await.unwrap();
+    }
+    let raw = raw_publisher(&server).await;
+    let mut applied = b.cache.applied();
+    let forged = |seq: u64, key: &str| format!("lc2\n00000000deadbeef\n{seq:x}\nk\n{key}");
+
+    // Seq 1 from a new origin: applied, nothing else happens.
+    let _: i64 = raw.publish(CHANNEL, forged(1, "user:1")).await.unwrap();
+    let got = tokio::time::timeout(LIVENESS, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Invalidation::Key("user:1".into()));
+    assert!(!b.moka.contains(&"user:1".to_string()));
+    assert!(b.moka.contains(&"user:2".to_string()));
+    assert_eq!(b.cache.resync_flushes(), 0);
+
+    // Garbage is counted and ignored.
+    let _: i64 = raw
+        .publish(CHANNEL, "lc2\nnot hex\n1\nk\nuser:2")
+        .await
+        .unwrap();
+    wait_until("the malformed message is counted", || {
+        b.cache.bus().stats().malformed == 1
+    })
+    .await;
+    assert!(b.moka.contains(&"user:2".to_string()));
+
+    // Seq 3: seq 2 was lost, so everything local may be stale.
+    let _: i64 = raw.publish(CHANNEL, forged(3, "user:9")).await.unwrap();
+    wait_until("the gap flushes B's moka tier", || {
+        b.cache.resync_flushes() == 1
+    })
+    .await;
+    assert!(!b.moka.contains(&"user:2".to_string()));
+    assert!(!b.moka.contains(&"user:3".to_string()));
+    let stats = b.cache.bus().stats();
+    assert_eq!(stats.sequence_gaps, 1, "{stats:?}");
+
+    // Seq 4 follows 3: no new flush.
+    b.cache.get(&"user:2".to_string()).await.unwrap();
+    let _: i64 = raw.publish(CHANNEL, forged(4, "user:8")).await.unwrap();
+    loop {
+        let got = tokio::time::timeout(LIVENESS, applied.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if got == Invalidation::Key("user:8".into()) {
+            break;
+        }
+    }
+    assert_eq!(b.cache.resync_flushes(), 1);
+    assert!(b.moka.contains(&"user:2".to_string()));
+    let _ = raw.quit().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
     let server = RedisServer::start();
