@@ -8,14 +8,24 @@
 //! ```text
 //! lc2
 //! <origin: 16 lowercase hex digits>   the publishing bus
-//! <seq: lowercase hex>                 1, 2, 3, ... per origin
-//! <kind>                               k | p | c
-//! <body>                               the key (k), the prefix (p), empty (c)
+//! <seq: lowercase hex>                 see below
+//! <kind>                               k | p | c | h
+//! <body>                               the key (k), the prefix (p), empty (c),
+//!                                      "<n|u|d> <bound ms: hex>" (h)
 //! ```
 //!
-//! A receiver keeps the last `seq` of every origin; a number that is not the
-//! successor of the last one means a message was lost, and the in-process
-//! tiers are flushed. Anything that does not parse is counted and ignored.
+//! - `k`, `p`, `c`: an invalidation. Its `seq` is 1, 2, 3, ... per origin.
+//! - `h`: a heartbeat, every heartbeat interval: the sender's link as it sees
+//!   it (`n` its first heartbeat, `u` up, `d` down) and its bound (interval +
+//!   timeout): how long after this heartbeat it declares its link down if none
+//!   of its own comes back. Its `seq` is the number of the sender's last
+//!   invalidation.
+//!
+//! A receiver keeps the last `seq` of every origin. An invalidation that is
+//! not the successor of the last one, or another message whose number is not
+//! the last one, means an invalidation was lost (or numbers went backwards),
+//! and the in-process tiers are flushed. Anything that does not parse is
+//! counted and ignored.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -24,7 +34,7 @@ use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cache_core::{
     ByteSize, CacheKey, Error, Lookup, MaybeSend, MaybeSync, Operation, Result, TierReport,
@@ -32,8 +42,9 @@ use cache_core::{
 };
 use fred::clients::{Client, SubscriberClient};
 use fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy};
+use fred::types::config::UnresponsiveConfig;
 use futures_util::future::BoxFuture;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::redis::{client_builder, default_reconnect_policy};
@@ -66,20 +77,59 @@ struct Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Body {
     Invalidate(Invalidation),
+    /// Every heartbeat interval: the sender's view of its own link, and how
+    /// long after this heartbeat it declares its link down if no heartbeat of
+    /// its own comes back (its interval + timeout).
+    Heartbeat {
+        link: LinkReport,
+        bound: Duration,
+    },
+}
+
+/// The link state a heartbeat reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkReport {
+    /// The bus's first heartbeat: it has just subscribed.
+    New,
+    Up,
+    Down,
+}
+
+impl LinkReport {
+    fn code(self) -> &'static str {
+        match self {
+            LinkReport::New => "n",
+            LinkReport::Up => "u",
+            LinkReport::Down => "d",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "n" => Some(LinkReport::New),
+            "u" => Some(LinkReport::Up),
+            "d" => Some(LinkReport::Down),
+            _ => None,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Message {
     /// `lc2\n<origin: 16 hex>\n<seq: hex>\n<kind>\n<body>`.
     fn encode(&self) -> String {
-        let (kind, body) = match &self.body {
-            Body::Invalidate(Invalidation::Key(k)) => ("k", k.as_str()),
-            Body::Invalidate(Invalidation::Prefix(p)) => ("p", p.as_str()),
-            Body::Invalidate(Invalidation::Clear) => ("c", ""),
-        };
-        format!(
-            "{WIRE_VERSION}\n{:016x}\n{:x}\n{kind}\n{body}",
-            self.origin, self.seq
-        )
+        let head = format!("{WIRE_VERSION}\n{:016x}\n{:x}\n", self.origin, self.seq);
+        match &self.body {
+            Body::Invalidate(Invalidation::Key(k)) => format!("{head}k\n{k}"),
+            Body::Invalidate(Invalidation::Prefix(p)) => format!("{head}p\n{p}"),
+            Body::Invalidate(Invalidation::Clear) => format!("{head}c\n"),
+            Body::Heartbeat { link, bound } => {
+                format!("{head}h\n{} {:x}", link.code(), millis(*bound))
+            }
+        }
     }
 
     /// Parses a message; `None` for anything this build does not understand.
@@ -98,6 +148,13 @@ impl Message {
             "k" => Body::Invalidate(Invalidation::Key(body.to_owned())),
             "p" => Body::Invalidate(Invalidation::Prefix(body.to_owned())),
             "c" if body.is_empty() => Body::Invalidate(Invalidation::Clear),
+            "h" => {
+                let (link, bound) = body.split_once(' ')?;
+                Body::Heartbeat {
+                    link: LinkReport::from_code(link)?,
+                    bound: Duration::from_millis(hex(bound)?),
+                }
+            }
             _ => return None,
         };
         Some(Message { origin, seq, body })
@@ -119,22 +176,35 @@ fn hex(s: &str) -> Option<u64> {
 /// message was lost.
 #[derive(Debug, Default)]
 struct Sequences {
-    last: HashMap<u64, u64>,
+    /// Origin -> (last number, when it arrived).
+    last: HashMap<u64, (u64, Instant)>,
 }
 
 impl Sequences {
-    /// Records `seq` from `origin`; `false` if it is not the successor of the
-    /// last one seen (a gap, or a number going backwards). The first message
-    /// from an origin starts its sequence.
-    fn next(&mut self, origin: u64, seq: u64) -> bool {
-        match self.last.insert(origin, seq) {
+    /// Records `seq` from `origin`; `false` if an invalidation from it was
+    /// missed or the numbers went backwards. An invalidation (`advances`) must
+    /// carry the successor of the last number seen; any other message the
+    /// last number itself. The first message from an origin starts its
+    /// sequence.
+    fn next(&mut self, origin: u64, seq: u64, advances: bool) -> bool {
+        let now = Instant::now();
+        match self.last.insert(origin, (seq, now)) {
             None => true,
-            Some(last) if seq == last.wrapping_add(1) => true,
-            Some(last) => {
-                self.last.insert(origin, last.max(seq));
+            Some((last, _)) if advances && seq == last.wrapping_add(1) => true,
+            Some((last, _)) if !advances && seq == last => true,
+            Some((last, _)) => {
+                self.last.insert(origin, (last.max(seq), now));
                 false
             }
         }
+    }
+
+    /// Forgets origins silent for [`FORGET_PEERS_AFTER`] (instances that
+    /// stopped; a restarted instance has a new origin).
+    fn forget_silent(&mut self) {
+        let now = Instant::now();
+        self.last
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < FORGET_PEERS_AFTER);
     }
 }
 
@@ -162,6 +232,13 @@ pub struct BusStats {
     /// Messages whose sequence number was not the successor of the last one
     /// seen from the same origin (each one also caused a resync).
     pub sequence_gaps: u64,
+    /// Heartbeats published by this process.
+    pub heartbeats: u64,
+    /// Times this bus declared its link down (no heartbeat of its own came
+    /// back within heartbeat interval + timeout).
+    pub link_downs: u64,
+    /// Times the subscriber connection was re-established.
+    pub reconnects: u64,
 }
 
 #[derive(Default)]
@@ -171,6 +248,9 @@ struct Counters {
     malformed: AtomicU64,
     resyncs: AtomicU64,
     sequence_gaps: AtomicU64,
+    heartbeats: AtomicU64,
+    link_downs: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -186,17 +266,87 @@ trait Applier: Send + Sync {
 
 type Appliers = Vec<(u64, Arc<dyn Applier>)>;
 
+/// Peers silent for this long are forgotten.
+const FORGET_PEERS_AFTER: Duration = Duration::from_secs(600);
+
+/// Whether this bus hears itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// Connected; the first heartbeat has not come back yet.
+    Starting,
+    Up,
+    /// No heartbeat of its own came back in time: the local tiers are flushed
+    /// every heartbeat interval until one does.
+    Down,
+}
+
+struct Link {
+    state: LinkState,
+    /// When the last message of this bus's own came back.
+    last_echo: Instant,
+    /// When the local tiers were last flushed because the link is down.
+    last_flush: Instant,
+}
+
+/// What this bus knows of another instance, from its heartbeats.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    last_heartbeat: Instant,
+    link: LinkReport,
+    bound: Duration,
+}
+
+impl Peer {
+    /// Whether the peer hears itself: its last heartbeat said so, and it is
+    /// not older than the peer's own down-detection bound.
+    fn is_live(&self, now: Instant) -> bool {
+        self.link != LinkReport::Down
+            && now.saturating_duration_since(self.last_heartbeat) <= self.bound
+    }
+}
+
+/// Heartbeat settings.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Timing {
+    /// How often the watchdog looks at the link.
+    fn tick(self) -> Duration {
+        (self.interval.min(self.timeout) / 10).max(Duration::from_millis(1))
+    }
+
+    /// The documented bound: a link that dies is declared down, and the local
+    /// tiers flushed, at most this long after the last heartbeat came back.
+    fn bound(self) -> Duration {
+        self.interval + self.timeout
+    }
+
+    /// Silence after which the watchdog declares the link down: one tick
+    /// early, so the flush happens within [`Timing::bound`], and before other
+    /// instances stop counting on this one.
+    fn silence_limit(self) -> Duration {
+        self.bound().saturating_sub(self.tick())
+    }
+}
+
 struct BusInner {
     publisher: Client,
     subscriber: SubscriberClient,
     channel: String,
     /// This bus's id on the wire.
     origin: u64,
-    /// The next sequence number; held while publishing, so numbers reach
-    /// Redis in order.
-    next_seq: tokio::sync::Mutex<u64>,
+    /// The number of the last invalidation published; held while publishing,
+    /// so numbers reach Redis in order.
+    last_seq: tokio::sync::Mutex<u64>,
     appliers: Mutex<Appliers>,
     next_applier: AtomicU64,
+    timing: Timing,
+    link: Mutex<Link>,
+    link_tx: watch::Sender<bool>,
+    peers: Mutex<HashMap<u64, Peer>>,
     counters: Counters,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -240,13 +390,17 @@ impl BusInner {
         }
     }
 
-    /// Publishes `body` under the next sequence number; returns that number.
+    /// Publishes `body`; an invalidation under the next sequence number, any
+    /// other message under the current one. Returns that number.
     async fn send(&self, body: Body) -> std::result::Result<u64, fred::error::Error> {
-        let mut next = self.next_seq.lock().await;
-        let seq = *next;
-        // A number is used once even if the publish fails: receivers then see
-        // a gap, which is what happened.
-        *next += 1;
+        let mut last = self.last_seq.lock().await;
+        if matches!(body, Body::Invalidate(_)) {
+            // A number is used once even if the publish fails: receivers then
+            // see a gap and flush, as they should when they may have missed
+            // an invalidation.
+            *last += 1;
+        }
+        let seq = *last;
         let msg = Message {
             origin: self.origin,
             seq,
@@ -257,14 +411,15 @@ impl BusInner {
         Ok(seq)
     }
 
-    async fn on_message(&self, sequences: &mut Sequences, raw: fred::types::Message) {
+    async fn on_message(self: &Arc<Self>, sequences: &mut Sequences, raw: fred::types::Message) {
         bump(&self.counters.received);
         let Some(msg) = raw.value.as_str().and_then(|s| Message::decode(&s)) else {
             bump(&self.counters.malformed);
             tracing::warn!(channel = %self.channel, "ignored a malformed invalidation message");
             return;
         };
-        if !sequences.next(msg.origin, msg.seq) {
+        let advances = matches!(msg.body, Body::Invalidate(_));
+        if !sequences.next(msg.origin, msg.seq, advances) {
             bump(&self.counters.sequence_gaps);
             tracing::warn!(
                 channel = %self.channel,
@@ -274,10 +429,133 @@ impl BusInner {
             );
             self.resync().await;
         }
+        if msg.origin == self.origin {
+            // Our own messages were applied here before they were published;
+            // coming back, they prove the link works.
+            if matches!(msg.body, Body::Heartbeat { .. }) {
+                sequences.forget_silent();
+            }
+            self.heard_itself().await;
+            return;
+        }
         match msg.body {
-            // Our own messages were applied here before they were published.
-            Body::Invalidate(_) if msg.origin == self.origin => {}
             Body::Invalidate(inv) => self.apply_locally(None, &inv).await,
+            Body::Heartbeat { link, bound } => self.heard_peer(msg.origin, link, bound),
+        }
+    }
+
+    /// A message of our own came back.
+    async fn heard_itself(&self) {
+        let was = {
+            let Ok(mut link) = self.link.lock() else {
+                return;
+            };
+            link.last_echo = Instant::now();
+            let was = link.state;
+            if was == LinkState::Starting {
+                link.state = LinkState::Up;
+                self.link_tx.send_replace(true);
+            }
+            was
+        };
+        if was == LinkState::Down {
+            // Messages may have been lost while the link was down: flush once
+            // more, then count as up.
+            tracing::info!(channel = %self.channel, "invalidation bus link is back; flushing in-process tiers");
+            self.resync().await;
+            if let Ok(mut link) = self.link.lock() {
+                if link.state == LinkState::Down {
+                    link.state = LinkState::Up;
+                    self.link_tx.send_replace(true);
+                }
+            }
+        }
+    }
+
+    fn heard_peer(self: &Arc<Self>, origin: u64, link: LinkReport, bound: Duration) {
+        let now = Instant::now();
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.insert(
+                origin,
+                Peer {
+                    last_heartbeat: now,
+                    link,
+                    bound,
+                },
+            );
+        }
+        if link == LinkReport::New {
+            // A new instance: tell it about this one right away.
+            let bus = self.clone();
+            tokio::spawn(async move { bus.heartbeat().await });
+        }
+    }
+
+    fn link_state(&self) -> LinkState {
+        self.link.lock().map(|l| l.state).unwrap_or(LinkState::Down)
+    }
+
+    /// Publishes a heartbeat with this bus's view of its link.
+    async fn heartbeat(&self) {
+        let link = match self.link_state() {
+            LinkState::Starting => LinkReport::New,
+            LinkState::Up => LinkReport::Up,
+            LinkState::Down => LinkReport::Down,
+        };
+        let body = Body::Heartbeat {
+            link,
+            bound: self.timing.bound(),
+        };
+        match self.send(body).await {
+            Ok(_) => bump(&self.counters.heartbeats),
+            Err(err) => tracing::debug!(error = %err, "publishing a heartbeat failed"),
+        }
+    }
+
+    /// One look at the link: declares it down after too long a silence, and
+    /// flushes every interval while it is down.
+    async fn watch_link(&self) {
+        let flush = {
+            let Ok(mut link) = self.link.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            match link.state {
+                LinkState::Starting | LinkState::Up
+                    if now.saturating_duration_since(link.last_echo)
+                        > self.timing.silence_limit() =>
+                {
+                    link.state = LinkState::Down;
+                    link.last_flush = now;
+                    self.link_tx.send_replace(false);
+                    bump(&self.counters.link_downs);
+                    tracing::warn!(
+                        channel = %self.channel,
+                        silent_for = ?now.saturating_duration_since(link.last_echo),
+                        "invalidation bus link is down (no heartbeat came back); flushing in-process tiers"
+                    );
+                    true
+                }
+                LinkState::Down
+                    if now.saturating_duration_since(link.last_flush) >= self.timing.interval =>
+                {
+                    link.last_flush = now;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if flush {
+            self.resync().await;
+        }
+    }
+
+    fn forget_silent_peers(&self) {
+        let now = Instant::now();
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.retain(|_, p| {
+                now.saturating_duration_since(p.last_heartbeat) < FORGET_PEERS_AFTER
+            });
         }
     }
 }
@@ -293,6 +571,22 @@ impl BusInner {
 /// it has subscribed again), when the listener falls behind, or when a
 /// message's sequence number shows that an earlier one is missing, every
 /// [`SyncedCache`] on this bus flushes its in-process tiers.
+///
+/// **A link that dies silently.** A TCP connection can stop carrying data
+/// without closing (a dead peer, a dropped route). Every heartbeat interval
+/// (default 1 s) the bus publishes a heartbeat and pings its subscriber
+/// connection. It hears its own heartbeats come back; if no message of its own
+/// comes back for heartbeat interval + heartbeat timeout (default 1 s + 2 s),
+/// it declares its link **down** ([`InvalidationBus::link_is_up`],
+/// [`BusStats::link_downs`]) and flushes the in-process tiers, then again every
+/// interval while the link stays down, and once more when a message of its own
+/// comes back (messages may have been lost meanwhile). So an instance whose
+/// link dies serves entries from its in-process tiers that another instance
+/// has since invalidated **for at most heartbeat interval + heartbeat timeout
+/// after its last heartbeat came back: at most 3 s with the defaults**. The
+/// connections themselves drop any command (the `PING` included) left
+/// unanswered for the heartbeat timeout, and reconnect, which resubscribes and
+/// flushes.
 ///
 /// The bus is a cheap handle: clones share the connections. The connections
 /// close when the last handle is dropped (inside a tokio runtime) or on
@@ -381,7 +675,83 @@ impl InvalidationBus {
             malformed: get(&c.malformed),
             resyncs: get(&c.resyncs),
             sequence_gaps: get(&c.sequence_gaps),
+            heartbeats: get(&c.heartbeats),
+            link_downs: get(&c.link_downs),
+            reconnects: get(&c.reconnects),
         }
+    }
+
+    /// Whether this bus hears itself: its own heartbeats come back. `false`
+    /// from the moment the link is declared down (see
+    /// [`InvalidationBus`]: at most heartbeat interval + timeout after the last
+    /// heartbeat came back) until a message of its own comes back again.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: cache_server::InvalidationBus) {
+    /// if !bus.link_is_up() {
+    ///     eprintln!("invalidations may not reach this instance; its in-process tiers are being flushed");
+    /// }
+    /// # }
+    /// ```
+    pub fn link_is_up(&self) -> bool {
+        *self.inner.link_tx.borrow()
+    }
+
+    /// The link state as a [`watch`] channel: `true` while up (see
+    /// [`InvalidationBus::link_is_up`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: cache_server::InvalidationBus) {
+    /// let mut link = bus.link_state();
+    /// while link.changed().await.is_ok() {
+    ///     println!("bus link up: {}", *link.borrow());
+    /// }
+    /// # }
+    /// ```
+    pub fn link_state(&self) -> watch::Receiver<bool> {
+        self.inner.link_tx.subscribe()
+    }
+
+    /// The other instances on this channel that are live: their last heartbeat
+    /// said their link is up, and is no older than their own down-detection
+    /// bound (their interval + timeout). By [`InvalidationBus::instance_id`].
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: cache_server::InvalidationBus) {
+    /// for peer in bus.live_peers() {
+    ///     println!("live: {peer:016x}");
+    /// }
+    /// # }
+    /// ```
+    pub fn live_peers(&self) -> Vec<u64> {
+        let now = Instant::now();
+        let mut live: Vec<u64> = self
+            .inner
+            .peers
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter(|(_, p)| p.is_live(now))
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        live.sort_unstable();
+        live
+    }
+
+    /// The heartbeat interval and timeout in force: a link that dies is
+    /// declared down, and the in-process tiers flushed, at most `interval +
+    /// timeout` after the last heartbeat came back.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: cache_server::InvalidationBus) {
+    /// let (interval, timeout) = bus.heartbeat();
+    /// println!("stale local entries live at most {:?} after the link dies", interval + timeout);
+    /// # }
+    /// ```
+    pub fn heartbeat(&self) -> (Duration, Duration) {
+        (self.inner.timing.interval, self.inner.timing.timeout)
     }
 
     /// The subscriber connection (to inspect it, or kill it in tests).
@@ -492,7 +862,23 @@ pub struct InvalidationBusBuilder {
     channel: String,
     command_timeout: Duration,
     policy: ReconnectPolicy,
+    timing: Timing,
 }
+
+/// Default [`InvalidationBusBuilder::heartbeat_interval`]: 1 s.
+///
+/// ```
+/// use cache_server::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT};
+/// // A dead link is noticed, and the in-process tiers flushed, within 3 s.
+/// assert_eq!((DEFAULT_HEARTBEAT_INTERVAL + DEFAULT_HEARTBEAT_TIMEOUT).as_secs(), 3);
+/// ```
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default [`InvalidationBusBuilder::heartbeat_timeout`]: 2 s.
+///
+/// ```
+/// assert_eq!(cache_server::DEFAULT_HEARTBEAT_TIMEOUT.as_secs(), 2);
+/// ```
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl fmt::Debug for InvalidationBusBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -500,6 +886,8 @@ impl fmt::Debug for InvalidationBusBuilder {
         f.debug_struct("InvalidationBusBuilder")
             .field("channel", &self.channel)
             .field("command_timeout", &self.command_timeout)
+            .field("heartbeat_interval", &self.timing.interval)
+            .field("heartbeat_timeout", &self.timing.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -512,6 +900,10 @@ impl Default for InvalidationBusBuilder {
             channel: "cache:invalidate".into(),
             command_timeout: Duration::from_secs(1),
             policy: default_reconnect_policy(),
+            timing: Timing {
+                interval: DEFAULT_HEARTBEAT_INTERVAL,
+                timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            },
         }
     }
 }
@@ -579,6 +971,36 @@ impl InvalidationBusBuilder {
         self
     }
 
+    /// How often the bus publishes a heartbeat and pings its subscriber
+    /// connection (default 1 s, at least 1 ms). Use the same value on every
+    /// instance of a channel.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = cache_server::InvalidationBus::builder().heartbeat_interval(Duration::from_millis(500));
+    /// # let _ = b;
+    /// ```
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.timing.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How much later than the interval a heartbeat of its own may come back
+    /// (default 2 s, at least 1 ms). With no message of its own back for
+    /// `interval + timeout`, the bus declares its link down and flushes the
+    /// in-process tiers; it is also how long a connection may leave a `PING`
+    /// unanswered before fred drops and reconnects it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = cache_server::InvalidationBus::builder().heartbeat_timeout(Duration::from_secs(1));
+    /// # let _ = b;
+    /// ```
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.timing.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Connects, subscribes and starts listening. Call inside a tokio runtime.
     ///
     /// ```no_run
@@ -598,41 +1020,116 @@ impl InvalidationBusBuilder {
             Some(c) => c,
             None => Config::from_url(&self.url).map_err(unavailable)?,
         };
-        let builder = client_builder(
-            config,
-            self.command_timeout,
-            self.command_timeout.max(Duration::from_secs(1)),
-            self.policy,
-        );
+        let timing = self.timing;
+        let connect_timeout = self.command_timeout.max(Duration::from_secs(1));
+        let mut builder =
+            client_builder(config, self.command_timeout, connect_timeout, self.policy);
+        // A connection that leaves a command (the periodic PING included)
+        // unanswered for the heartbeat timeout is dropped and reconnected: a
+        // silently dead TCP connection does not go unnoticed.
+        builder.with_connection_config(|c| {
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(timing.timeout),
+                interval: (timing.timeout / 4)
+                    .clamp(Duration::from_millis(2), Duration::from_secs(1)),
+            };
+        });
         let publisher = builder.build().map_err(unavailable)?;
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         publisher.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
 
+        let now = Instant::now();
         let inner = Arc::new(BusInner {
             publisher,
             subscriber: subscriber.clone(),
             channel: self.channel,
             origin: random_id(),
-            next_seq: tokio::sync::Mutex::new(1),
+            last_seq: tokio::sync::Mutex::new(0),
             appliers: Mutex::new(Vec::new()),
             next_applier: AtomicU64::new(0),
+            timing,
+            link: Mutex::new(Link {
+                state: LinkState::Starting,
+                last_echo: now,
+                last_flush: now,
+            }),
+            link_tx: watch::Sender::new(false),
+            peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             tasks: Mutex::new(Vec::new()),
         });
+        let bus = InvalidationBus { inner };
+        let inner = &bus.inner;
         // Listen before subscribing, so no message slips between the two.
-        let messages = spawn_message_pump(&inner, subscriber.message_rx());
-        let reconnects = spawn_reconnect_watch(&inner, subscriber.reconnect_rx());
-        if let Ok(mut tasks) = inner.tasks.lock() {
-            tasks.push(messages);
-            tasks.push(reconnects);
+        let tasks = [
+            spawn_message_pump(inner, subscriber.message_rx()),
+            spawn_reconnect_watch(inner, subscriber.reconnect_rx()),
+        ];
+        if let Ok(mut t) = inner.tasks.lock() {
+            t.extend(tasks);
         }
-        subscriber
-            .subscribe(inner.channel.as_str())
-            .await
-            .map_err(unavailable)?;
-        Ok(InvalidationBus { inner })
+        if let Err(e) = subscriber.subscribe(inner.channel.as_str()).await {
+            bus.shutdown().await;
+            return Err(unavailable(e));
+        }
+        let tasks = [
+            spawn_every(inner, timing.interval, |bus| async move {
+                bus.heartbeat().await
+            }),
+            spawn_every(inner, timing.interval, |bus| async move {
+                if let Err(err) = bus.subscriber.ping::<fred::types::Value>(None).await {
+                    tracing::debug!(error = %err, "pinging the invalidation bus subscriber failed");
+                }
+                bus.forget_silent_peers();
+            }),
+            spawn_every(
+                inner,
+                timing.tick(),
+                |bus| async move { bus.watch_link().await },
+            ),
+        ];
+        if let Ok(mut t) = inner.tasks.lock() {
+            t.extend(tasks);
+        }
+        // The first heartbeat announces this instance; once it comes back the
+        // link is up.
+        inner.heartbeat().await;
+        let mut up = inner.link_tx.subscribe();
+        let wait = timing.bound().max(connect_timeout);
+        if !matches!(
+            tokio::time::timeout(wait, up.wait_for(|up| *up)).await,
+            Ok(Ok(_))
+        ) {
+            bus.shutdown().await;
+            return Err(Error::Unavailable {
+                tier: BUS.into(),
+                reason: format!(
+                    "the bus did not receive its own first heartbeat back within {wait:?}"
+                ),
+            });
+        }
+        Ok(bus)
     }
+}
+
+/// Runs `f` every `period` (the first time one period from now) while the bus
+/// lives.
+fn spawn_every<F, Fut>(inner: &Arc<BusInner>, period: Duration, f: F) -> JoinHandle<()>
+where
+    F: Fn(Arc<BusInner>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            f(inner).await;
+        }
+    })
 }
 
 fn spawn_message_pump(
@@ -685,6 +1182,7 @@ fn spawn_reconnect_watch(
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             tracing::info!(channel = %inner.channel, "invalidation bus reconnected; flushing in-process tiers");
+            bump(&inner.counters.reconnects);
             inner.resync().await;
         }
     })
@@ -971,9 +1469,23 @@ mod tests {
             body: Body::Invalidate(Invalidation::Clear),
         };
         assert_eq!(Message::decode(&m.encode()), Some(m));
+        for link in [LinkReport::New, LinkReport::Up, LinkReport::Down] {
+            for bound in [Duration::ZERO, Duration::from_millis(3000)] {
+                let m = msg(Body::Heartbeat { link, bound });
+                assert_eq!(Message::decode(&m.encode()), Some(m));
+            }
+        }
         assert_eq!(
             msg(Body::Invalidate(Invalidation::Key("a".into()))).encode(),
             "lc2\n0123456789abcdef\n7\nk\na"
+        );
+        assert_eq!(
+            msg(Body::Heartbeat {
+                link: LinkReport::Up,
+                bound: Duration::from_secs(3)
+            })
+            .encode(),
+            "lc2\n0123456789abcdef\n7\nh\nu bb8"
         );
     }
 
@@ -999,6 +1511,14 @@ mod tests {
             format!("lc2\n{o}\n1 \nk\nx"),
             format!("lc2\n{o}\n1\nc\nx"),
             format!("LC2\n{o}\n1\nk\nx"),
+            format!("lc2\n{o}\n1\nh\n"),
+            format!("lc2\n{o}\n1\nh\nu"),
+            format!("lc2\n{o}\n1\nh\nu "),
+            format!("lc2\n{o}\n1\nh\nx 10"),
+            format!("lc2\n{o}\n1\nh\nu 10 "),
+            format!("lc2\n{o}\n1\nh\nu  10"),
+            format!("lc2\n{o}\n1\nh\nu -10"),
+            format!("lc2\n{o}\n1\nh\nup 10"),
             "lc2\n\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\n1\nk\nx".into(),
         ] {
             assert_eq!(Message::decode(&bad), None, "{bad:?}");
@@ -1011,6 +1531,11 @@ mod tests {
         let seeds = [
             msg(Body::Invalidate(Invalidation::Key("user:1".into()))).encode(),
             msg(Body::Invalidate(Invalidation::Clear)).encode(),
+            msg(Body::Heartbeat {
+                link: LinkReport::Down,
+                bound: Duration::from_secs(3),
+            })
+            .encode(),
         ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for seed in seeds {
@@ -1032,13 +1557,23 @@ mod tests {
     #[test]
     fn sequences_detect_gaps() {
         let mut s = Sequences::default();
-        assert!(s.next(1, 5), "the first message from an origin starts it");
-        assert!(s.next(1, 6));
-        assert!(s.next(2, 1), "origins are independent");
-        assert!(!s.next(1, 8), "7 is missing");
-        assert!(s.next(1, 9));
-        assert!(!s.next(1, 9), "a repeat is not the successor");
-        assert!(!s.next(1, 3), "backwards");
-        assert!(s.next(1, 10), "the highest number seen is kept");
+        assert!(
+            s.next(1, 5, true),
+            "the first message from an origin starts it"
+        );
+        assert!(s.next(1, 6, true));
+        assert!(s.next(1, 6, false), "a heartbeat carries the last number");
+        assert!(s.next(1, 6, false));
+        assert!(s.next(2, 0, false), "origins are independent");
+        assert!(!s.next(1, 8, true), "7 is missing");
+        assert!(s.next(1, 9, true));
+        assert!(!s.next(1, 9, true), "a repeat is not the successor");
+        assert!(!s.next(1, 3, true), "backwards");
+        assert!(s.next(1, 10, true), "the highest number seen is kept");
+        assert!(!s.next(1, 11, false), "a heartbeat shows 11 was missed");
+        assert!(s.next(1, 11, false));
+        assert!(!s.next(1, 10, false), "backwards");
+        assert!(s.next(1, 12, true));
+        assert!(s.next(2, 1, true));
     }
 }

@@ -48,7 +48,10 @@ mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use bus::{BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache};
+pub use bus::{
+    BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+};
 pub use moka_tier::{MokaTier, MokaTierBuilder};
 pub use redis::{
     default_reconnect_policy, Codec, MsgPackCodec, RedisTier, RedisTierBuilder,

@@ -2,14 +2,21 @@
 //! Invalidation across instances: two chains in one process sharing a Redis.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache_core::{loader_fn, BoxError, Clock, Entry, Source, SystemClock, Tier, TieredCache};
 use cache_server::fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
 use cache_server::testing::RedisServer;
-use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use cache_server::{
+    Invalidation, InvalidationBus, InvalidationBusBuilder, MokaTier, RedisTier, SyncedCache,
+};
 
 const CHANNEL: &str = "avatars:invalidate";
 const LIVENESS: Duration = Duration::from_secs(10);
@@ -23,6 +30,34 @@ struct Instance {
 /// One backend instance: moka -> redis -> origin, on the shared server. The
 /// origin answers with the current `version`.
 async fn instance(server: &RedisServer, version: Arc<AtomicU64>) -> Instance {
+    instance_on(
+        server,
+        version,
+        InvalidationBus::builder().url(server.url()),
+    )
+    .await
+}
+
+/// Heartbeat settings short enough for tests: a dead link is noticed within
+/// 600 ms.
+const FAST_INTERVAL: Duration = Duration::from_millis(200);
+const FAST_TIMEOUT: Duration = Duration::from_millis(400);
+const FAST_BOUND: Duration = Duration::from_millis(600);
+
+fn fast_bus(url: String) -> InvalidationBusBuilder {
+    InvalidationBus::builder()
+        .url(url)
+        .heartbeat_interval(FAST_INTERVAL)
+        .heartbeat_timeout(FAST_TIMEOUT)
+}
+
+/// [`instance`] with its bus built by `bus` (the channel is set here); its
+/// Redis tier talks to `server` directly.
+async fn instance_on(
+    server: &RedisServer,
+    version: Arc<AtomicU64>,
+    bus: InvalidationBusBuilder,
+) -> Instance {
     let moka: MokaTier<String, String> = MokaTier::builder().build();
     let redis: RedisTier<String> = RedisTier::builder()
         .url(server.url())
@@ -47,12 +82,7 @@ async fn instance(server: &RedisServer, version: Arc<AtomicU64>) -> Instance {
             }
         }))
         .build();
-    let bus = InvalidationBus::builder()
-        .url(server.url())
-        .channel(CHANNEL)
-        .connect()
-        .await
-        .unwrap();
+    let bus = bus.channel(CHANNEL).connect().await.unwrap();
     Instance {
         cache: SyncedCache::new(chain, bus, vec![0]),
         moka,
@@ -199,6 +229,8 @@ async fn a_fill_after_a_miss_publishes_nothing() {
     .await;
 }
 
+/// Counts the invalidation messages (kinds `k`, `p`, `c`; not heartbeats or
+/// acks) on the channel.
 async fn spy_on(server: &RedisServer) -> Arc<AtomicU64> {
     let sub =
         cache_server::fred::prelude::Builder::from_config(Config::from_url(&server.url()).unwrap())
@@ -211,8 +243,12 @@ async fn spy_on(server: &RedisServer) -> Arc<AtomicU64> {
     sub.subscribe(CHANNEL).await.unwrap();
     tokio::spawn(async move {
         let _keep = sub;
-        while rx.recv().await.is_ok() {
-            c.fetch_add(1, Ordering::SeqCst);
+        while let Ok(msg) = rx.recv().await {
+            let text = msg.value.as_string().unwrap_or_default();
+            let kind = text.split('\n').nth(3).unwrap_or_default();
+            if matches!(kind, "k" | "p" | "c") {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
         }
     });
     count
@@ -350,4 +386,184 @@ async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
         }
     }
     assert!(!b.moka.contains(&other));
+}
+
+/// A loopback TCP proxy to a Redis server that can be told to stop
+/// forwarding, in both directions, without closing any socket: a silently
+/// dead link. Connections made while it is frozen hang too.
+struct FreezableProxy {
+    port: u16,
+    frozen: watch::Sender<bool>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl FreezableProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (frozen, _) = watch::channel(false);
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let (f, t) = (frozen.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let up = tokio::spawn(pipe(cr, sw, f.subscribe()));
+                let down = tokio::spawn(pipe(sr, cw, f.subscribe()));
+                t.lock()
+                    .unwrap()
+                    .extend([up.abort_handle(), down.abort_handle()]);
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        FreezableProxy {
+            port,
+            frozen,
+            tasks,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Copies `from` to `to` while not frozen. Bytes read just before a freeze
+/// are held until the thaw.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !until(&mut frozen, false).await {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => n,
+            },
+            _ = until(&mut frozen, true) => continue,
+        };
+        if !until(&mut frozen, false).await || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until the proxy's frozen flag is `want`; `false` if the proxy is gone.
+async fn until(frozen: &mut watch::Receiver<bool>, want: bool) -> bool {
+    frozen.wait_for(|f| *f == want).await.is_ok()
+}
+
+/// Freezes B's bus link (through `proxy`) and waits up to `deadline` for B to
+/// notice: link down, a resync flush, `key` gone from its moka tier. How long
+/// it took, or `None` if it did not happen within the deadline.
+async fn flush_after_silent_drop(
+    b: &Instance,
+    proxy: &FreezableProxy,
+    key: &String,
+    deadline: Duration,
+) -> Option<Duration> {
+    assert!(b.moka.contains(key));
+    assert!(b.cache.bus().link_is_up());
+    let flushes = b.cache.resync_flushes();
+    proxy.freeze();
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if !b.cache.bus().link_is_up()
+            && b.cache.resync_flushes() > flushes
+            && !b.moka.contains(key)
+        {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_link_flushes_the_local_tier_within_the_bound() {
+    let server = RedisServer::start();
+    let proxy = FreezableProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    let a = instance(&server, version.clone()).await;
+    let b = instance_on(&server, version, fast_bus(proxy.url())).await;
+    let key = "user:7".to_string();
+    b.cache.get(&key).await.unwrap();
+    assert_eq!(b.cache.resync_flushes(), 0);
+
+    // The machine is noisy: only a generous deadline is asserted; the
+    // observed time is printed.
+    let took = flush_after_silent_drop(&b, &proxy, &key, 5 * FAST_BOUND).await;
+    println!("silent link drop: B flushed after {took:?} (bound {FAST_BOUND:?})");
+    let took = took.expect("B must notice the dead link and flush its moka tier");
+    assert!(took <= 5 * FAST_BOUND);
+    assert_eq!(b.cache.bus().stats().link_downs, 1);
+
+    // While the link stays down, B keeps flushing every interval.
+    let flushes = b.cache.resync_flushes();
+    b.cache.get(&key).await.unwrap(); // its Redis tier is not behind the proxy
+    assert!(b.moka.contains(&key));
+    wait_until("B flushes again while the link is down", || {
+        b.cache.resync_flushes() > flushes && !b.moka.contains(&key)
+    })
+    .await;
+    assert!(!b.cache.bus().link_is_up());
+
+    // fred notices the unanswered PING and drops the subscriber connection.
+    wait_until("fred drops the unresponsive subscriber connection", || {
+        !b.cache.bus().subscriber().is_connected()
+    })
+    .await;
+
+    // Back: the link comes up (after one more flush), fred reconnects, and
+    // invalidations flow again.
+    let flushes = b.cache.resync_flushes();
+    proxy.thaw();
+    wait_until("B's link is up again", || b.cache.bus().link_is_up()).await;
+    assert!(b.cache.resync_flushes() > flushes);
+    wait_until("the subscriber reconnected", || {
+        b.cache.bus().stats().reconnects >= 1
+    })
+    .await;
+    let other = "user:8".to_string();
+    b.cache.get(&other).await.unwrap();
+    let mut applied = b.cache.applied();
+    a.cache.invalidate(&other).await.unwrap();
+    loop {
+        let got = tokio::time::timeout(LIVENESS, applied.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if got == Invalidation::Key(other.clone()) {
+            break;
+        }
+    }
+    assert!(!b.moka.contains(&other));
+    let stats = a.cache.bus().stats();
+    assert_eq!(stats.link_downs, 0, "A's link was not touched: {stats:?}");
+    assert_eq!(a.cache.resync_flushes(), 0, "{stats:?}");
 }
