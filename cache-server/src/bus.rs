@@ -9,17 +9,22 @@
 //! lc2
 //! <origin: 16 lowercase hex digits>   the publishing bus
 //! <seq: lowercase hex>                 see below
-//! <kind>                               k | p | c | h
+//! <kind>                               k | p | c | h | a
 //! <body>                               the key (k), the prefix (p), empty (c),
-//!                                      "<n|u|d> <bound ms: hex>" (h)
+//!                                      "<n|u|d> <bound ms: hex>" (h),
+//!                                      "<origin: 16 hex> <seq: hex>" (a)
 //! ```
 //!
 //! - `k`, `p`, `c`: an invalidation. Its `seq` is 1, 2, 3, ... per origin.
 //! - `h`: a heartbeat, every heartbeat interval: the sender's link as it sees
 //!   it (`n` its first heartbeat, `u` up, `d` down) and its bound (interval +
 //!   timeout): how long after this heartbeat it declares its link down if none
-//!   of its own comes back. Its `seq` is the number of the sender's last
-//!   invalidation.
+//!   of its own comes back.
+//! - `a`: an acknowledgement, body `<origin: 16 hex> <seq: hex>`: the sender
+//!   has applied that origin's invalidation `seq` to its in-process tiers.
+//!
+//! The `seq` of a heartbeat or an acknowledgement is the number of the
+//! sender's last invalidation.
 //!
 //! A receiver keeps the last `seq` of every origin. An invalidation that is
 //! not the successor of the last one, or another message whose number is not
@@ -37,14 +42,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    ByteSize, CacheKey, Error, Lookup, MaybeSend, MaybeSync, Operation, Result, TierReport,
+    ByteSize, CacheKey, Entry, Error, Lookup, MaybeSend, MaybeSync, Operation, Result, TierReport,
     TieredCache,
 };
 use fred::clients::{Client, SubscriberClient};
 use fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy};
 use fred::types::config::UnresponsiveConfig;
 use futures_util::future::BoxFuture;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::redis::{client_builder, default_reconnect_policy};
@@ -83,6 +88,12 @@ enum Body {
     Heartbeat {
         link: LinkReport,
         bound: Duration,
+    },
+    /// The sender applied invalidation `seq` of `origin` to its in-process
+    /// tiers.
+    Ack {
+        origin: u64,
+        seq: u64,
     },
 }
 
@@ -129,6 +140,7 @@ impl Message {
             Body::Heartbeat { link, bound } => {
                 format!("{head}h\n{} {:x}", link.code(), millis(*bound))
             }
+            Body::Ack { origin, seq } => format!("{head}a\n{origin:016x} {seq:x}"),
         }
     }
 
@@ -153,6 +165,13 @@ impl Message {
                 Body::Heartbeat {
                     link: LinkReport::from_code(link)?,
                     bound: Duration::from_millis(hex(bound)?),
+                }
+            }
+            "a" => {
+                let (origin, seq) = body.split_once(' ')?;
+                Body::Ack {
+                    origin: Some(origin).filter(|o| o.len() == 16).and_then(hex)?,
+                    seq: hex(seq)?,
                 }
             }
             _ => return None,
@@ -239,6 +258,14 @@ pub struct BusStats {
     pub link_downs: u64,
     /// Times the subscriber connection was re-established.
     pub reconnects: u64,
+    /// Acknowledgements published (one per invalidation received from
+    /// another instance and applied here).
+    pub acks_sent: u64,
+    /// Acknowledgements received for this bus's invalidations.
+    pub acks_received: u64,
+    /// Confirmed invalidations ([`SyncedCache`]) that returned an error
+    /// because a live instance did not acknowledge them in time.
+    pub unconfirmed: u64,
 }
 
 #[derive(Default)]
@@ -251,6 +278,9 @@ struct Counters {
     heartbeats: AtomicU64,
     link_downs: AtomicU64,
     reconnects: AtomicU64,
+    acks_sent: AtomicU64,
+    acks_received: AtomicU64,
+    unconfirmed: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -282,7 +312,7 @@ enum LinkState {
 
 struct Link {
     state: LinkState,
-    /// When the last message of this bus's own came back.
+    /// When the last heartbeat of this bus's own came back.
     last_echo: Instant,
     /// When the local tiers were last flushed because the link is down.
     last_flush: Instant,
@@ -294,14 +324,20 @@ struct Peer {
     last_heartbeat: Instant,
     link: LinkReport,
     bound: Duration,
+    /// When its first heartbeat arrived here, and whether that one was its
+    /// very first (`n`: it had just subscribed).
+    first_heard: Instant,
+    first_was_new: bool,
 }
 
 impl Peer {
     /// Whether the peer hears itself: its last heartbeat said so, and it is
-    /// not older than the peer's own down-detection bound.
+    /// not older than the peer's own down-detection bound (plus 5%: a peer
+    /// whose heartbeats stopped declares its link down a little before its
+    /// bound, so it has flushed by the time it stops counting as live here).
     fn is_live(&self, now: Instant) -> bool {
         self.link != LinkReport::Down
-            && now.saturating_duration_since(self.last_heartbeat) <= self.bound
+            && now.saturating_duration_since(self.last_heartbeat) <= self.bound + self.bound / 20
     }
 }
 
@@ -347,8 +383,36 @@ struct BusInner {
     link: Mutex<Link>,
     link_tx: watch::Sender<bool>,
     peers: Mutex<HashMap<u64, Peer>>,
+    /// This bus's invalidations waiting for acknowledgements, by number.
+    pending: Mutex<HashMap<u64, Pending>>,
+    ack_timeout: Duration,
+    /// Until then this bus may not have heard from every live instance yet
+    /// (subscribed at + heartbeat interval + timeout).
+    discovery_until: Instant,
     counters: Counters,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// One of this bus's invalidations, waiting for the other instances.
+#[derive(Debug)]
+struct Pending {
+    /// When it came back to this bus, and which peers were live then.
+    echo: Option<(Instant, Vec<u64>)>,
+    /// The peers that acknowledged it.
+    acked: Vec<u64>,
+    wake: Arc<Notify>,
+}
+
+/// Where a confirmed invalidation stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Confirmation {
+    Confirmed,
+    /// Our own message has not come back yet.
+    NoEcho,
+    /// This bus may not know every live instance yet.
+    Discovering,
+    /// These live instances have not acknowledged it yet.
+    Missing(Vec<u64>),
 }
 
 impl Drop for BusInner {
@@ -393,6 +457,15 @@ impl BusInner {
     /// Publishes `body`; an invalidation under the next sequence number, any
     /// other message under the current one. Returns that number.
     async fn send(&self, body: Body) -> std::result::Result<u64, fred::error::Error> {
+        self.send_with(body, |_| {}).await.map_err(|(_, e)| e)
+    }
+
+    /// [`BusInner::send`], calling `before` with the number before publishing.
+    async fn send_with(
+        &self,
+        body: Body,
+        before: impl FnOnce(u64),
+    ) -> std::result::Result<u64, (u64, fred::error::Error)> {
         let mut last = self.last_seq.lock().await;
         if matches!(body, Body::Invalidate(_)) {
             // A number is used once even if the publish fails: receivers then
@@ -401,13 +474,18 @@ impl BusInner {
             *last += 1;
         }
         let seq = *last;
+        before(seq);
         let msg = Message {
             origin: self.origin,
             seq,
             body,
         }
         .encode();
-        let _: i64 = self.publisher.publish(self.channel.as_str(), msg).await?;
+        let _: i64 = self
+            .publisher
+            .publish(self.channel.as_str(), msg)
+            .await
+            .map_err(|e| (seq, e))?;
         Ok(seq)
     }
 
@@ -430,21 +508,219 @@ impl BusInner {
             self.resync().await;
         }
         if msg.origin == self.origin {
-            // Our own messages were applied here before they were published;
-            // coming back, they prove the link works.
-            if matches!(msg.body, Body::Heartbeat { .. }) {
-                sequences.forget_silent();
+            // Our own messages were applied here before they were published.
+            // Our own heartbeats coming back prove the link works (only
+            // heartbeats: other instances judge us by the same ones).
+            match msg.body {
+                Body::Heartbeat { .. } => {
+                    sequences.forget_silent();
+                    self.heard_itself().await;
+                }
+                Body::Invalidate(_) => self.echoed(msg.seq),
+                Body::Ack { .. } => {}
             }
-            self.heard_itself().await;
             return;
         }
         match msg.body {
-            Body::Invalidate(inv) => self.apply_locally(None, &inv).await,
+            Body::Invalidate(inv) => {
+                self.apply_locally(None, &inv).await;
+                // Applied: tell the sender, without holding up the next message.
+                let bus = self.clone();
+                let ack = Body::Ack {
+                    origin: msg.origin,
+                    seq: msg.seq,
+                };
+                tokio::spawn(async move {
+                    match bus.send(ack).await {
+                        Ok(_) => bump(&bus.counters.acks_sent),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "publishing an invalidation ack failed")
+                        }
+                    }
+                });
+            }
             Body::Heartbeat { link, bound } => self.heard_peer(msg.origin, link, bound),
+            Body::Ack { origin, seq } if origin == self.origin => self.acked(msg.origin, seq),
+            Body::Ack { .. } => {}
         }
     }
 
-    /// A message of our own came back.
+    /// Our invalidation `seq` came back: the peers live now are the ones that
+    /// must acknowledge it. (Redis delivers in publish order, so every
+    /// heartbeat published before it has been seen here.)
+    fn echoed(&self, seq: u64) {
+        let now = Instant::now();
+        let live = self.live_peers(now);
+        if let Ok(mut pending) = self.pending.lock() {
+            if let Some(p) = pending.get_mut(&seq) {
+                p.echo = Some((now, live));
+                p.wake.notify_one();
+            }
+        }
+    }
+
+    fn acked(&self, peer: u64, seq: u64) {
+        bump(&self.counters.acks_received);
+        if let Ok(mut pending) = self.pending.lock() {
+            if let Some(p) = pending.get_mut(&seq) {
+                if !p.acked.contains(&peer) {
+                    p.acked.push(peer);
+                }
+                p.wake.notify_one();
+            }
+        }
+    }
+
+    fn live_peers(&self, now: Instant) -> Vec<u64> {
+        let mut live: Vec<u64> = self
+            .peers
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter(|(_, p)| p.is_live(now))
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        live.sort_unstable();
+        live
+    }
+
+    /// Publishes invalidation `seq` and registers it as waiting for acks.
+    async fn send_confirmed(
+        &self,
+        invalidation: &Invalidation,
+    ) -> std::result::Result<(u64, Arc<Notify>), fred::error::Error> {
+        let wake = Arc::new(Notify::new());
+        let w = wake.clone();
+        let seq = self
+            .send_with(Body::Invalidate(invalidation.clone()), |seq| {
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.insert(
+                        seq,
+                        Pending {
+                            echo: None,
+                            acked: Vec::new(),
+                            wake: w,
+                        },
+                    );
+                }
+            })
+            .await;
+        match seq {
+            Ok(seq) => Ok((seq, wake)),
+            Err((seq, err)) => {
+                self.forget_pending(seq);
+                Err(err)
+            }
+        }
+    }
+
+    fn forget_pending(&self, seq: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&seq);
+        }
+    }
+
+    /// Where invalidation `seq` stands at `now`.
+    fn confirmation(&self, seq: u64, now: Instant) -> Confirmation {
+        let (echo_at, live_then, acked) = {
+            let Ok(pending) = self.pending.lock() else {
+                return Confirmation::NoEcho;
+            };
+            match pending.get(&seq) {
+                Some(Pending {
+                    echo: Some((at, live)),
+                    acked,
+                    ..
+                }) => (*at, live.clone(), acked.clone()),
+                _ => return Confirmation::NoEcho,
+            }
+        };
+        let discovering = echo_at < self.discovery_until;
+        if discovering && now < self.discovery_until {
+            return Confirmation::Discovering;
+        }
+        let Ok(peers) = self.peers.lock() else {
+            return Confirmation::NoEcho;
+        };
+        // Live when the message came back, or (while this bus was still
+        // discovering) an instance heard of only afterwards that was already
+        // running; one that had just started subscribed after the message
+        // and holds nothing older.
+        let late = peers
+            .iter()
+            .filter(|(_, p)| discovering && p.first_heard > echo_at && !p.first_was_new);
+        let mut missing: Vec<u64> = live_then
+            .iter()
+            .copied()
+            .chain(late.map(|(id, _)| *id))
+            .filter(|id| !acked.contains(id))
+            // One that is no longer live is flushing its in-process tiers.
+            .filter(|id| peers.get(id).is_some_and(|p| p.is_live(now)))
+            .collect();
+        if missing.is_empty() {
+            return Confirmation::Confirmed;
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        Confirmation::Missing(missing)
+    }
+
+    /// Waits until every live instance acknowledged invalidation `seq`, or
+    /// the ack timeout (counted from `started`) passes.
+    async fn confirm(&self, seq: u64, wake: Arc<Notify>, started: Instant) -> Result<()> {
+        struct Forget<'a>(&'a BusInner, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.forget_pending(self.1);
+            }
+        }
+        let _forget = Forget(self, seq);
+        let deadline = started + self.ack_timeout;
+        loop {
+            let now = Instant::now();
+            let state = self.confirmation(seq, now);
+            if state == Confirmation::Confirmed {
+                return Ok(());
+            }
+            if now >= deadline {
+                bump(&self.counters.unconfirmed);
+                let reason = match state {
+                    Confirmation::Missing(ids) => {
+                        let ids: Vec<String> = ids.iter().map(|id| format!("{id:016x}")).collect();
+                        format!(
+                            "instances {} did not confirm invalidation #{seq} within {:?}; they may still serve the old value",
+                            ids.join(", "),
+                            self.ack_timeout
+                        )
+                    }
+                    Confirmation::NoEcho => format!(
+                        "invalidation #{seq} did not come back to this instance within {:?} (its bus link may be down); other instances may still serve the old value",
+                        self.ack_timeout
+                    ),
+                    _ => format!(
+                        "this instance had not heard from every other instance yet when invalidation #{seq} timed out after {:?}",
+                        self.ack_timeout
+                    ),
+                };
+                tracing::warn!(channel = %self.channel, %reason, "invalidation not confirmed");
+                return Err(Error::Unavailable {
+                    tier: BUS.into(),
+                    reason,
+                });
+            }
+            // Acks and echoes wake us; peers going silent are seen on the
+            // next tick.
+            let next = (now + self.timing.tick()).min(deadline);
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep_until(next.into()) => {}
+            }
+        }
+    }
+
+    /// A heartbeat of our own came back.
     async fn heard_itself(&self) {
         let was = {
             let Ok(mut link) = self.link.lock() else {
@@ -475,12 +751,19 @@ impl BusInner {
     fn heard_peer(self: &Arc<Self>, origin: u64, link: LinkReport, bound: Duration) {
         let now = Instant::now();
         if let Ok(mut peers) = self.peers.lock() {
+            let (first_heard, first_was_new) = peers
+                .get(&origin)
+                .map_or((now, link == LinkReport::New), |p| {
+                    (p.first_heard, p.first_was_new)
+                });
             peers.insert(
                 origin,
                 Peer {
                     last_heartbeat: now,
                     link,
                     bound,
+                    first_heard,
+                    first_was_new,
                 },
             );
         }
@@ -575,11 +858,11 @@ impl BusInner {
 /// **A link that dies silently.** A TCP connection can stop carrying data
 /// without closing (a dead peer, a dropped route). Every heartbeat interval
 /// (default 1 s) the bus publishes a heartbeat and pings its subscriber
-/// connection. It hears its own heartbeats come back; if no message of its own
+/// connection. It hears its own heartbeats come back; if no heartbeat of its own
 /// comes back for heartbeat interval + heartbeat timeout (default 1 s + 2 s),
 /// it declares its link **down** ([`InvalidationBus::link_is_up`],
 /// [`BusStats::link_downs`]) and flushes the in-process tiers, then again every
-/// interval while the link stays down, and once more when a message of its own
+/// interval while the link stays down, and once more when a heartbeat of its own
 /// comes back (messages may have been lost meanwhile). So an instance whose
 /// link dies serves entries from its in-process tiers that another instance
 /// has since invalidated **for at most heartbeat interval + heartbeat timeout
@@ -678,13 +961,16 @@ impl InvalidationBus {
             heartbeats: get(&c.heartbeats),
             link_downs: get(&c.link_downs),
             reconnects: get(&c.reconnects),
+            acks_sent: get(&c.acks_sent),
+            acks_received: get(&c.acks_received),
+            unconfirmed: get(&c.unconfirmed),
         }
     }
 
     /// Whether this bus hears itself: its own heartbeats come back. `false`
     /// from the moment the link is declared down (see
     /// [`InvalidationBus`]: at most heartbeat interval + timeout after the last
-    /// heartbeat came back) until a message of its own comes back again.
+    /// heartbeat came back) until a heartbeat of its own comes back again.
     ///
     /// ```no_run
     /// # async fn demo(bus: cache_server::InvalidationBus) {
@@ -714,7 +1000,8 @@ impl InvalidationBus {
 
     /// The other instances on this channel that are live: their last heartbeat
     /// said their link is up, and is no older than their own down-detection
-    /// bound (their interval + timeout). By [`InvalidationBus::instance_id`].
+    /// bound (their interval + timeout, + 5%). By
+    /// [`InvalidationBus::instance_id`].
     ///
     /// ```no_run
     /// # async fn demo(bus: cache_server::InvalidationBus) {
@@ -724,20 +1011,7 @@ impl InvalidationBus {
     /// # }
     /// ```
     pub fn live_peers(&self) -> Vec<u64> {
-        let now = Instant::now();
-        let mut live: Vec<u64> = self
-            .inner
-            .peers
-            .lock()
-            .map(|p| {
-                p.iter()
-                    .filter(|(_, p)| p.is_live(now))
-                    .map(|(id, _)| *id)
-                    .collect()
-            })
-            .unwrap_or_default();
-        live.sort_unstable();
-        live
+        self.inner.live_peers(Instant::now())
     }
 
     /// The heartbeat interval and timeout in force: a link that dies is
@@ -778,6 +1052,19 @@ impl InvalidationBus {
     pub async fn publish(&self, invalidation: &Invalidation) -> Result<()> {
         self.inner.apply_locally(None, invalidation).await;
         self.publish_only(invalidation).await.map(|_| ())
+    }
+
+    /// Publishes without applying anything here, then waits until every live
+    /// instance has applied it (see [`SyncedCache`]).
+    async fn publish_confirmed(&self, invalidation: &Invalidation) -> Result<()> {
+        let started = Instant::now();
+        let (seq, wake) = self
+            .inner
+            .send_confirmed(invalidation)
+            .await
+            .map_err(|e| Error::backend(BUS, operation_of(invalidation), e))?;
+        bump(&self.inner.counters.published);
+        self.inner.confirm(seq, wake, started).await
     }
 
     /// Publishes without applying anything here; returns the sequence number.
@@ -863,6 +1150,7 @@ pub struct InvalidationBusBuilder {
     command_timeout: Duration,
     policy: ReconnectPolicy,
     timing: Timing,
+    ack_timeout: Option<Duration>,
 }
 
 /// Default [`InvalidationBusBuilder::heartbeat_interval`]: 1 s.
@@ -888,6 +1176,7 @@ impl fmt::Debug for InvalidationBusBuilder {
             .field("command_timeout", &self.command_timeout)
             .field("heartbeat_interval", &self.timing.interval)
             .field("heartbeat_timeout", &self.timing.timeout)
+            .field("ack_timeout", &self.ack_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -904,6 +1193,7 @@ impl Default for InvalidationBusBuilder {
                 interval: DEFAULT_HEARTBEAT_INTERVAL,
                 timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             },
+            ack_timeout: None,
         }
     }
 }
@@ -986,7 +1276,7 @@ impl InvalidationBusBuilder {
     }
 
     /// How much later than the interval a heartbeat of its own may come back
-    /// (default 2 s, at least 1 ms). With no message of its own back for
+    /// (default 2 s, at least 1 ms). With no heartbeat of its own back for
     /// `interval + timeout`, the bus declares its link down and flushes the
     /// in-process tiers; it is also how long a connection may leave a `PING`
     /// unanswered before fred drops and reconnects it.
@@ -998,6 +1288,22 @@ impl InvalidationBusBuilder {
     /// ```
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.timing.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a [`SyncedCache`] invalidation waits for the other live
+    /// instances to confirm it (default heartbeat interval + timeout: by then
+    /// an instance that cannot answer has declared its link down, or stopped
+    /// counting as live). When one does not confirm in time, the call returns
+    /// an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = cache_server::InvalidationBus::builder().ack_timeout(Duration::from_secs(5));
+    /// # let _ = b;
+    /// ```
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = Some(timeout);
         self
     }
 
@@ -1056,6 +1362,9 @@ impl InvalidationBusBuilder {
             }),
             link_tx: watch::Sender::new(false),
             peers: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            ack_timeout: self.ack_timeout.unwrap_or(timing.bound()),
+            discovery_until: now + timing.bound(),
             counters: Counters::default(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -1230,16 +1539,38 @@ where
     }
 }
 
-/// A [`TieredCache`] whose invalidations reach every instance.
+/// A [`TieredCache`] whose invalidations reach every instance, confirmed.
 ///
-/// `invalidate`, `invalidate_prefix` and `clear` act on every tier of this
-/// instance's chain (the shared Redis tier included), then publish on the bus.
-/// Every other instance's `SyncedCache` on the same channel drops the key from
-/// its **local tiers** only (the indexes given to [`SyncedCache::new`], usually
-/// `[0]` for the moka tier), through [`TieredCache::only`], so loads in flight
-/// there do not write the old value back. Other `SyncedCache`s on the same bus
-/// handle (clones of one [`InvalidationBus`]) get it directly, before it is
-/// published.
+/// `invalidate`, `invalidate_prefix`, `clear` and `put` act on every tier of
+/// this instance's chain (the shared Redis tier included), then publish on the
+/// bus, then **wait until every live instance has applied it**. Every other
+/// instance's `SyncedCache` on the same channel drops the key from its **local
+/// tiers** only (the indexes given to [`SyncedCache::new`], usually `[0]` for
+/// the moka tier), through [`TieredCache::only`], so loads in flight there do
+/// not write the old value back, and then acknowledges. Other `SyncedCache`s
+/// on the same bus handle (clones of one [`InvalidationBus`]) get it directly,
+/// before it is published.
+///
+/// # The guarantee
+///
+/// When one of these calls returns `Ok`, no live instance's in-process tiers
+/// hold an old value of the key, and no read that starts afterwards on any
+/// instance returns one, with one exception: an instance whose bus link is
+/// down, for **at most heartbeat interval + heartbeat timeout (3 s with the
+/// defaults)** after its last heartbeat came back; by then it has flushed its
+/// in-process tiers, and it keeps flushing them every interval until its link
+/// is back (see [`InvalidationBus`]).
+///
+/// An instance is *live* when its last heartbeat said its link is up and is
+/// no older than its interval + timeout (+ 5%: it declares its own link down
+/// a little earlier). Instances that are not live are not waited for: they
+/// are flushing. A live instance that does not acknowledge
+/// within the ack timeout ([`InvalidationBusBuilder::ack_timeout`], default
+/// interval + timeout) makes the call return [`Error::Unavailable`] naming it
+/// (`tier: "invalidation-bus"`), never `Ok`; everything was still applied
+/// here and published. So does a message of this instance's own that does not
+/// come back. During its first interval + timeout after connecting, a bus may
+/// not have heard from every instance yet: its invalidations wait until then.
 ///
 /// Reads and plain fills never publish anything. When messages may have been
 /// lost (see [`InvalidationBus`]), the local tiers are flushed.
@@ -1356,8 +1687,11 @@ where
     }
 
     /// Removes `key` from every tier here, then tells every other instance to
-    /// drop it from its local tiers. The message is published even if a tier
-    /// failed here; the error then names the tier, so the call can be retried.
+    /// drop it from its local tiers and waits until every live one has (see
+    /// [the guarantee](SyncedCache#the-guarantee)). The message is published
+    /// even if a tier failed here; the error then names the tier, so the call
+    /// can be retried. An instance that did not confirm gives
+    /// [`Error::Unavailable`].
     ///
     /// ```no_run
     /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {
@@ -1370,7 +1704,8 @@ where
             .await
     }
 
-    /// Removes every key starting with `prefix`, here and on every instance.
+    /// Removes every key starting with `prefix`, here and on every instance
+    /// (confirmed like [`SyncedCache::invalidate`]).
     ///
     /// ```no_run
     /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {
@@ -1383,7 +1718,8 @@ where
             .await
     }
 
-    /// Clears every tier here and the local tiers of every instance.
+    /// Clears every tier here and the local tiers of every instance
+    /// (confirmed like [`SyncedCache::invalidate`]).
     ///
     /// ```no_run
     /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {
@@ -1395,6 +1731,25 @@ where
         self.finish(report, Invalidation::Clear).await
     }
 
+    /// Writes `entry` into every tier here ([`TieredCache::put`]), then tells
+    /// every other instance to drop `key` from its local tiers, so their next
+    /// read finds the new value in the shared tier (confirmed like
+    /// [`SyncedCache::invalidate`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {
+    /// use std::time::Duration;
+    /// use cache_core::{Clock, Entry, SystemClock};
+    /// let entry = Entry::expiring_in("https://img/42-v2".to_string(), SystemClock.now(), Duration::from_secs(3600));
+    /// cache.put(&"user:42".to_string(), entry).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put(&self, key: &K, entry: Entry<V>) -> Result<TierReport> {
+        let report = self.chain.put(key, entry).await;
+        self.finish(report, Invalidation::Key(key.key_str().into_owned()))
+            .await
+    }
+
     async fn finish(
         &self,
         report: Result<TierReport>,
@@ -1404,9 +1759,9 @@ where
             .inner
             .apply_locally(Some(self.registration.id), &invalidation)
             .await;
-        let published = self.bus.publish_only(&invalidation).await;
+        let confirmed = self.bus.publish_confirmed(&invalidation).await;
         let report = report?;
-        published?;
+        confirmed?;
         Ok(report)
     }
 
@@ -1469,6 +1824,18 @@ mod tests {
             body: Body::Invalidate(Invalidation::Clear),
         };
         assert_eq!(Message::decode(&m.encode()), Some(m));
+        for (origin, seq) in [(0, 0), (u64::MAX, u64::MAX), (0xabc, 1)] {
+            let m = msg(Body::Ack { origin, seq });
+            assert_eq!(Message::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(
+            msg(Body::Ack {
+                origin: 0xfeed,
+                seq: 0x1f
+            })
+            .encode(),
+            "lc2\n0123456789abcdef\n7\na\n000000000000feed 1f"
+        );
         for link in [LinkReport::New, LinkReport::Up, LinkReport::Down] {
             for bound in [Duration::ZERO, Duration::from_millis(3000)] {
                 let m = msg(Body::Heartbeat { link, bound });
@@ -1519,6 +1886,13 @@ mod tests {
             format!("lc2\n{o}\n1\nh\nu  10"),
             format!("lc2\n{o}\n1\nh\nu -10"),
             format!("lc2\n{o}\n1\nh\nup 10"),
+            format!("lc2\n{o}\n1\na\n"),
+            format!("lc2\n{o}\n1\na\n{o}"),
+            format!("lc2\n{o}\n1\na\n{o} "),
+            format!("lc2\n{o}\n1\na\nfeed 1"),
+            format!("lc2\n{o}\n1\na\n{o} 1 "),
+            format!("lc2\n{o}\n1\na\n{o} +1"),
+            format!("lc2\n{o}\n1\na\n{o}\n1"),
             "lc2\n\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\n1\nk\nx".into(),
         ] {
             assert_eq!(Message::decode(&bad), None, "{bad:?}");
@@ -1534,6 +1908,11 @@ mod tests {
             msg(Body::Heartbeat {
                 link: LinkReport::Down,
                 bound: Duration::from_secs(3),
+            })
+            .encode(),
+            msg(Body::Ack {
+                origin: 0xfeed,
+                seq: 0x1f,
             })
             .encode(),
         ];
@@ -1552,6 +1931,30 @@ mod tests {
                 let _ = Message::decode(&String::from_utf8_lossy(&bytes));
             }
         }
+    }
+
+    #[test]
+    fn a_peer_is_live_while_its_heartbeats_say_up_and_are_recent() {
+        let t0 = Instant::now();
+        let peer = |link| Peer {
+            last_heartbeat: t0,
+            link,
+            bound: Duration::from_millis(1000),
+            first_heard: t0,
+            first_was_new: false,
+        };
+        let ms = Duration::from_millis;
+        assert!(peer(LinkReport::Up).is_live(t0 + ms(1000)));
+        assert!(peer(LinkReport::New).is_live(t0 + ms(1050)), "5% slack");
+        assert!(!peer(LinkReport::Up).is_live(t0 + ms(1051)));
+        assert!(!peer(LinkReport::Down).is_live(t0), "down: it is flushing");
+        let timing = Timing {
+            interval: ms(1000),
+            timeout: ms(2000),
+        };
+        assert_eq!(timing.bound(), ms(3000));
+        assert_eq!(timing.tick(), ms(100));
+        assert_eq!(timing.silence_limit(), ms(2900));
     }
 
     #[test]

@@ -177,6 +177,9 @@ async fn invalidation_latency_between_instances_is_measured() {
     let version = Arc::new(AtomicU64::new(1));
     let a = instance(&server, version.clone()).await;
     let b = instance(&server, version).await;
+    // The first confirmed invalidation waits until A has heard from every
+    // instance (one heartbeat interval + timeout after connecting): not timed.
+    a.cache.invalidate(&"warm-up".to_string()).await.unwrap();
     let mut applied = b.cache.applied();
     let mut lat = Vec::new();
     for i in 0..300 {
@@ -566,4 +569,187 @@ async fn a_silently_dropped_link_flushes_the_local_tier_within_the_bound() {
     let stats = a.cache.bus().stats();
     assert_eq!(stats.link_downs, 0, "A's link was not touched: {stats:?}");
     assert_eq!(a.cache.resync_flushes(), 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_synced_call_returns_ok_no_other_instance_holds_the_old_value() {
+    let server = RedisServer::start();
+    let version = Arc::new(AtomicU64::new(1));
+    let a = instance(&server, version.clone()).await;
+    let b = instance(&server, version.clone()).await;
+    let c = instance(&server, version.clone()).await;
+    let others = [&b, &c];
+    wait_until("A hears from B and C", || {
+        a.cache.bus().live_peers().len() == 2
+    })
+    .await;
+
+    // Every check below runs right after the call returns: no sleep, no
+    // waiting for a notification.
+    for i in 0..100 {
+        let key = format!("user:{i}");
+        for o in others {
+            o.cache.get(&key).await.unwrap();
+            assert!(o.moka.contains(&key));
+        }
+        a.cache.invalidate(&key).await.unwrap();
+        for o in others {
+            assert!(!o.moka.contains(&key), "{key} still in a moka tier");
+        }
+    }
+
+    // put: the others drop their copy and read the new value from Redis.
+    let key = "user:42".to_string();
+    for o in others {
+        assert_eq!(
+            o.cache.get(&key).await.unwrap().unwrap().value(),
+            "user:42@v1"
+        );
+    }
+    let fresh = Entry::expiring_in(
+        "user:42@new".to_string(),
+        SystemClock.now(),
+        Duration::from_secs(600),
+    );
+    a.cache.put(&key, fresh).await.unwrap();
+    for o in others {
+        assert!(!o.moka.contains(&key));
+        let hit = o.cache.get(&key).await.unwrap().unwrap();
+        assert_eq!(hit.value(), "user:42@new");
+    }
+    assert!(a.moka.contains(&key), "A's own tiers hold the new value");
+
+    // Prefix and clear.
+    for o in others {
+        o.cache.get(&"team:7:1".to_string()).await.unwrap();
+        o.cache.get(&"team:8".to_string()).await.unwrap();
+    }
+    a.cache.invalidate_prefix("team:7:").await.unwrap();
+    for o in others {
+        assert!(!o.moka.contains(&"team:7:1".to_string()));
+        assert!(o.moka.contains(&"team:8".to_string()));
+    }
+    b.cache.clear().await.unwrap();
+    assert!(!c.moka.contains(&"team:8".to_string()));
+    assert!(!b.moka.contains(&"team:8".to_string()));
+
+    let stats = a.cache.bus().stats();
+    assert_eq!(stats.unconfirmed, 0, "{stats:?}");
+    assert_eq!(stats.acks_received, 2 * 102, "{stats:?}");
+    assert_eq!(a.cache.resync_flushes(), 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswering_instance_fails_the_call_until_it_is_excluded() {
+    let server = RedisServer::start();
+    let proxy = FreezableProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    // B: heartbeats every 200 ms, declared down 1.2 s after the last one
+    // came back. It is live for A up to 1.2 s after its last heartbeat.
+    let interval = Duration::from_millis(200);
+    let timeout = Duration::from_secs(1);
+    let bound = interval + timeout;
+    let bus = |url: String, ack: Duration| {
+        InvalidationBus::builder()
+            .url(url)
+            .heartbeat_interval(interval)
+            .heartbeat_timeout(timeout)
+            .ack_timeout(ack)
+    };
+    let b = instance_on(&server, version.clone(), bus(proxy.url(), bound)).await;
+    // A1 gives up after 100 ms, A2 waits up to 10 s.
+    let a1 = instance_on(
+        &server,
+        version.clone(),
+        bus(server.url(), Duration::from_millis(100)),
+    )
+    .await;
+    let a2 = instance_on(
+        &server,
+        version.clone(),
+        bus(server.url(), Duration::from_secs(10)),
+    )
+    .await;
+    wait_until("A1 and A2 hear from B", || {
+        a1.cache
+            .bus()
+            .live_peers()
+            .contains(&b.cache.bus().instance_id())
+            && a2
+                .cache
+                .bus()
+                .live_peers()
+                .contains(&b.cache.bus().instance_id())
+    })
+    .await;
+    // Past the discovery window of every bus (interval + timeout after
+    // connecting): a fixed point in time, not a race.
+    tokio::time::sleep(bound).await;
+    let key = "user:1".to_string();
+    b.cache.get(&key).await.unwrap();
+    a1.cache.invalidate(&key).await.unwrap();
+    assert!(!b.moka.contains(&key), "B confirmed, so it dropped the key");
+
+    // B's link dies silently. A1 does not wait for ever: B is still live for
+    // A1, so A1 reports that B did not confirm.
+    b.cache.get(&key).await.unwrap();
+    proxy.freeze();
+    let start = Instant::now();
+    let err = a1.cache.invalidate(&key).await.unwrap_err();
+    println!("A1 gave up after {:?}: {err}", start.elapsed());
+    let b_id = format!("{:016x}", b.cache.bus().instance_id());
+    let msg = err.to_string();
+    assert!(msg.contains(&b_id), "the error names B: {msg}");
+    assert!(
+        !msg.contains(&format!("{:016x}", a2.cache.bus().instance_id())),
+        "A2 confirmed: {msg}"
+    );
+    assert!(
+        matches!(err, cache_core::Error::Unavailable { ref tier, .. } if tier == "invalidation-bus")
+    );
+    assert_eq!(a1.cache.bus().stats().unconfirmed, 1);
+    assert!(
+        !a1.moka.contains(&key) && !a2.moka.contains(&key),
+        "applied where it could be"
+    );
+
+    // A2 waits until B stops counting as live (its heartbeats stopped), then
+    // returns Ok: by then B has declared its link down and is flushing.
+    let start = Instant::now();
+    a2.cache.invalidate(&key).await.unwrap();
+    let took = start.elapsed();
+    println!(
+        "A2 confirmed after {took:?} (B excluded; B link up: {}, B flushes: {})",
+        b.cache.bus().link_is_up(),
+        b.cache.resync_flushes()
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "B was excluded, A2 did not time out"
+    );
+    assert!(!a2
+        .cache
+        .bus()
+        .live_peers()
+        .contains(&b.cache.bus().instance_id()));
+    wait_until("B's link is down and its moka tier flushed", || {
+        !b.cache.bus().link_is_up() && !b.moka.contains(&key)
+    })
+    .await;
+
+    // Back: B's link comes up, A2 counts it as live again, and B confirms
+    // again.
+    proxy.thaw();
+    wait_until("B is back and A2 counts it", || {
+        b.cache.bus().link_is_up()
+            && a2
+                .cache
+                .bus()
+                .live_peers()
+                .contains(&b.cache.bus().instance_id())
+    })
+    .await;
+    b.cache.get(&key).await.unwrap();
+    a2.cache.invalidate(&key).await.unwrap();
+    assert!(!b.moka.contains(&key));
 }
