@@ -380,6 +380,9 @@ struct BusInner {
     appliers: Mutex<Appliers>,
     next_applier: AtomicU64,
     timing: Timing,
+    /// Whether the link watchdog runs (always, but under the
+    /// `mutations` switch `mutation::set_no_heartbeat_watchdog`).
+    watchdog: bool,
     link: Mutex<Link>,
     link_tx: watch::Sender<bool>,
     peers: Mutex<HashMap<u64, Peer>>,
@@ -1355,6 +1358,7 @@ impl InvalidationBusBuilder {
             appliers: Mutex::new(Vec::new()),
             next_applier: AtomicU64::new(0),
             timing,
+            watchdog: watchdog_enabled(),
             link: Mutex::new(Link {
                 state: LinkState::Starting,
                 last_echo: now,
@@ -1392,14 +1396,17 @@ impl InvalidationBusBuilder {
                 }
                 bus.forget_silent_peers();
             }),
+        ];
+        let watchdog = inner.watchdog.then(|| {
             spawn_every(
                 inner,
                 timing.tick(),
                 |bus| async move { bus.watch_link().await },
-            ),
-        ];
+            )
+        });
         if let Ok(mut t) = inner.tasks.lock() {
             t.extend(tasks);
+            t.extend(watchdog);
         }
         // The first heartbeat announces this instance; once it comes back the
         // link is up.
@@ -1420,6 +1427,16 @@ impl InvalidationBusBuilder {
         }
         Ok(bus)
     }
+}
+
+#[cfg(feature = "mutations")]
+fn watchdog_enabled() -> bool {
+    !crate::mutation::no_heartbeat_watchdog()
+}
+
+#[cfg(not(feature = "mutations"))]
+fn watchdog_enabled() -> bool {
+    true
 }
 
 /// Runs `f` every `period` (the first time one period from now) while the bus

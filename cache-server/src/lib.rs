@@ -47,6 +47,9 @@
 
 mod bus;
 mod moka_tier;
+#[cfg(feature = "mutations")]
+#[doc(hidden)]
+pub mod mutation;
 mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -58,6 +58,23 @@ async fn instance_on(
     version: Arc<AtomicU64>,
     bus: InvalidationBusBuilder,
 ) -> Instance {
+    let bus = {
+        // The mutation switches are global and read when a bus connects.
+        let _no_mutation_meanwhile = MUTATION.lock().await;
+        bus.channel(CHANNEL).connect().await.unwrap()
+    };
+    instance_with_bus(server, version, bus).await
+}
+
+/// Held while a bus connects, so a test that flips a global mutation switch
+/// does not affect the buses of the tests running next to it.
+static MUTATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn instance_with_bus(
+    server: &RedisServer,
+    version: Arc<AtomicU64>,
+    bus: InvalidationBus,
+) -> Instance {
     let moka: MokaTier<String, String> = MokaTier::builder().build();
     let redis: RedisTier<String> = RedisTier::builder()
         .url(server.url())
@@ -82,7 +99,6 @@ async fn instance_on(
             }
         }))
         .build();
-    let bus = bus.channel(CHANNEL).connect().await.unwrap();
     Instance {
         cache: SyncedCache::new(chain, bus, vec![0]),
         moka,
@@ -752,4 +768,47 @@ async fn an_unanswering_instance_fails_the_call_until_it_is_excluded() {
     b.cache.get(&key).await.unwrap();
     a2.cache.invalidate(&key).await.unwrap();
     assert!(!b.moka.contains(&key));
+}
+
+/// Turns a mutation switch off again even if the test panics.
+struct SwitchOff(fn(bool));
+
+impl Drop for SwitchOff {
+    fn drop(&mut self) {
+        (self.0)(false);
+    }
+}
+
+/// The silent-drop check above must catch a bus that never declares its link
+/// down: with the watchdog switched off (feature `mutations`), the same check
+/// fails: no flush within the deadline, the stale entry stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_without_the_heartbeat_watchdog_the_silent_drop_check_fails() {
+    let server = RedisServer::start();
+    let proxy = FreezableProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    let bus = {
+        let _alone = MUTATION.lock().await;
+        cache_server::mutation::set_no_heartbeat_watchdog(true);
+        let _off = SwitchOff(cache_server::mutation::set_no_heartbeat_watchdog);
+        fast_bus(proxy.url())
+            .channel(CHANNEL)
+            .connect()
+            .await
+            .unwrap()
+    };
+    let b = instance_with_bus(&server, version, bus).await;
+    let key = "user:7".to_string();
+    b.cache.get(&key).await.unwrap();
+
+    let took = flush_after_silent_drop(&b, &proxy, &key, 5 * FAST_BOUND).await;
+    println!("without the watchdog: flush after {took:?}");
+    assert_eq!(
+        took, None,
+        "the check must fail when nothing watches the link"
+    );
+    assert!(b.moka.contains(&key), "the stale entry is still served");
+    assert!(b.cache.bus().link_is_up(), "the bus never noticed");
+    assert_eq!(b.cache.resync_flushes(), 0);
+    assert_eq!(b.cache.bus().stats().link_downs, 0);
 }
