@@ -724,7 +724,7 @@ impl BusInner {
     }
 
     /// A heartbeat of our own came back.
-    async fn heard_itself(&self) {
+    async fn heard_itself(self: &Arc<Self>) {
         let was = {
             let Ok(mut link) = self.link.lock() else {
                 return;
@@ -748,7 +748,15 @@ impl BusInner {
                     self.link_tx.send_replace(true);
                 }
             }
+            self.announce();
         }
+    }
+
+    /// Publishes a heartbeat now, in the background: the link state changed,
+    /// or a new instance wants to know this one.
+    fn announce(self: &Arc<Self>) {
+        let bus = self.clone();
+        tokio::spawn(async move { bus.heartbeat().await });
     }
 
     fn heard_peer(self: &Arc<Self>, origin: u64, link: LinkReport, bound: Duration) {
@@ -772,8 +780,7 @@ impl BusInner {
         }
         if link == LinkReport::New {
             // A new instance: tell it about this one right away.
-            let bus = self.clone();
-            tokio::spawn(async move { bus.heartbeat().await });
+            self.announce();
         }
     }
 
@@ -800,8 +807,8 @@ impl BusInner {
 
     /// One look at the link: declares it down after too long a silence, and
     /// flushes every interval while it is down.
-    async fn watch_link(&self) {
-        let flush = {
+    async fn watch_link(self: &Arc<Self>) {
+        let (flush, went_down) = {
             let Ok(mut link) = self.link.lock() else {
                 return;
             };
@@ -820,19 +827,23 @@ impl BusInner {
                         silent_for = ?now.saturating_duration_since(link.last_echo),
                         "invalidation bus link is down (no heartbeat came back); flushing in-process tiers"
                     );
-                    true
+                    (true, true)
                 }
                 LinkState::Down
                     if now.saturating_duration_since(link.last_flush) >= self.timing.interval =>
                 {
                     link.last_flush = now;
-                    true
+                    (true, false)
                 }
-                _ => false,
+                _ => (false, false),
             }
         };
         if flush {
             self.resync().await;
+        }
+        if went_down {
+            // Flushed: other instances may stop waiting for this one.
+            self.announce();
         }
     }
 
@@ -1023,11 +1034,11 @@ impl InvalidationBus {
     ///
     /// ```no_run
     /// # async fn demo(bus: cache_server::InvalidationBus) {
-    /// let (interval, timeout) = bus.heartbeat();
+    /// let (interval, timeout) = bus.heartbeat_settings();
     /// println!("stale local entries live at most {:?} after the link dies", interval + timeout);
     /// # }
     /// ```
-    pub fn heartbeat(&self) -> (Duration, Duration) {
+    pub fn heartbeat_settings(&self) -> (Duration, Duration) {
         (self.inner.timing.interval, self.inner.timing.timeout)
     }
 
