@@ -60,6 +60,15 @@ const BUS: &str = "invalidation-bus";
 const WIRE_VERSION: &str = "lc2";
 
 /// What to drop from the in-process tiers.
+///
+/// ```no_run
+/// use cache_server::Invalidation;
+/// # async fn demo(bus: cache_server::InvalidationBus) -> cache_core::Result<()> {
+/// bus.publish(&Invalidation::Key("user:42".into())).await?;
+/// bus.publish(&Invalidation::Prefix("team:7:".into())).await?;
+/// bus.publish(&Invalidation::Clear).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalidation {
     /// One key, by its string form.
