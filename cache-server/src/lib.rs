@@ -11,7 +11,10 @@
 //!   Redis Cluster.
 //! - [`InvalidationBus`] and [`SyncedCache`]: an invalidation on one instance
 //!   drops the key from every other instance's in-process tier, over Redis
-//!   pub/sub; a lost subscription flushes the in-process tier.
+//!   pub/sub, and returns `Ok` once every live instance has confirmed it. A
+//!   lost subscription, a lost message or a link that dies silently (no
+//!   heartbeat of its own back within heartbeat interval + timeout, 3 s by
+//!   default) flushes the in-process tier.
 //! - `testing` (feature `testing`): throwaway `redis-server` processes and
 //!   3-master clusters on loopback ports, for tests and benches.
 //!
@@ -51,7 +54,10 @@ mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use bus::{BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache};
+pub use bus::{
+    BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+};
 pub use moka_tier::{MokaTier, MokaTierBuilder};
 pub use redis::{
     default_reconnect_policy, Codec, MsgPackCodec, RedisTier, RedisTierBuilder,

@@ -4,6 +4,7 @@
 //! built, not on every call.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 thread_local! {
     static IGNORE_STAMPS: Cell<bool> = const { Cell::new(false) };
@@ -26,4 +27,25 @@ pub fn set_ignore_stamps(on: bool) {
 
 pub(crate) fn ignore_stamps() -> bool {
     IGNORE_STAMPS.with(Cell::get)
+}
+
+static NO_HEARTBEAT_WATCHDOG: AtomicBool = AtomicBool::new(false);
+
+/// While on, an [`InvalidationBus`](crate::InvalidationBus) connected from
+/// then on never declares its link down: no flush when its own heartbeats stop
+/// coming back. A global switch (the bus runs on tokio tasks), read once by
+/// [`InvalidationBusBuilder::connect`](crate::InvalidationBusBuilder::connect)
+/// and kept by the bus.
+///
+/// ```
+/// cache_server::mutation::set_no_heartbeat_watchdog(true);
+/// // ... connect the bus under test ...
+/// cache_server::mutation::set_no_heartbeat_watchdog(false);
+/// ```
+pub fn set_no_heartbeat_watchdog(on: bool) {
+    NO_HEARTBEAT_WATCHDOG.store(on, Ordering::SeqCst);
+}
+
+pub(crate) fn no_heartbeat_watchdog() -> bool {
+    NO_HEARTBEAT_WATCHDOG.load(Ordering::SeqCst)
 }

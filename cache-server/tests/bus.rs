@@ -1,15 +1,23 @@
 #![allow(clippy::unwrap_used)]
-//! Invalidation across instances: two chains in one process sharing a Redis.
+//! Invalidation across instances: chains in one process sharing a Redis, each
+//! with its own bus (some through a proxy that can silently stop forwarding).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache_core::{loader_fn, BoxError, Clock, Entry, Source, SystemClock, Tier, TieredCache};
 use cache_server::fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
 use cache_server::testing::RedisServer;
-use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use cache_server::{
+    Invalidation, InvalidationBus, InvalidationBusBuilder, MokaTier, RedisTier, SyncedCache,
+};
 
 const CHANNEL: &str = "avatars:invalidate";
 const LIVENESS: Duration = Duration::from_secs(10);
@@ -23,6 +31,51 @@ struct Instance {
 /// One backend instance: moka -> redis -> origin, on the shared server. The
 /// origin answers with the current `version`.
 async fn instance(server: &RedisServer, version: Arc<AtomicU64>) -> Instance {
+    instance_on(
+        server,
+        version,
+        InvalidationBus::builder().url(server.url()),
+    )
+    .await
+}
+
+/// Heartbeat settings short enough for tests: a dead link is noticed within
+/// 600 ms.
+const FAST_INTERVAL: Duration = Duration::from_millis(200);
+const FAST_TIMEOUT: Duration = Duration::from_millis(400);
+const FAST_BOUND: Duration = Duration::from_millis(600);
+
+fn fast_bus(url: String) -> InvalidationBusBuilder {
+    InvalidationBus::builder()
+        .url(url)
+        .heartbeat_interval(FAST_INTERVAL)
+        .heartbeat_timeout(FAST_TIMEOUT)
+}
+
+/// [`instance`] with its bus built by `bus` (the channel is set here); its
+/// Redis tier talks to `server` directly.
+async fn instance_on(
+    server: &RedisServer,
+    version: Arc<AtomicU64>,
+    bus: InvalidationBusBuilder,
+) -> Instance {
+    let bus = {
+        // The mutation switches are global and read when a bus connects.
+        let _no_mutation_meanwhile = MUTATION.lock().await;
+        bus.channel(CHANNEL).connect().await.unwrap()
+    };
+    instance_with_bus(server, version, bus).await
+}
+
+/// Held while a bus connects, so a test that flips a global mutation switch
+/// does not affect the buses of the tests running next to it.
+static MUTATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn instance_with_bus(
+    server: &RedisServer,
+    version: Arc<AtomicU64>,
+    bus: InvalidationBus,
+) -> Instance {
     let moka: MokaTier<String, String> = MokaTier::builder().build();
     let redis: RedisTier<String> = RedisTier::builder()
         .url(server.url())
@@ -47,12 +100,6 @@ async fn instance(server: &RedisServer, version: Arc<AtomicU64>) -> Instance {
             }
         }))
         .build();
-    let bus = InvalidationBus::builder()
-        .url(server.url())
-        .channel(CHANNEL)
-        .connect()
-        .await
-        .unwrap();
     Instance {
         cache: SyncedCache::new(chain, bus, vec![0]),
         moka,
@@ -147,6 +194,9 @@ async fn invalidation_latency_between_instances_is_measured() {
     let version = Arc::new(AtomicU64::new(1));
     let a = instance(&server, version.clone()).await;
     let b = instance(&server, version).await;
+    // The first confirmed invalidation waits until A has heard from every
+    // instance (one heartbeat interval + timeout after connecting): not timed.
+    a.cache.invalidate(&"warm-up".to_string()).await.unwrap();
     let mut applied = b.cache.applied();
     let mut lat = Vec::new();
     for i in 0..300 {
@@ -199,6 +249,8 @@ async fn a_fill_after_a_miss_publishes_nothing() {
     .await;
 }
 
+/// Counts the invalidation messages (kinds `k`, `p`, `c`; not heartbeats or
+/// acks) on the channel.
 async fn spy_on(server: &RedisServer) -> Arc<AtomicU64> {
     let sub =
         cache_server::fred::prelude::Builder::from_config(Config::from_url(&server.url()).unwrap())
@@ -211,11 +263,87 @@ async fn spy_on(server: &RedisServer) -> Arc<AtomicU64> {
     sub.subscribe(CHANNEL).await.unwrap();
     tokio::spawn(async move {
         let _keep = sub;
-        while rx.recv().await.is_ok() {
-            c.fetch_add(1, Ordering::SeqCst);
+        while let Ok(msg) = rx.recv().await {
+            let text = msg.value.as_string().unwrap_or_default();
+            let kind = text.split('\n').nth(3).unwrap_or_default();
+            if matches!(kind, "k" | "p" | "c") {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
         }
     });
     count
+}
+
+/// A raw client that publishes hand-made messages on the channel.
+async fn raw_publisher(server: &RedisServer) -> cache_server::fred::prelude::Client {
+    let client =
+        cache_server::fred::prelude::Builder::from_config(Config::from_url(&server.url()).unwrap())
+            .build()
+            .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_gap_flushes_the_local_tier() {
+    let server = RedisServer::start();
+    let version = Arc::new(AtomicU64::new(1));
+    let b = instance(&server, version).await;
+    for i in 1..=3 {
+        b.cache.get(&format!("user:{i}")).await.unwrap();
+    }
+    let raw = raw_publisher(&server).await;
+    let mut applied = b.cache.applied();
+    let forged = |seq: u64, key: &str| format!("lc2\n00000000deadbeef\n{seq:x}\nk\n{key}");
+
+    // Seq 1 from a new origin: applied, nothing else happens.
+    let _: i64 = raw.publish(CHANNEL, forged(1, "user:1")).await.unwrap();
+    let got = tokio::time::timeout(LIVENESS, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Invalidation::Key("user:1".into()));
+    assert!(!b.moka.contains(&"user:1".to_string()));
+    assert!(b.moka.contains(&"user:2".to_string()));
+    assert_eq!(b.cache.resync_flushes(), 0);
+
+    // Garbage is counted and ignored.
+    let _: i64 = raw
+        .publish(CHANNEL, "lc2\nnot hex\n1\nk\nuser:2")
+        .await
+        .unwrap();
+    wait_until("the malformed message is counted", || {
+        b.cache.bus().stats().malformed == 1
+    })
+    .await;
+    assert!(b.moka.contains(&"user:2".to_string()));
+
+    // Seq 3: seq 2 was lost, so everything local may be stale.
+    let _: i64 = raw.publish(CHANNEL, forged(3, "user:9")).await.unwrap();
+    wait_until("the gap flushes B's moka tier", || {
+        b.cache.resync_flushes() == 1
+    })
+    .await;
+    assert!(!b.moka.contains(&"user:2".to_string()));
+    assert!(!b.moka.contains(&"user:3".to_string()));
+    let stats = b.cache.bus().stats();
+    assert_eq!(stats.sequence_gaps, 1, "{stats:?}");
+
+    // Seq 4 follows 3: no new flush.
+    b.cache.get(&"user:2".to_string()).await.unwrap();
+    let _: i64 = raw.publish(CHANNEL, forged(4, "user:8")).await.unwrap();
+    loop {
+        let got = tokio::time::timeout(LIVENESS, applied.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if got == Invalidation::Key("user:8".into()) {
+            break;
+        }
+    }
+    assert_eq!(b.cache.resync_flushes(), 1);
+    assert!(b.moka.contains(&"user:2".to_string()));
+    let _ = raw.quit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,4 +406,412 @@ async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
         }
     }
     assert!(!b.moka.contains(&other));
+}
+
+/// A loopback TCP proxy to a Redis server that can be told to stop
+/// forwarding, in both directions, without closing any socket: a silently
+/// dead link. Connections made while it is frozen hang too.
+struct FreezableProxy {
+    port: u16,
+    frozen: watch::Sender<bool>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl FreezableProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (frozen, _) = watch::channel(false);
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let (f, t) = (frozen.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let up = tokio::spawn(pipe(cr, sw, f.subscribe()));
+                let down = tokio::spawn(pipe(sr, cw, f.subscribe()));
+                t.lock()
+                    .unwrap()
+                    .extend([up.abort_handle(), down.abort_handle()]);
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        FreezableProxy {
+            port,
+            frozen,
+            tasks,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Copies `from` to `to` while not frozen. Bytes read just before a freeze
+/// are held until the thaw.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !until(&mut frozen, false).await {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => n,
+            },
+            _ = until(&mut frozen, true) => continue,
+        };
+        if !until(&mut frozen, false).await || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until the proxy's frozen flag is `want`; `false` if the proxy is gone.
+async fn until(frozen: &mut watch::Receiver<bool>, want: bool) -> bool {
+    frozen.wait_for(|f| *f == want).await.is_ok()
+}
+
+/// Freezes B's bus link (through `proxy`) and waits up to `deadline` for B to
+/// notice: link down, a resync flush, `key` gone from its moka tier. How long
+/// it took, or `None` if it did not happen within the deadline.
+async fn flush_after_silent_drop(
+    b: &Instance,
+    proxy: &FreezableProxy,
+    key: &String,
+    deadline: Duration,
+) -> Option<Duration> {
+    assert!(b.moka.contains(key));
+    assert!(b.cache.bus().link_is_up());
+    let flushes = b.cache.resync_flushes();
+    proxy.freeze();
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if !b.cache.bus().link_is_up()
+            && b.cache.resync_flushes() > flushes
+            && !b.moka.contains(key)
+        {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_link_flushes_the_local_tier_within_the_bound() {
+    let server = RedisServer::start();
+    let proxy = FreezableProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    let a = instance(&server, version.clone()).await;
+    let b = instance_on(&server, version, fast_bus(proxy.url())).await;
+    let key = "user:7".to_string();
+    b.cache.get(&key).await.unwrap();
+    assert_eq!(b.cache.resync_flushes(), 0);
+
+    // The machine is noisy: only a generous deadline is asserted; the
+    // observed time is printed.
+    let took = flush_after_silent_drop(&b, &proxy, &key, 5 * FAST_BOUND).await;
+    println!("silent link drop: B flushed after {took:?} (bound {FAST_BOUND:?})");
+    let took = took.expect("B must notice the dead link and flush its moka tier");
+    assert!(took <= 5 * FAST_BOUND);
+    assert_eq!(b.cache.bus().stats().link_downs, 1);
+
+    // While the link stays down, B keeps flushing every interval.
+    let flushes = b.cache.resync_flushes();
+    b.cache.get(&key).await.unwrap(); // its Redis tier is not behind the proxy
+    assert!(b.moka.contains(&key));
+    wait_until("B flushes again while the link is down", || {
+        b.cache.resync_flushes() > flushes && !b.moka.contains(&key)
+    })
+    .await;
+    assert!(!b.cache.bus().link_is_up());
+
+    // fred notices the unanswered PING and drops the subscriber connection.
+    wait_until("fred drops the unresponsive subscriber connection", || {
+        !b.cache.bus().subscriber().is_connected()
+    })
+    .await;
+
+    // Back: the link comes up (after one more flush), fred reconnects, and
+    // invalidations flow again.
+    let flushes = b.cache.resync_flushes();
+    proxy.thaw();
+    wait_until("B's link is up again", || b.cache.bus().link_is_up()).await;
+    // At least one more flush (this does not tell the flush on coming back
+    // from the periodic ones while down).
+    assert!(b.cache.resync_flushes() > flushes);
+    wait_until("the subscriber reconnected", || {
+        b.cache.bus().stats().reconnects >= 1
+    })
+    .await;
+    let other = "user:8".to_string();
+    b.cache.get(&other).await.unwrap();
+    let mut applied = b.cache.applied();
+    a.cache.invalidate(&other).await.unwrap();
+    loop {
+        let got = tokio::time::timeout(LIVENESS, applied.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if got == Invalidation::Key(other.clone()) {
+            break;
+        }
+    }
+    assert!(!b.moka.contains(&other));
+    let stats = a.cache.bus().stats();
+    assert_eq!(stats.link_downs, 0, "A's link was not touched: {stats:?}");
+    assert_eq!(a.cache.resync_flushes(), 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_synced_call_returns_ok_no_other_instance_holds_the_old_value() {
+    let server = RedisServer::start();
+    let version = Arc::new(AtomicU64::new(1));
+    let a = instance(&server, version.clone()).await;
+    let b = instance(&server, version.clone()).await;
+    let c = instance(&server, version.clone()).await;
+    let others = [&b, &c];
+    wait_until("A hears from B and C", || {
+        a.cache.bus().live_peers().len() == 2
+    })
+    .await;
+
+    // Every check below runs right after the call returns: no sleep, no
+    // waiting for a notification.
+    for i in 0..100 {
+        let key = format!("user:{i}");
+        for o in others {
+            o.cache.get(&key).await.unwrap();
+            assert!(o.moka.contains(&key));
+        }
+        a.cache.invalidate(&key).await.unwrap();
+        for o in others {
+            assert!(!o.moka.contains(&key), "{key} still in a moka tier");
+        }
+    }
+
+    // put: the others drop their copy and read the new value from Redis.
+    let key = "user:42".to_string();
+    for o in others {
+        assert_eq!(
+            o.cache.get(&key).await.unwrap().unwrap().value(),
+            "user:42@v1"
+        );
+    }
+    let fresh = Entry::expiring_in(
+        "user:42@new".to_string(),
+        SystemClock.now(),
+        Duration::from_secs(600),
+    );
+    a.cache.put(&key, fresh).await.unwrap();
+    for o in others {
+        assert!(!o.moka.contains(&key));
+        let hit = o.cache.get(&key).await.unwrap().unwrap();
+        assert_eq!(hit.value(), "user:42@new");
+    }
+    assert!(a.moka.contains(&key), "A's own tiers hold the new value");
+
+    // Prefix and clear.
+    for o in others {
+        o.cache.get(&"team:7:1".to_string()).await.unwrap();
+        o.cache.get(&"team:8".to_string()).await.unwrap();
+    }
+    a.cache.invalidate_prefix("team:7:").await.unwrap();
+    for o in others {
+        assert!(!o.moka.contains(&"team:7:1".to_string()));
+        assert!(o.moka.contains(&"team:8".to_string()));
+    }
+    b.cache.clear().await.unwrap();
+    assert!(!c.moka.contains(&"team:8".to_string()));
+    assert!(!b.moka.contains(&"team:8".to_string()));
+
+    let stats = a.cache.bus().stats();
+    assert_eq!(stats.unconfirmed, 0, "{stats:?}");
+    assert_eq!(stats.acks_received, 2 * 102, "{stats:?}");
+    assert_eq!(a.cache.resync_flushes(), 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswering_instance_fails_the_call_until_it_is_excluded() {
+    let server = RedisServer::start();
+    let proxy = FreezableProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    // B: heartbeats every 200 ms, declared down 1.2 s after the last one
+    // came back. It is live for A up to 1.2 s after its last heartbeat.
+    let interval = Duration::from_millis(200);
+    let timeout = Duration::from_secs(1);
+    let bound = interval + timeout;
+    let bus = |url: String, ack: Duration| {
+        InvalidationBus::builder()
+            .url(url)
+            .heartbeat_interval(interval)
+            .heartbeat_timeout(timeout)
+            .ack_timeout(ack)
+    };
+    let b = instance_on(&server, version.clone(), bus(proxy.url(), bound)).await;
+    // A1 gives up after 100 ms, A2 waits up to 10 s.
+    let a1 = instance_on(
+        &server,
+        version.clone(),
+        bus(server.url(), Duration::from_millis(100)),
+    )
+    .await;
+    let a2 = instance_on(
+        &server,
+        version.clone(),
+        bus(server.url(), Duration::from_secs(10)),
+    )
+    .await;
+    wait_until("A1 and A2 hear from B", || {
+        a1.cache
+            .bus()
+            .live_peers()
+            .contains(&b.cache.bus().instance_id())
+            && a2
+                .cache
+                .bus()
+                .live_peers()
+                .contains(&b.cache.bus().instance_id())
+    })
+    .await;
+    // Past the discovery window of every bus (interval + timeout after
+    // connecting): a fixed point in time, not a race.
+    tokio::time::sleep(bound).await;
+    let key = "user:1".to_string();
+    b.cache.get(&key).await.unwrap();
+    a2.cache.invalidate(&key).await.unwrap();
+    assert!(!b.moka.contains(&key), "B confirmed, so it dropped the key");
+
+    // B's link dies silently. A1 does not wait for ever: B is still live for
+    // A1, so A1 reports that B did not confirm.
+    b.cache.get(&key).await.unwrap();
+    proxy.freeze();
+    let start = Instant::now();
+    let err = a1.cache.invalidate(&key).await.unwrap_err();
+    println!("A1 gave up after {:?}: {err}", start.elapsed());
+    let b_id = format!("{:016x}", b.cache.bus().instance_id());
+    let msg = err.to_string();
+    assert!(msg.contains(&b_id), "the error names B: {msg}");
+    assert!(
+        !msg.contains(&format!("{:016x}", a2.cache.bus().instance_id())),
+        "A2 confirmed: {msg}"
+    );
+    assert!(
+        matches!(err, cache_core::Error::Unavailable { ref tier, .. } if tier == "invalidation-bus")
+    );
+    assert_eq!(a1.cache.bus().stats().unconfirmed, 1);
+    assert!(
+        !a1.moka.contains(&key) && !a2.moka.contains(&key),
+        "applied where it could be"
+    );
+
+    // A2 waits until B stops counting as live (its heartbeats stopped), then
+    // returns Ok: by then B has declared its link down and is flushing.
+    let start = Instant::now();
+    a2.cache.invalidate(&key).await.unwrap();
+    let took = start.elapsed();
+    println!(
+        "A2 confirmed after {took:?} (B excluded; B link up: {}, B flushes: {})",
+        b.cache.bus().link_is_up(),
+        b.cache.resync_flushes()
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "B was excluded, A2 did not time out"
+    );
+    assert!(!a2
+        .cache
+        .bus()
+        .live_peers()
+        .contains(&b.cache.bus().instance_id()));
+    wait_until("B's link is down and its moka tier flushed", || {
+        !b.cache.bus().link_is_up() && !b.moka.contains(&key)
+    })
+    .await;
+
+    // Back: B's link comes up, A2 counts it as live again, and B confirms
+    // again.
+    proxy.thaw();
+    wait_until("B is back and A2 counts it", || {
+        b.cache.bus().link_is_up()
+            && a2
+                .cache
+                .bus()
+                .live_peers()
+                .contains(&b.cache.bus().instance_id())
+    })
+    .await;
+    b.cache.get(&key).await.unwrap();
+    a2.cache.invalidate(&key).await.unwrap();
+    assert!(!b.moka.contains(&key));
+}
+
+/// Turns a mutation switch off again even if the test panics.
+struct SwitchOff(fn(bool));
+
+impl Drop for SwitchOff {
+    fn drop(&mut self) {
+        (self.0)(false);
+    }
+}
+
+/// The silent-drop check above must catch a bus that never declares its link
+/// down: with the watchdog switched off (feature `mutations`), the same check
+/// fails: no flush within the deadline, the stale entry stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_without_the_heartbeat_watchdog_the_silent_drop_check_fails() {
+    let server = RedisServer::start();
+    let proxy = FreezableProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    let bus = {
+        let _alone = MUTATION.lock().await;
+        cache_server::mutation::set_no_heartbeat_watchdog(true);
+        let _off = SwitchOff(cache_server::mutation::set_no_heartbeat_watchdog);
+        fast_bus(proxy.url())
+            .channel(CHANNEL)
+            .connect()
+            .await
+            .unwrap()
+    };
+    let b = instance_with_bus(&server, version, bus).await;
+    let key = "user:7".to_string();
+    b.cache.get(&key).await.unwrap();
+
+    let took = flush_after_silent_drop(&b, &proxy, &key, 5 * FAST_BOUND).await;
+    println!("without the watchdog: flush after {took:?}");
+    assert_eq!(
+        took, None,
+        "the check must fail when nothing watches the link"
+    );
+    assert!(b.moka.contains(&key), "the stale entry is still served");
+    assert!(b.cache.bus().link_is_up(), "the bus never noticed");
+    assert_eq!(b.cache.resync_flushes(), 0);
+    assert_eq!(b.cache.bus().stats().link_downs, 0);
 }
