@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{CacheLayer, Clock, Entry, Error, ManualClock, MaybeSend, MaybeSync};
+use crate::{
+    CacheLayer, Clock, Entry, Error, Fence, FenceCheck, Fill, ManualClock, MaybeSend, MaybeSync,
+};
 
 /// What the factory gets for each check.
 #[derive(Clone, Debug)]
@@ -172,6 +174,7 @@ where
     remove_prefix(&make).await;
     hostile(&make).await;
     get_ready_agrees(&make).await;
+    fenced_writes(&make).await;
 }
 
 /// A key never written reads as `None`.
@@ -632,4 +635,159 @@ where
             "conformance[get_ready]: get_ready and get disagree for {key:?}"
         );
     }
+}
+
+/// A fence check with a fixed answer.
+struct Check(bool);
+
+impl FenceCheck for Check {
+    fn holds(&self) -> bool {
+        self.0
+    }
+}
+
+/// The conditional write: a fill whose fence holds is written; one whose fence
+/// no longer holds is refused and leaves the tier as it was; a tier that stamps
+/// refuses a stamp voided by a removal and accepts the removal's own; batches
+/// refuse entry by entry; stamped reads agree with plain reads.
+pub async fn fenced_writes<T, V, F, Fut>(make: &F)
+where
+    T: CacheLayer<String, V>,
+    V: SampleValue,
+    F: Fn(Setup) -> Fut,
+    Fut: Future<Output = T>,
+{
+    const C: &str = "fenced_writes";
+    let (tier, clock) = fresh(make, C, None).await;
+    let key = "fenced".to_string();
+    let (a, b) = (V::sample(1, 64), V::sample(2, 64));
+    let (found, stamp) = ok!(C, tier.get_stamped(&key).await);
+    assert!(found.is_none(), "conformance[{C}]: a missing key was found");
+    let entry = |v: &V| Entry::expiring_in(v.clone(), clock.now(), day());
+
+    let fill = ok!(
+        C,
+        tier.put_fenced(&key, entry(&a), &Fence::new(&Check(true), stamp))
+            .await
+    );
+    assert_eq!(
+        fill,
+        Fill::Written,
+        "conformance[{C}]: a fill whose fence holds was refused"
+    );
+    let got = ok!(C, tier.get(&key).await).map(|e| e.value);
+    assert_eq!(
+        got.as_ref(),
+        Some(&a),
+        "conformance[{C}]: the fill was not stored"
+    );
+
+    let fill = ok!(
+        C,
+        tier.put_fenced(&key, entry(&b), &Fence::new(&Check(false), stamp))
+            .await
+    );
+    assert_eq!(
+        fill,
+        Fill::Refused,
+        "conformance[{C}]: a voided fence was written"
+    );
+    let got = ok!(C, tier.get(&key).await).map(|e| e.value);
+    assert_eq!(
+        got.as_ref(),
+        Some(&a),
+        "conformance[{C}]: a refused fill changed the tier"
+    );
+
+    let (removed, current) = ok!(C, tier.remove_stamped(&key).await);
+    assert!(removed, "conformance[{C}]: remove_stamped removed nothing");
+    assert!(
+        ok!(C, tier.get(&key).await).is_none(),
+        "conformance[{C}]: still there after remove_stamped"
+    );
+    if stamp.is_taken() {
+        let fill = ok!(
+            C,
+            tier.put_fenced(&key, entry(&b), &Fence::new(&Check(true), stamp))
+                .await
+        );
+        assert_eq!(
+            fill,
+            Fill::Refused,
+            "conformance[{C}]: a stamp voided by a removal was written"
+        );
+        assert!(
+            ok!(C, tier.get(&key).await).is_none(),
+            "conformance[{C}]: the refused fill landed"
+        );
+        assert!(
+            current.is_taken(),
+            "conformance[{C}]: a stamping tier's removal handed out no stamp"
+        );
+    }
+    let fill = ok!(
+        C,
+        tier.put_fenced(&key, entry(&b), &Fence::new(&Check(true), current))
+            .await
+    );
+    assert_eq!(
+        fill,
+        Fill::Written,
+        "conformance[{C}]: the removal's own stamp was refused"
+    );
+    let got = ok!(C, tier.get(&key).await).map(|e| e.value);
+    assert_eq!(
+        got.as_ref(),
+        Some(&b),
+        "conformance[{C}]: the write-through was not stored"
+    );
+
+    // Batches: entry by entry.
+    let keys = vec!["fenced-1".to_string(), "fenced-2".to_string()];
+    let found = ok!(C, tier.get_many_stamped(&keys).await);
+    assert_eq!(
+        found.len(),
+        2,
+        "conformance[{C}]: get_many_stamped lost keys"
+    );
+    assert!(
+        found.iter().all(|(e, _)| e.is_none()),
+        "conformance[{C}]: missing keys were found"
+    );
+    let (yes, no) = (Check(true), Check(false));
+    let fences = [Fence::new(&yes, found[0].1), Fence::new(&no, found[1].1)];
+    let fills = ok!(
+        C,
+        tier.put_many_fenced(
+            vec![(keys[0].clone(), entry(&a)), (keys[1].clone(), entry(&b))],
+            &fences
+        )
+        .await
+    );
+    assert_eq!(
+        fills,
+        vec![Fill::Written, Fill::Refused],
+        "conformance[{C}]: batch outcomes"
+    );
+    let got = ok!(C, tier.get_many_stamped(&keys).await);
+    assert_eq!(
+        got[0].0.as_ref().map(|e| &e.value),
+        Some(&a),
+        "conformance[{C}]: batch fill lost"
+    );
+    assert!(
+        got[1].0.is_none(),
+        "conformance[{C}]: a refused batch entry landed"
+    );
+    let plain = ok!(C, tier.get_many(&keys).await);
+    assert_eq!(
+        plain
+            .iter()
+            .map(|e| e.as_ref().map(|e| &e.value))
+            .collect::<Vec<_>>(),
+        got.iter()
+            .map(|(e, _)| e.as_ref().map(|e| &e.value))
+            .collect::<Vec<_>>(),
+        "conformance[{C}]: get_many_stamped disagrees with get_many"
+    );
 }
