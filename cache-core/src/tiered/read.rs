@@ -185,14 +185,24 @@ where
             }
         }
         // Checked at the moment of return: a value may have expired while this
-        // read waited for other keys. Such keys are read again, alone.
+        // read waited for other keys. Such keys are read again, alone, and the
+        // whole answer is checked again after every such wait.
         if !mutation::on(Mutation::NoExpiryAtReturn) {
-            for j in 0..keys.len() {
-                let expired = matches!(&out[j], Some(l) if l.source != Source::Stale
-                    && l.entry.is_expired(inner.clock.now()));
-                if expired {
-                    out[j] = Box::pin(self.get(&keys[j])).await?;
+            let mut rounds = 0;
+            loop {
+                let now = inner.clock.now();
+                let Some(j) = out.iter().position(|l| {
+                    matches!(l, Some(l) if l.source != Source::Stale && l.entry.is_expired(now))
+                }) else {
+                    break;
+                };
+                rounds += 1;
+                if rounds > 4 * keys.len() {
+                    return Err(Error::Origin {
+                        source: std::sync::Arc::new(super::ExpiredFromOrigin),
+                    });
                 }
+                out[j] = Box::pin(self.get(&keys[j])).await?;
             }
         }
         Ok(out)
