@@ -28,7 +28,8 @@ pub(crate) const T_WRITES: usize = 7;
 pub(crate) const T_INVALIDATIONS: usize = 8;
 pub(crate) const T_BYTES_SERVED: usize = 9;
 pub(crate) const T_BYTES_WRITTEN: usize = 10;
-const TIER_COUNTERS: usize = 11;
+pub(crate) const T_REFUSED: usize = 11;
+const TIER_COUNTERS: usize = 12;
 /// In flat snapshots, each tier's counters are followed by its read latency sum.
 pub(crate) const T_READ_NS: usize = TIER_COUNTERS;
 pub(crate) const TIER_STRIDE: usize = TIER_COUNTERS + 1;
@@ -471,6 +472,7 @@ impl Monitor {
                         add(&c[T_BYTES_WRITTEN], bytes);
                     }
                     EventKind::Invalidate => add(&c[T_INVALIDATIONS], 1),
+                    EventKind::Refused => add(&c[T_REFUSED], 1),
                     _ => add(&s.chain[C_DROPPED], 1),
                 }
             }

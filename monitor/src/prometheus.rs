@@ -48,7 +48,7 @@ fn histogram(out: &mut String, name: &str, labels: &str, l: &LatencyStats) {
 
 type TierCounter = (&'static str, &'static str, fn(&TierStats) -> u64);
 
-const TIER_COUNTERS: [TierCounter; 11] = [
+const TIER_COUNTERS: [TierCounter; 12] = [
     ("tier_hits_total", "Reads answered by the tier.", |t| t.hits),
     (
         "tier_misses_total",
@@ -91,6 +91,11 @@ const TIER_COUNTERS: [TierCounter; 11] = [
         |t| t.invalidations,
     ),
     (
+        "tier_refused_fills_total",
+        "Fenced writes the tier refused: an invalidation or newer write came first.",
+        |t| t.refused_fills,
+    ),
+    (
         "tier_served_bytes_total",
         "Payload bytes served by the tier's hits.",
         |t| t.bytes_served,
@@ -112,7 +117,7 @@ impl Report {
     /// | metric | type |
     /// |---|---|
     /// | `_requests_total` | counter: reads through the chain |
-    /// | `_tier_{hits,misses,errors,timeouts,read_failures,skipped,backfills,writes,invalidations}_total` | counters |
+    /// | `_tier_{hits,misses,errors,timeouts,read_failures,skipped,backfills,writes,invalidations,refused_fills}_total` | counters |
     /// | `_tier_{served,written}_bytes_total` | counters |
     /// | `_tier_read_duration_seconds` | histogram |
     /// | `_origin_{loads,not_found,errors,coalesced}_total`, `_origin_loaded_bytes_total` | counters |

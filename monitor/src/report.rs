@@ -122,6 +122,9 @@ pub struct TierStats {
     pub writes: u64,
     /// Keys, prefixes or clears removed from this tier.
     pub invalidations: u64,
+    /// Fenced writes (backfills, origin fills) this tier refused because an
+    /// invalidation or newer write of the key came first.
+    pub refused_fills: u64,
     /// Payload bytes of this tier's hits: bytes the origin did not have to send.
     pub bytes_served: u64,
     /// Payload bytes written by backfills and writes.
@@ -255,6 +258,7 @@ pub(crate) fn build_report(
             backfills: c[T_BACKFILLS],
             writes: c[T_WRITES],
             invalidations: c[T_INVALIDATIONS],
+            refused_fills: c[T_REFUSED],
             bytes_served: c[T_BYTES_SERVED],
             bytes_written: c[T_BYTES_WRITTEN],
             hit_rate: ratio(c[T_HITS], reads),

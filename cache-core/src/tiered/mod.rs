@@ -161,8 +161,8 @@ pub struct ExpiredFromOrigin;
 ///   step, which refuses the fills of **other instances** whose reads began
 ///   before the removal;
 /// - a refused or failed write never turns into a silent success: `put` reports
-///   [`Error::Superseded`] for a tier where a newer write or invalidation won, and
-///   [`Error::Incomplete`] names every tier that failed, so the call can be
+///   [`Error::Superseded`](crate::Error::Superseded) for a tier where a newer write or invalidation won, and
+///   [`Error::Incomplete`](crate::Error::Incomplete) names every tier that failed, so the call can be
 ///   retried;
 /// - reads that start after an invalidation begins never join a load that began
 ///   before it.
@@ -174,7 +174,10 @@ pub struct ExpiredFromOrigin;
 /// plus heartbeat timeout (3 s by default).
 ///
 /// Concurrent `put`s of one key: the one that began last wins in every tier it
-/// reaches; the others report [`Error::Superseded`] for the tiers where they lost.
+/// reaches; the others report [`Error::Superseded`](crate::Error::Superseded) for the tiers where they lost.
+/// One limit: a `put` on one instance still under way when another instance
+/// invalidates the same key may land in the shared tier after that invalidation
+/// (last writer wins there, as with any two concurrent writes).
 ///
 /// A tier whose fenced write is not atomic with its removals (the trait's
 /// default) is kept apart by the chain: a removal waits for the fills already
@@ -345,7 +348,7 @@ where
 
     /// Removes `key` from every tier. See [`TieredCache::only`] to pick tiers.
     ///
-    /// Returns what each tier did, or [`Error::Incomplete`] naming the tiers that
+    /// Returns what each tier did, or [`Error::Incomplete`](crate::Error::Incomplete) naming the tiers that
     /// failed: call again to retry. Loads in flight for `key` will not write.
     pub async fn invalidate(&self, key: &K) -> Result<TierReport> {
         self.inner.invalidate(key, None).await
