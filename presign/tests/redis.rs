@@ -47,14 +47,28 @@ async fn instance(redis: &RedisServer, s3: &S3Config, clock: &ManualClock) -> Pr
         .unwrap()
 }
 
-/// `cmdstat_<command>` call count from `INFO commandstats`.
+/// `cmdstat_<command>` call count from `INFO commandstats` (commands a Lua
+/// script runs count too).
 fn calls(redis: &RedisServer, command: &str) -> u64 {
+    stat(redis, command, "calls")
+}
+
+fn stat(redis: &RedisServer, command: &str, field: &str) -> u64 {
     let info = redis.cli(&["INFO", "commandstats"]).unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+    let prefix = format!("cmdstat_{command}:");
+    let Some(rest) = info.lines().find_map(|l| l.strip_prefix(&prefix)) else {
+        return 0;
+    };
+    rest.split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0)
+}
+
+/// Lua scripts that ran (each fenced fill is one; its generation check is one
+/// MGET inside the script).
+fn scripts_run(redis: &RedisServer) -> u64 {
+    calls(redis, "evalsha") - stat(redis, "evalsha", "failed_calls") + calls(redis, "eval")
 }
 
 async fn fetch(url: &str) -> (u16, Vec<u8>) {
@@ -76,9 +90,19 @@ async fn batch_of_fifty_is_one_redis_round_trip_and_signs_only_misses() {
     let warm = a.urls(&users[..20]).await.unwrap();
     assert_eq!(a.signatures(), 20);
 
-    let (mget, get) = (calls(&redis, "mget"), calls(&redis, "get"));
+    let (mget, get, scripts) = (
+        calls(&redis, "mget"),
+        calls(&redis, "get"),
+        scripts_run(&redis),
+    );
     let all = b.urls(&users).await.unwrap();
-    assert_eq!(calls(&redis, "mget") - mget, 1, "one MGET for 50 users");
+    let fills = scripts_run(&redis) - scripts;
+    assert_eq!(fills, 30, "one fenced fill per miss");
+    assert_eq!(
+        calls(&redis, "mget") - mget - fills,
+        2,
+        "one MGET for 50 users, one for the generations of the 30 misses (their fill stamps)"
+    );
     assert_eq!(calls(&redis, "get") - get, 0, "no single GETs");
     assert_eq!(b.signatures(), 30, "instance B signed only the 30 misses");
     assert_eq!(&all[..20], &warm[..], "the 20 came from Redis");
