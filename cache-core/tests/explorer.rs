@@ -32,6 +32,7 @@
 //!
 //! `EXPLORE_SEED=<n>` replays one schedule; `EXPLORE_SCHEDULES=<n>` sets how
 //! many the main test runs (default 10,000).
+#![cfg(not(target_family = "wasm"))]
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
