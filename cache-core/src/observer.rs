@@ -42,6 +42,10 @@ pub enum EventKind {
     /// an invalidation or a newer write of its key began after the read that
     /// found the value. Nothing was written.
     Refused,
+    /// The chain's in-process tiers were flushed because invalidations may have
+    /// been missed (a bus link went down, a message was lost). Reported once per
+    /// flush, from [`EventSource::Chain`], with the reason as the key.
+    Resync,
 }
 
 /// Where it happened.

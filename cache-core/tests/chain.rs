@@ -892,3 +892,37 @@ async fn a_chain_is_itself_a_tier() {
     );
     assert_eq!(outer.to_string(), "TieredCache(outer -> tiered)");
 }
+
+#[tokio::test]
+async fn a_resync_flush_clears_the_selected_tiers_and_is_reported_once() {
+    let clock = ManualClock::new();
+    let (l1, l2) = (mem("l1", &clock), mem("l2", &clock));
+    let recorder = Arc::new(Recorder::default());
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .observer(recorder.clone())
+        .tier(Tier::shared(l1.clone()))
+        .tier(Tier::shared(l2.clone()))
+        .build();
+    cache
+        .put(&k("a"), Entry::expiring_in(k("v"), clock.now(), HOUR))
+        .await
+        .unwrap();
+    cache.only(&[0]).resync("bus link down").await.unwrap();
+    assert!(
+        l1.get(&k("a")).await.unwrap().is_none(),
+        "the local tier was flushed"
+    );
+    assert!(
+        l2.get(&k("a")).await.unwrap().is_some(),
+        "the shared tier was left alone"
+    );
+    let resyncs: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Resync)
+        .collect();
+    assert_eq!(resyncs.len(), 1);
+    assert_eq!(resyncs[0].key, "bus link down");
+    assert_eq!(resyncs[0].tier, None);
+}

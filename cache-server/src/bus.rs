@@ -1567,7 +1567,12 @@ where
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Err(err) = self.chain.only(&self.tiers).clear().await {
+            if let Err(err) = self
+                .chain
+                .only(&self.tiers)
+                .resync("invalidation bus")
+                .await
+            {
                 tracing::warn!(error = %err, "flushing the in-process tiers failed");
             }
             bump(&self.flushes);

@@ -49,7 +49,8 @@ pub(crate) const C_NEGATIVE_HITS: usize = 0;
 pub(crate) const C_STALE_SERVED: usize = 1;
 pub(crate) const C_STALE_BYTES: usize = 2;
 pub(crate) const C_DROPPED: usize = 3;
-const CHAIN_COUNTERS: usize = 4;
+pub(crate) const C_RESYNCS: usize = 4;
+const CHAIN_COUNTERS: usize = 5;
 pub(crate) const CHAIN_OFFSET: usize = ORIGIN_OFFSET + ORIGIN_COUNTERS + 1;
 pub(crate) const FLAT_LEN: usize = CHAIN_OFFSET + CHAIN_COUNTERS;
 
@@ -503,6 +504,7 @@ impl Monitor {
                     add(&s.chain[C_STALE_SERVED], 1);
                     add(&s.chain[C_STALE_BYTES], event.bytes as u64);
                 }
+                EventKind::Resync => add(&s.chain[C_RESYNCS], 1),
                 _ => add(&s.chain[C_DROPPED], 1),
             },
         }

@@ -210,6 +210,11 @@ impl Report {
                 self.stale_served,
             ),
             (
+                "resyncs_total",
+                "In-process tiers flushed because invalidations may have been missed.",
+                self.resyncs,
+            ),
+            (
                 "monitor_dropped_events_total",
                 "Events the monitor could not place.",
                 self.dropped_events,

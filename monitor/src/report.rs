@@ -220,6 +220,9 @@ pub struct Report {
     pub negative_hits: u64,
     /// Reads served an expired value because the origin failed.
     pub stale_served: u64,
+    /// Times the in-process tiers were flushed because invalidations may have
+    /// been missed (bus link down, lost message).
+    pub resyncs: u64,
     /// Events the monitor could not place (tier index ≥ [`MAX_TIERS`] or an
     /// unknown kind).
     pub dropped_events: u64,
@@ -296,6 +299,7 @@ pub(crate) fn build_report(
         origin,
         negative_hits: c[C_NEGATIVE_HITS],
         stale_served: c[C_STALE_SERVED],
+        resyncs: c[C_RESYNCS],
         dropped_events: c[C_DROPPED],
         top_keys,
     }
@@ -437,11 +441,11 @@ impl fmt::Display for Report {
             )?;
         }
         writeln!(f)?;
-        if self.negative_hits + self.stale_served + self.dropped_events > 0 {
+        if self.negative_hits + self.stale_served + self.resyncs + self.dropped_events > 0 {
             writeln!(
                 f,
-                "chain: {} negative hits, {} stale served, {} events dropped",
-                self.negative_hits, self.stale_served, self.dropped_events
+                "chain: {} negative hits, {} stale served, {} resync flushes, {} events dropped",
+                self.negative_hits, self.stale_served, self.resyncs, self.dropped_events
             )?;
         }
         if let Some(top) = &self.top_keys {

@@ -410,3 +410,29 @@ fn display_is_a_table_with_the_summary_line() {
     assert_eq!(&cells[..6], ["0", "memory", "20", "19", "1", "0"], "{row}");
     assert!(text.contains("origin: 0 loads"), "{text}");
 }
+
+#[test]
+fn refused_fills_and_resync_flushes_are_counted_and_exported() {
+    let clock = ManualClock::new();
+    let m = monitor(&clock);
+    m.record(&event(EventKind::Refused, tier(0), Duration::ZERO, 0));
+    m.record(&event(EventKind::Refused, tier(1), Duration::ZERO, 0));
+    m.record(&event(EventKind::Refused, tier(1), Duration::ZERO, 0));
+    m.record(&event(
+        EventKind::Resync,
+        EventSource::Chain,
+        Duration::ZERO,
+        0,
+    ));
+    let r = m.report();
+    assert_eq!(r.tiers[0].refused_fills, 1);
+    assert_eq!(r.tiers[1].refused_fills, 2);
+    assert_eq!(r.resyncs, 1);
+    assert_eq!(r.dropped_events, 0);
+    let text = r.to_prometheus("cache");
+    assert!(
+        text.contains("cache_tier_refused_fills_total{tier=\"shared\",index=\"1\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("cache_resyncs_total 1"), "{text}");
+}

@@ -433,6 +433,33 @@ where
     pub async fn clear(&self) -> Result<TierReport> {
         self.cache.inner.clear(Some(self.tiers)).await
     }
+
+    /// Clears the selected tiers because invalidations may have been missed
+    /// (`reason` says why, e.g. "bus link down"), and reports it to the observer
+    /// as one [`EventKind::Resync`](crate::EventKind::Resync) event. Loads in
+    /// flight are fenced as by [`TierSelection::clear`].
+    ///
+    /// ```
+    /// # use cache_core::{MemoryTier, Tier, TieredCache};
+    /// # futures_executor::block_on(async {
+    /// let cache: TieredCache<String, String> = TieredCache::builder()
+    ///     .tier(Tier::new(MemoryTier::new()))
+    ///     .build();
+    /// cache.only(&[0]).resync("bus link down").await?;
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    pub async fn resync(&self, reason: &str) -> Result<TierReport> {
+        let report = self.cache.inner.clear(Some(self.tiers)).await;
+        self.cache.inner.emit(
+            crate::EventKind::Resync,
+            crate::EventSource::Chain,
+            reason,
+            Duration::ZERO,
+            0,
+            report.as_ref().err(),
+        );
+        report
+    }
 }
 
 /// A chain is itself a tier, so chains nest. `get` answers from any tier or the
