@@ -208,17 +208,24 @@ where
         if self.tiers[index].breaker.allows(&self.clock) {
             return false;
         }
-        if self.observer.is_some() {
-            let source = self.tier_source(index);
+        self.emit_skipped(index, std::slice::from_ref(key));
+        true
+    }
+
+    /// Emits `Skipped` for each of `keys` at tier `index`.
+    pub(super) fn emit_skipped(&self, index: usize, keys: &[K]) {
+        if self.observer.is_none() {
+            return;
+        }
+        for key in keys {
             self.emit(
                 EventKind::Skipped,
-                source,
+                self.tier_source(index),
                 &key.key_str(),
                 Duration::ZERO,
                 0,
                 None,
             );
         }
-        true
     }
 }

@@ -2,8 +2,6 @@
 //! (taking its stamp when it misses), fenced backfills, then the origin.
 //! Expiry is checked again when a value is returned, after every wait.
 
-use std::time::Duration;
-
 use futures_util::future::join_all;
 
 use super::fences::KeyFence;
@@ -309,19 +307,7 @@ where
     ) -> Option<Vec<(Option<Entry<V>>, Stamp)>> {
         let slot = &self.tiers[index];
         if !slot.breaker.allows(&self.clock) {
-            if self.observer.is_some() {
-                for key in keys {
-                    let source = self.tier_source(index);
-                    self.emit(
-                        EventKind::Skipped,
-                        source,
-                        &key.key_str(),
-                        Duration::ZERO,
-                        0,
-                        None,
-                    );
-                }
-            }
+            self.emit_skipped(index, keys);
             return None;
         }
         let start = self.start();
