@@ -14,7 +14,7 @@
 //! - [`MemoryTier`]: an LRU tier bounded by entries and bytes; native and wasm32.
 //! - [`FaultTier`]: fails, delays or hangs a tier on demand, for tests.
 //! - [`Observer`]: every hit, miss, error, timeout, backfill, invalidation and
-//!   origin load, with tier, latency and bytes. The `monitor` crate implements it.
+//!   origin load, with tier, latency and bytes. The `cache-monitor` crate implements it.
 //! - [`key`]: key validation and an injective, syntax-free encoding for stores.
 //! - `conformance` (feature `conformance`): the test suite every tier runs.
 //!

@@ -20,7 +20,7 @@
 //! ```
 //! use std::time::Duration;
 //! use cache_core::{loader_fn, BoxError, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
-//! use monitor::Monitor;
+//! use cache_monitor::Monitor;
 //!
 //! # futures_executor::block_on(async {
 //! let monitor = Monitor::new();
