@@ -14,8 +14,9 @@
 //!   (in-process → Redis → signer), keyed by user, never by URL. Every URL it
 //!   hands out works for at least a safety margin more. Batch lookups, safe user
 //!   id → object key mapping, and `replace` (upload + invalidate everywhere).
-//! - `test_support` (feature `test-support`): an in-process S3 server (s3s-fs,
-//!   SigV4 auth on) on a loopback port.
+//! - [`embedded`] (feature `embedded-s3`): an S3 server embedded in your
+//!   process (s3s-fs, SigV4 auth on, loopback port, temporary directory), for
+//!   local development, demos and tests.
 //!
 //! # Example
 //!
@@ -48,5 +49,5 @@ pub use signer::{
     Credentials, Method, PresignedUrl, S3Config, Signer, UrlStyle, MAX_EXPIRY, MAX_OBJECT_KEY_BYTES,
 };
 
-#[cfg(feature = "test-support")]
-pub mod test_support;
+#[cfg(feature = "embedded-s3")]
+pub mod embedded;
