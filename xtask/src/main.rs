@@ -825,7 +825,11 @@ fn docs() -> Result<bool, String> {
             if target == WASM_TARGET {
                 cmd.args(["--target", WASM_TARGET]);
             }
-            let what = format!("{name} for {target} (features: {})", features.join(", "));
+            let what = if features.is_empty() {
+                format!("{name} for {target} (default features)")
+            } else {
+                format!("{name} for {target} (features: {})", features.join(", "))
+            };
             println!("xtask: cargo doc {what}");
             checks.check(&what, run_status(&mut cmd));
         }
@@ -892,8 +896,13 @@ fn examples() -> Result<bool, String> {
         }
         // A REDIS_URL from the environment would point the example elsewhere.
         cmd.env_remove("REDIS_URL");
+        let features = if features.is_empty() {
+            String::new()
+        } else {
+            format!(" --features {features}")
+        };
         let what = if *run {
-            format!("cargo run -p {package} --example {example}")
+            format!("cargo run -p {package}{features} --example {example}")
         } else {
             format!("cargo build -p {package} --example {example} --target {WASM_TARGET}")
         };
