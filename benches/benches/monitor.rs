@@ -19,8 +19,8 @@ use std::time::Duration;
 use cache_core::{
     Clock, Event, EventKind, EventSource, MemoryTier, Observer, SystemClock, Tier, TieredCache,
 };
+use cache_monitor::Monitor;
 use criterion::{criterion_group, Criterion, Throughput};
-use monitor::Monitor;
 
 fn record(c: &mut Criterion) {
     let mut group = c.benchmark_group("record");
@@ -34,7 +34,7 @@ fn record(c: &mut Criterion) {
         b.iter(|| black_box(SystemClock.now()))
     });
 
-    let coarse = monitor::CoarseClock::new();
+    let coarse = cache_monitor::CoarseClock::new();
     group.bench_function("baseline_coarse_clock_now", |b| {
         b.iter(|| black_box(coarse.now()))
     });

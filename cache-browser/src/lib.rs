@@ -4,6 +4,13 @@
 //! wasm-bindgen and web-sys. On other targets the crate is empty, so a native
 //! workspace build is unaffected.
 //!
+//! - [What is here](#what-is-here)
+//! - [Feature flags](#feature-flags)
+//! - [Example (wasm32)](#example-wasm32)
+//! - [Minimum supported Rust version](#minimum-supported-rust-version)
+//!
+//! # What is here
+//!
 //! - `LocalStorageTier`: JSON records `{format, key, value, expires_at, stored_at}`
 //!   under a prefix; corrupt or foreign records are misses and are removed; on
 //!   `QuotaExceededError` it evicts its own oldest records and retries once; a
@@ -24,6 +31,14 @@
 //! read, passes `cache_core::conformance` in headless Chromium, and turns every
 //! browser exception into a [`cache_core::Error`] (never a panic).
 //!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `browser-bench` | no | compiles the crate's browser hit-latency benchmark (`tests/bench.rs`); nothing in the library |
+//!
+//! Target: `wasm32-unknown-unknown` (these docs are built for it).
+//!
 //! # Example (wasm32)
 //!
 //! ```text
@@ -40,8 +55,19 @@
 //! let found = pictures.get("42").await?.expect("the loader always answers");
 //! img.set_src(&found.src); // found.served_by: "memory", "local_storage", ..., "network"
 //! ```
+//!
+//! The `profile_pictures` example is a complete page script:
+//! `cargo build -p cache-browser --example profile_pictures --target wasm32-unknown-unknown`.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95 (`rust-version` in Cargo.toml), checked by the workspace's
+//! `cargo xtask test`. Raising it is a minor-version change, noted in the
+//! changelog.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// docs.rs (nightly, `--cfg docsrs`): mark feature- and target-gated items.
+// `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(target_family = "wasm")]
 mod js;

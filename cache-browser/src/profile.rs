@@ -320,7 +320,7 @@ impl ProfilePicturesBuilder {
     }
 
     /// Receives every hit, miss, error and backfill of the chain (e.g. the
-    /// `monitor` crate's metrics).
+    /// `cache-monitor` crate's metrics).
     pub fn observer(mut self, observer: impl Observer) -> Self {
         self.observer = Some(Arc::new(observer));
         self

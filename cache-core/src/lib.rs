@@ -3,6 +3,14 @@
 //! The core of a multi-tier cache: one small trait for a tier, and a chain that
 //! puts tiers in order in front of an origin and keeps them correct together.
 //!
+//! - [What is here](#what-is-here)
+//! - [Feature flags](#feature-flags)
+//! - [Example](#example): two tiers in front of an origin, no network
+//! - [Related crates](#related-crates)
+//! - [Minimum supported Rust version](#minimum-supported-rust-version)
+//!
+//! # What is here
+//!
 //! - [`CacheLayer`]: a tier (async get / put / remove / clear, batch get / put).
 //!   Object-safe, `Send` futures on native and `?Send` on wasm32.
 //! - [`TieredCache`]: ordered tiers with TTLs and timeouts, an origin loader,
@@ -14,9 +22,20 @@
 //! - [`MemoryTier`]: an LRU tier bounded by entries and bytes; native and wasm32.
 //! - [`FaultTier`]: fails, delays or hangs a tier on demand, for tests.
 //! - [`Observer`]: every hit, miss, error, timeout, backfill, invalidation and
-//!   origin load, with tier, latency and bytes. The `monitor` crate implements it.
+//!   origin load, with tier, latency and bytes. The `cache-monitor` crate implements it.
 //! - [`key`]: key validation and an injective, syntax-free encoding for stores.
 //! - `conformance` (feature `conformance`): the test suite every tier runs.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `conformance` | no | `cache_core::conformance`: the suite every [`CacheLayer`] implementation should pass (enable it in your tier crate's dev-dependencies) |
+//! | `serde` | no | `Serialize`/`Deserialize` for [`Timestamp`] and [`Entry`] |
+//! | `mutations` | no | test-only switches that revert one fix each, so this crate's tests can show they catch it; never enable it in a build you ship |
+//!
+//! Targets: native, and `wasm32-unknown-unknown` (futures are `?Send` there and
+//! time comes from `web-time`).
 //!
 //! # Example
 //!
@@ -37,8 +56,27 @@
 //! assert_eq!(cache.get(&1).await?.unwrap().source, Source::Tier { index: 0, name: "hot" });
 //! # Ok::<_, cache_core::Error>(()) }).unwrap();
 //! ```
+//!
+//! A runnable version on a manual clock, showing each tier expire in turn:
+//! `cargo run -p cache-core --example two_tiers`.
+//!
+//! # Related crates
+//!
+//! - `cache-server`: a moka tier, a Redis / Redis Cluster tier and an
+//!   invalidation bus for fleets of servers.
+//! - `cache-browser`: LocalStorage, IndexedDB and Cache API tiers (wasm32).
+//! - `cache-monitor`: per-tier metrics from the chain's [`Observer`].
+//! - `presign`: S3 presigned URLs cached in a chain.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95 (`rust-version` in Cargo.toml), checked by the workspace's
+//! `cargo xtask test`. Raising it is a minor-version change, noted in the
+//! changelog.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// docs.rs (nightly, `--cfg docsrs`): mark feature- and target-gated items.
+// `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The README's example is a doctest too.
 #[cfg(doctest)]

@@ -81,7 +81,7 @@ pub struct Event<'a> {
     pub error: Option<&'a Error>,
 }
 
-/// Receives a chain's events. Implemented by the `monitor` crate; implement it to
+/// Receives a chain's events. Implemented by the `cache-monitor` crate; implement it to
 /// feed your own metrics or logs.
 ///
 /// Called inline on the read path: keep it cheap and never block. With no

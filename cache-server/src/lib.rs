@@ -18,7 +18,46 @@
 //! - `testing` (feature `testing`): throwaway `redis-server` processes and
 //!   3-master clusters on loopback ports, for tests and benches.
 //!
-//! # Example
+//! Contents:
+//! - [Feature flags](#feature-flags)
+//! - [Example: an in-process tier](#example-an-in-process-tier), no network
+//! - [Example: moka → Redis, invalidated on every instance](#example-moka--redis-invalidated-on-every-instance)
+//! - [Minimum supported Rust version](#minimum-supported-rust-version)
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testing` | no | `cache_server::testing`: start throwaway `redis-server` processes and clusters on loopback ports (needs `redis-server` and `redis-cli` on `PATH`) |
+//! | `mutations` | no | test-only switches that break a guarantee on purpose; never enable it in a build you ship |
+//!
+//! Native targets only: on wasm32 the crate is empty (browser tiers are in
+//! `cache-browser`).
+//!
+//! # Example: an in-process tier
+//!
+//! ```
+//! use std::time::Duration;
+//! use cache_core::{loader_fn, BoxError, Clock, Entry, Source, SystemClock, Tier, TieredCache};
+//! use cache_server::MokaTier;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let cache: TieredCache<String, String> = TieredCache::builder()
+//!     .tier(Tier::new(MokaTier::builder().max_bytes(32 << 20).build()).ttl(Duration::from_secs(60)))
+//!     .origin(loader_fn(|user: String| async move {
+//!         Ok::<_, BoxError>(Some(Entry::expiring_in(format!("/img/{user}.png"), SystemClock.now(), Duration::from_secs(3_600))))
+//!     }))
+//!     .build();
+//! assert_eq!(cache.get(&"42".to_string()).await?.unwrap().source, Source::Origin);
+//! assert!(matches!(cache.get(&"42".to_string()).await?.unwrap().source, Source::Tier { index: 0, .. }));
+//! # Ok::<_, cache_core::Error>(()) }).unwrap();
+//! ```
+//!
+//! # Example: moka → Redis, invalidated on every instance
+//!
+//! This one needs a Redis; here a throwaway `redis-server` from the `testing`
+//! feature. `cargo run -p cache-server --example moka_redis` runs a similar
+//! chain against `REDIS_URL` or a `redis-server` it starts.
 //!
 //! ```
 //! use std::time::Duration;
@@ -40,8 +79,16 @@
 //! cache.invalidate(&"user:42".to_string()).await?; // every instance drops it
 //! # Ok::<_, cache_core::Error>(()) }).unwrap();
 //! ```
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95 (`rust-version` in Cargo.toml), checked by the workspace's
+//! `cargo xtask test`. Raising it is a minor-version change, noted in the
+//! changelog.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// docs.rs (nightly, `--cfg docsrs`): mark feature- and target-gated items.
+// `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Native only: on wasm32 the crate is empty.
 #![cfg(not(target_family = "wasm"))]
 

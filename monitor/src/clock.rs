@@ -14,7 +14,7 @@ use cache_core::{Clock, SystemClock, Timestamp};
 ///
 /// ```
 /// use cache_core::{Clock, SystemClock};
-/// use monitor::CoarseClock;
+/// use cache_monitor::CoarseClock;
 ///
 /// let coarse = CoarseClock::new();
 /// let (a, b) = (coarse.now().as_unix_millis(), SystemClock.now().as_unix_millis());

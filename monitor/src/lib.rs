@@ -1,10 +1,17 @@
-//! # monitor
+//! # cache-monitor
 //!
 //! Per-tier metrics for [`cache_core::TieredCache`]: attach a [`Monitor`] as the
 //! chain's observer and read a [`Report`] — hit rate, average access time and
 //! bytes saved overall; hits, misses, errors, timeouts, skips, backfills,
 //! writes, invalidations, bytes served and latency percentiles per tier; origin
 //! loads and their latency — as a console table, serde JSON or Prometheus text.
+//!
+//! - [What is here](#what-is-here)
+//! - [Feature flags](#feature-flags)
+//! - [Example](#example): a monitored two-tier chain, no network
+//! - [Minimum supported Rust version](#minimum-supported-rust-version)
+//!
+//! # What is here
 //!
 //! - [`Monitor`]: the observer. Lock-free recording into preallocated atomic
 //!   counters and log-linear histograms (3.1% resolution), up to [`MAX_TIERS`]
@@ -14,13 +21,19 @@
 //!   last N minutes ([`Monitor::window`]) or bucket by bucket
 //!   ([`Monitor::timeline`]). `Display` is a console table, `Serialize` feeds
 //!   dashboards, [`Report::to_prometheus`] feeds Prometheus.
+//! - [`CoarseClock`]: a cheap monotonic clock (native) for timing events.
+//!
+//! # Feature flags
+//!
+//! None: everything is always available. Targets: native and
+//! `wasm32-unknown-unknown`.
 //!
 //! # Example
 //!
 //! ```
 //! use std::time::Duration;
 //! use cache_core::{loader_fn, BoxError, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
-//! use monitor::Monitor;
+//! use cache_monitor::Monitor;
 //!
 //! # futures_executor::block_on(async {
 //! let monitor = Monitor::new();
@@ -44,8 +57,19 @@
 //! let _text = monitor.prometheus(); // serve at GET /metrics
 //! # Ok::<_, cache_core::Error>(()) }).unwrap();
 //! ```
+//!
+//! `cargo run -p cache-monitor --example report` prints a full report, its JSON
+//! and its Prometheus text.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95 (`rust-version` in Cargo.toml), checked by the workspace's
+//! `cargo xtask test`. Raising it is a minor-version change, noted in the
+//! changelog.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// docs.rs (nightly, `--cfg docsrs`): mark feature- and target-gated items.
+// `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
 mod histogram;

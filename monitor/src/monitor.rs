@@ -187,7 +187,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// ```
 /// use std::time::Duration;
 /// use cache_core::{loader_fn, BoxError, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
-/// use monitor::Monitor;
+/// use cache_monitor::Monitor;
 ///
 /// # futures_executor::block_on(async {
 /// let monitor = Monitor::new();
@@ -236,7 +236,7 @@ impl Default for Monitor {
 /// ```
 /// use std::time::Duration;
 /// use cache_core::ManualClock;
-/// use monitor::Monitor;
+/// use cache_monitor::Monitor;
 ///
 /// let monitor = Monitor::builder()
 ///     .clock(ManualClock::new())
@@ -615,7 +615,7 @@ impl Monitor {
     /// ```
     /// use std::time::Duration;
     /// use cache_core::{Event, EventKind, EventSource, ManualClock};
-    /// use monitor::Monitor;
+    /// use cache_monitor::Monitor;
     ///
     /// let clock = ManualClock::new();
     /// let monitor = Monitor::builder().clock(clock.clone()).build();
@@ -670,7 +670,7 @@ impl Monitor {
     /// ```
     /// use std::time::Duration;
     /// use cache_core::{Event, EventKind, EventSource, ManualClock};
-    /// use monitor::Monitor;
+    /// use cache_monitor::Monitor;
     ///
     /// let clock = ManualClock::new();
     /// let monitor = Monitor::builder().clock(clock.clone()).build();

@@ -130,7 +130,7 @@ impl Report {
     /// ```
     /// use std::time::Duration;
     /// use cache_core::{Event, EventKind, EventSource};
-    /// use monitor::Monitor;
+    /// use cache_monitor::Monitor;
     ///
     /// let monitor = Monitor::new();
     /// monitor.record(&Event { kind: EventKind::Hit, source: EventSource::Tier { index: 0, name: "memory" },

@@ -182,7 +182,7 @@ pub struct OriginStats {
 /// ```
 /// use std::time::Duration;
 /// use cache_core::{Event, EventKind, EventSource};
-/// use monitor::Monitor;
+/// use cache_monitor::Monitor;
 ///
 /// let monitor = Monitor::new();
 /// let tier = EventSource::Tier { index: 0, name: "memory" };

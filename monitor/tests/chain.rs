@@ -11,8 +11,8 @@ use cache_core::{
     loader_fn, BoxError, Clock, Entry, FaultTier, ManualClock, MemoryTier, Operation, Source, Tier,
     TieredCache,
 };
+use cache_monitor::Monitor;
 use futures_executor::block_on;
-use monitor::Monitor;
 
 fn value(id: u64) -> String {
     format!("https://img.example/avatars/{id}.png")

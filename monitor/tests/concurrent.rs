@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{Event, EventKind, EventSource, ManualClock};
-use monitor::Monitor;
+use cache_monitor::Monitor;
 
 fn hit(index: usize, ns: u64) -> Event<'static> {
     Event {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cache_core::{Error, Event, EventKind, EventSource, ManualClock, Operation};
-use monitor::{Monitor, Report, MAX_TIERS};
+use cache_monitor::{Monitor, Report, MAX_TIERS};
 
 fn tier(index: usize) -> EventSource<'static> {
     EventSource::Tier {

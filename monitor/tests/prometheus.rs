@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cache_core::{Event, EventKind, EventSource, ManualClock};
-use monitor::Monitor;
+use cache_monitor::Monitor;
 use prometheus_parse::{Sample, Scrape, Value};
 
 fn event(

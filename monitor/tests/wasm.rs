@@ -8,7 +8,7 @@ use cache_core::{
     loader_fn, BoxError, Clock, Entry, Event, EventKind, EventSource, ManualClock, MemoryTier,
     Source, SystemClock, Tier, TieredCache,
 };
-use monitor::Monitor;
+use cache_monitor::Monitor;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);

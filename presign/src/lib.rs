@@ -3,6 +3,13 @@
 //! Presigned URLs for S3 and S3-compatible stores (MinIO, s3s, Ceph...), and a
 //! cached service that hands each user a URL to their picture.
 //!
+//! - [What is here](#what-is-here)
+//! - [Feature flags](#feature-flags)
+//! - [Example](#example): sign a URL, no network
+//! - [Minimum supported Rust version](#minimum-supported-rust-version)
+//!
+//! # What is here
+//!
 //! - [`Signer`]: AWS Signature Version 4 query-string presigning of GET, PUT,
 //!   HEAD and DELETE URLs; path-style or virtual-hosted URLs, session tokens,
 //!   injectable signing time. The derived signing key is cached per day, so a
@@ -14,8 +21,17 @@
 //!   (in-process → Redis → signer), keyed by user, never by URL. Every URL it
 //!   hands out works for at least a safety margin more. Batch lookups, safe user
 //!   id → object key mapping, and `replace` (upload + invalidate everywhere).
-//! - `test_support` (feature `test-support`): an in-process S3 server (s3s-fs,
-//!   SigV4 auth on) on a loopback port.
+//! - [`embedded`] (feature `embedded-s3`): an S3 server embedded in your
+//!   process (s3s-fs, SigV4 auth on, loopback port, temporary directory), for
+//!   local development, demos and tests.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `embedded-s3` | no | [`embedded::EmbeddedS3`]: an S3 server inside your process, for local development, demos and tests |
+//!
+//! Native targets only: on wasm32 the crate is empty.
 //!
 //! # Example
 //!
@@ -29,8 +45,19 @@
 //! assert!(url.url.starts_with("http://127.0.0.1:9000/avatars/users/42.png?X-Amz-Algorithm="));
 //! # Ok::<_, presign::Error>(())
 //! ```
+//!
+//! `cargo run -p presign --features embedded-s3 --example embedded_s3` uploads
+//! and downloads through presigned URLs against the embedded S3.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95 (`rust-version` in Cargo.toml), checked by the workspace's
+//! `cargo xtask test`. Raising it is a minor-version change, noted in the
+//! changelog.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// docs.rs (nightly, `--cfg docsrs`): mark feature- and target-gated items.
+// `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Native only: on wasm32 the crate is empty.
 #![cfg(not(target_family = "wasm"))]
 
@@ -48,5 +75,5 @@ pub use signer::{
     Credentials, Method, PresignedUrl, S3Config, Signer, UrlStyle, MAX_EXPIRY, MAX_OBJECT_KEY_BYTES,
 };
 
-#[cfg(feature = "test-support")]
-pub mod test_support;
+#[cfg(feature = "embedded-s3")]
+pub mod embedded;

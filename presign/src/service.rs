@@ -441,7 +441,7 @@ impl PresignedUrlsBuilder {
         self
     }
 
-    /// Shares an observer, e.g. the `monitor` crate's metrics.
+    /// Shares an observer, e.g. the `cache-monitor` crate's metrics.
     pub fn shared_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.chain = self.chain.shared_observer(observer);
         self

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cache_core::{Clock, ManualClock, SystemClock, Tier};
 use cache_server::testing::RedisServer;
 use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier};
-use presign::test_support::S3Server;
+use presign::embedded::EmbeddedS3;
 use presign::{PresignedUrl, PresignedUrls, S3Config};
 
 const MIN: Duration = Duration::from_secs(60);
@@ -81,7 +81,7 @@ async fn fetch(url: &str) -> (u16, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_of_fifty_is_one_redis_round_trip_and_signs_only_misses() {
     let redis = RedisServer::start();
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     let clock = ManualClock::starting_at(SystemClock.now());
     let a = instance(&redis, &s3.config(), &clock).await;
     let b = instance(&redis, &s3.config(), &clock).await;
@@ -117,7 +117,7 @@ async fn batch_of_fifty_is_one_redis_round_trip_and_signs_only_misses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_holds_a_url_at_most_fifty_minutes() {
     let redis = RedisServer::start();
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     let clock = ManualClock::starting_at(SystemClock.now());
     let a = instance(&redis, &s3.config(), &clock).await;
     a.url("alice").await.unwrap();
@@ -131,7 +131,7 @@ async fn redis_holds_a_url_at_most_fifty_minutes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_on_one_instance_invalidates_every_instance() {
     let redis = RedisServer::start();
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     let clock = ManualClock::starting_at(SystemClock.now());
     let a = instance(&redis, &s3.config(), &clock).await;
     let b = instance(&redis, &s3.config(), &clock).await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cache_core::{Clock, SystemClock};
-use presign::test_support::{S3Server, ACCESS_KEY_ID};
+use presign::embedded::{EmbeddedS3, ACCESS_KEY_ID};
 use presign::{Credentials, Method, S3Config};
 
 const HOUR: Duration = Duration::from_secs(3_600);
@@ -25,7 +25,7 @@ async fn get(url: &str) -> (reqwest::StatusCode, Vec<u8>) {
 }
 
 /// Uploads `body` under `key` with a presigned PUT.
-async fn upload(s3: &S3Server, key: &str, body: &'static [u8]) {
+async fn upload(s3: &EmbeddedS3, key: &str, body: &'static [u8]) {
     let url = s3
         .config()
         .signer()
@@ -37,7 +37,7 @@ async fn upload(s3: &S3Server, key: &str, body: &'static [u8]) {
 
 #[tokio::test]
 async fn presigned_get_fetches_exactly_the_stored_bytes() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     let store = s3.config().object_store().unwrap();
     let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     object_store::ObjectStoreExt::put(&store, &"users/42.png".into(), bytes.clone().into())
@@ -56,7 +56,7 @@ async fn presigned_get_fetches_exactly_the_stored_bytes() {
 
 #[tokio::test]
 async fn presigned_put_uploads_the_body() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     upload(&s3, "uploads/new.png", b"fresh bytes").await;
     let store = s3.config().object_store().unwrap();
     let got = object_store::ObjectStoreExt::get(&store, &"uploads/new.png".into())
@@ -70,7 +70,7 @@ async fn presigned_put_uploads_the_body() {
 
 #[tokio::test]
 async fn tampered_signature_is_rejected() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     upload(&s3, "k.png", b"x").await;
     let url = s3
         .config()
@@ -88,7 +88,7 @@ async fn tampered_signature_is_rejected() {
 
 #[tokio::test]
 async fn edited_expiry_is_rejected() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     upload(&s3, "k.png", b"x").await;
     let url = s3
         .config()
@@ -104,7 +104,7 @@ async fn edited_expiry_is_rejected() {
 
 #[tokio::test]
 async fn another_key_swapped_in_is_rejected() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     upload(&s3, "users/1.png", b"one").await;
     upload(&s3, "users/2.png", b"two").await;
     let url = s3
@@ -122,7 +122,7 @@ async fn another_key_swapped_in_is_rejected() {
 
 #[tokio::test]
 async fn wrong_secret_is_rejected() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     upload(&s3, "k.png", b"x").await;
     let config = s3.config();
     let wrong = S3Config::new(
@@ -144,7 +144,7 @@ async fn wrong_secret_is_rejected() {
 
 #[tokio::test]
 async fn expired_url_is_rejected() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     upload(&s3, "k.png", b"x").await;
     let signer = s3.config().signer().unwrap();
     // Signed two hours ago, valid for one: expired an hour ago.
@@ -161,7 +161,7 @@ async fn expired_url_is_rejected() {
 
 #[tokio::test]
 async fn special_character_keys_reach_the_right_object() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     let keys: [(&str, &'static [u8]); 9] = [
         ("a b.png", b"space"),
         ("a+b.png", b"plus"),
@@ -192,7 +192,7 @@ async fn special_character_keys_reach_the_right_object() {
 
 #[tokio::test]
 async fn rotated_credentials_take_effect_on_the_next_url() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     upload(&s3, "k.png", b"x").await;
     let config = s3.config();
     let signer = S3Config::new(

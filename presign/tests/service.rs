@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cache_core::{
     async_trait, CacheLayer, Clock, Entry, ManualClock, MemoryTier, SystemClock, Tier, Timestamp,
 };
-use presign::test_support::S3Server;
+use presign::embedded::EmbeddedS3;
 use presign::{Credentials, Error, PresignedUrl, PresignedUrls, S3Config, DEFAULT_MARGIN};
 use proptest::prelude::*;
 
@@ -368,7 +368,7 @@ impl CacheLayer<String, PresignedUrl> for HeldAfterRead {
 
 #[tokio::test]
 async fn replace_serves_new_bytes_even_with_a_lookup_in_flight() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     let config = s3.config();
     // Real time (S3 checks URLs against it), moved forward by hand.
     let clock = ManualClock::starting_at(SystemClock.now());
@@ -450,7 +450,7 @@ async fn replace_serves_new_bytes_even_with_a_lookup_in_flight() {
 
 #[tokio::test]
 async fn head_delete_and_upload_url_work_against_s3() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = EmbeddedS3::start().await.unwrap();
     let config = s3.config();
     let urls = PresignedUrls::builder(
         config.signer().unwrap(),

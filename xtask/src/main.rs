@@ -7,6 +7,15 @@
 //! - `cargo xtask demo`: builds everything, wasm included, and serves the demo.
 //! - `cargo xtask bench`: the criterion suites and the browser benchmark.
 //!
+//! `test` also runs the publishing checks, each a subcommand of its own:
+//! `msrv` (every library crate's `rust-version` is the toolchain pinned in
+//! rust-toolchain.toml, which the other suites build with), `docs` (`cargo doc`
+//! with warnings denied, for every target and with the features each crate's
+//! `[package.metadata.docs.rs]` names), `package` (`cargo package` of every
+//! library crate together, each verified by building the packaged sources) and
+//! `examples` (runs every library crate's example; builds the browser one for
+//! wasm32).
+//!
 //! Missing tools are installed when running as root (the wasm32 target,
 //! `wasm-bindgen-cli` at the version in Cargo.lock, Debian's `chromium`,
 //! `chromium-driver`, `redis-server`, `redis-tools`); otherwise the exact command
@@ -46,6 +55,10 @@ fn main() -> ExitCode {
         Some("setup") => setup().map(|()| true),
         // The end-to-end journey alone (also the last suite of `test`).
         Some("journey") => journey(),
+        Some("msrv") => msrv(),
+        Some("docs") => docs(),
+        Some("package") => package(),
+        Some("examples") => examples(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <test | demo | bench | setup | journey>\n\
@@ -53,7 +66,11 @@ fn main() -> ExitCode {
                  \n  demo   build everything (wasm included) and serve the profile-picture demo\
                  \n  bench  criterion suites and the browser benchmark\
                  \n  setup  only install (or print how to install) what the other tasks need\
-                 \n  journey  only the end-to-end journey in headless Chromium (the last suite of `test`)"
+                 \n  journey  only the end-to-end journey in headless Chromium (the last suite of `test`)\
+                 \n  msrv   only: every library crate's rust-version is the pinned toolchain\
+                 \n  docs   only: cargo doc as docs.rs builds it, warnings denied\
+                 \n  package  only: cargo package (verified) of every library crate\
+                 \n  examples  only: run every library crate's example"
             );
             return ExitCode::from(2);
         }
@@ -364,6 +381,24 @@ fn test(args: &[String]) -> Result<bool, String> {
         format!("clippy (wasm32: {})", browser.join(", ")),
         clippy_wasm,
     ));
+    // The publishing checks, each through its own subcommand (as the journey).
+    let me = env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
+    for (task, name) in [
+        (
+            "msrv",
+            "MSRV: rust-version = pinned toolchain, stated in READMEs",
+        ),
+        ("docs", "docs as docs.rs builds them (warnings denied)"),
+        ("package", "cargo package of every library crate (verified)"),
+        (
+            "examples",
+            "library crates' examples (run; browser one built)",
+        ),
+    ] {
+        let mut cmd = Command::new(&me);
+        cmd.arg(task);
+        suites.push((name.into(), cmd));
+    }
     let mut native = cargo();
     native.args(["test", "--workspace", "--no-fail-fast"]);
     suites.push((
@@ -388,8 +423,7 @@ fn test(args: &[String]) -> Result<bool, String> {
     ));
 
     // Last: the end-to-end journey (examples/), which builds the web app first.
-    let me = env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
-    let mut journey = Command::new(me);
+    let mut journey = Command::new(&me);
     journey.arg("journey");
     suites.push(("end-to-end journey in headless Chromium".into(), journey));
 
@@ -587,4 +621,293 @@ fn journey() -> Result<bool, String> {
         &mut cmd,
     )?;
     Ok(true)
+}
+
+// ---------------------------------------------------------------------------
+// Publishing checks: MSRV, docs, packages, examples.
+
+/// The library crates, by folder; their package names come from their
+/// Cargo.toml. Everything else in the workspace is `publish = false`.
+const LIBRARY_DIRS: &[&str] = &[
+    "cache-core",
+    "cache-browser",
+    "cache-server",
+    "presign",
+    "monitor",
+];
+
+/// One line per check, and a `test result:` line that `cargo xtask test`
+/// counts like the test harness's.
+#[derive(Default)]
+struct Checks {
+    passed: u64,
+    failed: u64,
+}
+
+impl Checks {
+    fn check(&mut self, what: &str, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.passed += 1;
+                println!("check {what} ... ok");
+            }
+            Err(e) => {
+                self.failed += 1;
+                println!("check {what} ... FAILED: {e}");
+            }
+        }
+    }
+
+    fn finish(self) -> Result<bool, String> {
+        let ok = self.failed == 0 && self.passed > 0;
+        println!(
+            "\ntest result: {}. {} passed; {} failed; 0 ignored",
+            if ok { "ok" } else { "FAILED" },
+            self.passed,
+            self.failed
+        );
+        Ok(ok)
+    }
+}
+
+fn run_status(cmd: &mut Command) -> Result<(), String> {
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("exited with {s}")),
+        Err(e) => Err(format!("could not start: {e}")),
+    }
+}
+
+fn library_packages() -> Result<Vec<(String, String)>, String> {
+    LIBRARY_DIRS
+        .iter()
+        .map(|dir| {
+            package_name(dir)
+                .map(|name| (dir.to_string(), name))
+                .ok_or_else(|| format!("{dir}/Cargo.toml has no package name"))
+        })
+        .collect()
+}
+
+/// `key = "value"` in `section` of a TOML file (the simple form the
+/// workspace's manifests use).
+fn toml_value(text: &str, section: &str, key: &str) -> Option<String> {
+    toml_section(text, section)?.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// The lines of `[section]`, up to the next header.
+fn toml_section(text: &str, section: &str) -> Option<String> {
+    let header = format!("[{section}]");
+    let mut lines = text.lines().skip_while(|l| l.trim() != header);
+    lines.next()?;
+    let body: Vec<&str> = lines
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .collect();
+    Some(body.join("\n"))
+}
+
+/// `["a", "b"]` → `a`, `b`.
+fn toml_list(value: &str) -> Vec<String> {
+    value
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The MSRV check: the workspace's `rust-version` names the toolchain that
+/// rust-toolchain.toml pins (so every other suite builds with the MSRV itself),
+/// the compiler cargo runs is that toolchain, every library crate inherits (or
+/// repeats) the workspace's `rust-version`, and its README states it.
+fn msrv() -> Result<bool, String> {
+    let mut checks = Checks::default();
+    let root = fs::read_to_string("Cargo.toml").map_err(|e| e.to_string())?;
+    let msrv = toml_value(&root, "workspace.package", "rust-version")
+        .ok_or("the root Cargo.toml has no [workspace.package] rust-version")?;
+    let pinned = fs::read_to_string("rust-toolchain.toml")
+        .ok()
+        .and_then(|t| toml_value(&t, "toolchain", "channel"))
+        .ok_or("rust-toolchain.toml has no [toolchain] channel")?;
+    println!("xtask: rust-version {msrv}, pinned toolchain {pinned}");
+    checks.check(
+        &format!("pinned toolchain {pinned} is rust-version {msrv}"),
+        if pinned == msrv || pinned.starts_with(&format!("{msrv}.")) {
+            Ok(())
+        } else {
+            Err("the pinned toolchain must be the MSRV, so the suites test it".into())
+        },
+    );
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    checks.check(
+        &format!("rustc in use is {pinned} ({})", rustc.trim()),
+        if rustc.starts_with(&format!("rustc {pinned} ")) {
+            Ok(())
+        } else {
+            Err("rustup did not select the pinned toolchain".into())
+        },
+    );
+    for (dir, name) in library_packages()? {
+        let manifest = fs::read_to_string(Path::new(&dir).join("Cargo.toml")).unwrap_or_default();
+        let own = toml_value(&manifest, "package", "rust-version");
+        let inherits = toml_section(&manifest, "package").is_some_and(|p| {
+            p.lines()
+                .any(|l| l.trim() == "rust-version.workspace = true")
+        });
+        checks.check(
+            &format!("{name}: rust-version is {msrv}"),
+            match own {
+                _ if inherits => Ok(()),
+                Some(v) if v == msrv => Ok(()),
+                Some(v) => Err(format!("it says {v}")),
+                None => Err("no rust-version".into()),
+            },
+        );
+        let readme = fs::read_to_string(Path::new(&dir).join("README.md")).unwrap_or_default();
+        checks.check(
+            &format!("{name}: README states the MSRV (Rust {msrv})"),
+            if readme.contains(&format!("Rust {msrv}")) {
+                Ok(())
+            } else {
+                Err(format!("{dir}/README.md does not say `Rust {msrv}`"))
+            },
+        );
+    }
+    checks.finish()
+}
+
+/// `cargo doc` of every library crate as docs.rs will build it: for each
+/// target and with the features its `[package.metadata.docs.rs]` names, with
+/// rustdoc warnings (broken intra-doc links included) denied. (docs.rs uses
+/// nightly and `--cfg docsrs`; this runs the pinned stable toolchain without
+/// that cfg, so only the `doc_cfg` badges differ.)
+fn docs() -> Result<bool, String> {
+    let mut checks = Checks::default();
+    for (dir, name) in library_packages()? {
+        let manifest = fs::read_to_string(Path::new(&dir).join("Cargo.toml")).unwrap_or_default();
+        let Some(meta) = toml_section(&manifest, "package.metadata.docs.rs") else {
+            checks.check(&name, Err("no [package.metadata.docs.rs]".into()));
+            continue;
+        };
+        let field = |key: &str| {
+            meta.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == key).then(|| v.trim().to_string())
+            })
+        };
+        let features = field("features").map(|v| toml_list(&v)).unwrap_or_default();
+        let targets = field("targets").map(|v| toml_list(&v)).unwrap_or_default();
+        if targets.is_empty() {
+            checks.check(
+                &name,
+                Err("[package.metadata.docs.rs] lists no targets".into()),
+            );
+            continue;
+        }
+        for target in targets {
+            let mut cmd = cargo();
+            cmd.args(["doc", "--no-deps", "-p", &name])
+                .env("RUSTDOCFLAGS", "-D warnings");
+            if !features.is_empty() {
+                cmd.args(["--features", &features.join(",")]);
+            }
+            // Native docs build for the host (x86_64-unknown-linux-gnu on the
+            // machines this runs on); wasm32 ones cross-compile.
+            if target == WASM_TARGET {
+                cmd.args(["--target", WASM_TARGET]);
+            }
+            let what = if features.is_empty() {
+                format!("{name} for {target} (default features)")
+            } else {
+                format!("{name} for {target} (features: {})", features.join(", "))
+            };
+            println!("xtask: cargo doc {what}");
+            checks.check(&what, run_status(&mut cmd));
+        }
+    }
+    checks.finish()
+}
+
+/// `cargo package` of every library crate in one command: cargo packages the
+/// interdependent crates together (a local overlay registry stands in for
+/// crates.io for the ones not published yet) and verifies each by building its
+/// packaged sources on their own. `--allow-dirty` so that it checks the tree
+/// as it is, committed or not.
+fn package() -> Result<bool, String> {
+    let mut checks = Checks::default();
+    let libs = library_packages()?;
+    let mut cmd = cargo();
+    cmd.args(["package", "--allow-dirty"]);
+    for (_, name) in &libs {
+        cmd.args(["-p", name]);
+    }
+    let names: Vec<&str> = libs.iter().map(|(_, n)| n.as_str()).collect();
+    println!(
+        "xtask: cargo package --allow-dirty -p {}",
+        names.join(" -p ")
+    );
+    let started = Instant::now();
+    let outcome = run_status(&mut cmd);
+    println!(
+        "xtask: packaged and verified in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    for name in names {
+        checks.check(
+            &format!("{name} packages and its package builds"),
+            outcome.clone(),
+        );
+    }
+    checks.finish()
+}
+
+/// Runs every library crate's example (the server one starts its own
+/// redis-server, which `setup` installs), and builds the browser one for
+/// wasm32.
+fn examples() -> Result<bool, String> {
+    setup()?;
+    let mut checks = Checks::default();
+    // (package, example, features, run it)
+    let examples: &[(&str, &str, &str, bool)] = &[
+        ("cache-core", "two_tiers", "", true),
+        ("cache-monitor", "report", "", true),
+        ("presign", "embedded_s3", "embedded-s3", true),
+        ("cache-server", "moka_redis", "", true),
+        ("cache-browser", "profile_pictures", "", false),
+    ];
+    for (package, example, features, run) in examples {
+        let mut cmd = cargo();
+        cmd.arg(if *run { "run" } else { "build" })
+            .args(["-p", package, "--example", example]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
+        if !run {
+            cmd.args(["--target", WASM_TARGET]);
+        }
+        // A REDIS_URL from the environment would point the example elsewhere.
+        cmd.env_remove("REDIS_URL");
+        let features = if features.is_empty() {
+            String::new()
+        } else {
+            format!(" --features {features}")
+        };
+        let what = if *run {
+            format!("cargo run -p {package}{features} --example {example}")
+        } else {
+            format!("cargo build -p {package} --example {example} --target {WASM_TARGET}")
+        };
+        println!("xtask: {what}");
+        checks.check(&what, run_status(&mut cmd));
+    }
+    checks.finish()
 }

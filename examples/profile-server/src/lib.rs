@@ -5,7 +5,7 @@
 //! `REDIS_URL` is set and an in-process moka tier otherwise. Uploads replace the
 //! object and invalidate every tier on every instance (over cache-server's
 //! invalidation bus when Redis is there). Every access is measured by a
-//! [`monitor::Monitor`].
+//! [`cache_monitor::Monitor`].
 //!
 //! # HTTP API
 //!
@@ -50,9 +50,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use cache_core::{BoxError, Clock, SystemClock, Tier};
+use cache_monitor::Monitor;
 use cache_server::{InvalidationBus, MokaTier, RedisTier};
 use futures_util::StreamExt;
-use monitor::Monitor;
 use presign::{PresignedUrl, PresignedUrls};
 use serde::Serialize;
 use sha2::{Digest, Sha256};

@@ -16,7 +16,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use cache_core::BoxError;
-use presign::test_support::S3Server;
+use presign::embedded;
 use presign::S3Config;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 /// The embedded S3 server and its CORS front; both stop on drop.
 #[derive(Debug)]
 pub struct EmbeddedS3 {
-    server: S3Server,
+    server: embedded::EmbeddedS3,
     front_addr: SocketAddr,
     front: JoinHandle<()>,
 }
@@ -38,7 +38,7 @@ struct Front {
 impl EmbeddedS3 {
     /// Starts s3s-fs on a free loopback port and the front on another.
     pub async fn start() -> Result<Self, BoxError> {
-        let server = S3Server::start().await?;
+        let server = embedded::EmbeddedS3::start().await?;
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let front_addr = listener.local_addr()?;
         let state = Front {

@@ -1,8 +1,14 @@
-//! An in-process S3 server for tests and demos (feature `test-support`).
+//! An embedded S3 server for local use (feature `embedded-s3`).
 //!
-//! [`S3Server::start`] runs [s3s-fs](https://docs.rs/s3s-fs) on a free
-//! `127.0.0.1` port with SigV4 authentication on, storing objects in a temporary
-//! directory. Requests signed with any other key, or tampered with, get `403`.
+//! [`EmbeddedS3::start`] runs [s3s-fs](https://docs.rs/s3s-fs) inside your
+//! process, on a free `127.0.0.1` port, with SigV4 authentication on, storing
+//! objects in a temporary directory that is removed when the server is dropped.
+//! Requests signed with any other key, or tampered with, get `403`.
+//!
+//! Use it to run an application that presigns URLs without a real S3 or MinIO:
+//! a development server, a demo, integration tests. It is not a storage backend
+//! for production: objects live only as long as the [`EmbeddedS3`] value, and it
+//! listens on loopback only.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,36 +24,41 @@ use tokio::task::JoinHandle;
 
 use crate::{Credentials, S3Config};
 
-/// The access key id of [`S3Server::start`]'s credentials.
-pub const ACCESS_KEY_ID: &str = "presign-test-access-key";
+/// The access key id of [`EmbeddedS3::start`]'s credentials.
+pub const ACCESS_KEY_ID: &str = "presign-embedded-access-key";
 
 /// A running s3s-fs server on a loopback port. Stopped, and its directory
 /// removed, on drop.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), cache_core::BoxError> {
-/// use presign::test_support::S3Server;
-/// let s3 = S3Server::start().await?; // needs a tokio runtime
-/// let signer = s3.config().signer()?;
-/// # let _ = signer; Ok(()) }
 /// ```
-pub struct S3Server {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_core::BoxError> {
+/// use std::time::Duration;
+/// use presign::embedded::EmbeddedS3;
+///
+/// let s3 = EmbeddedS3::start().await?; // needs a tokio runtime
+/// let signer = s3.config().signer()?;
+/// let url = signer.presign_get("users/42.png", Duration::from_secs(60))?;
+/// assert!(url.url.starts_with(&s3.endpoint()));
+/// # Ok(()) }
+/// ```
+pub struct EmbeddedS3 {
     addr: SocketAddr,
     config: S3Config,
     dir: tempfile::TempDir,
     task: JoinHandle<()>,
 }
 
-impl fmt::Debug for S3Server {
+impl fmt::Debug for EmbeddedS3 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Server")
+        f.debug_struct("EmbeddedS3")
             .field("addr", &self.addr)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl S3Server {
+impl EmbeddedS3 {
     /// Starts a server with bucket `avatars` and a random secret key.
     pub async fn start() -> Result<Self, BoxError> {
         Self::start_with("avatars", random_secret()).await
@@ -86,7 +97,7 @@ impl S3Server {
             bucket,
             Credentials::new(ACCESS_KEY_ID, secret_key),
         );
-        Ok(S3Server {
+        Ok(EmbeddedS3 {
             addr,
             config,
             dir,
@@ -115,7 +126,7 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
+impl Drop for EmbeddedS3 {
     fn drop(&mut self) {
         self.task.abort();
     }
