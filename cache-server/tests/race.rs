@@ -269,8 +269,9 @@ struct World {
     overtaken: AtomicU64,
     /// Operations run.
     done: AtomicU64,
-    /// Prefix invalidations begun plus ended.
-    prefixes: AtomicU64,
+    /// Prefix invalidations begun, and ended.
+    prefixes_begun: AtomicU64,
+    prefixes_ended: AtomicU64,
 }
 
 impl World {
@@ -289,7 +290,8 @@ impl World {
             loads: AtomicU64::new(0),
             overtaken: AtomicU64::new(0),
             done: AtomicU64::new(0),
-            prefixes: AtomicU64::new(0),
+            prefixes_begun: AtomicU64::new(0),
+            prefixes_ended: AtomicU64::new(0),
         }
     }
 
@@ -321,6 +323,12 @@ impl World {
 
     fn floor(&self, key: &str) -> Option<Established> {
         self.established.lock().unwrap().get(key).copied()
+    }
+
+    /// Prefix invalidations begun and ended so far (ended read first).
+    fn prefixes(&self) -> (u64, u64) {
+        let ended = self.prefixes_ended.load(Ordering::SeqCst);
+        (self.prefixes_begun.load(Ordering::SeqCst), ended)
     }
 
     fn findings(&self) -> std::sync::MutexGuard<'_, Findings> {
@@ -662,9 +670,11 @@ async fn run_step(world: &World, instances: &[Instance], step: &Step) {
                 SystemClock.now(),
                 Duration::from_secs(3600),
             );
-            let prefixes = world.prefixes.load(Ordering::SeqCst);
+            // Whether a prefix invalidation (of the other prefix: this key's
+            // is locked out) overlaps the put.
+            let (begun, ended) = world.prefixes();
             let result = inst.cache.put(&key.to_string(), entry).await;
-            let what = if world.prefixes.load(Ordering::SeqCst) == prefixes {
+            let what = if begun == ended && world.prefixes().0 == begun {
                 "put"
             } else {
                 "put (a prefix invalidation of other keys ran meanwhile)"
@@ -684,9 +694,9 @@ async fn run_step(world: &World, instances: &[Instance], step: &Step) {
                 guards.push(world.locks[*key].read().await);
             }
             let versions: Vec<(&str, u64)> = covered.iter().map(|k| (*k, world.bump(k))).collect();
-            world.prefixes.fetch_add(1, Ordering::SeqCst);
+            world.prefixes_begun.fetch_add(1, Ordering::SeqCst);
             let result = inst.cache.invalidate_prefix(prefix).await;
-            world.prefixes.fetch_add(1, Ordering::SeqCst);
+            world.prefixes_ended.fetch_add(1, Ordering::SeqCst);
             written(
                 world,
                 inst,
