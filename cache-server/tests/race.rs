@@ -36,6 +36,10 @@
 //! scheduler: a seed fixes the operations, their instances, pauses, loader
 //! sleeps and proxy delays, not the order threads run in.
 //!
+//! A third run, on the single node, also makes C's bus proxy hold a chunk
+//! now and then for longer than the bound, so C's link dies for a while: the
+//! documented exception at work.
+//!
 //! The mutation test runs the same rounds with `RedisTier`'s fills ignoring
 //! their stamps (`cache_server::mutation::set_ignore_stamps`, a per-thread
 //! switch, turned on in every thread of a multi-thread runtime) and asserts
@@ -45,7 +49,7 @@
 //! establish nothing and are printed; they are not violations.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,6 +152,16 @@ fn ops() -> usize {
 
 // --- A proxy that delays bytes ---------------------------------------------
 
+/// Rare long holds on a proxy, switched on and off by the test: while on,
+/// each chunk is held for `length` (longer than the bus's bound) with
+/// probability `per_mille` / 1000 instead of its usual delay.
+#[derive(Debug)]
+struct Stalls {
+    on: AtomicBool,
+    per_mille: usize,
+    length: Duration,
+}
+
 /// A loopback TCP proxy to `127.0.0.1:<upstream>` that holds every chunk it
 /// reads for a random time up to `max_delay` before writing it on, keeping
 /// the order (a chunk never overtakes the one before it), in both directions.
@@ -157,7 +171,12 @@ struct DelayProxy {
 }
 
 impl DelayProxy {
-    async fn start(upstream: u16, max_delay: Duration, mut rng: Rng) -> Self {
+    async fn start(
+        upstream: u16,
+        max_delay: Duration,
+        stalls: Option<Arc<Stalls>>,
+        mut rng: Rng,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let tasks = Arc::new(Mutex::new(Vec::new()));
@@ -171,8 +190,12 @@ impl DelayProxy {
                 let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let up = tokio::spawn(delayed_pipe(cr, sw, max_delay, rng.fork()));
-                let down = tokio::spawn(delayed_pipe(sr, cw, max_delay, rng.fork()));
+                let delay = Delay {
+                    max: max_delay,
+                    stalls: stalls.clone(),
+                };
+                let up = tokio::spawn(delayed_pipe(cr, sw, delay.clone(), rng.fork()));
+                let down = tokio::spawn(delayed_pipe(sr, cw, delay, rng.fork()));
                 t.lock()
                     .unwrap()
                     .extend([up.abort_handle(), down.abort_handle()]);
@@ -195,14 +218,26 @@ impl Drop for DelayProxy {
     }
 }
 
-/// Copies `from` to `to`, each chunk released at `max(now + random delay,
-/// the previous chunk's release)`.
-async fn delayed_pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+/// How long a proxy holds a chunk.
+#[derive(Clone)]
+struct Delay {
     max: Duration,
-    mut rng: Rng,
-) {
+    stalls: Option<Arc<Stalls>>,
+}
+
+impl Delay {
+    fn draw(&self, rng: &mut Rng) -> Duration {
+        let usual = rng.upto(self.max);
+        match &self.stalls {
+            Some(s) if s.on.load(Ordering::Relaxed) && rng.below(1000) < s.per_mille => s.length,
+            _ => usual,
+        }
+    }
+}
+
+/// Copies `from` to `to`, each chunk released at `max(now + its delay, the
+/// previous chunk's release)`.
+async fn delayed_pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Delay, mut rng: Rng) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let writer = async move {
         while let Some((at, bytes)) = rx.recv().await {
@@ -221,7 +256,7 @@ async fn delayed_pipe(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let at = (tokio::time::Instant::now() + rng.upto(max)).max(last);
+            let at = (tokio::time::Instant::now() + delay.draw(&mut rng)).max(last);
             last = at;
             if tx.send((at, buf[..n].to_vec())).is_err() {
                 return;
@@ -488,6 +523,9 @@ struct Wiring {
     bus: [String; 3],
     /// The Redis tier the final check reads through (direct).
     check_redis: String,
+    /// Stalls on some proxies, switched on once every bus is up and off
+    /// after the last operation.
+    stalls: Option<Arc<Stalls>>,
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -911,6 +949,9 @@ async fn race(wiring: &Wiring, label: &str, seed: u64, ops: usize, until_stale: 
     // connecting): from here on, confirmations wait for acks only.
     tokio::time::sleep(BOUND).await;
 
+    if let Some(stalls) = &wiring.stalls {
+        stalls.on.store(true, Ordering::Relaxed);
+    }
     let steps = schedule(&mut rng, ops, instances.len());
     let instances = Arc::new(instances);
     let started = Instant::now();
@@ -944,6 +985,12 @@ async fn race(wiring: &Wiring, label: &str, seed: u64, ops: usize, until_stale: 
         }
     }
     let rounds = started.elapsed();
+    if let Some(stalls) = &wiring.stalls {
+        // The bytes already held come through within one stall; from then on
+        // the links recover, and the bound below holds.
+        stalls.on.store(false, Ordering::Relaxed);
+        tokio::time::sleep(stalls.length).await;
+    }
     final_checks(&world, &instances, &checker).await;
     let took = started.elapsed();
 
@@ -1004,16 +1051,22 @@ async fn race(wiring: &Wiring, label: &str, seed: u64, ops: usize, until_stale: 
 
 /// A, B and C on one redis-server: B's and C's buses, and C's Redis tier,
 /// through delaying proxies.
-async fn single_node_wiring(server: &RedisServer, seed: u64) -> (Wiring, Vec<DelayProxy>) {
+async fn single_node_wiring(
+    server: &RedisServer,
+    seed: u64,
+    c_bus_stalls: Option<Arc<Stalls>>,
+) -> (Wiring, Vec<DelayProxy>) {
     let mut rng = Rng(seed ^ 0x9d0c_5eed);
-    let b_bus = DelayProxy::start(server.port(), B_BUS_DELAY, rng.fork()).await;
-    let c_bus = DelayProxy::start(server.port(), C_BUS_DELAY, rng.fork()).await;
-    let c_redis = DelayProxy::start(server.port(), C_REDIS_DELAY, rng.fork()).await;
+    let port = server.port();
+    let b_bus = DelayProxy::start(port, B_BUS_DELAY, None, rng.fork()).await;
+    let c_bus = DelayProxy::start(port, C_BUS_DELAY, c_bus_stalls.clone(), rng.fork()).await;
+    let c_redis = DelayProxy::start(port, C_REDIS_DELAY, None, rng.fork()).await;
     let url = server.url();
     let wiring = Wiring {
         redis: [url.clone(), url.clone(), c_redis.url()],
         bus: [url.clone(), b_bus.url(), c_bus.url()],
         check_redis: url,
+        stalls: c_bus_stalls,
     };
     (wiring, vec![b_bus, c_bus, c_redis])
 }
@@ -1024,13 +1077,14 @@ async fn single_node_wiring(server: &RedisServer, seed: u64) -> (Wiring, Vec<Del
 async fn cluster_wiring(cluster: &RedisCluster, seed: u64) -> (Wiring, Vec<DelayProxy>) {
     let mut rng = Rng(seed ^ 0x0c10_57e4);
     let nodes = cluster.nodes();
-    let b_bus = DelayProxy::start(nodes[1].port(), B_BUS_DELAY, rng.fork()).await;
-    let c_bus = DelayProxy::start(nodes[2].port(), C_BUS_DELAY, rng.fork()).await;
+    let b_bus = DelayProxy::start(nodes[1].port(), B_BUS_DELAY, None, rng.fork()).await;
+    let c_bus = DelayProxy::start(nodes[2].port(), C_BUS_DELAY, None, rng.fork()).await;
     let url = cluster.url();
     let wiring = Wiring {
         redis: [url.clone(), url.clone(), url.clone()],
         bus: [url.clone(), b_bus.url(), c_bus.url()],
         check_redis: url,
+        stalls: None,
     };
     (wiring, vec![b_bus, c_bus])
 }
@@ -1060,7 +1114,7 @@ fn assert_clean(report: &Report) {
 async fn three_instances_race_on_a_single_node() {
     let server = RedisServer::start();
     let seed = seed_or(0x5eed_0001);
-    let (wiring, _proxies) = single_node_wiring(&server, seed).await;
+    let (wiring, _proxies) = single_node_wiring(&server, seed, None).await;
     let report = race(&wiring, "single", seed, ops(), false).await;
     assert_clean(&report);
 }
@@ -1071,6 +1125,27 @@ async fn three_instances_race_on_a_cluster() {
     let seed = seed_or(0x5eed_0002);
     let (wiring, _proxies) = cluster_wiring(&cluster, seed).await;
     let report = race(&wiring, "cluster", seed, ops(), false).await;
+    assert_clean(&report);
+}
+
+/// The documented exception at work: C's bus connections now and then hold
+/// a chunk for longer than the bound, so C's link dies for a while (its own
+/// heartbeats do not come back; it declares the link down and flushes its
+/// moka tier), invalidations on A and B go unconfirmed or stop waiting for
+/// C, and C's moka tier may serve old values until it flushes. Those are
+/// counted as exempt; anything else is still a violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_race_with_bus_stalls_on_a_single_node() {
+    let server = RedisServer::start();
+    let seed = seed_or(0x5eed_0004);
+    let stalls = Arc::new(Stalls {
+        on: AtomicBool::new(false),
+        per_mille: 5,
+        length: BOUND + BOUND / 2,
+    });
+    let (wiring, _proxies) = single_node_wiring(&server, seed, Some(stalls)).await;
+    // Two thirds of the operations: rounds wait for stalled acks.
+    let report = race(&wiring, "stalls", seed, ops() * 2 / 3, false).await;
     assert_clean(&report);
 }
 
@@ -1092,7 +1167,7 @@ fn mutation_fills_ignoring_stamps_are_caught() {
     cache_server::mutation::set_ignore_stamps(true);
     let server = RedisServer::start();
     let report = runtime.block_on(async {
-        let (wiring, _proxies) = single_node_wiring(&server, seed).await;
+        let (wiring, _proxies) = single_node_wiring(&server, seed, None).await;
         race(&wiring, "mutated", seed, 6 * ops(), true).await
     });
     cache_server::mutation::set_ignore_stamps(false);
