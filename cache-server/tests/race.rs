@@ -12,13 +12,16 @@
 //! node, C's Redis tier goes through such a proxy too, so its reads and fills
 //! land late.
 //!
-//! The loader reads the version, then sleeps (0-5 ms before and after), so
-//! loads race invalidations: read-old-then-slow. Writers bump the database
-//! first, then `invalidate` / `put` / `invalidate_prefix` on a random
-//! instance; a call that returns `Ok` establishes that version.
+//! The loader sleeps 0-5 ms, reads the version, then sleeps 0-5 ms more
+//! before it returns, so loads race invalidations: read-old-then-slow.
+//! Writers bump the database first, then `invalidate` / `put` /
+//! `invalidate_prefix` on a random instance; a call that returns `Ok`
+//! establishes that version. Writers of one key are kept from overlapping a
+//! put of it (or a put that began after an invalidation returned could
+//! rightly write an older version); invalidations of one key may overlap.
 //!
-//! Operations run in rounds of eight concurrent ones (each after a short
-//! random pause), mostly on one hot key at a time.
+//! Operations run in rounds of eight concurrent ones (each after a random
+//! pause of up to 10 ms, writers 3 ms more), mostly on one hot key at a time.
 //!
 //! Checks: (a) a read that starts after a version of its key was established
 //! returns that version or a newer one; after every round (all its writes
@@ -42,11 +45,16 @@
 //!
 //! The mutation test runs the same rounds with `RedisTier`'s fills ignoring
 //! their stamps (`cache_server::mutation::set_ignore_stamps`, a per-thread
-//! switch, turned on in every thread of a multi-thread runtime) and asserts
-//! that stale values in Redis are found, so the main tests can fail.
+//! switch, turned on in every thread of a multi-thread runtime) until it
+//! finds stale values in Redis, and fails if it does not: the main tests can
+//! fail.
 //!
 //! Writer errors (an invalidation not confirmed in time, a put superseded)
-//! establish nothing and are printed; they are not violations.
+//! establish nothing and are printed; they are not violations. A put is
+//! refused in Redis (`Superseded`) when a prefix invalidation of other keys
+//! runs between its removal and its write: `RedisTier`'s scope generation
+//! covers the whole namespace (every shard on a cluster), so such a put is
+//! marked as overlapping one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -280,7 +288,7 @@ struct Findings {
     /// Stale values the guarantee does not allow.
     violations: Vec<String>,
     /// Of those, stale values found in Redis (a read served by the Redis
-    /// tier, or Redis itself at the end).
+    /// tier, or Redis itself after a round or at the end).
     stale_in_redis: usize,
     /// Stale values from the moka tier of an instance whose link was down
     /// (the documented exception).
@@ -300,7 +308,8 @@ struct World {
     seed: u64,
     db: Arc<Mutex<HashMap<String, u64>>>,
     established: Mutex<HashMap<String, Established>>,
-    /// Writers of a key: puts exclusive, invalidations shared (see `write`).
+    /// Writers of a key: puts exclusive, invalidations shared (see
+    /// `run_step`).
     locks: HashMap<String, Arc<RwLock<()>>>,
     findings: Mutex<Findings>,
     /// Loads, and loads whose key's version moved while they ran.
