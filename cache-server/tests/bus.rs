@@ -815,3 +815,127 @@ async fn mutation_without_the_heartbeat_watchdog_the_silent_drop_check_fails() {
     assert_eq!(b.cache.resync_flushes(), 0);
     assert_eq!(b.cache.bus().stats().link_downs, 0);
 }
+
+/// A loopback TCP proxy to a Redis server that passes what the client sends
+/// at once and holds what the server sends back for a fixed time (in order).
+struct SlowReplies {
+    port: u16,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl SlowReplies {
+    async fn start(upstream: u16, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let down = tokio::spawn(async move {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                    let writer = async move {
+                        while let Some((due, bytes)) = rx.recv().await {
+                            tokio::time::sleep_until(due.into()).await;
+                            if cw.write_all(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let reader = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                            if tx
+                                .send((Instant::now() + delay, buf[..n].to_vec()))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::join!(reader, writer);
+                });
+                t.lock()
+                    .unwrap()
+                    .extend([up.abort_handle(), down.abort_handle()]);
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        SlowReplies { port, tasks }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SlowReplies {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Known bug, found by tests/race.rs (bus stalls): a heartbeat of C's that
+/// says "down" and reaches the other instances after C's link is back up
+/// makes them count C as not live, so their invalidations return `Ok`
+/// without C's ack while C, whose link is up, still serves the old value
+/// from its moka tier (until the invalidation reaches it). Such a heartbeat
+/// was seen in the race test 2.6 ms after C's link came back: one C sent
+/// while its link was down that reached Redis after the one that told C its
+/// link was back (in flight behind it, or on a connection fred had dropped
+/// as unresponsive, whose bytes still got through). Heartbeats carry
+/// nothing that orders them (their number is the last invalidation's), so a
+/// receiver cannot tell a late one from a new one, and C counts its link as
+/// up on hearing any heartbeat of its own, before the others have heard one
+/// saying it is back. Here the late heartbeat is published by hand, and C
+/// hears everything 100 ms late, so the window is wide enough to look at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a late 'down' heartbeat makes the others skip a live instance"]
+async fn a_late_down_heartbeat_does_not_make_the_others_skip_a_live_instance() {
+    let server = RedisServer::start();
+    let proxy = SlowReplies::start(server.port(), Duration::from_millis(100)).await;
+    let version = Arc::new(AtomicU64::new(1));
+    let a = instance_on(&server, version.clone(), fast_bus(server.url())).await;
+    let c = instance_on(&server, version.clone(), fast_bus(proxy.url())).await;
+    let c_id = c.cache.bus().instance_id();
+    wait_until("A and C hear each other", || {
+        a.cache.bus().live_peers() == [c_id]
+            && c.cache.bus().live_peers() == [a.cache.bus().instance_id()]
+    })
+    .await;
+    tokio::time::sleep(FAST_BOUND).await; // past the discovery window
+    let key = "user:1".to_string();
+    c.cache.get(&key).await.unwrap();
+    assert!(c.moka.contains(&key));
+
+    // A heartbeat of C's from when its link was down, arriving late: C has
+    // published no invalidation, so its number is 0.
+    let raw = raw_publisher(&server).await;
+    let late = format!("lc2\n{c_id:016x}\n0\nh\nd {:x}", FAST_BOUND.as_millis());
+    let _: i64 = raw.publish(CHANNEL, late).await.unwrap();
+    wait_until("A counts C as not live", || {
+        !a.cache.bus().live_peers().contains(&c_id)
+    })
+    .await;
+    version.store(2, Ordering::SeqCst);
+    a.cache.invalidate(&key).await.unwrap();
+    let (c_up, stale) = (c.cache.bus().link_is_up(), c.moka.contains(&key));
+    let read = c.cache.get(&key).await.unwrap().unwrap().into_value();
+    println!("after A's Ok: C's link up {c_up}, C's moka holds the key {stale}, C reads {read}");
+    assert!(
+        !c_up || read == "user:1@v2",
+        "C's link is up and A's invalidation returned Ok, yet C reads {read}"
+    );
+    let _ = raw.quit().await;
+}
