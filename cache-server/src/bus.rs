@@ -345,8 +345,14 @@ impl Peer {
     /// whose heartbeats stopped declares its link down a little before its
     /// bound, so it has flushed by the time it stops counting as live here).
     fn is_live(&self, now: Instant) -> bool {
-        self.link != LinkReport::Down
-            && now.saturating_duration_since(self.last_heartbeat) <= self.bound + self.bound / 20
+        self.link != LinkReport::Down && self.is_recent(now)
+    }
+
+    /// Whether its last heartbeat, whatever link it reported, is not older
+    /// than the peer's own down-detection bound (plus 5%). A peer that is not
+    /// recent has declared its own link down and is flushing its tiers.
+    fn is_recent(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_heartbeat) <= self.bound + self.bound / 20
     }
 }
 
@@ -419,6 +425,12 @@ struct Pending {
 #[derive(Debug, PartialEq, Eq)]
 enum Confirmation {
     Confirmed,
+    /// Only instances whose last heartbeat reported their link down have not
+    /// acknowledged yet. They are still waited for until the ack timeout: a
+    /// "down" report can arrive late, after the instance is back up and
+    /// serving, and only its ack proves it applied the invalidation. At the
+    /// timeout they are excused (they are flushing: the documented exception).
+    MissingDown(Vec<u64>),
     /// Our own message has not come back yet.
     NoEcho,
     /// This bus may not know every live instance yet.
@@ -557,12 +569,13 @@ impl BusInner {
         }
     }
 
-    /// Our invalidation `seq` came back: the peers live now are the ones that
-    /// must acknowledge it. (Redis delivers in publish order, so every
+    /// Our invalidation `seq` came back: the peers heard from recently (link
+    /// up or reported down) are the ones that must acknowledge it. (Redis
+    /// delivers in publish order, so every
     /// heartbeat published before it has been seen here.)
     fn echoed(&self, seq: u64) {
         let now = Instant::now();
-        let live = self.live_peers(now);
+        let live = self.recent_peers(now);
         if let Ok(mut pending) = self.pending.lock() {
             if let Some(p) = pending.get_mut(&seq) {
                 p.echo = Some((now, live));
@@ -583,19 +596,30 @@ impl BusInner {
         }
     }
 
+    /// The peers heard from within their bound, whatever link they
+    /// reported: every one of them is asked to acknowledge.
+    fn recent_peers(&self, now: Instant) -> Vec<u64> {
+        self.peers_where(|p| p.is_recent(now))
+    }
+
+    /// The peers whose last heartbeat said their link is up, and is recent.
     fn live_peers(&self, now: Instant) -> Vec<u64> {
-        let mut live: Vec<u64> = self
+        self.peers_where(|p| p.is_live(now))
+    }
+
+    fn peers_where(&self, keep: impl Fn(&Peer) -> bool) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
             .peers
             .lock()
             .map(|p| {
                 p.iter()
-                    .filter(|(_, p)| p.is_live(now))
+                    .filter(|(_, p)| keep(p))
                     .map(|(id, _)| *id)
                     .collect()
             })
             .unwrap_or_default();
-        live.sort_unstable();
-        live
+        ids.sort_unstable();
+        ids
     }
 
     /// Publishes invalidation `seq` and registers it as waiting for acks.
@@ -668,14 +692,20 @@ impl BusInner {
             .copied()
             .chain(late.map(|(id, _)| *id))
             .filter(|id| !acked.contains(id))
-            // One that is no longer live is flushing its in-process tiers.
-            .filter(|id| peers.get(id).is_some_and(|p| p.is_live(now)))
+            // One that went silent has declared its link down and is flushing.
+            .filter(|id| peers.get(id).is_some_and(|p| p.is_recent(now)))
             .collect();
         if missing.is_empty() {
             return Confirmation::Confirmed;
         }
         missing.sort_unstable();
         missing.dedup();
+        if missing
+            .iter()
+            .all(|id| peers.get(id).is_some_and(|p| p.link == LinkReport::Down))
+        {
+            return Confirmation::MissingDown(missing);
+        }
         Confirmation::Missing(missing)
     }
 
@@ -697,6 +727,14 @@ impl BusInner {
                 return Ok(());
             }
             if now >= deadline {
+                if let Confirmation::MissingDown(ids) = &state {
+                    tracing::info!(
+                        channel = %self.channel,
+                        instances = ids.len(),
+                        "invalidation #{seq} confirmed without instances whose link is down (they flush their in-process tiers)"
+                    );
+                    return Ok(());
+                }
                 bump(&self.counters.unconfirmed);
                 let reason = match state {
                     Confirmation::Missing(ids) => {
@@ -1603,10 +1641,13 @@ where
 /// in-process tiers, and it keeps flushing them every interval until its link
 /// is back (see [`InvalidationBus`]).
 ///
-/// An instance is *live* when its last heartbeat said its link is up and is
-/// no older than its interval + timeout (+ 5%: it declares its own link down
-/// a little earlier). Instances that are not live are not waited for: they
-/// are flushing. A live instance that does not acknowledge
+/// Every instance heard from within its interval + timeout (+ 5%: it declares
+/// its own link down a little earlier) is asked to acknowledge. One that went
+/// silent is not waited for: it is flushing. One whose last heartbeat reported
+/// its link down is waited for until the ack timeout and then excused (it is
+/// flushing), because a "down" heartbeat can arrive late, after the instance is
+/// back up and serving: only its ack proves it applied the invalidation. An
+/// instance whose last heartbeat said its link is up and that does not acknowledge
 /// within the ack timeout ([`InvalidationBusBuilder::ack_timeout`], default
 /// interval + timeout) makes the call return [`Error::Unavailable`] naming it
 /// (`tier: "invalidation-bus"`), never `Ok`; everything was still applied

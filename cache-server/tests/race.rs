@@ -41,8 +41,8 @@
 //!
 //! A third run, on the single node, also makes C's bus proxy hold a chunk
 //! now and then for longer than the bound, so C's link dies for a while: the
-//! documented exception at work. It is ignored for now: it finds a known bus
-//! bug in some runs (see the test).
+//! documented exception at work. It found a bus bug (a late "down"
+//! heartbeat), since fixed (see the test).
 //!
 //! The mutation test runs the same rounds with `RedisTier`'s fills ignoring
 //! their stamps (`cache_server::mutation::set_ignore_stamps`, a per-thread
@@ -1153,13 +1153,12 @@ async fn three_instances_race_on_a_cluster() {
 /// C, and C's moka tier may serve old values until it flushes. Those are
 /// counted as exempt; anything else is still a violation.
 ///
-/// Ignored while it finds a known bus bug (some runs, not all): right after
-/// C's link is back up, a "down" heartbeat of C's reaching A or B makes them
-/// confirm invalidations without C, whose moka tier still holds the old
-/// value (see `a_late_down_heartbeat_does_not_make_the_others_skip_a_live_instance`
-/// in tests/bus.rs). Run it with `--ignored`.
+/// It found a bus bug, now fixed: right after C's link was back up, a late
+/// "down" heartbeat of C's reaching A or B made them confirm invalidations
+/// without C, whose moka tier still held the old value (see
+/// `a_late_down_heartbeat_does_not_make_the_others_skip_a_live_instance` in
+/// tests/bus.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a known bus bug: a late 'down' heartbeat makes the others skip a live instance"]
 async fn three_instances_race_with_bus_stalls_on_a_single_node() {
     let server = RedisServer::start();
     // A seed that has found the bug in about one run in three.
