@@ -19,6 +19,9 @@
 //!   writing stale values back. Its docs hold the full contract.
 //! - [`Entry`], [`Timestamp`], [`Clock`] ([`SystemClock`], [`ManualClock`]): absolute
 //!   expiry on an injected wall clock (wasm-safe).
+//! - [`fence`]: fenced (conditional) writes, [`Fence`], [`Stamp`], [`Fill`]: how
+//!   a chain's backfills and origin fills lose to invalidations instead of
+//!   writing old values back (the guarantee is in [`TieredCache`]'s docs).
 //! - [`MemoryTier`]: an LRU tier bounded by entries and bytes; native and wasm32.
 //! - [`FaultTier`]: fails, delays or hangs a tier on demand, for tests.
 //! - [`Observer`]: every hit, miss, error, timeout, backfill, invalidation and
