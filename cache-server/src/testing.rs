@@ -259,3 +259,93 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// A loopback TCP proxy to `127.0.0.1:<upstream>`: each connection it accepts
+/// is joined to a fresh connection upstream, and what flows each way is up to
+/// the two pipes the caller makes for it (delay, hold, freeze, drop…). Every
+/// task it starts is aborted when the proxy is dropped.
+///
+/// ```no_run
+/// # async fn demo() {
+/// use cache_server::testing::{LoopbackProxy, RedisServer};
+///
+/// let server = RedisServer::start();
+/// // A plain pass-through in both directions.
+/// let proxy = LoopbackProxy::start(server.port(), |mut cr, mut sw, mut sr, mut cw| {
+///     (
+///         async move { let _ = tokio::io::copy(&mut cr, &mut sw).await; },
+///         async move { let _ = tokio::io::copy(&mut sr, &mut cw).await; },
+///     )
+/// })
+/// .await;
+/// println!("{}", proxy.url());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct LoopbackProxy {
+    port: u16,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl LoopbackProxy {
+    /// Listens on a free loopback port. For each connection, `pipes(client
+    /// read, upstream write, upstream read, client write)` returns the
+    /// client→upstream and upstream→client futures, which the proxy spawns.
+    pub async fn start<F, Up, Down>(upstream: u16, mut pipes: F) -> Self
+    where
+        F: FnMut(
+                tokio::net::tcp::OwnedReadHalf,
+                tokio::net::tcp::OwnedWriteHalf,
+                tokio::net::tcp::OwnedReadHalf,
+                tokio::net::tcp::OwnedWriteHalf,
+            ) -> (Up, Down)
+            + Send
+            + 'static,
+        Up: std::future::Future<Output = ()> + Send + 'static,
+        Down: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let (up, down) = pipes(cr, sw, sr, cw);
+                let (up, down) = (tokio::spawn(up), tokio::spawn(down));
+                t.lock()
+                    .unwrap()
+                    .extend([up.abort_handle(), down.abort_handle()]);
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        LoopbackProxy { port, tasks }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for LoopbackProxy {
+    fn drop(&mut self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+}

@@ -3,18 +3,16 @@
 //! with its own bus (some through a proxy that can silently stop forwarding).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_core::{loader_fn, BoxError, Clock, Entry, Source, SystemClock, Tier, TieredCache};
 use cache_server::fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
-use cache_server::testing::RedisServer;
+use cache_server::testing::{LoopbackProxy, RedisServer};
 use cache_server::{
     Invalidation, InvalidationBus, InvalidationBusBuilder, MokaTier, RedisTier, SyncedCache,
 };
@@ -412,44 +410,23 @@ async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
 /// forwarding, in both directions, without closing any socket: a silently
 /// dead link. Connections made while it is frozen hang too.
 struct FreezableProxy {
-    port: u16,
+    proxy: LoopbackProxy,
     frozen: watch::Sender<bool>,
-    tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 impl FreezableProxy {
     async fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let (frozen, _) = watch::channel(false);
-        let tasks = Arc::new(Mutex::new(Vec::new()));
-        let (f, t) = (frozen.clone(), tasks.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                let up = tokio::spawn(pipe(cr, sw, f.subscribe()));
-                let down = tokio::spawn(pipe(sr, cw, f.subscribe()));
-                t.lock()
-                    .unwrap()
-                    .extend([up.abort_handle(), down.abort_handle()]);
-            }
-        });
-        tasks.lock().unwrap().push(accept.abort_handle());
-        FreezableProxy {
-            port,
-            frozen,
-            tasks,
-        }
+        let f = frozen.clone();
+        let proxy = LoopbackProxy::start(upstream, move |cr, sw, sr, cw| {
+            (pipe(cr, sw, f.subscribe()), pipe(sr, cw, f.subscribe()))
+        })
+        .await;
+        FreezableProxy { proxy, frozen }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.proxy.url()
     }
 
     fn freeze(&self) {
@@ -458,14 +435,6 @@ impl FreezableProxy {
 
     fn thaw(&self) {
         self.frozen.send_replace(false);
-    }
-}
-
-impl Drop for FreezableProxy {
-    fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
     }
 }
 
@@ -818,79 +787,53 @@ async fn mutation_without_the_heartbeat_watchdog_the_silent_drop_check_fails() {
 
 /// A loopback TCP proxy to a Redis server that passes what the client sends
 /// at once and holds what the server sends back for a fixed time (in order).
-struct SlowReplies {
-    port: u16,
-    tasks: Arc<Mutex<Vec<AbortHandle>>>,
-}
+struct SlowReplies(LoopbackProxy);
 
 impl SlowReplies {
     async fn start(upstream: u16, delay: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let tasks = Arc::new(Mutex::new(Vec::new()));
-        let t = tasks.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                    continue;
+        let proxy = LoopbackProxy::start(upstream, move |mut cr, mut sw, mut sr, mut cw| {
+            let up = async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            };
+            let down = async move {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                let writer = async move {
+                    while let Some((due, bytes)) = rx.recv().await {
+                        tokio::time::sleep_until(due.into()).await;
+                        if cw.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
                 };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                });
-                let down = tokio::spawn(async move {
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-                    let writer = async move {
-                        while let Some((due, bytes)) = rx.recv().await {
-                            tokio::time::sleep_until(due.into()).await;
-                            if cw.write_all(&bytes).await.is_err() {
-                                return;
-                            }
+                let reader = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            return;
                         }
-                    };
-                    let reader = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = sr.read(&mut buf).await {
-                            if tx
-                                .send((Instant::now() + delay, buf[..n].to_vec()))
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    };
-                    tokio::join!(reader, writer);
-                });
-                t.lock()
-                    .unwrap()
-                    .extend([up.abort_handle(), down.abort_handle()]);
-            }
-        });
-        tasks.lock().unwrap().push(accept.abort_handle());
-        SlowReplies { port, tasks }
+                    }
+                };
+                tokio::join!(reader, writer);
+            };
+            (up, down)
+        })
+        .await;
+        SlowReplies(proxy)
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 }
 
-impl Drop for SlowReplies {
-    fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-}
-
-/// Known bug, found by tests/race.rs (bus stalls): a heartbeat of C's that
-/// says "down" and reaches the other instances after C's link is back up
-/// makes them count C as not live, so their invalidations return `Ok`
-/// without C's ack while C, whose link is up, still serves the old value
-/// from its moka tier (until the invalidation reaches it). Such a heartbeat
+/// A bug found by tests/race.rs (bus stalls), now fixed: a heartbeat of C's
+/// that says "down" and reached the other instances after C's link was back
+/// up made them count C as not live, so their invalidations returned `Ok`
+/// without C's ack while C, whose link was up, still served the old value
+/// from its moka tier (until the invalidation reached it). Such a heartbeat
 /// was seen in the race test 2.6 ms after C's link came back: one C sent
 /// while its link was down that reached Redis after the one that told C its
 /// link was back (in flight behind it, or on a connection fred had dropped

@@ -66,11 +66,10 @@ use cache_core::{
     loader_fn, BoxError, CacheLayer, Clock, Entry, Event, EventKind, EventSource, Lookup, Observer,
     Source, SystemClock, Tier, TieredCache,
 };
-use cache_server::testing::{RedisCluster, RedisServer};
+use cache_server::testing::{LoopbackProxy, RedisCluster, RedisServer};
 use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, RwLock};
 use tokio::task::AbortHandle;
 
@@ -174,10 +173,7 @@ struct Stalls {
 /// A loopback TCP proxy to `127.0.0.1:<upstream>` that holds every chunk it
 /// reads for a random time up to `max_delay` before writing it on, keeping
 /// the order (a chunk never overtakes the one before it), in both directions.
-struct DelayProxy {
-    port: u16,
-    tasks: Arc<Mutex<Vec<AbortHandle>>>,
-}
+struct DelayProxy(LoopbackProxy);
 
 impl DelayProxy {
     async fn start(
@@ -186,44 +182,22 @@ impl DelayProxy {
         stalls: Option<Arc<Stalls>>,
         mut rng: Rng,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let tasks = Arc::new(Mutex::new(Vec::new()));
-        let t = tasks.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                let delay = Delay {
-                    max: max_delay,
-                    stalls: stalls.clone(),
-                };
-                let up = tokio::spawn(delayed_pipe(cr, sw, delay.clone(), rng.fork()));
-                let down = tokio::spawn(delayed_pipe(sr, cw, delay, rng.fork()));
-                t.lock()
-                    .unwrap()
-                    .extend([up.abort_handle(), down.abort_handle()]);
-            }
-        });
-        tasks.lock().unwrap().push(accept.abort_handle());
-        DelayProxy { port, tasks }
+        let proxy = LoopbackProxy::start(upstream, move |cr, sw, sr, cw| {
+            let delay = Delay {
+                max: max_delay,
+                stalls: stalls.clone(),
+            };
+            (
+                delayed_pipe(cr, sw, delay.clone(), rng.fork()),
+                delayed_pipe(sr, cw, delay, rng.fork()),
+            )
+        })
+        .await;
+        DelayProxy(proxy)
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for DelayProxy {
-    fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
+        self.0.url()
     }
 }
 
