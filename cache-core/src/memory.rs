@@ -386,6 +386,15 @@ impl<K: CacheKey, V: Clone + ByteSize> MemoryTierBuilder<K, V> {
     }
 }
 
+/// What a conditional write did, from whether it wrote.
+fn fill(written: bool) -> crate::Fill {
+    if written {
+        crate::Fill::Written
+    } else {
+        crate::Fill::Refused
+    }
+}
+
 #[cfg_attr(not(target_family = "wasm"), async_trait)]
 #[cfg_attr(target_family = "wasm", async_trait(?Send))]
 impl<K, V> CacheLayer<K, V> for MemoryTier<K, V>
@@ -417,11 +426,7 @@ where
         fence: &crate::Fence<'_>,
     ) -> Result<crate::Fill> {
         let written = self.put_entry_if(key, entry, self.clock.now(), || fence.holds());
-        Ok(if written {
-            crate::Fill::Written
-        } else {
-            crate::Fill::Refused
-        })
+        Ok(fill(written))
     }
 
     async fn put_many_fenced(
@@ -433,13 +438,7 @@ where
         Ok(entries
             .into_iter()
             .zip(fences)
-            .map(|((k, e), fence)| {
-                if self.put_entry_if(&k, e, now, || fence.holds()) {
-                    crate::Fill::Written
-                } else {
-                    crate::Fill::Refused
-                }
-            })
+            .map(|((k, e), fence)| fill(self.put_entry_if(&k, e, now, || fence.holds())))
             .collect())
     }
 

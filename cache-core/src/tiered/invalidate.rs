@@ -67,36 +67,23 @@ where
     pub(super) async fn invalidate(&self, key: &K, tiers: Option<&[usize]>) -> Result<TierReport> {
         key.validate()
             .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
-        let _begun = Begun::new(&self.fences, Scope::Key(key.key_str().into_owned()));
+        let key_str = key.key_str();
+        let _begun = Begun::new(&self.fences, Scope::Key(key_str.clone().into_owned()));
         self.forget(|k| k == key);
-        let outcomes = join_all(
-            self.tiers
-                .iter()
-                .enumerate()
-                .map(|(index, slot)| async move {
-                    if !Self::selected(tiers, index) {
-                        return Self::not_selected(index, slot);
-                    }
-                    let start = self.start();
-                    let result = self
-                        .remove_in(slot, Operation::Remove, slot.layer.remove(key))
-                        .await;
-                    self.settle(index, key, start, 0, &result, EventKind::Invalidate);
-                    TierOutcome {
-                        index,
-                        tier: slot.name.clone(),
-                        result: result.map(|removed| {
-                            if removed {
-                                TierAction::Removed
-                            } else {
-                                TierAction::Absent
-                            }
-                        }),
-                    }
-                }),
+        self.remove_everywhere(
+            ChainOp::Invalidate,
+            &key_str,
+            tiers,
+            |slot| slot.layer.remove(key),
+            |removed| {
+                if removed {
+                    TierAction::Removed
+                } else {
+                    TierAction::Absent
+                }
+            },
         )
-        .await;
-        TierReport::new(ChainOp::Invalidate, outcomes).into_result()
+        .await
     }
 
     pub(super) async fn invalidate_prefix(
@@ -106,33 +93,48 @@ where
     ) -> Result<TierReport> {
         let _begun = Begun::new(&self.fences, Scope::Prefix(prefix.to_owned()));
         self.forget(|k| k.key_str().starts_with(prefix));
-        self.remove_everywhere(ChainOp::InvalidatePrefix, prefix, tiers, |slot| {
-            slot.layer.remove_prefix(prefix)
-        })
+        self.remove_everywhere(
+            ChainOp::InvalidatePrefix,
+            prefix,
+            tiers,
+            |slot| slot.layer.remove_prefix(prefix),
+            |()| TierAction::Cleared,
+        )
         .await
     }
 
     pub(super) async fn clear(&self, tiers: Option<&[usize]>) -> Result<TierReport> {
         let _begun = Begun::new(&self.fences, Scope::All);
         self.forget(|_| true);
-        self.remove_everywhere(ChainOp::Clear, "", tiers, |slot| slot.layer.clear())
-            .await
+        self.remove_everywhere(
+            ChainOp::Clear,
+            "",
+            tiers,
+            |slot| slot.layer.clear(),
+            |()| TierAction::Cleared,
+        )
+        .await
     }
 
-    async fn remove_everywhere<'a, F, Fut>(
+    /// Runs `remove` in every selected tier at once (each under its write gate
+    /// and timeout), reports each outcome to the breaker and the observer
+    /// (`what` is the key, prefix or `""`), and says what each tier did.
+    async fn remove_everywhere<'a, T, F, Fut>(
         &'a self,
         op: ChainOp,
         what: &str,
         tiers: Option<&[usize]>,
         remove: F,
+        action: fn(T) -> TierAction,
     ) -> Result<TierReport>
     where
         F: Fn(&'a TierSlot<K, V>) -> Fut,
-        Fut: Future<Output = Result<()>>,
+        Fut: Future<Output = Result<T>>,
     {
         let operation = match op {
             ChainOp::Clear => Operation::Clear,
-            _ => Operation::RemovePrefix,
+            ChainOp::InvalidatePrefix => Operation::RemovePrefix,
+            _ => Operation::Remove,
         };
         let remove = &remove;
         let outcomes = join_all(
@@ -158,7 +160,7 @@ where
                     TierOutcome {
                         index,
                         tier: slot.name.clone(),
-                        result: result.map(|()| TierAction::Cleared),
+                        result: result.map(action),
                     }
                 }),
         )
