@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 
 use super::fences::KeyFence;
 use super::observe::elapsed;
-use super::Inner;
+use super::{Inner, TierSlot};
 use crate::mutation::{self, Mutation};
 use crate::{
     ByteSize, CacheKey, Clock, Entry, Error, EventKind, Fence, FenceCheck, Fill, MaybeSend,
@@ -25,6 +25,16 @@ use crate::{
 
 /// A tier a fill may write, with the stamp the read got from it.
 pub(super) type Target = (usize, Stamp);
+
+/// Enters tier `slot`'s write gate for a fill, shared, for as long as the
+/// returned guard lives (`Some(None)`: the tier has no gate). `None` when a
+/// removal holds it: the fill is refused.
+fn enter_gate<K, V>(slot: &TierSlot<K, V>) -> Option<Option<async_lock::RwLockReadGuard<'_, ()>>> {
+    match &slot.gate {
+        Some(gate) => gate.try_read().map(Some),
+        None => Some(None),
+    }
+}
 
 impl<K, V> Inner<K, V>
 where
@@ -88,13 +98,8 @@ where
                 )
                 .await;
         }
-        let _gate = match &slot.gate {
-            Some(gate) => match gate.try_read() {
-                Some(guard) => Some(guard),
-                // A removal is under way in this tier.
-                None => return Ok(Fill::Refused),
-            },
-            None => None,
+        let Some(_gate) = enter_gate(slot) else {
+            return Ok(Fill::Refused);
         };
         if mutation::on(Mutation::IgnoreStamps) {
             if !fence.holds() {
@@ -231,12 +236,8 @@ where
                 )
                 .await;
         }
-        let _gate = match &slot.gate {
-            Some(gate) => match gate.try_read() {
-                Some(guard) => Some(guard),
-                None => return Ok(vec![Fill::Refused; n]),
-            },
-            None => None,
+        let Some(_gate) = enter_gate(slot) else {
+            return Ok(vec![Fill::Refused; n]);
         };
         if mutation::on(Mutation::IgnoreStamps) {
             let batch: Vec<(K, Entry<V>)> = batch
