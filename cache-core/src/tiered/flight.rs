@@ -75,12 +75,11 @@ where
         let mut out: Vec<Option<FlightFuture<V>>> = Vec::with_capacity(asks.len());
         let mut to_load: Vec<(Ask<K>, u64)> = Vec::new();
         let mut positions: Vec<Vec<usize>> = Vec::new();
-        let keys: Vec<K> = asks.iter().map(|a| a.key.clone()).collect();
         {
             let flights = this.lock_flights();
             for (pos, ask) in asks.into_iter().enumerate() {
                 if let Some(shared) = flights.get(&ask.key).and_then(|f| f.weak.upgrade()) {
-                    joined.push(pos);
+                    joined.push(ask.key);
                     out.push(Some(shared));
                 } else if let Some(i) = to_load.iter().position(|(a, _)| a.key == ask.key) {
                     positions[i].push(pos);
@@ -116,11 +115,11 @@ where
                 }
             }
         }
-        for pos in joined {
+        for key in joined {
             this.emit(
                 EventKind::Coalesced,
                 EventSource::Origin,
-                &keys[pos].key_str(),
+                &key.key_str(),
                 Duration::ZERO,
                 0,
                 None,
