@@ -16,6 +16,7 @@ mod shared {
     /// Polls `fut` once with a no-op waker, so no executor cost dilutes a
     /// measurement. Panics if it is not ready: the suites only poll futures of
     /// tiers that never wait.
+    #[inline]
     pub fn ready<F: Future>(fut: F) -> F::Output {
         let mut cx = Context::from_waker(Waker::noop());
         match pin!(fut).poll(&mut cx) {

@@ -86,6 +86,8 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctest;
 
+#[cfg(not(target_family = "wasm"))]
+mod concurrent;
 mod entry;
 mod error;
 mod fault;
@@ -105,6 +107,8 @@ mod timer;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(not(target_family = "wasm"))]
+pub use concurrent::{ConcurrentTier, ConcurrentTierBuilder};
 pub use entry::Entry;
 pub use error::{BoxError, Error, Operation, Result, SharedError};
 pub use fault::{FaultHandle, FaultTier, InjectedFault};

@@ -116,10 +116,13 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 ///
 /// Every cache read checks expiry against the clock, so it sits on the hot path.
 /// On native targets it reads the system wall clock at most every 250 ms and
-/// extrapolates in between with the CPU's timestamp counter (through `quanta`),
-/// which costs a fraction of a `clock_gettime` call on a VM. It follows the system
-/// clock to within a few milliseconds, including steps (an NTP correction shows up
-/// within 250 ms).
+/// extrapolates in between with the kernel's coarse monotonic clock
+/// (`CLOCK_MONOTONIC_COARSE`, read from the vDSO: a few nanoseconds, no
+/// syscall, no timestamp-counter read). That clock advances once per scheduler
+/// tick, so the time reported is rounded **up**: never behind the system wall
+/// clock and at most 20 ms ahead of it. An entry is therefore never served after
+/// its expiry, and may be dropped up to 20 ms before it. Steps of the system
+/// clock (an NTP correction) show up within 250 ms.
 ///
 /// ```
 /// use cache_core::{Clock, SystemClock, Timestamp};
@@ -145,30 +148,43 @@ impl Clock for SystemClock {
 #[cfg(not(target_family = "wasm"))]
 mod wall {
     use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    use std::time::Duration;
 
     use super::Timestamp;
 
     /// How long the extrapolation runs before the wall clock is read again.
     const RESYNC_MS: u64 = 250;
 
-    static BASE: OnceLock<quanta::Instant> = OnceLock::new();
-    /// Wall-clock ms minus monotonic ms at the last sync; `i64::MIN` before one.
+    /// The most the kernel's coarse monotonic clock can lag behind the true
+    /// time: one scheduler tick, 1/HZ, and HZ is at least 100 on Linux.
+    pub(super) const COARSE_LAG_MS: u64 = 10;
+
+    /// Wall-clock ms minus coarse monotonic ms at the last sync, plus
+    /// `COARSE_LAG_MS`; `i64::MIN` before one.
     static OFFSET_MS: AtomicI64 = AtomicI64::new(i64::MIN);
-    /// Monotonic ms of the last sync.
+    /// Coarse monotonic ms of the last sync.
     static SYNCED_AT: AtomicU64 = AtomicU64::new(0);
 
-    fn millis(d: Duration) -> u64 {
-        d.as_secs()
-            .saturating_mul(1_000)
-            .saturating_add(u64::from(d.subsec_millis()))
+    /// The kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE` on Linux,
+    /// read from the vDSO: no syscall, no timestamp-counter read), in ms. It
+    /// advances once per tick and lags the true time by less than a tick.
+    #[inline]
+    fn coarse_ms() -> u64 {
+        // coarsetime's ticks are seconds in the high 32 bits, 2^-32 s below.
+        let ticks = coarsetime::Instant::now_without_cache_update().as_ticks();
+        ((u128::from(ticks) * 1_000) >> 32) as u64
     }
 
+    /// The wall clock in ms, never behind the true time and at most
+    /// `2 * COARSE_LAG_MS` ahead of it (so an entry is never served after it
+    /// expired; it may be dropped up to 20 ms early).
+    ///
+    /// With `lag(t)` the coarse clock's lag at `t` (in `[0, tick)`): at the last
+    /// sync `t0`, `OFFSET = wall(t0) - coarse(t0) + COARSE_LAG`, so now
+    /// `coarse(t) + OFFSET = wall(t) + lag(t0) - lag(t) + COARSE_LAG`, within
+    /// `[wall(t), wall(t) + 2 * COARSE_LAG)`.
     #[inline]
     pub(super) fn now_ms() -> u64 {
-        let base = BASE.get_or_init(quanta::Instant::now);
-        let mono = millis(quanta::Instant::now().duration_since(*base));
+        let mono = coarse_ms();
         let offset = OFFSET_MS.load(Ordering::Relaxed);
         if offset == i64::MIN || mono.saturating_sub(SYNCED_AT.load(Ordering::Relaxed)) >= RESYNC_MS
         {
@@ -180,6 +196,7 @@ mod wall {
     #[cold]
     fn resync(mono: u64) -> u64 {
         let wall = Timestamp::from_system_time(web_time::SystemTime::now()).0;
+        let wall = wall.saturating_add(COARSE_LAG_MS);
         // Races between threads are benign: each stores a valid pair.
         let offset = i64::try_from(wall).unwrap_or(i64::MAX) - i64::try_from(mono).unwrap_or(0);
         OFFSET_MS.store(offset, Ordering::Relaxed);
@@ -191,6 +208,7 @@ mod wall {
     #[allow(clippy::unwrap_used)]
     mod tests {
         use super::*;
+        use std::time::Duration;
 
         #[test]
         fn follows_the_system_wall_clock() {
@@ -202,9 +220,12 @@ mod wall {
                 let before = system();
                 let fast = now_ms();
                 let after = system();
+                // Never behind (the 1 ms is the truncation of both reads to
+                // whole ms), at most two coarse ticks ahead.
                 assert!(
-                    before.saturating_sub(2) <= fast && fast <= after + 2,
-                    "fast {fast} outside [{before}, {after}]"
+                    before.saturating_sub(1) <= fast && fast <= after + 2 * COARSE_LAG_MS + 1,
+                    "fast {fast} outside [{before}, {after} + {}]",
+                    2 * COARSE_LAG_MS
                 );
                 std::thread::sleep(Duration::from_millis(7));
             }

@@ -37,6 +37,10 @@ pub struct Tier<K, V> {
     pub(super) ttl: Option<Duration>,
     pub(super) timeout: Option<Duration>,
     pub(super) breaker: Option<(u32, Duration)>,
+    /// The same layer, type-erased, so the builder can recognise a
+    /// [`ConcurrentTier`](crate::ConcurrentTier) and read it without a virtual call.
+    #[cfg(not(target_family = "wasm"))]
+    pub(super) any: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<K, V> fmt::Debug for Tier<K, V>
@@ -60,8 +64,17 @@ where
     V: MaybeSend + 'static,
 {
     /// A tier with no TTL of its own, no timeout and the default circuit breaker.
-    pub fn new(layer: impl CacheLayer<K, V> + 'static) -> Self {
-        Self::shared(Arc::new(layer))
+    pub fn new<T: CacheLayer<K, V> + 'static>(layer: T) -> Self {
+        let layer = Arc::new(layer);
+        #[cfg(not(target_family = "wasm"))]
+        let any: Arc<dyn std::any::Any + Send + Sync> = layer.clone();
+        #[allow(unused_mut)]
+        let mut tier = Self::shared(layer);
+        #[cfg(not(target_family = "wasm"))]
+        {
+            tier.any = Some(any);
+        }
+        tier
     }
 
     /// Like [`Tier::new`], for a tier that is already shared.
@@ -71,6 +84,8 @@ where
             ttl: None,
             timeout: None,
             breaker: Some(DEFAULT_BREAKER),
+            #[cfg(not(target_family = "wasm"))]
+            any: None,
         }
     }
 
@@ -234,6 +249,10 @@ where
             .tiers
             .into_iter()
             .map(|t| TierSlot {
+                #[cfg(not(target_family = "wasm"))]
+                concurrent: t
+                    .any
+                    .and_then(|any| any.downcast::<crate::ConcurrentTier<K, V>>().ok()),
                 name: t.layer.name().to_owned(),
                 gate: (!t.layer.fenced_writes_are_atomic()).then(|| async_lock::RwLock::new(())),
                 layer: t.layer,

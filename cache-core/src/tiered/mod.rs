@@ -91,6 +91,11 @@ pub(crate) struct TierSlot<K, V> {
     /// For a tier whose fenced writes are not atomic with its removals: fills
     /// hold it shared, removals exclusive.
     gate: Option<async_lock::RwLock<()>>,
+    /// The layer itself when it is a [`ConcurrentTier`](crate::ConcurrentTier):
+    /// tier-0 hits read it directly (inlined, no virtual call, no answer passed
+    /// back through memory).
+    #[cfg(not(target_family = "wasm"))]
+    concurrent: Option<Arc<crate::ConcurrentTier<K, V>>>,
 }
 
 pub(crate) struct Inner<K, V> {

@@ -252,6 +252,12 @@ where
         let start = self.start();
         // One clock read serves the tier's expiry check and the chain's.
         let now = self.clock.now();
+        #[cfg(not(target_family = "wasm"))]
+        let result = match &slot.concurrent {
+            Some(tier) => Ok(tier.get_entry(key, now)),
+            None => slot.layer.get_ready(key, now)?,
+        };
+        #[cfg(target_family = "wasm")]
         let result = slot.layer.get_ready(key, now)?;
         Some(self.classify(index, key, start, result, Stamp::NONE, now))
     }
