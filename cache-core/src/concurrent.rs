@@ -422,6 +422,7 @@ where
 mod tests {
     use super::*;
     use crate::ManualClock;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         futures_executor::block_on(f)
@@ -488,6 +489,78 @@ mod tests {
             assert!(tier.get(&"a".into()).await.unwrap().is_none());
             assert_eq!(tier.len(), 0);
         });
+    }
+
+    /// A fence check that records the check, then lets the other thread run
+    /// for a while, widening the window in which a removal could overtake the
+    /// write if the check were not made under the lock removals take.
+    struct SlowCheck<'a> {
+        invalidated: &'a AtomicBool,
+        spins: u32,
+    }
+
+    impl crate::FenceCheck for SlowCheck<'_> {
+        fn holds(&self) -> bool {
+            let holds = !self.invalidated.load(Ordering::SeqCst);
+            for _ in 0..self.spins {
+                std::thread::yield_now();
+            }
+            holds
+        }
+    }
+
+    /// Real threads: a fenced fill against an invalidation (which marks its
+    /// fence, then removes). Whatever the order, the key must be gone after
+    /// both: a fill that checked before the mark wrote before the removal, one
+    /// that checked after was refused. Seeded; replay with `RACE_SEED`.
+    #[test]
+    fn a_removal_never_overtakes_a_fenced_write_that_checked_before_it() {
+        let seed: u64 = std::env::var("RACE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        println!("seed {seed} (replay with RACE_SEED={seed})");
+        let mut rng = seed | 1;
+        let mut next = move || {
+            // xorshift64
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let key = "avatar:1".to_string();
+        for round in 0..400 {
+            let tier: ConcurrentTier<String, u64> = ConcurrentTier::builder().build();
+            let invalidated = AtomicBool::new(false);
+            let (fill_spins, remove_delay) = ((next() % 8) as u32, next() % 6);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let check = SlowCheck {
+                        invalidated: &invalidated,
+                        spins: fill_spins,
+                    };
+                    let entry = Entry::new(round, Timestamp::MAX);
+                    block_on(tier.put_fenced(&key, entry, &Fence::new(&check, crate::Stamp::NONE)))
+                        .unwrap();
+                });
+                s.spawn(|| {
+                    for _ in 0..remove_delay {
+                        std::thread::yield_now();
+                    }
+                    invalidated.store(true, Ordering::SeqCst);
+                    block_on(tier.remove(&key)).unwrap();
+                });
+            });
+            assert!(
+                block_on(tier.get(&key)).unwrap().is_none(),
+                "seed {seed}, round {round}: a fill that checked its fence before the \
+                 invalidation landed after the invalidation's removal"
+            );
+        }
     }
 
     #[test]

@@ -45,8 +45,8 @@ use std::time::Duration;
 
 use cache_core::mutation::{self, Mutation};
 use cache_core::{
-    async_trait, loader_fn, BoxError, BoxFuture, CacheLayer, Clock, Entry, Error, Fence, Fill,
-    ManualClock, Result, Source, Stamp, Tier, TieredCache, Timer, Timestamp,
+    async_trait, loader_fn, BoxError, BoxFuture, CacheLayer, Clock, ConcurrentTier, Entry, Error,
+    Fence, Fill, ManualClock, Result, Source, Stamp, Tier, TieredCache, Timer, Timestamp,
 };
 
 const KEYS: [&str; 3] = ["u:1", "u:2", "v:1"];
@@ -578,6 +578,10 @@ impl History {
 struct Instance {
     cache: TieredCache<String, String>,
     local: Arc<ModelTier>,
+    /// Instance A's tier 0: a real `ConcurrentTier`, read by the chain's
+    /// direct hit path (it never waits, so the scheduler cannot hold its calls;
+    /// the interleavings come from everything around it).
+    front: Option<Arc<ConcurrentTier<String, String>>>,
 }
 
 struct Run {
@@ -641,9 +645,25 @@ fn build(seed: u64) -> Run {
                     )))
                 }
             });
-            let cache = TieredCache::builder()
+            let front = (i == 0).then(|| {
+                Arc::new(
+                    ConcurrentTier::builder()
+                        .name("front-a")
+                        .clock(clock.clone())
+                        .build(),
+                )
+            });
+            let mut builder = TieredCache::builder()
                 .clock(clock.clone())
-                .timer(ExplorerTimer(world.clone()))
+                .timer(ExplorerTimer(world.clone()));
+            if let Some(front) = &front {
+                builder = builder.tier(
+                    Tier::new(front.clone())
+                        .ttl(Duration::from_millis(60))
+                        .no_circuit_breaker(),
+                );
+            }
+            let cache = builder
                 .tier(
                     Tier::shared(local.clone() as Arc<dyn CacheLayer<String, String>>)
                         .ttl(Duration::from_millis(80))
@@ -658,7 +678,11 @@ fn build(seed: u64) -> Run {
                 .origin(origin)
                 .serve_stale_on_error(Duration::from_millis(50), 100)
                 .build();
-            Instance { cache, local }
+            Instance {
+                cache,
+                local,
+                front,
+            }
         })
         .collect();
     Run {
@@ -727,9 +751,16 @@ fn task_for(run: &Run, op: Op) -> Task {
     let clock = run.clock.clone();
     let caches: Vec<TieredCache<String, String>> =
         run.instances.iter().map(|i| i.cache.clone()).collect();
+    // The bus: the other instance drops the key from its in-process tiers
+    // (A's front and local, B's local), not from the shared one.
+    let locals: Vec<Vec<usize>> = run
+        .instances
+        .iter()
+        .map(|i| (0..1 + usize::from(i.front.is_some())).collect())
+        .collect();
     let label = format!("{op:?}");
     Box::pin(async move {
-        let other = |at: usize| caches[1 - at].clone();
+        let other = |at: usize| caches[1 - at].only(&locals[1 - at]);
         match op {
             Op::Get(at, key) => {
                 let floor = history.lock().unwrap().floor(key);
@@ -770,7 +801,7 @@ fn task_for(run: &Run, op: Op) -> Task {
                     clock.now().saturating_add(Duration::from_millis(100)),
                 );
                 let here = caches[at].put(&key.to_string(), entry).await;
-                let there = other(at).only(&[0]).invalidate(&key.to_string()).await;
+                let there = other(at).invalidate(&key.to_string()).await;
                 let mut h = history.lock().unwrap();
                 let end = h.tick();
                 h.puts[record].end = Some(end);
@@ -787,7 +818,7 @@ fn task_for(run: &Run, op: Op) -> Task {
                     (*v, start)
                 };
                 let here = caches[at].invalidate(&key.to_string()).await;
-                let there = other(at).only(&[0]).invalidate(&key.to_string()).await;
+                let there = other(at).invalidate(&key.to_string()).await;
                 if here.is_ok() && there.is_ok() {
                     history.lock().unwrap().establish(key, v, start, at);
                 }
@@ -813,11 +844,11 @@ fn task_for(run: &Run, op: Op) -> Task {
                     (covered, start)
                 };
                 let (here, there) = if prefix.is_empty() {
-                    (caches[at].clear().await, other(at).only(&[0]).clear().await)
+                    (caches[at].clear().await, other(at).clear().await)
                 } else {
                     (
                         caches[at].invalidate_prefix(prefix).await,
-                        other(at).only(&[0]).invalidate_prefix(prefix).await,
+                        other(at).invalidate_prefix(prefix).await,
                     )
                 };
                 if here.is_ok() && there.is_ok() {
@@ -1025,16 +1056,28 @@ fn explore(seed: u64) -> std::result::Result<(), String> {
         .map(|i| &*i.local)
         .chain(std::iter::once(&*run.shared))
         .collect();
-    for tier in tiers {
-        for (key, v) in tier.held() {
-            let h = history.lock().unwrap();
-            let f = h.floor(&key);
-            if h.too_old(&key, v, f) {
-                violations.push(format!(
-                    "after the schedule, tier {} holds {key} version {v}, older than the established {}",
-                    tier.name, f.version
+    let now = run.clock.now();
+    let fronts = run.instances.iter().filter_map(|i| i.front.as_ref());
+    let front_held: Vec<(&str, String, u64)> = fronts
+        .flat_map(|front| {
+            KEYS.iter().filter_map(move |key| {
+                let entry = front.get_ready(&key.to_string(), now)?.ok()??;
+                Some((front.name(), key.to_string(), version(&entry.value).1))
+            })
+        })
+        .collect();
+    let held = tiers
+        .iter()
+        .flat_map(|tier| tier.held().into_iter().map(|(k, v)| (tier.name, k, v)))
+        .chain(front_held);
+    for (name, key, v) in held {
+        let h = history.lock().unwrap();
+        let f = h.floor(&key);
+        if h.too_old(&key, v, f) {
+            violations.push(format!(
+                    "after the schedule, tier {name} holds {key} version {v}, older than the established {}",
+                    f.version
                 ));
-            }
         }
     }
     {

@@ -64,6 +64,10 @@ where
     V: MaybeSend + 'static,
 {
     /// A tier with no TTL of its own, no timeout and the default circuit breaker.
+    ///
+    /// A [`ConcurrentTier`](crate::ConcurrentTier) (or an `Arc` of one) given
+    /// here is recognised, and the chain reads it directly on the hit path, with
+    /// no virtual call; through [`Tier::shared`] it is read like any other tier.
     pub fn new<T: CacheLayer<K, V> + 'static>(layer: T) -> Self {
         let layer = Arc::new(layer);
         #[cfg(not(target_family = "wasm"))]
@@ -250,9 +254,15 @@ where
             .into_iter()
             .map(|t| TierSlot {
                 #[cfg(not(target_family = "wasm"))]
-                concurrent: t
-                    .any
-                    .and_then(|any| any.downcast::<crate::ConcurrentTier<K, V>>().ok()),
+                concurrent: t.any.and_then(|any| {
+                    match any.downcast::<crate::ConcurrentTier<K, V>>() {
+                        Ok(tier) => Some(tier),
+                        Err(any) => any
+                            .downcast::<Arc<crate::ConcurrentTier<K, V>>>()
+                            .ok()
+                            .map(|tier| Arc::clone(&*tier)),
+                    }
+                }),
                 name: t.layer.name().to_owned(),
                 gate: (!t.layer.fenced_writes_are_atomic()).then(|| async_lock::RwLock::new(())),
                 layer: t.layer,
