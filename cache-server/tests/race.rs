@@ -3,8 +3,9 @@
 //! cluster.
 //!
 //! Three instances (A, B, C), each a `SyncedCache<String, String>` over
-//! `[MokaTier (local, tier 0), RedisTier (shared, tier 1)]` in front of one
-//! in-test "database" of versions, each with its own bus connections on one
+//! `[local tier 0, RedisTier (shared, tier 1)]` in front of one
+//! in-test "database" of versions (A's tier 0 is a `ConcurrentTier`, read by
+//! the chain's direct hit path; B's and C's a `MokaTier`), each with its own bus connections on one
 //! channel. A's bus talks to Redis directly; B's and C's go through loopback
 //! TCP proxies that hold every chunk of bytes for a random, bounded time
 //! (order kept), in both directions: their invalidations, acks and heartbeats
@@ -63,8 +64,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    loader_fn, BoxError, CacheLayer, Clock, Entry, Event, EventKind, EventSource, Lookup, Observer,
-    Source, SystemClock, Tier, TieredCache,
+    loader_fn, BoxError, CacheLayer, Clock, ConcurrentTier, Entry, Event, EventKind, EventSource,
+    Lookup, Observer, Source, SystemClock, Tier, TieredCache,
 };
 use cache_server::testing::{LoopbackProxy, RedisCluster, RedisServer};
 use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
@@ -418,7 +419,8 @@ struct Instance {
     name: &'static str,
     refusals: Arc<Refusals>,
     cache: SyncedCache<String, String>,
-    moka: MokaTier<String, String>,
+    /// Tier 0 (named `moka` in the findings for all three).
+    moka: Arc<dyn CacheLayer<String, String>>,
     link: Arc<LinkLog>,
     watcher: AbortHandle,
 }
@@ -436,7 +438,14 @@ async fn instance(
     world: &Arc<World>,
     rng: Rng,
 ) -> Instance {
-    let moka: MokaTier<String, String> = MokaTier::builder().build();
+    let (moka, tier0): (Arc<dyn CacheLayer<String, String>>, Tier<String, String>) = if name == "A"
+    {
+        let tier = Arc::new(ConcurrentTier::builder().build());
+        (tier.clone(), Tier::new(tier))
+    } else {
+        let tier: MokaTier<String, String> = MokaTier::builder().build();
+        (Arc::new(tier.clone()), Tier::new(tier))
+    };
     let redis: RedisTier<String> = RedisTier::builder()
         .url(redis_url)
         .namespace(NAMESPACE)
@@ -448,7 +457,7 @@ async fn instance(
     let refusals = Arc::new(Refusals::default());
     let chain = TieredCache::builder()
         .observer(refusals.clone())
-        .tier(Tier::new(moka.clone()).ttl(Duration::from_secs(300)))
+        .tier(tier0.ttl(Duration::from_secs(300)))
         .tier(Tier::new(redis).ttl(Duration::from_secs(3000)))
         .origin(loader_fn(move |key: String| {
             let (w, rng) = (w.clone(), rng.clone());
