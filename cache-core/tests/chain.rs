@@ -926,3 +926,61 @@ async fn a_resync_flush_clears_the_selected_tiers_and_is_reported_once() {
     assert_eq!(resyncs[0].key, "bus link down");
     assert_eq!(resyncs[0].tier, None);
 }
+
+/// The lifetimes `put` stored in a tier with `ttl` and `jitter`, for entries
+/// expiring `life` from now: the lowest and highest, in ms from now.
+async fn stored_lifetimes(ttl: Option<Duration>, jitter: f64, life: Duration) -> (u64, u64) {
+    let clock = ManualClock::new();
+    let tier = mem("jittered", &clock);
+    let mut t = Tier::shared(tier.clone()).ttl_jitter(jitter);
+    if let Some(ttl) = ttl {
+        t = t.ttl(ttl);
+    }
+    let cache: TieredCache<String, String> =
+        TieredCache::builder().clock(clock.clone()).tier(t).build();
+    let now = clock.now();
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for i in 0..400 {
+        let key = format!("k{i}");
+        let entry = Entry::expiring_in("v".to_string(), now, life);
+        cache.put(&key, entry.clone()).await.unwrap();
+        let stored = tier.get(&key).await.unwrap().unwrap();
+        assert!(
+            stored.expires_at <= entry.expires_at,
+            "jitter stored {key} past its own expiry"
+        );
+        let ms = stored.expires_at.duration_since(now).as_millis() as u64;
+        lo = lo.min(ms);
+        hi = hi.max(ms);
+    }
+    (lo, hi)
+}
+
+#[tokio::test]
+async fn ttl_jitter_spreads_the_tier_ttl_both_ways_within_its_fraction() {
+    let (lo, hi) = stored_lifetimes(Some(Duration::from_secs(100)), 0.1, 10 * HOUR).await;
+    assert!(lo >= 90_000 && hi <= 110_000, "outside ±10%: {lo}..{hi} ms");
+    // 400 draws: both halves of the spread are reached.
+    assert!(lo < 95_000 && hi > 105_000, "not spread: {lo}..{hi} ms");
+}
+
+#[tokio::test]
+async fn ttl_jitter_never_lets_an_entry_outlive_its_own_expiry() {
+    // The TTL is longer than the entry's life: the spread is capped by it.
+    let (lo, hi) =
+        stored_lifetimes(Some(Duration::from_secs(100)), 0.5, Duration::from_secs(40)).await;
+    assert!(hi <= 40_000, "past the entry's expiry: {hi} ms");
+    assert!(lo >= 20_000, "{lo}");
+    // Without a tier TTL the entry's remaining life is spread, only downwards.
+    let (lo, hi) = stored_lifetimes(None, 0.2, Duration::from_secs(100)).await;
+    assert!(
+        hi <= 100_000 && (80_000..95_000).contains(&lo),
+        "{lo}..{hi} ms"
+    );
+}
+
+#[tokio::test]
+async fn no_ttl_jitter_keeps_lifetimes_exact() {
+    let (lo, hi) = stored_lifetimes(Some(Duration::from_secs(100)), 0.0, 10 * HOUR).await;
+    assert_eq!((lo, hi), (100_000, 100_000));
+}

@@ -660,6 +660,7 @@ fn build(seed: u64) -> Run {
                 builder = builder.tier(
                     Tier::new(front.clone())
                         .ttl(Duration::from_millis(60))
+                        .ttl_jitter(0.25)
                         .no_circuit_breaker(),
                 );
             }
@@ -667,6 +668,7 @@ fn build(seed: u64) -> Run {
                 .tier(
                     Tier::shared(local.clone() as Arc<dyn CacheLayer<String, String>>)
                         .ttl(Duration::from_millis(80))
+                        .ttl_jitter(0.25)
                         .timeout(Duration::from_millis(10))
                         .no_circuit_breaker(),
                 )

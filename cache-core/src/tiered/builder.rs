@@ -37,6 +37,7 @@ pub struct Tier<K, V> {
     pub(super) ttl: Option<Duration>,
     pub(super) timeout: Option<Duration>,
     pub(super) breaker: Option<(u32, Duration)>,
+    pub(super) jitter: f64,
     /// The same layer, type-erased, so the builder can recognise a
     /// [`ConcurrentTier`](crate::ConcurrentTier) and read it without a virtual call.
     #[cfg(not(target_family = "wasm"))]
@@ -88,6 +89,7 @@ where
             ttl: None,
             timeout: None,
             breaker: Some(DEFAULT_BREAKER),
+            jitter: 0.0,
             #[cfg(not(target_family = "wasm"))]
             any: None,
         }
@@ -98,6 +100,34 @@ where
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// Spreads the lifetime of what the chain writes into this tier by a random
+    /// factor in `[1 - fraction, 1 + fraction]` (`fraction` is clamped to
+    /// `0.0..=0.5`), so entries written together (a fleet warming up, a batch)
+    /// do not all expire together. The lifetime spread is the tier's TTL, or the
+    /// entry's remaining life when the tier has none, and a spread entry still
+    /// never outlives its own [`Entry::expires_at`](crate::Entry): without a TTL
+    /// the spread only ever shortens.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_core::{MemoryTier, Tier};
+    ///
+    /// // Between 54 and 66 seconds.
+    /// let tier = Tier::new(MemoryTier::<String, String>::new())
+    ///     .ttl(Duration::from_secs(60))
+    ///     .ttl_jitter(0.1);
+    /// # let _ = tier;
+    /// ```
+    #[must_use]
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_finite() {
+            fraction.clamp(0.0, 0.5)
+        } else {
+            0.0
+        };
         self
     }
 
@@ -267,6 +297,7 @@ where
                 gate: (!t.layer.fenced_writes_are_atomic()).then(|| async_lock::RwLock::new(())),
                 layer: t.layer,
                 ttl: t.ttl,
+                jitter: t.jitter,
                 timeout: t.timeout,
                 breaker: Breaker::new(t.breaker),
             })

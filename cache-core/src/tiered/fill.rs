@@ -20,7 +20,7 @@ use super::{Inner, TierSlot};
 use crate::mutation::{self, Mutation};
 use crate::{
     ByteSize, CacheKey, Clock, Entry, Error, EventKind, Fence, FenceCheck, Fill, MaybeSend,
-    MaybeSync, Operation, Result, Stamp,
+    MaybeSync, Operation, Result, Stamp, Timestamp,
 };
 
 /// A tier a fill may write, with the stamp the read got from it.
@@ -66,7 +66,7 @@ where
             if !through && !slot.breaker.allows(&self.clock) {
                 return (index, Ok(Fill::Refused));
             }
-            let entry = entry.clone().capped_by_ttl(now, slot.ttl);
+            let entry = slot.stored(index, key, entry.clone(), now);
             let bytes = entry.value.byte_size();
             let start = self.start();
             let result = self
@@ -178,7 +178,7 @@ where
             for &i in live {
                 let (key, entry, targets) = &entries[i];
                 if let Some(&(_, stamp)) = targets.iter().find(|(t, _)| *t == index) {
-                    batch.push((key.clone(), entry.clone().capped_by_ttl(now, slot.ttl)));
+                    batch.push((key.clone(), slot.stored(index, key, entry.clone(), now)));
                     guards.push(Fence::new(&fences[i], stamp));
                 }
             }
@@ -267,4 +267,45 @@ where
         }
         Ok(result)
     }
+}
+
+impl<K: CacheKey, V> TierSlot<K, V> {
+    /// What the chain writes into this tier: `entry` capped by the tier's TTL,
+    /// its lifetime spread by the tier's jitter, never past its own expiry.
+    pub(super) fn stored(
+        &self,
+        index: usize,
+        key: &K,
+        entry: Entry<V>,
+        now: Timestamp,
+    ) -> Entry<V> {
+        if self.jitter == 0.0 {
+            return entry.capped_by_ttl(now, self.ttl);
+        }
+        // The lifetime to spread: the tier's TTL, else what is left of the entry's.
+        let life = match self.ttl {
+            Some(ttl) => ttl,
+            None if entry.expires_at == Timestamp::MAX => return entry,
+            None => entry.expires_at.duration_since(now),
+        };
+        let factor = 1.0 + self.jitter * (2.0 * unit_random(&key.key_str(), index, now) - 1.0);
+        let spread = std::time::Duration::try_from_secs_f64(life.as_secs_f64() * factor)
+            .unwrap_or(std::time::Duration::MAX);
+        entry.capped_at(now.saturating_add(spread))
+    }
+}
+
+/// A number in `[0, 1)` drawn from the key, the tier and the time of the
+/// write (FNV-1a, then SplitMix64's finaliser): different keys written together
+/// spread apart, and a replayed run spreads exactly as before.
+fn unit_random(key: &str, index: usize, now: Timestamp) -> f64 {
+    let mut z: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        z = (z ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    z ^= now.as_unix_millis().rotate_left(17) ^ (index as u64).rotate_left(43);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -86,6 +86,8 @@ pub(crate) struct TierSlot<K, V> {
     name: String,
     layer: Arc<dyn CacheLayer<K, V>>,
     ttl: Option<Duration>,
+    /// [`Tier::ttl_jitter`]'s fraction; 0 for none.
+    jitter: f64,
     timeout: Option<Duration>,
     breaker: Breaker,
     /// For a tier whose fenced writes are not atomic with its removals: fills
