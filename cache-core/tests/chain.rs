@@ -984,3 +984,94 @@ async fn no_ttl_jitter_keeps_lifetimes_exact() {
     let (lo, hi) = stored_lifetimes(Some(Duration::from_secs(100)), 0.0, 10 * HOUR).await;
     assert_eq!((lo, hi), (100_000, 100_000));
 }
+
+#[tokio::test]
+async fn get_with_loads_a_miss_with_its_own_loader_and_not_the_origin() {
+    let clock = ManualClock::new();
+    let origin = Origin::new(&clock);
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(mem("l1", &clock)))
+        .origin(origin.clone())
+        .build();
+    let c = clock.clone();
+    let own = loader_fn(move |key: String| {
+        let now = c.now();
+        async move { Ok::<_, BoxError>(Some(Entry::expiring_in(format!("{key}@own"), now, HOUR))) }
+    });
+    let got = cache
+        .get_with(&"k".to_string(), own)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.value().as_str(), got.source),
+        ("k@own", Source::Origin)
+    );
+    assert_eq!(origin.loads(), 0, "the chain's origin was asked");
+    // Cached now: a plain get is a tier hit with the per-call loader's value.
+    let again = cache.get(&"k".to_string()).await.unwrap().unwrap();
+    assert_eq!(again.value(), "k@own");
+    assert!(matches!(again.source, Source::Tier { index: 0, .. }));
+}
+
+#[tokio::test]
+async fn get_with_works_on_a_chain_without_an_origin() {
+    let clock = ManualClock::new();
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(mem("l1", &clock)))
+        .build();
+    assert!(cache.get(&"k".to_string()).await.unwrap().is_none());
+    let c = clock.clone();
+    let own = loader_fn(move |_: String| {
+        let now = c.now();
+        async move { Ok::<_, BoxError>(Some(Entry::expiring_in("v".to_string(), now, HOUR))) }
+    });
+    assert_eq!(
+        cache
+            .get_with(&"k".to_string(), own)
+            .await
+            .unwrap()
+            .unwrap()
+            .value(),
+        "v"
+    );
+}
+
+#[tokio::test]
+async fn get_with_joins_a_load_in_flight_instead_of_calling_its_loader() {
+    let clock = ManualClock::new();
+    let gate = Arc::new(common::Gate::default());
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(mem("l1", &clock)))
+        .build();
+    let (g, c) = (gate.clone(), clock.clone());
+    let slow = loader_fn(move |_: String| {
+        let (g, now) = (g.clone(), c.now());
+        async move {
+            g.wait().await;
+            Ok::<_, BoxError>(Some(Entry::expiring_in("first".to_string(), now, HOUR)))
+        }
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (n, c) = (calls.clone(), clock.clone());
+    let second = loader_fn(move |_: String| {
+        n.fetch_add(1, Ordering::SeqCst);
+        let now = c.now();
+        async move { Ok::<_, BoxError>(Some(Entry::expiring_in("second".to_string(), now, HOUR))) }
+    });
+    let key = "k".to_string();
+    let (a, b) = tokio::join!(cache.get_with(&key, slow), async {
+        gate.reached().await;
+        // Polled once while the first load waits at the gate: it joins it.
+        let mut joined = Box::pin(cache.get_with(&key, second));
+        assert!(futures_util::FutureExt::now_or_never(&mut joined).is_none());
+        gate.open();
+        joined.await
+    });
+    assert_eq!(a.unwrap().unwrap().value(), "first");
+    assert_eq!(b.unwrap().unwrap().value(), "first");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the second loader ran");
+}

@@ -46,7 +46,7 @@ use std::time::Duration;
 use cache_core::mutation::{self, Mutation};
 use cache_core::{
     async_trait, loader_fn, BoxError, BoxFuture, CacheLayer, Clock, ConcurrentTier, Entry, Error,
-    Fence, Fill, ManualClock, Result, Source, Stamp, Tier, TieredCache, Timer, Timestamp,
+    Fence, Fill, Loader, ManualClock, Result, Source, Stamp, Tier, TieredCache, Timer, Timestamp,
 };
 
 const KEYS: [&str; 3] = ["u:1", "u:2", "v:1"];
@@ -505,6 +505,8 @@ impl CacheLayer<String, String> for ModelTier {
 #[derive(Debug, Clone)]
 enum Op {
     Get(usize, &'static str),
+    /// A read whose miss is loaded by its own loader (`get_with`).
+    GetWith(usize, &'static str),
     GetMany(usize, Vec<&'static str>),
     Put(usize, &'static str),
     Invalidate(usize, &'static str),
@@ -620,31 +622,7 @@ fn build(seed: u64) -> Run {
                 false,
                 i == 0,
             ));
-            let (w, h, c) = (world.clone(), history.clone(), clock.clone());
-            let origin = loader_fn(move |key: String| {
-                let (w, h, c) = (w.clone(), h.clone(), c.clone());
-                async move {
-                    // Read the database first, then take a while: the classic
-                    // "loaded before the invalidation, landed after it".
-                    let v = h.lock().unwrap().db.get(key.as_str()).copied().unwrap_or(0);
-                    let now = c.now();
-                    let (life, panics) = {
-                        let mut w = lock(&w);
-                        let p = w.panic;
-                        (30 + w.rng.below(90) as u64, w.rng.chance(p))
-                    };
-                    if !origin_gate(&w).await {
-                        return Err::<_, BoxError>("origin failed".into());
-                    }
-                    if panics {
-                        panic!("the loader panicked (on purpose)");
-                    }
-                    Ok(Some(Entry::new(
-                        format!("{key}#{v}"),
-                        now.saturating_add(Duration::from_millis(life)),
-                    )))
-                }
-            });
+            let origin = db_loader(&world, &history, &clock);
             let front = (i == 0).then(|| {
                 Arc::new(
                     ConcurrentTier::builder()
@@ -696,11 +674,47 @@ fn build(seed: u64) -> Run {
     }
 }
 
+/// The origin: reads the version from the database, then waits at the origin
+/// gate (so it can land after an invalidation), sometimes fails or panics.
+/// Both the chains' origins and `get_with`'s per-call loaders are this.
+fn db_loader(
+    world: &Shared,
+    history: &Arc<Mutex<History>>,
+    clock: &ManualClock,
+) -> impl Loader<String, String> {
+    let (w, h, c) = (world.clone(), history.clone(), clock.clone());
+    loader_fn(move |key: String| {
+        let (w, h, c) = (w.clone(), h.clone(), c.clone());
+        async move {
+            // Read the database first, then take a while: the classic
+            // "loaded before the invalidation, landed after it".
+            let v = h.lock().unwrap().db.get(key.as_str()).copied().unwrap_or(0);
+            let now = c.now();
+            let (life, panics) = {
+                let mut w = lock(&w);
+                let p = w.panic;
+                (30 + w.rng.below(90) as u64, w.rng.chance(p))
+            };
+            if !origin_gate(&w).await {
+                return Err::<_, BoxError>("origin failed".into());
+            }
+            if panics {
+                panic!("the loader panicked (on purpose)");
+            }
+            Ok(Some(Entry::new(
+                format!("{key}#{v}"),
+                now.saturating_add(Duration::from_millis(life)),
+            )))
+        }
+    })
+}
+
 fn random_op(rng: &mut Rng) -> Op {
     let at = rng.below(2);
     let key = KEYS[rng.below(KEYS.len())];
     match rng.below(20) {
-        0..=6 => Op::Get(at, key),
+        0..=4 => Op::Get(at, key),
+        5..=6 => Op::GetWith(at, key),
         7..=8 => Op::GetMany(
             at,
             vec![
@@ -751,6 +765,7 @@ fn check_read(
 fn task_for(run: &Run, op: Op) -> Task {
     let history = run.history.clone();
     let clock = run.clock.clone();
+    let world = run.world.clone();
     let caches: Vec<TieredCache<String, String>> =
         run.instances.iter().map(|i| i.cache.clone()).collect();
     // The bus: the other instance drops the key from its in-process tiers
@@ -767,6 +782,14 @@ fn task_for(run: &Run, op: Op) -> Task {
             Op::Get(at, key) => {
                 let floor = history.lock().unwrap().floor(key);
                 let got = caches[at].get(&key.to_string()).await;
+                if let Ok(got) = &got {
+                    check_read(&history, &clock, &label, key, floor, got);
+                }
+            }
+            Op::GetWith(at, key) => {
+                let floor = history.lock().unwrap().floor(key);
+                let loader = db_loader(&world, &history, &clock);
+                let got = caches[at].get_with(&key.to_string(), loader).await;
                 if let Ok(got) = &got {
                     check_read(&history, &clock, &label, key, floor, got);
                 }

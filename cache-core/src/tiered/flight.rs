@@ -15,7 +15,7 @@ use super::observe::elapsed;
 use super::{ExpiredFromOrigin, Inner, Lookup, Source};
 use crate::mutation::{self, Mutation};
 use crate::{
-    BoxError, BoxFuture, ByteSize, CacheKey, Clock, Entry, Error, EventKind, EventSource,
+    BoxError, BoxFuture, ByteSize, CacheKey, Clock, Entry, Error, EventKind, EventSource, Loader,
     MaybeSend, MaybeSync, Result, SharedError,
 };
 
@@ -70,6 +70,7 @@ where
         this: &Arc<Self>,
         asks: Vec<Ask<K>>,
         ticket: u64,
+        loader: Option<Arc<dyn Loader<K, V>>>,
     ) -> Vec<FlightFuture<V>> {
         let mut joined = Vec::new();
         let mut out: Vec<Option<FlightFuture<V>>> = Vec::with_capacity(asks.len());
@@ -96,8 +97,13 @@ where
                 let ids: Vec<(K, u64)> =
                     to_load.iter().map(|(a, id)| (a.key.clone(), *id)).collect();
                 let asks: Vec<Ask<K>> = to_load.into_iter().map(|(a, _)| a).collect();
-                let batch: BoxFuture<'static, Arc<Vec<LoadResult<V>>>> =
-                    Box::pin(Self::run_loads(this.clone(), asks, ids.clone(), ticket));
+                let batch: BoxFuture<'static, Arc<Vec<LoadResult<V>>>> = Box::pin(Self::run_loads(
+                    this.clone(),
+                    asks,
+                    ids.clone(),
+                    ticket,
+                    loader,
+                ));
                 let batch = batch.shared();
                 let mut flights = this.lock_flights();
                 for (i, (key, id)) in ids.into_iter().enumerate() {
@@ -128,9 +134,13 @@ where
         out.into_iter().flatten().collect()
     }
 
-    /// Asks the origin for `keys`, turning a panic into an error.
-    async fn ask_origin(&self, keys: &[K]) -> std::result::Result<Vec<Option<Entry<V>>>, BoxError> {
-        let Some(origin) = self.origin.clone() else {
+    /// Asks `loader` (else the origin) for `keys`, turning a panic into an error.
+    async fn ask_origin(
+        &self,
+        keys: &[K],
+        loader: Option<Arc<dyn Loader<K, V>>>,
+    ) -> std::result::Result<Vec<Option<Entry<V>>>, BoxError> {
+        let Some(origin) = loader.or_else(|| self.origin.clone()) else {
             return Ok(keys.iter().map(|_| None).collect());
         };
         let load = async {
@@ -156,6 +166,7 @@ where
         asks: Vec<Ask<K>>,
         ids: Vec<(K, u64)>,
         ticket: u64,
+        loader: Option<Arc<dyn Loader<K, V>>>,
     ) -> Arc<Vec<LoadResult<V>>> {
         // Retires the flights even if this future is dropped or panics.
         struct Retire<'a, K: CacheKey, V: Clone + ByteSize + MaybeSend + MaybeSync + 'static> {
@@ -178,7 +189,7 @@ where
         };
         let start = this.start();
         let plain: Vec<K> = asks.iter().map(|a| a.key.clone()).collect();
-        let loaded = this.ask_origin(&plain).await;
+        let loaded = this.ask_origin(&plain, loader).await;
         let latency = elapsed(start);
         let now = this.clock.now();
         let results: Vec<LoadResult<V>> = match loaded {

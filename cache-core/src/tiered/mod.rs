@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::{ready, Either};
+use futures_util::future::{ready, Either, Ready};
 
 pub use builder::{Tier, TieredCacheBuilder, DEFAULT_BREAKER};
 pub use flight::LoaderPanicked;
@@ -285,6 +285,61 @@ where
         's: 'f,
         'k: 'f,
     {
+        self.read(key, None)
+    }
+
+    /// Like [`TieredCache::get`], but a key no tier holds is loaded by `loader`
+    /// instead of the chain's origin (a chain need not have one). Everything
+    /// else is the same: one load per key however many reads wait (a read that
+    /// finds a load of its key already in flight, from the origin or another
+    /// `get_with`, joins it and `loader` is not called), the result written
+    /// into the tiers by fenced fills, so an invalidation that begins while
+    /// `loader` runs still wins; a panicking loader is an error for every
+    /// waiter.
+    ///
+    /// ```
+    /// use cache_core::{loader_fn, BoxError, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
+    /// use std::time::Duration;
+    ///
+    /// # futures_executor::block_on(async {
+    /// let cache: TieredCache<String, String> =
+    ///     TieredCache::builder().tier(Tier::new(MemoryTier::new())).build();
+    /// let key = "user:7:name".to_string();
+    /// let by_id = loader_fn(|key: String| async move {
+    ///     let id = key.split(':').nth(1).unwrap_or_default().to_owned();
+    ///     Ok::<_, BoxError>(Some(Entry::expiring_in(format!("user #{id}"), SystemClock.now(), Duration::from_secs(60))))
+    /// });
+    /// let first = cache.get_with(&key, by_id).await?.expect("loaded");
+    /// assert_eq!(first.value(), "user #7");
+    /// // Now cached: this loader is never called.
+    /// let never = loader_fn(|_: String| async { Err::<Option<Entry<String>>, BoxError>("not called".into()) });
+    /// assert_eq!(cache.get_with(&key, never).await?.expect("cached").value(), "user #7");
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn get_with<'s, 'k, 'f>(
+        &'s self,
+        key: &'k K,
+        loader: impl Loader<K, V> + 'static,
+    ) -> impl Future<Output = Result<Option<Lookup<'s, V>>>> + 'f
+    where
+        's: 'f,
+        'k: 'f,
+    {
+        self.read(key, Some(Arc::new(loader)))
+    }
+
+    /// A read: tier 0 at once when it can answer without waiting, else the
+    /// boxed rest, which loads a miss with `loader` or else the origin.
+    #[inline]
+    fn read<'s, 'k, 'f>(
+        &'s self,
+        key: &'k K,
+        loader: Option<Arc<dyn Loader<K, V>>>,
+    ) -> Either<Ready<Result<Option<Lookup<'s, V>>>>, BoxFuture<'f, Result<Option<Lookup<'s, V>>>>>
+    where
+        's: 'f,
+        'k: 'f,
+    {
         let inner = &*self.inner;
         if let Err(reason) = key.validate() {
             return Either::Left(ready(Err(invalid_key(key, reason))));
@@ -307,7 +362,7 @@ where
             Some(Read::Failed) => (1, 1, None),
             None => (0, 0, None),
         };
-        Either::Right(self.get_slow(key, next, failed, ticket, stamp))
+        Either::Right(self.get_slow(key, next, failed, ticket, stamp, loader))
     }
 
     /// The boxed rest of a read that tier 0 did not serve at once. Kept out of line
@@ -320,6 +375,7 @@ where
         failed: usize,
         ticket: u64,
         first_stamp: Option<Stamp>,
+        loader: Option<Arc<dyn Loader<K, V>>>,
     ) -> BoxFuture<'f, Result<Option<Lookup<'s, V>>>>
     where
         's: 'f,
@@ -329,7 +385,7 @@ where
         if first == 1 {
             stamps.push(first_stamp);
         }
-        Box::pin(self.get_from(key, first, failed, ticket, stamps))
+        Box::pin(self.get_from(key, first, failed, ticket, stamps, loader))
     }
 
     /// The values for `keys`, in order: one batch call per tier for the keys still

@@ -2,6 +2,8 @@
 //! (taking its stamp when it misses), fenced backfills, then the origin.
 //! Expiry is checked again when a value is returned, after every wait.
 
+use std::sync::Arc;
+
 use futures_util::future::join_all;
 
 use super::fences::KeyFence;
@@ -11,8 +13,8 @@ use super::observe::{elapsed, failure_kind, Stopwatch};
 use super::{Inner, Lookup, Source, TieredCache};
 use crate::mutation::{self, Mutation};
 use crate::{
-    ByteSize, CacheKey, Clock, Entry, Error, EventKind, MaybeSend, MaybeSync, Operation, Result,
-    Stamp, Timestamp,
+    ByteSize, CacheKey, Clock, Entry, Error, EventKind, Loader, MaybeSend, MaybeSync, Operation,
+    Result, Stamp, Timestamp,
 };
 
 pub(super) enum Read<V> {
@@ -36,6 +38,7 @@ where
         mut failed: usize,
         ticket: u64,
         mut stamps: Vec<Option<Stamp>>,
+        loader: Option<Arc<dyn Loader<K, V>>>,
     ) -> Result<Option<Lookup<'_, V>>> {
         let inner = &*self.inner;
         stamps.resize(inner.tiers.len(), None);
@@ -74,7 +77,7 @@ where
                 Read::Failed => failed += 1,
             }
         }
-        self.load_through(key, failed, ticket, stamps).await
+        self.load_through(key, failed, ticket, stamps, loader).await
     }
 
     async fn load_through(
@@ -83,12 +86,13 @@ where
         failed: usize,
         ticket: u64,
         stamps: Vec<Option<Stamp>>,
+        loader: Option<Arc<dyn Loader<K, V>>>,
     ) -> Result<Option<Lookup<'_, V>>> {
         let inner = &*self.inner;
         if inner.negative_hit(key) {
             return Ok(None);
         }
-        if inner.origin.is_none() {
+        if inner.origin.is_none() && loader.is_none() {
             if failed > 0 && failed == inner.tiers.len() {
                 return Err(Error::NoTierAnswered { failed });
             }
@@ -98,7 +102,7 @@ where
             key: key.clone(),
             targets: targets_of(&stamps),
         };
-        let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket)
+        let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket, loader)
             .pop()
             .ok_or(Error::NoTierAnswered { failed })?;
         let result = flight.await;
@@ -175,7 +179,7 @@ where
                     })
                     .collect();
                 let (positions, asks): (Vec<usize>, Vec<Ask<K>>) = asks.into_iter().unzip();
-                let flights = Inner::join_or_start_many(&self.inner, asks, ticket);
+                let flights = Inner::join_or_start_many(&self.inner, asks, ticket, None);
                 let results = join_all(flights).await;
                 for (j, result) in positions.into_iter().zip(results) {
                     out[j] = inner.finish_origin_read(&keys[j], result)?;
