@@ -113,6 +113,10 @@ pub(crate) struct Inner<K, V> {
     stale: Option<StaleStore<K, V>>,
 }
 
+/// A read: done at once (a tier-0 hit, a bad key), or the boxed rest.
+type ReadFuture<'s, 'f, V> =
+    Either<Ready<Result<Option<Lookup<'s, V>>>>, BoxFuture<'f, Result<Option<Lookup<'s, V>>>>>;
+
 /// An origin entry that had expired by the time it could be returned.
 #[derive(Debug, thiserror::Error)]
 #[error("the origin's entry had expired by the time it could be returned")]
@@ -335,7 +339,7 @@ where
         &'s self,
         key: &'k K,
         loader: Option<Arc<dyn Loader<K, V>>>,
-    ) -> Either<Ready<Result<Option<Lookup<'s, V>>>>, BoxFuture<'f, Result<Option<Lookup<'s, V>>>>>
+    ) -> ReadFuture<'s, 'f, V>
     where
         's: 'f,
         'k: 'f,
