@@ -29,6 +29,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `testing` | no | `cache_server::testing`: start throwaway `redis-server` processes and clusters on loopback ports (needs `redis-server` and `redis-cli` on `PATH`) |
+//! | `compression` | no | `RedisTierBuilder::compress_above`: LZ4-compress stored values above a size (pure Rust, `lz4_flex`) |
 //! | `mutations` | no | test-only switches that break a guarantee on purpose; never enable it in a build you ship |
 //!
 //! Native targets only: on wasm32 the crate is empty (browser tiers are in

@@ -465,3 +465,123 @@ async fn a_lazy_tier_starts_while_redis_is_down_and_works_once_it_is_up() {
     }
     assert_eq!(tier.get(&k).await.unwrap().unwrap().value, "v");
 }
+
+async fn compressing_tier(server: &RedisServer, ns: &str, above: usize) -> RedisTier<String> {
+    RedisTier::builder()
+        .url(server.url())
+        .namespace(ns)
+        .pool_size(1)
+        .compress_above(above)
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn raw_value(tier: &RedisTier<String>, rkey: &str) -> Vec<u8> {
+    tier.pool()
+        .next()
+        .get::<Option<Vec<u8>>, _>(rkey)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressing_tier_passes_conformance() {
+    let server = RedisServer::start();
+    let url = server.url();
+    conformance::run::<_, Vec<u8>, _, _>(|setup| {
+        let url = url.clone();
+        async move {
+            let mut b = RedisTier::builder()
+                .url(url)
+                .namespace(setup.namespace.clone())
+                .clock(setup.clock.clone())
+                .pool_size(1)
+                .compress_above(16);
+            if let Some(ttl) = setup.tier_ttl {
+                b = b.ttl(ttl);
+            }
+            b.build().await.unwrap()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_stored_compressed_flagged_and_read_back_by_any_instance() {
+    let server = RedisServer::start();
+    let writer = compressing_tier(&server, "thumbs", 1024).await;
+    // The same namespace without a threshold: it still reads compressed values.
+    let reader = tier(&server, "thumbs").await;
+    let large = "https://img.example/avatars/42.png?v=1&".repeat(520); // ~20 KB
+    let small = "https://img.example/avatars/7.png".to_string();
+    let day = Duration::from_secs(86_400);
+    for (key, value) in [("large", &large), ("small", &small)] {
+        writer
+            .put(
+                &key.to_string(),
+                Entry::expiring_in(value.clone(), SystemClock.now(), day),
+            )
+            .await
+            .unwrap();
+    }
+    let stored = raw_value(&writer, "thumbs:large").await;
+    assert_eq!(&stored[..3], b"LC\x02", "not flagged as compressed");
+    assert!(
+        stored.len() < large.len() / 4,
+        "{} bytes stored",
+        stored.len()
+    );
+    let stored = raw_value(&writer, "thumbs:small").await;
+    assert_eq!(
+        &stored[..3],
+        b"LC\x01",
+        "a value under the threshold was compressed"
+    );
+    for tier in [&writer, &reader] {
+        let got = tier.get(&"large".to_string()).await.unwrap().unwrap();
+        assert_eq!(got.value, large);
+        let got = tier
+            .get_many(&["large".to_string(), "small".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(got[0].as_ref().unwrap().value, large);
+        assert_eq!(got[1].as_ref().unwrap().value, small);
+    }
+    assert_eq!(writer.corrupt_values() + reader.corrupt_values(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_compressed_value_is_a_miss_deleted_and_counted() {
+    let server = RedisServer::start();
+    let tier = compressing_tier(&server, "thumbs", 1024).await;
+    let mut bad = b"LC\x02".to_vec();
+    bad.extend_from_slice(&u64::MAX.to_be_bytes());
+    bad.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f, 0x10, 0x41]); // claims 2 GiB
+    for (key, value) in [
+        ("bomb", bad.clone()),
+        ("garbled", {
+            let mut g = bad[..11].to_vec();
+            g.extend_from_slice(&[100, 0, 0, 0, 0xff, 0xff]);
+            g
+        }),
+    ] {
+        tier.pool()
+            .next()
+            .set::<(), _, _>(format!("thumbs:{key}"), value.as_slice(), None, None, false)
+            .await
+            .unwrap();
+        let got = tier.get(&key.to_string()).await;
+        assert!(matches!(got, Ok(None)), "{key}: {got:?}");
+        assert_eq!(
+            server
+                .cli(&["EXISTS", &format!("thumbs:{key}")])
+                .unwrap()
+                .trim(),
+            "0",
+            "{key} was not deleted"
+        );
+    }
+    assert_eq!(tier.corrupt_values(), 2);
+}

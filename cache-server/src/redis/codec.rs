@@ -53,6 +53,15 @@ where
 const MAGIC: &[u8; 2] = b"LC";
 /// The envelope version this build writes and reads.
 pub(crate) const ENVELOPE_VERSION: u8 = 1;
+/// The same envelope, its payload LZ4-compressed (size prepended). Written and
+/// read only with the `compression` feature; a build without it reports such a
+/// value as another version.
+#[cfg(feature = "compression")]
+pub(crate) const COMPRESSED_VERSION: u8 = 2;
+/// The most a compressed payload may claim to expand to (a corrupt or hostile
+/// length must not make a read allocate without bound).
+#[cfg(feature = "compression")]
+pub(crate) const MAX_DECOMPRESSED: usize = 128 << 20;
 /// Magic, version, expiry (u64 big-endian milliseconds).
 pub(crate) const HEADER_LEN: usize = 2 + 1 + 8;
 
@@ -90,20 +99,62 @@ impl fmt::Display for Corrupt {
     }
 }
 
+/// A stored value, opened.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Opened<'a> {
+    pub(crate) expires_at: Timestamp,
+    pub(crate) payload: &'a [u8],
+    /// The payload is LZ4-compressed (feature `compression`).
+    pub(crate) compressed: bool,
+}
+
 /// Splits an envelope into its expiry and payload.
-pub(crate) fn open(bytes: &[u8]) -> Result<(Timestamp, &[u8]), Corrupt> {
+pub(crate) fn open(bytes: &[u8]) -> Result<Opened<'_>, Corrupt> {
     if bytes.len() < HEADER_LEN || &bytes[..2] != MAGIC {
         return Err(Corrupt::NotAnEnvelope);
     }
-    if bytes[2] != ENVELOPE_VERSION {
-        return Err(Corrupt::Version(bytes[2]));
-    }
+    let compressed = match bytes[2] {
+        ENVELOPE_VERSION => false,
+        #[cfg(feature = "compression")]
+        COMPRESSED_VERSION => true,
+        other => return Err(Corrupt::Version(other)),
+    };
     let mut millis = [0u8; 8];
     millis.copy_from_slice(&bytes[3..HEADER_LEN]);
-    Ok((
-        Timestamp::from_unix_millis(u64::from_be_bytes(millis)),
-        &bytes[HEADER_LEN..],
-    ))
+    Ok(Opened {
+        expires_at: Timestamp::from_unix_millis(u64::from_be_bytes(millis)),
+        payload: &bytes[HEADER_LEN..],
+        compressed,
+    })
+}
+
+/// Compresses the payload of the envelope in `buf` when it is longer than
+/// `above` bytes and compression makes it smaller; marks the envelope.
+#[cfg(feature = "compression")]
+pub(crate) fn compress(buf: &mut Vec<u8>, above: usize) {
+    let payload = &buf[HEADER_LEN..];
+    if payload.len() <= above {
+        return;
+    }
+    let packed = lz4_flex::compress_prepend_size(payload);
+    if packed.len() >= payload.len() {
+        return;
+    }
+    buf.truncate(HEADER_LEN);
+    buf[2] = COMPRESSED_VERSION;
+    buf.extend_from_slice(&packed);
+}
+
+/// The payload of a compressed envelope, expanded; `None` if it is corrupt or
+/// claims more than [`MAX_DECOMPRESSED`] bytes.
+#[cfg(feature = "compression")]
+pub(crate) fn decompress(payload: &[u8]) -> Option<Vec<u8>> {
+    let claimed = payload.get(..4)?;
+    let claimed = u32::from_le_bytes(claimed.try_into().ok()?) as usize;
+    if claimed > MAX_DECOMPRESSED {
+        return None;
+    }
+    lz4_flex::decompress_size_prepended(payload).ok()
 }
 
 #[cfg(test)]
@@ -116,7 +167,12 @@ mod tests {
         let mut buf = Vec::new();
         write_header(Timestamp::from_unix_millis(42), &mut buf);
         buf.extend_from_slice(b"payload");
-        let (at, payload) = open(&buf).unwrap();
+        let Opened {
+            expires_at: at,
+            payload,
+            compressed,
+        } = open(&buf).unwrap();
+        assert!(!compressed);
         assert_eq!(at, Timestamp::from_unix_millis(42));
         assert_eq!(payload, b"payload");
 
@@ -125,6 +181,64 @@ mod tests {
         let mut old = buf.clone();
         old[2] = 0;
         assert_eq!(open(&old).unwrap_err(), Corrupt::Version(0));
+    }
+
+    fn envelope(payload: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write_header(Timestamp::from_unix_millis(42), &mut buf);
+        buf.extend_from_slice(payload);
+        buf
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn large_payloads_are_compressed_and_flagged_small_ones_are_not() {
+        let large: Vec<u8> = b"https://img.example/avatar?".repeat(800);
+        let mut buf = envelope(&large);
+        compress(&mut buf, 1024);
+        assert_eq!(buf[2], COMPRESSED_VERSION);
+        assert!(buf.len() < large.len() / 4, "{} bytes", buf.len());
+        let opened = open(&buf).unwrap();
+        assert!(opened.compressed);
+        assert_eq!(opened.expires_at, Timestamp::from_unix_millis(42));
+        assert_eq!(decompress(opened.payload).unwrap(), large);
+
+        let small = envelope(b"short");
+        let mut kept = small.clone();
+        compress(&mut kept, 1024);
+        assert_eq!(kept, small, "a payload under the threshold was touched");
+        // Incompressible: stored as it is.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let mut raw = envelope(&noise);
+        compress(&mut raw, 1024);
+        assert_eq!(raw[2], ENVELOPE_VERSION);
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn corrupt_or_oversized_compressed_payloads_are_refused_without_panicking() {
+        assert!(decompress(b"").is_none());
+        assert!(decompress(&[1, 0, 0]).is_none());
+        // Claims 4 GiB.
+        assert!(decompress(&[0xff, 0xff, 0xff, 0xff, 0x10, 0x41]).is_none());
+        // Claims 100 bytes, holds garbage.
+        assert!(decompress(&[100, 0, 0, 0, 0xff, 0xff, 0xff]).is_none());
+    }
+
+    #[cfg(not(feature = "compression"))]
+    #[test]
+    fn without_the_feature_a_compressed_envelope_is_another_version() {
+        let mut buf = envelope(b"x");
+        buf[2] = 2;
+        assert_eq!(open(&buf).unwrap_err(), Corrupt::Version(2));
     }
 
     #[test]

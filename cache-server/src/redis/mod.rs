@@ -193,6 +193,9 @@ struct Inner<C> {
     layout: Layout,
     /// How old a stamp may be when its fill is written.
     horizon: Duration,
+    /// Payloads longer than this are LZ4-compressed.
+    #[cfg(feature = "compression")]
+    compress_above: Option<usize>,
     corrupt: AtomicU64,
     /// Whether the pool was made here (and is closed when the tier is dropped).
     owned: bool,
@@ -671,16 +674,36 @@ impl<C> Inner<C> {
     where
         C: Codec<V>,
     {
-        let (expires_at, payload) = match open(bytes) {
-            Ok(parts) => parts,
+        let opened = match open(bytes) {
+            Ok(opened) => opened,
             Err(why) => {
                 self.corrupt(rkey, why, Some(bytes)).await;
                 return None;
             }
         };
+        let expires_at = opened.expires_at;
         if now >= expires_at {
             return None;
         }
+        #[cfg(feature = "compression")]
+        let expanded;
+        let payload = if opened.compressed {
+            #[cfg(feature = "compression")]
+            {
+                let Some(bytes_out) = codec::decompress(opened.payload) else {
+                    self.corrupt(rkey, Corrupt::Payload, Some(bytes)).await;
+                    return None;
+                };
+                expanded = bytes_out;
+                &expanded[..]
+            }
+            #[cfg(not(feature = "compression"))]
+            {
+                opened.payload
+            }
+        } else {
+            opened.payload
+        };
         match self.codec.decode(payload) {
             Ok(value) => Some(Entry::new(value, expires_at)),
             Err(_) => {
@@ -702,6 +725,10 @@ impl<C> Inner<C> {
                 tier: self.name.to_string(),
                 reason: e.to_string(),
             })?;
+        #[cfg(feature = "compression")]
+        if let Some(above) = self.compress_above {
+            codec::compress(&mut buf, above);
+        }
         Ok(Bytes::from(buf))
     }
 
@@ -1044,6 +1071,8 @@ pub struct RedisTierBuilder<V, C = MsgPackCodec> {
     lazy: bool,
     horizon: Duration,
     shards: u16,
+    #[cfg(feature = "compression")]
+    compress_above: Option<usize>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -1083,6 +1112,8 @@ impl<V> Default for RedisTierBuilder<V, MsgPackCodec> {
             policy: default_reconnect_policy(),
             lazy: false,
             horizon: DEFAULT_FENCE_HORIZON,
+            #[cfg(feature = "compression")]
+            compress_above: None,
             shards: DEFAULT_CLUSTER_SHARDS,
             _value: PhantomData,
         }
@@ -1176,6 +1207,8 @@ where
             lazy: self.lazy,
             horizon: self.horizon,
             shards: self.shards,
+            #[cfg(feature = "compression")]
+            compress_above: self.compress_above,
             _value: PhantomData,
         }
     }
@@ -1236,6 +1269,31 @@ where
         self
     }
 
+    /// Compresses (LZ4) every stored payload longer than `bytes`, when that makes
+    /// it smaller; such values are flagged in their envelope (version 2) and
+    /// expanded on read. Feature `compression`. Every instance sharing the
+    /// namespace must be built with the feature (one without it reports such
+    /// values as corrupt and deletes them); instances may use different
+    /// thresholds. A stored value that claims to expand past 128 MiB is
+    /// treated as corrupt.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> cache_core::Result<()> {
+    /// use cache_server::RedisTier;
+    /// let tier = RedisTier::<Vec<u8>>::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .namespace("thumbnails")
+    ///     .compress_above(4 * 1024)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = tier; Ok(()) }
+    /// ```
+    #[cfg(feature = "compression")]
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = Some(bytes);
+        self
+    }
+
     /// Connects and builds the tier. Fails if the namespace is invalid, or (unless
     /// [`lazy_connect`](Self::lazy_connect)) if the first connection cannot be
     /// made.
@@ -1278,6 +1336,8 @@ where
                 clustered,
                 layout,
                 horizon: self.horizon,
+                #[cfg(feature = "compression")]
+                compress_above: self.compress_above,
                 corrupt: AtomicU64::new(0),
                 owned,
             }),
