@@ -251,6 +251,10 @@ where
         self.inject(Operation::Get).await?;
         self.inner.get_stamped(key).await
     }
+    async fn stamp(&self, key: &K) -> Result<crate::Stamp> {
+        self.inject(Operation::Get).await?;
+        self.inner.stamp(key).await
+    }
     async fn get_many_stamped(&self, keys: &[K]) -> Result<Vec<(Option<Entry<V>>, crate::Stamp)>> {
         self.inject(Operation::GetMany).await?;
         self.inner.get_many_stamped(keys).await

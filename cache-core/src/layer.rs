@@ -139,6 +139,15 @@ where
         Ok((self.get(key).await?, Stamp::NONE))
     }
 
+    /// The [`Stamp`] a later [`CacheLayer::put_fenced`] of `key` must present,
+    /// whether or not the tier holds the key: what a background refresh of a
+    /// value the tier still holds takes before it loads. The default stamps
+    /// nothing ([`Stamp::NONE`]).
+    async fn stamp(&self, key: &K) -> Result<Stamp> {
+        let _ = key;
+        Ok(Stamp::NONE)
+    }
+
     /// [`CacheLayer::get_stamped`] for many keys, in order. The default calls
     /// [`CacheLayer::get_many`] and stamps nothing.
     async fn get_many_stamped(&self, keys: &[K]) -> Result<Vec<(Option<Entry<V>>, Stamp)>> {
@@ -271,6 +280,15 @@ macro_rules! forward_layer {
                 Self: 'f,
             {
                 (**self).get_stamped(key)
+            }
+            #[inline]
+            fn stamp<'s, 'k, 'f>(&'s self, key: &'k K) -> BoxFuture<'f, Result<Stamp>>
+            where
+                's: 'f,
+                'k: 'f,
+                Self: 'f,
+            {
+                (**self).stamp(key)
             }
             #[inline]
             fn get_many_stamped<'s, 'k, 'f>(

@@ -124,7 +124,7 @@ pub use tiered::{
     TierSelection, TieredCache, TieredCacheBuilder, DEFAULT_BREAKER,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
-pub use timer::{DefaultTimer, Timer};
+pub use timer::{DefaultTimer, Spawn, Timer};
 
 /// Re-exported so tier implementations use the same `async_trait` as the trait.
 pub use async_trait::async_trait;

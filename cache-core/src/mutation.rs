@@ -26,6 +26,9 @@ pub enum Mutation {
     NoCatchUnwind,
     /// Failure 6: fills ignore the shared tier's stamp (a plain `put`).
     IgnoreStamps,
+    /// A refresh-ahead reload writes what it loaded with plain `put`s instead
+    /// of fenced fills.
+    UnfencedRefresh,
 }
 
 #[cfg(feature = "mutations")]

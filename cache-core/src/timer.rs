@@ -50,3 +50,36 @@ impl Timer for DefaultTimer {
         Box::pin(futures_timer::Delay::new(duration))
     }
 }
+
+/// Runs a future to completion in the background: how the chain refreshes an
+/// entry ahead of its expiry ([`TieredCacheBuilder::refresh_ahead`](crate::TieredCacheBuilder::refresh_ahead))
+/// without holding up the read that noticed it. Any closure taking the boxed
+/// future is one: on tokio, `|task| { tokio::spawn(task); }`; on wasm32,
+/// `wasm_bindgen_futures::spawn_local`, which runs it on the page's event loop.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use cache_core::{BoxFuture, Spawn};
+///
+/// // A spawner that keeps its tasks for a test to run by hand.
+/// let queue: Arc<Mutex<Vec<BoxFuture<'static, ()>>>> = Arc::default();
+/// let q = queue.clone();
+/// let spawner = move |task: BoxFuture<'static, ()>| q.lock().unwrap().push(task);
+/// spawner.spawn(Box::pin(async {}));
+/// for task in queue.lock().unwrap().drain(..) {
+///     futures_executor::block_on(task);
+/// }
+/// ```
+pub trait Spawn: MaybeSend + MaybeSync + 'static {
+    /// Runs `task` to completion, detached from the caller.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+}
+
+impl<F> Spawn for F
+where
+    F: Fn(BoxFuture<'static, ()>) + MaybeSend + MaybeSync + 'static,
+{
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self(task);
+    }
+}

@@ -1075,3 +1075,104 @@ async fn get_with_joins_a_load_in_flight_instead_of_calling_its_loader() {
     assert_eq!(b.unwrap().unwrap().value(), "first");
     assert_eq!(calls.load(Ordering::SeqCst), 0, "the second loader ran");
 }
+
+type Queue = Arc<std::sync::Mutex<Vec<cache_core::BoxFuture<'static, ()>>>>;
+
+/// A chain of two memory tiers over `origin` refreshing within 10 minutes of
+/// expiry, its background tasks kept in a queue for the test to run.
+fn refreshing(
+    clock: &ManualClock,
+    origin: impl Loader<String, String>,
+) -> (
+    TieredCache<String, String>,
+    Arc<MemoryTier<String, String>>,
+    Queue,
+) {
+    let l1 = mem("l1", clock);
+    let queue: Queue = Arc::default();
+    let q = queue.clone();
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(l1.clone()))
+        .tier(Tier::shared(mem("l2", clock)))
+        .origin(origin)
+        .refresh_ahead(Duration::from_secs(600), move |task| {
+            q.lock().unwrap().push(task)
+        })
+        .build();
+    (cache, l1, queue)
+}
+
+fn take(queue: &Queue) -> Vec<cache_core::BoxFuture<'static, ()>> {
+    queue.lock().unwrap().drain(..).collect()
+}
+
+#[tokio::test]
+async fn refresh_ahead_reloads_once_in_the_background_while_readers_keep_the_value() {
+    let clock = ManualClock::new();
+    let origin = Origin::new(&clock);
+    let (cache, l1, queue) = refreshing(&clock, origin.clone());
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v1");
+    // Outside the window: nothing to refresh.
+    clock.advance(Duration::from_secs(2_000));
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v1");
+    assert!(take(&queue).is_empty(), "refreshed outside the window");
+    // 9 minutes left: every hit gets v1 at once; one reload is queued.
+    clock.advance(Duration::from_secs(1_060));
+    for _ in 0..20 {
+        let hit = cache.get(&k("a")).await.unwrap().unwrap();
+        assert_eq!(hit.value(), "a@v1");
+        assert!(matches!(hit.source, Source::Tier { index: 0, .. }));
+    }
+    let got = cache.get_many(&[k("a"), k("a")]).await.unwrap();
+    assert!(got.iter().all(|l| l.as_ref().unwrap().value() == "a@v1"));
+    let tasks = take(&queue);
+    assert_eq!(tasks.len(), 1, "one reload per key");
+    assert_eq!(origin.loads(), 1, "the reload ran in the read");
+    for task in tasks {
+        task.await;
+    }
+    assert_eq!(origin.loads(), 2);
+    let fresh = l1.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(fresh.value, "a@v2", "the reload did not reach tier 0");
+    assert_eq!(fresh.expires_at, clock.now().saturating_add(HOUR));
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v2");
+    assert!(take(&queue).is_empty(), "a fresh entry was refreshed again");
+}
+
+#[tokio::test]
+async fn an_invalidation_during_a_refresh_wins_over_it() {
+    let clock = ManualClock::new();
+    let gate = Arc::new(common::Gate::default());
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let version = Arc::new(AtomicUsize::new(0));
+    let (g, a, v, c) = (gate.clone(), armed.clone(), version.clone(), clock.clone());
+    let origin = loader_fn(move |key: String| {
+        let (g, a, v, now) = (g.clone(), a.clone(), v.clone(), c.now());
+        async move {
+            // Reads the version first, then (when armed) waits: it lands after
+            // the invalidation with what it read before it.
+            let n = v.fetch_add(1, Ordering::SeqCst) + 1;
+            if a.load(Ordering::SeqCst) {
+                g.wait().await;
+            }
+            Ok::<_, BoxError>(Some(Entry::expiring_in(format!("{key}@v{n}"), now, HOUR)))
+        }
+    });
+    let (cache, l1, queue) = refreshing(&clock, origin);
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v1");
+    clock.advance(Duration::from_secs(3_300));
+    armed.store(true, Ordering::SeqCst);
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v1");
+    let task = tokio::spawn(take(&queue).pop().expect("a reload was queued"));
+    gate.reached().await;
+    cache.invalidate(&k("a")).await.unwrap();
+    gate.open();
+    task.await.unwrap();
+    assert!(
+        l1.get(&k("a")).await.unwrap().is_none(),
+        "the reload that read before the invalidation was written after it"
+    );
+    armed.store(false, Ordering::SeqCst);
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v3");
+}

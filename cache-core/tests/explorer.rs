@@ -656,6 +656,11 @@ fn build(seed: u64) -> Run {
                         .no_circuit_breaker(),
                 )
                 .origin(origin)
+                .refresh_ahead(Duration::from_millis(30), {
+                    // Background reloads run as tasks of the schedule.
+                    let w = world.clone();
+                    move |task| lock(&w).spawned.push(task)
+                })
                 .serve_stale_on_error(Duration::from_millis(50), 100)
                 .build();
             Instance {
@@ -1203,6 +1208,10 @@ fn the_explorer_catches_each_reverted_fix() {
         (
             Mutation::IgnoreStamps,
             "6 another instance's fill lands in the shared tier",
+        ),
+        (
+            Mutation::UnfencedRefresh,
+            "a refresh-ahead reload that read before an invalidation lands after it",
         ),
     ];
     for (m, what) in mutations {

@@ -553,3 +553,92 @@ async fn the_stamp_tests_catch_a_tier_that_ignores_stamps() {
         assert!(result.is_ok(), "{ns}: {result:?}");
     }
 }
+
+/// Refresh ahead of expiry over a real Redis tier: the reload takes the
+/// tier's stamp first (the entry is still there, so no read handed one out)
+/// and its fenced fill is accepted; another instance's invalidation while it
+/// loads voids it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_refreshes_redis_and_loses_to_an_invalidation() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let server = RedisServer::start();
+    let url = server.url();
+    let clock = cache_core::ManualClock::new();
+    let shared = RedisTier::<String>::builder()
+        .url(url.as_str())
+        .namespace("refresh")
+        .clock(clock.clone())
+        .pool_size(1)
+        .build()
+        .await
+        .unwrap();
+    let other = tier(&url, "refresh").await;
+    let version = Arc::new(AtomicUsize::new(0));
+    let hold = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (v, h, r, c) = (
+        version.clone(),
+        hold.clone(),
+        release.clone(),
+        clock.clone(),
+    );
+    let origin = cache_core::loader_fn(move |key: String| {
+        let (v, h, r, now) = (v.clone(), h.clone(), r.clone(), c.now());
+        async move {
+            let n = v.fetch_add(1, Ordering::SeqCst) + 1;
+            if h.load(Ordering::SeqCst) {
+                r.notified().await;
+            }
+            Ok::<_, cache_core::BoxError>(Some(Entry::expiring_in(
+                format!("{key}@v{n}"),
+                now,
+                Duration::from_secs(60),
+            )))
+        }
+    });
+    type Queue = Arc<Mutex<Vec<cache_core::BoxFuture<'static, ()>>>>;
+    let queue: Queue = Arc::default();
+    let q = queue.clone();
+    let chain: cache_core::TieredCache<String, String> = cache_core::TieredCache::builder()
+        .clock(clock.clone())
+        .tier(cache_core::Tier::new(shared.clone()))
+        .origin(origin)
+        .refresh_ahead(Duration::from_secs(10), move |task| {
+            q.lock().unwrap().push(task)
+        })
+        .build();
+    let key = "k".to_string();
+    // Invalidated once before: its generation has moved, so only a stamp taken
+    // now (not "no stamp") lets a fill in.
+    other.remove(&key).await.unwrap();
+    assert_eq!(chain.get(&key).await.unwrap().unwrap().value(), "k@v1");
+
+    // 5 s left: the hit queues a reload, which lands in Redis.
+    clock.advance(Duration::from_secs(55));
+    assert_eq!(chain.get(&key).await.unwrap().unwrap().value(), "k@v1");
+    let tasks: Vec<_> = queue.lock().unwrap().drain(..).collect();
+    assert_eq!(tasks.len(), 1);
+    for task in tasks {
+        task.await;
+    }
+    assert_eq!(shared.get(&key).await.unwrap().unwrap().value, "k@v2");
+
+    // Again, and another instance invalidates while the reload waits.
+    clock.advance(Duration::from_secs(55));
+    hold.store(true, Ordering::SeqCst);
+    assert_eq!(chain.get(&key).await.unwrap().unwrap().value(), "k@v2");
+    let task = queue.lock().unwrap().pop().expect("a reload was queued");
+    let running = tokio::spawn(task);
+    while version.load(Ordering::SeqCst) < 3 {
+        tokio::task::yield_now().await;
+    }
+    assert!(other.remove(&key).await.unwrap());
+    release.notify_one();
+    running.await.unwrap();
+    assert!(
+        shared.get(&key).await.unwrap().is_none(),
+        "the reload that read before the invalidation landed in Redis after it"
+    );
+}

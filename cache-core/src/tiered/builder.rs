@@ -169,6 +169,7 @@ pub struct TieredCacheBuilder<K, V> {
     negative_capacity: usize,
     stale_grace: Option<Duration>,
     stale_capacity: usize,
+    refresh: Option<(Duration, Arc<dyn crate::Spawn>)>,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V>
@@ -198,6 +199,7 @@ impl<K, V> Default for TieredCacheBuilder<K, V> {
             observer: None,
             negative_ttl: None,
             negative_capacity: 10_000,
+            refresh: None,
             stale_grace: None,
             stale_capacity: 10_000,
         }
@@ -277,6 +279,52 @@ where
         self
     }
 
+    /// Refresh ahead of expiry: a hit on an entry that expires within `window`
+    /// starts one background reload from the origin, run by `spawner`, while
+    /// this read and every other keeps getting the value found. The reload is a
+    /// load like any other: one per key (a miss meanwhile joins it), its result
+    /// written into every tier by fenced fills (each tier's stamp taken before
+    /// it loads), so an invalidation that begins after the hit wins over it. An
+    /// origin that fails or finds nothing leaves the entry to expire as it
+    /// would have. Needs an origin; a chain without one never refreshes.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use cache_core::{loader_fn, BoxError, BoxFuture, Clock, Entry, ManualClock, MemoryTier, Source, Tier, TieredCache};
+    ///
+    /// # futures_executor::block_on(async {
+    /// let clock = ManualClock::new();
+    /// let c = clock.clone();
+    /// let origin = loader_fn(move |key: String| {
+    ///     let now = c.now();
+    ///     async move { Ok::<_, BoxError>(Some(Entry::expiring_in(format!("{key} at {now:?}"), now, Duration::from_secs(60)))) }
+    /// });
+    /// // On tokio: `|task| { tokio::spawn(task); }`. Here, a queue run by hand.
+    /// let queue: Arc<Mutex<Vec<BoxFuture<'static, ()>>>> = Arc::default();
+    /// let q = queue.clone();
+    /// let cache: TieredCache<String, String> = TieredCache::builder()
+    ///     .clock(clock.clone())
+    ///     .tier(Tier::new(MemoryTier::builder().clock(clock.clone()).build()))
+    ///     .origin(origin)
+    ///     .refresh_ahead(Duration::from_secs(10), move |task| q.lock().unwrap().push(task))
+    ///     .build();
+    /// let key = "k".to_string();
+    /// let first = cache.get(&key).await?.expect("loaded").into_value();
+    /// clock.advance(Duration::from_secs(55)); // 5 s left: within the window
+    /// let hit = cache.get(&key).await?.expect("cached");
+    /// assert_eq!((hit.value(), hit.source), (&first, Source::Tier { index: 0, name: "memory" }));
+    /// for task in queue.lock().unwrap().drain(..) {
+    ///     task.await; // the reload
+    /// }
+    /// assert_ne!(cache.get(&key).await?.expect("refreshed").into_value(), first);
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn refresh_ahead(mut self, window: Duration, spawner: impl crate::Spawn) -> Self {
+        self.refresh = Some((window, Arc::new(spawner)));
+        self
+    }
+
     /// The chain.
     pub fn build(self) -> TieredCache<K, V> {
         let tiers = self
@@ -331,6 +379,13 @@ where
                 next_flight: AtomicU64::new(1),
                 negative,
                 stale,
+                refresh: self
+                    .refresh
+                    .map(|(window, spawner)| super::refresh::Refresh {
+                        window,
+                        spawner,
+                        pending: Mutex::new(std::collections::HashSet::new()),
+                    }),
             }),
         }
     }

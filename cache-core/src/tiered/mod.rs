@@ -19,6 +19,7 @@ mod invalidate;
 mod loader;
 mod observe;
 mod read;
+mod refresh;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -111,6 +112,7 @@ pub(crate) struct Inner<K, V> {
     next_flight: AtomicU64,
     negative: Option<NegativeCache<K>>,
     stale: Option<StaleStore<K, V>>,
+    refresh: Option<refresh::Refresh<K>>,
 }
 
 /// A read: done at once (a tier-0 hit, a bad key), or the boxed rest.
@@ -354,6 +356,9 @@ where
         // in the boxed slow path below, from where the fast path stopped.
         let (next, failed, stamp) = match inner.read_tier_now(0, key) {
             Some(Read::Hit(entry)) => {
+                if inner.refresh.is_some() {
+                    Inner::refresh_if_due(&self.inner, key, &entry);
+                }
                 return Either::Left(ready(Ok(Some(Lookup {
                     entry,
                     source: Source::Tier {

@@ -65,6 +65,9 @@ where
                     {
                         continue;
                     }
+                    if inner.refresh.is_some() {
+                        Inner::refresh_if_due(&self.inner, key, &entry);
+                    }
                     return Ok(Some(Lookup {
                         entry,
                         source: Source::Tier {
@@ -136,6 +139,9 @@ where
             for (&j, (entry, stamp)) in pending.iter().zip(found) {
                 match entry {
                     Some(entry) => {
+                        if inner.refresh.is_some() {
+                            Inner::refresh_if_due(&self.inner, &keys[j], &entry);
+                        }
                         let targets = targets_of(&stamps[j]);
                         if !targets.is_empty() {
                             hits.push((keys[j].clone(), entry.clone(), targets));

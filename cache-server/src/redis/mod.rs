@@ -925,6 +925,15 @@ where
         Ok((None, stamps.first().copied().unwrap_or(Stamp::NONE)))
     }
 
+    async fn stamp(&self, key: &K) -> Result<Stamp> {
+        let keys = self.fence_keys(key)?;
+        let stamps = self
+            .inner
+            .stamps(std::slice::from_ref(&keys), Operation::Get)
+            .await?;
+        Ok(stamps.first().copied().unwrap_or(Stamp::NONE))
+    }
+
     async fn get_many_stamped(&self, keys: &[K]) -> Result<Vec<(Option<Entry<V>>, Stamp)>> {
         let values = self.fetch_many(keys).await?;
         let misses: Vec<usize> = (0..values.len()).filter(|&i| values[i].is_none()).collect();

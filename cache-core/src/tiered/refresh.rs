@@ -1,0 +1,109 @@
+//! Refresh ahead of expiry: a hit on an entry within the refresh window of its
+//! expiry starts one background reload (single-flight, fenced like any load),
+//! while readers keep getting the value they found.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::flight::Ask;
+use super::Inner;
+use crate::mutation::{self, Mutation};
+use crate::{ByteSize, CacheKey, Clock, Entry, MaybeSend, MaybeSync, Spawn, Timestamp};
+
+pub(crate) struct Refresh<K> {
+    pub(super) window: Duration,
+    pub(super) spawner: Arc<dyn Spawn>,
+    /// Keys whose refresh was started and has not finished (its flight may not
+    /// be registered yet).
+    pub(super) pending: Mutex<HashSet<K>>,
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+{
+    /// Called on every hit when refresh-ahead is on: starts a background reload
+    /// of `key` when `entry` expires within the window and none is under way.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn refresh_if_due(this: &Arc<Self>, key: &K, entry: &Entry<V>) {
+        let Some(refresh) = &this.refresh else {
+            return;
+        };
+        if this.origin.is_none() || entry.expires_at == Timestamp::MAX {
+            return;
+        }
+        if entry.expires_at.duration_since(this.clock.now()) > refresh.window {
+            return;
+        }
+        if this.lock_flights().get(key).is_some_and(|f| f.is_live()) {
+            return;
+        }
+        if !lock(&refresh.pending).insert(key.clone()) {
+            return;
+        }
+        // Taken now: an invalidation that begins after this hit voids the
+        // reload's fills, as it would a read's.
+        let ticket = this.fences.ticket();
+        let task = Self::refresh(this.clone(), key.clone(), ticket);
+        refresh.spawner.spawn(Box::pin(task));
+    }
+
+    async fn refresh(this: Arc<Self>, key: K, ticket: u64) {
+        struct Done<'a, K: CacheKey>(&'a Mutex<HashSet<K>>, &'a K);
+        impl<K: CacheKey> Drop for Done<'_, K> {
+            fn drop(&mut self) {
+                lock(self.0).remove(self.1);
+            }
+        }
+        let Some(refresh) = &this.refresh else {
+            return;
+        };
+        let _done = Done(&refresh.pending, &key);
+        // Every tier's stamp, taken before the load as a read takes its own;
+        // a tier that cannot give one is not written.
+        let stamps = join_all(this.tiers.iter().map(|slot| slot.layer.stamp(&key))).await;
+        let targets = stamps
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, stamp)| stamp.ok().map(|s| (i, s)))
+            .collect();
+        let ask = Ask {
+            key: key.clone(),
+            targets,
+        };
+        if mutation::on(Mutation::UnfencedRefresh) {
+            return Self::unfenced_refresh(&this, &key).await;
+        }
+        if let Some(flight) = Self::join_or_start_many(&this, vec![ask], ticket, None).pop() {
+            // The outcome reaches the observer and the tiers through the flight.
+            let _ = flight.await;
+        }
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+{
+    /// The reverted fix (`Mutation::UnfencedRefresh`): load, then plain puts.
+    async fn unfenced_refresh(this: &Arc<Self>, key: &K) {
+        let Some(origin) = this.origin.clone() else {
+            return;
+        };
+        if let Ok(Some(entry)) = origin.load(key).await {
+            for slot in &this.tiers {
+                let _ = slot.layer.put(key, entry.clone()).await;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
