@@ -120,8 +120,8 @@ pub use observer::{Event, EventKind, EventSource, Observer};
 pub use report::{ChainOp, TierAction, TierOutcome, TierReport};
 pub use size::ByteSize;
 pub use tiered::{
-    loader_fn, ExpiredFromOrigin, FnLoader, Loader, LoaderPanicked, Lookup, Source, Tier,
-    TierSelection, TieredCache, TieredCacheBuilder, DEFAULT_BREAKER,
+    loader_fn, ExpiredFromOrigin, FnLoader, Loader, LoaderPanicked, Lookup, OriginTimedOut, Source,
+    Tier, TierSelection, TieredCache, TieredCacheBuilder, DEFAULT_BREAKER,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use timer::{DefaultTimer, Spawn, Timer};

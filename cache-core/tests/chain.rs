@@ -1176,3 +1176,137 @@ async fn an_invalidation_during_a_refresh_wins_over_it() {
     armed.store(false, Ordering::SeqCst);
     assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v3");
 }
+
+/// An origin answering `<key>@v<n>` for an hour, which waits at `gate` while
+/// `slow` is set.
+fn slow_origin(
+    clock: &ManualClock,
+    gate: &Arc<Gate>,
+    slow: &Arc<std::sync::atomic::AtomicBool>,
+) -> impl Loader<String, String> {
+    let (c, g, s) = (clock.clone(), gate.clone(), slow.clone());
+    let n = Arc::new(AtomicUsize::new(0));
+    loader_fn(move |key: String| {
+        let (now, g, s, n) = (c.now(), g.clone(), s.clone(), n.clone());
+        async move {
+            let v = n.fetch_add(1, Ordering::SeqCst) + 1;
+            if s.load(Ordering::SeqCst) {
+                g.wait().await;
+            }
+            Ok::<_, BoxError>(Some(Entry::expiring_in(format!("{key}@v{v}"), now, HOUR)))
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_slower_than_the_soft_timeout_answers_stale_and_lands_in_the_background() {
+    let clock = ManualClock::new();
+    let (gate, slow) = (Arc::new(Gate::default()), Arc::default());
+    let l1 = mem("l1", &clock);
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .timer(TokioTimer)
+        .tier(Tier::shared(l1.clone()))
+        .origin(slow_origin(&clock, &gate, &slow))
+        .serve_stale_on_error(HOUR, 100)
+        .soft_origin_timeout(Duration::from_millis(100), |task| {
+            tokio::spawn(task);
+        })
+        .origin_timeout(Duration::from_secs(30))
+        .build();
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v1");
+    clock.advance(HOUR); // expired, kept as stale
+    slow.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let got = cache.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!((got.value().as_str(), got.source), ("a@v1", Source::Stale));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(100),
+        "not the soft timeout"
+    );
+    // The load goes on without a reader and fills the tier when it lands.
+    gate.open();
+    for _ in 0..100 {
+        if l1.get(&k("a")).await.unwrap().is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(l1.get(&k("a")).await.unwrap().unwrap().value, "a@v2");
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_stale_value_a_read_waits_and_the_hard_timeout_fails_the_load() {
+    let clock = ManualClock::new();
+    let (gate, slow) = (
+        Arc::new(Gate::default()),
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    );
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .timer(TokioTimer)
+        .tier(Tier::shared(mem("l1", &clock)))
+        .origin(slow_origin(&clock, &gate, &slow))
+        .serve_stale_on_error(HOUR, 100)
+        .soft_origin_timeout(Duration::from_millis(100), |task| {
+            tokio::spawn(task);
+        })
+        .origin_timeout(Duration::from_secs(2))
+        .build();
+    let started = tokio::time::Instant::now();
+    let err = cache.get(&k("never-cached")).await.unwrap_err();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "not the hard timeout"
+    );
+    let Error::Origin { source } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        source
+            .downcast_ref::<cache_core::OriginTimedOut>()
+            .is_some(),
+        "{err}"
+    );
+    // The next read starts a new load (the timed-out one is gone).
+    slow.store(false, Ordering::SeqCst);
+    assert_eq!(
+        cache
+            .get(&k("never-cached"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value(),
+        "never-cached@v2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_within_the_soft_timeout_is_waited_for() {
+    let clock = ManualClock::new();
+    let (gate, slow) = (Arc::new(Gate::default()), Arc::default());
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .timer(TokioTimer)
+        .tier(Tier::shared(mem("l1", &clock)))
+        .origin(slow_origin(&clock, &gate, &slow))
+        .serve_stale_on_error(HOUR, 100)
+        .soft_origin_timeout(Duration::from_millis(100), |task| {
+            tokio::spawn(task);
+        })
+        .build();
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v1");
+    clock.advance(HOUR);
+    slow.store(true, Ordering::SeqCst);
+    let key = k("a");
+    let (got, ()) = tokio::join!(cache.get(&key), async {
+        gate.reached().await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        gate.open();
+    });
+    let got = got.unwrap().unwrap();
+    assert_eq!((got.value().as_str(), got.source), ("a@v2", Source::Origin));
+}

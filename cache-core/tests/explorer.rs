@@ -662,6 +662,12 @@ fn build(seed: u64) -> Run {
                     move |task| lock(&w).spawned.push(task)
                 })
                 .serve_stale_on_error(Duration::from_millis(50), 100)
+                .soft_origin_timeout(Duration::from_millis(8), {
+                    // The rest of a load a reader stopped waiting for.
+                    let w = world.clone();
+                    move |task| lock(&w).spawned.push(task)
+                })
+                .origin_timeout(Duration::from_millis(40))
                 .build();
             Instance {
                 cache,

@@ -170,6 +170,8 @@ pub struct TieredCacheBuilder<K, V> {
     stale_grace: Option<Duration>,
     stale_capacity: usize,
     refresh: Option<(Duration, Arc<dyn crate::Spawn>)>,
+    origin_timeout: Option<Duration>,
+    soft_timeout: Option<(Duration, Arc<dyn crate::Spawn>)>,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V>
@@ -200,6 +202,8 @@ impl<K, V> Default for TieredCacheBuilder<K, V> {
             negative_ttl: None,
             negative_capacity: 10_000,
             refresh: None,
+            origin_timeout: None,
+            soft_timeout: None,
             stale_grace: None,
             stale_capacity: 10_000,
         }
@@ -325,6 +329,46 @@ where
         self
     }
 
+    /// The hard origin timeout: a load (from the origin or a
+    /// [`get_with`](TieredCache::get_with) loader) that takes longer fails
+    /// with [`OriginTimedOut`](crate::OriginTimedOut) for every reader waiting
+    /// on it, which then get a stale value if
+    /// [`serve_stale_on_error`](Self::serve_stale_on_error) has one. Measured
+    /// with the chain's [`Timer`].
+    pub fn origin_timeout(mut self, hard: Duration) -> Self {
+        self.origin_timeout = Some(hard);
+        self
+    }
+
+    /// The soft origin timeout: when a single-key read ([`TieredCache::get`],
+    /// [`TieredCache::get_with`]) has to load and a stale value of the key is at
+    /// hand ([`serve_stale_on_error`](Self::serve_stale_on_error)), it waits at
+    /// most `soft` for the load, then answers with the stale value
+    /// ([`Source::Stale`](crate::Source::Stale)) and leaves the load to run on
+    /// `spawner`; when it lands it fills the tiers (fenced, as always). Without
+    /// a stale value the read waits for the load (bounded by
+    /// [`origin_timeout`](Self::origin_timeout), if set).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use cache_core::{BoxFuture, MemoryTier, Tier, TieredCache};
+    ///
+    /// let background: Arc<Mutex<Vec<BoxFuture<'static, ()>>>> = Arc::default();
+    /// let b = background.clone();
+    /// let cache: TieredCache<String, String> = TieredCache::builder()
+    ///     .tier(Tier::new(MemoryTier::new()))
+    ///     .serve_stale_on_error(Duration::from_secs(3_600), 10_000)
+    ///     .soft_origin_timeout(Duration::from_millis(100), move |task| b.lock().unwrap().push(task))
+    ///     .origin_timeout(Duration::from_secs(5))
+    ///     .build();
+    /// # let _ = cache;
+    /// ```
+    pub fn soft_origin_timeout(mut self, soft: Duration, spawner: impl crate::Spawn) -> Self {
+        self.soft_timeout = Some((soft, Arc::new(spawner)));
+        self
+    }
+
     /// The chain.
     pub fn build(self) -> TieredCache<K, V> {
         let tiers = self
@@ -386,6 +430,8 @@ where
                         spawner,
                         pending: Mutex::new(std::collections::HashSet::new()),
                     }),
+                origin_timeout: self.origin_timeout,
+                soft_timeout: self.soft_timeout,
             }),
         }
     }

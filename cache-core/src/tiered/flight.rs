@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use futures_util::future::{FutureExt, Shared, WeakShared};
+use futures_util::future::{select, Either, FutureExt, Shared, WeakShared};
 
 use super::fences::KeyFence;
 use super::fill::Target;
@@ -37,6 +37,12 @@ impl<V> Flight<V> {
 #[derive(Debug, thiserror::Error)]
 #[error("the origin loader panicked: {0}")]
 pub struct LoaderPanicked(pub String);
+
+/// The origin did not answer within the chain's hard origin timeout
+/// ([`TieredCacheBuilder::origin_timeout`](crate::TieredCacheBuilder::origin_timeout)).
+#[derive(Debug, thiserror::Error)]
+#[error("the origin did not answer within {0:?}")]
+pub struct OriginTimedOut(pub Duration);
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -148,6 +154,16 @@ where
                 origin.load(&keys[0]).await.map(|e| vec![e])
             } else {
                 origin.load_many(keys).await
+            }
+        };
+        let load = async {
+            let Some(after) = self.origin_timeout else {
+                return load.await;
+            };
+            let sleep = self.timer.sleep(after);
+            match select(Box::pin(load), sleep).await {
+                Either::Left((result, _)) => result,
+                Either::Right(((), _)) => Err(Box::new(OriginTimedOut(after)) as BoxError),
             }
         };
         if mutation::on(Mutation::NoCatchUnwind) {
@@ -302,23 +318,27 @@ where
                 entry,
                 source: Source::Origin,
             })),
-            Err(source) => match self.stale_value(key) {
-                Some(entry) => {
-                    self.emit(
-                        EventKind::StaleServed,
-                        EventSource::Chain,
-                        &key.key_str(),
-                        Duration::ZERO,
-                        entry.value.byte_size(),
-                        None,
-                    );
-                    Ok(Some(Lookup {
-                        entry,
-                        source: Source::Stale,
-                    }))
-                }
+            Err(source) => match self.serve_stale(key) {
+                Some(lookup) => Ok(Some(lookup)),
                 None => Err(Error::Origin { source }),
             },
         }
+    }
+
+    /// The stale value of `key`, if one is kept, reported to the observer.
+    pub(super) fn serve_stale(&self, key: &K) -> Option<Lookup<'_, V>> {
+        let entry = self.stale_value(key)?;
+        self.emit(
+            EventKind::StaleServed,
+            EventSource::Chain,
+            &key.key_str(),
+            Duration::ZERO,
+            entry.value.byte_size(),
+            None,
+        );
+        Some(Lookup {
+            entry,
+            source: Source::Stale,
+        })
     }
 }

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use futures_util::future::{ready, Either, Ready};
 
 pub use builder::{Tier, TieredCacheBuilder, DEFAULT_BREAKER};
-pub use flight::LoaderPanicked;
+pub use flight::{LoaderPanicked, OriginTimedOut};
 pub use loader::{loader_fn, FnLoader, Loader};
 
 use breaker::Breaker;
@@ -113,6 +113,11 @@ pub(crate) struct Inner<K, V> {
     negative: Option<NegativeCache<K>>,
     stale: Option<StaleStore<K, V>>,
     refresh: Option<refresh::Refresh<K>>,
+    /// Fails a load that takes longer (the hard origin timeout).
+    origin_timeout: Option<Duration>,
+    /// With a stale value at hand, a single-key read waits this long for the
+    /// origin, then answers stale and leaves the load to `spawner`.
+    soft_timeout: Option<(Duration, Arc<dyn crate::Spawn>)>,
 }
 
 /// A read: done at once (a tier-0 hit, a bad key), or the boxed rest.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, select, Either};
 
 use super::fences::KeyFence;
 use super::fill::Target;
@@ -108,6 +108,26 @@ where
         let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket, loader)
             .pop()
             .ok_or(Error::NoTierAnswered { failed })?;
+        if let Some((soft, spawner)) = &inner.soft_timeout {
+            if inner.stale_value(key).is_some() {
+                let sleep = inner.timer.sleep(*soft);
+                match select(flight.clone(), sleep).await {
+                    Either::Left((result, _)) => return inner.finish_origin_read(key, result),
+                    Either::Right(((), _)) => {
+                        // Too slow: the load goes on in the background and
+                        // fills the tiers when it lands.
+                        let rest = flight.clone();
+                        spawner.spawn(Box::pin(async move {
+                            let _ = rest.await;
+                        }));
+                        // Still there unless an invalidation dropped it meanwhile.
+                        if let Some(lookup) = inner.serve_stale(key) {
+                            return Ok(Some(lookup));
+                        }
+                    }
+                }
+            }
+        }
         let result = flight.await;
         inner.finish_origin_read(key, result)
     }
