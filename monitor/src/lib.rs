@@ -25,8 +25,11 @@
 //!
 //! # Feature flags
 //!
-//! None: everything is always available. Targets: native and
-//! `wasm32-unknown-unknown`.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `metrics` | no | `MonitorBuilder::export_metrics`: every event also goes to the [`metrics`](https://docs.rs/metrics) facade (`<prefix>_events_total`, `<prefix>_bytes_total`, `<prefix>_latency_seconds`, labelled `tier` and `event`) |
+//!
+//! Targets: native and `wasm32-unknown-unknown`.
 //!
 //! # Example
 //!
@@ -72,6 +75,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
+#[cfg(feature = "metrics")]
+mod export;
 mod histogram;
 mod monitor;
 mod prometheus;
