@@ -842,9 +842,53 @@ fn docs() -> Result<bool, String> {
 /// crates.io for the ones not published yet) and verifies each by building its
 /// packaged sources on their own. `--allow-dirty` so that it checks the tree
 /// as it is, committed or not.
+/// Cargo verifies each packaged crate against the others through a local
+/// registry under `target/package/`, and unpacks that registry's crates into
+/// `$CARGO_HOME/registry/src/-<hash of its path>/`, where it never unpacks the
+/// same name and version again. A checkout at a path packaged before (a CI
+/// clone, or this tree before a change) would then verify against the old
+/// sources. Those unpacked copies of the workspace's own crates are removed
+/// first (only in local registries, whose folder names start with `-`).
+fn forget_packaged_sources(libs: &[(String, String)]) {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return;
+    };
+    let Ok(registries) = fs::read_dir(&src) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(crates) = fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for unpacked in crates.flatten() {
+            let dir = unpacked.file_name().to_string_lossy().into_owned();
+            let ours = libs.iter().any(|(_, name)| {
+                dir.strip_prefix(name.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours {
+                if let Err(e) = fs::remove_dir_all(unpacked.path()) {
+                    println!(
+                        "xtask: could not remove stale {}: {e}",
+                        unpacked.path().display()
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn package() -> Result<bool, String> {
     let mut checks = Checks::default();
     let libs = library_packages()?;
+    forget_packaged_sources(&libs);
     let mut cmd = cargo();
     cmd.args(["package", "--allow-dirty"]);
     for (_, name) in &libs {

@@ -66,7 +66,7 @@ where
 {
     /// A tier with no TTL of its own, no timeout and the default circuit breaker.
     ///
-    /// A [`ConcurrentTier`](crate::ConcurrentTier) (or an `Arc` of one) given
+    /// A `ConcurrentTier` (native targets; or an `Arc` of one) given
     /// here is recognised, and the chain reads it directly on the hit path, with
     /// no virtual call; through [`Tier::shared`] it is read like any other tier.
     pub fn new<T: CacheLayer<K, V> + 'static>(layer: T) -> Self {
