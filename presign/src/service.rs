@@ -441,7 +441,22 @@ impl PresignedUrls {
     /// stays until [`PresignedUrls::sweep`] deletes it after its URLs expired.
     pub async fn replace(&self, user: &str, bytes: Bytes, content_type: &str) -> Result<()> {
         let user = UserId::parse(user)?;
-        let path = key_path(&self.new_key(&user, &bytes))?;
+        self.put_object(&user, bytes, content_type).await?;
+        self.invalidate_id(&user).await
+    }
+
+    /// Uploads `bytes` as `user`'s picture *without* invalidating any tier.
+    /// Enough for seeding users who have no picture yet (a lookup of a user
+    /// without picture fails and caches nothing); to replace a picture, use
+    /// [`PresignedUrls::replace`], or this and then [`PresignedUrls::invalidate`]
+    /// (with your own retries).
+    pub async fn upload(&self, user: &str, bytes: Bytes, content_type: &str) -> Result<()> {
+        self.put_object(&UserId::parse(user)?, bytes, content_type)
+            .await
+    }
+
+    async fn put_object(&self, user: &UserId, bytes: Bytes, content_type: &str) -> Result<()> {
+        let path = key_path(&self.new_key(user, &bytes))?;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type.to_owned().into());
         let options = PutOptions {
@@ -455,7 +470,7 @@ impl PresignedUrls {
                 operation: "put",
                 source,
             })?;
-        self.invalidate_id(&user).await
+        Ok(())
     }
 
     /// Removes `user`'s cached URL from every tier (every instance, with an

@@ -32,6 +32,9 @@ pub struct Config {
     pub users: u64,
     /// Largest accepted upload, in bytes.
     pub max_upload_bytes: usize,
+    /// How long one Redis command may take before the shared tier counts as
+    /// failed for it (a read is then a miss; an invalidation is retried).
+    pub redis_timeout: Duration,
     /// Deadlines of every request; see [`Limits`].
     pub limits: Limits,
     /// How often replaced picture versions whose URLs have all expired are
@@ -75,6 +78,9 @@ impl Default for Limits {
     }
 }
 
+/// Default Redis command timeout: 250 ms.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Default interval of the version sweeper: one minute.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -95,6 +101,7 @@ impl Config {
             s3: None,
             users: DEFAULT_USERS,
             max_upload_bytes: DEFAULT_MAX_UPLOAD,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
             limits: Limits::default(),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             clock: Arc::new(SystemClock),
@@ -102,7 +109,8 @@ impl Config {
     }
 
     /// From the environment: `PORT` (default 8080, on 127.0.0.1; `BIND` for
-    /// another address), `WEB_DIR`, `REDIS_URL`, `USERS`, `MAX_UPLOAD_BYTES`,
+    /// another address), `WEB_DIR`, `REDIS_URL`, `REDIS_TIMEOUT_MS`, `USERS`,
+    /// `MAX_UPLOAD_BYTES`,
     /// `HEADER_TIMEOUT_MS`, `BODY_TIMEOUT_MS`, `REQUEST_TIMEOUT_MS`,
     /// `SWEEP_INTERVAL_MS`, and `S3_ENDPOINT`, `S3_BUCKET`, `S3_ACCESS_KEY_ID`,
     /// `S3_SECRET_ACCESS_KEY`, `S3_REGION` (all five, or none).
@@ -145,6 +153,7 @@ impl Config {
         millis("BODY_TIMEOUT_MS", &mut config.limits.body_timeout)?;
         millis("REQUEST_TIMEOUT_MS", &mut config.limits.request_timeout)?;
         millis("SWEEP_INTERVAL_MS", &mut config.sweep_interval)?;
+        millis("REDIS_TIMEOUT_MS", &mut config.redis_timeout)?;
         let names = [
             "S3_ENDPOINT",
             "S3_BUCKET",

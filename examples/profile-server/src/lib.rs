@@ -70,7 +70,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::services::{ServeDir, ServeFile};
 
-pub use config::{Config, Limits, DEFAULT_MAX_UPLOAD, DEFAULT_SWEEP_INTERVAL, DEFAULT_USERS};
+pub use config::{
+    Config, Limits, DEFAULT_MAX_UPLOAD, DEFAULT_REDIS_TIMEOUT, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_USERS,
+};
 pub use s3_front::EmbeddedS3;
 
 /// Most ids one batch request may ask for.
@@ -147,7 +150,7 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
                 .tier(
                     Tier::new(shared)
                         .ttl(SHARED_TTL)
-                        .timeout(Duration::from_millis(250)),
+                        .timeout(config.redis_timeout),
                 )
                 .bus(bus, vec![0])
         }
@@ -177,6 +180,9 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
     })
 }
 
+/// How many times a PUT tries to invalidate the old URL before answering 502.
+const INVALIDATE_ATTEMPTS: u32 = 4;
+
 /// Seeding uploads in flight at once.
 const SEED_CONCURRENCY: usize = 64;
 
@@ -191,7 +197,8 @@ async fn seed(urls: &PresignedUrls, users: u64, fresh: bool) -> Result<(), BoxEr
                 return Ok(());
             }
             let png = Bytes::from(avatar::generate_png(user, 96));
-            urls.replace(&id, png, "image/png").await
+            // No invalidation: a user without a picture has no cached URL.
+            urls.upload(&id, png, "image/png").await
         })
         .buffer_unordered(SEED_CONCURRENCY)
         .try_collect::<()>()
@@ -622,9 +629,22 @@ async fn put_avatar(
     };
     state
         .urls
-        .replace(&user, bytes.freeze(), content_type)
+        .upload(&user, bytes.freeze(), content_type)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    // The new version is in S3; now no tier on any instance may keep the old
+    // URL. A tier that failed (a Redis timeout under load) is retried: giving
+    // up leaves the old URL cached until it expires.
+    let mut attempt = 1;
+    loop {
+        match state.urls.invalidate(&user).await {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT),
+            Err(_) if attempt < INVALIDATE_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 async fn report(State(state): State<Arc<AppState>>) -> Response {
