@@ -307,6 +307,97 @@ async fn metrics_report_and_dashboard_show_the_tiers() {
     server.shutdown().await;
 }
 
+/// The dashboard in a real headless Chromium (`--dump-dom` after its script
+/// ran, with virtual time so several 2 s polls happen): a card per tier and
+/// for the signer, and both charts drawn from live data while this test sends
+/// traffic. The page loads nothing but itself and the report (it works
+/// offline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_draws_tiers_and_charts_in_chromium() {
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: sudo apt-get install -y chromium"
+    );
+    let mut config = Config::embedded();
+    config.users = 10;
+    let server = serve(config).await.unwrap();
+    let html = client()
+        .get(format!("{}/dashboard", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for external in ["src=\"http", "href=\"http", "@import", "cdn"] {
+        assert!(!html.contains(external), "the dashboard loads {external}…");
+    }
+    let traffic = {
+        let base = server.url();
+        tokio::spawn(async move {
+            let http = client();
+            for i in 0u64.. {
+                let ids = format!("{},{}", i % 10 + 1, (i * 7) % 10 + 1);
+                let _ = support::get_json(&http, &format!("{base}/api/avatars?ids={ids}")).await;
+                if i % 10 == 0 {
+                    // A new picture: the next lookup of this user is signed.
+                    let url = format!("{base}/api/users/{}/avatar", i % 10 + 1);
+                    let _ = support::put(&http, &url, generate_png(i, 8), "image/png").await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let url = format!("{}/dashboard", server.url());
+    let dom = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                &url,
+            ])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    traffic.abort();
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    for card in ["moka", "shared-in-process", "signer"] {
+        assert!(
+            dom.contains(&format!("{card} <span class=\"kind\">")),
+            "no card for {card}: {dom}"
+        );
+    }
+    assert!(dom.contains("lookups, hit rate"), "{dom}");
+    let chart = |id: &str| {
+        let start = dom.find(&format!("id=\"{id}\"")).unwrap();
+        let end = start + dom[start..].find("</svg>").unwrap();
+        dom[start..end].to_owned()
+    };
+    let hits = chart("hit-chart");
+    let latency = chart("latency-chart");
+    assert!(
+        hits.contains("data-series=\"moka\""),
+        "no moka hit-rate points: {hits}"
+    );
+    assert!(
+        latency.contains("data-series=\"moka\""),
+        "no moka latency points: {latency}"
+    );
+    assert!(
+        latency.contains("data-series=\"signer\""),
+        "no signing latency points: {latency}"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_web_directory_at_root() {
     let dir = tempfile::tempdir().unwrap();
