@@ -282,14 +282,17 @@ impl Loader<String, PresignedUrl> for SignLoader {
 /// # Object keys
 ///
 /// User `u`'s picture is the object `<key prefix>u` (prefix `avatars/` by
-/// default). User ids are checked by [`UserId::parse`].
+/// default), or with [`ObjectKeys::PerUpload`] the newest of the objects
+/// `<key prefix>u/<version>`. User ids are checked by [`UserId::parse`].
 ///
 /// # Replacing a picture
 ///
 /// [`PresignedUrls::replace`] uploads the new bytes, then invalidates the user in
 /// every tier (on every instance, when an invalidation bus is wired with
-/// [`PresignedUrlsBuilder::bus`]). Lookups in flight at that moment do not write their result back. The
-/// object key is stable, so any URL still held serves the new bytes too.
+/// [`PresignedUrlsBuilder::bus`]). Lookups in flight at that moment do not write their result back. With
+/// [`ObjectKeys::Stable`] (the default) the object key is stable, so any URL
+/// still held serves the new bytes too; with [`ObjectKeys::PerUpload`] an old
+/// URL keeps serving the old bytes until it expires.
 ///
 /// # Example
 ///

@@ -15,6 +15,10 @@
 //! - `GET /api/avatars?ids=1,2,3` (1 to 100 ids) → `200 {"1": {...}, ...}`, one
 //!   batch lookup.
 //! - `PUT /api/users/{id}/avatar` with PNG/JPEG/GIF/WebP bytes (≤ 2 MiB) → `204`.
+//!   Every upload gets its own object key ([`presign::ObjectKeys::PerUpload`]),
+//!   so the URL and ETag change on every replace; URLs carry a signed
+//!   `response-cache-control: private, max-age=…, immutable`. A background
+//!   sweeper deletes replaced versions once their URLs expired.
 //! - `GET /metrics` (Prometheus text), `GET /api/cache/report` (JSON),
 //!   `GET /dashboard` (HTML polling the report).
 //! - `GET /api/s3/requests` → `200 {"get_object": n, "put_object": n}`: the
