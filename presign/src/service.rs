@@ -66,6 +66,9 @@ pub enum ObjectKeys {
     /// A version is `<13-digit Unix milliseconds>-<16 hex digits of the bytes'
     /// SHA-256>`; the milliseconds grow strictly within one service, so two
     /// uploads in the same millisecond still get distinct, ordered keys.
+    /// Across instances versions are ordered by their clocks: keep them in
+    /// sync (NTP), or an upload made within the clock skew of another may sort
+    /// before it.
     PerUpload,
 }
 
@@ -418,10 +421,10 @@ impl PresignedUrls {
                 .loader
                 .last_version
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                    Some(now.max(last + 1))
+                    Some(now.max(last.saturating_add(1)))
                 })
                 .unwrap_or(now);
-            let millis = now.max(prev + 1);
+            let millis = now.max(prev.saturating_add(1));
             let digest = sha2::Sha256::digest(bytes);
             key.push('/');
             key.push_str(&format!("{millis:013}-"));
