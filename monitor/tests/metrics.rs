@@ -29,7 +29,12 @@ fn the_monitor_exports_counts_latencies_and_bytes_through_the_metrics_facade() {
     let c = clock.clone();
     let cache: TieredCache<String, String> = TieredCache::builder()
         .clock(clock.clone())
-        .tier(Tier::new(MemoryTier::builder().name("hot").clock(clock.clone()).build()))
+        .tier(Tier::new(
+            MemoryTier::builder()
+                .name("hot")
+                .clock(clock.clone())
+                .build(),
+        ))
         .origin(loader_fn(move |key: String| {
             let now = c.now();
             async move {
@@ -70,7 +75,12 @@ fn the_monitor_exports_counts_latencies_and_bytes_through_the_metrics_facade() {
         Some(&DebugValue::Counter(1))
     );
     assert_eq!(
-        find(MetricKind::Counter, "avatars_events_total", "origin", "origin_load"),
+        find(
+            MetricKind::Counter,
+            "avatars_events_total",
+            "origin",
+            "origin_load"
+        ),
         Some(&DebugValue::Counter(1))
     );
     let bytes = "url-of-user:secret-42".len() as u64;

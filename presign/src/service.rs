@@ -272,7 +272,7 @@ impl Loader<String, PresignedUrl> for SignLoader {
 /// # Order
 ///
 /// The tiers given to the builder are read first to last (typically in-process
-/// moka, then Redis); the signer answers when they all miss, and its URL is
+/// in-process, then Redis); the signer answers when they all miss, and its URL is
 /// written to every tier.
 ///
 /// # Lifetimes
@@ -777,12 +777,12 @@ impl PresignedUrlsBuilder {
     /// `local_tiers` (the in-process tiers' indexes, usually `[0]`). `build` must
     /// then run inside a tokio runtime (it starts the listener).
     ///
-    /// # Example: the production chain, `moka → Redis → signer`
+    /// # Example: the production chain, `in-process → Redis → signer`
     ///
     /// ```no_run
     /// use std::{sync::Arc, time::Duration};
-    /// use cache_core::Tier;
-    /// use cache_server::{InvalidationBus, MokaTier, RedisTier};
+    /// use cache_core::{ConcurrentTier, Tier};
+    /// use cache_server::{InvalidationBus, RedisTier};
     /// use presign::{Credentials, PresignedUrl, PresignedUrls, S3Config};
     ///
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -790,7 +790,7 @@ impl PresignedUrlsBuilder {
     ///     Credentials::new("access-key", "secret-key"));
     /// let redis = "redis://127.0.0.1:6380";
     /// let urls = PresignedUrls::builder(s3.signer()?, Arc::new(s3.object_store()?))
-    ///     .tier(Tier::new(MokaTier::<String, PresignedUrl>::builder().max_bytes(32 << 20).build())
+    ///     .tier(Tier::new(ConcurrentTier::<String, PresignedUrl>::builder().max_bytes(32 << 20).build())
     ///         .ttl(Duration::from_secs(600)))
     ///     .tier(Tier::new(RedisTier::<PresignedUrl>::builder().url(redis).namespace("avatar-urls").build().await?)
     ///         .ttl(Duration::from_secs(3_000))

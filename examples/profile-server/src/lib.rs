@@ -1,8 +1,9 @@
 //! The profile-picture backend of the demo.
 //!
-//! Presigned avatar URLs resolved through `moka → shared tier → signer`
+//! Presigned avatar URLs resolved through `memory → shared tier → signer`
 //! ([`presign::PresignedUrls`]), where the shared tier is Redis when
-//! `REDIS_URL` is set and an in-process moka tier otherwise. Uploads replace the
+//! `REDIS_URL` is set and an in-process moka tier otherwise (`memory` is a
+//! [`cache_core::ConcurrentTier`]). Uploads replace the
 //! object and invalidate every tier on every instance (over cache-server's
 //! invalidation bus when Redis is there). Every access is measured by a
 //! [`cache_monitor::Monitor`].
@@ -59,7 +60,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
-use cache_core::{BoxError, Clock, Tier};
+use cache_core::{BoxError, Clock, ConcurrentTier, Tier};
 use cache_monitor::Monitor;
 use cache_server::{InvalidationBus, MokaTier, RedisTier};
 use futures_util::{StreamExt, TryStreamExt};
@@ -129,8 +130,10 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
             (Some(s3), public, direct)
         }
     };
-    let local = MokaTier::<String, PresignedUrl>::builder()
-        .name("moka")
+    // Tier 0: the native in-process tier, read by the chain's direct hit path.
+    let local = ConcurrentTier::<String, PresignedUrl>::builder()
+        .name("memory")
+        .max_entries(100_000)
         .max_bytes(32 << 20)
         .build();
     let mut builder = PresignedUrls::builder(public.signer()?, Arc::new(direct.object_store()?))

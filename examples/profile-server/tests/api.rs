@@ -279,7 +279,7 @@ async fn metrics_report_and_dashboard_show_the_tiers() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(tiers, ["moka", "shared-in-process"]);
+    assert_eq!(tiers, ["memory", "shared-in-process"]);
     assert_eq!(report["tiers"][0]["hits"], 1);
     assert_eq!(report["origin"]["loads"], 1);
 
@@ -294,7 +294,7 @@ async fn metrics_report_and_dashboard_show_the_tiers() {
         .unwrap()
         .starts_with("text/plain"));
     let text = resp.text().await.unwrap();
-    assert!(text.contains("# TYPE") && text.contains("moka"), "{text}");
+    assert!(text.contains("# TYPE") && text.contains("memory"), "{text}");
 
     let resp = client()
         .get(format!("{}/dashboard", server.url()))
@@ -369,7 +369,7 @@ async fn dashboard_draws_tiers_and_charts_in_chromium() {
     .unwrap();
     traffic.abort();
     let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
-    for card in ["moka", "shared-in-process", "signer"] {
+    for card in ["memory", "shared-in-process", "signer"] {
         assert!(
             dom.contains(&format!("{card} <span class=\"kind\">")),
             "no card for {card}: {dom}"
@@ -384,12 +384,12 @@ async fn dashboard_draws_tiers_and_charts_in_chromium() {
     let hits = chart("hit-chart");
     let latency = chart("latency-chart");
     assert!(
-        hits.contains("data-series=\"moka\""),
-        "no moka hit-rate points: {hits}"
+        hits.contains("data-series=\"memory\""),
+        "no memory hit-rate points: {hits}"
     );
     assert!(
-        latency.contains("data-series=\"moka\""),
-        "no moka latency points: {latency}"
+        latency.contains("data-series=\"memory\""),
+        "no memory latency points: {latency}"
     );
     assert!(
         latency.contains("data-series=\"signer\""),
@@ -450,7 +450,7 @@ async fn put_on_one_instance_is_seen_by_another_through_redis() {
     let again = get_json(&b, "/api/users/5/avatar").await.2;
     assert_eq!(again["url"], first["url"]);
     let report = get_json(&b, "/api/cache/report").await.2;
-    assert_eq!(report["tiers"][0]["name"], "moka");
+    assert_eq!(report["tiers"][0]["name"], "memory");
     assert_eq!(report["tiers"][0]["hits"], 1);
     assert_eq!(report["tiers"][1]["name"], "redis");
 
@@ -460,7 +460,7 @@ async fn put_on_one_instance_is_seen_by_another_through_redis() {
     assert_eq!(status, StatusCode::NO_CONTENT);
 
     // The bus is asynchronous: poll B until its next GET misses every tier
-    // (its moka tier dropped by the bus, Redis by A) and signs a new URL
+    // (its in-process tier dropped by the bus, Redis by A) and signs a new URL
     // (liveness bound, not a speed claim).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let now = loop {
