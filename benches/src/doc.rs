@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::results::{format_value, SuiteResults};
+use crate::results::{format_value, significant, SuiteResults};
 
 /// One suite of `cargo xtask bench`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,12 +154,12 @@ pub fn render_table(results: &SuiteResults) -> String {
     for r in &results.rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.2}× | {} |",
+            "| {} | {} | {} | {} | {}× | {} |",
             cell(&r.name),
             format_value(r.value, &r.unit),
             cell(&r.baseline),
             format_value(r.baseline_value, &r.unit),
-            r.ratio,
+            significant(r.ratio),
             r.goal.map(|g| g.describe(r.ratio)).unwrap_or_default(),
         );
     }

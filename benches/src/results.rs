@@ -160,12 +160,12 @@ impl SuiteResults {
         for r in &self.rows {
             let _ = write!(
                 out,
-                "  {:<width$}  {:>12}   vs {} {}   {:.2}x",
+                "  {:<width$}  {:>12}   vs {} {}   {}x",
                 r.name,
                 format_value(r.value, &r.unit),
                 r.baseline,
                 format_value(r.baseline_value, &r.unit),
-                r.ratio,
+                significant(r.ratio),
             );
             if let Some(goal) = r.goal {
                 let _ = write!(out, "   goal {}", goal.describe(r.ratio).replace("**", ""));
@@ -222,29 +222,30 @@ pub fn results_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/bench-results"))
 }
 
+/// `x` to three significant digits (all its integer digits from 1,000 up).
+pub fn significant(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let digits = x.abs().log10().floor() as i32;
+    let decimals = (2 - digits).max(0) as usize;
+    format!("{x:.decimals$}")
+}
+
 /// A value with its unit, three significant digits, rates in k/M.
 pub fn format_value(v: f64, unit: &str) -> String {
-    let sig = |x: f64| -> String {
-        if x.abs() >= 100.0 {
-            format!("{x:.0}")
-        } else if x.abs() >= 10.0 {
-            format!("{x:.1}")
-        } else {
-            format!("{x:.2}")
-        }
-    };
     if unit == "calls" || unit == "B" {
         return format!("{v:.0} {unit}");
     }
     if let Some(per) = unit.strip_suffix("/s") {
         if v >= 1e6 {
-            return format!("{} M {per}/s", sig(v / 1e6));
+            return format!("{} M {per}/s", significant(v / 1e6));
         }
         if v >= 1e4 {
-            return format!("{} k {per}/s", sig(v / 1e3));
+            return format!("{} k {per}/s", significant(v / 1e3));
         }
     }
-    format!("{} {unit}", sig(v))
+    format!("{} {unit}", significant(v))
 }
 
 /// The per-round values of an interleaved measurement (see [`interleave`]).
@@ -371,5 +372,8 @@ mod tests {
         assert_eq!(format_value(21_000_000.0, "hits/s"), "21.0 M hits/s");
         assert_eq!(format_value(54_321.0, "req/s"), "54.3 k req/s");
         assert_eq!(format_value(1.0, "calls"), "1 calls");
+        assert_eq!(format_value(0.0234, "ms"), "0.0234 ms");
+        assert_eq!(format_value(1234.5, "µs"), "1235 µs");
+        assert_eq!(significant(0.001), "0.00100");
     }
 }
