@@ -11,24 +11,16 @@ use profile_server::avatar::generate_png;
 use profile_server::{serve, Config, Server};
 use reqwest::StatusCode;
 use serde_json::Value;
+use support::{assert_error, client, json_body, raw};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
+mod support;
 
 async fn start() -> Server {
     serve(Config::embedded()).await.unwrap()
 }
 
 async fn get_json(server: &Server, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-    let resp = client()
-        .get(format!("{}{path}", server.url()))
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
-    (status, headers, body)
+    support::get_json(&client(), &format!("{}{path}", server.url())).await
 }
 
 async fn put(
@@ -37,34 +29,23 @@ async fn put(
     body: Vec<u8>,
     content_type: &str,
 ) -> (StatusCode, Value) {
-    let resp = client()
-        .put(format!("{}{path}", server.url()))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (
-        status,
-        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null),
+    support::put(
+        &client(),
+        &format!("{}{path}", server.url()),
+        body,
+        content_type,
     )
+    .await
 }
 
 async fn fetch_bytes(url: &str) -> (StatusCode, Vec<u8>) {
-    let resp = client().get(url).send().await.unwrap();
-    (resp.status(), resp.bytes().await.unwrap().to_vec())
+    support::fetch_bytes(&client(), url).await
 }
 
 fn max_age(headers: &reqwest::header::HeaderMap) -> u64 {
     let cc = headers["cache-control"].to_str().unwrap();
     assert!(cc.starts_with("private, max-age="), "{cc}");
     cc["private, max-age=".len()..].parse().unwrap()
-}
-
-fn assert_error(body: &Value) {
-    let msg = body["error"].as_str().unwrap_or_default();
-    assert!(!msg.is_empty(), "expected {{\"error\": ...}}, got {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +121,7 @@ async fn errors_are_json_with_400_404_413_415() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "id {bad}");
         assert_error(&body);
     }
-    for unknown in ["0", "7", "12345"] {
+    for unknown in ["0", "201", "12345"] {
         let (status, _, body) = get_json(&server, &format!("/api/users/{unknown}/avatar")).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "id {unknown}");
         assert_error(&body);
@@ -149,7 +130,7 @@ async fn errors_are_json_with_400_404_413_415() {
     let (status, body) = put(&server, "/api/users/abc/avatar", png.clone(), "image/png").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(&body);
-    let (status, body) = put(&server, "/api/users/42/avatar", png, "image/png").await;
+    let (status, body) = put(&server, "/api/users/420/avatar", png, "image/png").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_error(&body);
 
@@ -192,7 +173,7 @@ async fn errors_are_json_with_400_404_413_415() {
         ("/api/avatars", StatusCode::BAD_REQUEST),
         ("/api/avatars?ids=", StatusCode::BAD_REQUEST),
         ("/api/avatars?ids=1,x", StatusCode::BAD_REQUEST),
-        ("/api/avatars?ids=1,2,99", StatusCode::NOT_FOUND),
+        ("/api/avatars?ids=1,2,999", StatusCode::NOT_FOUND),
     ] {
         let (status, _, body) = get_json(&server, query).await;
         assert_eq!(status, want, "{query}");
@@ -409,6 +390,100 @@ async fn put_on_one_instance_is_seen_by_another_through_redis() {
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_two_hundred_users_with_distinct_pictures() {
+    let server = start().await;
+    let ids: Vec<String> = (1..=200).map(|i| i.to_string()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for chunk in ids.chunks(100) {
+        let (status, _, body) =
+            get_json(&server, &format!("/api/avatars?ids={}", chunk.join(","))).await;
+        assert_eq!(status, StatusCode::OK);
+        for id in chunk {
+            let (s3_status, bytes) = fetch_bytes(body[id]["url"].as_str().unwrap()).await;
+            assert_eq!(s3_status, StatusCode::OK, "user {id}");
+            assert_eq!(bytes, generate_png(id.parse().unwrap(), 96), "user {id}");
+            assert!(seen.insert(bytes), "user {id}'s picture equals another's");
+        }
+    }
+    assert_eq!(
+        get_json(&server, "/api/users/201/avatar").await.0,
+        StatusCode::NOT_FOUND
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_request_counts_follow_picture_downloads_and_uploads() {
+    let server = start().await;
+    let (status, headers, before) = get_json(&server, "/api/s3/requests").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["cache-control"], "no-store");
+    // Seeding uploaded every user's picture.
+    assert!(before["put_object"].as_u64().unwrap() >= 200, "{before}");
+    let get0 = before["get_object"].as_u64().unwrap();
+
+    // Resolving URLs reads no object.
+    let body = get_json(&server, "/api/avatars?ids=1,2,3").await.2;
+    let after_urls = get_json(&server, "/api/s3/requests").await.2;
+    assert_eq!(after_urls["get_object"].as_u64().unwrap(), get0);
+    // Each picture download is one GET, even a refused one.
+    for id in ["1", "2"] {
+        assert_eq!(
+            fetch_bytes(body[id]["url"].as_str().unwrap()).await.0,
+            StatusCode::OK
+        );
+    }
+    let tampered = body["3"]["url"]
+        .as_str()
+        .unwrap()
+        .replace("avatars/3", "avatars/4");
+    assert_eq!(fetch_bytes(&tampered).await.0, StatusCode::FORBIDDEN);
+    let after_gets = get_json(&server, "/api/s3/requests").await.2;
+    assert_eq!(after_gets["get_object"].as_u64().unwrap(), get0 + 3);
+    // An upload is one more PUT.
+    let (status, _) = put(
+        &server,
+        "/api/users/5/avatar",
+        generate_png(55, 8),
+        "image/png",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let after_put = get_json(&server, "/api/s3/requests").await.2;
+    assert_eq!(
+        after_put["put_object"].as_u64().unwrap(),
+        before["put_object"].as_u64().unwrap() + 1
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_request_counts_are_404_with_external_s3() {
+    let s3 = profile_server::EmbeddedS3::start().await.unwrap();
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.s3 = Some(s3.public_config());
+    let server = serve(config).await.unwrap();
+    let (status, _, body) = get_json(&server, "/api/s3/requests").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_ok() {
+    let server = start().await;
+    let resp = client()
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+    server.shutdown().await;
+}
+
 #[test]
 fn config_debug_never_shows_the_secret_key() {
     let mut config = Config::embedded();
@@ -421,4 +496,317 @@ fn config_debug_never_shows_the_secret_key() {
     let shown = format!("{config:?}");
     assert!(shown.contains("avatars"), "{shown}");
     assert!(!shown.contains("super-secret-value-123"), "{shown}");
+}
+
+// ---------------------------------------------------------------------------
+// Per-upload object keys, signed Cache-Control, the version sweeper.
+
+/// Two uploads in the same second (the same millisecond, likely) give two
+/// keys, two URLs and two ETags; `If-None-Match` with the old ETag gets 200 and
+/// the new one; the URL's answer from S3 carries the signed, immutable
+/// Cache-Control, which a client cannot edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upload_gets_its_own_key_url_and_etag() {
+    let server = start().await;
+    let first = get_json(&server, "/api/users/8/avatar").await.2;
+    let a = generate_png(801, 16);
+    let b = generate_png(802, 16);
+    assert_eq!(
+        put(&server, "/api/users/8/avatar", a.clone(), "image/png")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, headers_a, after_a) = get_json(&server, "/api/users/8/avatar").await;
+    assert_eq!(
+        put(&server, "/api/users/8/avatar", b.clone(), "image/png")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let after_b = get_json(&server, "/api/users/8/avatar").await.2;
+    let urls = [&first, &after_a, &after_b].map(|v| v["url"].as_str().unwrap().to_owned());
+    let etags = [&first, &after_a, &after_b].map(|v| v["etag"].as_str().unwrap().to_owned());
+    let path = |u: &str| u.split('?').next().unwrap().to_owned();
+    assert!(
+        path(&urls[0]) != path(&urls[1]) && path(&urls[1]) != path(&urls[2]),
+        "{urls:?}"
+    );
+    assert!(etags[0] != etags[1] && etags[1] != etags[2], "{etags:?}");
+    assert_eq!(headers_a["etag"].to_str().unwrap(), etags[1]);
+
+    // Each URL keeps serving its own version's bytes: keys are never reused.
+    assert_eq!(fetch_bytes(&urls[0]).await.1, generate_png(8, 96));
+    assert_eq!(fetch_bytes(&urls[1]).await.1, a);
+    assert_eq!(fetch_bytes(&urls[2]).await.1, b);
+
+    // The old ETag is not current: 200 with the new body and ETag.
+    let resp = client()
+        .get(format!("{}/api/users/8/avatar", server.url()))
+        .header("if-none-match", &etags[1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["etag"].to_str().unwrap(), etags[2]);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["url"].as_str().unwrap(), urls[2]);
+
+    // S3's answer carries the signed Cache-Control: private, immutable, for
+    // the URL's life minus the 5-minute margin (55 min for a fresh URL).
+    let resp = client().get(&urls[2]).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cc = resp.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(
+        cc.starts_with("private, max-age=") && cc.ends_with(", immutable"),
+        "{cc}"
+    );
+    let age: u64 = cc["private, max-age=".len()..cc.len() - ", immutable".len()]
+        .parse()
+        .unwrap();
+    // The URL was signed for 60 min: the bytes may be kept its life minus the
+    // margin, counted from signing.
+    let margin = server.app().urls().margin();
+    assert_eq!(
+        Duration::from_secs(age),
+        presign::DEFAULT_URL_VALIDITY - margin
+    );
+    let expires_at = Timestamp::from_unix_millis(after_b["expires_at"].as_u64().unwrap());
+    assert!(expires_at.duration_since(SystemClock.now()) <= presign::DEFAULT_URL_VALIDITY);
+    assert!(
+        age > 50 * 60,
+        "a fresh URL's bytes may be cached ~55 min, got {age}s"
+    );
+    // A client that lengthens the max-age breaks the signature.
+    let edited = urls[2].replace("max-age%3D", "max-age%3D9");
+    assert_ne!(edited, urls[2]);
+    assert_eq!(fetch_bytes(&edited).await.0, StatusCode::FORBIDDEN);
+    server.shutdown().await;
+}
+
+/// The background sweeper deletes a replaced version only once every URL to
+/// it has expired: nothing before (on the manual clock), the old object after
+/// the clock passes the URL validity plus the grace, never the current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_deletes_replaced_versions_after_their_urls_expired() {
+    let clock = cache_core::ManualClock::starting_at(SystemClock.now());
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.clock = std::sync::Arc::new(clock.clone());
+    config.sweep_interval = Duration::from_millis(50);
+    let server = serve(config).await.unwrap();
+    let old = get_json(&server, "/api/users/2/avatar").await.2;
+    let old_url = old["url"].as_str().unwrap().to_owned();
+    let new_png = generate_png(2002, 16);
+    assert_eq!(
+        put(&server, "/api/users/2/avatar", new_png.clone(), "image/png")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    // URLs signed now (the manual clock still reads real time, which S3
+    // checks signing times against).
+    let new_url = get_json(&server, "/api/users/2/avatar").await.2["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_url = get_json(&server, "/api/users/3/avatar").await.2["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Just short of validity + grace: the old URL may still be in use.
+    clock.advance(presign::DEFAULT_URL_VALIDITY + presign::SWEEP_GRACE - Duration::from_secs(1));
+    assert_eq!(server.app().sweep().await.unwrap(), 0);
+    assert_eq!(
+        fetch_bytes(&old_url).await,
+        (StatusCode::OK, generate_png(2, 96))
+    );
+    // Past it: the background sweeper (every 50 ms) deletes the old version.
+    clock.advance(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fetch_bytes(&old_url).await.0 == StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old version was never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fetch_bytes(&old_url).await.0, StatusCode::NOT_FOUND);
+    // The current version stays, and so do the other users' only versions.
+    assert_eq!(fetch_bytes(&new_url).await, (StatusCode::OK, new_png));
+    assert_eq!(
+        fetch_bytes(&other_url).await,
+        (StatusCode::OK, generate_png(3, 96))
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Deadlines and graceful shutdown, over raw sockets.
+
+fn short_limits(body_ms: u64, request_ms: u64) -> Config {
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.limits = profile_server::Limits {
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(body_ms),
+        request_timeout: Duration::from_millis(request_ms),
+    };
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_body_gets_408_json_and_its_socket_closed() {
+    let server = serve(short_limits(300, 5_000)).await.unwrap();
+    let png = generate_png(1, 16);
+    let mut stream = raw::stalled_put(server.addr(), 5_000, &png[..20]).await;
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        json_body(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .contains("body"),
+        "{answer}"
+    );
+    // The server still serves, and the picture was not touched.
+    let (_, _, body) = get_json(&server, "/api/users/1/avatar").await;
+    assert_eq!(
+        fetch_bytes(body["url"].as_str().unwrap()).await.1,
+        generate_png(1, 96)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_request_deadline_answers_408_json_too() {
+    // The body may take 10 s, but the whole request only 300 ms.
+    let server = serve(short_limits(10_000, 300)).await.unwrap();
+    let mut stream = raw::stalled_put(server.addr(), 5_000, b"\x89PNG").await;
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        json_body(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .contains("request"),
+        "{answer}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_headers_lose_their_connection() {
+    use tokio::io::AsyncWriteExt;
+    let server = serve(short_limits(5_000, 5_000)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /api/users/1/avatar HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // No blank line: the headers never end. hyper closes the connection.
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    server.shutdown().await;
+}
+
+/// Shutdown while an upload is in flight: the listener closes at once, the
+/// upload still completes (204), and a new instance on the same S3 serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_requests_in_flight_and_refuses_new_ones() {
+    use tokio::io::AsyncWriteExt;
+    let s3 = profile_server::EmbeddedS3::start().await.unwrap();
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.s3 = Some(s3.public_config());
+    let server = serve(config).await.unwrap();
+    let addr = server.addr();
+    let png = generate_png(3003, 16);
+    let mut stream = raw::stalled_put(addr, png.len(), &png[..10]).await;
+    // Let the request reach its handler before the shutdown starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shutdown = tokio::spawn(server.shutdown());
+    // New connections are refused once the listener is closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the upload in flight"
+    );
+    stream.write_all(&png[10..]).await.unwrap();
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    // The upload landed: a new instance on the same S3 serves it.
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.s3 = Some(s3.public_config());
+    let again = serve(config).await.unwrap();
+    let body = get_json(&again, "/api/users/1/avatar").await.2;
+    assert_eq!(fetch_bytes(body["url"].as_str().unwrap()).await.1, png);
+    again.shutdown().await;
+}
+
+/// The binary: SIGTERM while an upload is in flight → it finishes the upload,
+/// prints that it stopped and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_shuts_down_gracefully_on_sigterm() {
+    use std::io::BufRead;
+    use tokio::io::AsyncWriteExt;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_profile-server"))
+        .env("PORT", "0")
+        .env("USERS", "3")
+        .env_remove("REDIS_URL")
+        .env_remove("S3_ENDPOINT")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("profile-server: open ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_owned();
+        }
+    };
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let png = generate_png(4004, 16);
+    let mut stream = raw::stalled_put(addr, png.len(), &png[..10]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(&png[10..]).await.unwrap();
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
