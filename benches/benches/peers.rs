@@ -42,6 +42,9 @@ const PER_ROUND: usize = 20_000;
 /// A cache under test: a hit returns an owned copy of the value, as every
 /// contender's `get` does.
 trait Contender: Sync {
+    // `&String`: the chain's key type is `String`, and every contender gets
+    // the same reference.
+    #[allow(clippy::ptr_arg)]
     fn hit(&self, key: &String) -> bool;
     /// Entries held (for the memory benchmark, which divides by it).
     fn len(&self) -> usize;

@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(format_value(54_321.0, "req/s"), "54.3 k req/s");
         assert_eq!(format_value(1.0, "calls"), "1 calls");
         assert_eq!(format_value(0.0234, "ms"), "0.0234 ms");
-        assert_eq!(format_value(1234.5, "µs"), "1235 µs");
+        assert_eq!(format_value(1234.6, "µs"), "1235 µs");
         assert_eq!(significant(0.001), "0.00100");
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! `DIR` defaults to `$BENCH_RESULTS_DIR`, else `$CARGO_TARGET_DIR/bench-results`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn render(doc_path: &PathBuf, dir: &PathBuf) -> Result<(), String> {
+fn render(doc_path: &Path, dir: &Path) -> Result<(), String> {
     let doc = std::fs::read_to_string(doc_path)
         .map_err(|e| format!("cannot read {}: {e}", doc_path.display()))?;
     let now = SystemTime::now()
@@ -73,7 +73,7 @@ fn render(doc_path: &PathBuf, dir: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-fn browser(log: &PathBuf, visits: &PathBuf, dir: &PathBuf) -> Result<(), String> {
+fn browser(log: &Path, visits: &Path, dir: &Path) -> Result<(), String> {
     let log_text =
         std::fs::read_to_string(log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
     let visits_text = std::fs::read_to_string(visits).map_err(|e| {
