@@ -22,9 +22,34 @@ use std::time::Instant;
 
 use super::{browser_env, cargo, journey, run_visible, setup, target_dir, WASM_TARGET};
 
+/// `cargo` without the package variables `cargo run` gave this process
+/// (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`, ...): build scripts such as
+/// ring's rerun when they change, so keeping them would rebuild those crates
+/// on every switch between `cargo xtask bench` and a plain `cargo bench`.
+fn clean_cargo() -> Command {
+    let mut cmd = cargo();
+    for (name, _) in env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
+}
+
 /// The generator binary's arguments, run through cargo in release mode.
 fn bench_report(args: &[&str]) -> Command {
-    let mut cmd = cargo();
+    let mut cmd = clean_cargo();
     cmd.args([
         "run",
         "--quiet",
@@ -82,7 +107,7 @@ fn run_logged(what: &str, cmd: &mut Command, log: &Path) -> Result<(), String> {
 /// which must be written by this run: a missing file fails the suite).
 fn browser_suite(results: &Path) -> Result<(), String> {
     let log = results.join("browser-bench.log");
-    let mut bench = cargo();
+    let mut bench = clean_cargo();
     bench.args([
         "test",
         "--release",
@@ -190,7 +215,7 @@ pub(crate) fn bench(args: &[String]) -> Result<bool, String> {
         let started = Instant::now();
         let outcome = match target {
             Some(target) => {
-                let mut cmd = cargo();
+                let mut cmd = clean_cargo();
                 cmd.args(["bench", "-p", "benches", "--bench", target])
                     .env("BENCH_RESULTS_DIR", &results);
                 if quick {
