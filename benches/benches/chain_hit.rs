@@ -1,17 +1,27 @@
-//! A hit on tier 0 through the chain (observer off) against a direct `get` on the
-//! same tier with the same keys. Goal (issue: cache-core): chain ≤ 1.2× direct.
+//! Chain overhead: a hit on tier 0 through the chain against a direct `get` on
+//! the same tier with the same keys, for the memory tier and the server's moka
+//! tier, with no observer and with the monitor attached. Goals: chain ≤ 1.2×
+//! direct (issue: cache-core); monitor on ≤ 1.3× no observer (issue 6).
 //!
-//! Both futures complete on their first poll (the memory tier never waits), so
-//! they are polled once with a no-op waker: no executor cost dilutes the ratio.
-//! The chain serves tier-0 hits through the tier's synchronous `get_ready`, so the
-//! tier's own `get_ready` is measured too: the chain's overhead over it is shown
-//! beside the goal's ratio.
+//! Both futures complete on their first poll (the tiers never wait), so they
+//! are polled once with a no-op waker: no executor cost dilutes the ratio.
+//! The chain serves tier-0 hits through the tier's synchronous `get_ready` when
+//! the tier has one, so that is measured too.
+//!
+//! Criterion's groups run first; then every read runs interleaved in rounds
+//! (each round does 2,000 reads of every side in turn, median per hit, ratios
+//! taken within a round), which is what the printed table and
+//! `bench-results/chain.json` report.
 
-use benches::{keys, memory_tier, ready, KEYS};
+use benches::results::{interleave, ns_per_op, rounds, Goal, SuiteResults};
+use benches::{criterion, fill, keys, memory_tier, ready, KEYS};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{CacheLayer, Clock, MemoryTier, SystemClock, Tier, TieredCache};
+use cache_monitor::Monitor;
+use cache_server::MokaTier;
 use criterion::{criterion_group, Criterion, Throughput};
 
 // One out-of-line function per read, used by both harnesses below, so each read
@@ -20,12 +30,12 @@ use criterion::{criterion_group, Criterion, Throughput};
 // direct get's boxed future when it sees the whole call, for instance).
 
 #[inline(never)]
-fn direct_hit(tier: &MemoryTier<String, String>, key: &String) -> bool {
+fn direct_hit<T: CacheLayer<String, String>>(tier: &T, key: &String) -> bool {
     ready(tier.get(key)).expect("get").is_some()
 }
 
 #[inline(never)]
-fn get_ready_hit(tier: &MemoryTier<String, String>, key: &String) -> bool {
+fn get_ready_hit<T: CacheLayer<String, String>>(tier: &T, key: &String) -> bool {
     tier.get_ready(key, SystemClock.now())
         .expect("ready")
         .expect("get")
@@ -35,6 +45,26 @@ fn get_ready_hit(tier: &MemoryTier<String, String>, key: &String) -> bool {
 #[inline(never)]
 fn chain_hit_once(chain: &TieredCache<String, String>, key: &String) -> bool {
     ready(chain.get(key)).expect("get").is_some()
+}
+
+/// The server's tier 0 holding an hour-long URL for every key.
+fn moka_tier(keys: &[String]) -> MokaTier<String, String> {
+    fill(MokaTier::builder().name("moka").build(), keys)
+}
+
+/// A chain whose tier 0 is `tier` (a second, empty tier below it), with the
+/// monitor attached when given.
+fn chain<T: CacheLayer<String, String> + 'static>(
+    tier: T,
+    monitor: Option<&Monitor>,
+) -> TieredCache<String, String> {
+    let builder = TieredCache::builder()
+        .tier(Tier::new(tier).ttl(Duration::from_secs(3_600)))
+        .tier(Tier::new(MemoryTier::builder().name("l2").build()));
+    match monitor {
+        Some(m) => builder.shared_observer(Arc::new(m.clone())).build(),
+        None => builder.build(),
+    }
 }
 
 fn chain_hit(c: &mut Criterion) {
@@ -60,10 +90,7 @@ fn chain_hit(c: &mut Criterion) {
         })
     });
 
-    let chain: TieredCache<String, String> = TieredCache::builder()
-        .tier(Tier::new(memory_tier(&keys)).ttl(Duration::from_secs(3_600)))
-        .tier(Tier::new(MemoryTier::builder().name("l2").build()))
-        .build();
+    let chain = chain(memory_tier(&keys), None);
     let mut i = 0;
     group.bench_function("chain_tier0_hit_no_observer", |b| {
         b.iter(|| {
@@ -74,61 +101,106 @@ fn chain_hit(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same two reads, interleaved in rounds, median per round. On a shared
-/// machine whose load drifts, criterion's back-to-back groups can see different
-/// loads; alternating rounds gives both sides the same conditions.
-fn interleaved() {
+/// Hits per side per round.
+const PER_ROUND: usize = 2_000;
+
+/// The rows of one tier-0 type: its direct `get` (the baseline), its
+/// `get_ready` if it has one, the chain hit with no observer and with the
+/// monitor, all interleaved. Generic over the tier, so a new tier is one call.
+fn measure_tier<T: CacheLayer<String, String> + 'static>(
+    results: &mut SuiteResults,
+    label: &str,
+    make: impl Fn(&[String]) -> T,
+) {
     let keys = keys();
-    let direct = memory_tier(&keys);
-    let chain: TieredCache<String, String> = TieredCache::builder()
-        .tier(Tier::new(memory_tier(&keys)).ttl(Duration::from_secs(3_600)))
-        .tier(Tier::new(MemoryTier::builder().name("l2").build()))
-        .build();
-    const ROUNDS: usize = 301;
-    const PER_ROUND: usize = 2_000;
-    let mut times = [
-        Vec::with_capacity(ROUNDS),
-        Vec::with_capacity(ROUNDS),
-        Vec::with_capacity(ROUNDS),
-    ];
-    for round in 0..ROUNDS {
-        let start = std::time::Instant::now();
-        for i in 0..PER_ROUND {
-            let key = &keys[(round * PER_ROUND + i) % KEYS];
-            black_box(get_ready_hit(&direct, black_box(key)));
+    let direct = make(&keys);
+    let plain = chain(make(&keys), None);
+    let monitor = Monitor::new();
+    let observed = chain(make(&keys), Some(&monitor));
+    let has_ready = direct.get_ready(&keys[0], SystemClock.now()).is_some();
+    let key = |round: usize, i: usize| &keys[(round * PER_ROUND + i) % KEYS];
+
+    let mut direct_side = |r: usize| {
+        ns_per_op(PER_ROUND, |i| {
+            black_box(direct_hit(&direct, black_box(key(r, i))));
+        })
+    };
+    let mut plain_side = |r: usize| {
+        ns_per_op(PER_ROUND, |i| {
+            black_box(chain_hit_once(&plain, black_box(key(r, i))));
+        })
+    };
+    let mut observed_side = |r: usize| {
+        ns_per_op(PER_ROUND, |i| {
+            black_box(chain_hit_once(&observed, black_box(key(r, i))));
+        })
+    };
+    let mut ready_side = |r: usize| {
+        if !has_ready {
+            return f64::NAN;
         }
-        times[2].push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
-        let start = std::time::Instant::now();
-        for i in 0..PER_ROUND {
-            let key = &keys[(round * PER_ROUND + i) % KEYS];
-            black_box(direct_hit(&direct, black_box(key)));
-        }
-        times[0].push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
-        let start = std::time::Instant::now();
-        for i in 0..PER_ROUND {
-            let key = &keys[(round * PER_ROUND + i) % KEYS];
-            black_box(chain_hit_once(&chain, black_box(key)));
-        }
-        times[1].push(start.elapsed().as_nanos() as f64 / PER_ROUND as f64);
+        ns_per_op(PER_ROUND, |i| {
+            black_box(get_ready_hit(&direct, black_box(key(r, i))));
+        })
+    };
+    let m = interleave(
+        rounds(301),
+        &mut [
+            &mut direct_side,
+            &mut plain_side,
+            &mut observed_side,
+            &mut ready_side,
+        ],
+    );
+    let direct_name = format!("`{label}::get` (direct, boxed future)");
+    let plain_name = format!("chain hit, tier 0 = `{label}`, no observer");
+    results.push(
+        m.row(1, &plain_name, 0, &direct_name, "ns")
+            .goal(Goal::AtMost(1.2)),
+    );
+    results.push(
+        m.row(
+            2,
+            &format!("chain hit, tier 0 = `{label}`, monitor on"),
+            1,
+            &plain_name,
+            "ns",
+        )
+        .goal(Goal::AtMost(1.3)),
+    );
+    if has_ready {
+        results.push(m.row(
+            3,
+            &format!("`{label}::get_ready` (sync, no future)"),
+            0,
+            &direct_name,
+            "ns",
+        ));
     }
-    let [direct_ns, chain_ns, ready_ns] = times.map(|mut t| {
-        t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
-    });
-    println!("chain_hit interleaved medians ({ROUNDS} rounds x {PER_ROUND} hits):");
-    println!("  tier0_direct_get            {direct_ns:8.1} ns/hit   1.00x");
-    println!(
-        "  chain_tier0_hit_no_observer {chain_ns:8.1} ns/hit   {:.2}x",
-        chain_ns / direct_ns
-    );
-    println!(
-        "  tier0_get_ready (sync)      {ready_ns:8.1} ns/hit   {:.2}x   (chain / get_ready {:.2}x)",
-        ready_ns / direct_ns,
-        chain_ns / ready_ns
-    );
+    let report = monitor.report();
+    assert_eq!(report.hits, report.requests, "every read is a tier-0 hit");
 }
 
-criterion_group!(benches, chain_hit);
+fn interleaved() {
+    let mut results = SuiteResults::new(
+        "chain",
+        format!(
+            "interleaved: {} rounds × {PER_ROUND} hits per side, 1,000 keys, median ns per hit, ratio = median of per-round ratios",
+            rounds(301)
+        ),
+    );
+    measure_tier(&mut results, "MemoryTier", memory_tier);
+    measure_tier(&mut results, "MokaTier", moka_tier);
+    // TODO(issue 12, part 1): once `cache_core::ConcurrentTier` is on main:
+    // measure_tier(&mut results, "ConcurrentTier", |k| fill(ConcurrentTier::builder().max_entries(2 * KEYS).build(), k));
+    results.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = criterion();
+    targets = chain_hit
+}
 
 fn main() {
     benches();

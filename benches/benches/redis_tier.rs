@@ -35,6 +35,9 @@ use cache_server::testing::RedisServer;
 use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
 use criterion::{criterion_group, criterion_main, Criterion};
 
+use benches::criterion;
+use benches::results::{interleave, quantile, quick, rounds, Goal, Row, SuiteResults};
+
 const KEYS: usize = 1_000;
 
 fn value(k: &str) -> String {
@@ -140,7 +143,14 @@ fn redis(c: &mut Criterion) {
     });
     group.finish();
 
-    interleaved(&rt, reads);
+    let mut results = SuiteResults::new(
+        "redis",
+        format!(
+            "redis-server on loopback, fred pool of 1, current-thread runtime, ~350 B values; interleaved: {} rounds × {PER_ROUND} calls per side, median µs, ratio = median of per-round ratios",
+            rounds(31)
+        ),
+    );
+    interleaved(&rt, reads, &mut results);
 
     let fills = rt.block_on(Fills::new(&pool, &tier));
     let fills = &fills;
@@ -160,7 +170,7 @@ fn redis(c: &mut Criterion) {
         })
     });
     group.finish();
-    interleaved_fills(&rt, fills);
+    interleaved_fills(&rt, fills, &mut results);
 
     let mut group = c.benchmark_group("invalidation_bus");
     let (publisher, subscriber, mut raw_rx) = rt.block_on(async {
@@ -231,27 +241,38 @@ fn redis(c: &mut Criterion) {
     group.finish();
 
     // The target is a p99 (under 100 ms on loopback), which criterion's
-    // summary does not give: time single invalidations and print percentiles.
-    const SAMPLES: usize = 1_000;
-    let mut latencies: Vec<Duration> = rt.block_on(async {
-        let mut out = Vec::with_capacity(SAMPLES);
-        for n in 0..SAMPLES {
-            let key = &keys[n % KEYS];
+    // summary does not give: time single invalidations, alternating with a raw
+    // publish to a subscriber, and compare percentiles.
+    let samples = if quick() { 200 } else { 1_000 };
+    let (raw, synced): (Vec<f64>, Vec<f64>) = rt.block_on(async {
+        let (mut raw, mut synced) = (Vec::new(), Vec::new());
+        for n in 0..samples {
             let start = Instant::now();
-            a.invalidate(key).await.expect("invalidate");
+            let _: i64 = publisher.publish("raw", "k").await.expect("publish");
+            black_box(raw_rx.recv().await.expect("message"));
+            raw.push(start.elapsed().as_secs_f64() * 1e3);
+            let start = Instant::now();
+            a.invalidate(&keys[n % KEYS]).await.expect("invalidate");
             black_box(applied.recv().await.expect("applied"));
-            out.push(start.elapsed());
+            synced.push(start.elapsed().as_secs_f64() * 1e3);
         }
-        out
+        (raw, synced)
     });
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    println!(
-        "invalidation A -> B's moka ({SAMPLES} single invalidations): p50 {:?}  p99 {:?}  max {:?}",
-        at(0.50),
-        at(0.99),
-        at(1.0)
-    );
+    let (mut raw, mut synced) = (raw, synced);
+    raw.sort_by(f64::total_cmp);
+    synced.sort_by(f64::total_cmp);
+    for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+        let (s, r) = (quantile(&synced, q), quantile(&raw, q));
+        results.push(Row::new(
+            format!("invalidation on A until B's moka dropped the key ({samples} single invalidations): {label}"),
+            s,
+            "ms",
+            format!("raw fred `PUBLISH` until a subscriber has it: {label}"),
+            r,
+            s / r,
+        ));
+    }
+    results.finish();
     rt.block_on(async {
         let _ = subscriber.quit().await;
         let _ = publisher.quit().await;
@@ -410,100 +431,88 @@ impl<'a> Fills<'a> {
     }
 }
 
-/// The fenced fill against the raw `SET` of the same round, interleaved as the
-/// reads are in `interleaved`. Prints the median time per write and the
-/// median of the per-round ratios.
-fn interleaved_fills(rt: &tokio::runtime::Runtime, fills: &Fills<'_>) {
-    const ROUNDS: usize = 31;
-    const PER_ROUND: usize = 100;
-    const NAMES: [&str; 2] = ["raw_fred_set (baseline)", "tier_put_fenced"];
-    let mut times: [Vec<f64>; 2] = Default::default();
-    let mut ratios: [Vec<f64>; 2] = Default::default();
+/// Operations per side per round in the interleaved runs.
+const PER_ROUND: usize = 100;
+
+/// Mean µs per call of `PER_ROUND` calls of `op(round, n)` on `rt`.
+fn timed<F: std::future::Future<Output = ()>>(
+    rt: &tokio::runtime::Runtime,
+    round: usize,
+    op: impl Fn(usize, usize) -> F,
+) -> f64 {
     rt.block_on(async {
-        for round in 0..ROUNDS {
-            let mut round_times = [0.0; 2];
-            for (op, time) in round_times.iter_mut().enumerate() {
-                let start = Instant::now();
-                for n in 0..PER_ROUND {
-                    let i = (round * PER_ROUND + n) % FILL_KEYS;
-                    match op {
-                        0 => fills.raw_set(i).await,
-                        _ => fills.fenced_fill(i).await,
-                    }
-                }
-                *time = start.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64;
-            }
-            for op in 0..2 {
-                times[op].push(round_times[op]);
-                ratios[op].push(round_times[op] / round_times[0]);
-            }
+        let start = Instant::now();
+        for n in 0..PER_ROUND {
+            op(round, n).await;
         }
-    });
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    println!("redis fills interleaved ({ROUNDS} rounds x {PER_ROUND} writes of each; median time, median per-round ratio):");
-    for ((name, t), r) in NAMES.iter().zip(times).zip(ratios) {
-        println!("  {name:<26} {:8.1} us   {:.2}x", median(t), median(r));
-    }
+        start.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64
+    })
+}
+
+/// The fenced fill against the raw `SET` of the same round, interleaved as the
+/// reads are in `interleaved`.
+fn interleaved_fills(rt: &tokio::runtime::Runtime, fills: &Fills<'_>, results: &mut SuiteResults) {
+    let i = |round: usize, n: usize| (round * PER_ROUND + n) % FILL_KEYS;
+    let m = interleave(
+        rounds(31),
+        &mut [
+            &mut |r| timed(rt, r, |r, n| fills.raw_set(i(r, n))),
+            &mut |r| timed(rt, r, |r, n| fills.fenced_fill(i(r, n))),
+        ],
+    );
+    results.push(m.row(
+        1,
+        "`RedisTier::put_fenced` (one `EVALSHA`: generations checked, then `SET`)",
+        0,
+        "raw fred `SET .. PXAT` of the same bytes",
+        "µs",
+    ));
 }
 
 /// The reads of the two goals, interleaved in rounds, each against the raw
 /// `GET` of the same round. A loopback round trip on a shared VM swings by ±30 %
 /// as the load of its neighbours drifts; criterion's groups run one after the
 /// other and can each see a different load, while a round gives every read the
-/// same conditions. Prints the median time per read and the median of the
-/// per-round ratios.
-fn interleaved(rt: &tokio::runtime::Runtime, reads: &Reads<'_>) {
-    const ROUNDS: usize = 31;
-    const PER_ROUND: usize = 100;
-    const NAMES: [&str; 5] = [
-        "raw_fred_get (baseline)",
-        "chain_redis_tier_get",
-        "raw_fred_mget_50",
-        "tier_get_many_50",
-        "chain_get_many_50",
-    ];
-    let mut times: [Vec<f64>; 5] = Default::default();
-    let mut ratios: [Vec<f64>; 5] = Default::default();
-    rt.block_on(async {
-        for round in 0..ROUNDS {
-            let mut round_times = [0.0; 5];
-            for (op, time) in round_times.iter_mut().enumerate() {
-                let start = Instant::now();
-                for n in 0..PER_ROUND {
-                    let one = (round * PER_ROUND + n) % KEYS;
-                    let fifty = (round * PER_ROUND + n) * 50 % (KEYS - 50);
-                    match op {
-                        0 => reads.raw_get(one).await,
-                        1 => reads.chain_get(one).await,
-                        2 => reads.raw_mget_50(fifty).await,
-                        3 => reads.tier_get_many_50(fifty).await,
-                        _ => reads.chain_get_many_50(fifty).await,
-                    }
-                }
-                *time = start.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64;
-            }
-            for op in 0..5 {
-                times[op].push(round_times[op]);
-                ratios[op].push(round_times[op] / round_times[0]);
-            }
-        }
-    });
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    println!("redis interleaved ({ROUNDS} rounds x {PER_ROUND} reads of each; median time, median per-round ratio):");
-    for ((name, t), r) in NAMES.iter().zip(times).zip(ratios) {
-        println!("  {name:<26} {:8.1} us   {:.2}x", median(t), median(r));
-    }
+/// same conditions.
+fn interleaved(rt: &tokio::runtime::Runtime, reads: &Reads<'_>, results: &mut SuiteResults) {
+    let one = |round: usize, n: usize| (round * PER_ROUND + n) % KEYS;
+    let fifty = |round: usize, n: usize| (round * PER_ROUND + n) * 50 % (KEYS - 50);
+    let m = interleave(
+        rounds(31),
+        &mut [
+            &mut |r| timed(rt, r, |r, n| reads.raw_get(one(r, n))),
+            &mut |r| timed(rt, r, |r, n| reads.chain_get(one(r, n))),
+            &mut |r| timed(rt, r, |r, n| reads.raw_mget_50(fifty(r, n))),
+            &mut |r| timed(rt, r, |r, n| reads.tier_get_many_50(fifty(r, n))),
+            &mut |r| timed(rt, r, |r, n| reads.chain_get_many_50(fifty(r, n))),
+        ],
+    );
+    let get = "raw fred `GET`";
+    results.push(
+        m.row(1, "chain `get` → `RedisTier` hit", 0, get, "µs")
+            .goal(Goal::AtMost(1.15)),
+    );
+    results.push(
+        m.row(3, "`RedisTier::get_many`, 50 keys", 0, get, "µs")
+            .goal(Goal::AtMost(2.0)),
+    );
+    results.push(
+        m.row(4, "chain `get_many` → `RedisTier`, 50 keys", 0, get, "µs")
+            .goal(Goal::AtMost(2.0)),
+    );
+    results.push(m.row(
+        4,
+        "chain `get_many` → `RedisTier`, 50 keys",
+        2,
+        "raw fred `MGET` of the 50 keys",
+        "µs",
+    ));
+    results.push(m.row(2, "raw fred `MGET` of 50 keys (reference)", 0, get, "µs"));
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30);
+    config = if quick() { criterion() } else { criterion().sample_size(30) };
     targets = redis
 }
 criterion_main!(benches);

@@ -5,7 +5,8 @@
 //!   browser tests in headless Chromium. Every suite runs; the command fails if any
 //!   suite fails or cannot run. Nothing is skipped silently.
 //! - `cargo xtask demo`: builds everything, wasm included, and serves the demo.
-//! - `cargo xtask bench`: the criterion suites and the browser benchmark.
+//! - `cargo xtask bench [--quick]`: every benchmark suite, then BENCHMARKS.md
+//!   rewritten from the results (see `bench.rs`).
 //!
 //! `test` also runs the publishing checks, each a subcommand of its own:
 //! `msrv` (every library crate's `rust-version` is the toolchain pinned in
@@ -30,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+mod bench;
+
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/chromium", "chromium"),
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
-        Some("bench") => bench(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         Some("setup") => setup().map(|()| true),
         // The end-to-end journey alone (also the last suite of `test`).
         Some("journey") => journey(),
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <test | demo | bench | setup | journey>\n\
                  \n  test   fmt, clippy, native tests (real Redis, real S3), browser tests in headless Chromium\
                  \n  demo   build everything (wasm included) and serve the profile-picture demo\
-                 \n  bench  criterion suites and the browser benchmark\
+                 \n  bench  every benchmark suite, then BENCHMARKS.md from the results (--quick: shorter, wider error)\
                  \n  setup  only install (or print how to install) what the other tasks need\
                  \n  journey  only the end-to-end journey in headless Chromium (the last suite of `test`)\
                  \n  msrv   only: every library crate's rust-version is the pinned toolchain\
@@ -455,42 +458,6 @@ fn test(args: &[String]) -> Result<bool, String> {
         "xtask: {} passed, {} failed, {} skipped",
         tally.passed, tally.failed, tally.ignored
     );
-    Ok(ok)
-}
-
-fn bench(args: &[String]) -> Result<bool, String> {
-    setup()?;
-    let mut criterion = cargo();
-    criterion.args(["bench", "-p", "benches"]);
-    if !args.is_empty() {
-        criterion.arg("--").args(args);
-    }
-    let mut tally = Tally::default();
-    println!("\n=== xtask: criterion suites (benches crate) ===");
-    let mut ok = run_suite(&mut criterion, &mut tally).is_ok();
-    if Path::new("cache-browser/tests/bench.rs").is_file() {
-        println!("\n=== xtask: browser benchmark in headless Chromium (cache-browser) ===");
-        let mut browser = cargo();
-        browser.args([
-            "test",
-            "--release",
-            "--target",
-            WASM_TARGET,
-            "-p",
-            "cache-browser",
-            "--features",
-            "browser-bench",
-            "--test",
-            "bench",
-            "--",
-            "--nocapture",
-        ]);
-        // Without the isolation switch: isolation off makes Chromium coarsen
-        // `performance.now()` to 100 µs.
-        browser_env(&mut browser).env_remove("WASM_BINDGEN_TEST_NO_ORIGIN_ISOLATION");
-        ok &= run_suite(&mut browser, &mut tally).is_ok();
-    }
-    println!("\nxtask bench: results above; record them with their baselines in BENCHMARKS.md");
     Ok(ok)
 }
 

@@ -1,0 +1,366 @@
+//! The in-process hit beside the caches someone would use instead: quick_cache
+//! (`sync::Cache`), moka (`sync::Cache` and `future::Cache`) and a
+//! `Mutex<HashMap>` with get + clone. Same keys for all: 1,000 keys of 12 bytes,
+//! 200-byte URL values, round-robin reads.
+//!
+//! - One thread: ns per hit, interleaved in rounds (every contender reads
+//!   20,000 keys per round in turn; ratio to quick_cache within each round).
+//! - Two threads sharing the cache: hits/s of both together, interleaved the
+//!   same way, against quick_cache's two threads and the contender's own one
+//!   thread (measured in the same round).
+//! - Memory per entry beyond the payload, 100,000 entries: bytes allocated
+//!   (a counting global allocator) divided by the entries held, minus the key
+//!   and value bytes.
+//!
+//! Goals (issue 12, for the native in-process tier, shown beside every chain
+//! row): a chain hit ≤ 1.5× quick_cache's get on one thread; two threads
+//! ≥ 1.6× one thread and ≥ 0.6× quick_cache's two threads; memory per entry
+//! ≤ 1.3× quick_cache's.
+
+use std::alloc::System;
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use benches::results::{interleave, ns_per_op, rounds, Goal, Row, SuiteResults};
+use benches::{peer_keys, ready, url_value};
+use cache_core::{CacheLayer, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
+use cache_server::MokaTier;
+
+/// The system allocator, counting live bytes (`ALLOCATOR.allocated()`).
+#[global_allocator]
+static ALLOCATOR: cap::Cap<System> = cap::Cap::new(System, usize::MAX);
+
+/// Keys the hit benchmarks read.
+const KEYS: usize = 1_000;
+/// Entries of the memory benchmark.
+const MEMORY_ENTRIES: usize = 100_000;
+/// Reads per contender per round and thread.
+const PER_ROUND: usize = 20_000;
+
+/// A cache under test: a hit returns an owned copy of the value, as every
+/// contender's `get` does.
+trait Contender: Sync {
+    // `&String`: the chain's key type is `String`, and every contender gets
+    // the same reference.
+    #[allow(clippy::ptr_arg)]
+    fn hit(&self, key: &String) -> bool;
+    /// Entries held (for the memory benchmark, which divides by it).
+    fn len(&self) -> usize;
+}
+
+struct Quick(quick_cache::sync::Cache<String, String>);
+impl Contender for Quick {
+    fn hit(&self, key: &String) -> bool {
+        self.0.get(key).is_some()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+struct MokaSync(moka::sync::Cache<String, String>);
+impl Contender for MokaSync {
+    fn hit(&self, key: &String) -> bool {
+        self.0.get(key).is_some()
+    }
+    fn len(&self) -> usize {
+        self.0.run_pending_tasks();
+        self.0.entry_count() as usize
+    }
+}
+
+struct MokaFuture(moka::future::Cache<String, String>);
+impl Contender for MokaFuture {
+    fn hit(&self, key: &String) -> bool {
+        ready(self.0.get(key)).is_some()
+    }
+    fn len(&self) -> usize {
+        futures_executor::block_on(self.0.run_pending_tasks());
+        self.0.entry_count() as usize
+    }
+}
+
+struct Locked(Mutex<HashMap<String, String>>);
+impl Contender for Locked {
+    fn hit(&self, key: &String) -> bool {
+        self.0.lock().expect("lock").get(key).cloned().is_some()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().expect("lock").len()
+    }
+}
+
+/// The chain over one tier; `len` counts what the tier holds.
+struct Chain {
+    chain: TieredCache<String, String>,
+    len: Box<dyn Fn() -> usize + Send + Sync>,
+}
+impl Contender for Chain {
+    fn hit(&self, key: &String) -> bool {
+        ready(self.chain.get(key)).expect("get").is_some()
+    }
+    fn len(&self) -> usize {
+        (self.len)()
+    }
+}
+
+/// A tier read directly through its synchronous `get_ready`.
+struct Direct<T>(T);
+impl<T: CacheLayer<String, String> + Sync> Contender for Direct<T> {
+    fn hit(&self, key: &String) -> bool {
+        self.0
+            .get_ready(key, SystemClock.now())
+            .expect("a tier with get_ready")
+            .expect("get")
+            .is_some()
+    }
+    fn len(&self) -> usize {
+        0
+    }
+}
+
+/// A contender's name and the contender holding `keys`.
+type Make = fn(&[String]) -> (&'static str, Box<dyn Contender>);
+
+/// `(key, value)` copies with exact capacities, so the payload is what it says.
+fn pairs(keys: &[String]) -> impl Iterator<Item = (String, String)> + '_ {
+    keys.iter()
+        .map(|k| (k.as_str().to_owned(), url_value(k).as_str().to_owned()))
+}
+
+/// Every contender, quick_cache first (the baseline). Capacities are the
+/// number of keys (1 GiB for the byte-bounded MokaTier). A new tier is one
+/// line: a `chain_over` of it.
+const CONTENDERS: &[Make] = &[
+    |k| {
+        let c = quick_cache::sync::Cache::new(k.len());
+        pairs(k).for_each(|(k, v)| c.insert(k, v));
+        ("quick_cache `sync::Cache::get`", Box::new(Quick(c)))
+    },
+    |k| {
+        let c = moka::sync::Cache::new(k.len() as u64);
+        pairs(k).for_each(|(k, v)| c.insert(k, v));
+        ("moka `sync::Cache::get`", Box::new(MokaSync(c)))
+    },
+    |k| {
+        let c = moka::future::Cache::new(k.len() as u64);
+        pairs(k).for_each(|(k, v)| futures_executor::block_on(c.insert(k, v)));
+        ("moka `future::Cache::get`", Box::new(MokaFuture(c)))
+    },
+    |k| {
+        let map: HashMap<String, String> = pairs(k).collect();
+        (
+            "`Mutex<HashMap>` get + clone",
+            Box::new(Locked(Mutex::new(map))),
+        )
+    },
+    |k| {
+        let tier = MemoryTier::builder().max_entries(k.len()).build();
+        chain_over("chain hit, tier 0 = `MemoryTier`", tier, k, MemoryTier::len)
+    },
+    |k| {
+        let tier = MokaTier::builder().max_bytes(1 << 30).build();
+        chain_over("chain hit, tier 0 = `MokaTier`", tier, k, |t| {
+            futures_executor::block_on(t.run_pending_tasks());
+            t.entry_count() as usize
+        })
+    },
+    // TODO(issue 12, part 1): once `cache_core::ConcurrentTier` is on main:
+    // |k| chain_over("chain hit, tier 0 = `ConcurrentTier`", ConcurrentTier::builder().max_entries(k.len()).build(), k, ConcurrentTier::len),
+];
+
+/// Fills `tier` with hour-long entries for `keys` and puts a chain over it;
+/// the contender's `len` is the tier's.
+fn chain_over<T: CacheLayer<String, String> + 'static>(
+    name: &'static str,
+    tier: T,
+    keys: &[String],
+    len: fn(&T) -> usize,
+) -> (&'static str, Box<dyn Contender>) {
+    let now = SystemClock.now();
+    for (k, v) in pairs(keys) {
+        let entry = Entry::expiring_in(v, now, Duration::from_secs(3_600));
+        futures_executor::block_on(tier.put(&k, entry)).expect("put");
+    }
+    let tier = Arc::new(tier);
+    let counted = tier.clone();
+    let chain = TieredCache::builder()
+        .tier(Tier::shared(tier).ttl(Duration::from_secs(3_600)))
+        .build();
+    (
+        name,
+        Box::new(Chain {
+            chain,
+            len: Box::new(move || len(&counted)),
+        }),
+    )
+}
+
+/// Every contender holding `keys`.
+fn contenders(keys: &[String]) -> Vec<(&'static str, Box<dyn Contender>)> {
+    CONTENDERS.iter().map(|make| make(keys)).collect()
+}
+
+/// `MemoryTier::get_ready` read directly (no chain, no future), for the
+/// one-thread table only (its memory is the chain-over-MemoryTier row's).
+fn direct_memory(keys: &[String]) -> Direct<MemoryTier<String, String>> {
+    let chain = MemoryTier::builder().max_entries(keys.len()).build();
+    let now = SystemClock.now();
+    for k in keys {
+        let entry = Entry::expiring_in(url_value(k), now, Duration::from_secs(3_600));
+        futures_executor::block_on(chain.put(k, entry)).expect("put");
+    }
+    Direct(chain)
+}
+
+/// Whether a row is one of ours (a chain), which the goals are about.
+fn ours(name: &str) -> bool {
+    name.starts_with("chain hit")
+}
+
+fn one_thread(results: &mut SuiteResults, keys: &[String]) {
+    let mut all = contenders(keys);
+    all.push((
+        "`MemoryTier::get_ready` (direct, no chain)",
+        Box::new(direct_memory(keys)),
+    ));
+    let mut sides: Vec<Box<dyn FnMut(usize) -> f64 + '_>> = all
+        .iter()
+        .map(|(_, c)| {
+            Box::new(move |r: usize| {
+                ns_per_op(PER_ROUND, |i| {
+                    black_box(c.hit(black_box(&keys[(r * PER_ROUND + i) % KEYS])));
+                })
+            }) as Box<dyn FnMut(usize) -> f64>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut(usize) -> f64> =
+        sides.iter_mut().map(|s| s.as_mut() as _).collect();
+    let m = interleave(rounds(101), &mut refs);
+    for (i, (name, _)) in all.iter().enumerate().skip(1) {
+        let row = m.row(i, &format!("{name}, one thread"), 0, all[0].0, "ns");
+        results.push(if ours(name) {
+            row.goal(Goal::AtMost(1.5))
+        } else {
+            row
+        });
+    }
+}
+
+/// Hits per second of two threads reading `c` together (each `PER_ROUND`
+/// reads, starting at different keys).
+fn two_threads(c: &dyn Contender, keys: &[String], round: usize) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            s.spawn(move || {
+                for i in 0..PER_ROUND {
+                    let key = &keys[(round * PER_ROUND + i + t * KEYS / 2) % KEYS];
+                    black_box(c.hit(black_box(key)));
+                }
+            });
+        }
+    });
+    (2 * PER_ROUND) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn two_thread_table(results: &mut SuiteResults, keys: &[String]) {
+    let all = contenders(keys);
+    // Per contender: one thread (hits/s), then two threads, in the same round.
+    let mut sides: Vec<Box<dyn FnMut(usize) -> f64 + '_>> = Vec::new();
+    for (_, c) in &all {
+        let c: &dyn Contender = c.as_ref();
+        sides.push(Box::new(move |r: usize| {
+            1e9 / ns_per_op(PER_ROUND, |i| {
+                black_box(c.hit(black_box(&keys[(r * PER_ROUND + i) % KEYS])));
+            })
+        }));
+        sides.push(Box::new(move |r: usize| two_threads(c, keys, r)));
+    }
+    let mut refs: Vec<&mut dyn FnMut(usize) -> f64> =
+        sides.iter_mut().map(|s| s.as_mut() as _).collect();
+    let m = interleave(rounds(51), &mut refs);
+    let base = format!("{}, two threads", all[0].0);
+    for (i, (name, _)) in all.iter().enumerate() {
+        let two = 2 * i + 1;
+        let two_name = format!("{name}, two threads");
+        if i > 0 {
+            let row = m.row(two, &two_name, 1, &base, "hits/s");
+            results.push(if ours(name) {
+                row.goal(Goal::AtLeast(0.6))
+            } else {
+                row
+            });
+        }
+        let row = m.row(
+            two,
+            &two_name,
+            two - 1,
+            &format!("{name}, one thread"),
+            "hits/s",
+        );
+        results.push(if ours(name) {
+            row.goal(Goal::AtLeast(1.6))
+        } else {
+            row
+        });
+    }
+}
+
+/// Bytes per entry beyond the key and value bytes, for each contender
+/// holding `MEMORY_ENTRIES` entries, built one at a time.
+fn memory(results: &mut SuiteResults) {
+    let keys = peer_keys(MEMORY_ENTRIES);
+    let payload = (keys[0].len() + url_value(&keys[0]).len()) as f64;
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    for make in CONTENDERS {
+        let before = ALLOCATOR.allocated() as f64;
+        let (name, c) = make(&keys);
+        let held = c.len();
+        let bytes = ALLOCATOR.allocated() as f64 - before;
+        assert!(
+            held > MEMORY_ENTRIES * 9 / 10,
+            "{name} holds {held} of {MEMORY_ENTRIES}"
+        );
+        rows.push((name, bytes / held as f64 - payload));
+        drop(c);
+    }
+    let (base, base_bytes) = rows[0];
+    for &(name, bytes) in &rows[1..] {
+        let row = Row::new(
+            format!("{name}: memory per entry beyond the payload"),
+            bytes,
+            "B",
+            base,
+            base_bytes,
+            bytes / base_bytes,
+        );
+        results.push(if ours(name) {
+            row.goal(Goal::AtMost(1.3))
+        } else {
+            row
+        });
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let keys = peer_keys(KEYS);
+    assert!(keys.iter().all(|k| k.len() == 12) && url_value(&keys[0]).len() == 200);
+    let mut results = SuiteResults::new(
+        "peers",
+        format!(
+            "1,000 keys of 12 B, 200 B values, round-robin; interleaved: {} rounds × {PER_ROUND} hits (one thread), {} rounds × 2 × {PER_ROUND} (two threads); memory: {MEMORY_ENTRIES} entries, counting allocator",
+            rounds(101),
+            rounds(51)
+        ),
+    );
+    one_thread(&mut results, &keys);
+    two_thread_table(&mut results, &keys);
+    memory(&mut results);
+    results.finish();
+}
