@@ -19,7 +19,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{CacheLayer, Clock, MemoryTier, SystemClock, Tier, TieredCache};
+use cache_core::{CacheLayer, Clock, ConcurrentTier, MemoryTier, SystemClock, Tier, TieredCache};
 use cache_monitor::Monitor;
 use cache_server::MokaTier;
 use criterion::{criterion_group, Criterion, Throughput};
@@ -191,8 +191,9 @@ fn interleaved() {
     );
     measure_tier(&mut results, "MemoryTier", memory_tier);
     measure_tier(&mut results, "MokaTier", moka_tier);
-    // TODO(issue 12, part 1): once `cache_core::ConcurrentTier` is on main:
-    // measure_tier(&mut results, "ConcurrentTier", |k| fill(ConcurrentTier::builder().max_entries(2 * KEYS).build(), k));
+    measure_tier(&mut results, "ConcurrentTier", |k| {
+        fill(ConcurrentTier::builder().max_entries(2 * KEYS).build(), k)
+    });
     results.finish();
 }
 

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use benches::results::{interleave, ns_per_op, rounds, Goal, Row, SuiteResults};
 use benches::{peer_keys, ready, url_value};
-use cache_core::{CacheLayer, Clock, Entry, MemoryTier, SystemClock, Tier, TieredCache};
+use cache_core::{
+    CacheLayer, Clock, ConcurrentTier, Entry, MemoryTier, SystemClock, Tier, TieredCache,
+};
 use cache_server::MokaTier;
 
 /// The system allocator, counting live bytes (`ALLOCATOR.allocated()`).
@@ -167,8 +169,15 @@ const CONTENDERS: &[Make] = &[
             t.entry_count() as usize
         })
     },
-    // TODO(issue 12, part 1): once `cache_core::ConcurrentTier` is on main:
-    // |k| chain_over("chain hit, tier 0 = `ConcurrentTier`", ConcurrentTier::builder().max_entries(k.len()).build(), k, ConcurrentTier::len),
+    |k| {
+        let tier = ConcurrentTier::builder().max_entries(k.len()).build();
+        chain_over(
+            "chain hit, tier 0 = `ConcurrentTier`",
+            tier,
+            k,
+            ConcurrentTier::len,
+        )
+    },
 ];
 
 /// Fills `tier` with hour-long entries for `keys` and puts a chain over it;
@@ -186,8 +195,10 @@ fn chain_over<T: CacheLayer<String, String> + 'static>(
     }
     let tier = Arc::new(tier);
     let counted = tier.clone();
+    // `Tier::new`, as an application would: a `ConcurrentTier` (here in an
+    // `Arc`) is then read by the chain's direct hit path.
     let chain = TieredCache::builder()
-        .tier(Tier::shared(tier).ttl(Duration::from_secs(3_600)))
+        .tier(Tier::new(tier).ttl(Duration::from_secs(3_600)))
         .build();
     (
         name,
