@@ -43,6 +43,10 @@ pub struct Config {
     /// The clock for URL signing, cache expiry and version sweeping (tests
     /// use a manual one).
     pub clock: Arc<dyn Clock>,
+    /// Whether URLs are cached (the default). Without the cache every request
+    /// lists the user's versions and signs afresh: the baseline the HTTP
+    /// benchmark compares the cached server with.
+    pub url_cache: bool,
 }
 
 /// Request deadlines. A client that stalls past one loses its connection, so
@@ -105,6 +109,7 @@ impl Config {
             limits: Limits::default(),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             clock: Arc::new(SystemClock),
+            url_cache: true,
         }
     }
 
@@ -112,7 +117,8 @@ impl Config {
     /// another address), `WEB_DIR`, `REDIS_URL`, `REDIS_TIMEOUT_MS`, `USERS`,
     /// `MAX_UPLOAD_BYTES`,
     /// `HEADER_TIMEOUT_MS`, `BODY_TIMEOUT_MS`, `REQUEST_TIMEOUT_MS`,
-    /// `SWEEP_INTERVAL_MS`, and `S3_ENDPOINT`, `S3_BUCKET`, `S3_ACCESS_KEY_ID`,
+    /// `SWEEP_INTERVAL_MS`, `URL_CACHE` (`off` to sign every request afresh),
+    /// and `S3_ENDPOINT`, `S3_BUCKET`, `S3_ACCESS_KEY_ID`,
     /// `S3_SECRET_ACCESS_KEY`, `S3_REGION` (all five, or none).
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -130,6 +136,13 @@ impl Config {
         config.addr = SocketAddr::new(ip, port);
         config.web_dir = var("WEB_DIR").map(PathBuf::from);
         config.redis_url = var("REDIS_URL");
+        if let Some(v) = var("URL_CACHE") {
+            config.url_cache = match v.as_str() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => return Err(format!("URL_CACHE={v} is not on or off")),
+            };
+        }
         if let Some(users) = var("USERS") {
             config.users = users
                 .parse()

@@ -67,7 +67,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use presign::{ObjectKeys, PresignedUrl, PresignedUrls};
+use presign::{ObjectKeys, PresignedUrl, PresignedUrls, PresignedUrlsBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -116,32 +116,20 @@ impl fmt::Debug for App {
     }
 }
 
-/// Builds the services of `config` (connects to Redis and S3, or starts the
-/// embedded S3) and seeds a generated picture for every user who has none.
-///
-/// Needs a tokio runtime.
-pub async fn build_app(config: &Config) -> Result<App, BoxError> {
-    let monitor = Monitor::new();
-    let (embedded_s3, public, direct) = match &config.s3 {
-        Some(s3) => (None, s3.clone(), s3.clone()),
-        None => {
-            let s3 = EmbeddedS3::start().await?;
-            let (public, direct) = (s3.public_config(), s3.direct_config());
-            (Some(s3), public, direct)
-        }
-    };
-    // Tier 0: the native in-process tier, read by the chain's direct hit path.
+/// The URL cache: tier 0 the native in-process tier (read by the chain's
+/// direct hit path), then Redis with the invalidation bus when `REDIS_URL` is
+/// set, else an in-process stand-in for it.
+async fn cache_tiers(
+    builder: PresignedUrlsBuilder,
+    config: &Config,
+) -> Result<PresignedUrlsBuilder, BoxError> {
     let local = ConcurrentTier::<String, PresignedUrl>::builder()
         .name("memory")
         .max_entries(100_000)
         .max_bytes(32 << 20)
         .build();
-    let mut builder = PresignedUrls::builder(public.signer()?, Arc::new(direct.object_store()?))
-        .object_keys(ObjectKeys::PerUpload)
-        .clock(config.clock.clone())
-        .tier(Tier::new(local).ttl(LOCAL_TTL))
-        .observer(monitor.clone());
-    builder = match &config.redis_url {
+    let builder = builder.tier(Tier::new(local).ttl(LOCAL_TTL));
+    Ok(match &config.redis_url {
         Some(url) => {
             let shared = RedisTier::<PresignedUrl>::builder()
                 .url(url.clone())
@@ -170,7 +158,30 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
             )
             .ttl(SHARED_TTL),
         ),
+    })
+}
+
+/// Builds the services of `config` (connects to Redis and S3, or starts the
+/// embedded S3) and seeds a generated picture for every user who has none.
+///
+/// Needs a tokio runtime.
+pub async fn build_app(config: &Config) -> Result<App, BoxError> {
+    let monitor = Monitor::new();
+    let (embedded_s3, public, direct) = match &config.s3 {
+        Some(s3) => (None, s3.clone(), s3.clone()),
+        None => {
+            let s3 = EmbeddedS3::start().await?;
+            let (public, direct) = (s3.public_config(), s3.direct_config());
+            (Some(s3), public, direct)
+        }
     };
+    let mut builder = PresignedUrls::builder(public.signer()?, Arc::new(direct.object_store()?))
+        .object_keys(ObjectKeys::PerUpload)
+        .clock(config.clock.clone())
+        .observer(monitor.clone());
+    if config.url_cache {
+        builder = cache_tiers(builder, config).await?;
+    }
     let urls = builder.build()?;
     seed(&urls, config.users, embedded_s3.is_some()).await?;
     Ok(App {
