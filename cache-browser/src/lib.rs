@@ -96,5 +96,6 @@ pub use cross_tab::CrossTabInvalidation;
 mod profile;
 #[cfg(target_family = "wasm")]
 pub use profile::{
-    Picture, ProfilePictures, ProfilePicturesBuilder, ResolvedPicture, BYTES_TTL, LOCAL_STORAGE_TTL,
+    use_profile_picture, Picture, ProfilePicture, ProfilePictures, ProfilePicturesBuilder,
+    ResolvedPicture, TierContents, BYTES_TTL, LOCAL_STORAGE_TTL,
 };
