@@ -5,6 +5,13 @@
 //! objects in a temporary directory that is removed when the server is dropped.
 //! Requests signed with any other key, or tampered with, get `403`.
 //!
+//! Like S3 (and unlike s3s-fs alone), a successful GET applies the signed
+//! response-header overrides of its URL (`response-cache-control`,
+//! `response-content-type`, ...): the server
+//! sets those headers on the answer. It counts the object GET and PUT requests
+//! it receives ([`EmbeddedS3::requests`]), so a test can prove that a client
+//! fetched nothing.
+//!
 //! Use it to run an application that presigns URLs without a real S3 or MinIO:
 //! a development server, a demo, integration tests. It is not a storage backend
 //! for production: objects live only as long as the [`EmbeddedS3`] value, and it
@@ -13,8 +20,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use cache_core::BoxError;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
@@ -47,6 +59,29 @@ pub struct EmbeddedS3 {
     config: S3Config,
     dir: tempfile::TempDir,
     task: JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    get_object: AtomicU64,
+    put_object: AtomicU64,
+}
+
+/// How many object requests an [`EmbeddedS3`] has received since it started,
+/// whatever their answer (a refused signature counts too). Listing, HEAD and
+/// DELETE requests are not counted.
+///
+/// ```
+/// let none = presign::embedded::ObjectRequests::default();
+/// assert_eq!((none.get_object, none.put_object), (0, 0));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectRequests {
+    /// `GetObject` requests (downloads, presigned or not).
+    pub get_object: u64,
+    /// `PutObject` requests (uploads; copies and multipart parts excluded).
+    pub put_object: u64,
 }
 
 impl fmt::Debug for EmbeddedS3 {
@@ -74,9 +109,14 @@ impl EmbeddedS3 {
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, secret_key.clone()));
         let service = builder.build();
+        let counters = Arc::new(Counters::default());
 
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let front = Front {
+            service,
+            counters: counters.clone(),
+        };
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
@@ -84,7 +124,7 @@ impl EmbeddedS3 {
                     continue;
                 };
                 let conn = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .serve_connection(TokioIo::new(socket), front.clone())
                     .into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -102,7 +142,24 @@ impl EmbeddedS3 {
             config,
             dir,
             task,
+            counters,
         })
+    }
+
+    /// The object GET and PUT requests received so far.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_core::BoxError> {
+    /// let s3 = presign::embedded::EmbeddedS3::start().await?;
+    /// assert_eq!(s3.requests().get_object, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn requests(&self) -> ObjectRequests {
+        ObjectRequests {
+            get_object: self.counters.get_object.load(Ordering::Relaxed),
+            put_object: self.counters.put_object.load(Ordering::Relaxed),
+        }
     }
 
     /// Path-style configuration for this server, with its credentials.
@@ -130,6 +187,118 @@ impl Drop for EmbeddedS3 {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// s3s behind a thin layer that counts object requests and applies the
+/// response-header overrides S3 applies (s3s-fs ignores them).
+#[derive(Clone)]
+struct Front {
+    service: s3s::service::S3Service,
+    counters: Arc<Counters>,
+}
+
+/// Sub-resources that make a `GET`/`PUT` on a key something other than
+/// GetObject/PutObject.
+const SUBRESOURCES: [&str; 9] = [
+    "acl",
+    "tagging",
+    "attributes",
+    "legal-hold",
+    "retention",
+    "torrent",
+    "uploadId",
+    "partNumber",
+    "uploads",
+];
+
+/// The overrides S3 honours on GET, and the header each one sets.
+const OVERRIDES: [(&str, &str); 6] = [
+    ("response-cache-control", "cache-control"),
+    ("response-content-disposition", "content-disposition"),
+    ("response-content-encoding", "content-encoding"),
+    ("response-content-language", "content-language"),
+    ("response-content-type", "content-type"),
+    ("response-expires", "expires"),
+];
+
+impl hyper::service::Service<Request<Incoming>> for Front {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let params: Vec<(String, String)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        // Path style: `/bucket/key`; a key is a non-empty second segment.
+        let on_object = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split_once('/')
+            .is_some_and(|(_, key)| !key.is_empty())
+            && !params
+                .iter()
+                .any(|(k, _)| SUBRESOURCES.contains(&k.as_str()));
+        let method = req.method().clone();
+        if on_object && method == Method::GET {
+            self.counters.get_object.fetch_add(1, Ordering::Relaxed);
+        } else if on_object
+            && method == Method::PUT
+            && !req.headers().contains_key("x-amz-copy-source")
+        {
+            self.counters.put_object.fetch_add(1, Ordering::Relaxed);
+        }
+        let service = self.service.clone();
+        Box::pin(async move {
+            let mut response = service.call(req.map(s3s::Body::from)).await?;
+            // Only after s3s accepted the signature (which covers the query).
+            if on_object && method == Method::GET && response.status().is_success() {
+                for (param, header) in OVERRIDES {
+                    let value = params.iter().rev().find(|(k, _)| k == param);
+                    if let Some(value) = value.and_then(|(_, v)| HeaderValue::from_str(v).ok()) {
+                        response
+                            .headers_mut()
+                            .insert(HeaderName::from_static(header), value);
+                    }
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (a space in a query); invalid escapes stay as
+/// they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A secret that differs between runs and servers, without a RNG dependency.

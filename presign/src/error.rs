@@ -54,6 +54,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A response-header override cannot be signed into a URL.
+    #[error("invalid response header override {name}: {reason}")]
+    InvalidResponseHeader {
+        /// The query parameter, e.g. `response-cache-control`.
+        name: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+
     /// A user id cannot be mapped to an object key.
     #[error("invalid user id {preview}: {reason}")]
     InvalidUserId {
@@ -61,6 +70,14 @@ pub enum Error {
         preview: String,
         /// Why.
         reason: &'static str,
+    },
+
+    /// The user has no picture in the store (no version, with
+    /// [`crate::ObjectKeys::PerUpload`]).
+    #[error("user {user} has no picture")]
+    NoPicture {
+        /// The (valid) user id.
+        user: String,
     },
 
     /// The credentials expire before a URL signed with them would be useful.

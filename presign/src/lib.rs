@@ -68,11 +68,12 @@ mod signer;
 
 pub use error::{Error, Result};
 pub use service::{
-    Invalidator, PresignedUrls, PresignedUrlsBuilder, UserId, DEFAULT_MARGIN,
-    DEFAULT_MAX_CACHE_LIFETIME, DEFAULT_URL_VALIDITY, MAX_USER_ID_BYTES,
+    Invalidator, ObjectKeys, PresignedUrls, PresignedUrlsBuilder, UserId, DEFAULT_MARGIN,
+    DEFAULT_MAX_CACHE_LIFETIME, DEFAULT_URL_VALIDITY, MAX_USER_ID_BYTES, SWEEP_GRACE,
 };
 pub use signer::{
-    Credentials, Method, PresignedUrl, S3Config, Signer, UrlStyle, MAX_EXPIRY, MAX_OBJECT_KEY_BYTES,
+    Credentials, Method, PresignedUrl, ResponseHeaders, S3Config, Signer, UrlStyle, MAX_EXPIRY,
+    MAX_OBJECT_KEY_BYTES,
 };
 
 #[cfg(feature = "embedded-s3")]

@@ -1,5 +1,6 @@
 //! [`PresignedUrls`]: per-user presigned GET URLs through a cache-core chain.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,13 +12,16 @@ use cache_core::{
     BoxError, Clock, Entry, Loader, Observer, SystemClock, Tier, TieredCache, TieredCacheBuilder,
 };
 use cache_server::{InvalidationBus, SyncedCache};
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
 };
 
+use sha2::Digest;
+
 use crate::signer::validate_object_key;
-use crate::{Error, Method, PresignedUrl, Result, Signer, MAX_EXPIRY};
+use crate::{Error, Method, PresignedUrl, ResponseHeaders, Result, Signer, MAX_EXPIRY};
 
 /// Longest user id accepted, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 128;
@@ -28,6 +32,42 @@ pub const DEFAULT_URL_VALIDITY: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// Default longest time a URL stays cached: 50 minutes.
 pub const DEFAULT_MAX_CACHE_LIFETIME: Duration = Duration::from_secs(50 * 60);
+
+/// With [`ObjectKeys::PerUpload`], how long after its URLs' expiry a replaced
+/// version is kept: it covers a lookup that listed the old version just before
+/// the upload and signed its URL just after.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(60);
+
+/// How many object listings one batch lookup runs at a time
+/// ([`ObjectKeys::PerUpload`]).
+const LIST_CONCURRENCY: usize = 16;
+
+/// How a user's picture maps to object keys.
+///
+/// ```
+/// use presign::ObjectKeys;
+/// assert_eq!(ObjectKeys::default(), ObjectKeys::Stable);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ObjectKeys {
+    /// `<prefix><user>`: one key per user, overwritten by every upload. A lookup
+    /// signs without touching the store. A URL handed out before an upload
+    /// serves the new bytes, so browsers must not cache the bytes for long.
+    #[default]
+    Stable,
+    /// `<prefix><user>/<version>`: every upload gets its own key, so a URL and
+    /// its bytes never change; the newest version is the picture. A lookup that
+    /// misses every tier lists the user's versions (one LIST request) before
+    /// signing. GET URLs carry a signed `response-cache-control: private,
+    /// max-age=<URL life − margin>, immutable`, so the browser's HTTP cache
+    /// serves the bytes again without asking S3. Replaced versions are deleted by
+    /// [`PresignedUrls::sweep`] once every URL to them has expired.
+    ///
+    /// A version is `<13-digit Unix milliseconds>-<16 hex digits of the bytes'
+    /// SHA-256>`; the milliseconds grow strictly within one service, so two
+    /// uploads in the same millisecond still get distinct, ordered keys.
+    PerUpload,
+}
 
 /// A user id that is safe to turn into an object key.
 ///
@@ -95,11 +135,16 @@ impl fmt::Display for UserId {
 struct SignLoader {
     signer: Arc<Signer>,
     clock: Arc<dyn Clock>,
+    store: Arc<dyn ObjectStore>,
+    keys: ObjectKeys,
     prefix: String,
     validity: Duration,
     margin: Duration,
     max_lifetime: Duration,
     signatures: AtomicU64,
+    /// The milliseconds of the last version this service named
+    /// ([`ObjectKeys::PerUpload`]).
+    last_version: AtomicU64,
 }
 
 impl SignLoader {
@@ -110,11 +155,62 @@ impl SignLoader {
         key
     }
 
-    fn sign(&self, user: &str) -> Result<Entry<PresignedUrl>> {
+    /// Where `user`'s versions live ([`ObjectKeys::PerUpload`]): `<prefix><user>`.
+    fn versions_dir(&self, user: &str) -> Result<Path> {
+        key_path(&self.object_key(user))
+    }
+
+    /// The key of `user`'s picture: the stable key, or the newest version
+    /// (`None` if the user has none).
+    async fn current_key(&self, user: &str) -> Result<Option<String>> {
+        match self.keys {
+            ObjectKeys::Stable => Ok(Some(self.object_key(user))),
+            ObjectKeys::PerUpload => {
+                let listing = self
+                    .store
+                    .list_with_delimiter(Some(&self.versions_dir(user)?))
+                    .await
+                    .map_err(|source| Error::ObjectStore {
+                        operation: "list",
+                        source,
+                    })?;
+                Ok(listing
+                    .objects
+                    .into_iter()
+                    .filter(|meta| meta.location.filename().and_then(version_millis).is_some())
+                    .map(|meta| meta.location.to_string())
+                    .max())
+            }
+        }
+    }
+
+    async fn load_user(&self, user: &str) -> Result<Option<Entry<PresignedUrl>>> {
+        match self.current_key(user).await? {
+            Some(key) => self.sign(&key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn sign(&self, key: &str) -> Result<Entry<PresignedUrl>> {
         let now = self.clock.now();
-        let url =
-            self.signer
-                .presign_at(Method::Get, &self.object_key(user), self.validity, now)?;
+        let url = match self.keys {
+            ObjectKeys::Stable => self
+                .signer
+                .presign_at(Method::Get, key, self.validity, now)?,
+            ObjectKeys::PerUpload => {
+                // The URL's whole life is known before signing: the validity, or
+                // less if the credentials expire first.
+                let mut life = self.validity;
+                if let Some(end) = self.signer.credentials().expires_at() {
+                    life = life.min(end.duration_since(now));
+                }
+                let max_age = life.saturating_sub(self.margin).as_secs();
+                let headers = ResponseHeaders::new()
+                    .cache_control(format!("private, max-age={max_age}, immutable"));
+                self.signer
+                    .presign_at_with(Method::Get, key, self.validity, now, &headers)?
+            }
+        };
         self.signatures.fetch_add(1, Ordering::Relaxed);
         // The URL's expiry already includes the credentials' expiry.
         let cache_until = now
@@ -130,17 +226,40 @@ impl SignLoader {
     }
 }
 
+/// The milliseconds of a version name `<13 digits>-<16 hex>`.
+fn version_millis(name: &str) -> Option<u64> {
+    let (millis, hash) = name.split_once('-')?;
+    let well_formed = millis.len() == 13
+        && millis.bytes().all(|b| b.is_ascii_digit())
+        && hash.len() == 16
+        && hash.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then(|| millis.parse().ok()).flatten()
+}
+
 #[async_trait]
 impl Loader<String, PresignedUrl> for SignLoader {
     async fn load(&self, user: &String) -> Result<Option<Entry<PresignedUrl>>, BoxError> {
-        Ok(Some(self.sign(user)?))
+        Ok(self.load_user(user).await?)
     }
 
     async fn load_many(
         &self,
         users: &[String],
     ) -> Result<Vec<Option<Entry<PresignedUrl>>>, BoxError> {
-        users.iter().map(|u| Ok(Some(self.sign(u)?))).collect()
+        match self.keys {
+            // Signing alone: no I/O, nothing to overlap.
+            ObjectKeys::Stable => users
+                .iter()
+                .map(|u| Ok(Some(self.sign(&self.object_key(u))?)))
+                .collect(),
+            ObjectKeys::PerUpload => {
+                let loads: Vec<_> = users.iter().map(|u| self.load_user(u)).collect();
+                Ok(futures_util::stream::iter(loads)
+                    .buffered(LIST_CONCURRENCY)
+                    .try_collect()
+                    .await?)
+            }
+        }
     }
 }
 
@@ -236,6 +355,7 @@ impl PresignedUrls {
             chain: TieredCache::builder(),
             clock: Arc::new(SystemClock),
             prefix: "avatars/".to_owned(),
+            keys: ObjectKeys::Stable,
             validity: DEFAULT_URL_VALIDITY,
             margin: DEFAULT_MARGIN,
             max_lifetime: DEFAULT_MAX_CACHE_LIFETIME,
@@ -249,7 +369,9 @@ impl PresignedUrls {
     pub async fn url(&self, user: &str) -> Result<PresignedUrl> {
         let user = UserId::parse(user)?;
         let lookup = self.cache.get(&user.0).await?;
-        lookup.map(|l| l.into_value()).ok_or_else(no_url)
+        lookup
+            .map(|l| l.into_value())
+            .ok_or_else(|| no_picture(&user.0))
     }
 
     /// URLs for many users at once, in order: one batch read per tier (one round
@@ -263,21 +385,48 @@ impl PresignedUrls {
         let found = self.cache.get_many(&keys).await?;
         found
             .into_iter()
-            .map(|l| l.map(|l| l.into_value()).ok_or_else(no_url))
+            .zip(&keys)
+            .map(|(l, user)| l.map(|l| l.into_value()).ok_or_else(|| no_picture(user)))
             .collect()
     }
 
     /// A presigned PUT URL for a client to upload `user`'s new picture directly
     /// (not cached). Call [`PresignedUrls::invalidate`] once the upload is done.
+    ///
+    /// With [`ObjectKeys::PerUpload`] the URL is for a new version, named from
+    /// the signing time and `user` (the bytes are not known yet).
     pub fn upload_url(&self, user: &str, expires_in: Duration) -> Result<PresignedUrl> {
         let user = UserId::parse(user)?;
         let now = self.loader.clock.now();
-        self.loader.signer.presign_at(
-            Method::Put,
-            &self.loader.object_key(&user.0),
-            expires_in,
-            now,
-        )
+        let key = self.new_key(&user, user.0.as_bytes());
+        self.loader
+            .signer
+            .presign_at(Method::Put, &key, expires_in, now)
+    }
+
+    /// The key the next upload of `user` goes to: the stable key, or a new
+    /// version named from the clock (strictly later than the last one this
+    /// service named) and `bytes`' digest.
+    fn new_key(&self, user: &UserId, bytes: &[u8]) -> String {
+        let mut key = self.loader.object_key(&user.0);
+        if self.loader.keys == ObjectKeys::PerUpload {
+            let now = self.loader.clock.now().as_unix_millis();
+            let prev = self
+                .loader
+                .last_version
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                    Some(now.max(last + 1))
+                })
+                .unwrap_or(now);
+            let millis = now.max(prev + 1);
+            let digest = sha2::Sha256::digest(bytes);
+            key.push('/');
+            key.push_str(&format!("{millis:013}-"));
+            for b in &digest[..8] {
+                key.push_str(&format!("{b:02x}"));
+            }
+        }
+        key
     }
 
     /// Uploads `bytes` as `user`'s picture, then removes the user's cached URL
@@ -287,9 +436,12 @@ impl PresignedUrls {
     ///
     /// If the invalidation fails after the upload, the error says which tiers
     /// failed: call [`PresignedUrls::invalidate`] to retry.
+    ///
+    /// With [`ObjectKeys::PerUpload`] the bytes go to a new version; the old one
+    /// stays until [`PresignedUrls::sweep`] deletes it after its URLs expired.
     pub async fn replace(&self, user: &str, bytes: Bytes, content_type: &str) -> Result<()> {
         let user = UserId::parse(user)?;
-        let path = self.path(&user)?;
+        let path = key_path(&self.new_key(&user, &bytes))?;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type.to_owned().into());
         let options = PutOptions {
@@ -323,11 +475,14 @@ impl PresignedUrls {
         report.map(drop).map_err(Error::from)
     }
 
-    /// The object's metadata (size, ETag, last modified); `Ok(None)` if the user
-    /// has no picture.
+    /// The object's metadata (size, ETag, last modified; the newest version's
+    /// with [`ObjectKeys::PerUpload`]); `Ok(None)` if the user has no picture.
     pub async fn head(&self, user: &str) -> Result<Option<ObjectMeta>> {
         let user = UserId::parse(user)?;
-        match self.store.head(&self.path(&user)?).await {
+        let Some(key) = self.loader.current_key(&user.0).await? else {
+            return Ok(None);
+        };
+        match self.store.head(&key_path(&key)?).await {
             Ok(meta) => Ok(Some(meta)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(Error::ObjectStore {
@@ -337,22 +492,119 @@ impl PresignedUrls {
         }
     }
 
-    /// Deletes `user`'s picture and invalidates the cached URL.
+    /// Deletes `user`'s picture (every version, with
+    /// [`ObjectKeys::PerUpload`]) and invalidates the cached URL.
     pub async fn delete(&self, user: &str) -> Result<()> {
         let user = UserId::parse(user)?;
-        self.store
-            .delete(&self.path(&user)?)
-            .await
-            .map_err(|source| Error::ObjectStore {
-                operation: "delete",
-                source,
-            })?;
+        let keys = match self.loader.keys {
+            ObjectKeys::Stable => vec![self.loader.object_key(&user.0)],
+            ObjectKeys::PerUpload => self
+                .list(&self.loader.versions_dir(&user.0)?)
+                .await?
+                .into_iter()
+                .map(|meta| meta.location.to_string())
+                .collect(),
+        };
+        for key in keys {
+            self.delete_key(&key).await?;
+        }
         self.invalidate_id(&user).await
     }
 
-    /// The object key of `user`'s picture.
+    async fn delete_key(&self, key: &str) -> Result<()> {
+        match self.store.delete(&key_path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(Error::ObjectStore {
+                operation: "delete",
+                source,
+            }),
+        }
+    }
+
+    async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|source| Error::ObjectStore {
+                operation: "list",
+                source,
+            })
+    }
+
+    /// With [`ObjectKeys::PerUpload`], deletes every replaced version whose URLs
+    /// have all expired: a version replaced at `t` (its successor's time) goes
+    /// once the clock passes `t + URL validity + `[`SWEEP_GRACE`]. The newest
+    /// version of each user is never deleted. Returns how many objects were
+    /// deleted; with [`ObjectKeys::Stable`] there is nothing to sweep.
+    ///
+    /// Run it now and then (a background task); it lists the whole key prefix.
+    pub async fn sweep(&self) -> Result<usize> {
+        if self.loader.keys == ObjectKeys::Stable {
+            return Ok(0);
+        }
+        let prefix = self.loader.prefix.trim_end_matches('/');
+        let objects = if prefix.is_empty() {
+            self.store
+                .list(None)
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|source| Error::ObjectStore {
+                    operation: "list",
+                    source,
+                })?
+        } else {
+            self.list(&key_path(prefix)?).await?
+        };
+        // user directory → its versions (millis, key), oldest first.
+        let mut users: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+        for meta in objects {
+            let key = meta.location.to_string();
+            let Some(rest) = key.strip_prefix(&self.loader.prefix) else {
+                continue;
+            };
+            let Some((user, version)) = rest.split_once('/') else {
+                continue;
+            };
+            if let Some(millis) = version_millis(version) {
+                users
+                    .entry(user.to_owned())
+                    .or_default()
+                    .push((millis, key));
+            }
+        }
+        let now = self.loader.clock.now().as_unix_millis();
+        let keep_for = (self.loader.validity + SWEEP_GRACE).as_millis() as u64;
+        let mut deleted = 0;
+        for versions in users.values_mut() {
+            versions.sort();
+            for pair in versions.windows(2) {
+                let replaced_at = pair[1].0;
+                if now >= replaced_at.saturating_add(keep_for) {
+                    self.delete_key(&pair[0].1).await?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The object key of `user`'s picture with [`ObjectKeys::Stable`]; with
+    /// [`ObjectKeys::PerUpload`], the directory holding its versions (see
+    /// [`PresignedUrls::current_object_key`]).
     pub fn object_key(&self, user: &str) -> Result<String> {
         Ok(self.loader.object_key(&UserId::parse(user)?.0))
+    }
+
+    /// The key of the object `user`'s URL points at now (one LIST request
+    /// with [`ObjectKeys::PerUpload`]); `None` if the user has no version.
+    pub async fn current_object_key(&self, user: &str) -> Result<Option<String>> {
+        self.loader.current_key(&UserId::parse(user)?.0).await
+    }
+
+    /// How object keys are laid out.
+    pub fn object_keys(&self) -> ObjectKeys {
+        self.loader.keys
     }
 
     /// The chain (for metrics, or to wire an invalidation bus to it).
@@ -385,16 +637,16 @@ impl PresignedUrls {
     pub fn margin(&self) -> Duration {
         self.loader.margin
     }
-
-    fn path(&self, user: &UserId) -> Result<Path> {
-        let key = self.loader.object_key(&user.0);
-        Path::parse(&key).map_err(|e| Error::Config(format!("object key is not a valid path: {e}")))
-    }
 }
 
-fn no_url() -> Error {
-    // The loader always answers `Some`, so a `None` means the chain had no origin.
-    Error::Config("the cache chain returned no URL".to_owned())
+fn key_path(key: &str) -> Result<Path> {
+    Path::parse(key).map_err(|e| Error::Config(format!("object key is not a valid path: {e}")))
+}
+
+fn no_picture(user: &str) -> Error {
+    Error::NoPicture {
+        user: user.to_owned(),
+    }
 }
 
 /// Builder for [`PresignedUrls`]. See [`PresignedUrls::builder`].
@@ -405,6 +657,7 @@ pub struct PresignedUrlsBuilder {
     chain: TieredCacheBuilder<String, PresignedUrl>,
     clock: Arc<dyn Clock>,
     prefix: String,
+    keys: ObjectKeys,
     validity: Duration,
     margin: Duration,
     max_lifetime: Duration,
@@ -451,6 +704,24 @@ impl PresignedUrlsBuilder {
     /// with `/`; not starting with `/`.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// How object keys are laid out (default [`ObjectKeys::Stable`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use presign::{Credentials, ObjectKeys, PresignedUrls, S3Config};
+    /// let s3 = S3Config::new("http://127.0.0.1:9000", "us-east-1", "avatars",
+    ///     Credentials::new("access-key", "secret-key"));
+    /// let urls = PresignedUrls::builder(s3.signer()?, Arc::new(s3.object_store()?))
+    ///     .object_keys(ObjectKeys::PerUpload)
+    ///     .build()?;
+    /// assert_eq!(urls.object_keys(), ObjectKeys::PerUpload);
+    /// # Ok::<_, presign::Error>(())
+    /// ```
+    pub fn object_keys(mut self, keys: ObjectKeys) -> Self {
+        self.keys = keys;
         self
     }
 
@@ -538,7 +809,11 @@ impl PresignedUrlsBuilder {
                 self.prefix
             )));
         }
-        let sample = format!("{}{}", self.prefix, "u".repeat(MAX_USER_ID_BYTES));
+        let sample = format!(
+            "{}{}/0000000000000-0000000000000000",
+            self.prefix,
+            "u".repeat(MAX_USER_ID_BYTES)
+        );
         validate_object_key(&sample)?;
         Path::parse(&sample).map_err(|e| {
             Error::Config(format!(
@@ -549,11 +824,14 @@ impl PresignedUrlsBuilder {
         let loader = Arc::new(SignLoader {
             signer: Arc::new(self.signer),
             clock: self.clock.clone(),
+            store: self.store.clone(),
+            keys: self.keys,
             prefix: self.prefix,
             validity: self.validity,
             margin: self.margin,
             max_lifetime: self.max_lifetime,
             signatures: AtomicU64::new(0),
+            last_version: AtomicU64::new(0),
         });
         let cache = self
             .chain

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cache_core::{Clock, SystemClock};
 use presign::embedded::{EmbeddedS3, ACCESS_KEY_ID};
-use presign::{Credentials, Method, S3Config};
+use presign::{Credentials, Method, ResponseHeaders, S3Config};
 
 const HOUR: Duration = Duration::from_secs(3_600);
 
@@ -211,4 +211,70 @@ async fn rotated_credentials_take_effect_on_the_next_url() {
         get(&fresh.url).await,
         (reqwest::StatusCode::OK, b"x".to_vec())
     );
+}
+
+/// A signed `response-cache-control` is accepted by s3s (SigV4 covers it), the
+/// answer carries that header (applied by the embedded server, as S3 does), and
+/// editing, adding or removing an override breaks the signature.
+#[tokio::test]
+async fn signed_response_overrides_are_applied_and_cannot_be_edited() {
+    let s3 = EmbeddedS3::start().await.unwrap();
+    upload(&s3, "users/7/v1.png", b"png bytes").await;
+    let signer = s3.config().signer().unwrap();
+    let headers = ResponseHeaders::new()
+        .cache_control("private, max-age=3300, immutable")
+        .content_disposition("inline; filename=\"avatar.png\"")
+        .content_type("image/png");
+    let url = signer
+        .presign_get_with("users/7/v1.png", HOUR, &headers)
+        .unwrap()
+        .url;
+    let resp = http().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["cache-control"],
+        "private, max-age=3300, immutable"
+    );
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert_eq!(
+        resp.headers()["content-disposition"],
+        "inline; filename=\"avatar.png\""
+    );
+    assert_eq!(&resp.bytes().await.unwrap()[..], b"png bytes");
+
+    // A longer max-age, swapped in by a client.
+    let edited = url.replace("max-age%3D3300", "max-age%3D99999");
+    assert_ne!(edited, url);
+    assert_eq!(get(&edited).await.0, 403);
+    // An override removed, or one added, is refused too.
+    let start = url.find("&response-content-type=").unwrap();
+    let end = start + url[start + 1..].find('&').unwrap() + 1;
+    let removed = format!("{}{}", &url[..start], &url[end..]);
+    assert_eq!(get(&removed).await.0, 403);
+    let added = format!("{url}&response-expires=0");
+    assert_eq!(get(&added).await.0, 403);
+    // A plain URL to the same object has no such header.
+    let plain = signer.presign_get("users/7/v1.png", HOUR).unwrap().url;
+    let resp = http().get(&plain).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("cache-control").is_none());
+}
+
+#[tokio::test]
+async fn embedded_s3_counts_object_gets_and_puts() {
+    let s3 = EmbeddedS3::start().await.unwrap();
+    assert_eq!(s3.requests(), Default::default());
+    upload(&s3, "a.png", b"a").await;
+    let signer = s3.config().signer().unwrap();
+    let url = signer.presign_get("a.png", HOUR).unwrap().url;
+    assert_eq!(get(&url).await.0, 200);
+    assert_eq!(get(&url).await.0, 200);
+    // A refused GET reached the server: it counts.
+    let tampered = url.replace("a.png?", "b.png?");
+    assert_eq!(get(&tampered).await.0, 403);
+    // Listing, HEAD and DELETE are not object GETs/PUTs.
+    let store = s3.config().object_store().unwrap();
+    let _ = object_store::ObjectStoreExt::head(&store, &"a.png".into()).await;
+    let counts = s3.requests();
+    assert_eq!((counts.get_object, counts.put_object), (3, 1));
 }

@@ -30,18 +30,22 @@ pub struct Config {
     pub max_upload_bytes: usize,
 }
 
+/// Default number of users (`1..=200`), each seeded with a generated picture.
+pub const DEFAULT_USERS: u64 = 200;
+
 /// Default largest upload: 2 MiB.
 pub const DEFAULT_MAX_UPLOAD: usize = 2 << 20;
 
 impl Config {
-    /// Everything embedded, on a free 127.0.0.1 port, 6 users, no web app.
+    /// Everything embedded, on a free 127.0.0.1 port, [`DEFAULT_USERS`] users,
+    /// no web app.
     pub fn embedded() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             web_dir: None,
             redis_url: None,
             s3: None,
-            users: 6,
+            users: DEFAULT_USERS,
             max_upload_bytes: DEFAULT_MAX_UPLOAD,
         }
     }

@@ -17,6 +17,10 @@
 //! - `PUT /api/users/{id}/avatar` with PNG/JPEG/GIF/WebP bytes (≤ 2 MiB) → `204`.
 //! - `GET /metrics` (Prometheus text), `GET /api/cache/report` (JSON),
 //!   `GET /dashboard` (HTML polling the report).
+//! - `GET /api/s3/requests` → `200 {"get_object": n, "put_object": n}`: the
+//!   object requests the embedded S3 has received since start (404 with
+//!   external S3 settings).
+//! - `GET /healthz` → `200 ok`.
 //! - Errors: `{"error": "..."}` with 400 (invalid id), 404 (unknown user), 413
 //!   (upload too big), 415 (not an image).
 //! - Anything else: the web app's static files, when a directory is given.
@@ -52,8 +56,8 @@ use bytes::{Bytes, BytesMut};
 use cache_core::{BoxError, Clock, SystemClock, Tier};
 use cache_monitor::Monitor;
 use cache_server::{InvalidationBus, MokaTier, RedisTier};
-use futures_util::StreamExt;
-use presign::{PresignedUrl, PresignedUrls};
+use futures_util::{StreamExt, TryStreamExt};
+use presign::{ObjectKeys, PresignedUrl, PresignedUrls};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -61,7 +65,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::services::{ServeDir, ServeFile};
 
-pub use config::{Config, DEFAULT_MAX_UPLOAD};
+pub use config::{Config, DEFAULT_MAX_UPLOAD, DEFAULT_USERS};
 pub use s3_front::EmbeddedS3;
 
 /// Most ids one batch request may ask for.
@@ -116,6 +120,7 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
         .max_bytes(32 << 20)
         .build();
     let mut builder = PresignedUrls::builder(public.signer()?, Arc::new(direct.object_store()?))
+        .object_keys(ObjectKeys::PerUpload)
         .tier(Tier::new(local).ttl(LOCAL_TTL))
         .observer(monitor.clone());
     builder = match &config.redis_url {
@@ -149,17 +154,7 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
         ),
     };
     let urls = builder.build()?;
-    for user in 1..=config.users {
-        let id = user.to_string();
-        if urls.head(&id).await?.is_none() {
-            urls.replace(
-                &id,
-                Bytes::from(avatar::generate_png(user, 96)),
-                "image/png",
-            )
-            .await?;
-        }
-    }
+    seed(&urls, config.users, embedded_s3.is_some()).await?;
     Ok(App {
         state: Arc::new(AppState {
             urls,
@@ -172,6 +167,28 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
     })
 }
 
+/// Seeding uploads in flight at once.
+const SEED_CONCURRENCY: usize = 64;
+
+/// Gives every user `1..=users` without a picture a generated one, several
+/// uploads at a time. `fresh`: the store is known to be empty (the embedded S3
+/// just started), so there is nothing to look up first.
+async fn seed(urls: &PresignedUrls, users: u64, fresh: bool) -> Result<(), BoxError> {
+    futures_util::stream::iter(1..=users)
+        .map(|user| async move {
+            let id = user.to_string();
+            if !fresh && urls.head(&id).await?.is_some() {
+                return Ok(());
+            }
+            let png = Bytes::from(avatar::generate_png(user, 96));
+            urls.replace(&id, png, "image/png").await
+        })
+        .buffer_unordered(SEED_CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    Ok(())
+}
+
 impl App {
     /// The HTTP routes (API, metrics, dashboard, static files).
     pub fn router(&self) -> Router {
@@ -179,6 +196,8 @@ impl App {
             .route("/api/users/{id}/avatar", get(get_avatar).put(put_avatar))
             .route("/api/avatars", get(get_avatars))
             .route("/api/cache/report", get(report))
+            .route("/api/s3/requests", get(s3_requests))
+            .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .route("/dashboard", get(dashboard))
             .route("/api/{*rest}", get(api_not_found).put(api_not_found));
@@ -305,6 +324,7 @@ impl From<presign::Error> for ApiError {
             presign::Error::InvalidUserId { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
             }
+            presign::Error::NoPicture { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             // The message names the failing tier or store, never a credential.
             other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
         }
@@ -508,6 +528,28 @@ async fn report(State(state): State<Arc<AppState>>) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The embedded S3's object request counts (404 with external S3).
+async fn s3_requests(State(state): State<Arc<AppState>>) -> Response {
+    match &state.embedded_s3 {
+        Some(s3) => {
+            let mut response = Json(s3.requests()).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no embedded S3: request counts are only kept for the embedded s3s-fs",
+        )
+        .into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

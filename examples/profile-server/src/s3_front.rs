@@ -73,6 +73,12 @@ impl EmbeddedS3 {
         )
     }
 
+    /// The object GET and PUT requests the S3 server received (through the
+    /// front or directly) since it started.
+    pub fn requests(&self) -> embedded::ObjectRequests {
+        self.server.requests()
+    }
+
     /// `http://127.0.0.1:<port>` of the front.
     pub fn public_endpoint(&self) -> String {
         format!("http://{}", self.front_addr)

@@ -140,7 +140,7 @@ async fn errors_are_json_with_400_404_413_415() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "id {bad}");
         assert_error(&body);
     }
-    for unknown in ["0", "7", "12345"] {
+    for unknown in ["0", "201", "12345"] {
         let (status, _, body) = get_json(&server, &format!("/api/users/{unknown}/avatar")).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "id {unknown}");
         assert_error(&body);
@@ -149,7 +149,7 @@ async fn errors_are_json_with_400_404_413_415() {
     let (status, body) = put(&server, "/api/users/abc/avatar", png.clone(), "image/png").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(&body);
-    let (status, body) = put(&server, "/api/users/42/avatar", png, "image/png").await;
+    let (status, body) = put(&server, "/api/users/420/avatar", png, "image/png").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_error(&body);
 
@@ -192,7 +192,7 @@ async fn errors_are_json_with_400_404_413_415() {
         ("/api/avatars", StatusCode::BAD_REQUEST),
         ("/api/avatars?ids=", StatusCode::BAD_REQUEST),
         ("/api/avatars?ids=1,x", StatusCode::BAD_REQUEST),
-        ("/api/avatars?ids=1,2,99", StatusCode::NOT_FOUND),
+        ("/api/avatars?ids=1,2,999", StatusCode::NOT_FOUND),
     ] {
         let (status, _, body) = get_json(&server, query).await;
         assert_eq!(status, want, "{query}");
@@ -407,6 +407,100 @@ async fn put_on_one_instance_is_seen_by_another_through_redis() {
     assert_eq!(bytes, jpeg, "B's new URL serves A's upload");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_two_hundred_users_with_distinct_pictures() {
+    let server = start().await;
+    let ids: Vec<String> = (1..=200).map(|i| i.to_string()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for chunk in ids.chunks(100) {
+        let (status, _, body) =
+            get_json(&server, &format!("/api/avatars?ids={}", chunk.join(","))).await;
+        assert_eq!(status, StatusCode::OK);
+        for id in chunk {
+            let (s3_status, bytes) = fetch_bytes(body[id]["url"].as_str().unwrap()).await;
+            assert_eq!(s3_status, StatusCode::OK, "user {id}");
+            assert_eq!(bytes, generate_png(id.parse().unwrap(), 96), "user {id}");
+            assert!(seen.insert(bytes), "user {id}'s picture equals another's");
+        }
+    }
+    assert_eq!(
+        get_json(&server, "/api/users/201/avatar").await.0,
+        StatusCode::NOT_FOUND
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_request_counts_follow_picture_downloads_and_uploads() {
+    let server = start().await;
+    let (status, headers, before) = get_json(&server, "/api/s3/requests").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["cache-control"], "no-store");
+    // Seeding uploaded every user's picture.
+    assert!(before["put_object"].as_u64().unwrap() >= 200, "{before}");
+    let get0 = before["get_object"].as_u64().unwrap();
+
+    // Resolving URLs reads no object.
+    let body = get_json(&server, "/api/avatars?ids=1,2,3").await.2;
+    let after_urls = get_json(&server, "/api/s3/requests").await.2;
+    assert_eq!(after_urls["get_object"].as_u64().unwrap(), get0);
+    // Each picture download is one GET, even a refused one.
+    for id in ["1", "2"] {
+        assert_eq!(
+            fetch_bytes(body[id]["url"].as_str().unwrap()).await.0,
+            StatusCode::OK
+        );
+    }
+    let tampered = body["3"]["url"]
+        .as_str()
+        .unwrap()
+        .replace("avatars/3", "avatars/4");
+    assert_eq!(fetch_bytes(&tampered).await.0, StatusCode::FORBIDDEN);
+    let after_gets = get_json(&server, "/api/s3/requests").await.2;
+    assert_eq!(after_gets["get_object"].as_u64().unwrap(), get0 + 3);
+    // An upload is one more PUT.
+    let (status, _) = put(
+        &server,
+        "/api/users/5/avatar",
+        generate_png(55, 8),
+        "image/png",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let after_put = get_json(&server, "/api/s3/requests").await.2;
+    assert_eq!(
+        after_put["put_object"].as_u64().unwrap(),
+        before["put_object"].as_u64().unwrap() + 1
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_request_counts_are_404_with_external_s3() {
+    let s3 = profile_server::EmbeddedS3::start().await.unwrap();
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.s3 = Some(s3.public_config());
+    let server = serve(config).await.unwrap();
+    let (status, _, body) = get_json(&server, "/api/s3/requests").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_ok() {
+    let server = start().await;
+    let resp = client()
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+    server.shutdown().await;
 }
 
 #[test]
