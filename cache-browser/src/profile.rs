@@ -288,14 +288,15 @@ type Watcher = (String, Weak<dyn Fn()>);
 /// What the chain's users share: object URLs and the watchers of each key.
 #[derive(Default)]
 struct Shared {
-    /// key → (object URL, address and length of the bytes it was made from).
-    object_urls: RefCell<HashMap<String, (String, usize, usize)>>,
+    /// key → the object URL and the bytes it was made from (kept, so their
+    /// address cannot be reused by other bytes while the URL is handed out).
+    object_urls: RefCell<HashMap<String, (String, Bytes)>>,
     watchers: RefCell<Vec<Watcher>>,
 }
 
 impl Shared {
     fn revoke(&self, key: &str) {
-        if let Some((url, _, _)) = self.object_urls.borrow_mut().remove(key) {
+        if let Some((url, _)) = self.object_urls.borrow_mut().remove(key) {
             let _ = Url::revoke_object_url(&url);
         }
     }
@@ -641,9 +642,8 @@ impl ProfilePictures {
     /// same URL, so a second `<img>` showing the key does not revoke the
     /// first one's.
     fn object_url(&self, key: &str, bytes: &Bytes, content_type: &str) -> Result<String> {
-        let id = (bytes.as_ptr() as usize, bytes.len());
-        if let Some((url, ptr, len)) = self.shared.object_urls.borrow().get(key) {
-            if (*ptr, *len) == id {
+        if let Some((url, made_from)) = self.shared.object_urls.borrow().get(key) {
+            if made_from.as_ptr() == bytes.as_ptr() && made_from.len() == bytes.len() {
                 return Ok(url.clone());
             }
         }
@@ -656,11 +656,11 @@ impl ProfilePictures {
         opts.set_type(content_type);
         let blob = Blob::new_with_u8_array_sequence_and_options(&parts, &opts).map_err(fail)?;
         let url = Url::create_object_url_with_blob(&blob).map_err(fail)?;
-        if let Some((old, _, _)) = self
+        if let Some((old, _)) = self
             .shared
             .object_urls
             .borrow_mut()
-            .insert(key.to_owned(), (url.clone(), id.0, id.1))
+            .insert(key.to_owned(), (url.clone(), bytes.clone()))
         {
             let _ = Url::revoke_object_url(&old);
         }
@@ -670,7 +670,7 @@ impl ProfilePictures {
 
 impl Drop for ProfilePictures {
     fn drop(&mut self) {
-        for (url, _, _) in self.shared.object_urls.borrow().values() {
+        for (url, _) in self.shared.object_urls.borrow().values() {
             let _ = Url::revoke_object_url(url);
         }
     }
