@@ -15,7 +15,9 @@
 //!    cleared, a reload: the page from the service worker's cache, all 50
 //!    pictures from the Cache API;
 //! 6. an upload in tab 1: tab 1 and a second window show the new bytes, and no
-//!    tier in either holds the old picture.
+//!    tier in either holds the old picture;
+//! 7. a new build (its build id written into a copy of the app): the next load
+//!    runs it, and its service worker replaces the old build's shell cache.
 //!
 //! A screenshot of each step is saved under `<target dir>/journey/` (paths
 //! printed), with `visits.json` (tier counts and whole-list time per visit).
@@ -175,16 +177,6 @@ impl Session {
         self.reply(path, reply).await
     }
 
-    async fn cmd_delete(&self, path: &str) -> Value {
-        let reply = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        self.reply(path, reply).await
-    }
-
     async fn script(&self, script: &str, args: Value) -> Value {
         self.cmd("/execute/sync", json!({"script": script, "args": args}))
             .await
@@ -303,16 +295,13 @@ impl Session {
         path
     }
 
-    /// Chromium's own network emulation, for the page and for its service
-    /// worker (a target of its own, whose fetches the page's emulation does
-    /// not cover): over CDP, `Network.emulateNetworkConditions` on the page,
-    /// and the same message sent to every service worker target of `origin`.
-    async fn set_offline(&self, origin: &str, offline: bool) {
-        let conditions = json!({
-            "offline": offline, "latency": 0,
-            "downloadThroughput": -1, "uploadThroughput": -1,
-        });
-        self.cdp("Network.emulateNetworkConditions", conditions.clone())
+    /// Cuts the network with Chromium's own emulation, for the page and for
+    /// its service worker (a target of its own, whose fetches the page's
+    /// emulation does not cover): `Network.emulateNetworkConditions` over CDP
+    /// on the page, and in a session attached to each service worker target
+    /// of `origin`. Returns those sessions, for [`Session::go_online`].
+    async fn go_offline(&self, origin: &str) -> Vec<String> {
+        self.cdp("Network.emulateNetworkConditions", conditions(true))
             .await;
         let targets = self.cdp("Target.getTargets", json!({})).await;
         let workers: Vec<String> = targets["targetInfos"]
@@ -324,6 +313,7 @@ impl Session {
             .map(|t| t["targetId"].as_str().unwrap().to_owned())
             .collect();
         assert!(!workers.is_empty(), "no service worker target: {targets}");
+        let mut sessions = Vec::new();
         for target in workers {
             let attached = self
                 .cdp(
@@ -332,18 +322,47 @@ impl Session {
                 )
                 .await;
             let session = attached["sessionId"].as_str().unwrap().to_owned();
-            for (id, method, params) in [
-                (1, "Network.enable", json!({})),
-                (2, "Network.emulateNetworkConditions", conditions.clone()),
-            ] {
-                let message = json!({"id": id, "method": method, "params": params});
-                self.cdp(
-                    "Target.sendMessageToTarget",
-                    json!({"sessionId": session, "message": message.to_string()}),
-                )
-                .await;
-            }
+            self.send_to(&session, 1, "Network.enable", json!({})).await;
+            self.send_to(
+                &session,
+                2,
+                "Network.emulateNetworkConditions",
+                conditions(true),
+            )
+            .await;
+            sessions.push(session);
         }
+        sessions
+    }
+
+    /// Ends [`Session::go_offline`]: the network is back for the page and, in
+    /// the same sessions (emulation belongs to the session that set it), for
+    /// the service workers; then those sessions detach.
+    async fn go_online(&self, sessions: Vec<String>) {
+        self.cdp("Network.emulateNetworkConditions", conditions(false))
+            .await;
+        for session in sessions {
+            self.send_to(
+                &session,
+                3,
+                "Network.emulateNetworkConditions",
+                conditions(false),
+            )
+            .await;
+            self.cdp("Target.detachFromTarget", json!({"sessionId": session}))
+                .await;
+        }
+    }
+
+    /// One CDP command to the target of an attached (non-flat) session; its
+    /// answer comes back as an event, which chromedriver does not relay.
+    async fn send_to(&self, session: &str, id: u32, method: &str, params: Value) {
+        let message = json!({"id": id, "method": method, "params": params});
+        self.cdp(
+            "Target.sendMessageToTarget",
+            json!({"sessionId": session, "message": message.to_string()}),
+        )
+        .await;
     }
 
     /// A Chrome DevTools Protocol command through chromedriver.
@@ -351,6 +370,10 @@ impl Session {
         self.cmd("/goog/cdp/execute", json!({"cmd": cmd, "params": params}))
             .await
     }
+}
+
+fn conditions(offline: bool) -> Value {
+    json!({"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
 }
 
 /// Standard base64 (WebDriver's screenshots), without a dependency for it.
@@ -442,6 +465,32 @@ async fn s3_get_objects(server: &str) -> u64 {
     counts["get_object"]
         .as_u64()
         .unwrap_or_else(|| panic!("/api/s3/requests has no get_object count: {counts}"))
+}
+
+/// The service worker's shell caches (one per build), by name.
+async fn shell_caches(browser: &Session) -> Vec<String> {
+    let names = browser
+        .script_async(
+            "const done = arguments[0];
+             caches.keys().then(k => done(k.filter(n => n.startsWith('profile-web-shell-'))),
+                                e => done('error: ' + e));",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(names.clone()).unwrap_or_else(|_| panic!("caches.keys(): {names}"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// One visit's record for visits.json.
@@ -583,9 +632,11 @@ fn summarize_peek(held: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journey_five_visits_then_upload_in_two_windows() {
-    let dir = web_dir();
+    // A copy of the built app, so step 7 can put a "new build" in its place.
+    let site = tempfile::tempdir().unwrap();
+    copy_dir(&web_dir(), site.path());
     let mut config = Config::embedded();
-    config.web_dir = Some(dir);
+    config.web_dir = Some(site.path().to_path_buf());
     config.users = 200;
     let server = serve(config).await.unwrap();
     let origin = server.url();
@@ -735,7 +786,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         )
         .await;
     assert_eq!(cleared, "ok", "clearing IndexedDB");
-    browser.set_offline(&origin, true).await;
+    let offline = browser.go_offline(&origin).await;
     browser.cmd("/refresh", json!({})).await;
     browser.wait_list("the offline reload", 1).await;
     visits.push(check_visit(&browser, "offline", "cache_api").await);
@@ -761,12 +812,26 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         .await;
     assert_eq!(bytes_of(&via_sw), Some(generate_png(first_id, 96)));
     browser.screenshot("5-offline").await;
-    browser.set_offline(&origin, false).await;
+    browser.go_online(offline).await;
     write_visits(&visits);
 
     // 6. Upload in tab 1 with a second window open on the page.
     browser.cmd("/url", json!({ "url": page })).await;
     browser.wait_list("tab 1 back online", 1).await;
+    browser
+        .wait_for(
+            "the service worker to say how it served the page",
+            "return !!document.body.dataset.pageSource",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .script("return document.body.dataset.pageSource", json!([]))
+            .await,
+        "sw-network",
+        "back online, the service worker fetches the page"
+    );
     let tab1 = browser.cmd_get("/window").await;
     let tab2 = browser.cmd("/window/new", json!({"type": "window"})).await["handle"].clone();
     browser.cmd("/window", json!({ "handle": tab2 })).await;
@@ -856,6 +921,63 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     );
     assert_no_old_picture(&browser, "window 2", first, &old_urls, &new_picture).await;
     browser.screenshot("6-upload-window2").await;
+
+    // 7. A new build is deployed: the next load runs it, and its service
+    // worker takes over at once and deletes the old build's shell cache.
+    let old_build = browser
+        .script(
+            "return document.getElementById('build').textContent",
+            json!([]),
+        )
+        .await;
+    let old_build = old_build.as_str().unwrap().to_owned();
+    assert!(
+        shell_caches(&browser)
+            .await
+            .contains(&format!("profile-web-shell-{old_build}")),
+        "the shell cache is named after the build"
+    );
+    let new_build = format!("{old_build}-next");
+    for file in ["index.html", "sw.js"] {
+        let path = site.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&old_build), "{file} names its build");
+        std::fs::write(&path, text.replace(&old_build, &new_build)).unwrap();
+    }
+    browser.cmd("/url", json!({ "url": page })).await;
+    browser.wait_list("the load after a new build", 1).await;
+    let build = browser
+        .script(
+            "return document.getElementById('build').textContent",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        build,
+        new_build.as_str(),
+        "the next load runs the new build"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let caches = shell_caches(&browser).await;
+        if caches == [format!("profile-web-shell-{new_build}")] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new service worker did not replace the old shell cache: {caches:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser
+        .wait_for(
+            "the new service worker to control the page",
+            "return !!navigator.serviceWorker.controller
+                 && navigator.serviceWorker.controller.state === 'activated'",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("7-new-build").await;
 
     let _ = browser.http.delete(&browser.base).send().await;
     server.shutdown().await;
