@@ -735,6 +735,55 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     assert!(memory["bytes_saved"].as_u64().unwrap() > 0, "{memory}");
     browser.screenshot("2-same-session").await;
 
+    // The element in plain HTML, outside the list: it draws its user, and
+    // draws again when `user-id` changes.
+    browser
+        .script(
+            "document.body.insertAdjacentHTML('beforeend',
+               '<cached-profile-picture id=\"probe\" user-id=\"2\" size=\"40\" alt=\"probe\">' +
+               '</cached-profile-picture>')",
+            json!([]),
+        )
+        .await;
+    for user in [2u64, 6] {
+        browser
+            .script(
+                "document.getElementById('probe').setAttribute('user-id', arguments[0])",
+                json!([user.to_string()]),
+            )
+            .await;
+        browser
+            .wait_for(
+                &format!("the probe element to draw user {user}"),
+                "const el = document.getElementById('probe');
+                 const img = el.querySelector('img');
+                 return el.dataset.state === 'ready' && img.naturalWidth > 0
+                     && cacheMonitor.report().pictures[arguments[0]] !== undefined;",
+                json!([user.to_string()]),
+            )
+            .await;
+        let bytes = browser
+            .script_async(
+                "const done = arguments[0];
+                 fetch(document.querySelector('#probe img').src).then(r => r.arrayBuffer())
+                   .then(b => done(Array.from(new Uint8Array(b)))).catch(e => done('error: ' + e));",
+                json!([]),
+            )
+            .await;
+        assert_eq!(
+            bytes_of(&bytes),
+            Some(generate_png(user, 96)),
+            "probe, user {user}"
+        );
+        let alt = browser
+            .script("return document.querySelector('#probe img').alt", json!([]))
+            .await;
+        assert_eq!(alt, "probe");
+    }
+    browser
+        .script("document.getElementById('probe').remove()", json!([]))
+        .await;
+
     // 3. Reload: all from LocalStorage (URLs only); the images' bytes come from
     // the HTTP cache, so S3 serves no object meanwhile.
     let s3_before = s3_get_objects(&origin).await;
