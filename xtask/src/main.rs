@@ -512,7 +512,9 @@ fn wasm_bindgen_cli() -> PathBuf {
 
 /// Builds examples/profile-web for wasm32 (release), runs `wasm-bindgen --target
 /// web` and copies the static files (index.html, sw.js) beside it, into
-/// `target/profile-web/`. Returns that directory (absolute).
+/// `target/profile-web/`, with the build id (a hash of the whole app) in place
+/// of `__BUILD__` (the service worker names its shell cache after it). Returns
+/// that directory (absolute).
 fn build_web() -> Result<PathBuf, String> {
     setup()?;
     run_visible(
@@ -618,9 +620,11 @@ fn demo(args: &[String]) -> Result<bool, String> {
 
 /// The end-to-end journey in headless Chromium: lints the web app for wasm32,
 /// builds it, then runs
-/// examples/profile-server/tests/journey.rs against it. `cargo xtask test` runs
-/// it as its last suite (through `cargo xtask journey`, so the build happens
-/// when the suite starts).
+/// examples/profile-server/tests/journey.rs against it (the five visits, an
+/// upload seen in two windows, a new build; a screenshot per step and
+/// `visits.json` under `<target dir>/journey/`). `cargo xtask test` runs it as
+/// its last suite (through `cargo xtask journey`, so the build happens when
+/// the suite starts).
 fn journey() -> Result<bool, String> {
     // The web app is not in the wasm32 clippy suite (no browser unit tests).
     run_visible(
