@@ -21,9 +21,15 @@
 //!   (in-process → Redis → signer), keyed by user, never by URL. Every URL it
 //!   hands out works for at least a safety margin more. Batch lookups, safe user
 //!   id → object key mapping, and `replace` (upload + invalidate everywhere).
+//!   With [`ObjectKeys::PerUpload`], every upload gets its own object key, URLs
+//!   carry a signed immutable `Cache-Control`, and [`PresignedUrls::sweep`]
+//!   deletes replaced versions once their URLs expired.
+//! - [`ResponseHeaders`]: response-header overrides (`response-cache-control`,
+//!   ...) signed into GET URLs.
 //! - [`embedded`] (feature `embedded-s3`): an S3 server embedded in your
 //!   process (s3s-fs, SigV4 auth on, loopback port, temporary directory), for
-//!   local development, demos and tests.
+//!   local development, demos and tests. It applies signed response-header
+//!   overrides and counts object requests.
 //!
 //! # Feature flags
 //!

@@ -282,14 +282,17 @@ impl Loader<String, PresignedUrl> for SignLoader {
 /// # Object keys
 ///
 /// User `u`'s picture is the object `<key prefix>u` (prefix `avatars/` by
-/// default). User ids are checked by [`UserId::parse`].
+/// default), or with [`ObjectKeys::PerUpload`] the newest of the objects
+/// `<key prefix>u/<version>`. User ids are checked by [`UserId::parse`].
 ///
 /// # Replacing a picture
 ///
 /// [`PresignedUrls::replace`] uploads the new bytes, then invalidates the user in
 /// every tier (on every instance, when an invalidation bus is wired with
-/// [`PresignedUrlsBuilder::bus`]). Lookups in flight at that moment do not write their result back. The
-/// object key is stable, so any URL still held serves the new bytes too.
+/// [`PresignedUrlsBuilder::bus`]). Lookups in flight at that moment do not write their result back. With
+/// [`ObjectKeys::Stable`] (the default) the object key is stable, so any URL
+/// still held serves the new bytes too; with [`ObjectKeys::PerUpload`] an old
+/// URL keeps serving the old bytes until it expires.
 ///
 /// # Example
 ///
@@ -441,7 +444,22 @@ impl PresignedUrls {
     /// stays until [`PresignedUrls::sweep`] deletes it after its URLs expired.
     pub async fn replace(&self, user: &str, bytes: Bytes, content_type: &str) -> Result<()> {
         let user = UserId::parse(user)?;
-        let path = key_path(&self.new_key(&user, &bytes))?;
+        self.put_object(&user, bytes, content_type).await?;
+        self.invalidate_id(&user).await
+    }
+
+    /// Uploads `bytes` as `user`'s picture *without* invalidating any tier.
+    /// Enough for seeding users who have no picture yet (a lookup of a user
+    /// without picture fails and caches nothing); to replace a picture, use
+    /// [`PresignedUrls::replace`], or this and then [`PresignedUrls::invalidate`]
+    /// (with your own retries).
+    pub async fn upload(&self, user: &str, bytes: Bytes, content_type: &str) -> Result<()> {
+        self.put_object(&UserId::parse(user)?, bytes, content_type)
+            .await
+    }
+
+    async fn put_object(&self, user: &UserId, bytes: Bytes, content_type: &str) -> Result<()> {
+        let path = key_path(&self.new_key(user, &bytes))?;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type.to_owned().into());
         let options = PutOptions {
@@ -455,7 +473,7 @@ impl PresignedUrls {
                 operation: "put",
                 source,
             })?;
-        self.invalidate_id(&user).await
+        Ok(())
     }
 
     /// Removes `user`'s cached URL from every tier (every instance, with an

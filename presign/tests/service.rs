@@ -493,3 +493,115 @@ fn debug_of_the_service_hides_credentials() {
     );
     let _ = Timestamp::UNIX_EPOCH;
 }
+
+fn per_upload(s3: &EmbeddedS3, clock: &ManualClock) -> PresignedUrls {
+    let config = s3.config();
+    PresignedUrls::builder(
+        config.signer().unwrap(),
+        Arc::new(config.object_store().unwrap()),
+    )
+    .object_keys(presign::ObjectKeys::PerUpload)
+    .tier(Tier::new(MemoryTier::builder().clock(clock.clone()).build()).ttl(10 * MIN))
+    .clock(clock.clone())
+    .build()
+    .unwrap()
+}
+
+/// With `ObjectKeys::PerUpload`, two uploads at the same instant (the manual
+/// clock stands still) get two ordered keys; the newest is served, with a
+/// signed immutable Cache-Control; a user without versions is `NoPicture`,
+/// for a single and a batch lookup; `delete` removes every version.
+#[tokio::test]
+async fn per_upload_keys_are_distinct_ordered_and_the_newest_wins() {
+    let s3 = EmbeddedS3::start().await.unwrap();
+    // The clock reads real time (S3 checks signing times) and stands still.
+    let clock = ManualClock::starting_at(SystemClock.now());
+    let urls = per_upload(&s3, &clock);
+    assert!(matches!(
+        urls.url("dave").await,
+        Err(Error::NoPicture { .. })
+    ));
+    urls.replace("dave", Bytes::from_static(b"one"), "image/png")
+        .await
+        .unwrap();
+    let k1 = urls.current_object_key("dave").await.unwrap().unwrap();
+    urls.replace("dave", Bytes::from_static(b"one"), "image/png")
+        .await
+        .unwrap();
+    let k2 = urls.current_object_key("dave").await.unwrap().unwrap();
+    urls.replace("dave", Bytes::from_static(b"two"), "image/png")
+        .await
+        .unwrap();
+    let k3 = urls.current_object_key("dave").await.unwrap().unwrap();
+    assert!(
+        k1.starts_with("avatars/dave/") && k1 < k2 && k2 < k3,
+        "{k1} {k2} {k3}"
+    );
+    let url = urls.url("dave").await.unwrap();
+    assert!(url.url.contains(&format!("/{k3}?")), "{}", url.url);
+    assert!(
+        url.url
+            .contains("&response-cache-control=private%2C%20max-age%3D3300%2C%20immutable&"),
+        "{}",
+        url.url
+    );
+    let resp = http().get(&url.url).send().await.unwrap();
+    assert_eq!(
+        resp.headers()["cache-control"],
+        "private, max-age=3300, immutable"
+    );
+    assert_eq!(&resp.bytes().await.unwrap()[..], b"two");
+    // A batch with a user who has no picture names that user.
+    urls.replace("erin", Bytes::from_static(b"e"), "image/png")
+        .await
+        .unwrap();
+    match urls.urls(&["erin", "frank"]).await {
+        Err(Error::NoPicture { user }) => assert_eq!(user, "frank"),
+        other => panic!("{other:?}"),
+    }
+    urls.delete("dave").await.unwrap();
+    assert!(urls.current_object_key("dave").await.unwrap().is_none());
+    assert_eq!(fetch(&url.url).await.0, 404);
+}
+
+/// `sweep` deletes a replaced version once the clock passes its successor's
+/// upload time + URL validity + grace, never the newest version.
+#[tokio::test]
+async fn sweep_deletes_replaced_versions_only_after_their_urls_expired() {
+    let s3 = EmbeddedS3::start().await.unwrap();
+    let clock = ManualClock::starting_at(SystemClock.now());
+    let urls = per_upload(&s3, &clock);
+    urls.replace("gus", Bytes::from_static(b"v1"), "image/png")
+        .await
+        .unwrap();
+    let v1 = urls.current_object_key("gus").await.unwrap().unwrap();
+    clock.advance(MIN);
+    urls.replace("gus", Bytes::from_static(b"v2"), "image/png")
+        .await
+        .unwrap();
+    let v2 = urls.current_object_key("gus").await.unwrap().unwrap();
+    urls.replace("hal", Bytes::from_static(b"h"), "image/png")
+        .await
+        .unwrap();
+    let exists = |key: String| {
+        let store = urls.store().clone();
+        async move {
+            object_store::ObjectStoreExt::head(&store, &key.as_str().into())
+                .await
+                .is_ok()
+        }
+    };
+    let keep = presign::DEFAULT_URL_VALIDITY + presign::SWEEP_GRACE;
+    clock.advance(keep - Duration::from_millis(1));
+    assert_eq!(urls.sweep().await.unwrap(), 0);
+    assert!(exists(v1.clone()).await);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(urls.sweep().await.unwrap(), 1);
+    assert!(!exists(v1).await);
+    assert!(exists(v2.clone()).await);
+    // Much later: the newest versions stay.
+    clock.advance(24 * 60 * MIN);
+    assert_eq!(urls.sweep().await.unwrap(), 0);
+    assert!(exists(v2).await);
+    assert!(urls.current_object_key("hal").await.unwrap().is_some());
+}

@@ -2,6 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{Clock, SystemClock};
 
 use presign::{Credentials, S3Config};
 
@@ -28,7 +32,57 @@ pub struct Config {
     pub users: u64,
     /// Largest accepted upload, in bytes.
     pub max_upload_bytes: usize,
+    /// How long one Redis command may take before the shared tier counts as
+    /// failed for it (a read is then a miss; an invalidation is retried).
+    pub redis_timeout: Duration,
+    /// Deadlines of every request; see [`Limits`].
+    pub limits: Limits,
+    /// How often replaced picture versions whose URLs have all expired are
+    /// deleted from S3.
+    pub sweep_interval: Duration,
+    /// The clock for URL signing, cache expiry and version sweeping (tests
+    /// use a manual one).
+    pub clock: Arc<dyn Clock>,
 }
+
+/// Request deadlines. A client that stalls past one loses its connection, so
+/// a stalled upload cannot hold a socket (or a task) forever.
+///
+/// ```
+/// let limits = profile_server::Limits::default();
+/// assert!(limits.header_timeout < limits.body_timeout);
+/// assert!(limits.body_timeout < limits.request_timeout);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// From the connection's first byte (or the end of the previous response)
+    /// to the end of the request headers. Past it the connection is closed:
+    /// there is no request yet to answer.
+    pub header_timeout: Duration,
+    /// From the handler's start to the last byte of an upload's body. Past it:
+    /// `408 {"error": ...}` and the connection is closed.
+    pub body_timeout: Duration,
+    /// From the end of the headers to the end of the handler. Past it: `408
+    /// {"error": ...}` and the connection is closed.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// Headers 10 s, body 30 s, whole request 60 s.
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Default Redis command timeout: 250 ms.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Default interval of the version sweeper: one minute.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default number of users (`1..=200`), each seeded with a generated picture.
 pub const DEFAULT_USERS: u64 = 200;
@@ -47,13 +101,19 @@ impl Config {
             s3: None,
             users: DEFAULT_USERS,
             max_upload_bytes: DEFAULT_MAX_UPLOAD,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            limits: Limits::default(),
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            clock: Arc::new(SystemClock),
         }
     }
 
     /// From the environment: `PORT` (default 8080, on 127.0.0.1; `BIND` for
-    /// another address), `WEB_DIR`, `REDIS_URL`, `USERS`, and `S3_ENDPOINT`,
-    /// `S3_BUCKET`, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`, `S3_REGION`
-    /// (all five, or none).
+    /// another address), `WEB_DIR`, `REDIS_URL`, `REDIS_TIMEOUT_MS`, `USERS`,
+    /// `MAX_UPLOAD_BYTES`,
+    /// `HEADER_TIMEOUT_MS`, `BODY_TIMEOUT_MS`, `REQUEST_TIMEOUT_MS`,
+    /// `SWEEP_INTERVAL_MS`, and `S3_ENDPOINT`, `S3_BUCKET`, `S3_ACCESS_KEY_ID`,
+    /// `S3_SECRET_ACCESS_KEY`, `S3_REGION` (all five, or none).
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mut config = Config::embedded();
@@ -75,6 +135,25 @@ impl Config {
                 .parse()
                 .map_err(|_| format!("USERS={users} is not a number"))?;
         }
+        if let Some(max) = var("MAX_UPLOAD_BYTES") {
+            config.max_upload_bytes = max
+                .parse()
+                .map_err(|_| format!("MAX_UPLOAD_BYTES={max} is not a number"))?;
+        }
+        let millis = |name: &str, slot: &mut Duration| -> Result<(), String> {
+            if let Some(v) = var(name) {
+                let ms: u64 = v.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+                    format!("{name}={v} is not a positive number of milliseconds")
+                })?;
+                *slot = Duration::from_millis(ms);
+            }
+            Ok(())
+        };
+        millis("HEADER_TIMEOUT_MS", &mut config.limits.header_timeout)?;
+        millis("BODY_TIMEOUT_MS", &mut config.limits.body_timeout)?;
+        millis("REQUEST_TIMEOUT_MS", &mut config.limits.request_timeout)?;
+        millis("SWEEP_INTERVAL_MS", &mut config.sweep_interval)?;
+        millis("REDIS_TIMEOUT_MS", &mut config.redis_timeout)?;
         let names = [
             "S3_ENDPOINT",
             "S3_BUCKET",

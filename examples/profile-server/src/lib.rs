@@ -15,6 +15,10 @@
 //! - `GET /api/avatars?ids=1,2,3` (1 to 100 ids) → `200 {"1": {...}, ...}`, one
 //!   batch lookup.
 //! - `PUT /api/users/{id}/avatar` with PNG/JPEG/GIF/WebP bytes (≤ 2 MiB) → `204`.
+//!   Every upload gets its own object key ([`presign::ObjectKeys::PerUpload`]),
+//!   so the URL and ETag change on every replace; URLs carry a signed
+//!   `response-cache-control: private, max-age=…, immutable`. A background
+//!   sweeper deletes replaced versions once their URLs expired.
 //! - `GET /metrics` (Prometheus text), `GET /api/cache/report` (JSON),
 //!   `GET /dashboard` (HTML polling the report).
 //! - `GET /api/s3/requests` → `200 {"get_object": n, "put_object": n}`: the
@@ -22,7 +26,8 @@
 //!   external S3 settings).
 //! - `GET /healthz` → `200 ok`.
 //! - Errors: `{"error": "..."}` with 400 (invalid id), 404 (unknown user), 413
-//!   (upload too big), 415 (not an image).
+//!   (upload too big), 415 (not an image), 408 (the body or the whole request
+//!   missed its deadline; see [`Limits`]).
 //! - Anything else: the web app's static files, when a directory is given.
 //!
 //! # Example
@@ -47,16 +52,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
-use cache_core::{BoxError, Clock, SystemClock, Tier};
+use cache_core::{BoxError, Clock, Tier};
 use cache_monitor::Monitor;
 use cache_server::{InvalidationBus, MokaTier, RedisTier};
 use futures_util::{StreamExt, TryStreamExt};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use presign::{ObjectKeys, PresignedUrl, PresignedUrls};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -65,7 +74,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::services::{ServeDir, ServeFile};
 
-pub use config::{Config, DEFAULT_MAX_UPLOAD, DEFAULT_USERS};
+pub use config::{
+    Config, Limits, DEFAULT_MAX_UPLOAD, DEFAULT_REDIS_TIMEOUT, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_USERS,
+};
 pub use s3_front::EmbeddedS3;
 
 /// Most ids one batch request may ask for.
@@ -87,6 +99,8 @@ struct AppState {
     monitor: Monitor,
     users: u64,
     max_upload: usize,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
     web_dir: Option<std::path::PathBuf>,
     embedded_s3: Option<EmbeddedS3>,
 }
@@ -121,6 +135,7 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
         .build();
     let mut builder = PresignedUrls::builder(public.signer()?, Arc::new(direct.object_store()?))
         .object_keys(ObjectKeys::PerUpload)
+        .clock(config.clock.clone())
         .tier(Tier::new(local).ttl(LOCAL_TTL))
         .observer(monitor.clone());
     builder = match &config.redis_url {
@@ -139,7 +154,7 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
                 .tier(
                     Tier::new(shared)
                         .ttl(SHARED_TTL)
-                        .timeout(Duration::from_millis(250)),
+                        .timeout(config.redis_timeout),
                 )
                 .bus(bus, vec![0])
         }
@@ -161,11 +176,16 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
             monitor,
             users: config.users,
             max_upload: config.max_upload_bytes,
+            limits: config.limits,
+            clock: config.clock.clone(),
             web_dir: config.web_dir.clone(),
             embedded_s3,
         }),
     })
 }
+
+/// How many times a PUT tries to invalidate the old URL before answering 502.
+const INVALIDATE_ATTEMPTS: u32 = 4;
 
 /// Seeding uploads in flight at once.
 const SEED_CONCURRENCY: usize = 64;
@@ -181,7 +201,8 @@ async fn seed(urls: &PresignedUrls, users: u64, fresh: bool) -> Result<(), BoxEr
                 return Ok(());
             }
             let png = Bytes::from(avatar::generate_png(user, 96));
-            urls.replace(&id, png, "image/png").await
+            // No invalidation: a user without a picture has no cached URL.
+            urls.upload(&id, png, "image/png").await
         })
         .buffer_unordered(SEED_CONCURRENCY)
         .try_collect::<()>()
@@ -202,12 +223,23 @@ impl App {
             .route("/dashboard", get(dashboard))
             .route("/api/{*rest}", get(api_not_found).put(api_not_found));
         let api = api.with_state(self.state.clone());
-        match &self.state.web_dir {
+        let app = match &self.state.web_dir {
             Some(dir) => api.fallback_service(
                 ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("index.html"))),
             ),
             None => api.fallback(no_web_app),
-        }
+        };
+        app.layer(axum::middleware::from_fn_with_state(
+            self.state.limits.request_timeout,
+            request_deadline,
+        ))
+    }
+
+    /// Deletes replaced picture versions whose URLs have all expired (what the
+    /// background sweeper of [`serve`] runs every `sweep_interval`). Returns
+    /// how many objects were deleted.
+    pub async fn sweep(&self) -> Result<usize, BoxError> {
+        Ok(self.state.urls.sweep().await?)
     }
 
     /// The per-tier metrics.
@@ -235,7 +267,8 @@ pub struct Server {
     addr: SocketAddr,
     app: App,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
 }
 
 impl Server {
@@ -254,26 +287,23 @@ impl Server {
         &self.app
     }
 
-    /// Stops accepting connections, closes the listener, ends open
-    /// connections and stops the embedded S3.
+    /// Graceful shutdown: stops accepting connections (the listener is
+    /// closed), closes idle keep-alive connections, lets requests in flight
+    /// finish (each is bounded by the request deadline), then stops the
+    /// sweeper and the embedded S3.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Graceful shutdown waits for idle keep-alive connections (a browser's);
-        // cut them after a moment.
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-            let _ = (&mut self.task).await;
-        }
+        let _ = (&mut self.task).await;
+        self.sweeper.abort();
     }
+}
 
-    /// Runs until the task ends (Ctrl-C in `main`).
-    pub async fn wait(self) -> Result<(), BoxError> {
-        Ok(self.task.await??)
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.sweeper.abort();
     }
 }
 
@@ -284,19 +314,84 @@ pub async fn serve(config: Config) -> Result<Server, BoxError> {
     let addr = listener.local_addr()?;
     let router = app.router();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+    let task = tokio::spawn(accept_loop(listener, router, config.limits, stopped));
+    let state = app.state.clone();
+    let interval = config.sweep_interval;
+    let sweeper = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = state.urls.sweep().await {
+                // Names the store operation, never a credential.
+                eprintln!("profile-server: sweeping old picture versions failed: {e}");
+            }
+        }
     });
     Ok(Server {
         addr,
         app,
         stop: Some(stop),
         task,
+        sweeper,
     })
+}
+
+/// Serves HTTP/1.1 connections until `stopped`, then shuts down gracefully.
+///
+/// Not `axum::serve`: it has no header deadline. Here hyper closes a connection
+/// whose request headers do not arrive within `limits.header_timeout`; the
+/// body and whole-request deadlines are in the router ([`request_deadline`],
+/// `put_avatar`).
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let socket = match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(_) => {
+                        // Out of file descriptors, or a connection reset before
+                        // accept: wait a moment rather than spin.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let service = TowerToHyperService::new(router.clone());
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(socket), service));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut stopped => break,
+        }
+    }
+    drop(listener);
+    // Idle connections close now; a request in flight finishes first, bounded
+    // by its deadline (plus a moment to write the answer).
+    let drain = limits.request_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}
+
+/// A request that has not been answered within `timeout` gets `408
+/// {"error": ...}` and its connection closed.
+async fn request_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {} ms", timeout.as_millis()),
+        )
+        .into_response(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -333,11 +428,20 @@ impl From<presign::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT
+            || self.status == StatusCode::PAYLOAD_TOO_LARGE
+        {
+            // The rest of the body is not read: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -396,7 +500,7 @@ fn body_of(url: &PresignedUrl) -> AvatarBody {
 /// Seconds a client may keep the answer: the URL's remaining life minus the
 /// margin, so a cached answer never hands out a dead (or nearly dead) URL.
 fn max_age(state: &AppState, url: &PresignedUrl) -> u64 {
-    url.remaining(SystemClock.now())
+    url.remaining(state.clock.now())
         .saturating_sub(state.urls.margin())
         .as_secs()
 }
@@ -500,7 +604,19 @@ async fn put_avatar(
     }
     let mut bytes = BytesMut::new();
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    let deadline = tokio::time::Instant::now() + state.limits.body_timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let Ok(next) = next else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the upload's body did not arrive within {} ms",
+                    state.limits.body_timeout.as_millis()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
         })?;
@@ -517,9 +633,22 @@ async fn put_avatar(
     };
     state
         .urls
-        .replace(&user, bytes.freeze(), content_type)
+        .upload(&user, bytes.freeze(), content_type)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    // The new version is in S3; now no tier on any instance may keep the old
+    // URL. A tier that failed (a Redis timeout under load) is retried: giving
+    // up leaves the old URL cached until it expires.
+    let mut attempt = 1;
+    loop {
+        match state.urls.invalidate(&user).await {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT),
+            Err(_) if attempt < INVALIDATE_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 async fn report(State(state): State<Arc<AppState>>) -> Response {

@@ -1,5 +1,7 @@
 //! `profile-server [--web-dir DIR]`: serves the profile-picture demo. Settings
-//! from the environment (see `Config::from_env`).
+//! from the environment (see `Config::from_env`). Ctrl-C (SIGINT) or SIGTERM
+//! shuts it down gracefully: it stops accepting, finishes the requests in
+//! flight, then exits 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,9 +47,33 @@ async fn main() -> ExitCode {
         server.url(),
         server.url()
     );
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        eprintln!("profile-server: {e}");
-    }
+    let signal = stop_signal().await;
+    println!("profile-server: {signal}: finishing requests in flight, then exiting");
     server.shutdown().await;
+    println!("profile-server: stopped");
     ExitCode::SUCCESS
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM and names the one that came.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                eprintln!("profile-server: cannot watch SIGTERM ({e}); Ctrl-C still stops");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }

@@ -11,24 +11,16 @@ use profile_server::avatar::generate_png;
 use profile_server::{serve, Config, Server};
 use reqwest::StatusCode;
 use serde_json::Value;
+use support::{assert_error, client, json_body, raw};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
+mod support;
 
 async fn start() -> Server {
     serve(Config::embedded()).await.unwrap()
 }
 
 async fn get_json(server: &Server, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-    let resp = client()
-        .get(format!("{}{path}", server.url()))
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
-    (status, headers, body)
+    support::get_json(&client(), &format!("{}{path}", server.url())).await
 }
 
 async fn put(
@@ -37,34 +29,23 @@ async fn put(
     body: Vec<u8>,
     content_type: &str,
 ) -> (StatusCode, Value) {
-    let resp = client()
-        .put(format!("{}{path}", server.url()))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (
-        status,
-        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null),
+    support::put(
+        &client(),
+        &format!("{}{path}", server.url()),
+        body,
+        content_type,
     )
+    .await
 }
 
 async fn fetch_bytes(url: &str) -> (StatusCode, Vec<u8>) {
-    let resp = client().get(url).send().await.unwrap();
-    (resp.status(), resp.bytes().await.unwrap().to_vec())
+    support::fetch_bytes(&client(), url).await
 }
 
 fn max_age(headers: &reqwest::header::HeaderMap) -> u64 {
     let cc = headers["cache-control"].to_str().unwrap();
     assert!(cc.starts_with("private, max-age="), "{cc}");
     cc["private, max-age=".len()..].parse().unwrap()
-}
-
-fn assert_error(body: &Value) {
-    let msg = body["error"].as_str().unwrap_or_default();
-    assert!(!msg.is_empty(), "expected {{\"error\": ...}}, got {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,6 +307,97 @@ async fn metrics_report_and_dashboard_show_the_tiers() {
     server.shutdown().await;
 }
 
+/// The dashboard in a real headless Chromium (`--dump-dom` after its script
+/// ran, with virtual time so several 2 s polls happen): a card per tier and
+/// for the signer, and both charts drawn from live data while this test sends
+/// traffic. The page loads nothing but itself and the report (it works
+/// offline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_draws_tiers_and_charts_in_chromium() {
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: sudo apt-get install -y chromium"
+    );
+    let mut config = Config::embedded();
+    config.users = 10;
+    let server = serve(config).await.unwrap();
+    let html = client()
+        .get(format!("{}/dashboard", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for external in ["src=\"http", "href=\"http", "@import", "cdn"] {
+        assert!(!html.contains(external), "the dashboard loads {external}…");
+    }
+    let traffic = {
+        let base = server.url();
+        tokio::spawn(async move {
+            let http = client();
+            for i in 0u64.. {
+                let ids = format!("{},{}", i % 10 + 1, (i * 7) % 10 + 1);
+                let _ = support::get_json(&http, &format!("{base}/api/avatars?ids={ids}")).await;
+                if i % 10 == 0 {
+                    // A new picture: the next lookup of this user is signed.
+                    let url = format!("{base}/api/users/{}/avatar", i % 10 + 1);
+                    let _ = support::put(&http, &url, generate_png(i, 8), "image/png").await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let url = format!("{}/dashboard", server.url());
+    let dom = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                &url,
+            ])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    traffic.abort();
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    for card in ["moka", "shared-in-process", "signer"] {
+        assert!(
+            dom.contains(&format!("{card} <span class=\"kind\">")),
+            "no card for {card}: {dom}"
+        );
+    }
+    assert!(dom.contains("lookups, hit rate"), "{dom}");
+    let chart = |id: &str| {
+        let start = dom.find(&format!("id=\"{id}\"")).unwrap();
+        let end = start + dom[start..].find("</svg>").unwrap();
+        dom[start..end].to_owned()
+    };
+    let hits = chart("hit-chart");
+    let latency = chart("latency-chart");
+    assert!(
+        hits.contains("data-series=\"moka\""),
+        "no moka hit-rate points: {hits}"
+    );
+    assert!(
+        latency.contains("data-series=\"moka\""),
+        "no moka latency points: {latency}"
+    );
+    assert!(
+        latency.contains("data-series=\"signer\""),
+        "no signing latency points: {latency}"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_web_directory_at_root() {
     let dir = tempfile::tempdir().unwrap();
@@ -515,4 +587,317 @@ fn config_debug_never_shows_the_secret_key() {
     let shown = format!("{config:?}");
     assert!(shown.contains("avatars"), "{shown}");
     assert!(!shown.contains("super-secret-value-123"), "{shown}");
+}
+
+// ---------------------------------------------------------------------------
+// Per-upload object keys, signed Cache-Control, the version sweeper.
+
+/// Two uploads in the same second (the same millisecond, likely) give two
+/// keys, two URLs and two ETags; `If-None-Match` with the old ETag gets 200 and
+/// the new one; the URL's answer from S3 carries the signed, immutable
+/// Cache-Control, which a client cannot edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upload_gets_its_own_key_url_and_etag() {
+    let server = start().await;
+    let first = get_json(&server, "/api/users/8/avatar").await.2;
+    let a = generate_png(801, 16);
+    let b = generate_png(802, 16);
+    assert_eq!(
+        put(&server, "/api/users/8/avatar", a.clone(), "image/png")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, headers_a, after_a) = get_json(&server, "/api/users/8/avatar").await;
+    assert_eq!(
+        put(&server, "/api/users/8/avatar", b.clone(), "image/png")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let after_b = get_json(&server, "/api/users/8/avatar").await.2;
+    let urls = [&first, &after_a, &after_b].map(|v| v["url"].as_str().unwrap().to_owned());
+    let etags = [&first, &after_a, &after_b].map(|v| v["etag"].as_str().unwrap().to_owned());
+    let path = |u: &str| u.split('?').next().unwrap().to_owned();
+    assert!(
+        path(&urls[0]) != path(&urls[1]) && path(&urls[1]) != path(&urls[2]),
+        "{urls:?}"
+    );
+    assert!(etags[0] != etags[1] && etags[1] != etags[2], "{etags:?}");
+    assert_eq!(headers_a["etag"].to_str().unwrap(), etags[1]);
+
+    // Each URL keeps serving its own version's bytes: keys are never reused.
+    assert_eq!(fetch_bytes(&urls[0]).await.1, generate_png(8, 96));
+    assert_eq!(fetch_bytes(&urls[1]).await.1, a);
+    assert_eq!(fetch_bytes(&urls[2]).await.1, b);
+
+    // The old ETag is not current: 200 with the new body and ETag.
+    let resp = client()
+        .get(format!("{}/api/users/8/avatar", server.url()))
+        .header("if-none-match", &etags[1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["etag"].to_str().unwrap(), etags[2]);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["url"].as_str().unwrap(), urls[2]);
+
+    // S3's answer carries the signed Cache-Control: private, immutable, for
+    // the URL's life minus the 5-minute margin (55 min for a fresh URL).
+    let resp = client().get(&urls[2]).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cc = resp.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(
+        cc.starts_with("private, max-age=") && cc.ends_with(", immutable"),
+        "{cc}"
+    );
+    let age: u64 = cc["private, max-age=".len()..cc.len() - ", immutable".len()]
+        .parse()
+        .unwrap();
+    // The URL was signed for 60 min: the bytes may be kept its life minus the
+    // margin, counted from signing.
+    let margin = server.app().urls().margin();
+    assert_eq!(
+        Duration::from_secs(age),
+        presign::DEFAULT_URL_VALIDITY - margin
+    );
+    let expires_at = Timestamp::from_unix_millis(after_b["expires_at"].as_u64().unwrap());
+    assert!(expires_at.duration_since(SystemClock.now()) <= presign::DEFAULT_URL_VALIDITY);
+    assert!(
+        age > 50 * 60,
+        "a fresh URL's bytes may be cached ~55 min, got {age}s"
+    );
+    // A client that lengthens the max-age breaks the signature.
+    let edited = urls[2].replace("max-age%3D", "max-age%3D9");
+    assert_ne!(edited, urls[2]);
+    assert_eq!(fetch_bytes(&edited).await.0, StatusCode::FORBIDDEN);
+    server.shutdown().await;
+}
+
+/// The background sweeper deletes a replaced version only once every URL to
+/// it has expired: nothing before (on the manual clock), the old object after
+/// the clock passes the URL validity plus the grace, never the current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_deletes_replaced_versions_after_their_urls_expired() {
+    let clock = cache_core::ManualClock::starting_at(SystemClock.now());
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.clock = std::sync::Arc::new(clock.clone());
+    config.sweep_interval = Duration::from_millis(50);
+    let server = serve(config).await.unwrap();
+    let old = get_json(&server, "/api/users/2/avatar").await.2;
+    let old_url = old["url"].as_str().unwrap().to_owned();
+    let new_png = generate_png(2002, 16);
+    assert_eq!(
+        put(&server, "/api/users/2/avatar", new_png.clone(), "image/png")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    // URLs signed now (the manual clock still reads real time, which S3
+    // checks signing times against).
+    let new_url = get_json(&server, "/api/users/2/avatar").await.2["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_url = get_json(&server, "/api/users/3/avatar").await.2["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Just short of validity + grace: the old URL may still be in use.
+    clock.advance(presign::DEFAULT_URL_VALIDITY + presign::SWEEP_GRACE - Duration::from_secs(1));
+    assert_eq!(server.app().sweep().await.unwrap(), 0);
+    assert_eq!(
+        fetch_bytes(&old_url).await,
+        (StatusCode::OK, generate_png(2, 96))
+    );
+    // Past it: the background sweeper (every 50 ms) deletes the old version.
+    clock.advance(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fetch_bytes(&old_url).await.0 == StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old version was never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fetch_bytes(&old_url).await.0, StatusCode::NOT_FOUND);
+    // The current version stays, and so do the other users' only versions.
+    assert_eq!(fetch_bytes(&new_url).await, (StatusCode::OK, new_png));
+    assert_eq!(
+        fetch_bytes(&other_url).await,
+        (StatusCode::OK, generate_png(3, 96))
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Deadlines and graceful shutdown, over raw sockets.
+
+fn short_limits(body_ms: u64, request_ms: u64) -> Config {
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.limits = profile_server::Limits {
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(body_ms),
+        request_timeout: Duration::from_millis(request_ms),
+    };
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_body_gets_408_json_and_its_socket_closed() {
+    let server = serve(short_limits(300, 5_000)).await.unwrap();
+    let png = generate_png(1, 16);
+    let mut stream = raw::stalled_put(server.addr(), 5_000, &png[..20]).await;
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        json_body(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .contains("body"),
+        "{answer}"
+    );
+    // The server still serves, and the picture was not touched.
+    let (_, _, body) = get_json(&server, "/api/users/1/avatar").await;
+    assert_eq!(
+        fetch_bytes(body["url"].as_str().unwrap()).await.1,
+        generate_png(1, 96)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_request_deadline_answers_408_json_too() {
+    // The body may take 10 s, but the whole request only 300 ms.
+    let server = serve(short_limits(10_000, 300)).await.unwrap();
+    let mut stream = raw::stalled_put(server.addr(), 5_000, b"\x89PNG").await;
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        json_body(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .contains("request"),
+        "{answer}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_headers_lose_their_connection() {
+    use tokio::io::AsyncWriteExt;
+    let server = serve(short_limits(5_000, 5_000)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /api/users/1/avatar HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // No blank line: the headers never end. hyper closes the connection.
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    server.shutdown().await;
+}
+
+/// Shutdown while an upload is in flight: the listener closes at once, the
+/// upload still completes (204), and a new instance on the same S3 serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_requests_in_flight_and_refuses_new_ones() {
+    use tokio::io::AsyncWriteExt;
+    let s3 = profile_server::EmbeddedS3::start().await.unwrap();
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.s3 = Some(s3.public_config());
+    let server = serve(config).await.unwrap();
+    let addr = server.addr();
+    let png = generate_png(3003, 16);
+    let mut stream = raw::stalled_put(addr, png.len(), &png[..10]).await;
+    // Let the request reach its handler before the shutdown starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shutdown = tokio::spawn(server.shutdown());
+    // New connections are refused once the listener is closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the upload in flight"
+    );
+    stream.write_all(&png[10..]).await.unwrap();
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    // The upload landed: a new instance on the same S3 serves it.
+    let mut config = Config::embedded();
+    config.users = 3;
+    config.s3 = Some(s3.public_config());
+    let again = serve(config).await.unwrap();
+    let body = get_json(&again, "/api/users/1/avatar").await.2;
+    assert_eq!(fetch_bytes(body["url"].as_str().unwrap()).await.1, png);
+    again.shutdown().await;
+}
+
+/// The binary: SIGTERM while an upload is in flight → it finishes the upload,
+/// prints that it stopped and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_shuts_down_gracefully_on_sigterm() {
+    use std::io::BufRead;
+    use tokio::io::AsyncWriteExt;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_profile-server"))
+        .env("PORT", "0")
+        .env("USERS", "3")
+        .env_remove("REDIS_URL")
+        .env_remove("S3_ENDPOINT")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("profile-server: open ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_owned();
+        }
+    };
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let png = generate_png(4004, 16);
+    let mut stream = raw::stalled_put(addr, png.len(), &png[..10]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(&png[10..]).await.unwrap();
+    let answer = raw::read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
