@@ -38,6 +38,8 @@ use profile_server::avatar::generate_png;
 use profile_server::{serve, Config};
 use serde_json::{json, Value};
 
+mod support;
+
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const FRIENDS: usize = 50;
@@ -108,7 +110,7 @@ struct Session {
 
 impl Session {
     async fn start(driver: &Driver, profile: &std::path::Path) -> Session {
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = support::client();
         let args = [
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
@@ -431,7 +433,7 @@ fn start_chromedriver() -> Driver {
 }
 
 async fn wait_driver(driver: &Driver) {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = support::client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
@@ -451,17 +453,8 @@ async fn wait_driver(driver: &Driver) {
 
 /// Object requests the server's embedded S3 has served since it started.
 async fn s3_get_objects(server: &str) -> u64 {
-    let counts: Value = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{server}/api/s3/requests"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, _, counts) =
+        support::get_json(&support::client(), &format!("{server}/api/s3/requests")).await;
     counts["get_object"]
         .as_u64()
         .unwrap_or_else(|| panic!("/api/s3/requests has no get_object count: {counts}"))
