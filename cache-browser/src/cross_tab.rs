@@ -1,5 +1,6 @@
 //! [`CrossTabInvalidation`]: invalidations reach every tab of the origin.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
@@ -16,6 +17,10 @@ use crate::js::JsError;
 const KIND_KEY: &str = "key";
 const KIND_PREFIX: &str = "prefix";
 const FORMAT: &str = "cache-browser/invalidate/1";
+
+/// The callback of [`CrossTabInvalidation::on_invalidated`], shared with the
+/// message listener.
+type OnInvalidated = Rc<RefCell<Option<Rc<dyn Fn(&str)>>>>;
 
 /// Wraps a [`TieredCache`] so that invalidating a key in one tab also drops it
 /// from the per-tab tiers (the memory tier) of every other tab of the same
@@ -43,6 +48,7 @@ pub struct CrossTabInvalidation<K, V> {
     cache: TieredCache<K, V>,
     channel: BroadcastChannel,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
+    on_invalidated: OnInvalidated,
 }
 
 impl<K, V> fmt::Debug for CrossTabInvalidation<K, V> {
@@ -85,20 +91,27 @@ where
     ) -> Self {
         let tiers: Rc<[usize]> = local_tiers.into();
         let target = cache.clone();
+        let on_invalidated: OnInvalidated = Rc::default();
+        let callback = on_invalidated.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             let Some((kind, key)) = parse(&event.data()) else {
                 return; // Not our message: ignore it.
             };
             let cache = target.clone();
             let tiers = tiers.clone();
+            let callback = callback.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 // A failed local invalidation leaves nothing shared stale; the
                 // entry still expires on its own.
                 let _ = if kind == KIND_PREFIX {
                     cache.only(&tiers).invalidate_prefix(&key).await
                 } else {
-                    cache.only(&tiers).invalidate(&K::from(key)).await
+                    cache.only(&tiers).invalidate(&K::from(key.clone())).await
                 };
+                let callback = callback.borrow().clone();
+                if let Some(callback) = callback {
+                    callback(&key);
+                }
             });
         });
         channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -106,7 +119,24 @@ where
             cache,
             channel,
             _on_message: on_message,
+            on_invalidated,
         }
+    }
+
+    /// Calls `f` in this tab after another tab's invalidation has been applied
+    /// to the local tiers here, with the key (or, for a prefix invalidation,
+    /// the prefix): e.g. to draw the key again from fresh data. Replaces any
+    /// earlier callback.
+    ///
+    /// ```no_run
+    /// # fn demo(tabs: &cache_browser::CrossTabInvalidation<String, String>) {
+    /// tabs.on_invalidated(|key| {
+    ///     let _redraw = key; // e.g. resolve `key` again and show it
+    /// });
+    /// # }
+    /// ```
+    pub fn on_invalidated(&self, f: impl Fn(&str) + 'static) {
+        *self.on_invalidated.borrow_mut() = Some(Rc::new(f));
     }
 
     /// The wrapped chain.

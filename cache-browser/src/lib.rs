@@ -25,7 +25,11 @@
 //!   memory tier of every other tab of the origin, over `BroadcastChannel`.
 //! - `ProfilePictures`: the preset chain memory → LocalStorage (URL, 45 min) →
 //!   IndexedDB (bytes, 7 days) → Cache API (response, 7 days) → network, giving an
-//!   `<img>` source and the tier that served it.
+//!   `<img>` source and the tier that served it; `watch` and `peek` per key,
+//!   and cross-tab invalidation with `.cross_tab(channel)`.
+//! - `use_profile_picture` / `ProfilePicture`: the original React hook's shape
+//!   (`url`, `loading`, `error`, `refetch`) for Rust front-ends, redrawn on
+//!   invalidation here or in another tab.
 //!
 //! Every tier takes an injected [`cache_core::Clock`], checks expiry on every
 //! read, passes `cache_core::conformance` in headless Chromium, and turns every
@@ -96,5 +100,6 @@ pub use cross_tab::CrossTabInvalidation;
 mod profile;
 #[cfg(target_family = "wasm")]
 pub use profile::{
-    Picture, ProfilePictures, ProfilePicturesBuilder, ResolvedPicture, BYTES_TTL, LOCAL_STORAGE_TTL,
+    use_profile_picture, Picture, ProfilePicture, ProfilePictures, ProfilePicturesBuilder,
+    ResolvedPicture, TierContents, BYTES_TTL, LOCAL_STORAGE_TTL,
 };

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,11 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 use web_sys::{Blob, BlobPropertyBag, Url};
 
-use crate::{CacheApiTier, IndexedDbTier, JsError, LocalStorageTier};
+use crate::{CacheApiTier, CrossTabInvalidation, IndexedDbTier, JsError, LocalStorageTier};
+
+/// A tier of the preset, kept beside the chain so [`ProfilePictures::peek`]
+/// can read it on its own.
+type PictureTier = Arc<dyn CacheLayer<String, Picture>>;
 
 /// LocalStorage lifetime of a picture URL in the preset.
 pub const LOCAL_STORAGE_TTL: Duration = Duration::from_secs(45 * 60);
@@ -271,13 +276,54 @@ impl CacheLayer<String, Picture> for ResponseTier {
 /// ```
 pub struct ProfilePictures {
     cache: TieredCache<String, Picture>,
-    object_urls: RefCell<HashMap<String, String>>,
+    /// The same tiers as the chain's, read one by one by `peek`.
+    tiers: Vec<PictureTier>,
+    shared: Rc<Shared>,
+    tabs: Option<CrossTabInvalidation<String, Picture>>,
+}
+
+/// A key and the callback to run when it is invalidated.
+type Watcher = (String, Weak<dyn Fn()>);
+
+/// What the chain's users share: object URLs and the watchers of each key.
+#[derive(Default)]
+struct Shared {
+    /// key → the object URL and the bytes it was made from (kept, so their
+    /// address cannot be reused by other bytes while the URL is handed out).
+    object_urls: RefCell<HashMap<String, (String, Bytes)>>,
+    watchers: RefCell<Vec<Watcher>>,
+}
+
+impl Shared {
+    fn revoke(&self, key: &str) {
+        if let Some((url, _)) = self.object_urls.borrow_mut().remove(key) {
+            let _ = Url::revoke_object_url(&url);
+        }
+    }
+
+    /// Calls every live watcher of `key` (after the borrow ends, so a watcher
+    /// may watch again).
+    fn notify(&self, key: &str) {
+        let live: Vec<Rc<dyn Fn()>> = {
+            let mut watchers = self.watchers.borrow_mut();
+            watchers.retain(|(_, w)| w.strong_count() > 0);
+            watchers
+                .iter()
+                .filter(|(k, _)| k == key)
+                .filter_map(|(_, w)| w.upgrade())
+                .collect()
+        };
+        for watcher in live {
+            watcher();
+        }
+    }
 }
 
 impl fmt::Debug for ProfilePictures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProfilePictures")
             .field("tiers", &self.cache.tier_names())
+            .field("cross_tab", &self.tabs.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -291,6 +337,8 @@ pub struct ProfilePicturesBuilder {
     observer: Option<Arc<dyn Observer>>,
     max_bytes: u64,
     max_entries: usize,
+    cache_api_base_url: Option<String>,
+    channel: Option<String>,
 }
 
 impl fmt::Debug for ProfilePicturesBuilder {
@@ -338,25 +386,48 @@ impl ProfilePicturesBuilder {
         self
     }
 
+    /// The base of the Cache API tier's logical URLs (default
+    /// [`crate::DEFAULT_BASE_URL`]). A base on the page's own origin (e.g.
+    /// `https://app.example/pictures/`) lets a service worker answer
+    /// `<img src="/pictures/42">` from the same cache.
+    pub fn cache_api_base_url(mut self, base: impl Into<String>) -> Self {
+        self.cache_api_base_url = Some(base.into());
+        self
+    }
+
+    /// Invalidations reach every tab of the origin over the `BroadcastChannel`
+    /// named `channel`: [`ProfilePictures::invalidate`] tells the other tabs,
+    /// which drop the key from their memory tier and wake its watchers (see
+    /// [`ProfilePictures::watch`] and [`use_profile_picture`]). Without
+    /// `BroadcastChannel` the chain works in this tab only.
+    pub fn cross_tab(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.to_owned());
+        self
+    }
+
     /// Opens every storage tier it can; unavailable ones are left out.
+    // The chain takes tiers through its `Arc` forwarding impl; the page is
+    // single-threaded, so these `Arc`s never cross a thread.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub async fn build(self) -> ProfilePictures {
         let ns = self.namespace;
         let clock = self.clock;
-        let mut chain = TieredCache::builder()
-            .shared_clock(clock.clone())
-            .tier(Tier::new(
+        let mut tiers: Vec<(PictureTier, Option<Duration>)> = vec![(
+            Arc::new(
                 MemoryTier::builder()
                     .name("memory")
                     .shared_clock(clock.clone())
                     .max_entries(1_000)
                     .build(),
-            ));
+            ),
+            None,
+        )];
         if let Ok(t) = LocalStorageTier::<StoredUrl>::builder(&ns)
             .clock(clock.clone())
             .ttl(LOCAL_STORAGE_TTL)
             .open()
         {
-            chain = chain.tier(Tier::new(UrlTier(t)).ttl(LOCAL_STORAGE_TTL));
+            tiers.push((Arc::new(UrlTier(t)), Some(LOCAL_STORAGE_TTL)));
         }
         if let Ok(t) = IndexedDbTier::<Vec<u8>>::builder(&ns)
             .clock(clock.clone())
@@ -365,16 +436,25 @@ impl ProfilePicturesBuilder {
             .open()
             .await
         {
-            chain = chain.tier(Tier::new(BytesTier(t)).ttl(BYTES_TTL));
+            tiers.push((Arc::new(BytesTier(t)), Some(BYTES_TTL)));
         }
-        if let Ok(t) = CacheApiTier::<Vec<u8>>::builder(&ns)
+        let mut responses = CacheApiTier::<Vec<u8>>::builder(&ns)
             .clock(clock.clone())
             .ttl(BYTES_TTL)
-            .max_entries(self.max_entries)
-            .open()
-            .await
-        {
-            chain = chain.tier(Tier::new(ResponseTier(t)).ttl(BYTES_TTL));
+            .max_entries(self.max_entries);
+        if let Some(base) = self.cache_api_base_url {
+            responses = responses.base_url(base);
+        }
+        if let Ok(t) = responses.open().await {
+            tiers.push((Arc::new(ResponseTier(t)), Some(BYTES_TTL)));
+        }
+        let mut chain = TieredCache::builder().shared_clock(clock.clone());
+        for (tier, ttl) in &tiers {
+            let mut tier = Tier::new(tier.clone());
+            if let Some(ttl) = ttl {
+                tier = tier.ttl(*ttl);
+            }
+            chain = chain.tier(tier);
         }
         if let Some(observer) = self.observer {
             chain = chain.shared_observer(observer);
@@ -382,11 +462,37 @@ impl ProfilePicturesBuilder {
         if let Some(loader) = self.loader {
             chain = chain.shared_origin(loader);
         }
+        let cache = chain.build();
+        let shared = Rc::new(Shared::default());
+        let tabs = self.channel.and_then(|channel| {
+            let tabs = CrossTabInvalidation::new(cache.clone(), &channel, &[0]).ok()?;
+            let weak = Rc::downgrade(&shared);
+            tabs.on_invalidated(move |key| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.revoke(key);
+                    shared.notify(key);
+                }
+            });
+            Some(tabs)
+        });
         ProfilePictures {
-            cache: chain.build(),
-            object_urls: RefCell::new(HashMap::new()),
+            cache,
+            tiers: tiers.into_iter().map(|(t, _)| t).collect(),
+            shared,
+            tabs,
         }
     }
+}
+
+/// What one tier holds for a key; see [`ProfilePictures::peek`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierContents {
+    /// The tier's name.
+    pub tier: String,
+    /// The unexpired picture it holds (LocalStorage holds no bytes).
+    pub picture: Option<Picture>,
+    /// Why the tier could not be read, if it failed.
+    pub error: Option<String>,
 }
 
 impl ProfilePictures {
@@ -400,11 +506,12 @@ impl ProfilePictures {
             observer: None,
             max_bytes: crate::DEFAULT_MAX_BYTES,
             max_entries: crate::DEFAULT_MAX_ENTRIES,
+            cache_api_base_url: None,
+            channel: None,
         }
     }
 
-    /// The chain, e.g. for [`crate::CrossTabInvalidation`] or selective
-    /// invalidation with [`TieredCache::only`].
+    /// The chain, e.g. for selective invalidation with [`TieredCache::only`].
     pub fn cache(&self) -> &TieredCache<String, Picture> {
         &self.cache
     }
@@ -441,32 +548,119 @@ impl ProfilePictures {
         }))
     }
 
-    /// Invalidates `key` in every tier and revokes its object URL.
+    /// Invalidates `key` in every tier, revokes its object URL, tells the
+    /// other tabs (with [`ProfilePicturesBuilder::cross_tab`]) and wakes the
+    /// key's watchers here, which resolve it again.
+    ///
+    /// # Errors
+    ///
+    /// As [`TieredCache::invalidate`] (the watchers are woken even then).
+    pub async fn invalidate(&self, key: &str) -> Result<()> {
+        self.shared.revoke(key);
+        let key_owned = key.to_owned();
+        let result = match &self.tabs {
+            Some(tabs) => tabs.invalidate(&key_owned).await.map(|_| ()),
+            None => self.cache.invalidate(&key_owned).await.map(|_| ()),
+        };
+        self.shared.notify(key);
+        result
+    }
+
+    /// Drops `key` from the tiers that hold only its URL (memory, LocalStorage)
+    /// when that URL no longer loads (it expired, or the browser is offline), so
+    /// the next [`ProfilePictures::get`] answers from the bytes kept in
+    /// IndexedDB or the Cache API. Watchers are not woken.
     ///
     /// # Errors
     ///
     /// As [`TieredCache::invalidate`].
-    pub async fn invalidate(&self, key: &str) -> Result<()> {
-        if let Some(url) = self.object_urls.borrow_mut().remove(key) {
-            let _ = Url::revoke_object_url(&url);
-        }
-        self.cache.invalidate(&key.to_owned()).await.map(|_| ())
+    pub async fn forget_url(&self, key: &str) -> Result<()> {
+        self.shared.revoke(key);
+        let url_tiers: Vec<usize> = self
+            .tier_names()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n == "memory" || **n == "local_storage")
+            .map(|(i, _)| i)
+            .collect();
+        self.cache
+            .only(&url_tiers)
+            .invalidate(&key.to_owned())
+            .await
+            .map(|_| ())
     }
 
-    fn object_url(&self, key: &str, bytes: &[u8], content_type: &str) -> Result<String> {
+    /// Calls `on_invalidated` whenever `key` is invalidated here or, with
+    /// [`ProfilePicturesBuilder::cross_tab`], in another tab, for as long as the
+    /// returned `Rc` lives (the chain keeps only a weak reference).
+    ///
+    /// ```no_run
+    /// # async fn demo(pictures: cache_browser::ProfilePictures) {
+    /// let watch = pictures.watch("42", || { /* resolve "42" again and redraw it */ });
+    /// pictures.invalidate("42").await.ok(); // the closure runs
+    /// drop(watch); // no more calls
+    /// # }
+    /// ```
+    #[must_use = "the watch ends when the returned Rc is dropped"]
+    pub fn watch(&self, key: &str, on_invalidated: impl Fn() + 'static) -> Rc<dyn Fn()> {
+        let watcher: Rc<dyn Fn()> = Rc::new(on_invalidated);
+        self.shared
+            .watchers
+            .borrow_mut()
+            .push((key.to_owned(), Rc::downgrade(&watcher)));
+        watcher
+    }
+
+    /// What each tier holds for `key`, read tier by tier (no backfill, no
+    /// network): for checking that an invalidation reached every tier.
+    ///
+    /// ```no_run
+    /// # async fn demo(pictures: cache_browser::ProfilePictures) {
+    /// for t in pictures.peek("42").await {
+    ///     println!("{}: {:?}", t.tier, t.picture.map(|p| p.url));
+    /// }
+    /// # }
+    /// ```
+    pub async fn peek(&self, key: &str) -> Vec<TierContents> {
+        let key = key.to_owned();
+        let mut out = Vec::with_capacity(self.tiers.len());
+        for tier in &self.tiers {
+            let (picture, error) = match tier.get(&key).await {
+                Ok(found) => (found.map(|e| e.value), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            out.push(TierContents {
+                tier: tier.name().to_owned(),
+                picture,
+                error,
+            });
+        }
+        out
+    }
+
+    /// One object URL per key and byte buffer: a memory hit hands back the
+    /// same URL, so a second `<img>` showing the key does not revoke the
+    /// first one's.
+    fn object_url(&self, key: &str, bytes: &Bytes, content_type: &str) -> Result<String> {
+        if let Some((url, made_from)) = self.shared.object_urls.borrow().get(key) {
+            if made_from.as_ptr() == bytes.as_ptr() && made_from.len() == bytes.len() {
+                return Ok(url.clone());
+            }
+        }
         let fail = |e: JsValue| Error::Encode {
             tier: "object_url".into(),
             reason: JsError::from_js(&e).to_string(),
         };
-        let parts = Array::of1(&Uint8Array::from(bytes).into());
+        let parts = Array::of1(&Uint8Array::from(bytes.as_ref()).into());
         let opts = BlobPropertyBag::new();
         opts.set_type(content_type);
         let blob = Blob::new_with_u8_array_sequence_and_options(&parts, &opts).map_err(fail)?;
         let url = Url::create_object_url_with_blob(&blob).map_err(fail)?;
-        if let Some(old) = self
+        if let Some((old, _)) = self
+            .shared
             .object_urls
             .borrow_mut()
-            .insert(key.to_owned(), url.clone())
+            .insert(key.to_owned(), (url.clone(), bytes.clone()))
         {
             let _ = Url::revoke_object_url(&old);
         }
@@ -476,8 +670,242 @@ impl ProfilePictures {
 
 impl Drop for ProfilePictures {
     fn drop(&mut self) {
-        for url in self.object_urls.borrow().values() {
+        for (url, _) in self.shared.object_urls.borrow().values() {
             let _ = Url::revoke_object_url(url);
         }
+    }
+}
+
+/// A profile picture's state for a Rust front-end, in the shape of the
+/// original React hook `useProfilePicture(userId)`: [`url`](Self::url),
+/// [`loading`](Self::loading), [`error`](Self::error) and
+/// [`refetch`](Self::refetch). Made by [`use_profile_picture`].
+///
+/// It resolves its user's picture through [`ProfilePictures`] as soon as it is
+/// made, and again whenever the picture is invalidated in this tab or another
+/// one (with [`ProfilePicturesBuilder::cross_tab`]) and when the user id
+/// changes; after each change of state it calls the `on_change` callback given
+/// to [`use_profile_picture`]. Cloning it gives another handle to the same
+/// state; the watch ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct ProfilePicture {
+    inner: Rc<HookInner>,
+}
+
+struct HookInner {
+    pictures: Rc<ProfilePictures>,
+    on_change: Box<dyn Fn(&ProfilePicture)>,
+    state: RefCell<HookState>,
+}
+
+#[derive(Default)]
+struct HookState {
+    user_id: String,
+    url: Option<String>,
+    loading: bool,
+    error: Option<String>,
+    served_by: Option<String>,
+    lookup_ms: Option<f64>,
+    /// Bumped by every load; an older load that finishes late is dropped.
+    generation: u64,
+    /// Keeps this hook's watch of `user_id` alive.
+    watch: Option<Rc<dyn Fn()>>,
+}
+
+impl fmt::Debug for ProfilePicture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.inner.state.borrow();
+        f.debug_struct("ProfilePicture")
+            .field("user_id", &s.user_id)
+            .field("url", &s.url)
+            .field("loading", &s.loading)
+            .field("error", &s.error)
+            .field("served_by", &s.served_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The original `useProfilePicture(userId)` hook for Rust front-ends: starts
+/// resolving `user_id`'s picture and returns its live state.
+///
+/// `on_change` runs after every change (loading started, picture found,
+/// error); redraw from the handle it is given. Do not capture a clone of the
+/// returned handle in it (that would keep the hook alive forever): use the
+/// argument.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(img: web_sys::HtmlImageElement) {
+/// use std::rc::Rc;
+/// use cache_browser::{use_profile_picture, ProfilePictures};
+///
+/// let pictures = Rc::new(ProfilePictures::builder("avatars").cross_tab("avatars").build().await);
+/// let avatar = use_profile_picture(&pictures, "42", move |p| {
+///     if let Some(url) = p.url() {
+///         img.set_src(&url); // a blob: URL of cached bytes, or the picture's URL
+///     }
+///     img.set_title(&match (p.loading(), p.error()) {
+///         (true, _) => "loading…".to_owned(),
+///         (false, Some(e)) => format!("failed: {e}"),
+///         (false, None) => format!("from {}", p.served_by().unwrap_or_default()),
+///     });
+/// });
+/// avatar.refetch(); // drop the picture from every tier and load it again
+/// # }
+/// ```
+pub fn use_profile_picture(
+    pictures: &Rc<ProfilePictures>,
+    user_id: &str,
+    on_change: impl Fn(&ProfilePicture) + 'static,
+) -> ProfilePicture {
+    let hook = ProfilePicture {
+        inner: Rc::new(HookInner {
+            pictures: pictures.clone(),
+            on_change: Box::new(on_change),
+            state: RefCell::new(HookState::default()),
+        }),
+    };
+    hook.set_user_id(user_id);
+    hook
+}
+
+fn now_ms() -> f64 {
+    js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("performance"))
+        .ok()
+        .and_then(|p| {
+            let now = js_sys::Reflect::get(&p, &JsValue::from_str("now")).ok()?;
+            let now: js_sys::Function = wasm_bindgen::JsCast::dyn_into(now).ok()?;
+            now.call0(&p).ok()?.as_f64()
+        })
+        .unwrap_or_else(js_sys::Date::now)
+}
+
+impl ProfilePicture {
+    /// The `<img>` source once resolved: a `blob:` URL of cached bytes, or the
+    /// picture's URL (a LocalStorage hit). Kept while a reload is in flight.
+    pub fn url(&self) -> Option<String> {
+        self.inner.state.borrow().url.clone()
+    }
+
+    /// Whether a lookup is in flight.
+    pub fn loading(&self) -> bool {
+        self.inner.state.borrow().loading
+    }
+
+    /// Why the last lookup failed (or that the user has no picture).
+    pub fn error(&self) -> Option<String> {
+        self.inner.state.borrow().error.clone()
+    }
+
+    /// The user whose picture this is.
+    pub fn user_id(&self) -> String {
+        self.inner.state.borrow().user_id.clone()
+    }
+
+    /// The tier that served the current picture (`"memory"`, …, `"network"`).
+    pub fn served_by(&self) -> Option<String> {
+        self.inner.state.borrow().served_by.clone()
+    }
+
+    /// How long the last lookup through the tiers took, in milliseconds
+    /// (`performance.now()`), not counting the image's download or decoding.
+    pub fn lookup_ms(&self) -> Option<f64> {
+        self.inner.state.borrow().lookup_ms
+    }
+
+    /// Drops the picture from every tier (here and, with cross-tab, in other
+    /// tabs' memory) and loads it again; `on_change` follows.
+    pub fn refetch(&self) {
+        let pictures = self.inner.pictures.clone();
+        let user = self.user_id();
+        // `invalidate` wakes every watcher of the key, this hook included.
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = pictures.invalidate(&user).await;
+        });
+    }
+
+    /// Shows another user's picture (the custom element's `user-id` change).
+    pub fn set_user_id(&self, user_id: &str) {
+        let weak = Rc::downgrade(&self.inner);
+        let watch = self.inner.pictures.watch(user_id, move || {
+            if let Some(inner) = weak.upgrade() {
+                ProfilePicture { inner }.reload();
+            }
+        });
+        {
+            let mut s = self.inner.state.borrow_mut();
+            s.user_id = user_id.to_owned();
+            s.url = None;
+            s.served_by = None;
+            s.watch = Some(watch);
+        }
+        self.reload();
+    }
+
+    /// The current URL did not load in an `<img>` (a LocalStorage URL that
+    /// expired, or the browser is offline): forgets it in the URL-only tiers
+    /// and resolves again from the byte tiers (IndexedDB, Cache API) or the
+    /// network. Does nothing for a `blob:` URL, which cannot go stale.
+    pub fn url_failed(&self) {
+        let Some(url) = self.url() else { return };
+        if url.starts_with("blob:") {
+            self.set_error(format!("the picture's bytes did not decode ({url})"));
+            return;
+        }
+        let this = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let user = this.user_id();
+            let _ = this.inner.pictures.forget_url(&user).await;
+            this.reload();
+        });
+    }
+
+    fn set_error(&self, error: String) {
+        {
+            let mut s = self.inner.state.borrow_mut();
+            s.loading = false;
+            s.error = Some(error);
+        }
+        (self.inner.on_change)(self);
+    }
+
+    /// Resolves the picture again through the chain (after an invalidation).
+    pub fn reload(&self) {
+        let (generation, user) = {
+            let mut s = self.inner.state.borrow_mut();
+            s.generation += 1;
+            s.loading = true;
+            s.error = None;
+            (s.generation, s.user_id.clone())
+        };
+        (self.inner.on_change)(self);
+        let this = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let started = now_ms();
+            let result = this.inner.pictures.get(&user).await;
+            let lookup = now_ms() - started;
+            {
+                let mut s = this.inner.state.borrow_mut();
+                if s.generation != generation {
+                    return; // A newer load (or user id) took over.
+                }
+                s.loading = false;
+                s.lookup_ms = Some(lookup);
+                match result {
+                    Ok(Some(found)) => {
+                        s.url = Some(found.src);
+                        s.served_by = Some(found.served_by);
+                    }
+                    Ok(None) => {
+                        s.url = None;
+                        s.served_by = None;
+                        s.error = Some(format!("user {user} has no picture"));
+                    }
+                    Err(e) => s.error = Some(e.to_string()),
+                }
+            }
+            (this.inner.on_change)(&this);
+        });
     }
 }

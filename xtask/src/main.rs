@@ -479,7 +479,9 @@ fn wasm_bindgen_cli() -> PathBuf {
 
 /// Builds examples/profile-web for wasm32 (release), runs `wasm-bindgen --target
 /// web` and copies the static files (index.html, sw.js) beside it, into
-/// `target/profile-web/`. Returns that directory (absolute).
+/// `target/profile-web/`, with the build id (a hash of the whole app) in place
+/// of `__BUILD__` (the service worker names its shell cache after it). Returns
+/// that directory (absolute).
 fn build_web() -> Result<PathBuf, String> {
     setup()?;
     run_visible(
@@ -511,16 +513,51 @@ fn build_web() -> Result<PathBuf, String> {
             .arg(&out)
             .arg(&wasm),
     )?;
-    let statics = fs::read_dir(WEB_STATIC).map_err(|e| format!("cannot read {WEB_STATIC}: {e}"))?;
+    let mut statics: Vec<PathBuf> = fs::read_dir(WEB_STATIC)
+        .map_err(|e| format!("cannot read {WEB_STATIC}: {e}"))?
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .filter(|f| f.is_file())
+        .collect();
+    statics.sort();
+    let build = build_id(&out, &statics)?;
     for file in statics {
-        let file = file.map_err(|e| e.to_string())?.path();
-        if file.is_file() {
-            let name = file.file_name().unwrap_or_default();
-            fs::copy(&file, out.join(name))
-                .map_err(|e| format!("cannot copy {}: {e}", file.display()))?;
-        }
+        let name = file.file_name().unwrap_or_default();
+        let bytes = fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        // Text files get the build id (sw.js names its shell cache after it).
+        let bytes = match String::from_utf8(bytes) {
+            Ok(text) => text.replace(BUILD_PLACEHOLDER, &build).into_bytes(),
+            Err(e) => e.into_bytes(),
+        };
+        fs::write(out.join(name), bytes)
+            .map_err(|e| format!("cannot write {}: {e}", out.join(name).display()))?;
     }
+    println!("xtask: web app build {build} in {}", out.display());
     fs::canonicalize(&out).map_err(|e| e.to_string())
+}
+
+/// Replaced by the build id in the web app's static files.
+const BUILD_PLACEHOLDER: &str = "__BUILD__";
+
+/// A short id of the web app's build: a hash of the wasm-bindgen output and
+/// the static files, so the service worker's shell cache changes exactly when
+/// the app does.
+fn build_id(out: &Path, statics: &[PathBuf]) -> Result<String, String> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut files: Vec<PathBuf> = fs::read_dir(out)
+        .map_err(|e| format!("cannot read {}: {e}", out.display()))?
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .filter(|f| f.is_file())
+        .collect();
+    files.sort();
+    files.extend(statics.iter().cloned());
+    // DefaultHasher::new() has fixed keys: the same files give the same id.
+    let mut hasher = DefaultHasher::new();
+    for file in files {
+        let bytes = fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        file.file_name().hash(&mut hasher);
+        bytes.hash(&mut hasher);
+    }
+    Ok(format!("{:016x}", hasher.finish()))
 }
 
 fn demo(args: &[String]) -> Result<bool, String> {
@@ -550,9 +587,11 @@ fn demo(args: &[String]) -> Result<bool, String> {
 
 /// The end-to-end journey in headless Chromium: lints the web app for wasm32,
 /// builds it, then runs
-/// examples/profile-server/tests/journey.rs against it. `cargo xtask test` runs
-/// it as its last suite (through `cargo xtask journey`, so the build happens
-/// when the suite starts).
+/// examples/profile-server/tests/journey.rs against it (the five visits, an
+/// upload seen in two windows, a new build; a screenshot per step and
+/// `visits.json` under `<target dir>/journey/`). `cargo xtask test` runs it as
+/// its last suite (through `cargo xtask journey`, so the build happens when
+/// the suite starts).
 fn journey() -> Result<bool, String> {
     // The web app is not in the wasm32 clippy suite (no browser unit tests).
     run_visible(

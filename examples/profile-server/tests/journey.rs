@@ -1,12 +1,26 @@
 //! The end-to-end journey in a real headless Chromium, driven over the W3C
-//! WebDriver protocol (plain JSON to `/usr/bin/chromedriver`):
+//! WebDriver protocol (plain JSON to `/usr/bin/chromedriver`), against the real
+//! server with its embedded S3 and 200 seeded users. Each step reads, from the
+//! page's own monitor (`cacheMonitor.report()`), which tier served each of the
+//! 50 pictures of the friend list, and checks that every image rendered
+//! (`naturalWidth > 0`):
 //!
-//! 1. open the page → every avatar renders, first served by the network;
-//! 2. reload → every avatar is served by a cache tier, not the network;
-//! 3. upload a new picture through the page's form → the page shows the new
-//!    bytes (served by the network after the invalidation);
-//! 4. shut the server (and its S3) down and reload → the page loads from the
-//!    service worker's cache and the pictures from the browser tiers.
+//! 1. first visit: all from the network, and every tier then holds every
+//!    picture;
+//! 2. the list shown again in the same page: all from memory;
+//! 3. a reload: all from LocalStorage, the images' bytes from the browser's
+//!    HTTP cache (S3 served no object request meanwhile);
+//! 4. a reload 45+ minutes later (the page's clock hook): all from IndexedDB;
+//! 5. offline (Chromium's network emulation), LocalStorage and IndexedDB
+//!    cleared, a reload: the page from the service worker's cache, all 50
+//!    pictures from the Cache API;
+//! 6. an upload in tab 1: tab 1 and a second window show the new bytes, and no
+//!    tier in either holds the old picture;
+//! 7. a new build (its build id written into a copy of the app): the next load
+//!    runs it, and its service worker replaces the old build's shell cache.
+//!
+//! A screenshot of each step is saved under `<target dir>/journey/` (paths
+//! printed), with `visits.json` (tier counts and whole-list time per visit).
 //!
 //! Needs the built web app: `PROFILE_WEB_DIR` (set by `cargo xtask test`, which
 //! builds it first). Without it the test fails, it never skips. Compiled only
@@ -14,8 +28,9 @@
 //! the wasm app) leaves it to its own suite.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,15 +38,18 @@ use profile_server::avatar::generate_png;
 use profile_server::{serve, Config};
 use serde_json::{json, Value};
 
+mod support;
+
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
-const USERS: [&str; 6] = ["1", "2", "3", "4", "5", "6"];
+const FRIENDS: usize = 50;
 const CACHE_TIERS: [&str; 4] = ["memory", "local_storage", "indexed_db", "cache_api"];
+/// Liveness bound for one condition (not a speed claim: the machine is slow).
+const PATIENCE: Duration = Duration::from_secs(120);
 
 fn web_dir() -> PathBuf {
     let hint = "run `cargo xtask test` (it builds examples/profile-web with wasm-bindgen into \
-                target/profile-web and sets PROFILE_WEB_DIR), or `cargo xtask demo` once and \
-                PROFILE_WEB_DIR=target/profile-web cargo test -p profile-server --features journey --test journey";
+                target/profile-web and sets PROFILE_WEB_DIR), or `cargo xtask journey`";
     let dir = std::env::var_os("PROFILE_WEB_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("PROFILE_WEB_DIR is not set: {hint}"));
@@ -47,6 +65,19 @@ fn web_dir() -> PathBuf {
             dir.display()
         );
     }
+    dir
+}
+
+/// `<target dir>/journey`: the test binary is `<target dir>/debug/deps/journey-…`.
+fn journey_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let dir = target.join("journey");
+    std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
@@ -79,7 +110,7 @@ struct Session {
 
 impl Session {
     async fn start(driver: &Driver, profile: &std::path::Path) -> Session {
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = support::client();
         let args = [
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
@@ -89,6 +120,7 @@ impl Session {
             "--disable-component-update".to_owned(),
             "--disable-sync".to_owned(),
             "--no-first-run".to_owned(),
+            "--window-size=1280,1000".to_owned(),
             format!("--user-data-dir={}", profile.display()),
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -113,39 +145,38 @@ impl Session {
             base: format!("{}/session/{id}", driver.url),
         };
         session
-            .cmd("/timeouts", json!({"script": 30_000, "pageLoad": 30_000}))
+            .cmd("/timeouts", json!({"script": 120_000, "pageLoad": 120_000}))
             .await;
         session
     }
 
-    async fn cmd(&self, path: &str, body: Value) -> Value {
-        let reply: Value = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    async fn reply(&self, path: &str, reply: reqwest::Response) -> Value {
+        let reply: Value = reply.json().await.unwrap();
         if reply["value"]["error"].is_string() {
             panic!("WebDriver {path} failed: {}", reply["value"]);
         }
         reply["value"].clone()
     }
 
+    async fn cmd(&self, path: &str, body: Value) -> Value {
+        let reply = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        self.reply(path, reply).await
+    }
+
     async fn cmd_get(&self, path: &str) -> Value {
-        let reply: Value = self
+        let reply = self
             .http
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        reply["value"].clone()
+        self.reply(path, reply).await
     }
 
     async fn script(&self, script: &str, args: Value) -> Value {
@@ -172,69 +203,213 @@ impl Session {
 
     /// Polls `script` until it returns `true` (liveness bound, not a speed claim).
     async fn wait_for(&self, what: &str, script: &str, args: Value) {
-        let deadline = Instant::now() + Duration::from_secs(45);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             if self.script(script, args.clone()).await == Value::Bool(true) {
                 return;
             }
             if Instant::now() > deadline {
-                let state = self.state().await;
-                panic!("timed out waiting for {what}; page state: {state}");
+                let state = self.pictures().await;
+                panic!("timed out waiting for {what}; pictures: {state}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    /// Waits until `start()` has resolved every avatar once more than `loads`.
-    async fn wait_ready(&self, what: &str) {
+    /// Waits until the friend list's run `run` has drawn all its pictures.
+    async fn wait_list(&self, what: &str, run: u64) {
         self.wait_for(
             what,
-            "return document.body && document.body.dataset.ready === 'true'",
-            json!([]),
+            "const s = document.getElementById('summary');
+             if (document.body && document.body.dataset.error) return true;
+             return !!window.cacheMonitor && !!s && s.dataset.complete === 'true'
+                 && Number(s.dataset.run) === arguments[0];",
+            json!([run]),
         )
         .await;
+        let error = self
+            .script("return document.body.dataset.error || null", json!([]))
+            .await;
+        assert_eq!(error, Value::Null, "{what}: the page failed to start");
     }
 
-    /// Per user: which tier served the picture, whether the `<img>` shows a
-    /// decoded image, and its state.
-    async fn state(&self) -> Value {
+    /// `cacheMonitor.report()`.
+    async fn report(&self) -> Value {
+        self.script("return cacheMonitor.report()", json!([])).await
+    }
+
+    /// Per friend in the list (by user id): the element's state, its tier, and
+    /// whether its `<img>` shows a decoded image.
+    async fn pictures(&self) -> Value {
         self.script(
             "const out = {};
-             for (const li of document.querySelectorAll('#users li')) {
-               const img = li.querySelector('img');
-               out[li.id.replace('user-', '')] = {
-                 served_by: li.dataset.servedBy || null,
-                 state: li.dataset.state || null,
-                 loads: Number(li.dataset.loads || 0),
+             for (const el of document.querySelectorAll('#friends cached-profile-picture')) {
+               const img = el.querySelector('img');
+               out[el.getAttribute('user-id')] = {
+                 state: el.dataset.state || null,
+                 served_by: el.dataset.servedBy || null,
                  rendered: !!img && img.complete && img.naturalWidth > 0,
+                 natural_width: img ? img.naturalWidth : 0,
                  src: img ? img.src : null,
                };
              }
-             out.error = document.body ? (document.body.dataset.error || null) : 'no body';
              return out;",
             json!([]),
         )
         .await
     }
 
-    /// The bytes the `<img>` of `user` currently shows (fetched from its src:
-    /// a `blob:` URL of cached bytes, or the presigned URL).
+    /// What each tier holds for `user` (`cacheMonitor.peek`).
+    async fn peek(&self, user: &str) -> Value {
+        self.script_async(
+            "const [user, done] = arguments;
+             cacheMonitor.peek(user).then(done, (e) => done('error: ' + e));",
+            json!([user]),
+        )
+        .await
+    }
+
+    /// The bytes the `<img>` of `user` in the friend list currently shows
+    /// (fetched from its src: a `blob:` URL of cached bytes, or the presigned
+    /// URL).
     async fn image_bytes(&self, user: &str) -> Vec<u8> {
         let value = self
             .script_async(
                 "const [user, done] = arguments;
-                 const img = document.getElementById('avatar-' + user);
+                 const img = document.querySelector(
+                   `#friends cached-profile-picture[user-id=\"${user}\"] img`);
                  fetch(img.src).then(r => r.arrayBuffer())
                    .then(b => done(Array.from(new Uint8Array(b))))
                    .catch(e => done('error: ' + e));",
                 json!([user]),
             )
             .await;
-        match value.as_array() {
-            Some(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
-            None => panic!("cannot read user {user}'s image bytes: {value}"),
+        bytes_of(&value).unwrap_or_else(|| panic!("cannot read user {user}'s image: {value}"))
+    }
+
+    /// Saves a screenshot and prints its path.
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.cmd_get("/screenshot").await;
+        let bytes = base64_decode(png.as_str().unwrap());
+        let path = journey_dir().join(format!("{name}.png"));
+        std::fs::write(&path, bytes).unwrap();
+        println!("screenshot: {}", path.display());
+        path
+    }
+
+    /// Cuts the network with Chromium's own emulation, for the page and for
+    /// its service worker (a target of its own, whose fetches the page's
+    /// emulation does not cover): `Network.emulateNetworkConditions` over CDP
+    /// on the page, and in a session attached to each service worker target
+    /// of `origin`. Returns those sessions, for [`Session::go_online`].
+    async fn go_offline(&self, origin: &str) -> Vec<String> {
+        self.cdp("Network.emulateNetworkConditions", conditions(true))
+            .await;
+        let targets = self.cdp("Target.getTargets", json!({})).await;
+        let workers: Vec<String> = targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["type"] == "service_worker")
+            .filter(|t| t["url"].as_str().is_some_and(|u| u.starts_with(origin)))
+            .map(|t| t["targetId"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!workers.is_empty(), "no service worker target: {targets}");
+        let mut sessions = Vec::new();
+        for target in workers {
+            let attached = self
+                .cdp(
+                    "Target.attachToTarget",
+                    json!({"targetId": target, "flatten": false}),
+                )
+                .await;
+            let session = attached["sessionId"].as_str().unwrap().to_owned();
+            self.send_to(&session, 1, "Network.enable", json!({})).await;
+            self.send_to(
+                &session,
+                2,
+                "Network.emulateNetworkConditions",
+                conditions(true),
+            )
+            .await;
+            sessions.push(session);
+        }
+        sessions
+    }
+
+    /// Ends [`Session::go_offline`]: the network is back for the page and, in
+    /// the same sessions (emulation belongs to the session that set it), for
+    /// the service workers; then those sessions detach.
+    async fn go_online(&self, sessions: Vec<String>) {
+        self.cdp("Network.emulateNetworkConditions", conditions(false))
+            .await;
+        for session in sessions {
+            self.send_to(
+                &session,
+                3,
+                "Network.emulateNetworkConditions",
+                conditions(false),
+            )
+            .await;
+            self.cdp("Target.detachFromTarget", json!({"sessionId": session}))
+                .await;
         }
     }
+
+    /// One CDP command to the target of an attached (non-flat) session; its
+    /// answer comes back as an event, which chromedriver does not relay.
+    async fn send_to(&self, session: &str, id: u32, method: &str, params: Value) {
+        let message = json!({"id": id, "method": method, "params": params});
+        self.cdp(
+            "Target.sendMessageToTarget",
+            json!({"sessionId": session, "message": message.to_string()}),
+        )
+        .await;
+    }
+
+    /// A Chrome DevTools Protocol command through chromedriver.
+    async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd("/goog/cdp/execute", json!({"cmd": cmd, "params": params}))
+            .await
+    }
+}
+
+fn conditions(offline: bool) -> Value {
+    json!({"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+}
+
+/// Standard base64 (WebDriver's screenshots), without a dependency for it.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {:?}", char::from(c)),
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .map(value)
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | u32::from(*d) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+fn bytes_of(value: &Value) -> Option<Vec<u8>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+        .collect()
 }
 
 fn start_chromedriver() -> Driver {
@@ -258,8 +433,8 @@ fn start_chromedriver() -> Driver {
 }
 
 async fn wait_driver(driver: &Driver) {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let http = support::client();
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
             if let Ok(v) = r.json::<Value>().await {
@@ -270,58 +445,239 @@ async fn wait_driver(driver: &Driver) {
         }
         assert!(
             Instant::now() < deadline,
-            "chromedriver did not answer within 20 s"
+            "chromedriver did not answer within 60 s"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn served_by(state: &Value, user: &str) -> String {
-    state[user]["served_by"].as_str().unwrap_or("?").to_owned()
+/// Object requests the server's embedded S3 has served since it started.
+async fn s3_get_objects(server: &str) -> u64 {
+    let (_, _, counts) =
+        support::get_json(&support::client(), &format!("{server}/api/s3/requests")).await;
+    counts["get_object"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/api/s3/requests has no get_object count: {counts}"))
 }
 
-fn assert_all_rendered(state: &Value, step: &str) {
-    for user in USERS {
+/// The service worker's shell caches (one per build), by name.
+async fn shell_caches(browser: &Session) -> Vec<String> {
+    let names = browser
+        .script_async(
+            "const done = arguments[0];
+             caches.keys().then(k => done(k.filter(n => n.startsWith('profile-web-shell-'))),
+                                e => done('error: ' + e));",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(names.clone()).unwrap_or_else(|_| panic!("caches.keys(): {names}"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// One visit's record for visits.json.
+struct Visit {
+    name: &'static str,
+    list_ms: f64,
+    tiers: BTreeMap<String, u64>,
+}
+
+/// Checks one showing of the list: 50 friends, each drawn (state ready, an
+/// image with natural width > 0), each served by `tier` according to both the
+/// monitor's report and the element. Returns the visit's record.
+async fn check_visit(browser: &Session, name: &'static str, tier: &str) -> Visit {
+    let report = browser.report().await;
+    let pictures = browser.pictures().await;
+    let list = &report["list"];
+    let served = list["pictures"].as_object().unwrap();
+    println!("{name}: {} ; tiers {}", list["list_ms"], list["tiers"]);
+    assert_eq!(
+        served.len(),
+        FRIENDS,
+        "{name}: the monitor reports {} pictures: {list}",
+        served.len()
+    );
+    assert_eq!(
+        pictures.as_object().unwrap().len(),
+        FRIENDS,
+        "{name}: {pictures}"
+    );
+    for (user, p) in served {
         assert_eq!(
-            state[user]["state"], "ready",
-            "{step}: user {user}: {state}"
+            p["tier"], tier,
+            "{name}: user {user} was served by {} (monitor)",
+            p["tier"]
         );
+        let el = &pictures[user];
+        assert_eq!(el["state"], "ready", "{name}: user {user}: {el}");
+        assert_eq!(el["served_by"], tier, "{name}: user {user}: {el}");
         assert_eq!(
-            state[user]["rendered"],
+            el["rendered"],
             Value::Bool(true),
-            "{step}: user {user}'s picture did not render: {state}"
+            "{name}: user {user}'s picture did not render: {el}"
         );
+        assert!(p["natural_width"].as_u64().unwrap() > 0, "{name}: {p}");
     }
+    assert_eq!(list["tiers"], json!({ tier: FRIENDS }), "{name}");
+    Visit {
+        name,
+        list_ms: list["list_ms"].as_f64().unwrap(),
+        tiers: serde_json::from_value(list["tiers"].clone()).unwrap(),
+    }
+}
+
+fn write_visits(visits: &[Visit]) {
+    let json: Vec<Value> = visits
+        .iter()
+        .map(|v| json!({"visit": v.name, "list_ms": v.list_ms, "tiers": v.tiers}))
+        .collect();
+    let path = journey_dir().join("visits.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    println!("visits: {}", path.display());
+}
+
+/// Every tier of the page holds `user`'s picture: how many of `users` each
+/// tier holds.
+async fn tiers_holding(browser: &Session, users: &[String]) -> BTreeMap<String, usize> {
+    let held = browser
+        .script_async(
+            "const [users, done] = arguments;
+             Promise.all(users.map(u => cacheMonitor.peek(u))).then(all => {
+               const out = {};
+               for (const tiers of all) for (const t of tiers) {
+                 out[t.tier] = (out[t.tier] || 0) + (t.url !== null && !t.error ? 1 : 0);
+               }
+               done(out);
+             }, e => done('error: ' + e));",
+            json!([users]),
+        )
+        .await;
+    serde_json::from_value(held.clone()).unwrap_or_else(|_| panic!("peek failed: {held}"))
+}
+
+/// In the current tab, no tier holds the old picture of `user`: a tier with
+/// bytes holds `new`, a tier with only a URL holds none of `old_urls` (the
+/// URLs the tiers held before the upload); and the memory tier holds it.
+async fn assert_no_old_picture(
+    browser: &Session,
+    tab: &str,
+    user: &str,
+    old_urls: &[String],
+    new: &[u8],
+) {
+    let held = browser.peek(user).await;
+    println!("{tab}: tiers for user {user}: {}", summarize_peek(&held));
+    for t in held.as_array().unwrap() {
+        assert!(t["error"].is_null(), "{tab}: {t}");
+        let Some(url) = t["url"].as_str() else {
+            continue; // Nothing held: fine.
+        };
+        match bytes_of(&t["bytes"]) {
+            Some(bytes) => assert_eq!(bytes, new, "{tab}: tier {} holds other bytes", t["tier"]),
+            None => assert!(
+                !old_urls.iter().any(|u| u == url),
+                "{tab}: tier {} still holds an old URL: {url}",
+                t["tier"]
+            ),
+        }
+    }
+    let memory = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == "memory")
+        .unwrap();
+    assert!(!memory["url"].is_null(), "{tab}: memory lost user {user}");
+}
+
+fn summarize_peek(held: &Value) -> String {
+    held.as_array()
+        .map(|tiers| {
+            tiers
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}={}",
+                        t["tier"].as_str().unwrap_or("?"),
+                        match (&t["url"], t["bytes"].as_array()) {
+                            (Value::Null, _) => "-".to_owned(),
+                            (_, Some(b)) => format!("{} bytes", b.len()),
+                            (_, None) => "url".to_owned(),
+                        }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| held.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn journey_network_then_cache_then_upload_then_offline() {
-    let dir = web_dir();
+async fn journey_five_visits_then_upload_in_two_windows() {
+    // A copy of the built app, so step 7 can put a "new build" in its place.
+    let site = tempfile::tempdir().unwrap();
+    copy_dir(&web_dir(), site.path());
     let mut config = Config::embedded();
-    config.web_dir = Some(dir);
+    config.web_dir = Some(site.path().to_path_buf());
+    config.users = 200;
     let server = serve(config).await.unwrap();
-    let page = format!("{}/", server.url());
+    let origin = server.url();
+    let page = format!("{origin}/");
 
     let driver = start_chromedriver();
     wait_driver(&driver).await;
     let profile = tempfile::tempdir().unwrap();
     let browser = Session::start(&driver, profile.path()).await;
+    let mut visits = Vec::new();
 
-    // 1. First visit: every avatar renders, served by the network.
+    // 1. First visit: all 50 from the network; every tier then holds them.
     browser.cmd("/url", json!({ "url": page })).await;
-    browser.wait_ready("the first page load").await;
-    let first = browser.state().await;
-    println!("first visit: {first}");
-    assert_all_rendered(&first, "first visit");
-    for user in USERS {
+    browser.wait_list("the first visit", 1).await;
+    visits.push(check_visit(&browser, "first", "network").await);
+    let report = browser.report().await;
+    let users: Vec<String> = report["list"]["pictures"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let held = tiers_holding(&browser, &users).await;
+    println!("first visit: tiers holding the 50 pictures: {held:?}");
+    for tier in CACHE_TIERS {
         assert_eq!(
-            served_by(&first, user),
-            "network",
-            "first visit, user {user}"
+            held.get(tier),
+            Some(&FRIENDS),
+            "first visit: {tier}: {held:?}"
         );
     }
-    assert_eq!(browser.image_bytes("1").await, generate_png(1, 96));
-    // The service worker controls the page and holds the app shell.
+    let first = &users[0];
+    let first_id: u64 = first.parse().unwrap();
+    // The presigned URL of the first friend's picture, as LocalStorage holds it.
+    let first_url = browser
+        .peek(first)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == "local_storage")
+        .and_then(|t| t["url"].as_str().map(str::to_owned))
+        .unwrap();
+    assert_eq!(
+        browser.image_bytes(first).await,
+        generate_png(first_id, 96),
+        "user {first}'s picture is its generated one"
+    );
     browser
         .wait_for(
             "the service worker to control the page",
@@ -329,59 +685,229 @@ async fn journey_network_then_cache_then_upload_then_offline() {
             json!([]),
         )
         .await;
-    let shell = browser
-        .script_async(
-            "const done = arguments[0];
-             caches.open('profile-web-shell-v1').then(c => c.keys())
-               .then(k => done(k.map(r => new URL(r.url).pathname))).catch(e => done(String(e)));",
+    browser.screenshot("1-first-visit").await;
+
+    // 2. Same page, the list shown again: all from memory. The monitor's
+    // overlay is open for the screenshot: its chart has points for both tiers.
+    browser
+        .script("document.getElementById('show-again').click()", json!([]))
+        .await;
+    browser.wait_list("the list shown again", 2).await;
+    visits.push(check_visit(&browser, "same_session", "memory").await);
+    browser.script("cacheMonitor.toggle()", json!([])).await;
+    let chart = browser
+        .script(
+            "const out = {};
+             for (const g of document.querySelectorAll('#latency-chart g.series'))
+               out[g.dataset.tier] = g.querySelectorAll('circle').length;
+             out.rows = document.querySelectorAll('#monitor tbody tr').length;
+             return out;",
             json!([]),
         )
         .await;
-    for file in ["/", "/profile_web.js", "/profile_web_bg.wasm"] {
-        assert!(
-            shell.as_array().unwrap().iter().any(|p| p == file),
-            "app shell cache lacks {file}: {shell}"
-        );
-    }
+    println!("monitor chart points: {chart}");
+    assert!(
+        chart["network"].as_u64().unwrap() >= FRIENDS as u64,
+        "{chart}"
+    );
+    assert!(
+        chart["memory"].as_u64().unwrap() >= FRIENDS as u64,
+        "{chart}"
+    );
+    let report = browser.report().await;
+    let memory = report["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == "memory")
+        .unwrap();
+    assert!(
+        memory["hits"].as_u64().unwrap() >= FRIENDS as u64,
+        "{memory}"
+    );
+    assert!(memory["bytes_saved"].as_u64().unwrap() > 0, "{memory}");
+    browser.screenshot("2-same-session").await;
 
-    // 2. Reload: every avatar comes from a browser cache tier, none from the network.
-    browser.cmd("/refresh", json!({})).await;
-    browser.wait_ready("the reload").await;
-    let reloaded = browser.state().await;
-    println!("after reload: {reloaded}");
-    assert_all_rendered(&reloaded, "reload");
-    for user in USERS {
-        let tier = served_by(&reloaded, user);
-        assert!(
-            CACHE_TIERS.contains(&tier.as_str()),
-            "reload, user {user} served by {tier}, expected a cache tier"
-        );
-    }
-    let signed = server.app().urls().signatures();
-
-    // A second tab of the same origin, to see the upload's cross-tab invalidation.
-    let first_tab = browser.cmd_get("/window").await;
-    let second_tab = browser.cmd("/window/new", json!({"type": "tab"})).await["handle"].clone();
+    // The element in plain HTML, outside the list: it draws its user, and
+    // draws again when `user-id` changes.
     browser
-        .cmd("/window", json!({ "handle": second_tab }))
+        .script(
+            "document.body.insertAdjacentHTML('beforeend',
+               '<cached-profile-picture id=\"probe\" user-id=\"2\" size=\"40\" alt=\"probe\">' +
+               '</cached-profile-picture>')",
+            json!([]),
+        )
         .await;
-    browser.cmd("/url", json!({ "url": page })).await;
-    browser.wait_ready("the second tab").await;
-    let before = browser.state().await;
-    assert_all_rendered(&before, "second tab");
-    assert_ne!(served_by(&before, "2"), "network");
-    let second_tab_loads = before["2"]["loads"].as_u64().unwrap();
-    browser.cmd("/window", json!({ "handle": first_tab })).await;
+    for user in [2u64, 6] {
+        browser
+            .script(
+                "document.getElementById('probe').setAttribute('user-id', arguments[0])",
+                json!([user.to_string()]),
+            )
+            .await;
+        browser
+            .wait_for(
+                &format!("the probe element to draw user {user}"),
+                "const el = document.getElementById('probe');
+                 const img = el.querySelector('img');
+                 return el.dataset.state === 'ready' && img.naturalWidth > 0
+                     && cacheMonitor.report().pictures[arguments[0]] !== undefined;",
+                json!([user.to_string()]),
+            )
+            .await;
+        let bytes = browser
+            .script_async(
+                "const done = arguments[0];
+                 fetch(document.querySelector('#probe img').src).then(r => r.arrayBuffer())
+                   .then(b => done(Array.from(new Uint8Array(b)))).catch(e => done('error: ' + e));",
+                json!([]),
+            )
+            .await;
+        assert_eq!(
+            bytes_of(&bytes),
+            Some(generate_png(user, 96)),
+            "probe, user {user}"
+        );
+        let alt = browser
+            .script("return document.querySelector('#probe img').alt", json!([]))
+            .await;
+        assert_eq!(alt, "probe");
+    }
+    browser
+        .script("document.getElementById('probe').remove()", json!([]))
+        .await;
 
-    // 3. Upload a new picture for user 2 through the page's form.
-    let new_picture = generate_png(1_000_002, 64);
-    assert_ne!(new_picture, generate_png(2, 96));
+    // 3. Reload: all from LocalStorage (URLs only); the images' bytes come from
+    // the HTTP cache, so S3 serves no object meanwhile.
+    let s3_before = s3_get_objects(&origin).await;
+    browser.cmd("/refresh", json!({})).await;
+    browser.wait_list("the reload", 1).await;
+    visits.push(check_visit(&browser, "reload", "local_storage").await);
+    let pictures = browser.pictures().await;
+    for (user, p) in pictures.as_object().unwrap() {
+        let src = p["src"].as_str().unwrap();
+        assert!(
+            src.starts_with("http"),
+            "reload: user {user} shows {src}, not its URL"
+        );
+    }
+    let s3_after = s3_get_objects(&origin).await;
+    assert_eq!(
+        s3_after,
+        s3_before,
+        "reload: S3 served {} object requests; the HTTP cache should have",
+        s3_after - s3_before
+    );
+    browser.screenshot("3-reload").await;
+
+    // 4. A reload 46 minutes later (the page's clock hook): LocalStorage's
+    // URLs expired (45 min), IndexedDB still holds the bytes (7 days).
+    browser
+        .cmd(
+            "/url",
+            json!({ "url": format!("{page}?clock-offset-min=46") }),
+        )
+        .await;
+    browser.wait_list("the reload 46 minutes later", 1).await;
+    assert_eq!(browser.report().await["clock_offset_ms"], 46 * 60_000);
+    visits.push(check_visit(&browser, "later", "indexed_db").await);
+    browser.screenshot("4-later").await;
+
+    // 5. Offline: clear LocalStorage and IndexedDB, cut the network in
+    // Chromium, reload: the page from the service worker's cache, the
+    // pictures from the Cache API.
+    let cleared = browser
+        .script_async(
+            "const done = arguments[0];
+             localStorage.clear();
+             const req = indexedDB.deleteDatabase('profile-pictures');
+             req.onsuccess = () => done('ok');
+             req.onerror = () => done('error: ' + req.error);
+             req.onblocked = () => {};",
+            json!([]),
+        )
+        .await;
+    assert_eq!(cleared, "ok", "clearing IndexedDB");
+    let offline = browser.go_offline(&origin).await;
+    browser.cmd("/refresh", json!({})).await;
+    browser.wait_list("the offline reload", 1).await;
+    visits.push(check_visit(&browser, "offline", "cache_api").await);
+    browser
+        .wait_for(
+            "the service worker to say how it served the page",
+            "return !!document.body.dataset.pageSource",
+            json!([]),
+        )
+        .await;
+    let source = browser
+        .script("return document.body.dataset.pageSource", json!([]))
+        .await;
+    assert_eq!(source, "sw-cache", "offline: the page itself");
+    // Plain HTML can use the service worker's picture route offline too.
+    let via_sw = browser
+        .script_async(
+            "const [user, done] = arguments;
+             fetch('/pictures/' + user).then(r => r.arrayBuffer())
+               .then(b => done(Array.from(new Uint8Array(b)))).catch(e => done('error: ' + e));",
+            json!([first]),
+        )
+        .await;
+    assert_eq!(bytes_of(&via_sw), Some(generate_png(first_id, 96)));
+    browser.screenshot("5-offline").await;
+    browser.go_online(offline).await;
+    write_visits(&visits);
+
+    // 6. Upload in tab 1 with a second window open on the page.
+    browser.cmd("/url", json!({ "url": page })).await;
+    browser.wait_list("tab 1 back online", 1).await;
+    browser
+        .wait_for(
+            "the service worker to say how it served the page",
+            "return !!document.body.dataset.pageSource",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .script("return document.body.dataset.pageSource", json!([]))
+            .await,
+        "sw-network",
+        "back online, the service worker fetches the page"
+    );
+    let tab1 = browser.cmd_get("/window").await;
+    let tab2 = browser.cmd("/window/new", json!({"type": "window"})).await["handle"].clone();
+    browser.cmd("/window", json!({ "handle": tab2 })).await;
+    browser.cmd("/url", json!({ "url": page })).await;
+    browser.wait_list("the second window", 1).await;
+    let renders_before = browser.report().await["pictures"][first]["renders"]
+        .as_u64()
+        .unwrap();
+    // Every URL the tiers hold now (either window's: they share all but
+    // memory); the loop ends in tab 1.
+    let mut old_urls: Vec<String> = vec![first_url];
+    for handle in [&tab2, &tab1] {
+        browser.cmd("/window", json!({ "handle": handle })).await;
+        let held = browser.peek(first).await;
+        old_urls.extend(
+            held.as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t["url"].as_str().map(str::to_owned)),
+        );
+    }
+    println!("URLs of user {first} before the upload: {old_urls:?}");
+    let tab1_renders = browser.report().await["pictures"][first]["renders"]
+        .as_u64()
+        .unwrap();
+
+    let new_picture = generate_png(1_000_000 + first_id, 64);
+    assert_ne!(new_picture, generate_png(first_id, 96));
     let file = profile.path().join("new-avatar.png");
     std::fs::write(&file, &new_picture).unwrap();
     browser
         .script(
-            "document.getElementById('upload-user').value = '2'",
-            json!([]),
+            "document.getElementById('upload-user').value = arguments[0]",
+            json!([first]),
         )
         .await;
     let input = browser.element("#upload-file").await;
@@ -399,93 +925,102 @@ async fn journey_network_then_cache_then_upload_then_offline() {
         .wait_for(
             "the upload to finish",
             "return document.getElementById('upload-status').textContent
-                 === 'uploaded a new picture for user 2'",
+                 === 'uploaded a new picture for user ' + arguments[0]",
+            json!([first]),
+        )
+        .await;
+    let drawn_again = "const [user, n] = arguments;
+         const p = cacheMonitor.report().pictures[user];
+         const el = document.querySelector(`#friends cached-profile-picture[user-id=\"${user}\"]`);
+         return !!p && p.renders > n && el.dataset.state === 'ready';";
+    browser
+        .wait_for(
+            "tab 1 to draw the new picture",
+            drawn_again,
+            json!([first, tab1_renders]),
+        )
+        .await;
+    assert_eq!(
+        browser.image_bytes(first).await,
+        new_picture,
+        "tab 1 shows the new picture"
+    );
+    assert_no_old_picture(&browser, "tab 1", first, &old_urls, &new_picture).await;
+    browser.screenshot("6-upload-tab1").await;
+
+    browser.cmd("/window", json!({ "handle": tab2 })).await;
+    browser
+        .wait_for(
+            "the second window to draw the new picture",
+            drawn_again,
+            json!([first, renders_before]),
+        )
+        .await;
+    assert_eq!(
+        browser.image_bytes(first).await,
+        new_picture,
+        "the second window shows the new picture"
+    );
+    assert_no_old_picture(&browser, "window 2", first, &old_urls, &new_picture).await;
+    browser.screenshot("6-upload-window2").await;
+
+    // 7. A new build is deployed: the next load runs it, and its service
+    // worker takes over at once and deletes the old build's shell cache.
+    let old_build = browser
+        .script(
+            "return document.getElementById('build').textContent",
             json!([]),
         )
         .await;
-    let uploaded = browser.state().await;
-    println!("after upload: {uploaded}");
-    assert_eq!(
-        served_by(&uploaded, "2"),
-        "network",
-        "after the upload user 2 was invalidated locally and fetched again"
-    );
-    assert_eq!(uploaded["2"]["rendered"], Value::Bool(true));
-    assert_eq!(
-        browser.image_bytes("2").await,
-        new_picture,
-        "the page shows the new picture"
-    );
+    let old_build = old_build.as_str().unwrap().to_owned();
     assert!(
-        server.app().urls().signatures() > signed,
-        "the server signed a new URL after invalidating its tiers"
+        shell_caches(&browser)
+            .await
+            .contains(&format!("profile-web-shell-{old_build}")),
+        "the shell cache is named after the build"
     );
-
-    // The other tab was told over its BroadcastChannel: it dropped user 2 from
-    // its memory tier and shows the new picture too.
-    browser
-        .cmd("/window", json!({ "handle": second_tab }))
-        .await;
-    browser
-        .wait_for(
-            "the second tab to show user 2 again",
-            "return Number(document.getElementById('user-2').dataset.loads) > arguments[0]
-                 && document.getElementById('user-2').dataset.state === 'ready'",
-            json!([second_tab_loads]),
+    let new_build = format!("{old_build}-next");
+    for file in ["index.html", "sw.js"] {
+        let path = site.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&old_build), "{file} names its build");
+        std::fs::write(&path, text.replace(&old_build, &new_build)).unwrap();
+    }
+    browser.cmd("/url", json!({ "url": page })).await;
+    browser.wait_list("the load after a new build", 1).await;
+    let build = browser
+        .script(
+            "return document.getElementById('build').textContent",
+            json!([]),
         )
         .await;
     assert_eq!(
-        browser.image_bytes("2").await,
-        new_picture,
-        "the second tab shows the new picture"
+        build,
+        new_build.as_str(),
+        "the next load runs the new build"
     );
-    // Close the second tab.
-    browser
-        .http
-        .delete(format!("{}/window", browser.base))
-        .send()
-        .await
-        .unwrap();
-    browser.cmd("/window", json!({ "handle": first_tab })).await;
-
-    // 4. Offline: the server and its S3 stop answering; reload.
-    server.shutdown().await;
-    let probe = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-        .get(&page)
-        .send()
-        .await;
-    assert!(probe.is_err(), "the server still answers: {probe:?}");
-    browser.cmd("/refresh", json!({})).await;
-    browser.wait_ready("the offline reload").await;
-    let offline = browser.state().await;
-    println!("offline: {offline}");
-    assert_eq!(
-        browser
-            .script("return !!navigator.serviceWorker.controller", json!([]))
-            .await,
-        Value::Bool(true),
-        "the offline page was served by the service worker"
-    );
-    assert_all_rendered(&offline, "offline reload");
-    for user in USERS {
-        let tier = served_by(&offline, user);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let caches = shell_caches(&browser).await;
+        if caches == [format!("profile-web-shell-{new_build}")] {
+            break;
+        }
         assert!(
-            CACHE_TIERS.contains(&tier.as_str()),
-            "offline, user {user} served by {tier}"
+            Instant::now() < deadline,
+            "the new service worker did not replace the old shell cache: {caches:?}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // User 2's URL was never loaded by an <img> (S3 is down): its bytes come
-    // from IndexedDB or the Cache API, and they are the new picture.
-    let tier = served_by(&offline, "2");
-    assert!(
-        tier == "indexed_db" || tier == "cache_api",
-        "offline, user 2 served by {tier}"
-    );
-    assert_eq!(browser.image_bytes("2").await, new_picture);
+    browser
+        .wait_for(
+            "the new service worker to control the page",
+            "return !!navigator.serviceWorker.controller
+                 && navigator.serviceWorker.controller.state === 'activated'",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("7-new-build").await;
 
     let _ = browser.http.delete(&browser.base).send().await;
+    server.shutdown().await;
 }

@@ -1,43 +1,63 @@
-//! The page: resolves avatars through `ProfilePictures`, shows which tier
-//! served each one and how long it took, uploads new pictures and invalidates
-//! them here and in every other tab.
+//! The page: the chain, the friend list, the upload form and the clock hook.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use cache_browser::{CrossTabInvalidation, Picture, ProfilePictures, BYTES_TTL};
-use cache_core::{BoxError, Clock, Entry, SystemClock};
+use cache_browser::{Picture, ProfilePictures, BYTES_TTL};
+use cache_core::{BoxError, Clock, Entry, SystemClock, Timestamp};
+use cache_monitor::Monitor;
 use js_sys::{Reflect, Uint8Array};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
-    BroadcastChannel, Document, Element, Event, HtmlImageElement, HtmlInputElement, MessageEvent,
-    Request, RequestCache, RequestInit, Response,
+    Document, Element, Event, HtmlInputElement, Request, RequestCache, RequestInit, Response,
 };
 
+use crate::{element, monitor};
+
 /// Storage namespace (LocalStorage prefix, IndexedDB database, Cache API cache).
-const NAMESPACE: &str = "profile-pictures";
+pub(crate) const NAMESPACE: &str = "profile-pictures";
 /// BroadcastChannel for cross-tab invalidation.
 const CHANNEL: &str = "profile-pictures-invalidate";
+/// How many users the server seeds, and how many of them are friends.
+const USERS: u64 = 200;
+const FRIENDS: u64 = 50;
+/// The test hook: `?clock-offset-min=46` runs the page's clock 46 minutes
+/// ahead (for "a reload 45+ minutes later"). Off unless the URL asks for it.
+const CLOCK_PARAM: &str = "clock-offset-min";
 
-type Listener = Closure<dyn FnMut(MessageEvent)>;
-
-struct App {
-    pictures: ProfilePictures,
-    tabs: CrossTabInvalidation<String, Picture>,
-    document: Document,
-    /// Keys this tab announced: its own listener (a second BroadcastChannel
-    /// object, which does receive this tab's messages) skips them.
-    announced: RefCell<Vec<String>>,
-    /// Keeps the listener that re-renders pictures other tabs replaced.
-    _channel: Option<(BroadcastChannel, Listener)>,
+/// The page's state, shared by the element, the monitor and the form.
+pub(crate) struct App {
+    pub(crate) pictures: Rc<ProfilePictures>,
+    pub(crate) monitor: Monitor,
+    pub(crate) document: Document,
+    pub(crate) clock_offset: Duration,
+    pub(crate) records: RefCell<monitor::Records>,
 }
 
 thread_local! {
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
+}
+
+/// The running page, once [`start`] has built it.
+pub(crate) fn app() -> Option<Rc<App>> {
+    APP.with(|a| a.borrow().clone())
+}
+
+/// The system clock, moved ahead by the test hook's offset.
+#[derive(Debug, Clone, Copy)]
+struct PageClock {
+    offset: Duration,
+}
+
+impl Clock for PageClock {
+    fn now(&self) -> Timestamp {
+        SystemClock.now().saturating_add(self.offset)
+    }
 }
 
 #[derive(Deserialize)]
@@ -45,21 +65,12 @@ struct AvatarJson {
     url: String,
 }
 
-fn js_err(e: JsValue) -> BoxError {
-    let text = e
-        .as_string()
-        .or_else(|| {
-            Reflect::get(&e, &JsValue::from_str("message"))
-                .ok()
-                .and_then(|m| m.as_string())
-        })
-        .unwrap_or_else(|| format!("{e:?}"));
-    text.into()
+pub(crate) fn js_err(e: JsValue) -> BoxError {
+    cache_browser::JsError::from_js(&e).to_string().into()
 }
 
 async fn fetch(url: &str, init: &RequestInit) -> Result<Response, BoxError> {
     let window = web_sys::window().ok_or("no window")?;
-    init.set_cache(RequestCache::NoStore);
     let request = Request::new_with_str_and_init(url, init).map_err(js_err)?;
     let response = JsFuture::from(window.fetch_with_request(&request))
         .await
@@ -76,8 +87,18 @@ async fn body_bytes(response: &Response) -> Result<Vec<u8>, BoxError> {
 
 /// The chain's network loader: the API for the URL, then the picture's bytes
 /// (so IndexedDB and the Cache API can keep them for offline use).
-async fn load_from_network(user: String) -> Result<Option<Entry<Picture>>, BoxError> {
-    let response = fetch(&format!("/api/users/{user}/avatar"), &RequestInit::new()).await?;
+///
+/// The bytes are fetched with the browser's default cache mode, in CORS mode
+/// like the `<img crossorigin>` that later shows the URL: the presigned URL
+/// carries a signed `response-cache-control` (private, immutable), so after a
+/// reload a LocalStorage hit's `<img>` gets its bytes from the HTTP cache.
+async fn load_from_network(
+    clock: PageClock,
+    user: String,
+) -> Result<Option<Entry<Picture>>, BoxError> {
+    let api = RequestInit::new();
+    api.set_cache(RequestCache::NoStore); // the page's own tiers are the cache
+    let response = fetch(&format!("/api/users/{user}/avatar"), &api).await?;
     if response.status() == 404 {
         return Ok(None);
     }
@@ -85,7 +106,10 @@ async fn load_from_network(user: String) -> Result<Option<Entry<Picture>>, BoxEr
         return Err(format!("avatar API answered {}", response.status()).into());
     }
     let avatar: AvatarJson = serde_json::from_slice(&body_bytes(&response).await?)?;
-    let image = fetch(&avatar.url, &RequestInit::new()).await?;
+    let download = RequestInit::new();
+    download.set_mode(web_sys::RequestMode::Cors);
+    download.set_credentials(web_sys::RequestCredentials::SameOrigin);
+    let image = fetch(&avatar.url, &download).await?;
     if !image.ok() {
         return Err(format!("picture download answered {}", image.status()).into());
     }
@@ -98,7 +122,7 @@ async fn load_from_network(user: String) -> Result<Option<Entry<Picture>>, BoxEr
     let bytes = body_bytes(&image).await?;
     // The bytes stay good after the URL expires: keep them as long as the
     // byte tiers allow (LocalStorage keeps only the URL, for less time).
-    let expires_at = SystemClock.now().saturating_add(BYTES_TTL);
+    let expires_at = clock.now().saturating_add(BYTES_TTL);
     Ok(Some(Entry::new(
         Picture {
             url: avatar.url,
@@ -109,75 +133,43 @@ async fn load_from_network(user: String) -> Result<Option<Entry<Picture>>, BoxEr
     )))
 }
 
-fn now_ms() -> f64 {
+pub(crate) fn now_ms() -> f64 {
     web_sys::window()
         .and_then(|w| w.performance())
         .map_or(0.0, |p| p.now())
 }
 
-fn by_id(document: &Document, id: &str) -> Option<Element> {
+pub(crate) fn by_id(document: &Document, id: &str) -> Option<Element> {
     document.get_element_by_id(id)
 }
 
-/// Resolves `user`'s picture and shows it with the serving tier and time.
-async fn show(app: Rc<App>, user: String) {
-    let Some(item) = by_id(&app.document, &format!("user-{user}")) else {
+/// The friends: 50 of the 200 users, spread over the whole range.
+fn friends() -> Vec<u64> {
+    (1..=USERS).step_by((USERS / FRIENDS) as usize).collect()
+}
+
+/// (Re)creates the friend list: 50 `<cached-profile-picture>` elements, as
+/// plain HTML, and starts timing the list.
+pub(crate) fn show_list(app: &App) {
+    let Some(list) = by_id(&app.document, "friends") else {
         return;
     };
-    let Some(img) = by_id(&app.document, &format!("avatar-{user}"))
-        .and_then(|e| e.dyn_into::<HtmlImageElement>().ok())
-    else {
-        return;
-    };
-    let _ = item.set_attribute("data-state", "loading");
-    let started = now_ms();
-    let mut result = app.pictures.get(&user).await;
-    if let Ok(Some(found)) = &result {
-        img.set_src(&found.src);
-        // A URL-only hit (LocalStorage) whose URL no longer loads (expired, or
-        // S3 unreachable offline): forget the URL tiers and resolve again, from
-        // the bytes kept in IndexedDB / the Cache API.
-        if !found.src.starts_with("blob:") && JsFuture::from(img.decode()).await.is_err() {
-            let names = app.pictures.tier_names();
-            let url_tiers: Vec<usize> = names
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n == "memory" || **n == "local_storage")
-                .map(|(i, _)| i)
-                .collect();
-            let _ = app
-                .pictures
-                .cache()
-                .only(&url_tiers)
-                .invalidate(&user)
-                .await;
-            result = app.pictures.get(&user).await;
-            if let Ok(Some(found)) = &result {
-                img.set_src(&found.src);
-            }
-        }
-    }
-    let elapsed = now_ms() - started;
-    let (state, tier) = match &result {
-        Ok(Some(found)) => ("ready", found.served_by.clone()),
-        Ok(None) => ("missing", "none".to_owned()),
-        Err(e) => ("error", format!("error: {e}")),
-    };
-    let _ = JsFuture::from(img.decode()).await;
-    let _ = item.set_attribute("data-served-by", &tier);
-    let _ = item.set_attribute("data-ms", &format!("{elapsed:.3}"));
-    let loads: u32 = item
-        .get_attribute("data-loads")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let _ = item.set_attribute("data-loads", &(loads + 1).to_string());
-    let _ = item.set_attribute("data-state", state);
-    if let Some(label) = by_id(&app.document, &format!("tier-{user}")) {
-        label.set_text_content(Some(&tier));
-    }
-    if let Some(label) = by_id(&app.document, &format!("time-{user}")) {
-        label.set_text_content(Some(&format!("{elapsed:.2} ms")));
-    }
+    let users = friends();
+    let html: String = users
+        .iter()
+        .map(|u| {
+            format!(
+                "<li><cached-profile-picture user-id=\"{u}\" size=\"72\" alt=\"user {u}\">\
+                 </cached-profile-picture><div class=\"name\">user {u}</div></li>"
+            )
+        })
+        .collect();
+    app.records
+        .borrow_mut()
+        .start_list(users.iter().map(u64::to_string).collect(), now_ms());
+    monitor::show_summary(app);
+    // Setting the HTML disconnects the old elements and connects the new ones.
+    list.set_inner_html(&html);
 }
 
 fn set_status(document: &Document, text: &str) {
@@ -200,6 +192,7 @@ async fn upload(app: Rc<App>) -> Result<String, BoxError> {
     let buffer = JsFuture::from(file.array_buffer()).await.map_err(js_err)?;
     let init = RequestInit::new();
     init.set_method("PUT");
+    init.set_cache(RequestCache::NoStore);
     init.set_body(&Uint8Array::new(&buffer));
     let response = fetch(&format!("/api/users/{user}/avatar"), &init).await?;
     if response.status() != 204 {
@@ -210,10 +203,9 @@ async fn upload(app: Rc<App>) -> Result<String, BoxError> {
             .unwrap_or_else(|| format!("HTTP {}", response.status()));
         return Err(format!("upload refused: {message}").into());
     }
-    // Every tier here (and the object URL), then the other tabs' memory tiers.
+    // Every tier here, then the other tabs' memory tiers; every element showing
+    // the user (here and there) resolves it again, from the network.
     app.pictures.invalidate(&user).await?;
-    app.announced.borrow_mut().push(user.clone());
-    app.tabs.invalidate(&user).await?;
     Ok(user)
 }
 
@@ -224,85 +216,86 @@ fn on_submit(app: Rc<App>) -> Closure<dyn FnMut(Event)> {
         spawn_local(async move {
             set_status(&app.document, "uploading…");
             match upload(app.clone()).await {
-                Ok(user) => {
-                    show(app.clone(), user.clone()).await;
-                    set_status(
-                        &app.document,
-                        &format!("uploaded a new picture for user {user}"),
-                    );
-                }
+                Ok(user) => set_status(
+                    &app.document,
+                    &format!("uploaded a new picture for user {user}"),
+                ),
                 Err(e) => set_status(&app.document, &format!("{e}")),
             }
         });
     })
 }
 
-/// Another tab replaced a picture: CrossTabInvalidation drops it from this
-/// tab's memory tier; show it again (after dropping it here too, so the order
-/// of the two listeners does not matter).
-fn on_other_tab(message: MessageEvent) {
-    let Some(user) = Reflect::get(&message.data(), &JsValue::from_str("key"))
-        .ok()
-        .and_then(|k| k.as_string())
-    else {
-        return;
-    };
-    let Some(app) = APP.with(|a| a.borrow().clone()) else {
-        return;
-    };
-    let own = {
-        let mut announced = app.announced.borrow_mut();
-        let at = announced.iter().position(|k| *k == user);
-        at.map(|i| announced.remove(i)).is_some()
-    };
-    if own {
-        return; // This tab sent it and shows the new picture itself.
+fn on_click(document: &Document, id: &str, f: impl FnMut(Event) + 'static) -> Result<(), JsValue> {
+    if let Some(button) = by_id(document, id) {
+        let f = Closure::<dyn FnMut(Event)>::new(f);
+        button.add_event_listener_with_callback("click", f.as_ref().unchecked_ref())?;
+        f.forget(); // lives as long as the page
     }
-    spawn_local(async move {
-        let _ = app.pictures.cache().only(&[0]).invalidate(&user).await;
-        show(app, user).await;
-    });
+    Ok(())
 }
 
-/// Starts the page: builds the chain, shows every user listed in the
-/// `data-users` attribute of `<body>`, and wires the upload form.
+/// The clock hook's offset, from `?clock-offset-min=N` (0 without it, or when
+/// it is not a number of minutes).
+fn clock_offset(window: &web_sys::Window) -> Duration {
+    let search = window.location().search().unwrap_or_default();
+    let minutes = search
+        .trim_start_matches('?')
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == CLOCK_PARAM)
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_secs(minutes.saturating_mul(60))
+}
+
+/// Starts the page: builds the chain (with the page's monitor as its
+/// observer), defines `<cached-profile-picture>`, shows the friend list, wires
+/// the upload form, the "show again" button, the monitor overlay and the
+/// console API (`cacheMonitor`).
 ///
 /// # Errors
 ///
-/// When there is no window or document, or `BroadcastChannel` is missing.
+/// When there is no window or document, or the custom element cannot be
+/// defined.
 #[wasm_bindgen]
 pub async fn start() -> Result<(), JsValue> {
     let window = web_sys::window().ok_or_else(|| JsValue::from_str("no window"))?;
     let document = window
         .document()
         .ok_or_else(|| JsValue::from_str("no document"))?;
+    let clock_offset = clock_offset(&window);
+    let clock = PageClock {
+        offset: clock_offset,
+    };
+    let monitor = Monitor::builder().clock(clock).build();
+    let origin = window.location().origin()?;
     let pictures = ProfilePictures::builder(NAMESPACE)
-        .network(load_from_network)
+        .clock(clock)
+        .observer(monitor.clone())
+        .cross_tab(CHANNEL)
+        // Same origin, so the service worker can answer `/pictures/{id}`.
+        .cache_api_base_url(format!("{origin}/pictures/"))
+        .network(move |user| load_from_network(clock, user))
         .build()
         .await;
-    let tabs = CrossTabInvalidation::new(pictures.cache().clone(), CHANNEL, &[0])
-        .map_err(|e| JsValue::from_str(&e.to_string()))?;
-    let channel = BroadcastChannel::new(CHANNEL).ok().map(|c| {
-        let listener = Closure::<dyn FnMut(MessageEvent)>::new(on_other_tab);
-        c.set_onmessage(Some(listener.as_ref().unchecked_ref()));
-        (c, listener)
-    });
-    let users: Vec<String> = document
-        .body()
-        .and_then(|b| b.get_attribute("data-users"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
     if let Some(tiers) = by_id(&document, "tiers") {
         tiers.set_text_content(Some(&pictures.tier_names().join(" → ")));
     }
+    if let Some(first) = friends().first() {
+        if let Some(input) =
+            by_id(&document, "upload-user").and_then(|e| e.dyn_into::<HtmlInputElement>().ok())
+        {
+            input.set_value(&first.to_string());
+            input.set_max(&USERS.to_string());
+        }
+    }
     let app = Rc::new(App {
-        pictures,
-        tabs,
+        pictures: Rc::new(pictures),
+        monitor,
         document: document.clone(),
-        announced: RefCell::new(Vec::new()),
-        _channel: channel,
+        clock_offset,
+        records: RefCell::new(monitor::Records::default()),
     });
     APP.with(|a| *a.borrow_mut() = Some(app.clone()));
     if let Some(form) = by_id(&document, "upload") {
@@ -310,10 +303,11 @@ pub async fn start() -> Result<(), JsValue> {
         form.add_event_listener_with_callback("submit", submit.as_ref().unchecked_ref())?;
         submit.forget(); // lives as long as the page
     }
-    let shown: Vec<_> = users.into_iter().map(|u| show(app.clone(), u)).collect();
-    futures_util::future::join_all(shown).await;
-    let _ = document
-        .body()
-        .map(|b| b.set_attribute("data-ready", "true"));
+    let again = app.clone();
+    on_click(&document, "show-again", move |_| show_list(&again))?;
+    monitor::install(&app)?;
+    element::define()?;
+    show_list(&app);
+    let _ = Reflect::set(&window, &"profileWebReady".into(), &JsValue::TRUE);
     Ok(())
 }

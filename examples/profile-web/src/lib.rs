@@ -2,19 +2,36 @@
 //! `wasm-bindgen --target web` (by `cargo xtask demo`). On native targets the
 //! crate is empty.
 //!
-//! `index.html` calls [`start`] once the module is loaded: every user listed in
-//! `<body data-users="1 2 3">` is resolved through cache-browser's
-//! `ProfilePictures` chain (memory → LocalStorage → IndexedDB → Cache API →
-//! network, where the network is `GET /api/users/{id}/avatar` then the picture's
-//! bytes from its presigned URL). Each picture shows the tier that served it and
-//! the time it took; the same values are on its `<li>` as `data-served-by` and
-//! `data-ms` (the end-to-end journey reads them). The upload form `PUT`s a new
-//! picture, then invalidates it in every tier here and, over a
-//! `BroadcastChannel`, in every other tab. `sw.js` caches the app shell so the
-//! page loads offline.
+//! `index.html` calls [`start`] once the module is loaded. It builds
+//! cache-browser's `ProfilePictures` chain (memory → LocalStorage → IndexedDB
+//! → Cache API → network, where the network is `GET /api/users/{id}/avatar`
+//! then the picture's bytes from its presigned URL), with a
+//! `cache_monitor::Monitor` as its observer, and defines the custom element
+//! `<cached-profile-picture user-id="…" size="…" alt="…">` on
+//! `cache_browser::use_profile_picture`. Then:
+//!
+//! - a friend list of 50 of the server's 200 users, each picture with the
+//!   tier that served it, the tier lookup's time and the time until its image
+//!   was decoded, and a summary line for the whole list;
+//! - an upload form that replaces a picture and invalidates it in every tier
+//!   here and, over a `BroadcastChannel`, in every other tab, whose elements
+//!   draw it again;
+//! - an in-page monitor (button or `m`): per tier hits, hit rate, average time
+//!   and bytes saved, and an SVG chart of lookup latency per tier over time;
+//! - a console API: `cacheMonitor.report()` (returns the report and prints a
+//!   table), `cacheMonitor.reset()`, `cacheMonitor.peek(id)` (what each tier
+//!   holds for a user) and `cacheMonitor.toggle()`;
+//! - a test hook: `?clock-offset-min=N` runs the page's clock N minutes ahead.
+//!
+//! `sw.js` keeps the app shell per build and answers `/pictures/{id}` from the
+//! chain's Cache API tier, so the page and its pictures load offline.
 
 #[cfg(target_family = "wasm")]
 mod app;
+#[cfg(target_family = "wasm")]
+mod element;
+#[cfg(target_family = "wasm")]
+mod monitor;
 
 #[cfg(target_family = "wasm")]
 pub use app::start;
