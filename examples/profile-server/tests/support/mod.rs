@@ -1,4 +1,4 @@
-//! Helpers shared by the HTTP test suites (`api`, `e2e`): plain reqwest calls
+//! Helpers shared by the HTTP test suites (`api`, `e2e`, `journey`): plain reqwest calls
 //! and raw-socket requests that stall on purpose.
 #![allow(dead_code, clippy::unwrap_used)]
 
