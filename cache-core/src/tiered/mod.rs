@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::{ready, Either, Ready};
 
 pub use builder::{Tier, TieredCacheBuilder, DEFAULT_BREAKER};
 pub use flight::{LoaderPanicked, OriginTimedOut};
@@ -120,9 +119,56 @@ pub(crate) struct Inner<K, V> {
     soft_timeout: Option<(Duration, Arc<dyn crate::Spawn>)>,
 }
 
-/// A read: done at once (a tier-0 hit, a bad key), or the boxed rest.
-type ReadFuture<'s, 'f, V> =
-    Either<Ready<Result<Option<Lookup<'s, V>>>>, BoxFuture<'f, Result<Option<Lookup<'s, V>>>>>;
+/// The boxed rest of a read that tier 0 did not answer at once.
+type SlowRead<'s, 'k, V> = BoxFuture<'k, Result<Option<Lookup<'s, V>>>>;
+
+/// The future of [`TieredCache::get`] and [`TieredCache::get_with`].
+///
+/// Lazy, like every future: the read starts when it is first polled. A hit on
+/// an in-process tier 0 completes on that first poll, its answer returned
+/// straight from the poll; anything else continues in a boxed future.
+#[must_use = "a read does nothing until it is awaited"]
+pub struct Get<'s, 'k, K, V> {
+    cache: &'s TieredCache<K, V>,
+    key: &'k K,
+    loader: Option<Arc<dyn Loader<K, V>>>,
+    slow: Option<SlowRead<'s, 'k, V>>,
+}
+
+impl<K, V> fmt::Debug for Get<'_, '_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Get")
+            .field("started", &self.slow.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'s, 'k, K, V> Future for Get<'s, 'k, K, V>
+where
+    K: CacheKey,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+    's: 'k,
+{
+    type Output = Result<Option<Lookup<'s, V>>>;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.slow.is_none() {
+            match this.cache.start_read(this.key, this.loader.take()) {
+                Ok(done) => return std::task::Poll::Ready(done),
+                Err(slow) => this.slow = Some(slow),
+            }
+        }
+        match &mut this.slow {
+            Some(slow) => slow.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
 
 /// An origin entry that had expired by the time it could be returned.
 #[derive(Debug, thiserror::Error)]
@@ -288,15 +334,13 @@ where
     /// origin. `Ok(None)` when no tier holds it and the origin (if any) has no
     /// value. Errors only when no tier and no origin could answer.
     #[inline]
-    pub fn get<'s, 'k, 'f>(
-        &'s self,
-        key: &'k K,
-    ) -> impl Future<Output = Result<Option<Lookup<'s, V>>>> + 'f
-    where
-        's: 'f,
-        'k: 'f,
-    {
-        self.read(key, None)
+    pub fn get<'s, 'k>(&'s self, key: &'k K) -> Get<'s, 'k, K, V> {
+        Get {
+            cache: self,
+            key,
+            loader: None,
+            slow: None,
+        }
     }
 
     /// Like [`TieredCache::get`], but a key no tier holds is loaded by `loader`
@@ -327,62 +371,60 @@ where
     /// assert_eq!(cache.get_with(&key, never).await?.expect("cached").value(), "user #7");
     /// # Ok::<_, cache_core::Error>(()) }).unwrap();
     /// ```
-    pub fn get_with<'s, 'k, 'f>(
+    pub fn get_with<'s, 'k>(
         &'s self,
         key: &'k K,
         loader: impl Loader<K, V> + 'static,
-    ) -> impl Future<Output = Result<Option<Lookup<'s, V>>>> + 'f
-    where
-        's: 'f,
-        'k: 'f,
-    {
-        self.read(key, Some(Arc::new(loader)))
+    ) -> Get<'s, 'k, K, V> {
+        Get {
+            cache: self,
+            key,
+            loader: Some(Arc::new(loader)),
+            slow: None,
+        }
     }
 
-    /// A read: tier 0 at once when it can answer without waiting, else the
-    /// boxed rest, which loads a miss with `loader` or else the origin.
+    /// A read's first step: tier 0 at once when it can answer without waiting
+    /// (a hit is the whole read), else the boxed rest, which loads a miss with
+    /// `loader` or else the origin.
     #[inline]
-    fn read<'s, 'k, 'f>(
+    fn start_read<'s, 'k>(
         &'s self,
         key: &'k K,
         loader: Option<Arc<dyn Loader<K, V>>>,
-    ) -> ReadFuture<'s, 'f, V>
+    ) -> std::result::Result<Result<Option<Lookup<'s, V>>>, SlowRead<'s, 'k, V>>
     where
-        's: 'f,
-        'k: 'f,
+        's: 'k,
     {
         let inner = &*self.inner;
         if let Err(reason) = key.validate() {
-            return Either::Left(ready(Err(invalid_key(key, reason))));
+            return Ok(Err(invalid_key(key, reason)));
         }
         let ticket = inner.fences.ticket();
-        // Fast path: a tier 0 that answers without waiting (an in-process tier)
-        // serves a hit as an already-completed future; everything else continues
-        // in the boxed slow path below, from where the fast path stopped.
         let (next, failed, stamp) = match inner.read_tier_now(0, key) {
             Some(Read::Hit(entry)) => {
                 if inner.refresh.is_some() {
                     Inner::refresh_if_due(&self.inner, key, &entry);
                 }
-                return Either::Left(ready(Ok(Some(Lookup {
+                return Ok(Ok(Some(Lookup {
                     entry,
                     source: Source::Tier {
                         index: 0,
                         name: &inner.tiers[0].name,
                     },
-                }))));
+                })));
             }
             Some(Read::Miss(stamp)) => (1, 0, Some(stamp)),
             Some(Read::Failed) => (1, 1, None),
             None => (0, 0, None),
         };
-        Either::Right(self.get_slow(key, next, failed, ticket, stamp, loader))
+        Err(self.get_slow(key, next, failed, ticket, stamp, loader))
     }
 
     /// The boxed rest of a read that tier 0 did not serve at once. Kept out of line
     /// so the fast path in [`TieredCache::get`] stays small.
     #[inline(never)]
-    fn get_slow<'s, 'k, 'f>(
+    fn get_slow<'s, 'k>(
         &'s self,
         key: &'k K,
         first: usize,
@@ -390,10 +432,9 @@ where
         ticket: u64,
         first_stamp: Option<Stamp>,
         loader: Option<Arc<dyn Loader<K, V>>>,
-    ) -> BoxFuture<'f, Result<Option<Lookup<'s, V>>>>
+    ) -> SlowRead<'s, 'k, V>
     where
-        's: 'f,
-        'k: 'f,
+        's: 'k,
     {
         let mut stamps = Vec::with_capacity(self.inner.tiers.len());
         if first == 1 {
