@@ -354,7 +354,11 @@ impl<C> Inner<C> {
         let at = if self.system_clock {
             at
         } else {
-            let wall = SystemClock.now().as_unix_millis();
+            // Redis's own time base is the real wall clock: read it precisely
+            // here (`SystemClock` rounds up by up to 20 ms for expiry checks).
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             let offset = i128::from(wall) - i128::from(now.as_unix_millis());
             let shifted = i128::from(at) + offset;
             u64::try_from(shifted.max(1)).unwrap_or(u64::MAX)
