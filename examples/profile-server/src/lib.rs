@@ -607,6 +607,25 @@ async fn get_avatars(
     Ok(response)
 }
 
+/// The most of an oversized upload's body read and dropped before the 413
+/// answer (a larger one gets the answer at once and its connection closed).
+const LINGER_LIMIT: usize = 8 << 20;
+
+/// Reads and drops up to `limit` more bytes of a body, until it ends, the
+/// limit is passed or `deadline`.
+async fn drain<S, E>(stream: &mut S, limit: usize, deadline: tokio::time::Instant)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    let mut seen = 0usize;
+    while seen <= limit {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => seen += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
 async fn put_avatar(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -624,12 +643,17 @@ async fn put_avatar(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let deadline = tokio::time::Instant::now() + state.limits.body_timeout;
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > state.max_upload as u64) {
+        // Read (and drop) a body of reasonable size first, so a client that
+        // sends it all before reading gets the 413 instead of a broken pipe.
+        if declared.is_some_and(|n| n <= LINGER_LIMIT as u64) {
+            drain(&mut stream, LINGER_LIMIT, deadline).await;
+        }
         return Err(too_big());
     }
     let mut bytes = BytesMut::new();
-    let mut stream = body.into_data_stream();
-    let deadline = tokio::time::Instant::now() + state.limits.body_timeout;
     loop {
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
         let Ok(next) = next else {
@@ -646,6 +670,7 @@ async fn put_avatar(
             ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
         })?;
         if bytes.len() + chunk.len() > state.max_upload {
+            drain(&mut stream, LINGER_LIMIT - bytes.len().min(LINGER_LIMIT), deadline).await;
             return Err(too_big());
         }
         bytes.extend_from_slice(&chunk);
