@@ -670,7 +670,12 @@ async fn put_avatar(
             ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
         })?;
         if bytes.len() + chunk.len() > state.max_upload {
-            drain(&mut stream, LINGER_LIMIT - bytes.len().min(LINGER_LIMIT), deadline).await;
+            drain(
+                &mut stream,
+                LINGER_LIMIT - bytes.len().min(LINGER_LIMIT),
+                deadline,
+            )
+            .await;
             return Err(too_big());
         }
         bytes.extend_from_slice(&chunk);
