@@ -15,6 +15,7 @@ use crossbeam_utils::CachePadded;
 use quick_cache::unsync::{Cache, DefaultLifecycle};
 use quick_cache::{OptionsBuilder, Weighter};
 
+use crate::memory::fill;
 use crate::{
     ByteSize, CacheKey, CacheLayer, Clock, Entry, Fence, Fill, MaybeSend, MaybeSync, Result,
     SystemClock, Timestamp,
@@ -325,14 +326,6 @@ impl<K: CacheKey, V: Clone + ByteSize> ConcurrentTierBuilder<K, V> {
             hasher: Hasher::default(),
             shards,
         }
-    }
-}
-
-fn fill(written: bool) -> Fill {
-    if written {
-        Fill::Written
-    } else {
-        Fill::Refused
     }
 }
 

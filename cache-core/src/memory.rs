@@ -387,7 +387,7 @@ impl<K: CacheKey, V: Clone + ByteSize> MemoryTierBuilder<K, V> {
 }
 
 /// What a conditional write did, from whether it wrote.
-fn fill(written: bool) -> crate::Fill {
+pub(crate) fn fill(written: bool) -> crate::Fill {
     if written {
         crate::Fill::Written
     } else {
