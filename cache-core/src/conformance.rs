@@ -175,6 +175,7 @@ where
     hostile(&make).await;
     get_ready_agrees(&make).await;
     fenced_writes(&make).await;
+    tags(&make).await;
 }
 
 /// A key never written reads as `None`.
@@ -484,6 +485,99 @@ where
     ];
     let got: Vec<Option<V>> = got.into_iter().map(|e| e.map(|e| e.value)).collect();
     assert!(got == want, "conformance[batch]: wrong values or order");
+}
+
+/// An entry's [`Tags`](crate::Tags), names and generations, are stored with
+/// it and read back unchanged by `get`, `get_many` and `get_ready`, whether it
+/// was written by `put`, `put_fenced` or `put_many` (they travel with the
+/// entry across backfill: the lazy `invalidate_tag` depends on it). Tag names
+/// are hostile too.
+pub async fn tags<T, V, F, Fut>(make: &F)
+where
+    T: CacheLayer<String, V>,
+    V: SampleValue,
+    F: Fn(Setup) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let (tier, clock) = fresh(make, "tags", None).await;
+    let tagged = |seed: u64, tags: crate::Tags| {
+        let mut entry = Entry::expiring_in(V::sample(seed, 48), clock.now(), day());
+        entry.tags = tags;
+        entry
+    };
+    let hostile: Vec<(Box<str>, u64)> = hostile_keys()
+        .into_iter()
+        .take(6)
+        .enumerate()
+        .map(|(i, name)| (name.into_boxed_str(), i as u64 * 1_000_003))
+        .collect();
+    let cases: Vec<(String, Entry<V>)> = vec![
+        ("t:one".into(), tagged(1, crate::Tags::new(["user:42"]))),
+        (
+            "t:gens".into(),
+            tagged(
+                2,
+                crate::Tags::from_pairs(vec![("user:7".into(), 3), ("team:1".into(), u64::MAX)]),
+            ),
+        ),
+        (
+            "t:hostile".into(),
+            tagged(3, crate::Tags::from_pairs(hostile)),
+        ),
+        ("t:none".into(), tagged(4, crate::Tags::NONE)),
+    ];
+    for (key, entry) in &cases {
+        ok!("tags", tier.put(key, entry.clone()).await);
+        let got = ok!("tags", tier.get(key).await);
+        assert_eq!(
+            got.map(|e| e.tags),
+            Some(entry.tags.clone()),
+            "conformance[tags]: put then get of {key}"
+        );
+        if let Some(ready) = tier.get_ready(key, clock.now()) {
+            let got = ok!("tags", ready);
+            assert_eq!(
+                got.map(|e| e.tags),
+                Some(entry.tags.clone()),
+                "conformance[tags]: get_ready of {key}"
+            );
+        }
+    }
+    // A fenced write (a backfill or fill) keeps them too.
+    let (key, entry) = &cases[1];
+    ok!("tags", tier.remove(key).await);
+    let (_, stamp) = ok!("tags", tier.get_stamped(key).await);
+    let fill = ok!(
+        "tags",
+        tier.put_fenced(key, entry.clone(), &Fence::new(&Check(true), stamp))
+            .await
+    );
+    assert_eq!(
+        fill,
+        Fill::Written,
+        "conformance[tags]: fenced write refused"
+    );
+    let got = ok!("tags", tier.get(key).await);
+    assert_eq!(
+        got.map(|e| e.tags),
+        Some(entry.tags.clone()),
+        "conformance[tags]: put_fenced"
+    );
+    // And batches.
+    let batch: Vec<(String, Entry<V>)> = cases
+        .iter()
+        .map(|(k, e)| (format!("{k}:batch"), e.clone()))
+        .collect();
+    ok!("tags", tier.put_many(batch.clone()).await);
+    let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+    let got = ok!("tags", tier.get_many(&keys).await);
+    for ((key, entry), got) in batch.iter().zip(got) {
+        assert_eq!(
+            got.map(|e| e.tags),
+            Some(entry.tags.clone()),
+            "conformance[tags]: put_many then get_many of {key}"
+        );
+    }
 }
 
 /// `remove_prefix` removes exactly the keys with that prefix.

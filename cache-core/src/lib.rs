@@ -100,6 +100,7 @@ pub mod mutation;
 mod observer;
 mod report;
 mod size;
+pub mod tags;
 mod tiered;
 mod time;
 mod timer;
@@ -109,7 +110,7 @@ pub mod conformance;
 
 #[cfg(not(target_family = "wasm"))]
 pub use concurrent::{ConcurrentTier, ConcurrentTierBuilder};
-pub use entry::Entry;
+pub use entry::{Entry, Tags};
 pub use error::{BoxError, Error, Operation, Result, SharedError};
 pub use fault::{FaultHandle, FaultTier, InjectedFault};
 pub use fence::{Fence, FenceCheck, Fill, Stamp, Unfenced};
@@ -119,6 +120,7 @@ pub use memory::{MemoryTier, MemoryTierBuilder};
 pub use observer::{Event, EventKind, EventSource, Observer};
 pub use report::{ChainOp, TierAction, TierOutcome, TierReport};
 pub use size::ByteSize;
+pub use tags::{MemoryTagStore, TagStore};
 pub use tiered::{
     loader_fn, ExpiredFromOrigin, FnLoader, Loader, LoaderPanicked, Lookup, OriginTimedOut, Source,
     Tier, TierSelection, TieredCache, TieredCacheBuilder, DEFAULT_BREAKER,

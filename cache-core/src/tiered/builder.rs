@@ -172,6 +172,7 @@ pub struct TieredCacheBuilder<K, V> {
     refresh: Option<(Duration, Arc<dyn crate::Spawn>)>,
     origin_timeout: Option<Duration>,
     soft_timeout: Option<(Duration, Arc<dyn crate::Spawn>)>,
+    tag_store: Option<Arc<dyn crate::TagStore>>,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V>
@@ -204,6 +205,7 @@ impl<K, V> Default for TieredCacheBuilder<K, V> {
             refresh: None,
             origin_timeout: None,
             soft_timeout: None,
+            tag_store: None,
             stale_grace: None,
             stale_capacity: 10_000,
         }
@@ -369,6 +371,36 @@ where
         self
     }
 
+    /// Where the generations of [tags](crate::Tags) live; see
+    /// [`TagStore`](crate::TagStore). Without one the chain keeps them in its
+    /// own memory, which is right only when every tier holding tagged entries
+    /// is this process's own: a chain with a shared or persistent tier needs a
+    /// store as shared and as durable (`cache_server::RedisTagStore`,
+    /// `cache_browser::LocalStorageTagStore`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cache_core::{Clock, Entry, MemoryTagStore, MemoryTier, SystemClock, Tier, TieredCache};
+    ///
+    /// # futures_executor::block_on(async {
+    /// let store = Arc::new(MemoryTagStore::new());
+    /// let shared = Arc::new(MemoryTier::new());
+    /// // Two chains over one tier: a tag bumped by one is seen by the other.
+    /// let a: TieredCache<String, u32> =
+    ///     TieredCache::builder().tier(Tier::shared(shared.clone())).tag_store(store.clone()).build();
+    /// let b: TieredCache<String, u32> =
+    ///     TieredCache::builder().tier(Tier::shared(shared)).tag_store(store).build();
+    /// a.put(&"k".to_string(), Entry::new(1, cache_core::Timestamp::MAX).with_tags(["t"])).await?;
+    /// assert!(b.get(&"k".to_string()).await?.is_some());
+    /// a.invalidate_tag("t").await?;
+    /// assert!(b.get(&"k".to_string()).await?.is_none());
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn tag_store(mut self, store: Arc<dyn crate::TagStore>) -> Self {
+        self.tag_store = Some(store);
+        self
+    }
+
     /// The chain.
     pub fn build(self) -> TieredCache<K, V> {
         let tiers = self
@@ -432,6 +464,7 @@ where
                     }),
                 origin_timeout: self.origin_timeout,
                 soft_timeout: self.soft_timeout,
+                tags: super::tags::TagTable::new(self.tag_store),
             }),
         }
     }

@@ -89,10 +89,11 @@ where
         fence: &dyn FenceCheck,
     ) {
         if let Some(stale) = &self.stale {
-            let kept = Entry::new(
+            let mut kept = Entry::new(
                 entry.value.clone(),
                 entry.expires_at.saturating_add(stale.grace),
             );
+            kept.tags = entry.tags.clone();
             stale.values.put_entry_if(key, kept, now, || fence.holds());
         }
     }
@@ -100,9 +101,18 @@ where
     pub(super) fn stale_value(&self, key: &K) -> Option<Entry<V>> {
         let stale = self.stale.as_ref()?;
         let kept = stale.values.get_entry(key, self.clock.now())?;
-        Some(Entry::new(
-            kept.value,
-            kept.expires_at.saturating_sub(stale.grace),
-        ))
+        // A tag bumped since, or not known here (no waiting on this path):
+        // not served.
+        if !kept.tags.is_empty()
+            && !matches!(
+                self.tags.check_now(&kept.tags),
+                super::tags::TagCheck::Current
+            )
+        {
+            return None;
+        }
+        let mut entry = Entry::new(kept.value, kept.expires_at.saturating_sub(stale.grace));
+        entry.tags = kept.tags;
+        Some(entry)
     }
 }

@@ -205,10 +205,13 @@ where
         };
         let start = this.start();
         let plain: Vec<K> = asks.iter().map(|a| a.key.clone()).collect();
+        // Noted before the load: a tag bumped while it runs keeps its value
+        // out of the tiers.
+        let mark = this.tags.mark();
         let loaded = this.ask_origin(&plain, loader).await;
         let latency = elapsed(start);
         let now = this.clock.now();
-        let results: Vec<LoadResult<V>> = match loaded {
+        let mut results: Vec<LoadResult<V>> = match loaded {
             Ok(found) if found.len() == plain.len() => found
                 .into_iter()
                 .map(|e| match e {
@@ -229,10 +232,35 @@ where
                 plain.iter().map(|_| Err(err.clone())).collect()
             }
         };
+        let mut keep = vec![true; results.len()];
+        for (result, keep) in results.iter_mut().zip(&mut keep) {
+            if let Ok(Some(entry)) = result {
+                if !entry.tags.is_empty() {
+                    match this.tags.stamp_loaded(&entry.tags, mark).await {
+                        Ok((tags, fillable)) => {
+                            entry.tags = tags;
+                            *keep = fillable;
+                        }
+                        Err(_) => *keep = false,
+                    }
+                }
+            }
+        }
         let mut fresh = Vec::new();
-        for (ask, result) in asks.into_iter().zip(&results) {
+        for ((ask, result), keep) in asks.into_iter().zip(&results).zip(keep) {
             let key = &ask.key;
             match result {
+                Ok(Some(entry)) if !keep => {
+                    // Returned to the reads that waited, kept nowhere.
+                    this.emit(
+                        EventKind::OriginLoad,
+                        EventSource::Origin,
+                        &key.key_str(),
+                        latency,
+                        entry.value.byte_size(),
+                        None,
+                    );
+                }
                 Ok(Some(entry)) => {
                     this.emit(
                         EventKind::OriginLoad,

@@ -173,9 +173,16 @@ where
     /// tier hands back the stamp of this removal) and writes the new entry with a
     /// fenced write. A newer write or invalidation that begins meanwhile wins: this
     /// one's refused tiers report [`Error::Superseded`].
-    pub(super) async fn put_through(&self, key: &K, entry: Entry<V>) -> Result<TierReport> {
+    pub(super) async fn put_through(&self, key: &K, mut entry: Entry<V>) -> Result<TierReport> {
         key.validate()
             .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
+        if !entry.tags.is_empty() {
+            for tag in entry.tags.names() {
+                crate::tags::validate_tag(tag)?;
+            }
+            // The generations current as this write begins.
+            entry.tags = self.tags.stamp_now(&entry.tags).await?;
+        }
         let key_str = key.key_str().into_owned();
         let begun = (!mutation::on(Mutation::UnfencedPut))
             .then(|| Begun::new(&self.fences, Scope::Key(key_str.clone())));
@@ -245,5 +252,45 @@ where
         drop(begun);
         outcomes.sort_by_key(|o| o.index);
         TierReport::new(ChainOp::Put, outcomes).into_result()
+    }
+
+    /// Bumps `tag`'s generation (in the tag store, if any): every entry
+    /// carrying the tag at an older generation is absent from now on. Reads
+    /// from now on do not join loads begun before.
+    pub(super) async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        crate::tags::validate_tag(tag)?;
+        let start = self.start();
+        // Loads under way whose values carry the tag will see the bump (their
+        // fills are then refused); reads from now on start their own.
+        self.forget_flights();
+        let result = self.tags.bump(tag).await;
+        self.forget_flights();
+        let (kind, error) = event_for(&result, EventKind::Invalidate);
+        self.emit(
+            kind,
+            crate::EventSource::Chain,
+            tag,
+            elapsed(start),
+            0,
+            error,
+        );
+        result
+    }
+
+    /// Another instance bumped `tag` to `generation`.
+    pub(super) fn tag_invalidated(&self, tag: &str, generation: u64) {
+        self.tags.bumped_elsewhere(tag, generation);
+        self.forget_flights();
+    }
+
+    /// Forgets the generations read from the tag store (they may have been
+    /// bumped unseen); they are read again when next needed.
+    pub(super) fn forget_tag_generations(&self) {
+        self.tags.forget();
+        self.forget_flights();
+    }
+
+    fn forget_flights(&self) {
+        self.lock_flights().clear();
     }
 }

@@ -20,6 +20,7 @@ mod loader;
 mod observe;
 mod read;
 mod refresh;
+mod tags;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -117,6 +118,8 @@ pub(crate) struct Inner<K, V> {
     /// With a stale value at hand, a single-key read waits this long for the
     /// origin, then answers stale and leaves the load to `spawner`.
     soft_timeout: Option<(Duration, Arc<dyn crate::Spawn>)>,
+    /// The generations of the tags entries carry.
+    tags: tags::TagTable,
 }
 
 /// The boxed rest of a read that tier 0 did not answer at once.
@@ -416,7 +419,7 @@ where
             }
             Some(Read::Miss(stamp)) => (1, 0, Some(stamp)),
             Some(Read::Failed) => (1, 1, None),
-            None => (0, 0, None),
+            None | Some(Read::TagsUnknown(_) | Read::TagsStale) => (0, 0, None),
         };
         Err(self.get_slow(key, next, failed, ticket, stamp, loader))
     }
@@ -480,6 +483,77 @@ where
     /// Removes everything from every tier.
     pub async fn clear(&self) -> Result<TierReport> {
         self.inner.clear(None).await
+    }
+
+    /// Drops every entry carrying `tag`, from every tier, without looking for
+    /// them: bumps the tag's generation (in the chain's
+    /// [`TagStore`](crate::TagStore), if it has one) and returns the new one.
+    /// From then on every read treats an entry carrying the tag at an older
+    /// generation as absent (and fills it afresh), in every tier; loads under
+    /// way when it began are not written into the tiers, and reads that start
+    /// afterwards do not join them. See [`Tags`](crate::Tags).
+    ///
+    /// Tags are given with the value: `put` an entry
+    /// [`with_tags`](crate::Entry::with_tags), or have the loader return one.
+    /// Across instances, `cache_server::SyncedCache::invalidate_tag` also
+    /// tells every other instance.
+    ///
+    /// ```
+    /// use cache_core::{Entry, MemoryTier, Tier, TieredCache, Timestamp};
+    ///
+    /// # futures_executor::block_on(async {
+    /// let cache: TieredCache<String, String> = TieredCache::builder().tier(Tier::new(MemoryTier::new())).build();
+    /// let avatar = Entry::new("https://img/42-v1".to_string(), Timestamp::MAX).with_tags(["user:42"]);
+    /// cache.put(&"avatar:42".to_string(), avatar).await?;
+    /// cache.put(&"name:42".to_string(), Entry::new("Ada".into(), Timestamp::MAX).with_tags(["user:42"])).await?;
+    /// cache.put(&"name:7".to_string(), Entry::new("Grace".into(), Timestamp::MAX).with_tags(["user:7"])).await?;
+    ///
+    /// assert_eq!(cache.invalidate_tag("user:42").await?, 1);
+    /// assert!(cache.get(&"avatar:42".to_string()).await?.is_none());
+    /// assert!(cache.get(&"name:42".to_string()).await?.is_none());
+    /// assert!(cache.get(&"name:7".to_string()).await?.is_some());
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        self.inner.invalidate_tag(tag).await
+    }
+
+    /// Applies another instance's [`TieredCache::invalidate_tag`], which
+    /// bumped `tag` to `generation`: with a shared [`TagStore`](crate::TagStore)
+    /// the chain learns the new generation; without one it bumps its own.
+    /// Reads from now on do not join loads begun before. (The bus of
+    /// `cache_server::SyncedCache` calls it.)
+    ///
+    /// ```
+    /// use cache_core::{Entry, MemoryTier, Tier, TieredCache, Timestamp};
+    ///
+    /// # futures_executor::block_on(async {
+    /// let cache: TieredCache<String, u8> = TieredCache::builder().tier(Tier::new(MemoryTier::new())).build();
+    /// cache.put(&"k".to_string(), Entry::new(1, Timestamp::MAX).with_tags(["t"])).await?;
+    /// cache.tag_invalidated("t", 1);
+    /// assert!(cache.get(&"k".to_string()).await?.is_none());
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn tag_invalidated(&self, tag: &str, generation: u64) {
+        self.inner.tag_invalidated(tag, generation);
+    }
+
+    /// The current generation of `tag` as this chain knows it (`None`: not
+    /// read from the tag store yet). Entries carrying the tag at an older
+    /// generation are absent.
+    ///
+    /// ```
+    /// use cache_core::{MemoryTier, Tier, TieredCache};
+    ///
+    /// # futures_executor::block_on(async {
+    /// let cache: TieredCache<String, u8> = TieredCache::builder().tier(Tier::new(MemoryTier::new())).build();
+    /// assert_eq!(cache.tag_generation("t"), Some(0));
+    /// cache.invalidate_tag("t").await?;
+    /// assert_eq!(cache.tag_generation("t"), Some(1));
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn tag_generation(&self, tag: &str) -> Option<u64> {
+        self.inner.tags.known(tag)
     }
 
     /// The same invalidation operations, applied to the chosen tiers only (for
@@ -567,6 +641,8 @@ where
     /// # Ok::<_, cache_core::Error>(()) }).unwrap();
     /// ```
     pub async fn resync(&self, reason: &str) -> Result<TierReport> {
+        // Tag generations read from the store may be behind as well.
+        self.cache.inner.forget_tag_generations();
         let report = self.cache.inner.clear(Some(self.tiers)).await;
         self.cache.inner.emit(
             crate::EventKind::Resync,

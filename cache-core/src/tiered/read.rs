@@ -10,6 +10,7 @@ use super::fences::KeyFence;
 use super::fill::Target;
 use super::flight::Ask;
 use super::observe::{elapsed, failure_kind, Stopwatch};
+use super::tags::TagCheck;
 use super::{Inner, Lookup, Source, TieredCache};
 use crate::mutation::{self, Mutation};
 use crate::{
@@ -22,6 +23,12 @@ pub(super) enum Read<V> {
     /// A miss, with the stamp the tier handed out for a later fill.
     Miss(Stamp),
     Failed,
+    /// An unexpired entry carrying a tag whose current generation this chain
+    /// has not read yet: checked again once it has.
+    TagsUnknown(Entry<V>),
+    /// An unexpired entry carrying a tag bumped since it was read: absent, but
+    /// the tier gave no stamp for a fill (it hit).
+    TagsStale,
 }
 
 impl<K, V> TieredCache<K, V>
@@ -77,7 +84,8 @@ where
                     }));
                 }
                 Read::Miss(stamp) => stamps[index] = Some(stamp),
-                Read::Failed => failed += 1,
+                // (`read_tier` settles tags itself.)
+                Read::Failed | Read::TagsUnknown(_) | Read::TagsStale => failed += 1,
             }
         }
         self.load_through(key, failed, ticket, stamps, loader).await
@@ -266,7 +274,53 @@ where
             Ok((found, stamp)) => (Ok(found), stamp),
             Err(e) => (Err(e), Stamp::NONE),
         };
-        self.classify(index, key, start, result, stamp, self.clock.now())
+        match self.classify(index, key, start, result, stamp, self.clock.now()) {
+            Read::TagsUnknown(entry) => match self.tags.check(&entry.tags).await {
+                Ok(true) => {
+                    self.emit_hit(index, key, start, &entry);
+                    Read::Hit(entry)
+                }
+                Ok(false) => self.stale_tags(index, key, start).await,
+                Err(err) => {
+                    self.settle::<()>(index, key, start, 0, &Err(err), EventKind::Miss);
+                    Read::Failed
+                }
+            },
+            Read::TagsStale => self.stale_tags(index, key, start).await,
+            read => read,
+        }
+    }
+
+    /// Tier `index` held `key` with a tag bumped since: a miss, with the stamp
+    /// a fill of the tier needs (a stamping tier gave none, as it hit).
+    #[cold]
+    async fn stale_tags(&self, index: usize, key: &K, start: Option<Stopwatch>) -> Read<V> {
+        let slot = &self.tiers[index];
+        match self.call(slot, Operation::Get, slot.layer.stamp(key)).await {
+            Ok(stamp) => {
+                self.settle(index, key, start, 0, &Ok(()), EventKind::Miss);
+                Read::Miss(stamp)
+            }
+            Err(err) => {
+                self.settle::<()>(index, key, start, 0, &Err(err), EventKind::Miss);
+                Read::Failed
+            }
+        }
+    }
+
+    fn emit_hit(&self, index: usize, key: &K, start: Option<Stopwatch>, entry: &Entry<V>) {
+        self.tiers[index].breaker.success();
+        if self.observer.is_some() {
+            let bytes = entry.value.byte_size();
+            self.emit(
+                EventKind::Hit,
+                self.tier_source(index),
+                &key.key_str(),
+                elapsed(start),
+                bytes,
+                None,
+            );
+        }
     }
 
     /// Tier `index`'s answer without waiting, when its breaker is closed and it can
@@ -289,7 +343,16 @@ where
         };
         #[cfg(target_family = "wasm")]
         let result = slot.layer.get_ready(key, now)?;
-        Some(self.classify(index, key, start, result, Stamp::NONE, now))
+        match self.classify(index, key, start, result, Stamp::NONE, now) {
+            // The async path reads the generations it lacks.
+            Read::TagsUnknown(_) => None,
+            // In-process tiers do not stamp.
+            Read::TagsStale => {
+                self.settle(index, key, start, 0, &Ok(()), EventKind::Miss);
+                Some(Read::Miss(Stamp::NONE))
+            }
+            read => Some(read),
+        }
     }
 
     /// Turns a tier's answer into a hit, miss or failure: checks expiry against
@@ -308,6 +371,13 @@ where
         let slot = &self.tiers[index];
         match result {
             Ok(Some(entry)) if !entry.is_expired(now) => {
+                if !entry.tags.is_empty() {
+                    match self.tags.check_now(&entry.tags) {
+                        TagCheck::Current => {}
+                        TagCheck::Stale => return Read::TagsStale,
+                        TagCheck::Unknown => return Read::TagsUnknown(entry),
+                    }
+                }
                 slot.breaker.success();
                 if self.observer.is_some() {
                     let bytes = entry.value.byte_size();
@@ -366,10 +436,29 @@ where
             Ok(found) => {
                 slot.breaker.success();
                 let now = self.clock.now();
-                let found: Vec<(Option<Entry<V>>, Stamp)> = found
+                let mut found: Vec<(Option<Entry<V>>, Stamp)> = found
                     .into_iter()
                     .map(|(e, s)| (e.filter(|e| !e.is_expired(now)), s))
                     .collect();
+                if found
+                    .iter()
+                    .any(|(e, _)| e.as_ref().is_some_and(|e| !e.tags.is_empty()))
+                {
+                    if let Err(err) = self.drop_stale_tags(index, keys, &mut found).await {
+                        slot.breaker.failure(self.clock.now());
+                        for key in keys {
+                            self.emit(
+                                failure_kind(&err),
+                                self.tier_source(index),
+                                &key.key_str(),
+                                latency,
+                                0,
+                                Some(&err),
+                            );
+                        }
+                        return None;
+                    }
+                }
                 if self.observer.is_some() {
                     for (key, (entry, _)) in keys.iter().zip(&found) {
                         let (kind, bytes) = match entry {
@@ -404,5 +493,28 @@ where
                 None
             }
         }
+    }
+
+    /// Turns the entries of a batch read whose tags were bumped since into
+    /// misses, with the stamps a fill of the tier needs.
+    #[cold]
+    async fn drop_stale_tags(
+        &self,
+        index: usize,
+        keys: &[K],
+        found: &mut [(Option<Entry<V>>, Stamp)],
+    ) -> Result<()> {
+        let slot = &self.tiers[index];
+        for (key, (entry, stamp)) in keys.iter().zip(found.iter_mut()) {
+            let Some(e) = entry else { continue };
+            if e.tags.is_empty() || self.tags.check(&e.tags).await? {
+                continue;
+            }
+            *entry = None;
+            *stamp = self
+                .call(slot, Operation::Get, slot.layer.stamp(key))
+                .await?;
+        }
+        Ok(())
     }
 }
