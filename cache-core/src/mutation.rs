@@ -29,6 +29,16 @@ pub enum Mutation {
     /// A refresh-ahead reload writes what it loaded with plain `put`s instead
     /// of fenced fills.
     UnfencedRefresh,
+    /// A load whose tags were bumped (or first read) while it ran is written
+    /// into the tiers anyway, at the generations current when it lands.
+    KeepLoadsAcrossTagBumps,
+    /// `invalidate_tag` leaves the loads in flight joinable: reads that start
+    /// after it returned join a load begun before it.
+    JoinLoadsAcrossTagBumps,
+    /// A `put` writes even when one of its tags was bumped here after it
+    /// began (at the bumped generation), so it wins over an `invalidate_tag`
+    /// that began after it.
+    PutIgnoresTagBumps,
 }
 
 #[cfg(feature = "mutations")]

@@ -11,11 +11,16 @@
 //! `cache_server::SyncedCache`'s acknowledged bus does.
 //!
 //! The scheduler starts operations (get, get_many, put, invalidate,
-//! invalidate_prefix, clear) at random moments and, at every point where no task
-//! can move, picks one of: release a held tier or origin call (or fail it), fire
+//! invalidate_prefix, clear, invalidate_tag) at random moments and, at every
+//! point where no task can move, picks one of: release a held tier or origin call (or fail it), fire
 //! a timer (a tier timeout), drop a running read (a cancelled request), advance
 //! the clock. Some calls hang (released by nothing; their timeout fires) and the
 //! origin loader sometimes panics.
+//!
+//! Values carry tags (`u:1`: a; `u:2`: a, b; `v:1`: b), whose generations
+//! live in a shared, Redis-like tag store; `invalidate_tag` covers every key
+//! carrying the tag, and an entry whose tag was bumped since it was read counts
+//! as absent.
 //!
 //! The model: the database holds a version per key; an invalidation bumps the
 //! version before it starts (an upload writes the new picture first), a `put`
@@ -46,10 +51,22 @@ use std::time::Duration;
 use cache_core::mutation::{self, Mutation};
 use cache_core::{
     async_trait, loader_fn, BoxError, BoxFuture, CacheLayer, Clock, ConcurrentTier, Entry, Error,
-    Fence, Fill, Loader, ManualClock, Result, Source, Stamp, Tier, TieredCache, Timer, Timestamp,
+    Fence, Fill, Loader, ManualClock, Result, Source, Stamp, TagStore, Tags, Tier, TieredCache,
+    Timer, Timestamp,
 };
 
 const KEYS: [&str; 3] = ["u:1", "u:2", "v:1"];
+
+/// The tags each key's values carry (from the origin and from `put`).
+fn tags_of(key: &str) -> &'static [&'static str] {
+    match key {
+        "u:1" => &["a"],
+        "u:2" => &["a", "b"],
+        _ => &["b"],
+    }
+}
+
+const TAGS: [&str; 2] = ["a", "b"];
 
 // ---------------------------------------------------------------- randomness
 
@@ -331,13 +348,13 @@ impl ModelTier {
         entry.filter(|e| !e.is_expired(now)).cloned()
     }
 
-    /// Unexpired versions held, per key.
-    fn held(&self) -> Vec<(String, u64)> {
+    /// Unexpired versions held, per key, whose tags are current (`tags`).
+    fn held(&self, tags: &ModelTags) -> Vec<(String, u64)> {
         let now = self.clock.now();
         let s = self.store.lock().unwrap();
         s.map
             .iter()
-            .filter(|(_, e)| !e.is_expired(now))
+            .filter(|(_, e)| !e.is_expired(now) && tags.current(&e.tags))
             .map(|(k, e)| (k.clone(), version(&e.value).1))
             .collect()
     }
@@ -500,6 +517,57 @@ impl CacheLayer<String, String> for ModelTier {
     }
 }
 
+/// The shared tag store (Redis-like: answers only asynchronously, each call
+/// held at a gate, sometimes failing; never hanging, as a real store's calls
+/// have a command timeout).
+#[derive(Debug)]
+struct ModelTags {
+    world: Shared,
+    gens: Mutex<HashMap<String, u64>>,
+}
+
+impl ModelTags {
+    fn current(&self, tags: &Tags) -> bool {
+        let gens = self.gens.lock().unwrap();
+        tags.iter()
+            .all(|(n, g)| gens.get(n).copied().unwrap_or(0) <= g)
+    }
+}
+
+#[async_trait]
+impl TagStore for ModelTags {
+    fn name(&self) -> &str {
+        "model-tags"
+    }
+    async fn generations(&self, tags: &[&str]) -> Result<Vec<u64>> {
+        if !origin_gate(&self.world).await {
+            return Err(Error::backend(
+                "model-tags",
+                cache_core::Operation::Get,
+                "injected failure",
+            ));
+        }
+        let gens = self.gens.lock().unwrap();
+        Ok(tags
+            .iter()
+            .map(|t| gens.get(*t).copied().unwrap_or(0))
+            .collect())
+    }
+    async fn bump(&self, tag: &str) -> Result<u64> {
+        if !origin_gate(&self.world).await {
+            return Err(Error::backend(
+                "model-tags",
+                cache_core::Operation::Put,
+                "injected failure",
+            ));
+        }
+        let mut gens = self.gens.lock().unwrap();
+        let g = gens.entry(tag.to_owned()).or_insert(0);
+        *g += 1;
+        Ok(*g)
+    }
+}
+
 // ---------------------------------------------------------------- a schedule
 
 #[derive(Debug, Clone)]
@@ -512,6 +580,9 @@ enum Op {
     Invalidate(usize, &'static str),
     Prefix(usize, &'static str),
     Clear(usize),
+    /// `invalidate_tag` here, then the other instance learns the bump (as
+    /// `cache_server::SyncedCache`'s bus does before it acknowledges).
+    InvalidateTag(usize, &'static str),
 }
 
 /// The version an operation that returned `Ok` established, when it began and
@@ -592,6 +663,7 @@ struct Run {
     history: Arc<Mutex<History>>,
     instances: Vec<Instance>,
     shared: Arc<ModelTier>,
+    tags: Arc<ModelTags>,
 }
 
 fn build(seed: u64) -> Run {
@@ -613,6 +685,10 @@ fn build(seed: u64) -> Run {
     }));
     let history = Arc::new(Mutex::new(History::default()));
     let shared = Arc::new(ModelTier::new("shared", &world, &clock, true, true));
+    let tags = Arc::new(ModelTags {
+        world: world.clone(),
+        gens: Mutex::new(HashMap::new()),
+    });
     let instances = (0..2)
         .map(|i| {
             let local = Arc::new(ModelTier::new(
@@ -668,6 +744,7 @@ fn build(seed: u64) -> Run {
                     move |task| lock(&w).spawned.push(task)
                 })
                 .origin_timeout(Duration::from_millis(40))
+                .tag_store(tags.clone())
                 .build();
             Instance {
                 cache,
@@ -682,6 +759,7 @@ fn build(seed: u64) -> Run {
         history,
         instances,
         shared,
+        tags,
     }
 }
 
@@ -712,10 +790,13 @@ fn db_loader(
             if panics {
                 panic!("the loader panicked (on purpose)");
             }
-            Ok(Some(Entry::new(
-                format!("{key}#{v}"),
-                now.saturating_add(Duration::from_millis(life)),
-            )))
+            Ok(Some(
+                Entry::new(
+                    format!("{key}#{v}"),
+                    now.saturating_add(Duration::from_millis(life)),
+                )
+                .with_tags(tags_of(&key).iter().copied()),
+            ))
         }
     })
 }
@@ -723,7 +804,7 @@ fn db_loader(
 fn random_op(rng: &mut Rng) -> Op {
     let at = rng.below(2);
     let key = KEYS[rng.below(KEYS.len())];
-    match rng.below(20) {
+    match rng.below(23) {
         0..=4 => Op::Get(at, key),
         5..=6 => Op::GetWith(at, key),
         7..=8 => Op::GetMany(
@@ -737,6 +818,7 @@ fn random_op(rng: &mut Rng) -> Op {
         9..=11 => Op::Put(at, key),
         12..=16 => Op::Invalidate(at, key),
         17..=18 => Op::Prefix(at, "u:"),
+        19..=21 => Op::InvalidateTag(at, TAGS[rng.below(TAGS.len())]),
         _ => Op::Clear(at),
     }
 }
@@ -835,7 +917,8 @@ fn task_for(run: &Run, op: Op) -> Task {
                 let entry = Entry::new(
                     format!("{key}#{v}"),
                     clock.now().saturating_add(Duration::from_millis(100)),
-                );
+                )
+                .with_tags(tags_of(key).iter().copied());
                 let here = caches[at].put(&key.to_string(), entry).await;
                 let there = other(at).invalidate(&key.to_string()).await;
                 let mut h = history.lock().unwrap();
@@ -857,6 +940,29 @@ fn task_for(run: &Run, op: Op) -> Task {
                 let there = other(at).invalidate(&key.to_string()).await;
                 if here.is_ok() && there.is_ok() {
                     history.lock().unwrap().establish(key, v, start, at);
+                }
+            }
+            Op::InvalidateTag(at, tag) => {
+                let (covered, start): (Vec<(&'static str, u64)>, u64) = {
+                    let mut h = history.lock().unwrap();
+                    let start = h.tick();
+                    let covered = KEYS
+                        .iter()
+                        .filter(|k| tags_of(k).contains(&tag))
+                        .map(|&k| {
+                            let v = h.db.entry(k).or_insert(0);
+                            *v += 1;
+                            (k, *v)
+                        })
+                        .collect();
+                    (covered, start)
+                };
+                if let Ok(generation) = caches[at].invalidate_tag(tag).await {
+                    caches[1 - at].tag_invalidated(tag, generation);
+                    let mut h = history.lock().unwrap();
+                    for (k, v) in covered {
+                        h.establish(k, v, start, at);
+                    }
                 }
             }
             Op::Prefix(..) | Op::Clear(..) => {
@@ -1094,17 +1200,25 @@ fn explore(seed: u64) -> std::result::Result<(), String> {
         .collect();
     let now = run.clock.now();
     let fronts = run.instances.iter().filter_map(|i| i.front.as_ref());
+    let model_tags: &ModelTags = &run.tags;
     let front_held: Vec<(&str, String, u64)> = fronts
         .flat_map(|front| {
             KEYS.iter().filter_map(move |key| {
                 let entry = front.get_ready(&key.to_string(), now)?.ok()??;
+                if !model_tags.current(&entry.tags) {
+                    return None; // Absent to every read.
+                }
                 Some((front.name(), key.to_string(), version(&entry.value).1))
             })
         })
         .collect();
     let held = tiers
         .iter()
-        .flat_map(|tier| tier.held().into_iter().map(|(k, v)| (tier.name, k, v)))
+        .flat_map(|tier| {
+            tier.held(&run.tags)
+                .into_iter()
+                .map(|(k, v)| (tier.name, k, v))
+        })
         .chain(front_held);
     for (name, key, v) in held {
         let h = history.lock().unwrap();
@@ -1218,6 +1332,18 @@ fn the_explorer_catches_each_reverted_fix() {
         (
             Mutation::UnfencedRefresh,
             "a refresh-ahead reload that read before an invalidation lands after it",
+        ),
+        (
+            Mutation::KeepLoadsAcrossTagBumps,
+            "a load that read before invalidate_tag is kept at the new generation",
+        ),
+        (
+            Mutation::JoinLoadsAcrossTagBumps,
+            "a read after invalidate_tag joins a load begun before it",
+        ),
+        (
+            Mutation::PutIgnoresTagBumps,
+            "a put wins over an invalidate_tag that began after it",
         ),
     ];
     for (m, what) in mutations {

@@ -239,7 +239,7 @@ where
                     match this.tags.stamp_loaded(&entry.tags, mark).await {
                         Ok((tags, fillable)) => {
                             entry.tags = tags;
-                            *keep = fillable;
+                            *keep = fillable || mutation::on(Mutation::KeepLoadsAcrossTagBumps);
                         }
                         Err(_) => *keep = false,
                     }

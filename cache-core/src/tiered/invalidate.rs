@@ -176,13 +176,12 @@ where
     pub(super) async fn put_through(&self, key: &K, mut entry: Entry<V>) -> Result<TierReport> {
         key.validate()
             .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
-        if !entry.tags.is_empty() {
-            for tag in entry.tags.names() {
-                crate::tags::validate_tag(tag)?;
-            }
-            // The generations current as this write begins.
-            entry.tags = self.tags.stamp_now(&entry.tags).await?;
+        for tag in entry.tags.names() {
+            crate::tags::validate_tag(tag)?;
         }
+        // An `invalidate_tag` of one of its tags that begins after this call
+        // wins over it, as an invalidation of its key does.
+        let mark = self.tags.mark();
         let key_str = key.key_str().into_owned();
         let begun = (!mutation::on(Mutation::UnfencedPut))
             .then(|| Begun::new(&self.fences, Scope::Key(key_str.clone())));
@@ -233,9 +232,28 @@ where
             outcomes.sort_by_key(|o| o.index);
             return TierReport::new(ChainOp::Put, outcomes).into_result();
         }
-        let filled = self
-            .fill(key, &entry, &targets, &fence, EventKind::Write, true)
-            .await;
+        let mut superseded = false;
+        if !entry.tags.is_empty() {
+            match self.tags.stamp_put(&entry.tags, mark).await {
+                Ok((tags, fillable)) => {
+                    entry.tags = tags;
+                    superseded = !fillable && !mutation::on(Mutation::PutIgnoresTagBumps);
+                }
+                Err(err) => {
+                    drop(begun);
+                    return Err(err);
+                }
+            }
+        }
+        let filled = if superseded {
+            targets
+                .iter()
+                .map(|&(index, _)| (index, Ok(Fill::Refused)))
+                .collect()
+        } else {
+            self.fill(key, &entry, &targets, &fence, EventKind::Write, true)
+                .await
+        };
         for (index, result) in filled {
             let tier = self.tiers[index].name.clone();
             let result = match result {
@@ -291,6 +309,9 @@ where
     }
 
     fn forget_flights(&self) {
+        if mutation::on(Mutation::JoinLoadsAcrossTagBumps) {
+            return;
+        }
         self.lock_flights().clear();
     }
 }

@@ -26,10 +26,20 @@ pub(crate) enum TagCheck {
     Unknown,
 }
 
+#[derive(Clone, Copy)]
+struct Known {
+    generation: u64,
+    /// The epoch at which this table last changed it (a bump, or a first
+    /// read of a generation above 0).
+    changed: u64,
+    /// The epoch of its last bump seen here (this chain's own, or another
+    /// instance's through the bus).
+    bumped: u64,
+}
+
 #[derive(Default)]
 struct State {
-    /// Tag → (generation, the epoch at which this table last changed it).
-    generations: HashMap<Box<str>, (u64, u64)>,
+    generations: HashMap<Box<str>, Known>,
     epoch: u64,
 }
 
@@ -85,7 +95,7 @@ impl TagTable {
         let mut unknown = false;
         for (name, generation) in tags.iter() {
             match state.generations.get(name) {
-                Some(&(current, _)) if current > generation => return TagCheck::Stale,
+                Some(known) if known.generation > generation => return TagCheck::Stale,
                 Some(_) => {}
                 // With no store this table is the truth: never bumped is 0.
                 None => unknown |= self.store.is_some(),
@@ -138,32 +148,40 @@ impl TagTable {
         }
         let current = store.generations(&unknown).await?;
         for (name, generation) in unknown.into_iter().zip(current) {
-            self.learn(name, generation);
+            self.learn(name, generation, false);
         }
         Ok(())
     }
 
-    /// Records that `name` is at `generation` (or later). A tag seen for the
-    /// first time at a generation above 0 counts as a change, so loads under
-    /// way do not trust it (it may have been bumped while they ran).
-    pub(crate) fn learn(&self, name: &str, generation: u64) {
+    /// Records that `name` is at `generation` (or later): read from the store
+    /// (`bumped` false) or bumped (`bumped` true: by this chain, or by
+    /// another instance, through the bus). A tag first read at a generation
+    /// above 0 counts as a change, so loads under way do not trust it (it may
+    /// have been bumped while they ran).
+    pub(crate) fn learn(&self, name: &str, generation: u64, bumped: bool) {
         let mut state = self.write();
         let epoch = state.epoch + 1;
-        match state.generations.get_mut(name) {
-            Some((current, _)) if *current >= generation => return,
-            Some(slot) => *slot = (generation, epoch),
-            // Generation 0 was never bumped: a load under way that meets
-            // it cannot be older than a bump, so it is no change.
-            None if generation == 0 => {
-                state.generations.insert(Box::from(name), (0, 0));
-                return;
-            }
-            None => {
-                state
-                    .generations
-                    .insert(Box::from(name), (generation, epoch));
-            }
-        }
+        let known = match state.generations.get(name) {
+            Some(known) if known.generation >= generation => return,
+            Some(known) => Known {
+                generation,
+                changed: epoch,
+                bumped: if bumped { epoch } else { known.bumped },
+            },
+            // Generation 0 was never bumped: a load under way that meets it
+            // cannot be older than a bump, so it is no change.
+            None if generation == 0 => Known {
+                generation,
+                changed: 0,
+                bumped: 0,
+            },
+            None => Known {
+                generation,
+                changed: epoch,
+                bumped: if bumped { epoch } else { 0 },
+            },
+        };
+        state.generations.insert(Box::from(name), known);
         state.epoch = epoch;
     }
 
@@ -173,7 +191,7 @@ impl TagTable {
         match &self.store {
             Some(store) => {
                 let generation = store.bump(name).await?;
-                self.learn(name, generation);
+                self.learn(name, generation, true);
                 Ok(generation)
             }
             None => Ok(self.bump_here(name)),
@@ -184,13 +202,15 @@ impl TagTable {
         let mut state = self.write();
         state.epoch += 1;
         let epoch = state.epoch;
-        let slot = state
-            .generations
-            .entry(Box::from(name))
-            .or_insert((0, epoch));
-        slot.0 += 1;
-        slot.1 = epoch;
-        slot.0
+        let known = state.generations.entry(Box::from(name)).or_insert(Known {
+            generation: 0,
+            changed: epoch,
+            bumped: epoch,
+        });
+        known.generation += 1;
+        known.changed = epoch;
+        known.bumped = epoch;
+        known.generation
     }
 
     /// Another instance bumped `name` to `generation`: learn it (with a store),
@@ -198,7 +218,7 @@ impl TagTable {
     /// its own).
     pub(crate) fn bumped_elsewhere(&self, name: &str, generation: u64) {
         if self.store.is_some() {
-            self.learn(name, generation);
+            self.learn(name, generation, true);
         } else {
             self.bump_here(name);
         }
@@ -223,7 +243,7 @@ impl TagTable {
             return store.generation_now(name).and_then(|g| g.ok());
         }
         match self.read().generations.get(name) {
-            Some(&(g, _)) => Some(g),
+            Some(known) => Some(known.generation),
             None if self.store.is_none() => Some(0),
             None => None,
         }
@@ -257,9 +277,9 @@ impl TagTable {
         let state = self.read();
         let mut fillable = true;
         let stamped = tags.with_generations(|name| match state.generations.get(name) {
-            Some(&(g, changed)) => {
-                fillable &= changed <= mark.epoch;
-                g
+            Some(known) => {
+                fillable &= known.changed <= mark.epoch;
+                known.generation
             }
             None => {
                 // No store: never bumped.
@@ -270,16 +290,27 @@ impl TagTable {
         Ok((stamped, fillable))
     }
 
-    /// The generations for a value being written now (`put`).
-    pub(crate) async fn stamp_now(&self, tags: &Tags) -> Result<Tags> {
+    /// The generations for a value a `put` that began at `mark` writes now,
+    /// and whether it may still write: not if one of its tags was bumped here
+    /// since it began (that `invalidate_tag` began after it, and wins).
+    pub(crate) async fn stamp_put(&self, tags: &Tags, mark: LoadMark) -> Result<(Tags, bool)> {
         if let Some(store) = self.sync_store() {
             let names: Vec<&str> = tags.names().collect();
             let current = store.generations(&names).await?;
             let mut it = current.into_iter();
-            return Ok(tags.with_generations(|_| it.next().unwrap_or(0)));
+            let stamped = tags.with_generations(|_| it.next().unwrap_or(0));
+            return Ok((stamped, store.changes_now() == mark.store));
         }
         self.resolve(tags.names()).await?;
         let state = self.read();
-        Ok(tags.with_generations(|name| state.generations.get(name).map_or(0, |&(g, _)| g)))
+        let mut fillable = true;
+        let stamped = tags.with_generations(|name| match state.generations.get(name) {
+            Some(known) => {
+                fillable &= known.bumped <= mark.epoch;
+                known.generation
+            }
+            None => 0,
+        });
+        Ok((stamped, fillable))
     }
 }
