@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cache_core::{
-    ByteSize, CacheKey, Entry, Error, Lookup, MaybeSend, MaybeSync, Operation, Result, TierReport,
-    TieredCache,
+    ByteSize, CacheKey, ChainOp, Entry, Error, Lookup, MaybeSend, MaybeSync, Operation, Result,
+    TierReport, TieredCache,
 };
 use fred::clients::{Client, SubscriberClient};
 use fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy};
@@ -67,6 +67,7 @@ const WIRE_VERSION: &str = "lc2";
 /// bus.publish(&Invalidation::Key("user:42".into())).await?;
 /// bus.publish(&Invalidation::Prefix("team:7:".into())).await?;
 /// bus.publish(&Invalidation::Clear).await?;
+/// bus.publish(&Invalidation::Tag { tag: "user:42".into(), generation: 3 }).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +78,14 @@ pub enum Invalidation {
     Prefix(String),
     /// Everything.
     Clear,
+    /// A tag was bumped to `generation` ([`SyncedCache::invalidate_tag`]):
+    /// entries carrying it at an older generation are absent.
+    Tag {
+        /// The tag.
+        tag: String,
+        /// Its new generation.
+        generation: u64,
+    },
 }
 
 /// One message on the channel: who sent it, its number in that sender's
@@ -146,6 +155,9 @@ impl Message {
             Body::Invalidate(Invalidation::Key(k)) => format!("{head}k\n{k}"),
             Body::Invalidate(Invalidation::Prefix(p)) => format!("{head}p\n{p}"),
             Body::Invalidate(Invalidation::Clear) => format!("{head}c\n"),
+            Body::Invalidate(Invalidation::Tag { tag, generation }) => {
+                format!("{head}t\n{generation:x} {tag}")
+            }
             Body::Heartbeat { link, bound } => {
                 format!("{head}h\n{} {:x}", link.code(), millis(*bound))
             }
@@ -169,6 +181,13 @@ impl Message {
             "k" => Body::Invalidate(Invalidation::Key(body.to_owned())),
             "p" => Body::Invalidate(Invalidation::Prefix(body.to_owned())),
             "c" if body.is_empty() => Body::Invalidate(Invalidation::Clear),
+            "t" => {
+                let (generation, tag) = body.split_once(' ')?;
+                Body::Invalidate(Invalidation::Tag {
+                    tag: tag.to_owned(),
+                    generation: hex(generation)?,
+                })
+            }
             "h" => {
                 let (link, bound) = body.split_once(' ')?;
                 Body::Heartbeat {
@@ -1190,6 +1209,7 @@ fn operation_of(inv: &Invalidation) -> Operation {
         Invalidation::Key(_) => Operation::Remove,
         Invalidation::Prefix(_) => Operation::RemovePrefix,
         Invalidation::Clear => Operation::Clear,
+        Invalidation::Tag { .. } => Operation::Remove,
     }
 }
 
@@ -1595,6 +1615,10 @@ where
                 },
                 Invalidation::Prefix(p) => only.invalidate_prefix(p).await,
                 Invalidation::Clear => only.clear().await,
+                Invalidation::Tag { tag, generation } => {
+                    self.chain.tag_invalidated(tag, *generation);
+                    Ok(TierReport::new(ChainOp::Invalidate, Vec::new()))
+                }
             };
             if let Err(err) = result {
                 tracing::warn!(error = %err, "applying a remote invalidation failed");
@@ -1833,6 +1857,34 @@ where
             .await
     }
 
+    /// Drops every entry carrying `tag` here ([`TieredCache::invalidate_tag`],
+    /// with the chain's tag store, usually a [`RedisTagStore`](crate::RedisTagStore)),
+    /// then tells every other instance the tag's new generation and waits
+    /// until every live one has learned it (confirmed like
+    /// [`SyncedCache::invalidate`]). Returns the new generation.
+    ///
+    /// If the bump itself fails, nothing is published and the error is
+    /// returned: call again.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {
+    /// cache.invalidate_tag("user:42").await?; // avatar, name, friends list... of user 42
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        let generation = self.chain.invalidate_tag(tag).await?;
+        let invalidation = Invalidation::Tag {
+            tag: tag.to_owned(),
+            generation,
+        };
+        self.bus
+            .inner
+            .apply_locally(Some(self.registration.id), &invalidation)
+            .await;
+        self.bus.publish_confirmed(&invalidation).await?;
+        Ok(generation)
+    }
+
     async fn finish(
         &self,
         report: Result<TierReport>,
@@ -1897,6 +1949,14 @@ mod tests {
             Invalidation::Key("".into()),
             Invalidation::Prefix("".into()),
             Invalidation::Clear,
+            Invalidation::Tag {
+                tag: "user:1 with spaces\nand a newline".into(),
+                generation: u64::MAX,
+            },
+            Invalidation::Tag {
+                tag: "".into(),
+                generation: 0,
+            },
         ] {
             let m = msg(Body::Invalidate(inv));
             assert_eq!(Message::decode(&m.encode()), Some(m));

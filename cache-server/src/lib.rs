@@ -108,7 +108,7 @@ pub use bus::{
 };
 pub use moka_tier::{MokaTier, MokaTierBuilder};
 pub use redis::{
-    default_reconnect_policy, Codec, MsgPackCodec, RedisTier, RedisTierBuilder,
+    default_reconnect_policy, Codec, MsgPackCodec, RedisTagStore, RedisTier, RedisTierBuilder,
     DEFAULT_CLUSTER_SHARDS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_FENCE_HORIZON, DEFAULT_POOL_SIZE,
 };
 

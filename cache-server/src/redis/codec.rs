@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use cache_core::{BoxError, Timestamp};
+use cache_core::{BoxError, Tags, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -62,14 +62,61 @@ pub(crate) const COMPRESSED_VERSION: u8 = 2;
 /// length must not make a read allocate without bound).
 #[cfg(feature = "compression")]
 pub(crate) const MAX_DECOMPRESSED: usize = 128 << 20;
+/// Version 1 with the entry's tags between the header and the payload: a
+/// count (u16), then per tag its name's length (u16), the name (UTF-8) and
+/// its generation (u64), all big-endian.
+pub(crate) const TAGGED_VERSION: u8 = 3;
+/// Version 3, its payload LZ4-compressed (feature `compression`).
+#[cfg(feature = "compression")]
+pub(crate) const TAGGED_COMPRESSED_VERSION: u8 = 4;
 /// Magic, version, expiry (u64 big-endian milliseconds).
 pub(crate) const HEADER_LEN: usize = 2 + 1 + 8;
 
-/// Writes the envelope header for `expires_at` into `out`.
-pub(crate) fn write_header(expires_at: Timestamp, out: &mut Vec<u8>) {
+/// Writes the envelope header for `expires_at` and `tags` into `out`, and
+/// returns where the payload starts. Fails only on tags no envelope can hold
+/// (more than 65,535, or a name longer than 65,535 bytes).
+pub(crate) fn write_header(
+    expires_at: Timestamp,
+    tags: &Tags,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
     out.extend_from_slice(MAGIC);
-    out.push(ENVELOPE_VERSION);
+    out.push(if tags.is_empty() {
+        ENVELOPE_VERSION
+    } else {
+        TAGGED_VERSION
+    });
     out.extend_from_slice(&expires_at.as_unix_millis().to_be_bytes());
+    if !tags.is_empty() {
+        let count = u16::try_from(tags.len()).map_err(|_| "more than 65,535 tags".to_owned())?;
+        out.extend_from_slice(&count.to_be_bytes());
+        for (name, generation) in tags.iter() {
+            let len = u16::try_from(name.len())
+                .map_err(|_| "a tag name longer than 65,535 bytes".to_owned())?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&generation.to_be_bytes());
+        }
+    }
+    Ok(out.len())
+}
+
+/// Reads the tags section at the start of `bytes`; returns the tags and the
+/// rest. `None` if it is cut short or not UTF-8.
+fn read_tags(bytes: &[u8]) -> Option<(Tags, &[u8])> {
+    let (count, mut rest) = bytes.split_first_chunk::<2>()?;
+    let count = u16::from_be_bytes(*count) as usize;
+    let mut pairs = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let (len, after) = rest.split_first_chunk::<2>()?;
+        let len = u16::from_be_bytes(*len) as usize;
+        let name = after.get(..len)?;
+        let name = std::str::from_utf8(name).ok()?;
+        let (generation, after) = after.get(len..)?.split_first_chunk::<8>()?;
+        pairs.push((Box::from(name), u64::from_be_bytes(*generation)));
+        rest = after;
+    }
+    Some((Tags::from_pairs(pairs), rest))
 }
 
 /// Why a stored value could not be read.
@@ -91,7 +138,7 @@ impl fmt::Display for Corrupt {
             Corrupt::NotAnEnvelope => f.write_str("not a cache envelope"),
             Corrupt::Version(v) => write!(
                 f,
-                "envelope version {v}, this build reads {ENVELOPE_VERSION}"
+                "envelope version {v}, this build reads {ENVELOPE_VERSION} and {TAGGED_VERSION}"
             ),
             Corrupt::Payload => f.write_str("payload does not decode"),
             Corrupt::WrongType => f.write_str("the key holds another Redis type"),
@@ -103,6 +150,7 @@ impl fmt::Display for Corrupt {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Opened<'a> {
     pub(crate) expires_at: Timestamp,
+    pub(crate) tags: Tags,
     pub(crate) payload: &'a [u8],
     /// The payload is LZ4-compressed (feature `compression`).
     pub(crate) compressed: bool,
@@ -113,26 +161,36 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Opened<'_>, Corrupt> {
     if bytes.len() < HEADER_LEN || &bytes[..2] != MAGIC {
         return Err(Corrupt::NotAnEnvelope);
     }
-    let compressed = match bytes[2] {
-        ENVELOPE_VERSION => false,
+    let (tagged, compressed) = match bytes[2] {
+        ENVELOPE_VERSION => (false, false),
+        TAGGED_VERSION => (true, false),
         #[cfg(feature = "compression")]
-        COMPRESSED_VERSION => true,
+        COMPRESSED_VERSION => (false, true),
+        #[cfg(feature = "compression")]
+        TAGGED_COMPRESSED_VERSION => (true, true),
         other => return Err(Corrupt::Version(other)),
     };
     let mut millis = [0u8; 8];
     millis.copy_from_slice(&bytes[3..HEADER_LEN]);
+    let (tags, payload) = if tagged {
+        read_tags(&bytes[HEADER_LEN..]).ok_or(Corrupt::Payload)?
+    } else {
+        (Tags::NONE, &bytes[HEADER_LEN..])
+    };
     Ok(Opened {
         expires_at: Timestamp::from_unix_millis(u64::from_be_bytes(millis)),
-        payload: &bytes[HEADER_LEN..],
+        tags,
+        payload,
         compressed,
     })
 }
 
-/// Compresses the payload of the envelope in `buf` when it is longer than
-/// `above` bytes and compression makes it smaller; marks the envelope.
+/// Compresses the payload of the envelope in `buf` (it starts at `start`)
+/// when it is longer than `above` bytes and compression makes it smaller;
+/// marks the envelope.
 #[cfg(feature = "compression")]
-pub(crate) fn compress(buf: &mut Vec<u8>, above: usize) {
-    let payload = &buf[HEADER_LEN..];
+pub(crate) fn compress(buf: &mut Vec<u8>, start: usize, above: usize) {
+    let payload = &buf[start..];
     if payload.len() <= above {
         return;
     }
@@ -140,8 +198,12 @@ pub(crate) fn compress(buf: &mut Vec<u8>, above: usize) {
     if packed.len() >= payload.len() {
         return;
     }
-    buf.truncate(HEADER_LEN);
-    buf[2] = COMPRESSED_VERSION;
+    buf.truncate(start);
+    buf[2] = if buf[2] == TAGGED_VERSION {
+        TAGGED_COMPRESSED_VERSION
+    } else {
+        COMPRESSED_VERSION
+    };
     buf.extend_from_slice(&packed);
 }
 
@@ -165,13 +227,15 @@ mod tests {
     #[test]
     fn envelope_roundtrip_and_rejects() {
         let mut buf = Vec::new();
-        write_header(Timestamp::from_unix_millis(42), &mut buf);
+        write_header(Timestamp::from_unix_millis(42), &Tags::NONE, &mut buf).unwrap();
         buf.extend_from_slice(b"payload");
         let Opened {
             expires_at: at,
             payload,
             compressed,
+            tags,
         } = open(&buf).unwrap();
+        assert!(tags.is_empty());
         assert!(!compressed);
         assert_eq!(at, Timestamp::from_unix_millis(42));
         assert_eq!(payload, b"payload");
@@ -185,9 +249,50 @@ mod tests {
 
     fn envelope(payload: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
-        write_header(Timestamp::from_unix_millis(42), &mut buf);
+        write_header(Timestamp::from_unix_millis(42), &Tags::NONE, &mut buf).unwrap();
         buf.extend_from_slice(payload);
         buf
+    }
+
+    #[test]
+    fn tags_travel_in_the_envelope_and_a_cut_tag_section_is_refused() {
+        let tags = Tags::from_pairs(vec![("user:42".into(), 7), ("é/..\\x".into(), u64::MAX)]);
+        let mut buf = Vec::new();
+        let start = write_header(Timestamp::from_unix_millis(42), &tags, &mut buf).unwrap();
+        buf.extend_from_slice(b"payload");
+        assert_eq!(buf[2], TAGGED_VERSION);
+        let opened = open(&buf).unwrap();
+        assert_eq!(opened.tags, tags);
+        assert_eq!(opened.payload, b"payload");
+        assert_eq!(&buf[start..], b"payload");
+        for cut in HEADER_LEN..start {
+            assert_eq!(
+                open(&buf[..cut]).unwrap_err(),
+                Corrupt::Payload,
+                "cut at {cut}"
+            );
+        }
+        let mut bad_utf8 = buf.clone();
+        bad_utf8[HEADER_LEN + 4] = 0xff;
+        assert_eq!(open(&bad_utf8).unwrap_err(), Corrupt::Payload);
+        let huge = Tags::from_pairs(vec![("x".repeat(70_000).into(), 1)]);
+        assert!(write_header(Timestamp::MAX, &huge, &mut Vec::new()).is_err());
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn a_tagged_envelope_compresses_its_payload_only() {
+        let tags = Tags::from_pairs(vec![("user:42".into(), 3)]);
+        let large: Vec<u8> = b"https://img.example/avatar?".repeat(800);
+        let mut buf = Vec::new();
+        let start = write_header(Timestamp::from_unix_millis(42), &tags, &mut buf).unwrap();
+        buf.extend_from_slice(&large);
+        compress(&mut buf, start, 1024);
+        assert_eq!(buf[2], TAGGED_COMPRESSED_VERSION);
+        let opened = open(&buf).unwrap();
+        assert!(opened.compressed);
+        assert_eq!(opened.tags, tags);
+        assert_eq!(decompress(opened.payload).unwrap(), large);
     }
 
     #[cfg(feature = "compression")]
@@ -195,7 +300,7 @@ mod tests {
     fn large_payloads_are_compressed_and_flagged_small_ones_are_not() {
         let large: Vec<u8> = b"https://img.example/avatar?".repeat(800);
         let mut buf = envelope(&large);
-        compress(&mut buf, 1024);
+        compress(&mut buf, HEADER_LEN, 1024);
         assert_eq!(buf[2], COMPRESSED_VERSION);
         assert!(buf.len() < large.len() / 4, "{} bytes", buf.len());
         let opened = open(&buf).unwrap();
@@ -205,7 +310,7 @@ mod tests {
 
         let small = envelope(b"short");
         let mut kept = small.clone();
-        compress(&mut kept, 1024);
+        compress(&mut kept, HEADER_LEN, 1024);
         assert_eq!(kept, small, "a payload under the threshold was touched");
         // Incompressible: stored as it is.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -218,7 +323,7 @@ mod tests {
             })
             .collect();
         let mut raw = envelope(&noise);
-        compress(&mut raw, 1024);
+        compress(&mut raw, HEADER_LEN, 1024);
         assert_eq!(raw[2], ENVELOPE_VERSION);
     }
 

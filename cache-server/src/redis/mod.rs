@@ -3,6 +3,7 @@
 mod codec;
 mod layout;
 mod scripts;
+mod tags;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use scripts::{is_noscript, Script};
 
 pub use codec::{Codec, MsgPackCodec};
 pub use layout::DEFAULT_CLUSTER_SHARDS;
+pub use tags::RedisTagStore;
 
 /// Default per-command timeout.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
@@ -71,7 +73,8 @@ const UNLINK_BATCH: usize = 500;
 /// # Values
 ///
 /// A value is stored as a small envelope: `"LC"`, a version byte, the entry's
-/// `expires_at` (u64 ms), then the payload from the [`Codec`] (default
+/// `expires_at` (u64 ms), its [tags](cache_core::Tags) with their generations
+/// when it has any (version 3), then the payload from the [`Codec`] (default
 /// [`MsgPackCodec`]). A stored value that does not decode (garbage, another
 /// envelope version, a payload the codec rejects, a key of another Redis type)
 /// is a **miss**: it is deleted (only if the key still holds the bytes that were
@@ -709,7 +712,11 @@ impl<C> Inner<C> {
             opened.payload
         };
         match self.codec.decode(payload) {
-            Ok(value) => Some(Entry::new(value, expires_at)),
+            Ok(value) => {
+                let mut entry = Entry::new(value, expires_at);
+                entry.tags = opened.tags;
+                Some(entry)
+            }
             Err(_) => {
                 self.corrupt(rkey, Corrupt::Payload, Some(bytes)).await;
                 None
@@ -722,7 +729,12 @@ impl<C> Inner<C> {
         C: Codec<V>,
     {
         let mut buf = Vec::with_capacity(HEADER_LEN + 64);
-        write_header(entry.expires_at, &mut buf);
+        let start = write_header(entry.expires_at, &entry.tags, &mut buf).map_err(|reason| {
+            Error::Encode {
+                tier: self.name.to_string(),
+                reason,
+            }
+        })?;
         self.codec
             .encode_into(&entry.value, &mut buf)
             .map_err(|e| Error::Encode {
@@ -731,8 +743,10 @@ impl<C> Inner<C> {
             })?;
         #[cfg(feature = "compression")]
         if let Some(above) = self.compress_above {
-            codec::compress(&mut buf, above);
+            codec::compress(&mut buf, start, above);
         }
+        #[cfg(not(feature = "compression"))]
+        let _ = start;
         Ok(Bytes::from(buf))
     }
 
