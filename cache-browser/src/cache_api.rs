@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cache_core::{
     async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
-    Timestamp,
+    Tags, Timestamp,
 };
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -17,6 +17,10 @@ use crate::js::{self, JsError};
 
 /// The response header that records an entry's expiry (ms since the epoch).
 pub const EXPIRES_HEADER: &str = "x-cache-browser-expires-at";
+
+/// The response header that records an entry's [`Tags`] (hex-encoded JSON
+/// `[[name, generation]]`), when it has any.
+pub const TAGS_HEADER: &str = "x-cache-browser-tags";
 
 /// Default logical URL base. Entries are keyed by `<base><encoded key>`, never
 /// by the (presigned, short-lived) URL the bytes were fetched from.
@@ -258,6 +262,23 @@ impl<V> CacheApiTier<V> {
         response: &Response,
         expires_at: Timestamp,
     ) -> Result<()> {
+        self.put_response_tagged(key, response, expires_at, &Tags::NONE)
+            .await
+    }
+
+    /// [`CacheApiTier::put_response`] for an entry carrying `tags` (kept in
+    /// the [`TAGS_HEADER`]; read them back with [`CacheApiTier::tags_of`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`CacheApiTier::put_response`].
+    pub async fn put_response_tagged(
+        &self,
+        key: &str,
+        response: &Response,
+        expires_at: Timestamp,
+        tags: &Tags,
+    ) -> Result<()> {
         key::validate(key).map_err(|reason| Error::invalid_key(key, reason))?;
         let op = Operation::Put;
         match response.type_() {
@@ -286,8 +307,34 @@ impl<V> CacheApiTier<V> {
             &Uint8Array::new(&body),
             content_type.as_deref(),
             expires_at,
+            tags,
         )
         .await
+    }
+
+    /// The tags of a response this tier stored (from [`TAGS_HEADER`]); `None`
+    /// if the header is there but corrupt.
+    ///
+    /// ```no_run
+    /// # async fn demo(tier: cache_browser::CacheApiTier<Vec<u8>>) -> cache_core::Result<()> {
+    /// if let Some((response, _expires_at)) = tier.match_response("avatar:42").await? {
+    ///     let tags = cache_browser::CacheApiTier::<Vec<u8>>::tags_of(&response);
+    ///     # let _ = tags;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn tags_of(response: &Response) -> Option<Tags> {
+        let Some(hex) = response.headers().get(TAGS_HEADER).ok().flatten() else {
+            return Some(Tags::NONE);
+        };
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     async fn store(
@@ -296,6 +343,7 @@ impl<V> CacheApiTier<V> {
         body: &Uint8Array,
         content_type: Option<&str>,
         expires_at: Timestamp,
+        tags: &Tags,
     ) -> Result<()> {
         let op = Operation::Put;
         let now = self.clock.now();
@@ -315,6 +363,16 @@ impl<V> CacheApiTier<V> {
         headers
             .set(EXPIRES_HEADER, &expires_at.as_unix_millis().to_string())
             .map_err(|e| fail(&e))?;
+        if !tags.is_empty() {
+            // JSON `[[name, generation]]`, hex-encoded: any tag name is a
+            // valid header value that way.
+            let json = serde_json::to_vec(tags).map_err(|e| Error::Encode {
+                tier: self.name.clone(),
+                reason: e.to_string(),
+            })?;
+            let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
+            headers.set(TAGS_HEADER, &hex).map_err(|e| fail(&e))?;
+        }
         let init = ResponseInit::new();
         init.set_status(200);
         init.set_headers(&headers);
@@ -383,19 +441,24 @@ where
         let promise = response
             .array_buffer()
             .map_err(|e| self.err(op, JsError::from_js(&e)))?;
+        let Some(tags) = Self::tags_of(&response) else {
+            // Corrupt tags: a miss, and deleted.
+            self.delete_url(&self.url_for(&key), op).await?;
+            return Ok(None);
+        };
         let body = js::await_promise(promise)
             .await
             .map_err(|e| self.err(op, e))?;
-        Ok(Some(Entry::new(
-            V::from(Uint8Array::new(&body).to_vec()),
-            expires_at,
-        )))
+        let mut entry = Entry::new(V::from(Uint8Array::new(&body).to_vec()), expires_at);
+        entry.tags = tags;
+        Ok(Some(entry))
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
         let key = checked_key(key)?;
         let body = Uint8Array::from(entry.value.as_ref());
-        self.store(&key, &body, None, entry.expires_at).await
+        self.store(&key, &body, None, entry.expires_at, &entry.tags)
+            .await
     }
 
     async fn remove(&self, key: &K) -> Result<bool> {

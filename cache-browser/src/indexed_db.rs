@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cache_core::{
     async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
-    Timestamp,
+    Tags, Timestamp,
 };
 use futures_util::future::{abortable, AbortHandle};
 use indexed_db_futures::database::Database;
@@ -429,7 +429,7 @@ impl<V> IndexedDbTier<V> {
         .await
     }
 
-    async fn get_bytes(&self, key: &str) -> Result<Option<(Vec<u8>, Timestamp)>> {
+    async fn get_bytes(&self, key: &str) -> Result<Option<(Vec<u8>, Timestamp, Tags)>> {
         let enc = key::encode(key);
         let now = self.clock.now();
         let found = self
@@ -472,6 +472,21 @@ impl<V> IndexedDbTier<V> {
             self.delete_key(&enc, Operation::Get).await?;
             return Ok(None);
         }
+        // The entry's tags, as JSON `[[name, generation]]`, when it has any.
+        let tags = match Reflect::get(&rec, &JsValue::from_str("tags"))
+            .ok()
+            .and_then(|v| v.as_string())
+        {
+            None => Tags::NONE,
+            Some(json) => match serde_json::from_str(&json) {
+                Ok(tags) => tags,
+                Err(_) => {
+                    // Corrupt: a miss, removed.
+                    self.delete_key(&enc, Operation::Get).await?;
+                    return Ok(None);
+                }
+            },
+        };
         let stale = self
             .touched
             .borrow()
@@ -499,7 +514,7 @@ impl<V> IndexedDbTier<V> {
             .await?;
             self.mark_touched(enc.clone(), now);
         }
-        Ok(Some((value.to_vec(), expires_at)))
+        Ok(Some((value.to_vec(), expires_at, tags)))
     }
 
     fn mark_touched(&self, enc: String, now: Timestamp) {
@@ -543,7 +558,21 @@ impl<V> IndexedDbTier<V> {
         .await
     }
 
-    async fn put_bytes(&self, key: &str, bytes: &[u8], expires_at: Timestamp) -> Result<()> {
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        expires_at: Timestamp,
+        tags: &Tags,
+    ) -> Result<()> {
+        let tags = if tags.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(tags).map_err(|e| Error::Encode {
+                tier: self.name.clone(),
+                reason: e.to_string(),
+            })?)
+        };
         let enc = key::encode(key);
         self.mark_touched(enc.clone(), self.clock.now());
         let now = self.clock.now();
@@ -563,6 +592,7 @@ impl<V> IndexedDbTier<V> {
         let max = self.max_bytes as f64;
         self.with_db(Operation::Put, |db| {
             let enc = enc.clone();
+            let tags = tags.clone();
             async move {
                 let record = Object::new();
                 set(&record, "format", &JsValue::from_str(FORMAT))?;
@@ -573,6 +603,9 @@ impl<V> IndexedDbTier<V> {
                     "expires_at",
                     &JsValue::from_f64(expires_at.as_unix_millis() as f64),
                 )?;
+                if let Some(tags) = &tags {
+                    set(&record, "tags", &JsValue::from_str(tags))?;
+                }
                 let tx = db
                     .transaction([ENTRIES, LRU, META])
                     .with_mode(TransactionMode::Readwrite)
@@ -690,7 +723,11 @@ where
         Ok(self
             .get_bytes(&key)
             .await?
-            .map(|(bytes, expires_at)| Entry::new(V::from(bytes), expires_at)))
+            .map(|(bytes, expires_at, tags)| {
+                let mut entry = Entry::new(V::from(bytes), expires_at);
+                entry.tags = tags;
+                entry
+            }))
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
@@ -701,7 +738,7 @@ where
             self.delete_key(&key::encode(&key), Operation::Put).await?;
             return Ok(());
         }
-        self.put_bytes(&key, entry.value.as_ref(), entry.expires_at)
+        self.put_bytes(&key, entry.value.as_ref(), entry.expires_at, &entry.tags)
             .await
     }
 

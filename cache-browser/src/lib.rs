@@ -91,7 +91,12 @@ mod cache_api;
 #[cfg(target_family = "wasm")]
 pub use cache_api::{
     CacheApiTier, CacheApiTierBuilder, DEFAULT_BASE_URL, DEFAULT_MAX_ENTRIES, EXPIRES_HEADER,
+    TAGS_HEADER,
 };
+#[cfg(target_family = "wasm")]
+mod tags;
+#[cfg(target_family = "wasm")]
+pub use tags::LocalStorageTagStore;
 #[cfg(target_family = "wasm")]
 mod cross_tab;
 #[cfg(target_family = "wasm")]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cache_core::{
     async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
-    Timestamp,
+    Tags, Timestamp,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -159,6 +159,8 @@ struct RecordOut<'a, V> {
     value: &'a V,
     expires_at: u64,
     stored_at: u64,
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    tags: &'a Tags,
 }
 
 /// Borrows `format` and `key` from the raw JSON when it can: the hit path
@@ -171,6 +173,8 @@ struct RecordIn<'a, V> {
     key: std::borrow::Cow<'a, str>,
     value: V,
     expires_at: u64,
+    #[serde(default)]
+    tags: Tags,
 }
 
 #[derive(Deserialize)]
@@ -180,7 +184,8 @@ struct RecordAge {
 }
 
 /// A cache tier in `localStorage`: one JSON record
-/// `{format, key, value, expires_at, stored_at}` per entry, under the key
+/// `{format, key, value, expires_at, stored_at, tags?}` per entry (`tags`, the
+/// entry's [`Tags`] as `[[name, generation]]`, only when it has some), under the key
 /// `"<prefix>:<encoded key>"`.
 ///
 /// - Records that are not valid JSON, or were not written by this tier for this
@@ -488,10 +493,11 @@ enum Read {
 /// foreign or another key's.
 fn decode<V: DeserializeOwned>(raw: &[u8], key: &str) -> Option<Entry<V>> {
     match serde_json::from_slice::<RecordIn<'_, V>>(raw) {
-        Ok(r) if r.format == FORMAT && r.key == key => Some(Entry::new(
-            r.value,
-            Timestamp::from_unix_millis(r.expires_at),
-        )),
+        Ok(r) if r.format == FORMAT && r.key == key => {
+            let mut entry = Entry::new(r.value, Timestamp::from_unix_millis(r.expires_at));
+            entry.tags = r.tags;
+            Some(entry)
+        }
         _ => None,
     }
 }
@@ -562,6 +568,7 @@ where
             value: &entry.value,
             expires_at: entry.expires_at.as_unix_millis(),
             stored_at: now.as_unix_millis(),
+            tags: &entry.tags,
         })
         .map_err(|e| Error::Encode {
             tier: self.name.clone(),

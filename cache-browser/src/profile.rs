@@ -141,7 +141,11 @@ impl CacheLayer<String, Picture> for BytesTier {
             return Ok(None);
         };
         match unpack(&e.value) {
-            Some(p) => Ok(Some(Entry::new(p, e.expires_at))),
+            Some(p) => {
+                let mut entry = Entry::new(p, e.expires_at);
+                entry.tags = e.tags;
+                Ok(Some(entry))
+            }
             None => {
                 CacheLayer::<String, Vec<u8>>::remove(&self.0, key).await?;
                 Ok(None)
@@ -154,7 +158,9 @@ impl CacheLayer<String, Picture> for BytesTier {
             return Ok(());
         };
         let packed = pack(&entry.value, &bytes);
-        self.0.put(key, Entry::new(packed, entry.expires_at)).await
+        let mut stored = Entry::new(packed, entry.expires_at);
+        stored.tags = entry.tags;
+        self.0.put(key, stored).await
     }
     async fn remove(&self, key: &String) -> Result<bool> {
         CacheLayer::<String, Vec<u8>>::remove(&self.0, key).await
@@ -179,6 +185,10 @@ impl CacheLayer<String, Picture> for ResponseTier {
         let Some((response, expires_at)) = self.0.match_response(key).await? else {
             return Ok(None);
         };
+        let Some(tags) = CacheApiTier::<Vec<u8>>::tags_of(&response) else {
+            CacheLayer::<String, Vec<u8>>::remove(&self.0, key).await?;
+            return Ok(None);
+        };
         let content_type = response
             .headers()
             .get("content-type")
@@ -195,14 +205,16 @@ impl CacheLayer<String, Picture> for ResponseTier {
         let body = crate::js::await_promise(body)
             .await
             .map_err(|e| Error::backend(self.name(), cache_core::Operation::Get, e))?;
-        Ok(Some(Entry::new(
+        let mut entry = Entry::new(
             Picture {
                 url: self.0.url_for(key),
                 bytes: Some(Bytes::from(Uint8Array::new(&body).to_vec())),
                 content_type,
             },
             expires_at,
-        )))
+        );
+        entry.tags = tags;
+        Ok(Some(entry))
     }
     async fn put(&self, key: &String, entry: Entry<Picture>) -> Result<()> {
         let Some(bytes) = entry.value.bytes.as_ref() else {
@@ -227,7 +239,9 @@ impl CacheLayer<String, Picture> for ResponseTier {
                     JsError::from_js(&e),
                 )
             })?;
-        self.0.put_response(key, &response, entry.expires_at).await
+        self.0
+            .put_response_tagged(key, &response, entry.expires_at, &entry.tags)
+            .await
     }
     async fn remove(&self, key: &String) -> Result<bool> {
         CacheLayer::<String, Vec<u8>>::remove(&self.0, key).await

@@ -144,7 +144,10 @@ impl<V> Entry<V> {
 /// assert!(Tags::NONE.is_empty());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Tags(Option<Arc<[(Box<str>, u64)]>>);
+pub struct Tags(Option<Arc<[TagAt]>>);
+
+/// One tag's name and the generation it was read at.
+type TagAt = (Box<str>, u64);
 
 impl Tags {
     /// No tags.

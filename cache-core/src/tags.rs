@@ -28,18 +28,17 @@ pub const MAX_TAG_BYTES: usize = 200;
 /// assert!(cache_core::tags::validate_tag("a\nb").is_err());
 /// ```
 pub fn validate_tag(tag: &str) -> Result<()> {
-    crate::key::validate(tag)
-        .and_then(|()| {
-            if tag.len() > MAX_TAG_BYTES {
-                Err(crate::KeyError::TooLong {
-                    len: tag.len(),
-                    max: MAX_TAG_BYTES,
-                })
-            } else {
-                Ok(())
-            }
-        })
-        .map_err(|reason| Error::invalid_key(tag, reason))
+    crate::key::validate(tag).map_err(|reason| Error::invalid_key(tag, reason))?;
+    if tag.len() > MAX_TAG_BYTES {
+        return Err(Error::invalid_key(
+            tag,
+            crate::KeyError::TooLong {
+                len: tag.len(),
+                max: MAX_TAG_BYTES,
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// Where the generations of tags live.
