@@ -19,6 +19,10 @@
 //!   writing stale values back. Its docs hold the full contract.
 //! - [`Entry`], [`Timestamp`], [`Clock`] ([`SystemClock`], [`ManualClock`]): absolute
 //!   expiry on an injected wall clock (wasm-safe).
+//! - [`Tags`] and [`TagStore`]: `put` values with tags, then
+//!   [`TieredCache::invalidate_tag`] drops every entry carrying a tag from every
+//!   tier, without a scan (a generation checked on read, as bentocache and
+//!   HybridCache do).
 //! - [`fence`]: fenced (conditional) writes, [`Fence`], [`Stamp`], [`Fill`]: how
 //!   a chain's backfills and origin fills lose to invalidations instead of
 //!   writing old values back (the guarantee is in [`TieredCache`]'s docs).
@@ -34,7 +38,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `conformance` | no | `cache_core::conformance`: the suite every [`CacheLayer`] implementation should pass (enable it in your tier crate's dev-dependencies) |
-//! | `serde` | no | `Serialize`/`Deserialize` for [`Timestamp`] and [`Entry`] |
+//! | `serde` | no | `Serialize`/`Deserialize` for [`Timestamp`], [`Entry`] and [`Tags`] |
+//! | `tracing` | no | `tracing` spans (DEBUG) for chain operations: `cache.get` (key, tier, outcome: hit, loaded, stale, absent, error), `cache.fill` (key, tier, kind, outcome: written, refused, error) and `cache.invalidate` (op, target, outcome, each tier's action) |
 //! | `mutations` | no | test-only switches that revert one fix each, so this crate's tests can show they catch it; never enable it in a build you ship |
 //!
 //! Targets: native, and `wasm32-unknown-unknown` (futures are `?Send` there and

@@ -69,9 +69,13 @@ where
             let entry = slot.stored(index, key, entry.clone(), now);
             let bytes = entry.value.byte_size();
             let start = self.start();
-            let result = self
-                .fill_one(index, key, entry, Fence::new(fence, stamp))
-                .await;
+            let result = super::trace::fill(
+                || key.key_str().into_owned(),
+                &slot.name,
+                kind,
+                self.fill_one(index, key, entry, Fence::new(fence, stamp)),
+            )
+            .await;
             self.settle_fill(index, key, start, bytes, &result, kind);
             (index, result)
         }))

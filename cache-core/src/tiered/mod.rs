@@ -21,6 +21,7 @@ mod observe;
 mod read;
 mod refresh;
 mod tags;
+mod trace;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -409,6 +410,7 @@ where
                 if inner.refresh.is_some() {
                     Inner::refresh_if_due(&self.inner, key, &entry);
                 }
+                trace::hit_now(&|| key.key_str().into_owned(), &inner.tiers[0].name);
                 return Ok(Ok(Some(Lookup {
                     entry,
                     source: Source::Tier {
@@ -443,7 +445,10 @@ where
         if first == 1 {
             stamps.push(first_stamp);
         }
-        Box::pin(self.get_from(key, first, failed, ticket, stamps, loader))
+        Box::pin(trace::get(
+            || key.key_str().into_owned(),
+            self.get_from(key, first, failed, ticket, stamps, loader),
+        ))
     }
 
     /// The values for `keys`, in order: one batch call per tier for the keys still
@@ -464,7 +469,7 @@ where
     /// invalidation won report [`Error::Superseded`](crate::Error::Superseded);
     /// failed tiers are named by [`Error::Incomplete`](crate::Error::Incomplete).
     pub async fn put(&self, key: &K, entry: Entry<V>) -> Result<TierReport> {
-        self.inner.put_through(key, entry).await
+        trace::invalidate("put", &key.key_str(), self.inner.put_through(key, entry)).await
     }
 
     /// Removes `key` from every tier. See [`TieredCache::only`] to pick tiers.
@@ -472,17 +477,27 @@ where
     /// Returns what each tier did, or [`Error::Incomplete`](crate::Error::Incomplete) naming the tiers that
     /// failed: call again to retry. Loads in flight for `key` will not write.
     pub async fn invalidate(&self, key: &K) -> Result<TierReport> {
-        self.inner.invalidate(key, None).await
+        trace::invalidate(
+            "invalidate",
+            &key.key_str(),
+            self.inner.invalidate(key, None),
+        )
+        .await
     }
 
     /// Removes every key starting with `prefix` from every tier.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<TierReport> {
-        self.inner.invalidate_prefix(prefix, None).await
+        trace::invalidate(
+            "invalidate_prefix",
+            prefix,
+            self.inner.invalidate_prefix(prefix, None),
+        )
+        .await
     }
 
     /// Removes everything from every tier.
     pub async fn clear(&self) -> Result<TierReport> {
-        self.inner.clear(None).await
+        trace::invalidate("clear", "", self.inner.clear(None)).await
     }
 
     /// Drops every entry carrying `tag`, from every tier, without looking for
@@ -515,7 +530,7 @@ where
     /// # Ok::<_, cache_core::Error>(()) }).unwrap();
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
-        self.inner.invalidate_tag(tag).await
+        trace::invalidate("invalidate_tag", tag, self.inner.invalidate_tag(tag)).await
     }
 
     /// Applies another instance's [`TieredCache::invalidate_tag`], which
@@ -612,18 +627,25 @@ where
 {
     /// [`TieredCache::invalidate`] on the selected tiers.
     pub async fn invalidate(&self, key: &K) -> Result<TierReport> {
-        self.cache.inner.invalidate(key, Some(self.tiers)).await
+        trace::invalidate(
+            "invalidate",
+            &key.key_str(),
+            self.cache.inner.invalidate(key, Some(self.tiers)),
+        )
+        .await
     }
     /// [`TieredCache::invalidate_prefix`] on the selected tiers.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<TierReport> {
-        self.cache
-            .inner
-            .invalidate_prefix(prefix, Some(self.tiers))
-            .await
+        trace::invalidate(
+            "invalidate_prefix",
+            prefix,
+            self.cache.inner.invalidate_prefix(prefix, Some(self.tiers)),
+        )
+        .await
     }
     /// [`TieredCache::clear`] on the selected tiers.
     pub async fn clear(&self) -> Result<TierReport> {
-        self.cache.inner.clear(Some(self.tiers)).await
+        trace::invalidate("clear", "", self.cache.inner.clear(Some(self.tiers))).await
     }
 
     /// Clears the selected tiers because invalidations may have been missed
