@@ -71,6 +71,7 @@ const WIRE_VERSION: &str = "lc2";
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Invalidation {
     /// One key, by its string form.
     Key(String),
