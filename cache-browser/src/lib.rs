@@ -24,8 +24,8 @@
 //! - `CrossTabInvalidation`: `invalidate(key)` in one tab drops the key from the
 //!   memory tier of every other tab of the origin, over `BroadcastChannel`.
 //! - `ServerInvalidations`: invalidations pushed by the server as server-sent
-//!   events (`EventSource`), applied to the page's tiers and forwarded to the
-//!   other tabs; after a gap in the stream, the URL tiers are emptied.
+//!   events (`EventSource`), applied to the page's tiers (and, as the page chooses, forwarded to the
+//!   other tabs); after a gap in the stream, the URL tiers are emptied.
 //! - `ProfilePictures`: the preset chain memory → LocalStorage (URL, 45 min) →
 //!   IndexedDB (bytes, 7 days) → Cache API (response, 7 days) → network, giving an
 //!   `<img>` source and the tier that served it; `watch` and `peek` per key,

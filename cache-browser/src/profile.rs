@@ -566,6 +566,29 @@ impl ProfilePictures {
         result
     }
 
+    /// Like [`ProfilePictures::invalidate`] but in this tab only: every tier
+    /// here (the shared ones included), its object URL and watchers; the
+    /// other tabs are not told. For an invalidation every tab hears anyway
+    /// (each tab's own [`crate::ServerInvalidations`] stream): telling them
+    /// too would invalidate each key twice per tab, and the second time could
+    /// cancel the fills of the reload the first one started.
+    ///
+    /// ```no_run
+    /// # async fn demo(pictures: cache_browser::ProfilePictures) -> cache_core::Result<()> {
+    /// pictures.invalidate_here("42").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`TieredCache::invalidate`] (the watchers are woken even then).
+    pub async fn invalidate_here(&self, key: &str) -> Result<()> {
+        self.shared.revoke(key);
+        let result = self.cache.invalidate(&key.to_owned()).await.map(|_| ());
+        self.shared.notify(key);
+        result
+    }
+
     /// Drops `key` from the tiers that hold only its URL (memory, LocalStorage)
     /// when that URL no longer loads (it expired, or the browser is offline), so
     /// the next [`ProfilePictures::get`] answers from the bytes kept in

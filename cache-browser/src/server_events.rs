@@ -72,8 +72,8 @@ impl Drop for Connection {
 }
 
 /// Applies invalidations the server pushes over server-sent events to the
-/// page's tiers; the handlers given to the builder forward them to the other
-/// tabs (over [`CrossTabInvalidation`]'s `BroadcastChannel`).
+/// page's tiers; the handlers given to the builder may forward them to the
+/// other tabs (over [`CrossTabInvalidation`]'s `BroadcastChannel`).
 ///
 /// # The stream
 ///
@@ -99,9 +99,11 @@ impl Drop for Connection {
 /// When the browser gives up on the connection (an HTTP error), it is opened
 /// again after 5 s with `?last_event_id=` (the header cannot be set).
 ///
-/// Every tab that builds one holds its own connection (no leader election):
-/// an invalidation arrives in every tab directly, and again from the tab that
-/// forwarded it; both are idempotent.
+/// There is no leader election: every tab that builds one holds its own
+/// connection. So [`ServerInvalidationsBuilder::pictures`] applies a key in
+/// its own tab only (every tab hears it), and forwards resets;
+/// [`ServerInvalidationsBuilder::cross_tab`] forwards everything, for a page
+/// whose tabs share one stream.
 ///
 /// # Example
 ///
@@ -113,7 +115,7 @@ impl Drop for Connection {
 /// let pictures = Rc::new(ProfilePictures::builder("avatars").cross_tab("avatars").build().await);
 /// let events = ServerInvalidations::builder()
 ///     .key_event("avatar", "user") // `event: avatar`, `data: {"user":"42"}`
-///     .pictures(&pictures) // invalidate here and in every tab, redraw
+///     .pictures(&pictures) // invalidate in every tier, redraw
 ///     .connect("/api/events")?;
 /// // Keep `events` alive as long as the page shows pictures.
 /// println!("{:?}", events.stats());
@@ -210,17 +212,21 @@ impl ServerInvalidationsBuilder {
         })
     }
 
-    /// Both handlers for [`ProfilePictures`]: a key goes through
-    /// [`ProfilePictures::invalidate`] (every tier, the other tabs, the key's
-    /// watchers redraw it); a reset through
-    /// [`ProfilePictures::drop_url_tiers`]. Only a weak reference is kept.
+    /// Both handlers for [`ProfilePictures`] when every tab holds its own
+    /// stream: a key goes through [`ProfilePictures::invalidate_here`] (every
+    /// tier, the key's watchers redraw it; the other tabs hear the same event
+    /// on their own stream, so it is not forwarded), a reset through
+    /// [`ProfilePictures::drop_url_tiers`] (here, and forwarded to the other
+    /// tabs' memory). Only a weak reference is kept. For one stream shared by
+    /// the tabs, forward keys with [`ProfilePictures::invalidate`] in
+    /// [`on_invalidate`](Self::on_invalidate) instead.
     pub fn pictures(self, pictures: &Rc<ProfilePictures>) -> Self {
         let (keys, resets) = (Rc::downgrade(pictures), Rc::downgrade(pictures));
         self.on_invalidate(move |key| {
             let pictures = keys.upgrade();
             async move {
                 if let Some(pictures) = pictures {
-                    log_failure("invalidating", pictures.invalidate(&key).await);
+                    log_failure("invalidating", pictures.invalidate_here(&key).await);
                 }
             }
         })

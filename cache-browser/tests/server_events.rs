@@ -276,8 +276,19 @@ async fn events_are_forwarded_to_another_tab_over_the_broadcast_channel() {
     let before = in_b.url().unwrap();
     assert_eq!(calls.get(), 2);
 
-    // Only tab A hears the server.
-    let events = listener(&tab_a);
+    // Only tab A hears the server (one stream for the tabs): keys are
+    // forwarded with `invalidate`, resets by `pictures` itself.
+    let forward = Rc::downgrade(&tab_a);
+    let events = ServerInvalidations::builder()
+        .key_event("avatar", "user")
+        .pictures(&tab_a)
+        .on_invalidate(move |key| {
+            let tab_a = forward.upgrade();
+            async move {
+                tab_a.unwrap().invalidate(&key).await.unwrap();
+            }
+        })
+        .build();
     send(&events, "hello", r#"{"stream":"s1","seq":0}"#, "s1-0");
     send(&events, "avatar", r#"{"user":"5"}"#, "s1-1");
     until("tab B to load user 5 again", || {
