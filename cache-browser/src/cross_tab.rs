@@ -16,6 +16,7 @@ use crate::js::JsError;
 
 const KIND_KEY: &str = "key";
 const KIND_PREFIX: &str = "prefix";
+const KIND_CLEAR: &str = "clear";
 const FORMAT: &str = "cache-browser/invalidate/1";
 
 /// The callback of [`CrossTabInvalidation::on_invalidated`], shared with the
@@ -103,10 +104,14 @@ where
             wasm_bindgen_futures::spawn_local(async move {
                 // A failed local invalidation leaves nothing shared stale; the
                 // entry still expires on its own.
-                let _ = if kind == KIND_PREFIX {
-                    cache.only(&tiers).invalidate_prefix(&key).await
-                } else {
-                    cache.only(&tiers).invalidate(&K::from(key.clone())).await
+                let _ = match kind.as_str() {
+                    KIND_PREFIX => cache.only(&tiers).invalidate_prefix(&key).await,
+                    KIND_CLEAR => {
+                        // Nothing names a key: the callback is for keys only.
+                        let _ = cache.only(&tiers).clear().await;
+                        return;
+                    }
+                    _ => cache.only(&tiers).invalidate(&K::from(key.clone())).await,
                 };
                 let callback = callback.borrow().clone();
                 if let Some(callback) = callback {
@@ -166,6 +171,26 @@ where
         report
     }
 
+    /// Empties `tiers` (indices into the chain) here, then tells the other
+    /// tabs, which empty their local tiers: e.g. the tiers that hold picture
+    /// URLs, after the server said changes may have been missed (see
+    /// [`crate::ServerInvalidations`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(tabs: cache_browser::CrossTabInvalidation<String, String>) -> cache_core::Result<()> {
+    /// tabs.clear_tiers(&[0, 1]).await?; // tiers 0 and 1 here, the local tiers elsewhere
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`TieredCache::clear`]; the other tabs are told even then.
+    pub async fn clear_tiers(&self, tiers: &[usize]) -> Result<TierReport> {
+        let report = self.cache.only(tiers).clear().await;
+        self.post(KIND_CLEAR, "")?;
+        report
+    }
+
     fn post(&self, kind: &str, key: &str) -> Result<()> {
         let msg = Object::new();
         let put =
@@ -187,7 +212,9 @@ fn parse(data: &JsValue) -> Option<(String, String)> {
         return None;
     }
     let kind = get("kind")?;
-    (kind == KIND_KEY || kind == KIND_PREFIX).then_some(())?;
+    [KIND_KEY, KIND_PREFIX, KIND_CLEAR]
+        .contains(&kind.as_str())
+        .then_some(())?;
     Some((kind, get("key")?))
 }
 

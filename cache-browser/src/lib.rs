@@ -23,6 +23,9 @@
 //!   service worker (it finds `caches` on `globalThis`).
 //! - `CrossTabInvalidation`: `invalidate(key)` in one tab drops the key from the
 //!   memory tier of every other tab of the origin, over `BroadcastChannel`.
+//! - `ServerInvalidations`: invalidations pushed by the server as server-sent
+//!   events (`EventSource`), applied to the page's tiers (and, as the page chooses, forwarded to the
+//!   other tabs); after a gap in the stream, the URL tiers are emptied.
 //! - `ProfilePictures`: the preset chain memory → LocalStorage (URL, 45 min) →
 //!   IndexedDB (bytes, 7 days) → Cache API (response, 7 days) → network, giving an
 //!   `<img>` source and the tier that served it; `watch` and `peek` per key,
@@ -101,6 +104,10 @@ pub use tags::LocalStorageTagStore;
 mod cross_tab;
 #[cfg(target_family = "wasm")]
 pub use cross_tab::CrossTabInvalidation;
+#[cfg(target_family = "wasm")]
+mod server_events;
+#[cfg(target_family = "wasm")]
+pub use server_events::{ServerInvalidationStats, ServerInvalidations, ServerInvalidationsBuilder};
 #[cfg(target_family = "wasm")]
 mod profile;
 #[cfg(target_family = "wasm")]

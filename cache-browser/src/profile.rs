@@ -580,6 +580,29 @@ impl ProfilePictures {
         result
     }
 
+    /// Like [`ProfilePictures::invalidate`] but in this tab only: every tier
+    /// here (the shared ones included), its object URL and watchers; the
+    /// other tabs are not told. For an invalidation every tab hears anyway
+    /// (each tab's own [`crate::ServerInvalidations`] stream): telling them
+    /// too would invalidate each key twice per tab, and the second time could
+    /// cancel the fills of the reload the first one started.
+    ///
+    /// ```no_run
+    /// # async fn demo(pictures: cache_browser::ProfilePictures) -> cache_core::Result<()> {
+    /// pictures.invalidate_here("42").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`TieredCache::invalidate`] (the watchers are woken even then).
+    pub async fn invalidate_here(&self, key: &str) -> Result<()> {
+        self.shared.revoke(key);
+        let result = self.cache.invalidate(&key.to_owned()).await.map(|_| ());
+        self.shared.notify(key);
+        result
+    }
+
     /// Drops `key` from the tiers that hold only its URL (memory, LocalStorage)
     /// when that URL no longer loads (it expired, or the browser is offline), so
     /// the next [`ProfilePictures::get`] answers from the bytes kept in
@@ -590,18 +613,46 @@ impl ProfilePictures {
     /// As [`TieredCache::invalidate`].
     pub async fn forget_url(&self, key: &str) -> Result<()> {
         self.shared.revoke(key);
-        let url_tiers: Vec<usize> = self
-            .tier_names()
+        self.cache
+            .only(&self.url_tiers())
+            .invalidate(&key.to_owned())
+            .await
+            .map(|_| ())
+    }
+
+    /// The tiers that decide which picture version is shown, by URL: memory
+    /// and LocalStorage.
+    fn url_tiers(&self) -> Vec<usize> {
+        self.tier_names()
             .iter()
             .enumerate()
             .filter(|(_, n)| **n == "memory" || **n == "local_storage")
             .map(|(i, _)| i)
-            .collect();
-        self.cache
-            .only(&url_tiers)
-            .invalidate(&key.to_owned())
-            .await
-            .map(|_| ())
+            .collect()
+    }
+
+    /// Empties the URL tiers (memory, LocalStorage) here and, with
+    /// [`ProfilePicturesBuilder::cross_tab`], the memory tier of every other
+    /// tab: what a page does when the server says invalidations may have been
+    /// missed (see [`crate::ServerInvalidations`]). The next
+    /// [`ProfilePictures::get`] of each key reads the byte tiers or the
+    /// network. Watchers are not woken (nothing is known to have changed).
+    ///
+    /// ```no_run
+    /// # async fn demo(pictures: cache_browser::ProfilePictures) -> cache_core::Result<()> {
+    /// pictures.drop_url_tiers().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`TieredCache::clear`].
+    pub async fn drop_url_tiers(&self) -> Result<()> {
+        let tiers = self.url_tiers();
+        match &self.tabs {
+            Some(tabs) => tabs.clear_tiers(&tiers).await.map(|_| ()),
+            None => self.cache.only(&tiers).clear().await.map(|_| ()),
+        }
     }
 
     /// Calls `on_invalidated` whenever `key` is invalidated here or, with

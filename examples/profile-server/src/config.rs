@@ -9,6 +9,8 @@ use cache_core::{Clock, SystemClock};
 
 use presign::{Credentials, S3Config};
 
+use crate::EventsConfig;
+
 /// The server's settings.
 ///
 /// ```
@@ -47,6 +49,9 @@ pub struct Config {
     /// lists the user's versions and signs afresh: the baseline the HTTP
     /// benchmark compares the cached server with.
     pub url_cache: bool,
+    /// The avatar-change stream `GET /api/events`: replay length, per-client
+    /// backlog, keep-alive and retry hint.
+    pub events: EventsConfig,
 }
 
 /// Request deadlines. A client that stalls past one loses its connection, so
@@ -110,6 +115,7 @@ impl Config {
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             clock: Arc::new(SystemClock),
             url_cache: true,
+            events: EventsConfig::default(),
         }
     }
 

@@ -25,6 +25,10 @@
 //! - `GET /api/s3/requests` → `200 {"get_object": n, "put_object": n}`: the
 //!   object requests the embedded S3 has received since start (404 with
 //!   external S3 settings).
+//! - `GET /api/events` → `text/event-stream`: every avatar change, by an
+//!   upload through this instance or (over the invalidation bus) any other,
+//!   as `event: avatar` / `data: {"user":"42"}`; `event: reset` when changes
+//!   may have been missed; `Last-Event-ID` resumes (see [`EventsConfig`]).
 //! - `GET /healthz` → `200 ok`.
 //! - Errors: `{"error": "..."}` with 400 (invalid id), 404 (unknown user), 413
 //!   (upload too big), 415 (not an image), 408 (the body or the whole request
@@ -44,6 +48,7 @@
 
 pub mod avatar;
 mod config;
+mod events;
 mod s3_front;
 
 use std::collections::BTreeMap;
@@ -62,7 +67,7 @@ use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use cache_core::{BoxError, Clock, ConcurrentTier, Tier};
 use cache_monitor::Monitor;
-use cache_server::{InvalidationBus, MokaTier, RedisTier};
+use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier};
 use futures_util::{StreamExt, TryStreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -79,7 +84,10 @@ pub use config::{
     Config, Limits, DEFAULT_MAX_UPLOAD, DEFAULT_REDIS_TIMEOUT, DEFAULT_SWEEP_INTERVAL,
     DEFAULT_USERS,
 };
+pub use events::EventsConfig;
 pub use s3_front::EmbeddedS3;
+
+use events::{Change, EventHub};
 
 /// Most ids one batch request may ask for.
 pub const MAX_BATCH: usize = 100;
@@ -104,6 +112,53 @@ struct AppState {
     clock: Arc<dyn Clock>,
     web_dir: Option<std::path::PathBuf>,
     embedded_s3: Option<EmbeddedS3>,
+    events: Arc<EventHub>,
+    /// Feeds `events` with the invalidations other instances send over the
+    /// bus (none without Redis).
+    _bus_events: Option<AbortOnDrop>,
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Publishes every invalidation another instance sent (applied here) as an
+/// event: a user id as `avatar`, anything wider, a resync flush or missed
+/// messages as `reset`.
+fn forward_bus_events(urls: &PresignedUrls, events: &Arc<EventHub>) -> Option<AbortOnDrop> {
+    let mut applied = urls.synced()?.applied();
+    let events = events.clone();
+    Some(AbortOnDrop(tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let change = match applied.recv().await {
+                Ok(Invalidation::Key(user)) => Change::Avatar(user),
+                Ok(Invalidation::Prefix(prefix)) => {
+                    Change::Reset(format!("every user id starting with {prefix:?} changed"))
+                }
+                Ok(Invalidation::Clear) => {
+                    Change::Reset("the invalidation bus resynchronised".to_owned())
+                }
+                // Any number of users: the pages drop their URL tiers.
+                Ok(Invalidation::Tag { tag, .. }) => {
+                    Change::Reset(format!("every entry tagged {tag:?} changed"))
+                }
+                Ok(other) => Change::Reset(format!(
+                    "an invalidation this stream cannot map ({other:?})"
+                )),
+                Err(RecvError::Lagged(n)) => {
+                    Change::Reset(format!("{n} invalidations were missed"))
+                }
+                Err(RecvError::Closed) => return,
+            };
+            events.publish(change);
+        }
+    })))
 }
 
 impl fmt::Debug for App {
@@ -184,6 +239,8 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
     }
     let urls = builder.build()?;
     seed(&urls, config.users, embedded_s3.is_some()).await?;
+    let events = Arc::new(EventHub::new(config.events));
+    let bus_events = forward_bus_events(&urls, &events);
     Ok(App {
         state: Arc::new(AppState {
             urls,
@@ -194,6 +251,8 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
             clock: config.clock.clone(),
             web_dir: config.web_dir.clone(),
             embedded_s3,
+            events,
+            _bus_events: bus_events,
         }),
     })
 }
@@ -232,6 +291,7 @@ impl App {
             .route("/api/avatars", get(get_avatars))
             .route("/api/cache/report", get(report))
             .route("/api/s3/requests", get(s3_requests))
+            .route("/api/events", get(event_stream))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .route("/dashboard", get(dashboard))
@@ -301,11 +361,12 @@ impl Server {
         &self.app
     }
 
-    /// Graceful shutdown: stops accepting connections (the listener is
-    /// closed), closes idle keep-alive connections, lets requests in flight
-    /// finish (each is bounded by the request deadline), then stops the
-    /// sweeper and the embedded S3.
+    /// Graceful shutdown: ends the event streams (`/api/events`), stops
+    /// accepting connections (the listener is closed), closes idle keep-alive
+    /// connections, lets requests in flight finish (each is bounded by the
+    /// request deadline), then stops the sweeper and the embedded S3.
     pub async fn shutdown(mut self) {
+        self.app.state.events.close();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -316,6 +377,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.app.state.events.close();
         self.task.abort();
         self.sweeper.abort();
     }
@@ -696,7 +758,11 @@ async fn put_avatar(
     let mut attempt = 1;
     loop {
         match state.urls.invalidate(&user).await {
-            Ok(()) => return Ok(StatusCode::NO_CONTENT),
+            Ok(()) => {
+                // Every tier is done: open pages may now fetch the new one.
+                state.events.publish(Change::Avatar(user));
+                return Ok(StatusCode::NO_CONTENT);
+            }
             Err(_) if attempt < INVALIDATE_ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
                 attempt += 1;
@@ -730,6 +796,25 @@ async fn s3_requests(State(state): State<Arc<AppState>>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// `GET /api/events`: the avatar changes as server-sent events, resuming
+/// after `Last-Event-ID` (header, or `?last_event_id=` for a client that
+/// cannot set headers).
+async fn event_stream(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.get("last_event_id").map(String::as_str));
+    let mut response = state.events.response(last).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn healthz() -> &'static str {

@@ -16,6 +16,9 @@
 //!    pictures from the Cache API;
 //! 6. an upload in tab 1: tab 1 and a second window show the new bytes, and no
 //!    tier in either holds the old picture;
+//!    Then another client (plain HTTP from this test) uploads a picture for
+//!    another friend: both open windows show it without a reload, through
+//!    the server's event stream (`/api/events`);
 //! 7. a new build (its build id written into a copy of the app): the next load
 //!    runs it, and its service worker replaces the old build's shell cache.
 //!
@@ -285,6 +288,44 @@ impl Session {
             )
             .await;
         bytes_of(&value).unwrap_or_else(|| panic!("cannot read user {user}'s image: {value}"))
+    }
+
+    /// Waits until the `<img>` of `user` in the friend list shows `expected`
+    /// (read from its src; a read that fails because a newer draw revoked
+    /// the `blob:` URL is tried again).
+    async fn wait_for_image(&self, what: &str, user: &str, expected: &[u8]) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let value = self
+                .script_async(
+                    "const [user, done] = arguments;
+                     const img = document.querySelector(
+                       `#friends cached-profile-picture[user-id=\"${user}\"] img`);
+                     fetch(img.src).then(r => r.arrayBuffer())
+                       .then(b => done(Array.from(new Uint8Array(b))))
+                       .catch(e => done('error: ' + e));",
+                    json!([user]),
+                )
+                .await;
+            let bytes = bytes_of(&value);
+            if bytes.as_deref() == Some(expected) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let shown =
+                    bytes.map_or_else(|| value.to_string(), |b| format!("{} bytes", b.len()));
+                panic!(
+                    "{what}: user {user}'s image never showed the expected bytes; it shows {shown}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The state of the page's live update stream (`cacheMonitor.serverEvents()`).
+    async fn server_events(&self) -> Value {
+        self.script("return cacheMonitor.serverEvents()", json!([]))
+            .await
     }
 
     /// Saves a screenshot and prints its path.
@@ -576,7 +617,21 @@ async fn assert_no_old_picture(
     old_urls: &[String],
     new: &[u8],
 ) {
-    let held = browser.peek(user).await;
+    // Another invalidation of the same upload (the server's event, another
+    // window's forward) may have emptied memory again: wait for its redraw.
+    let deadline = Instant::now() + PATIENCE;
+    let held = loop {
+        let held = browser.peek(user).await;
+        let in_memory = held
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["tier"] == "memory" && !t["url"].is_null());
+        if in_memory || Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     println!("{tab}: tiers for user {user}: {}", summarize_peek(&held));
     for t in held.as_array().unwrap() {
         assert!(t["error"].is_null(), "{tab}: {t}");
@@ -940,11 +995,10 @@ async fn journey_five_visits_then_upload_in_two_windows() {
             json!([first, tab1_renders]),
         )
         .await;
-    assert_eq!(
-        browser.image_bytes(first).await,
-        new_picture,
-        "tab 1 shows the new picture"
-    );
+    browser
+        .wait_for_image("tab 1 shows the new picture", first, &new_picture)
+        .await;
+    println!("tab 1: event stream {}", browser.server_events().await);
     assert_no_old_picture(&browser, "tab 1", first, &old_urls, &new_picture).await;
     browser.screenshot("6-upload-tab1").await;
 
@@ -956,13 +1010,102 @@ async fn journey_five_visits_then_upload_in_two_windows() {
             json!([first, renders_before]),
         )
         .await;
-    assert_eq!(
-        browser.image_bytes(first).await,
-        new_picture,
-        "the second window shows the new picture"
-    );
+    browser
+        .wait_for_image(
+            "the second window shows the new picture",
+            first,
+            &new_picture,
+        )
+        .await;
     assert_no_old_picture(&browser, "window 2", first, &old_urls, &new_picture).await;
     browser.screenshot("6-upload-window2").await;
+
+    // Another client uploads through the API while both windows are open:
+    // each shows the new picture without a reload, told by the server's
+    // event stream (window 1 may also hear it from window 2's forward).
+    let second = &users[1];
+    let second_id: u64 = second.parse().unwrap();
+    let mut before: Vec<(Value, String, u64)> = Vec::new();
+    let mut old_urls: Vec<String> = Vec::new();
+    for handle in [&tab1, &tab2] {
+        browser.cmd("/window", json!({ "handle": handle })).await;
+        browser
+            .wait_for(
+                "the page's event stream to be open",
+                "const s = cacheMonitor.serverEvents();
+                 return !!s && s.open && s.last_event_id !== null;",
+                json!([]),
+            )
+            .await;
+        // Gone after a reload: proves there was none.
+        browser
+            .script("window.__journeyNoReload = 'still here'", json!([]))
+            .await;
+        let src = browser.pictures().await[second]["src"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let renders = browser.report().await["pictures"][second]["renders"]
+            .as_u64()
+            .unwrap_or(0);
+        old_urls.extend(
+            browser
+                .peek(second)
+                .await
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t["url"].as_str().map(str::to_owned)),
+        );
+        before.push((handle.clone(), src, renders));
+    }
+    assert!(!old_urls.is_empty(), "the tiers held user {second} before");
+    let other_picture = generate_png(2_000_000 + second_id, 64);
+    let (status, body) = support::put(
+        &support::client(),
+        &format!("{origin}/api/users/{second}/avatar"),
+        other_picture.clone(),
+        "image/png",
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{body}");
+    for (n, (handle, src, renders)) in before.iter().enumerate() {
+        let tab = format!("window {}", n + 1);
+        browser.cmd("/window", json!({ "handle": handle })).await;
+        browser
+            .wait_for(
+                &format!("{tab} to draw user {second}'s picture uploaded by another client"),
+                drawn_again,
+                json!([second, renders]),
+            )
+            .await;
+        browser
+            .wait_for_image(
+                &format!("{tab} shows the picture another client uploaded"),
+                second,
+                &other_picture,
+            )
+            .await;
+        let marker = browser
+            .script("return window.__journeyNoReload || null", json!([]))
+            .await;
+        assert_eq!(marker, "still here", "{tab} was reloaded");
+        let now = browser.pictures().await[second]["src"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(&now, src, "{tab}: the element shows a new image URL");
+        assert_no_old_picture(&browser, &tab, second, &old_urls, &other_picture).await;
+        let events = browser.server_events().await;
+        println!("{tab}: event stream {events}");
+        assert!(
+            events["invalidations"].as_u64().unwrap() >= 1,
+            "{tab}: {events}"
+        );
+        browser
+            .screenshot(&format!("6-upload-by-another-client-window{}", n + 1))
+            .await;
+    }
 
     // 7. A new build is deployed: the next load runs it, and its service
     // worker takes over at once and deletes the old build's shell cache.

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cache_browser::{Picture, ProfilePictures, BYTES_TTL};
+use cache_browser::{Picture, ProfilePictures, ServerInvalidations, BYTES_TTL};
 use cache_core::{BoxError, Clock, Entry, SystemClock, Timestamp};
 use cache_monitor::Monitor;
 use js_sys::{Reflect, Uint8Array};
@@ -23,6 +23,8 @@ use crate::{element, monitor};
 pub(crate) const NAMESPACE: &str = "profile-pictures";
 /// BroadcastChannel for cross-tab invalidation.
 const CHANNEL: &str = "profile-pictures-invalidate";
+/// The server's avatar changes, as server-sent events.
+const EVENTS: &str = "/api/events";
 /// How many users the server seeds, and how many of them are friends.
 const USERS: u64 = 200;
 const FRIENDS: u64 = 50;
@@ -37,6 +39,9 @@ pub(crate) struct App {
     pub(crate) document: Document,
     pub(crate) clock_offset: Duration,
     pub(crate) records: RefCell<monitor::Records>,
+    /// The server's avatar changes (uploads by anyone, on any instance);
+    /// `None` when the browser has no `EventSource`.
+    pub(crate) events: Option<ServerInvalidations>,
 }
 
 thread_local! {
@@ -204,8 +209,16 @@ async fn upload(app: Rc<App>) -> Result<String, BoxError> {
         return Err(format!("upload refused: {message}").into());
     }
     // Every tier here, then the other tabs' memory tiers; every element showing
-    // the user (here and there) resolves it again, from the network.
-    app.pictures.invalidate(&user).await?;
+    // the user (here and there) resolves it again, from the network. With the
+    // server's event stream open, its `avatar` event (sent before the 204)
+    // does that: invalidating here too would only redraw every element twice.
+    if !app
+        .events
+        .as_ref()
+        .is_some_and(ServerInvalidations::is_open)
+    {
+        app.pictures.invalidate(&user).await?;
+    }
     Ok(user)
 }
 
@@ -290,12 +303,25 @@ pub async fn start() -> Result<(), JsValue> {
             input.set_max(&USERS.to_string());
         }
     }
+    let pictures = Rc::new(pictures);
+    // An avatar event invalidates the user in every tier here and in the
+    // other tabs, and every element showing the user draws it again; a gap
+    // in the stream empties the URL tiers.
+    let events = ServerInvalidations::builder()
+        .key_event("avatar", "user")
+        .pictures(&pictures)
+        .connect(EVENTS)
+        .map_err(|e| {
+            web_sys::console::warn_1(&format!("no live avatar updates: {e}").into());
+        })
+        .ok();
     let app = Rc::new(App {
-        pictures: Rc::new(pictures),
+        pictures,
         monitor,
         document: document.clone(),
         clock_offset,
         records: RefCell::new(monitor::Records::default()),
+        events,
     });
     APP.with(|a| *a.borrow_mut() = Some(app.clone()));
     if let Some(form) = by_id(&document, "upload") {

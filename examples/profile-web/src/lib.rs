@@ -16,11 +16,17 @@
 //! - an upload form that replaces a picture and invalidates it in every tier
 //!   here and, over a `BroadcastChannel`, in every other tab, whose elements
 //!   draw it again;
+//! - live updates: cache-browser's `ServerInvalidations` on the server's
+//!   `GET /api/events`, so a picture uploaded by anyone (another client,
+//!   another server instance) is invalidated here and in every tab, and its
+//!   elements draw it again without a reload; a gap in the stream empties the
+//!   URL tiers;
 //! - an in-page monitor (button or `m`): per tier hits, hit rate, average time
 //!   and bytes saved, and an SVG chart of lookup latency per tier over time;
 //! - a console API: `cacheMonitor.report()` (returns the report and prints a
 //!   table), `cacheMonitor.reset()`, `cacheMonitor.peek(id)` (what each tier
-//!   holds for a user) and `cacheMonitor.toggle()`;
+//!   holds for a user), `cacheMonitor.toggle()` and
+//!   `cacheMonitor.serverEvents()` (the live update stream's state);
 //! - a test hook: `?clock-offset-min=N` runs the page's clock N minutes ahead.
 //!
 //! `sw.js` keeps the app shell per build and answers `/pictures/{id}` from the

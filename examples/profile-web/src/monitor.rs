@@ -458,6 +458,24 @@ fn peek(app: Rc<App>, user: String) -> Promise {
 }
 
 /// The toggle button, the `m` key, and `window.cacheMonitor`.
+/// `cacheMonitor.serverEvents()`: the live update stream's state.
+fn server_events(app: &App) -> JsValue {
+    let Some(events) = &app.events else {
+        return JsValue::NULL;
+    };
+    let stats = events.stats();
+    let state = serde_json::json!({
+        "open": events.is_open(),
+        "last_event_id": events.last_event_id(),
+        "opened": stats.opened,
+        "invalidations": stats.invalidations,
+        "resets": stats.resets,
+        "gaps": stats.gaps,
+        "malformed": stats.malformed,
+    });
+    js_sys::JSON::parse(&state.to_string()).unwrap_or(JsValue::NULL)
+}
+
 pub(crate) fn install(app: &Rc<App>) -> Result<(), JsValue> {
     let window = web_sys::window().ok_or("no window")?;
     if let Some(button) = by_id(&app.document, "monitor-toggle") {
@@ -514,6 +532,10 @@ pub(crate) fn install(app: &Rc<App>) -> Result<(), JsValue> {
     Reflect::set(&api, &"reset".into(), reset_fn.as_ref())?;
     Reflect::set(&api, &"peek".into(), peek_fn.as_ref())?;
     Reflect::set(&api, &"toggle".into(), toggle_fn.as_ref())?;
+    let a = app.clone();
+    let events_fn = Closure::<dyn Fn() -> JsValue>::new(move || server_events(&a));
+    Reflect::set(&api, &"serverEvents".into(), events_fn.as_ref())?;
+    events_fn.forget();
     report_fn.forget();
     reset_fn.forget();
     peek_fn.forget();
