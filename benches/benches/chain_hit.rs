@@ -12,6 +12,11 @@
 //! (each round does 2,000 reads of every side in turn, median per hit, ratios
 //! taken within a round), which is what the printed table and
 //! `bench-results/chain.json` report.
+//!
+//! Then the table `chain_when_off` (issue 13: refresh-ahead, jitter and tags
+//! cost a tier-0 hit nothing measurable when off): the tier-0 hit of a plain
+//! chain against the same chain with refresh-ahead configured but not due and
+//! with `Tier::ttl_jitter`, interleaved the same way. Goal: ≤ 1.05×.
 
 use benches::results::{interleave, ns_per_op, rounds, Goal, SuiteResults};
 use benches::{criterion, fill, keys, memory_tier, ready, KEYS};
@@ -19,7 +24,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{CacheLayer, Clock, ConcurrentTier, MemoryTier, SystemClock, Tier, TieredCache};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cache_core::{
+    loader_fn, BoxError, BoxFuture, CacheLayer, Clock, ConcurrentTier, Entry, MemoryTier,
+    SystemClock, Tier, TieredCache,
+};
 use cache_monitor::Monitor;
 use cache_server::MokaTier;
 use criterion::{criterion_group, Criterion, Throughput};
@@ -181,6 +191,114 @@ fn measure_tier<T: CacheLayer<String, String> + 'static>(
     assert_eq!(report.hits, report.requests, "every read is a tier-0 hit");
 }
 
+/// A feature that must cost a tier-0 hit nothing when it is off (or on but
+/// idle), as a variant of the chain built around the same tier 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// No feature: the baseline.
+    Plain,
+    /// `refresh_ahead` with a 10 s window; every entry lives an hour, so no
+    /// hit is due and each only pays the check.
+    RefreshAheadNotDue,
+    /// `Tier::ttl_jitter(0.1)` on tier 0 (it only changes writes).
+    TtlJitter,
+    // Slot for issue 13's third feature, tags (not built yet): add `Tags`
+    // here, its arm in `off_chain`, and it joins `VARIANTS` and the table.
+}
+
+/// The variants measured against [`Variant::Plain`], with their row names.
+const VARIANTS: &[(Variant, &str)] = &[
+    (
+        Variant::RefreshAheadNotDue,
+        "refresh-ahead on, not due (10 s window, entries 1 h from expiry)",
+    ),
+    (Variant::TtlJitter, "`ttl_jitter(0.1)` on tier 0"),
+];
+
+/// A chain whose tier 0 is `tier` in `variant`, with an origin that is never
+/// called (refresh-ahead needs one; every variant has it, so it is not what
+/// differs) and a second, empty tier. `spawned` counts refreshes started.
+fn off_chain<T: CacheLayer<String, String> + 'static>(
+    tier: T,
+    variant: Variant,
+    spawned: &Arc<AtomicUsize>,
+) -> TieredCache<String, String> {
+    let mut tier0 = Tier::new(tier).ttl(Duration::from_secs(3_600));
+    if variant == Variant::TtlJitter {
+        tier0 = tier0.ttl_jitter(0.1);
+    }
+    let builder = TieredCache::builder()
+        .tier(tier0)
+        .tier(Tier::new(MemoryTier::builder().name("l2").build()))
+        .origin(loader_fn(|_: String| async {
+            Err::<Option<Entry<String>>, BoxError>("a tier-0 hit never loads".into())
+        }));
+    match variant {
+        Variant::RefreshAheadNotDue => {
+            let spawned = spawned.clone();
+            builder
+                .refresh_ahead(
+                    Duration::from_secs(10),
+                    move |_task: BoxFuture<'static, ()>| {
+                        spawned.fetch_add(1, Ordering::Relaxed);
+                    },
+                )
+                .build()
+        }
+        Variant::Plain | Variant::TtlJitter => builder.build(),
+    }
+}
+
+/// The `chain_when_off` rows of one tier-0 type: each of [`VARIANTS`] against
+/// the plain chain, interleaved.
+fn measure_off<T: CacheLayer<String, String> + 'static>(
+    results: &mut SuiteResults,
+    label: &str,
+    make: impl Fn(&[String]) -> T,
+) {
+    let keys = keys();
+    let spawned = Arc::new(AtomicUsize::new(0));
+    let chains: Vec<TieredCache<String, String>> = std::iter::once(Variant::Plain)
+        .chain(VARIANTS.iter().map(|(v, _)| *v))
+        .map(|v| off_chain(make(&keys), v, &spawned))
+        .collect();
+    let key = |round: usize, i: usize| &keys[(round * PER_ROUND + i) % KEYS];
+    let mut sides: Vec<Box<dyn FnMut(usize) -> f64 + '_>> = chains
+        .iter()
+        .map(|chain| {
+            Box::new(move |r: usize| {
+                ns_per_op(PER_ROUND, |i| {
+                    black_box(chain_hit_once(chain, black_box(key(r, i))));
+                })
+            }) as Box<dyn FnMut(usize) -> f64>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut(usize) -> f64> = sides
+        .iter_mut()
+        .map(|s| &mut **s as &mut dyn FnMut(usize) -> f64)
+        .collect();
+    let m = interleave(rounds(301), &mut refs);
+    let plain = format!("chain hit, tier 0 = `{label}`, plain (origin, nothing else)");
+    for (side, (_, name)) in VARIANTS.iter().enumerate() {
+        results.push(
+            m.row(
+                side + 1,
+                &format!("chain hit, tier 0 = `{label}`, {name}"),
+                0,
+                &plain,
+                "ns",
+            )
+            .goal(Goal::AtMost(1.05))
+            .in_table("chain_when_off"),
+        );
+    }
+    assert_eq!(
+        spawned.load(Ordering::Relaxed),
+        0,
+        "a hit far from expiry started a refresh"
+    );
+}
+
 fn interleaved() {
     let mut results = SuiteResults::new(
         "chain",
@@ -192,6 +310,17 @@ fn interleaved() {
     measure_tier(&mut results, "MemoryTier", memory_tier);
     measure_tier(&mut results, "MokaTier", moka_tier);
     measure_tier(&mut results, "ConcurrentTier", |k| {
+        fill(ConcurrentTier::builder().max_entries(2 * KEYS).build(), k)
+    });
+    results.table_method(
+        "chain_when_off",
+        format!(
+            "interleaved: {} rounds × {PER_ROUND} hits per side (plain and every variant in turn), 1,000 keys, median ns per hit, ratio = median of per-round ratios",
+            rounds(301)
+        ),
+    );
+    measure_off(&mut results, "MemoryTier", memory_tier);
+    measure_off(&mut results, "ConcurrentTier", |k| {
         fill(ConcurrentTier::builder().max_entries(2 * KEYS).build(), k)
     });
     results.finish();

@@ -17,6 +17,12 @@
 //!   and then `SET .. PXAT`) against a raw fred `SET .. PXAT` of the same
 //!   bytes to the same key.
 //!
+//! - `redis_compression` (its own table; issue 13): `RedisTier` with
+//!   `compress_above(1024)` against the same tier without it, for a 20 KB
+//!   JSON-like value and 20 KB of random bytes: `get` and `put` latency
+//!   (interleaved in rounds, no criterion group) and the bytes Redis holds
+//!   (`STRLEN`).
+//!
 //! After the `redis_get*` groups, the same reads run interleaved in rounds
 //! against the raw `GET` of each round (see `interleaved`), which holds up on a
 //! machine whose load drifts between criterion's groups; after `redis_fill`,
@@ -27,12 +33,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cache_core::{
-    CacheLayer, Clock, Entry, Fence, Fill, Stamp, SystemClock, Tier, TieredCache, Unfenced,
+    BoxError, CacheLayer, Clock, Entry, Fence, Fill, Stamp, SystemClock, Tier, TieredCache,
+    Unfenced,
 };
 use cache_server::fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use cache_server::fred::prelude::{Builder, Config, Expiration};
 use cache_server::testing::RedisServer;
-use cache_server::{InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use cache_server::{Codec, InvalidationBus, MokaTier, RedisTier, SyncedCache};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use benches::criterion;
@@ -171,6 +178,7 @@ fn redis(c: &mut Criterion) {
     });
     group.finish();
     interleaved_fills(&rt, fills, &mut results);
+    compression(&rt, &server, &mut results);
 
     let mut group = c.benchmark_group("invalidation_bus");
     let (publisher, subscriber, mut raw_rx) = rt.block_on(async {
@@ -508,6 +516,280 @@ fn interleaved(rt: &tokio::runtime::Runtime, reads: &Reads<'_>, results: &mut Su
         "µs",
     ));
     results.push(m.row(2, "raw fred `MGET` of 50 keys (reference)", 0, get, "µs"));
+}
+
+/// The compression rows' value: bytes, stored as they are by [`RawBytes`].
+#[derive(Clone, Debug)]
+struct Blob(Bytes);
+
+// `RedisTierBuilder`'s methods, `codec` included, need the builder's codec to
+// handle the value, and a builder starts with `MsgPackCodec`: so the value
+// must be serde to reach `.codec(RawBytes)`. These impls only meet that bound;
+// MessagePack never runs here.
+impl serde::Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <Vec<u8> as serde::Deserialize>::deserialize(d).map(|v| Blob(v.into()))
+    }
+}
+
+/// Stores a [`Blob`]'s bytes as they are, so the compression rows compare LZ4
+/// against no LZ4 with no serialization cost on either side.
+#[derive(Clone, Copy, Debug)]
+struct RawBytes;
+
+impl Codec<Blob> for RawBytes {
+    fn encode_into(&self, value: &Blob, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        out.extend_from_slice(&value.0);
+        Ok(())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Blob, BoxError> {
+        Ok(Blob(Bytes::copy_from_slice(bytes)))
+    }
+}
+
+/// The size of the compression rows' values.
+const LARGE: usize = 20 * 1024;
+/// Keys per value kind the compression rows read (and, apart, write).
+const LARGE_KEYS: usize = 50;
+/// Interleaved rounds of the compression rows (a fifth in a quick run): more
+/// than the other reads, as a 20 KB round trip varies more and a round of
+/// eight sides costs only about 25 ms.
+const COMPRESSION_ROUNDS: usize = 101;
+
+/// A deterministic pseudo-random sequence (splitmix64).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+}
+
+/// `LARGE` bytes of JSON as an API caches it: a list of user records with
+/// varied ids, names, counts and dates, and the field names repeated.
+fn json_like() -> Bytes {
+    const FIRST: &[&str] = &[
+        "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim",
+    ];
+    const LAST: &[&str] = &[
+        "Lovelace",
+        "Hopper",
+        "Turing",
+        "Dijkstra",
+        "Liskov",
+        "Knuth",
+        "Allen",
+        "Thompson",
+        "Perlman",
+        "Berners-Lee",
+    ];
+    const CITY: &[&str] = &["Lyon", "Oslo", "Porto", "Kyoto", "Quito", "Perth", "Accra"];
+    let mut rng = SplitMix(42);
+    let mut out = String::from("[");
+    while out.len() < LARGE - 400 {
+        let id = 10_000 + rng.next() % 90_000;
+        let (first, last) = (rng.pick(FIRST), rng.pick(LAST));
+        out.push_str(&format!(
+            r#"{{"id":{id},"name":"{first} {last}","email":"{}.{}{}@example.com","avatar":"https://img.example/avatars/{id}.png?v={}","city":"{}","followers":{},"verified":{},"created_at":"2026-{:02}-{:02}T{:02}:{:02}:{:02}Z"}},"#,
+            first.to_lowercase(),
+            last.to_lowercase(),
+            rng.next() % 100,
+            rng.next() % 9 + 1,
+            rng.pick(CITY),
+            rng.next() % 5_000,
+            rng.next() & 1 == 0,
+            rng.next() % 12 + 1,
+            rng.next() % 28 + 1,
+            rng.next() % 24,
+            rng.next() % 60,
+            rng.next() % 60,
+        ));
+    }
+    out.pop();
+    out.push(']');
+    while out.len() < LARGE {
+        out.push(' ');
+    }
+    Bytes::from(out)
+}
+
+/// `LARGE` random bytes: nothing for LZ4 to find.
+fn random_bytes() -> Bytes {
+    let mut rng = SplitMix(7);
+    (0..LARGE / 8)
+        .flat_map(|_| rng.next().to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A byte-copy `RedisTier` in `namespace`, compressing above 1 KiB when asked.
+async fn large_tier(
+    server: &RedisServer,
+    namespace: &str,
+    compress: bool,
+) -> RedisTier<Blob, RawBytes> {
+    let builder = RedisTier::<Blob>::builder()
+        .url(server.url())
+        .namespace(namespace)
+        .pool_size(1);
+    let builder = if compress {
+        builder.compress_above(1024)
+    } else {
+        builder
+    };
+    builder.codec(RawBytes).build().await.expect("connect")
+}
+
+/// Issue 13's compression comparison: the same 20 KB value through a tier that
+/// compresses above 1 KiB and one that does not, for a JSON-like and a random
+/// value: `get` and `put` interleaved in rounds, and the bytes Redis holds.
+fn compression(rt: &tokio::runtime::Runtime, server: &RedisServer, results: &mut SuiteResults) {
+    const TABLE: &str = "redis_compression";
+    let (plain, lz4) = rt.block_on(async {
+        (
+            large_tier(server, "large-plain", false).await,
+            large_tier(server, "large-lz4", true).await,
+        )
+    });
+    let kinds = [
+        ("JSON-like text", json_like()),
+        ("random bytes", random_bytes()),
+    ];
+    let entry = |value: &Bytes| {
+        Entry::expiring_in(
+            Blob(value.clone()),
+            SystemClock.now(),
+            Duration::from_secs(3_600),
+        )
+    };
+    let read_key = |kind: usize, n: usize| format!("read:{kind}:{}", n % LARGE_KEYS);
+    let write_key = |kind: usize, n: usize| format!("write:{kind}:{}", n % LARGE_KEYS);
+    rt.block_on(async {
+        for (kind, (_, value)) in kinds.iter().enumerate() {
+            for n in 0..LARGE_KEYS {
+                for tier in [&plain, &lz4] {
+                    tier.put(&read_key(kind, n), entry(value))
+                        .await
+                        .expect("put");
+                }
+            }
+        }
+    });
+    // Side 0 is the uncompressed tier, 1 the compressing one.
+    let tiers = [&plain, &lz4];
+    let get = |tier: usize, kind: usize, n: usize| {
+        let (tier, key) = (tiers[tier], read_key(kind, n));
+        let expected = kinds[kind].1.len();
+        async move {
+            let hit = CacheLayer::<String, Blob>::get(tier, black_box(&key))
+                .await
+                .expect("get")
+                .expect("present");
+            assert_eq!(hit.value.0.len(), expected);
+            black_box(hit);
+        }
+    };
+    let put = |tier: usize, kind: usize, n: usize| {
+        let (tier, key, entry) = (tiers[tier], write_key(kind, n), entry(&kinds[kind].1));
+        async move {
+            tier.put(black_box(&key), entry).await.expect("put");
+        }
+    };
+    let at = |r: usize, n: usize| r * PER_ROUND + n;
+    let m = interleave(
+        rounds(COMPRESSION_ROUNDS),
+        &mut [
+            &mut |r| timed(rt, r, |r, n| get(0, 0, at(r, n))),
+            &mut |r| timed(rt, r, |r, n| get(1, 0, at(r, n))),
+            &mut |r| timed(rt, r, |r, n| put(0, 0, at(r, n))),
+            &mut |r| timed(rt, r, |r, n| put(1, 0, at(r, n))),
+            &mut |r| timed(rt, r, |r, n| get(0, 1, at(r, n))),
+            &mut |r| timed(rt, r, |r, n| get(1, 1, at(r, n))),
+            &mut |r| timed(rt, r, |r, n| put(0, 1, at(r, n))),
+            &mut |r| timed(rt, r, |r, n| put(1, 1, at(r, n))),
+        ],
+    );
+    for (kind, (label, value)) in kinds.iter().enumerate() {
+        let (stored_plain, stored_lz4) = rt.block_on(async {
+            let strlen = |tier: &RedisTier<Blob, RawBytes>| {
+                let rkey = tier.redis_key(&read_key(kind, 0)).expect("key");
+                let pool = tier.pool().clone();
+                async move { pool.strlen::<u64, _>(rkey).await.expect("strlen") }
+            };
+            (strlen(&plain).await, strlen(&lz4).await)
+        });
+        assert!(stored_plain > value.len() as u64, "the envelope is missing");
+        if kind == 0 {
+            assert!(stored_lz4 < stored_plain, "JSON was not compressed");
+        } else {
+            assert_eq!(
+                stored_lz4, stored_plain,
+                "random bytes were stored compressed"
+            );
+        }
+        let side = 4 * kind;
+        let what = format!("{label}, {} KB", LARGE / 1024);
+        let goal = |g: Goal| if kind == 0 { Some(g) } else { None };
+        let rows = [
+            (
+                m.row(
+                    side + 1,
+                    &format!("`get`, {what}, `compress_above(1024)`"),
+                    side,
+                    &format!("`get`, {what}, uncompressed"),
+                    "µs",
+                ),
+                goal(Goal::AtMost(1.2)),
+            ),
+            (
+                m.row(
+                    side + 3,
+                    &format!("`put`, {what}, `compress_above(1024)`"),
+                    side + 2,
+                    &format!("`put`, {what}, uncompressed"),
+                    "µs",
+                ),
+                goal(Goal::AtMost(1.5)),
+            ),
+            (
+                Row::new(
+                    format!("bytes in Redis (`STRLEN`), {what}, `compress_above(1024)`"),
+                    stored_lz4 as f64,
+                    "B",
+                    format!("bytes in Redis (`STRLEN`), {what}, uncompressed"),
+                    stored_plain as f64,
+                    stored_lz4 as f64 / stored_plain as f64,
+                ),
+                goal(Goal::AtMost(0.5)),
+            ),
+        ];
+        for (mut row, goal) in rows {
+            row.goal = goal;
+            results.push(row.in_table(TABLE));
+        }
+    }
+    results.table_method(
+        TABLE,
+        format!(
+            "redis-server on loopback, one fred connection per tier, current-thread runtime, byte-copy codec, {LARGE} B values ({LARGE_KEYS} keys per kind); interleaved: {} rounds × {PER_ROUND} calls per side, median µs, ratio = median of per-round ratios; bytes: `STRLEN` of one key",
+            rounds(COMPRESSION_ROUNDS)
+        ),
+    );
 }
 
 criterion_group! {

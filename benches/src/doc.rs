@@ -18,6 +18,11 @@ pub struct Suite {
     pub bench: Option<&'static str>,
     /// What the suite measures (the issue's wording, short).
     pub what: &'static str,
+    /// Its extra tables, each a BENCHMARKS.md block of its own
+    /// (`<!-- bench:TABLE -->`), filled from the rows marked
+    /// [`Row::in_table`](crate::results::Row::in_table); the suite's other
+    /// rows go to the block named after the suite.
+    pub tables: &'static [&'static str],
 }
 
 /// Every suite of issue 12, in the order BENCHMARKS.md shows them.
@@ -25,42 +30,50 @@ pub const SUITES: &[Suite] = &[
     Suite {
         name: "chain",
         bench: Some("chain_hit"),
-        what: "chain overhead: tier-0 hit vs direct get, memory and moka tiers, observer off and monitor on",
+        what: "chain overhead: tier-0 hit vs direct get, memory and moka tiers, observer off and monitor on; refresh-ahead and jitter configured but idle vs a plain chain",
+        tables: &["chain_when_off"],
     },
     Suite {
         name: "peers",
         bench: Some("peers"),
         what: "the in-process hit, one and two threads, and memory per entry, beside quick_cache, moka and Mutex<HashMap>",
+        tables: &[],
     },
     Suite {
         name: "redis",
         bench: Some("redis_tier"),
-        what: "RedisTier get, get_many(50) and a fenced fill vs raw fred GET / MGET / SET",
+        what: "RedisTier get, get_many(50) and a fenced fill vs raw fred GET / MGET / SET; a 20 KB value with and without LZ4 compression",
+        tables: &["redis_compression"],
     },
     Suite {
         name: "presign",
         bench: Some("presign"),
         what: "our signer vs rusty-s3 vs object_store's signer, one URL and 50",
+        tables: &[],
     },
     Suite {
         name: "stampede",
         bench: Some("stampede"),
         what: "1,000 concurrent cold gets of one key: origin calls and total time, chain vs naive read-through",
+        tables: &[],
     },
     Suite {
         name: "friend_list",
         bench: Some("friend_list"),
         what: "50 avatar URLs through PresignedUrls (cold, Redis-warm, warm) vs 50 sequential uncached presign + store round trips",
+        tables: &[],
     },
     Suite {
         name: "http",
         bench: Some("http"),
         what: "the example server's avatar GET and batch of 50 under fixed concurrency vs its health route, warm vs signed afresh",
+        tables: &[],
     },
     Suite {
         name: "browser",
         bench: None,
         what: "the browser tiers in headless Chromium beside plain-JS baselines, and the page's 50-picture list per visit",
+        tables: &[],
     },
 ];
 
@@ -146,12 +159,18 @@ pub fn render_machine(machine: &Machine, unix: u64, quick: bool) -> String {
     )
 }
 
-/// One suite's table, with the date and method under it.
+/// One suite's main table, with the date and method under it.
 pub fn render_table(results: &SuiteResults) -> String {
+    render_rows(results, None)
+}
+
+/// The table of `results`' rows in `table` (`None`: its main table), with the
+/// date and that table's method under it.
+pub fn render_rows(results: &SuiteResults, table: Option<&str>) -> String {
     let mut out = String::from(
         "| measured | result | baseline (same run) | baseline result | ratio | goal |\n|---|---|---|---|---|---|\n",
     );
-    for r in &results.rows {
+    for r in results.rows.iter().filter(|r| r.table.as_deref() == table) {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {}× | {} |",
@@ -168,7 +187,7 @@ pub fn render_table(results: &SuiteResults) -> String {
         "\n_{}{}; {}._",
         utc(results.unix_time),
         if results.quick { ", quick run" } else { "" },
-        results.method
+        results.method_of(table)
     );
     out
 }
@@ -220,11 +239,17 @@ pub struct Generated {
 }
 
 /// Rewrites every generated block of `doc` from the results in `dir`: the
-/// `machine` block, and one table per suite of [`SUITES`]. A suite without a
-/// results file keeps its old table and is listed in [`Generated::missing`].
-/// Fails if `doc` lacks a suite's markers, or has markers of no suite.
+/// `machine` block, and each suite of [`SUITES`]'s table and extra tables. A
+/// suite without a results file keeps its old tables and is listed in
+/// [`Generated::missing`]. Fails if `doc` lacks a suite's markers, has markers
+/// of no suite, or a suite's results leave one of its tables empty or name a
+/// table it does not have.
 pub fn generate(doc: &str, dir: &Path, machine: &Machine, now: u64) -> Result<Generated, String> {
-    let known: Vec<&str> = SUITES.iter().map(|s| s.name).chain(["machine"]).collect();
+    let known: Vec<&str> = SUITES
+        .iter()
+        .flat_map(|s| std::iter::once(s.name).chain(s.tables.iter().copied()))
+        .chain(["machine"])
+        .collect();
     if let Some(stray) = markers(doc).iter().find(|m| !known.contains(&m.as_str())) {
         return Err(format!("BENCHMARKS.md has a block of no suite: `{stray}`"));
     }
@@ -237,12 +262,38 @@ pub fn generate(doc: &str, dir: &Path, machine: &Machine, now: u64) -> Result<Ge
         match SuiteResults::read_from(dir, suite.name)? {
             Some(results) => {
                 quick |= results.quick;
+                if let Some(stray) = results
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.table.as_deref())
+                    .find(|t| !suite.tables.contains(t))
+                {
+                    return Err(format!(
+                        "suite {} has a row for table `{stray}`, which is not one of its tables",
+                        suite.name
+                    ));
+                }
                 out.doc = splice(&out.doc, suite.name, &render_table(&results))?;
+                for table in suite.tables {
+                    if !results
+                        .rows
+                        .iter()
+                        .any(|r| r.table.as_deref() == Some(table))
+                    {
+                        return Err(format!(
+                            "suite {} wrote no rows for its table `{table}`",
+                            suite.name
+                        ));
+                    }
+                    out.doc = splice(&out.doc, table, &render_rows(&results, Some(table)))?;
+                }
                 out.updated.push(suite.name.to_owned());
             }
             None => {
                 // Still check that the markers are there.
-                splice(&out.doc, suite.name, "")?;
+                for name in std::iter::once(suite.name).chain(suite.tables.iter().copied()) {
+                    splice(&out.doc, name, "")?;
+                }
                 out.missing.push(suite.name.to_owned());
             }
         }
@@ -287,5 +338,19 @@ mod tests {
             "| chain \\| MemoryTier | 60.0 ns | quick_cache | 45.0 ns | 1.33× | ≤ 1.50×: met |"
         ));
         assert!(table.contains("11 rounds"));
+    }
+
+    #[test]
+    fn rows_of_an_extra_table_go_only_to_that_table_with_its_method() {
+        let mut results = SuiteResults::new("redis", "main method");
+        results.push(Row::new("main row", 1.0, "µs", "base", 1.0, 1.0));
+        results.push(Row::new("extra row", 2.0, "µs", "base", 1.0, 2.0).in_table("extra"));
+        results.table_method("extra", "extra method");
+        let main = render_table(&results);
+        assert!(main.contains("main row") && !main.contains("extra row"));
+        assert!(main.contains("main method"));
+        let extra = render_rows(&results, Some("extra"));
+        assert!(extra.contains("extra row") && !extra.contains("main row"));
+        assert!(extra.contains("extra method") && !extra.contains("main method"));
     }
 }

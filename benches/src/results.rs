@@ -3,6 +3,7 @@
 //! same-run baseline and ratio. The suites also print their rows, so a reader
 //! needs neither the JSON nor criterion's HTML.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -86,6 +87,10 @@ pub struct Row {
     /// The goal for `ratio`, if it sets one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal: Option<Goal>,
+    /// The suite's extra table this row belongs in (one of its
+    /// [`Suite::tables`](crate::doc::Suite::tables)); `None` for its main table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 impl Row {
@@ -106,6 +111,7 @@ impl Row {
             baseline_value,
             ratio,
             goal: None,
+            table: None,
         }
     }
 
@@ -113,6 +119,14 @@ impl Row {
     #[must_use]
     pub fn goal(mut self, goal: Goal) -> Self {
         self.goal = Some(goal);
+        self
+    }
+
+    /// The same row, in the suite's extra table `table` (see
+    /// [`Suite::tables`](crate::doc::Suite::tables)).
+    #[must_use]
+    pub fn in_table(mut self, table: &str) -> Self {
+        self.table = Some(table.to_owned());
         self
     }
 }
@@ -131,6 +145,10 @@ pub struct SuiteResults {
     pub method: String,
     /// The rows, in the order the table shows them.
     pub rows: Vec<Row>,
+    /// How the figures of each extra table were taken, where that differs
+    /// from [`method`](Self::method).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub table_methods: BTreeMap<String, String>,
 }
 
 impl SuiteResults {
@@ -145,7 +163,20 @@ impl SuiteResults {
             quick: quick(),
             method: method.into(),
             rows: Vec::new(),
+            table_methods: BTreeMap::new(),
         }
+    }
+
+    /// Says how the figures of the extra table `table` were taken.
+    pub fn table_method(&mut self, table: &str, method: impl Into<String>) {
+        self.table_methods.insert(table.to_owned(), method.into());
+    }
+
+    /// The method line of `table` (`None`: the main table).
+    pub fn method_of(&self, table: Option<&str>) -> &str {
+        table
+            .and_then(|t| self.table_methods.get(t))
+            .unwrap_or(&self.method)
     }
 
     /// Adds a row.
@@ -158,6 +189,9 @@ impl SuiteResults {
         let mut out = format!("== {} ({}) ==\n", self.suite, self.method);
         let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
         for r in &self.rows {
+            if let Some(table) = &r.table {
+                let _ = write!(out, "  [{table}]");
+            }
             let _ = write!(
                 out,
                 "  {:<width$}  {:>12}   vs {} {}   {}x",

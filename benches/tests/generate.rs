@@ -29,24 +29,39 @@ fn machine() -> Machine {
     }
 }
 
-/// One synthetic result file per suite, with a row named after the suite.
+/// A synthetic row named after its table.
+fn synthetic_row(table: &str) -> Row {
+    Row::new(
+        format!("synthetic row of {table}"),
+        12.5,
+        "ns",
+        "synthetic baseline",
+        10.0,
+        1.25,
+    )
+    .goal(Goal::AtMost(1.5))
+}
+
+/// One synthetic result file per suite, with a row named after the suite and
+/// one named after each of its extra tables.
 fn synthetic(dir: &Path) {
     for suite in SUITES {
         let mut results = SuiteResults::new(suite.name, "synthetic");
         results.unix_time = 1_796_013_000;
-        results.push(
-            Row::new(
-                format!("synthetic row of {}", suite.name),
-                12.5,
-                "ns",
-                "synthetic baseline",
-                10.0,
-                1.25,
-            )
-            .goal(Goal::AtMost(1.5)),
-        );
+        results.push(synthetic_row(suite.name));
+        for table in suite.tables {
+            results.push(synthetic_row(table).in_table(table));
+            results.table_method(table, format!("synthetic method of {table}"));
+        }
         results.write_to(dir).expect("write");
     }
+}
+
+/// Every table a suite fills: its own and its extra ones.
+fn tables_of(suite: &benches::doc::Suite) -> Vec<&'static str> {
+    std::iter::once(suite.name)
+        .chain(suite.tables.iter().copied())
+        .collect()
 }
 
 /// The text between a block's markers.
@@ -85,11 +100,12 @@ fn every_suite_of_the_issue_exists() {
                     manifest.contains(&format!("name = \"{bench}\"")),
                     "benches/Cargo.toml has no [[bench]] {bench}"
                 );
-                assert!(
-                    source.contains(&format!("\"{}\"", suite.name)),
-                    "{bench}.rs does not write results for suite {}",
-                    suite.name
-                );
+                for table in tables_of(suite) {
+                    assert!(
+                        source.contains(&format!("\"{table}\"")),
+                        "{bench}.rs does not write results for table {table}",
+                    );
+                }
             }
             None => {
                 assert_eq!(suite.name, "browser");
@@ -102,10 +118,22 @@ fn every_suite_of_the_issue_exists() {
     }
     let mut blocks = markers(&benchmarks_md());
     blocks.sort();
-    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut expected: Vec<String> = SUITES
+        .iter()
+        .flat_map(tables_of)
+        .map(str::to_owned)
+        .collect();
     expected.push("machine".into());
     expected.sort();
-    assert_eq!(blocks, expected, "BENCHMARKS.md has one block per suite");
+    assert_eq!(
+        blocks, expected,
+        "BENCHMARKS.md has one block per suite and extra table"
+    );
+    // Issue 13's tables: compression in the Redis suite, features that must
+    // cost a hit nothing when off in the chain suite.
+    let extra = |name: &str| SUITES.iter().find(|s| s.name == name).expect(name).tables;
+    assert_eq!(extra("redis"), ["redis_compression"]);
+    assert_eq!(extra("chain"), ["chain_when_off"]);
 }
 
 #[test]
@@ -117,16 +145,21 @@ fn the_generator_fills_every_table_of_benchmarks_md() {
     assert!(out.missing.is_empty(), "missing: {:?}", out.missing);
     assert_eq!(out.updated.len(), SUITES.len());
     for suite in SUITES {
-        let table = block(&out.doc, suite.name);
-        assert!(
-            table.contains(&format!(
-                "| synthetic row of {} | 12.5 ns | synthetic baseline | 10.0 ns | 1.25× | ≤ 1.50×: met |",
-                suite.name
-            )),
-            "{}'s table: {table}",
-            suite.name
-        );
-        assert!(table.contains("2026-11-30 04:30 UTC"));
+        for name in tables_of(suite) {
+            let table = block(&out.doc, name);
+            assert!(
+                table.contains(&format!(
+                    "| synthetic row of {name} | 12.5 ns | synthetic baseline | 10.0 ns | 1.25× | ≤ 1.50×: met |"
+                )),
+                "{name}'s table: {table}"
+            );
+            assert!(table.contains("2026-11-30 04:30 UTC"));
+            // Each table holds its own rows only.
+            assert_eq!(table.matches("| synthetic row of ").count(), 1, "{table}");
+            if name != suite.name {
+                assert!(table.contains(&format!("synthetic method of {name}")));
+            }
+        }
     }
     let machine_block = block(&out.doc, "machine");
     assert!(machine_block.contains("| cores | 2 |") && machine_block.contains("Synthetic CPU"));
@@ -147,6 +180,25 @@ fn the_generator_fills_every_table_of_benchmarks_md() {
 }
 
 #[test]
+fn a_suite_that_leaves_an_extra_table_empty_fails_the_render() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    synthetic(dir.path());
+    let mut redis = SuiteResults::read_from(dir.path(), "redis")
+        .expect("read")
+        .expect("redis.json");
+    redis.rows.retain(|r| r.table.is_none());
+    redis.write_to(dir.path()).expect("write");
+    let e = generate(&benchmarks_md(), dir.path(), &machine(), 0).expect_err("empty table");
+    assert!(e.contains("redis_compression"), "{e}");
+
+    // A row for a table the suite does not have fails too.
+    redis.push(synthetic_row("nowhere").in_table("nowhere"));
+    redis.write_to(dir.path()).expect("write");
+    let e = generate(&benchmarks_md(), dir.path(), &machine(), 0).expect_err("stray table");
+    assert!(e.contains("nowhere"), "{e}");
+}
+
+#[test]
 fn a_suite_without_results_keeps_its_old_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     synthetic(dir.path());
@@ -155,6 +207,14 @@ fn a_suite_without_results_keeps_its_old_table() {
     let out = generate(&doc, dir.path(), &machine(), 0).expect("generate");
     assert_eq!(out.missing, ["http"]);
     assert_eq!(block(&out.doc, "http"), block(&doc, "http"));
+    // Extra tables too.
+    std::fs::remove_file(dir.path().join("redis.json")).expect("remove");
+    let out = generate(&doc, dir.path(), &machine(), 0).expect("generate");
+    assert_eq!(out.missing, ["redis", "http"]);
+    assert_eq!(
+        block(&out.doc, "redis_compression"),
+        block(&doc, "redis_compression")
+    );
     assert!(generate("no markers here", dir.path(), &machine(), 0).is_err());
 }
 

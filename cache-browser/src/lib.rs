@@ -30,6 +30,8 @@
 //!   IndexedDB (bytes, 7 days) → Cache API (response, 7 days) → network, giving an
 //!   `<img>` source and the tier that served it; `watch` and `peek` per key,
 //!   and cross-tab invalidation with `.cross_tab(channel)`.
+//! - `PageSpawner`: runs the chain's background tasks (refresh-ahead, a load
+//!   outliving a soft origin timeout) on the page's event loop.
 //! - `use_profile_picture` / `ProfilePicture`: the original React hook's shape
 //!   (`url`, `loading`, `error`, `refetch`) for Rust front-ends, redrawn on
 //!   invalidation here or in another tab.
@@ -108,6 +110,10 @@ pub use cross_tab::CrossTabInvalidation;
 mod server_events;
 #[cfg(target_family = "wasm")]
 pub use server_events::{ServerInvalidationStats, ServerInvalidations, ServerInvalidationsBuilder};
+#[cfg(target_family = "wasm")]
+mod spawn;
+#[cfg(target_family = "wasm")]
+pub use spawn::PageSpawner;
 #[cfg(target_family = "wasm")]
 mod profile;
 #[cfg(target_family = "wasm")]

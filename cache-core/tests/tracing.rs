@@ -16,10 +16,13 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
+/// A span's name and its fields as last recorded.
+type Opened = (String, BTreeMap<String, String>);
+
 /// Every span opened, with its fields as last recorded.
 #[derive(Default, Clone)]
 struct Spans(
-    Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>,
+    Arc<Mutex<Vec<Opened>>>,
     Arc<AtomicU64>,
 );
 

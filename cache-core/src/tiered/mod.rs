@@ -406,9 +406,9 @@ where
         }
         let ticket = inner.fences.ticket();
         let (next, failed, stamp) = match inner.read_tier_now(0, key) {
-            Some(Read::Hit(entry)) => {
+            Some((Read::Hit(entry), now)) => {
                 if inner.refresh.is_some() {
-                    Inner::refresh_if_due(&self.inner, key, &entry);
+                    Inner::refresh_if_due(&self.inner, key, &entry, now);
                 }
                 trace::hit_now(&|| key.key_str().into_owned(), &inner.tiers[0].name);
                 return Ok(Ok(Some(Lookup {
@@ -419,9 +419,9 @@ where
                     },
                 })));
             }
-            Some(Read::Miss(stamp)) => (1, 0, Some(stamp)),
-            Some(Read::Failed) => (1, 1, None),
-            None | Some(Read::TagsUnknown(_) | Read::TagsStale) => (0, 0, None),
+            Some((Read::Miss(stamp), _)) => (1, 0, Some(stamp)),
+            Some((Read::Failed, _)) => (1, 1, None),
+            None | Some((Read::TagsUnknown(_) | Read::TagsStale, _)) => (0, 0, None),
         };
         Err(self.get_slow(key, next, failed, ticket, stamp, loader))
     }

@@ -67,13 +67,12 @@ where
                             .await;
                     }
                     // Checked at the moment of return: the fill may have waited.
-                    if entry.is_expired(inner.clock.now())
-                        && !mutation::on(Mutation::NoExpiryAtReturn)
-                    {
+                    let now = inner.clock.now();
+                    if entry.is_expired(now) && !mutation::on(Mutation::NoExpiryAtReturn) {
                         continue;
                     }
                     if inner.refresh.is_some() {
-                        Inner::refresh_if_due(&self.inner, key, &entry);
+                        Inner::refresh_if_due(&self.inner, key, &entry, now);
                     }
                     return Ok(Some(Lookup {
                         entry,
@@ -168,7 +167,8 @@ where
                 match entry {
                     Some(entry) => {
                         if inner.refresh.is_some() {
-                            Inner::refresh_if_due(&self.inner, &keys[j], &entry);
+                            let now = inner.clock.now();
+                            Inner::refresh_if_due(&self.inner, &keys[j], &entry, now);
                         }
                         let targets = targets_of(&stamps[j]);
                         if !targets.is_empty() {
@@ -327,8 +327,10 @@ where
     /// give one ([`CacheLayer::get_ready`](crate::CacheLayer::get_ready)); `None`
     /// sends the read down the async path (which also handles open and half-open
     /// breakers). Tiers that answer at once are in-process and do not stamp.
+    /// Also gives the time the answer was checked against, so a hit needs no
+    /// second clock read (refresh-ahead's check uses it).
     #[inline]
-    pub(super) fn read_tier_now(&self, index: usize, key: &K) -> Option<Read<V>> {
+    pub(super) fn read_tier_now(&self, index: usize, key: &K) -> Option<(Read<V>, Timestamp)> {
         let slot = self.tiers.get(index)?;
         if !slot.breaker.is_closed() {
             return None;
@@ -349,9 +351,9 @@ where
             // In-process tiers do not stamp.
             Read::TagsStale => {
                 self.settle(index, key, start, 0, &Ok(()), EventKind::Miss);
-                Some(Read::Miss(Stamp::NONE))
+                Some((Read::Miss(Stamp::NONE), now))
             }
-            read => Some(read),
+            read => Some((read, now)),
         }
     }
 

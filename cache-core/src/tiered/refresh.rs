@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use super::flight::Ask;
 use super::Inner;
 use crate::mutation::{self, Mutation};
-use crate::{ByteSize, CacheKey, Clock, Entry, MaybeSend, MaybeSync, Spawn, Timestamp};
+use crate::{ByteSize, CacheKey, Entry, MaybeSend, MaybeSync, Spawn, Timestamp};
 
 pub(crate) struct Refresh<K> {
     pub(super) window: Duration,
@@ -27,17 +27,19 @@ where
     V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
 {
     /// Called on every hit when refresh-ahead is on: starts a background reload
-    /// of `key` when `entry` expires within the window and none is under way.
+    /// of `key` when `entry` expires within the window of `now` (the time the
+    /// hit was checked at: a second clock read here cost a tier-0 hit about
+    /// 6 ns, 10–17 %, in the `chain_when_off` bench) and none is under way.
     #[cold]
     #[inline(never)]
-    pub(super) fn refresh_if_due(this: &Arc<Self>, key: &K, entry: &Entry<V>) {
+    pub(super) fn refresh_if_due(this: &Arc<Self>, key: &K, entry: &Entry<V>, now: Timestamp) {
         let Some(refresh) = &this.refresh else {
             return;
         };
         if this.origin.is_none() || entry.expires_at == Timestamp::MAX {
             return;
         }
-        if entry.expires_at.duration_since(this.clock.now()) > refresh.window {
+        if entry.expires_at.duration_since(now) > refresh.window {
             return;
         }
         if this.lock_flights().get(key).is_some_and(|f| f.is_live()) {
