@@ -5,6 +5,10 @@
 //!   `GET` of the same Redis key on the same pool. Goal (issue 3): ≤ 1.15×.
 //! - `redis_get_many_50`: 50 keys through `get_many` (tier and chain) against
 //!   one raw `GET` round trip. Goal (issue 3): ≤ 2×.
+//! - A tag-checked read (interleaved rows only; issue 13): a hit of a value
+//!   tagged `user:<i>` through a chain with a `RedisTagStore` (the tag's
+//!   generation known, as after a first read) against a raw `GET` of the same
+//!   Redis key. Goal: ≤ 1.3×.
 //! - `invalidation_bus`: `SyncedCache::invalidate` on instance A until
 //!   instance B has dropped the key from its moka tier, against a raw fred
 //!   `PUBLISH` until a plain subscriber receives it. Target (issue 3): p99 under
@@ -39,7 +43,7 @@ use cache_core::{
 use cache_server::fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use cache_server::fred::prelude::{Builder, Config, Expiration};
 use cache_server::testing::RedisServer;
-use cache_server::{Codec, InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use cache_server::{Codec, InvalidationBus, MokaTier, RedisTagStore, RedisTier, SyncedCache};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use benches::criterion;
@@ -92,6 +96,33 @@ fn redis(c: &mut Criterion) {
     let chain: TieredCache<String, String> =
         TieredCache::builder().tier(Tier::new(tier.clone())).build();
     let pool = tier.pool().clone();
+    // The same values, each tagged `user:<i>`, in a namespace of their own,
+    // read through a chain that checks the tag against `RedisTagStore`
+    // generations (known after the first read of each tag).
+    let (tagged_chain, tagged_redis_keys) = rt.block_on(async {
+        let tagged: RedisTier<String> = RedisTier::builder()
+            .pool(pool.clone())
+            .namespace("bench-tagged")
+            .build()
+            .await
+            .expect("connect");
+        let chain: TieredCache<String, String> = TieredCache::builder()
+            .tier(Tier::new(tagged.clone()))
+            .tag_store(std::sync::Arc::new(RedisTagStore::new(&tagged)))
+            .build();
+        let now = SystemClock.now();
+        for (i, k) in keys.iter().enumerate() {
+            let entry = Entry::expiring_in(value(k), now, Duration::from_secs(3_600))
+                .with_tags([format!("user:{i}")]);
+            chain.put(k, entry).await.expect("fill");
+            chain.get(k).await.expect("get").expect("present");
+        }
+        let redis_keys: Vec<String> = keys
+            .iter()
+            .map(|k| tagged.redis_key(k).expect("key"))
+            .collect();
+        (chain, redis_keys)
+    });
 
     let reads = Reads {
         pool: &pool,
@@ -99,6 +130,8 @@ fn redis(c: &mut Criterion) {
         tier: &tier,
         keys: &keys,
         redis_keys: &redis_keys,
+        tagged_chain: &tagged_chain,
+        tagged_redis_keys: &tagged_redis_keys,
     };
     let reads = &reads;
 
@@ -296,6 +329,9 @@ struct Reads<'a> {
     tier: &'a RedisTier<String>,
     keys: &'a [String],
     redis_keys: &'a [String],
+    /// A chain over tagged copies of the values, with a `RedisTagStore`.
+    tagged_chain: &'a TieredCache<String, String>,
+    tagged_redis_keys: &'a [String],
 }
 
 impl Reads<'_> {
@@ -307,6 +343,26 @@ impl Reads<'_> {
             .await
             .expect("get");
         black_box(v.expect("present"));
+    }
+
+    /// Raw fred `GET` of a tagged value's Redis key.
+    async fn raw_get_tagged(&self, i: usize) {
+        let v: Option<Bytes> = self
+            .pool
+            .get(black_box(self.tagged_redis_keys[i].as_str()))
+            .await
+            .expect("get");
+        black_box(v.expect("present"));
+    }
+
+    /// A hit of a tagged value through a chain that checks its tag.
+    async fn tagged_chain_get(&self, i: usize) {
+        let hit = self
+            .tagged_chain
+            .get(black_box(&self.keys[i]))
+            .await
+            .expect("get");
+        black_box(hit.expect("present"));
     }
 
     /// A hit through the chain whose only tier is the `RedisTier`.
@@ -493,6 +549,8 @@ fn interleaved(rt: &tokio::runtime::Runtime, reads: &Reads<'_>, results: &mut Su
             &mut |r| timed(rt, r, |r, n| reads.raw_mget_50(fifty(r, n))),
             &mut |r| timed(rt, r, |r, n| reads.tier_get_many_50(fifty(r, n))),
             &mut |r| timed(rt, r, |r, n| reads.chain_get_many_50(fifty(r, n))),
+            &mut |r| timed(rt, r, |r, n| reads.raw_get_tagged(one(r, n))),
+            &mut |r| timed(rt, r, |r, n| reads.tagged_chain_get(one(r, n))),
         ],
     );
     let get = "raw fred `GET`";
@@ -516,6 +574,16 @@ fn interleaved(rt: &tokio::runtime::Runtime, reads: &Reads<'_>, results: &mut Su
         "µs",
     ));
     results.push(m.row(2, "raw fred `MGET` of 50 keys (reference)", 0, get, "µs"));
+    results.push(
+        m.row(
+            6,
+            "chain `get` → `RedisTier` hit of a tagged value, tag checked (`RedisTagStore`)",
+            5,
+            "raw fred `GET` of the same (tagged) value",
+            "µs",
+        )
+        .goal(Goal::AtMost(1.3)),
+    );
 }
 
 /// The compression rows' value: bytes, stored as they are by [`RawBytes`].

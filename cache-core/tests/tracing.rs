@@ -21,10 +21,7 @@ type Opened = (String, BTreeMap<String, String>);
 
 /// Every span opened, with its fields as last recorded.
 #[derive(Default, Clone)]
-struct Spans(
-    Arc<Mutex<Vec<Opened>>>,
-    Arc<AtomicU64>,
-);
+struct Spans(Arc<Mutex<Vec<Opened>>>, Arc<AtomicU64>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
