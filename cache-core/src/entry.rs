@@ -129,8 +129,9 @@ impl<V> Entry<V> {
 /// bentocache and HybridCache). Tiers store the tags with the value, so they
 /// travel with it across backfill.
 ///
-/// Most entries have no tags; then `Tags` is one null pointer and costs a
-/// read nothing but that check. Generations are set by the chain; a value
+/// Most entries have no tags; then `Tags` is one null pointer (a thin one:
+/// entries are moved by value on the hit path) and costs a read nothing but
+/// that check. Generations are set by the chain; a value
 /// given to the chain (to `put`, or from a loader) carries names only, see
 /// [`Entry::with_tags`].
 ///
@@ -144,7 +145,7 @@ impl<V> Entry<V> {
 /// assert!(Tags::NONE.is_empty());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Tags(Option<Arc<[TagAt]>>);
+pub struct Tags(Option<Arc<Vec<TagAt>>>);
 
 /// One tag's name and the generation it was read at.
 type TagAt = (Box<str>, u64);
@@ -174,7 +175,7 @@ impl Tags {
         if pairs.is_empty() {
             Tags::NONE
         } else {
-            Tags(Some(pairs.into()))
+            Tags(Some(Arc::new(pairs)))
         }
     }
 

@@ -405,6 +405,20 @@ where
             return Ok(Err(invalid_key(key, reason)));
         }
         let ticket = inner.fences.ticket();
+        if let Some(hit) = inner.plain_hit_now(key) {
+            let (entry, now) = hit;
+            if inner.refresh.is_some() {
+                Inner::refresh_if_due(&self.inner, key, &entry, now);
+            }
+            trace::hit_now(&|| key.key_str().into_owned(), &inner.tiers[0].name);
+            return Ok(Ok(Some(Lookup {
+                entry,
+                source: Source::Tier {
+                    index: 0,
+                    name: &inner.tiers[0].name,
+                },
+            })));
+        }
         let (next, failed, stamp) = match inner.read_tier_now(0, key) {
             Some((Read::Hit(entry), now)) => {
                 if inner.refresh.is_some() {
@@ -421,7 +435,9 @@ where
             }
             Some((Read::Miss(stamp), _)) => (1, 0, Some(stamp)),
             Some((Read::Failed, _)) => (1, 1, None),
-            None | Some((Read::TagsUnknown(_) | Read::TagsStale, _)) => (0, 0, None),
+            Some((Read::TagsStale, _)) => (1, 0, Some(inner.stale_tags_now(key))),
+            // The async path reads the generations it lacks.
+            None | Some((Read::TagsUnknown, _)) => (0, 0, None),
         };
         Err(self.get_slow(key, next, failed, ticket, stamp, loader))
     }

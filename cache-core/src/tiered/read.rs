@@ -24,8 +24,10 @@ pub(super) enum Read<V> {
     Miss(Stamp),
     Failed,
     /// An unexpired entry carrying a tag whose current generation this chain
-    /// has not read yet: checked again once it has.
-    TagsUnknown(Entry<V>),
+    /// has not read yet (from a tag store that answers only asynchronously):
+    /// the async path reads it. (No payload: the hit path moves this enum,
+    /// and a second variant holding an entry would make it bigger.)
+    TagsUnknown,
     /// An unexpired entry carrying a tag bumped since it was read: absent, but
     /// the tier gave no stamp for a fill (it hit).
     TagsStale,
@@ -84,7 +86,7 @@ where
                 }
                 Read::Miss(stamp) => stamps[index] = Some(stamp),
                 // (`read_tier` settles tags itself.)
-                Read::Failed | Read::TagsUnknown(_) | Read::TagsStale => failed += 1,
+                Read::Failed | Read::TagsUnknown | Read::TagsStale => failed += 1,
             }
         }
         self.load_through(key, failed, ticket, stamps, loader).await
@@ -274,19 +276,29 @@ where
             Ok((found, stamp)) => (Ok(found), stamp),
             Err(e) => (Err(e), Stamp::NONE),
         };
-        match self.classify(index, key, start, result, stamp, self.clock.now()) {
-            Read::TagsUnknown(entry) => match self.tags.check(&entry.tags).await {
-                Ok(true) => {
-                    self.emit_hit(index, key, start, &entry);
-                    Read::Hit(entry)
-                }
-                Ok(false) => self.stale_tags(index, key, start).await,
-                Err(err) => {
+        let now = self.clock.now();
+        if let Ok(Some(entry)) = &result {
+            if !entry.tags.is_empty() && !entry.is_expired(now) {
+                // Reads the generations this chain lacks, so that `classify`
+                // can judge the tags without waiting.
+                if let Err(err) = self.tags.check(&entry.tags).await {
                     self.settle::<()>(index, key, start, 0, &Err(err), EventKind::Miss);
-                    Read::Failed
+                    return Read::Failed;
                 }
-            },
+            }
+        }
+        match self.classify(index, key, start, result, stamp, now) {
             Read::TagsStale => self.stale_tags(index, key, start).await,
+            // Only from a store whose synchronous answer failed.
+            Read::TagsUnknown => {
+                let err = crate::Error::backend(
+                    self.tiers[index].name.clone(),
+                    Operation::Get,
+                    "the tag store did not answer",
+                );
+                self.settle::<()>(index, key, start, 0, &Err(err), EventKind::Miss);
+                Read::Failed
+            }
             read => read,
         }
     }
@@ -323,6 +335,38 @@ where
         }
     }
 
+    /// The common tier-0 hit, taken without the general path's enums (moving
+    /// an entry through them costs the hit measurably): tier 0 answers at
+    /// once with an unexpired entry that has no tags, and no observer is
+    /// set. `None` for anything else, which [`Inner::read_tier_now`] then
+    /// reads again (a miss reads an in-process tier twice; it is cheap next
+    /// to what a miss costs).
+    #[inline]
+    pub(super) fn plain_hit_now(&self, key: &K) -> Option<(Entry<V>, Timestamp)> {
+        if self.observer.is_some() {
+            return None;
+        }
+        let slot = self.tiers.first()?;
+        if !slot.breaker.is_closed() {
+            return None;
+        }
+        let now = self.clock.now();
+        #[cfg(not(target_family = "wasm"))]
+        let found = match &slot.concurrent {
+            Some(tier) => tier.get_entry(key, now),
+            None => slot.layer.get_ready(key, now)?.ok()?,
+        };
+        #[cfg(target_family = "wasm")]
+        let found = slot.layer.get_ready(key, now)?.ok()?;
+        match found {
+            Some(entry) if entry.tags.is_empty() && !entry.is_expired(now) => {
+                slot.breaker.success();
+                Some((entry, now))
+            }
+            _ => None,
+        }
+    }
+
     /// Tier `index`'s answer without waiting, when its breaker is closed and it can
     /// give one ([`CacheLayer::get_ready`](crate::CacheLayer::get_ready)); `None`
     /// sends the read down the async path (which also handles open and half-open
@@ -345,16 +389,22 @@ where
         };
         #[cfg(target_family = "wasm")]
         let result = slot.layer.get_ready(key, now)?;
-        match self.classify(index, key, start, result, Stamp::NONE, now) {
-            // The async path reads the generations it lacks.
-            Read::TagsUnknown(_) => None,
-            // In-process tiers do not stamp.
-            Read::TagsStale => {
-                self.settle(index, key, start, 0, &Ok(()), EventKind::Miss);
-                Some((Read::Miss(Stamp::NONE), now))
-            }
-            read => Some((read, now)),
-        }
+        // Built in place: this is the hit path, and moving the answer once
+        // more costs it measurably. `TagsStale` and `TagsUnknown` are left
+        // to the caller.
+        Some((
+            self.classify(index, key, start, result, Stamp::NONE, now),
+            now,
+        ))
+    }
+
+    /// What a read makes of tier 0's synchronous answer [`Read::TagsStale`]
+    /// (an in-process tier, which does not stamp): a miss.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn stale_tags_now(&self, key: &K) -> Stamp {
+        self.settle(0, key, None, 0, &Ok(()), EventKind::Miss);
+        Stamp::NONE
     }
 
     /// Turns a tier's answer into a hit, miss or failure: checks expiry against
@@ -374,11 +424,7 @@ where
         match result {
             Ok(Some(entry)) if !entry.is_expired(now) => {
                 if !entry.tags.is_empty() {
-                    match self.tags.check_now(&entry.tags) {
-                        TagCheck::Current => {}
-                        TagCheck::Stale => return Read::TagsStale,
-                        TagCheck::Unknown => return Read::TagsUnknown(entry),
-                    }
+                    return self.classify_tagged(index, key, start, entry);
                 }
                 slot.breaker.success();
                 if self.observer.is_some() {
@@ -403,6 +449,27 @@ where
                 self.settle::<()>(index, key, start, 0, &Err(err), EventKind::Miss);
                 Read::Failed
             }
+        }
+    }
+
+    /// [`Inner::classify`] of an unexpired entry that carries tags: a hit
+    /// only if they are current. Out of line, so untagged hits stay small.
+    #[cold]
+    #[inline(never)]
+    fn classify_tagged(
+        &self,
+        index: usize,
+        key: &K,
+        start: Option<Stopwatch>,
+        entry: Entry<V>,
+    ) -> Read<V> {
+        match self.tags.check_now(&entry.tags) {
+            TagCheck::Current => {
+                self.emit_hit(index, key, start, &entry);
+                Read::Hit(entry)
+            }
+            TagCheck::Stale => Read::TagsStale,
+            TagCheck::Unknown => Read::TagsUnknown,
         }
     }
 
