@@ -101,7 +101,7 @@ async fn invalidate_tag_drops_tagged_entries_from_every_browser_tier_and_survive
     for layer in layers {
         let held = layer.get(&key("avatar:42")).await.unwrap().unwrap();
         assert_eq!(
-            held.tags.iter().collect::<Vec<_>>(),
+            held.tags.list().iter().collect::<Vec<_>>(),
             [("user:42", 0)],
             "{}",
             layer.name()

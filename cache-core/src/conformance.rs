@@ -531,14 +531,14 @@ where
         let got = ok!("tags", tier.get(key).await);
         assert_eq!(
             got.map(|e| e.tags),
-            Some(entry.tags.clone()),
+            Some(entry.tags),
             "conformance[tags]: put then get of {key}"
         );
         if let Some(ready) = tier.get_ready(key, clock.now()) {
             let got = ok!("tags", ready);
             assert_eq!(
                 got.map(|e| e.tags),
-                Some(entry.tags.clone()),
+                Some(entry.tags),
                 "conformance[tags]: get_ready of {key}"
             );
         }
@@ -560,7 +560,7 @@ where
     let got = ok!("tags", tier.get(key).await);
     assert_eq!(
         got.map(|e| e.tags),
-        Some(entry.tags.clone()),
+        Some(entry.tags),
         "conformance[tags]: put_fenced"
     );
     // And batches.
@@ -574,7 +574,7 @@ where
     for ((key, entry), got) in batch.iter().zip(got) {
         assert_eq!(
             got.map(|e| e.tags),
-            Some(entry.tags.clone()),
+            Some(entry.tags),
             "conformance[tags]: put_many then get_many of {key}"
         );
     }

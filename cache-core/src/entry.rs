@@ -54,7 +54,7 @@ impl<V> Entry<V> {
     /// use cache_core::{Entry, Timestamp};
     ///
     /// let entry = Entry::new("https://img/42.png", Timestamp::MAX).with_tags(["user:42", "team:7"]);
-    /// assert_eq!(entry.tags.names().collect::<Vec<_>>(), ["user:42", "team:7"]);
+    /// assert_eq!(entry.tags.list().names().collect::<Vec<_>>(), ["user:42", "team:7"]);
     /// ```
     #[must_use]
     pub fn with_tags<I, S>(mut self, tags: I) -> Self
@@ -114,7 +114,7 @@ impl<V> Entry<V> {
         Entry {
             value: &self.value,
             expires_at: self.expires_at,
-            tags: self.tags.clone(),
+            tags: self.tags,
         }
     }
 }
@@ -129,30 +129,97 @@ impl<V> Entry<V> {
 /// bentocache and HybridCache). Tiers store the tags with the value, so they
 /// travel with it across backfill.
 ///
-/// Most entries have no tags; then `Tags` is one null pointer (a thin one:
-/// entries are moved by value on the hit path) and costs a read nothing but
-/// that check. Generations are set by the chain; a value
-/// given to the chain (to `put`, or from a loader) carries names only, see
-/// [`Entry::with_tags`].
+/// # Representation
+///
+/// `Tags` is a `Copy` handle, 8 bytes: a tier-0 hit clones and drops an entry,
+/// and a field that needs dropping (an `Arc`) cost every hit, tagged or not,
+/// about 10 ns. The lists themselves are interned, once per distinct content,
+/// in a process-wide table of at most [`Tags::MAX_LISTS`] lists; beyond that
+/// the oldest are forgotten. An entry whose list was forgotten is written
+/// nowhere, and reads as absent as soon as its tags can no longer be checked
+/// (after any tag generation changes): a miss, never a wrong value. Most entries have no tags: then the
+/// handle is empty and costs a read one check.
+///
+/// Generations are set by the chain; a value given to the chain (to `put`, or
+/// from a loader) carries names only, see [`Entry::with_tags`].
 ///
 /// ```
 /// use cache_core::Tags;
 ///
 /// let tags = Tags::new(["user:42"]);
-/// assert_eq!(tags.iter().collect::<Vec<_>>(), [("user:42", 0)]);
+/// assert_eq!(tags.list().iter().collect::<Vec<_>>(), [("user:42", 0)]);
 /// let read_at = tags.with_generations(|_| 3);
-/// assert_eq!(read_at.iter().collect::<Vec<_>>(), [("user:42", 3)]);
+/// assert_eq!(read_at.list().iter().collect::<Vec<_>>(), [("user:42", 3)]);
+/// assert_eq!(Tags::new(["user:42"]), tags, "the same content, the same handle");
 /// assert!(Tags::NONE.is_empty());
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Tags(Option<Arc<Vec<TagAt>>>);
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Tags(Option<std::num::NonZeroU64>);
 
 /// One tag's name and the generation it was read at.
 type TagAt = (Box<str>, u64);
 
+/// The names and generations behind a [`Tags`] handle (empty for none, or
+/// for a list the process has forgotten: see [`Tags::is_forgotten`]).
+///
+/// ```
+/// use cache_core::Tags;
+///
+/// let tags = Tags::new(["user:42", "team:7"]);
+/// let list = tags.list();
+/// assert_eq!(list.names().collect::<Vec<_>>(), ["user:42", "team:7"]);
+/// assert_eq!(list.len(), 2);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct TagList(Option<Arc<[TagAt]>>);
+
+impl TagList {
+    /// Each tag's name and generation.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.0
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|(n, g)| (&**n, *g))
+    }
+
+    /// Each tag's name.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.iter().map(|(n, _)| n)
+    }
+
+    /// How many tags.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |t| t.len())
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The process-wide table of tag lists behind [`Tags`] handles.
+#[derive(Default)]
+struct Registry {
+    by_id: std::collections::HashMap<u64, Arc<[TagAt]>>,
+    by_content: std::collections::HashMap<Arc<[TagAt]>, u64>,
+    /// Ids in the order they were made, oldest first.
+    order: std::collections::VecDeque<u64>,
+    next: u64,
+}
+
+fn registry() -> &'static std::sync::RwLock<Registry> {
+    static REGISTRY: std::sync::OnceLock<std::sync::RwLock<Registry>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
 impl Tags {
     /// No tags.
     pub const NONE: Tags = Tags(None);
+
+    /// How many distinct tag lists the process keeps (see
+    /// [representation](Tags#representation)).
+    pub const MAX_LISTS: usize = 1 << 18;
 
     /// `names`, each at generation 0, without duplicates (in first-seen order).
     pub fn new<I, S>(names: I) -> Self
@@ -173,10 +240,26 @@ impl Tags {
     /// Tags with their generations, as a tier that stored them reads them back.
     pub fn from_pairs(pairs: Vec<(Box<str>, u64)>) -> Self {
         if pairs.is_empty() {
-            Tags::NONE
-        } else {
-            Tags(Some(Arc::new(pairs)))
+            return Tags::NONE;
         }
+        let list: Arc<[TagAt]> = pairs.into();
+        let mut reg = registry().write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&id) = reg.by_content.get(&list) {
+            return Tags(std::num::NonZeroU64::new(id));
+        }
+        reg.next += 1;
+        let id = reg.next;
+        reg.by_id.insert(id, list.clone());
+        reg.by_content.insert(list, id);
+        reg.order.push_back(id);
+        while reg.order.len() > Self::MAX_LISTS {
+            if let Some(old) = reg.order.pop_front() {
+                if let Some(list) = reg.by_id.remove(&old) {
+                    reg.by_content.remove(&list);
+                }
+            }
+        }
+        Tags(std::num::NonZeroU64::new(id))
     }
 
     /// Whether there are no tags.
@@ -185,34 +268,54 @@ impl Tags {
         self.0.is_none()
     }
 
+    /// The handle's number (equal lists, equal numbers), for caches of
+    /// verdicts about them.
+    pub(crate) fn id(&self) -> Option<u64> {
+        self.0.map(std::num::NonZeroU64::get)
+    }
+
+    /// The names and generations.
+    pub fn list(&self) -> TagList {
+        match self.0 {
+            None => TagList(None),
+            Some(id) => TagList(
+                registry()
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .by_id
+                    .get(&id.get())
+                    .cloned(),
+            ),
+        }
+    }
+
+    /// Whether these are tags whose list the process has forgotten (more
+    /// than [`Tags::MAX_LISTS`] lists were made since): an entry carrying
+    /// them reads as absent.
+    pub fn is_forgotten(&self) -> bool {
+        !self.is_empty() && self.list().0.is_none()
+    }
+
     /// How many tags.
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |t| t.len())
-    }
-
-    /// Each tag's name and generation.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
-        self.0
-            .iter()
-            .flat_map(|t| t.iter())
-            .map(|(n, g)| (&**n, *g))
-    }
-
-    /// Each tag's name.
-    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.iter().map(|(n, _)| n)
+        self.list().len()
     }
 
     /// Whether a tag called `name` is among them.
     pub fn contains(&self, name: &str) -> bool {
-        self.names().any(|n| n == name)
+        self.list().names().any(|n| n == name)
     }
 
     /// The same names with the generations `generation(name)` gives.
     #[must_use]
     pub fn with_generations(&self, mut generation: impl FnMut(&str) -> u64) -> Tags {
+        if self.is_forgotten() {
+            // Still forgotten: still absent, never untagged.
+            return *self;
+        }
         Tags::from_pairs(
-            self.iter()
+            self.list()
+                .iter()
                 .map(|(n, _)| (Box::from(n), generation(n)))
                 .collect(),
         )
@@ -221,14 +324,19 @@ impl Tags {
 
 impl std::fmt::Debug for Tags {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        f.debug_map().entries(self.list().iter()).finish()
     }
 }
 
 #[cfg(feature = "serde")]
 impl serde::Serialize for Tags {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.iter())
+        if self.is_forgotten() {
+            return Err(serde::ser::Error::custom(
+                "these tags were forgotten (more than Tags::MAX_LISTS lists): the entry is absent",
+            ));
+        }
+        serializer.collect_seq(self.list().iter())
     }
 }
 

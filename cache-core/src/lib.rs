@@ -115,7 +115,7 @@ pub mod conformance;
 
 #[cfg(not(target_family = "wasm"))]
 pub use concurrent::{ConcurrentTier, ConcurrentTierBuilder};
-pub use entry::{Entry, Tags};
+pub use entry::{Entry, TagList, Tags};
 pub use error::{BoxError, Error, Operation, Result, SharedError};
 pub use fault::{FaultHandle, FaultTier, InjectedFault};
 pub use fence::{Fence, FenceCheck, Fill, Stamp, Unfenced};

@@ -529,7 +529,8 @@ struct ModelTags {
 impl ModelTags {
     fn current(&self, tags: &Tags) -> bool {
         let gens = self.gens.lock().unwrap();
-        tags.iter()
+        tags.list()
+            .iter()
             .all(|(n, g)| gens.get(n).copied().unwrap_or(0) <= g)
     }
 }

@@ -126,7 +126,7 @@ async fn invalidate_tag_drops_every_entry_carrying_it_from_every_tier() {
     let again = cache.get(&k("avatar:42")).await.unwrap().unwrap();
     assert_eq!(again.entry.value, "a42-v2");
     assert_eq!(
-        again.entry.tags.iter().collect::<Vec<_>>(),
+        again.entry.tags.list().iter().collect::<Vec<_>>(),
         [("user:42", 1)]
     );
 }
@@ -145,7 +145,7 @@ async fn tags_travel_with_the_entry_across_backfill() {
     let first = cache.get(&k("avatar:42")).await.unwrap().unwrap();
     assert_eq!(first.source, Source::Origin);
     assert_eq!(
-        first.entry.tags.iter().collect::<Vec<_>>(),
+        first.entry.tags.list().iter().collect::<Vec<_>>(),
         [("user:42", 0)]
     );
     for tier in [&l1, &l2] {
@@ -170,7 +170,7 @@ async fn tags_travel_with_the_entry_across_backfill() {
     assert_eq!(reloaded.source, Source::Origin);
     assert_eq!(loads.load(Ordering::SeqCst), 2);
     assert_eq!(
-        reloaded.entry.tags.iter().collect::<Vec<_>>(),
+        reloaded.entry.tags.list().iter().collect::<Vec<_>>(),
         [("user:42", 1)]
     );
     assert_eq!(
@@ -418,7 +418,10 @@ async fn a_load_meeting_a_tag_bumped_elsewhere_for_the_first_time_is_not_kept() 
     assert!(l1.get(&k("x")).await.unwrap().is_none(), "not kept");
     let second = b.get(&k("x")).await.unwrap().unwrap();
     assert_eq!(second.entry.value, "x#2");
-    assert_eq!(second.entry.tags.iter().collect::<Vec<_>>(), [("t", 1)]);
+    assert_eq!(
+        second.entry.tags.list().iter().collect::<Vec<_>>(),
+        [("t", 1)]
+    );
     assert_eq!(l1.get(&k("x")).await.unwrap().unwrap().value, "x#2");
     assert_eq!(
         b.get(&k("x")).await.unwrap().unwrap().source,

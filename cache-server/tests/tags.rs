@@ -91,7 +91,7 @@ async fn invalidate_tag_on_one_instance_drops_tagged_entries_on_every_instance()
             }
         );
         let held = b.front.get(&k(key)).await.unwrap().unwrap();
-        assert_eq!(held.tags.names().collect::<Vec<_>>().len(), 1);
+        assert_eq!(held.tags.list().names().collect::<Vec<_>>().len(), 1);
     }
     assert_eq!(a.loads.load(Ordering::SeqCst), 3);
     assert_eq!(b.loads.load(Ordering::SeqCst), 0);
@@ -105,7 +105,10 @@ async fn invalidate_tag_on_one_instance_drops_tagged_entries_on_every_instance()
         let got = b.cache.get(&k(key)).await.unwrap().unwrap();
         assert_eq!(got.source, Source::Origin, "{key}");
         assert_eq!(got.entry.value, format!("{key}@v2"));
-        assert_eq!(got.entry.tags.iter().collect::<Vec<_>>(), [("user:42", 1)]);
+        assert_eq!(
+            got.entry.tags.list().iter().collect::<Vec<_>>(),
+            [("user:42", 1)]
+        );
     }
     // Untouched: another user's entry.
     let other = b.cache.get(&k("avatar:7")).await.unwrap().unwrap();

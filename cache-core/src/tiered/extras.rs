@@ -93,7 +93,7 @@ where
                 entry.value.clone(),
                 entry.expires_at.saturating_add(stale.grace),
             );
-            kept.tags = entry.tags.clone();
+            kept.tags = entry.tags;
             stale.values.put_entry_if(key, kept, now, || fence.holds());
         }
     }

@@ -54,7 +54,8 @@ where
         through: bool,
     ) -> Vec<(usize, Result<Fill>)> {
         let now = self.clock.now();
-        if !fence.holds() || entry.is_expired(now) {
+        let forgotten = !entry.tags.is_empty() && entry.tags.is_forgotten();
+        if forgotten || !fence.holds() || entry.is_expired(now) {
             return targets
                 .iter()
                 .map(|&(i, _)| (i, Ok(Fill::Refused)))

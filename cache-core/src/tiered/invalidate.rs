@@ -176,7 +176,7 @@ where
     pub(super) async fn put_through(&self, key: &K, mut entry: Entry<V>) -> Result<TierReport> {
         key.validate()
             .map_err(|reason| Error::invalid_key(&key.key_str(), reason))?;
-        for tag in entry.tags.names() {
+        for tag in entry.tags.list().names() {
             crate::tags::validate_tag(tag)?;
         }
         // An `invalidate_tag` of one of its tags that begins after this call

@@ -405,8 +405,8 @@ where
             return Ok(Err(invalid_key(key, reason)));
         }
         let ticket = inner.fences.ticket();
-        if let Some(hit) = inner.plain_hit_now(key) {
-            let (entry, now) = hit;
+        let mut now = crate::Timestamp::UNIX_EPOCH;
+        if let Some(entry) = inner.plain_hit_now(key, &mut now) {
             if inner.refresh.is_some() {
                 Inner::refresh_if_due(&self.inner, key, &entry, now);
             }

@@ -337,12 +337,15 @@ where
 
     /// The common tier-0 hit, taken without the general path's enums (moving
     /// an entry through them costs the hit measurably): tier 0 answers at
-    /// once with an unexpired entry that has no tags, and no observer is
-    /// set. `None` for anything else, which [`Inner::read_tier_now`] then
+    /// once with an unexpired entry whose tags (if any) are current, and no
+    /// observer is set. `None` for anything else, which [`Inner::read_tier_now`] then
     /// reads again (a miss reads an in-process tier twice; it is cheap next
     /// to what a miss costs).
+    ///
+    /// `now` gets the time the entry was checked at (an out-parameter: an
+    /// entry alone fits the answer's niche, a pair would not).
     #[inline]
-    pub(super) fn plain_hit_now(&self, key: &K) -> Option<(Entry<V>, Timestamp)> {
+    pub(super) fn plain_hit_now(&self, key: &K, now: &mut Timestamp) -> Option<Entry<V>> {
         if self.observer.is_some() {
             return None;
         }
@@ -350,7 +353,8 @@ where
         if !slot.breaker.is_closed() {
             return None;
         }
-        let now = self.clock.now();
+        *now = self.clock.now();
+        let now = *now;
         #[cfg(not(target_family = "wasm"))]
         let found = match &slot.concurrent {
             Some(tier) => tier.get_entry(key, now),
@@ -359,12 +363,23 @@ where
         #[cfg(target_family = "wasm")]
         let found = slot.layer.get_ready(key, now)?.ok()?;
         match found {
-            Some(entry) if entry.tags.is_empty() && !entry.is_expired(now) => {
+            Some(entry)
+                if !entry.is_expired(now)
+                    && (entry.tags.is_empty() || self.tags_current_now(&entry.tags)) =>
+            {
                 slot.breaker.success();
-                Some((entry, now))
+                Some(entry)
             }
             _ => None,
         }
+    }
+
+    /// Whether tags a tier-0 entry carries are current, judged without
+    /// waiting (`false` also when that cannot be told yet). Out of line, so
+    /// the untagged hit stays small.
+    #[inline(never)]
+    fn tags_current_now(&self, tags: &crate::Tags) -> bool {
+        matches!(self.tags.check_now(tags), TagCheck::Current)
     }
 
     /// Tier `index`'s answer without waiting, when its breaker is closed and it can

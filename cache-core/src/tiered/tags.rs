@@ -41,7 +41,13 @@ struct Known {
 struct State {
     generations: HashMap<Box<str>, Known>,
     epoch: u64,
+    /// Verdicts on tag lists (by [`Tags`] handle: current or not) at `epoch`:
+    /// a tagged hit then costs one lookup. Emptied whenever `epoch` moves.
+    verdicts: HashMap<u64, bool>,
 }
+
+/// The most verdicts kept before they are all dropped.
+const MAX_VERDICTS: usize = 1 << 16;
 
 /// What a load noted when it started.
 #[derive(Clone, Copy, Debug)]
@@ -81,8 +87,26 @@ impl TagTable {
     /// Whether `tags` (names and the generations an entry was read at) are
     /// current, without waiting.
     pub(crate) fn check_now(&self, tags: &Tags) -> TagCheck {
+        let Some(id) = tags.id() else {
+            return TagCheck::Current;
+        };
+        if self.sync_store().is_none() {
+            // The common tagged hit: a verdict already reached at this epoch.
+            if let Some(&current) = self.read().verdicts.get(&id) {
+                return if current {
+                    TagCheck::Current
+                } else {
+                    TagCheck::Stale
+                };
+            }
+        }
+        let list = tags.list();
+        if list.is_empty() {
+            // A list the process forgot: absent, to be safe.
+            return TagCheck::Stale;
+        }
         if let Some(store) = self.sync_store() {
-            for (name, generation) in tags.iter() {
+            for (name, generation) in list.iter() {
                 match store.generation_now(name) {
                     Some(Ok(current)) if current > generation => return TagCheck::Stale,
                     Some(Ok(_)) => {}
@@ -91,21 +115,37 @@ impl TagTable {
             }
             return TagCheck::Current;
         }
-        let state = self.read();
-        let mut unknown = false;
-        for (name, generation) in tags.iter() {
-            match state.generations.get(name) {
-                Some(known) if known.generation > generation => return TagCheck::Stale,
-                Some(_) => {}
-                // With no store this table is the truth: never bumped is 0.
-                None => unknown |= self.store.is_some(),
+        let (verdict, epoch) = {
+            let state = self.read();
+            let mut verdict = TagCheck::Current;
+            for (name, generation) in list.iter() {
+                match state.generations.get(name) {
+                    Some(known) if known.generation > generation => {
+                        verdict = TagCheck::Stale;
+                        break;
+                    }
+                    Some(_) => {}
+                    // With no store this table is the truth: never bumped is 0.
+                    None if self.store.is_some() => verdict = TagCheck::Unknown,
+                    None => {}
+                }
             }
+            (verdict, state.epoch)
+        };
+        let current = match verdict {
+            TagCheck::Current => true,
+            TagCheck::Stale => false,
+            TagCheck::Unknown => return verdict,
+        };
+        let mut state = self.write();
+        // Kept only if nothing changed meanwhile.
+        if state.epoch == epoch {
+            if state.verdicts.len() >= MAX_VERDICTS {
+                state.verdicts.clear();
+            }
+            state.verdicts.insert(id, current);
         }
-        if unknown {
-            TagCheck::Unknown
-        } else {
-            TagCheck::Current
-        }
+        verdict
     }
 
     /// Whether `tags` are current, reading the generations it does not know
@@ -119,13 +159,14 @@ impl TagTable {
                     if self.sync_store().is_some() {
                         // The store answered with an error at once: ask it
                         // the slow way, for the error.
-                        let names: Vec<&str> = tags.names().collect();
+                        let list = tags.list();
+                        let names: Vec<&str> = list.names().collect();
                         if let Some(store) = &self.store {
                             let current = store.generations(&names).await?;
-                            return Ok(tags.iter().zip(current).all(|((_, g), c)| c <= g));
+                            return Ok(list.iter().zip(current).all(|((_, g), c)| c <= g));
                         }
                     }
-                    self.resolve(tags.names()).await?;
+                    self.resolve(tags.list().names()).await?;
                 }
             }
         }
@@ -170,6 +211,7 @@ impl TagTable {
             },
             // Generation 0 was never bumped: a load under way that meets it
             // cannot be older than a bump, so it is no change.
+            // (It changes no verdict: an unknown tag got none.)
             None if generation == 0 => Known {
                 generation,
                 changed: 0,
@@ -183,6 +225,7 @@ impl TagTable {
         };
         state.generations.insert(Box::from(name), known);
         state.epoch = epoch;
+        state.verdicts.clear();
     }
 
     /// Bumps `name`: in the store if there is one, else here. Returns the new
@@ -201,6 +244,7 @@ impl TagTable {
     fn bump_here(&self, name: &str) -> u64 {
         let mut state = self.write();
         state.epoch += 1;
+        state.verdicts.clear();
         let epoch = state.epoch;
         let known = state.generations.entry(Box::from(name)).or_insert(Known {
             generation: 0,
@@ -234,6 +278,7 @@ impl TagTable {
         }
         let mut state = self.write();
         state.generations.clear();
+        state.verdicts.clear();
         state.epoch += 1;
     }
 
@@ -273,7 +318,7 @@ impl TagTable {
             let unchanged = store.changes_now() == mark.store;
             return Ok((stamped, unchanged && !failed));
         }
-        self.resolve(tags.names()).await?;
+        self.resolve(tags.list().names()).await?;
         let state = self.read();
         let mut fillable = true;
         let stamped = tags.with_generations(|name| match state.generations.get(name) {
@@ -295,13 +340,14 @@ impl TagTable {
     /// since it began (that `invalidate_tag` began after it, and wins).
     pub(crate) async fn stamp_put(&self, tags: &Tags, mark: LoadMark) -> Result<(Tags, bool)> {
         if let Some(store) = self.sync_store() {
-            let names: Vec<&str> = tags.names().collect();
+            let list = tags.list();
+            let names: Vec<&str> = list.names().collect();
             let current = store.generations(&names).await?;
             let mut it = current.into_iter();
             let stamped = tags.with_generations(|_| it.next().unwrap_or(0));
             return Ok((stamped, store.changes_now() == mark.store));
         }
-        self.resolve(tags.names()).await?;
+        self.resolve(tags.list().names()).await?;
         let state = self.read();
         let mut fillable = true;
         let stamped = tags.with_generations(|name| match state.generations.get(name) {

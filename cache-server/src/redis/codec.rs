@@ -88,9 +88,13 @@ pub(crate) fn write_header(
     });
     out.extend_from_slice(&expires_at.as_unix_millis().to_be_bytes());
     if !tags.is_empty() {
-        let count = u16::try_from(tags.len()).map_err(|_| "more than 65,535 tags".to_owned())?;
+        let list = tags.list();
+        if list.is_empty() {
+            return Err("the entry's tags were forgotten (more than Tags::MAX_LISTS lists)".into());
+        }
+        let count = u16::try_from(list.len()).map_err(|_| "more than 65,535 tags".to_owned())?;
         out.extend_from_slice(&count.to_be_bytes());
-        for (name, generation) in tags.iter() {
+        for (name, generation) in list.iter() {
             let len = u16::try_from(name.len())
                 .map_err(|_| "a tag name longer than 65,535 bytes".to_owned())?;
             out.extend_from_slice(&len.to_be_bytes());
