@@ -269,6 +269,13 @@ impl<V> CacheApiTier<V> {
     /// [`CacheApiTier::put_response`] for an entry carrying `tags` (kept in
     /// the [`TAGS_HEADER`]; read them back with [`CacheApiTier::tags_of`]).
     ///
+    /// ```no_run
+    /// # async fn demo(tier: cache_browser::CacheApiTier<Vec<u8>>, response: web_sys::Response) -> cache_core::Result<()> {
+    /// use cache_core::{Tags, Timestamp};
+    /// tier.put_response_tagged("avatar:42", &response, Timestamp::MAX, &Tags::new(["user:42"])).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`CacheApiTier::put_response`].

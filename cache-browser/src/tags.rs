@@ -49,6 +49,12 @@ pub struct LocalStorageTagStore {
 impl LocalStorageTagStore {
     /// The store for `namespace`, on `window.localStorage`.
     ///
+    /// ```no_run
+    /// # fn demo() -> cache_core::Result<()> {
+    /// let tags = cache_browser::LocalStorageTagStore::open("avatars")?;
+    /// # let _ = tags; Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Unavailable`] where there is no `localStorage` (a worker) or it

@@ -222,6 +222,11 @@ impl Tags {
     pub const MAX_LISTS: usize = 1 << 18;
 
     /// `names`, each at generation 0, without duplicates (in first-seen order).
+    ///
+    /// ```
+    /// let tags = cache_core::Tags::new(["user:42", "team:7", "user:42"]);
+    /// assert_eq!(tags.len(), 2);
+    /// ```
     pub fn new<I, S>(names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -238,6 +243,14 @@ impl Tags {
     }
 
     /// Tags with their generations, as a tier that stored them reads them back.
+    ///
+    /// ```
+    /// use cache_core::Tags;
+    ///
+    /// let read_back = Tags::from_pairs(vec![("user:42".into(), 3)]);
+    /// assert_eq!(read_back, Tags::new(["user:42"]).with_generations(|_| 3));
+    /// assert!(Tags::from_pairs(Vec::new()).is_empty());
+    /// ```
     pub fn from_pairs(pairs: Vec<(Box<str>, u64)>) -> Self {
         if pairs.is_empty() {
             return Tags::NONE;
@@ -275,6 +288,13 @@ impl Tags {
     }
 
     /// The names and generations.
+    ///
+    /// ```
+    /// let tags = cache_core::Tags::new(["user:42"]);
+    /// for (name, generation) in tags.list().iter() {
+    ///     assert_eq!((name, generation), ("user:42", 0));
+    /// }
+    /// ```
     pub fn list(&self) -> TagList {
         match self.0 {
             None => TagList(None),
@@ -292,21 +312,40 @@ impl Tags {
     /// Whether these are tags whose list the process has forgotten (more
     /// than [`Tags::MAX_LISTS`] lists were made since): an entry carrying
     /// them reads as absent.
+    ///
+    /// ```
+    /// assert!(!cache_core::Tags::new(["user:42"]).is_forgotten());
+    /// assert!(!cache_core::Tags::NONE.is_forgotten());
+    /// ```
     pub fn is_forgotten(&self) -> bool {
         !self.is_empty() && self.list().0.is_none()
     }
 
     /// How many tags.
+    ///
+    /// ```
+    /// assert_eq!(cache_core::Tags::new(["a", "b"]).len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.list().len()
     }
 
     /// Whether a tag called `name` is among them.
+    ///
+    /// ```
+    /// let tags = cache_core::Tags::new(["user:42"]);
+    /// assert!(tags.contains("user:42") && !tags.contains("user:7"));
+    /// ```
     pub fn contains(&self, name: &str) -> bool {
         self.list().names().any(|n| n == name)
     }
 
     /// The same names with the generations `generation(name)` gives.
+    ///
+    /// ```
+    /// let tags = cache_core::Tags::new(["a", "b"]).with_generations(|n| if n == "a" { 1 } else { 2 });
+    /// assert_eq!(tags.list().iter().collect::<Vec<_>>(), [("a", 1), ("b", 2)]);
+    /// ```
     #[must_use]
     pub fn with_generations(&self, mut generation: impl FnMut(&str) -> u64) -> Tags {
         if self.is_forgotten() {

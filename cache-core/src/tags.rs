@@ -99,6 +99,14 @@ pub struct MemoryTagStore {
 
 impl MemoryTagStore {
     /// An empty store: every tag at generation 0.
+    ///
+    /// ```
+    /// use cache_core::{MemoryTagStore, TagStore};
+    ///
+    /// let store = MemoryTagStore::new();
+    /// assert_eq!(store.generation_now("user:42").unwrap()?, 0);
+    /// # Ok::<(), cache_core::Error>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }

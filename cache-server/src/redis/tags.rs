@@ -56,6 +56,12 @@ impl fmt::Debug for RedisTagStore {
 
 impl RedisTagStore {
     /// The tag store of `tier`'s namespace, on its connections.
+    ///
+    /// ```no_run
+    /// # async fn demo(redis: cache_server::RedisTier<String>) {
+    /// let tags = std::sync::Arc::new(cache_server::RedisTagStore::new(&redis));
+    /// # let _ = tags; }
+    /// ```
     pub fn new<V, C>(tier: &RedisTier<V, C>) -> Self
     where
         V: Send + Sync + 'static,
