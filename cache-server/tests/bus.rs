@@ -881,3 +881,89 @@ async fn a_late_down_heartbeat_does_not_make_the_others_skip_a_live_instance() {
     );
     let _ = raw.quit().await;
 }
+
+/// One backend whose values carry the tag `user:<id>` (moka -> Redis ->
+/// origin, generations in a `RedisTagStore`), its bus built by `bus`.
+async fn tagged_instance(
+    server: &RedisServer,
+    version: Arc<AtomicU64>,
+    bus: InvalidationBusBuilder,
+) -> (SyncedCache<String, String>, MokaTier<String, String>) {
+    let bus = {
+        let _no_mutation_meanwhile = MUTATION.lock().await;
+        bus.channel("tagged:invalidate").connect().await.unwrap()
+    };
+    let moka: MokaTier<String, String> = MokaTier::builder().build();
+    let redis: RedisTier<String> = RedisTier::builder()
+        .url(server.url())
+        .namespace("tagged")
+        .build()
+        .await
+        .unwrap();
+    let chain = TieredCache::builder()
+        .tier(Tier::new(moka.clone()).ttl(Duration::from_secs(300)))
+        .tier(Tier::new(redis.clone()).ttl(Duration::from_secs(3000)))
+        .tag_store(Arc::new(cache_server::RedisTagStore::new(&redis)))
+        .origin(loader_fn(move |key: String| {
+            let v = version.load(Ordering::SeqCst);
+            let user = key.rsplit(':').next().unwrap_or_default().to_owned();
+            async move {
+                Ok::<_, BoxError>(Some(
+                    Entry::expiring_in(
+                        format!("{key}@v{v}"),
+                        SystemClock.now(),
+                        Duration::from_secs(3600),
+                    )
+                    .with_tags([format!("user:{user}")]),
+                ))
+            }
+        }))
+        .build();
+    (SyncedCache::new(chain, bus, vec![0]), moka)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_link_makes_an_instance_forget_the_tag_generations_it_read() {
+    use cache_core::TagStore;
+    let server = RedisServer::start();
+    let proxy = FreezableProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    let (a, _) = tagged_instance(
+        &server,
+        version.clone(),
+        InvalidationBus::builder().url(server.url()),
+    )
+    .await;
+    let (b, b_moka) = tagged_instance(&server, version.clone(), fast_bus(proxy.url())).await;
+    let key = "avatar:42".to_string();
+    a.get(&key).await.unwrap().unwrap();
+    // B reads it from Redis, tag generation 0 (now kept by B).
+    assert_eq!(b.get(&key).await.unwrap().unwrap().value(), "avatar:42@v1");
+    assert_eq!(b.chain().tag_generation("user:42"), Some(0));
+
+    // B's bus link dies silently; meanwhile the tag is bumped and B never
+    // hears of it (the message is lost with the link).
+    let flushes = b.resync_flushes();
+    proxy.freeze();
+    // (The tier lives as long as the store: they share its connections.)
+    let tier = RedisTier::<String>::builder()
+        .url(server.url())
+        .namespace("tagged")
+        .build()
+        .await
+        .unwrap();
+    let store = cache_server::RedisTagStore::new(&tier);
+    version.store(2, Ordering::SeqCst);
+    assert_eq!(store.bump("user:42").await.unwrap(), 1);
+    // Within the bound B flushes, and forgets the generations it had read...
+    wait_until("B resyncs after the silent drop", || {
+        b.resync_flushes() > flushes && !b_moka.contains(&key)
+    })
+    .await;
+    assert_eq!(b.chain().tag_generation("user:42"), None);
+    // ...so its next read learns generation 1 and does not take the old
+    // value Redis still holds.
+    let got = b.get(&key).await.unwrap().unwrap();
+    assert_eq!(got.value(), "avatar:42@v2", "{:?}", got.source);
+    proxy.thaw();
+}

@@ -55,7 +55,9 @@ impl fmt::Debug for RedisTagStore {
 }
 
 impl RedisTagStore {
-    /// The tag store of `tier`'s namespace, on its connections.
+    /// The tag store of `tier`'s namespace, on its connections: the store
+    /// works while the tier lives (a chain holding the tier keeps it; a tier
+    /// that made its own pool closes it when dropped).
     ///
     /// ```no_run
     /// # async fn demo(redis: cache_server::RedisTier<String>) {
