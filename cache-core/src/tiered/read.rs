@@ -320,6 +320,8 @@ where
         }
     }
 
+    /// A hit at tier `index`: the breaker's success, and the observer's event.
+    #[inline]
     fn emit_hit(&self, index: usize, key: &K, start: Option<Stopwatch>, entry: &Entry<V>) {
         self.tiers[index].breaker.success();
         if self.observer.is_some() {
@@ -435,25 +437,12 @@ where
         stamp: Stamp,
         now: Timestamp,
     ) -> Read<V> {
-        let slot = &self.tiers[index];
         match result {
             Ok(Some(entry)) if !entry.is_expired(now) => {
                 if !entry.tags.is_empty() {
                     return self.classify_tagged(index, key, start, entry);
                 }
-                slot.breaker.success();
-                if self.observer.is_some() {
-                    let bytes = entry.value.byte_size();
-                    let source = self.tier_source(index);
-                    self.emit(
-                        EventKind::Hit,
-                        source,
-                        &key.key_str(),
-                        elapsed(start),
-                        bytes,
-                        None,
-                    );
-                }
+                self.emit_hit(index, key, start, &entry);
                 Read::Hit(entry)
             }
             Ok(_) => {

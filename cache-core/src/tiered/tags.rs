@@ -318,21 +318,10 @@ impl TagTable {
             let unchanged = store.changes_now() == mark.store;
             return Ok((stamped, unchanged && !failed));
         }
-        self.resolve(tags.list().names()).await?;
-        let state = self.read();
-        let mut fillable = true;
-        let stamped = tags.with_generations(|name| match state.generations.get(name) {
-            Some(known) => {
-                fillable &= known.changed <= mark.epoch;
-                known.generation
-            }
-            None => {
-                // No store: never bumped.
-                fillable &= self.store.is_none();
-                0
-            }
-        });
-        Ok((stamped, fillable))
+        // A tag unknown even after `resolve` exists only without a store,
+        // where it was never bumped.
+        self.stamp_from_table(tags, mark, |known| known.changed, self.store.is_none())
+            .await
     }
 
     /// The generations for a value a `put` that began at `mark` writes now,
@@ -347,15 +336,33 @@ impl TagTable {
             let stamped = tags.with_generations(|_| it.next().unwrap_or(0));
             return Ok((stamped, store.changes_now() == mark.store));
         }
+        self.stamp_from_table(tags, mark, |known| known.bumped, true)
+            .await
+    }
+
+    /// `tags` at the generations this table knows (after reading the unknown
+    /// ones from the store), and whether none of them moved since `mark` by
+    /// the measure `since` picks; a tag still unknown counts as
+    /// `unknown_fillable`.
+    async fn stamp_from_table(
+        &self,
+        tags: &Tags,
+        mark: LoadMark,
+        since: fn(&Known) -> u64,
+        unknown_fillable: bool,
+    ) -> Result<(Tags, bool)> {
         self.resolve(tags.list().names()).await?;
         let state = self.read();
         let mut fillable = true;
         let stamped = tags.with_generations(|name| match state.generations.get(name) {
             Some(known) => {
-                fillable &= known.bumped <= mark.epoch;
+                fillable &= since(known) <= mark.epoch;
                 known.generation
             }
-            None => 0,
+            None => {
+                fillable &= unknown_fillable;
+                0
+            }
         });
         Ok((stamped, fillable))
     }
