@@ -406,24 +406,16 @@ where
         }
         let ticket = inner.fences.ticket();
         let mut now = crate::Timestamp::UNIX_EPOCH;
-        if let Some(entry) = inner.plain_hit_now(key, &mut now) {
-            if inner.refresh.is_some() {
-                Inner::refresh_if_due(&self.inner, key, &entry, now);
-            }
-            trace::hit_now(&|| key.key_str().into_owned(), &inner.tiers[0].name);
-            return Ok(Ok(Some(Lookup {
-                entry,
-                source: Source::Tier {
-                    index: 0,
-                    name: &inner.tiers[0].name,
-                },
-            })));
-        }
-        let (next, failed, stamp) = match inner.read_tier_now(0, key) {
-            Some((Read::Hit(entry), now)) => {
+        let (next, failed, stamp) = match inner.read_tier_now(0, key, &mut now) {
+            Some(Read::Hit(entry)) => {
                 if inner.refresh.is_some() {
                     Inner::refresh_if_due(&self.inner, key, &entry, now);
                 }
+                // Only with the feature: even an empty call here, which indexes
+                // the tiers (a bounds check that could unwind while the entry
+                // is live), made the hit copy the entry through the stack and
+                // cost it about 8 ns (store-forwarding stalls, seen with perf).
+                #[cfg(feature = "tracing")]
                 trace::hit_now(&|| key.key_str().into_owned(), &inner.tiers[0].name);
                 return Ok(Ok(Some(Lookup {
                     entry,
@@ -433,11 +425,11 @@ where
                     },
                 })));
             }
-            Some((Read::Miss(stamp), _)) => (1, 0, Some(stamp)),
-            Some((Read::Failed, _)) => (1, 1, None),
-            Some((Read::TagsStale, _)) => (1, 0, Some(inner.stale_tags_now(key))),
+            Some(Read::Miss(stamp)) => (1, 0, Some(stamp)),
+            Some(Read::Failed) => (1, 1, None),
+            Some(Read::TagsStale) => (1, 0, Some(inner.stale_tags_now(key))),
             // The async path reads the generations it lacks.
-            None | Some((Read::TagsUnknown, _)) => (0, 0, None),
+            None | Some(Read::TagsUnknown) => (0, 0, None),
         };
         Err(self.get_slow(key, next, failed, ticket, stamp, loader))
     }
@@ -524,12 +516,15 @@ where
     /// way when it began are not written into the tiers, and reads that start
     /// afterwards do not join them. See [`Tags`](crate::Tags).
     ///
-    /// Tags are given with the value: `put` an entry
-    /// [`with_tags`](crate::Entry::with_tags), or have the loader return one.
+    /// Tags are given with the value (cache-core's `tags` feature): `put` an
+    /// entry [`with_tags`](crate::Entry::with_tags), or have the loader return
+    /// one. Without the feature no entry carries tags, so this only bumps the
+    /// generation (which instances with the feature still honour).
     /// Across instances, `cache_server::SyncedCache::invalidate_tag` also
     /// tells every other instance.
     ///
     /// ```
+    /// # #[cfg(feature = "tags")] {
     /// use cache_core::{Entry, MemoryTier, Tier, TieredCache, Timestamp};
     ///
     /// # futures_executor::block_on(async {
@@ -544,6 +539,7 @@ where
     /// assert!(cache.get(&"name:42".to_string()).await?.is_none());
     /// assert!(cache.get(&"name:7".to_string()).await?.is_some());
     /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// # }
     /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
         trace::invalidate("invalidate_tag", tag, self.inner.invalidate_tag(tag)).await
@@ -556,6 +552,7 @@ where
     /// `cache_server::SyncedCache` calls it.)
     ///
     /// ```
+    /// # #[cfg(feature = "tags")] {
     /// use cache_core::{Entry, MemoryTier, Tier, TieredCache, Timestamp};
     ///
     /// # futures_executor::block_on(async {
@@ -564,6 +561,7 @@ where
     /// cache.tag_invalidated("t", 1);
     /// assert!(cache.get(&"k".to_string()).await?.is_none());
     /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// # }
     /// ```
     pub fn tag_invalidated(&self, tag: &str, generation: u64) {
         self.inner.tag_invalidated(tag, generation);

@@ -337,68 +337,29 @@ where
         }
     }
 
-    /// The common tier-0 hit, taken without the general path's enums (moving
-    /// an entry through them costs the hit measurably): tier 0 answers at
-    /// once with an unexpired entry whose tags (if any) are current, and no
-    /// observer is set. `None` for anything else, which [`Inner::read_tier_now`] then
-    /// reads again (a miss reads an in-process tier twice; it is cheap next
-    /// to what a miss costs).
-    ///
-    /// `now` gets the time the entry was checked at (an out-parameter: an
-    /// entry alone fits the answer's niche, a pair would not).
-    #[inline]
-    pub(super) fn plain_hit_now(&self, key: &K, now: &mut Timestamp) -> Option<Entry<V>> {
-        if self.observer.is_some() {
-            return None;
-        }
-        let slot = self.tiers.first()?;
-        if !slot.breaker.is_closed() {
-            return None;
-        }
-        *now = self.clock.now();
-        let now = *now;
-        #[cfg(not(target_family = "wasm"))]
-        let found = match &slot.concurrent {
-            Some(tier) => tier.get_entry(key, now),
-            None => slot.layer.get_ready(key, now)?.ok()?,
-        };
-        #[cfg(target_family = "wasm")]
-        let found = slot.layer.get_ready(key, now)?.ok()?;
-        match found {
-            Some(entry)
-                if !entry.is_expired(now)
-                    && (entry.tags.is_empty() || self.tags_current_now(&entry.tags)) =>
-            {
-                slot.breaker.success();
-                Some(entry)
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether tags a tier-0 entry carries are current, judged without
-    /// waiting (`false` also when that cannot be told yet). Out of line, so
-    /// the untagged hit stays small.
-    #[inline(never)]
-    fn tags_current_now(&self, tags: &crate::Tags) -> bool {
-        matches!(self.tags.check_now(tags), TagCheck::Current)
-    }
-
     /// Tier `index`'s answer without waiting, when its breaker is closed and it can
     /// give one ([`CacheLayer::get_ready`](crate::CacheLayer::get_ready)); `None`
     /// sends the read down the async path (which also handles open and half-open
     /// breakers). Tiers that answer at once are in-process and do not stamp.
-    /// Also gives the time the answer was checked against, so a hit needs no
-    /// second clock read (refresh-ahead's check uses it).
+    /// Also gives, in `now`, the time the answer was checked against, so a
+    /// hit needs no second clock read (refresh-ahead's check uses it). An
+    /// out-parameter: returned beside the answer, it made the hit move the
+    /// entry through the stack once more.
     #[inline]
-    pub(super) fn read_tier_now(&self, index: usize, key: &K) -> Option<(Read<V>, Timestamp)> {
+    pub(super) fn read_tier_now(
+        &self,
+        index: usize,
+        key: &K,
+        now: &mut Timestamp,
+    ) -> Option<Read<V>> {
         let slot = self.tiers.get(index)?;
         if !slot.breaker.is_closed() {
             return None;
         }
         let start = self.start();
         // One clock read serves the tier's expiry check and the chain's.
-        let now = self.clock.now();
+        *now = self.clock.now();
+        let now = *now;
         #[cfg(not(target_family = "wasm"))]
         let result = match &slot.concurrent {
             Some(tier) => Ok(tier.get_entry(key, now)),
@@ -409,10 +370,7 @@ where
         // Built in place: this is the hit path, and moving the answer once
         // more costs it measurably. `TagsStale` and `TagsUnknown` are left
         // to the caller.
-        Some((
-            self.classify(index, key, start, result, Stamp::NONE, now),
-            now,
-        ))
+        Some(self.classify(index, key, start, result, Stamp::NONE, now))
     }
 
     /// What a read makes of tier 0's synchronous answer [`Read::TagsStale`]
