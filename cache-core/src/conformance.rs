@@ -175,6 +175,7 @@ where
     hostile(&make).await;
     get_ready_agrees(&make).await;
     fenced_writes(&make).await;
+    #[cfg(feature = "tags")]
     tags(&make).await;
 }
 
@@ -491,7 +492,8 @@ where
 /// it and read back unchanged by `get`, `get_many` and `get_ready`, whether it
 /// was written by `put`, `put_fenced` or `put_many` (they travel with the
 /// entry across backfill: the lazy `invalidate_tag` depends on it). Tag names
-/// are hostile too.
+/// are hostile too. Needs the `tags` feature.
+#[cfg(feature = "tags")]
 pub async fn tags<T, V, F, Fut>(make: &F)
 where
     T: CacheLayer<String, V>,

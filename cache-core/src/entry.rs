@@ -29,7 +29,8 @@ pub struct Entry<V> {
     /// The first instant at which the value must no longer be served.
     pub expires_at: Timestamp,
     /// The tags the value carries, each with the generation it was read at
-    /// (see [`Tags`]); empty for most entries, and then free.
+    /// (see [`Tags`]); empty for most entries. Without the `tags` feature it
+    /// is always empty and takes no space.
     #[cfg_attr(
         feature = "serde",
         serde(default, skip_serializing_if = "Tags::is_empty")
@@ -56,6 +57,7 @@ impl<V> Entry<V> {
     /// let entry = Entry::new("https://img/42.png", Timestamp::MAX).with_tags(["user:42", "team:7"]);
     /// assert_eq!(entry.tags.list().names().collect::<Vec<_>>(), ["user:42", "team:7"]);
     /// ```
+    #[cfg(feature = "tags")]
     #[must_use]
     pub fn with_tags<I, S>(mut self, tags: I) -> Self
     where
@@ -129,9 +131,21 @@ impl<V> Entry<V> {
 /// bentocache and HybridCache). Tiers store the tags with the value, so they
 /// travel with it across backfill.
 ///
+/// # The `tags` feature
+///
+/// Tags need cache-core's `tags` feature, off by default. Without it `Tags`
+/// takes no space, so an [`Entry`] is as small as a value and its expiry, and
+/// the in-process hit costs what it did before tags existed (an 8-byte field
+/// made the one-thread `ConcurrentTier` hit about 10 ns slower, see
+/// BENCHMARKS.md). Every entry is then untagged: `Entry::with_tags` and
+/// `Tags::new` do not exist, [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag)
+/// still bumps generations (and so still reaches instances that have the
+/// feature), and a tier that reads an entry some other build stored with tags
+/// refuses it ([`Tags::try_from_pairs`]), since this build cannot check them.
+///
 /// # Representation
 ///
-/// `Tags` is a `Copy` handle, 8 bytes: a tier-0 hit clones and drops an entry,
+/// With the feature, `Tags` is a `Copy` handle, 8 bytes: a tier-0 hit clones and drops an entry,
 /// and a field that needs dropping (an `Arc`) cost every hit, tagged or not,
 /// about 10 ns. The lists themselves are interned, once per distinct content,
 /// in a process-wide table of at most [`Tags::MAX_LISTS`] lists; beyond that
@@ -141,9 +155,10 @@ impl<V> Entry<V> {
 /// handle is empty and costs a read one check.
 ///
 /// Generations are set by the chain; a value given to the chain (to `put`, or
-/// from a loader) carries names only, see [`Entry::with_tags`].
+/// from a loader) carries names only, see `Entry::with_tags`.
 ///
 /// ```
+/// # #[cfg(feature = "tags")] {
 /// use cache_core::Tags;
 ///
 /// let tags = Tags::new(["user:42"]);
@@ -152,9 +167,22 @@ impl<V> Entry<V> {
 /// assert_eq!(read_at.list().iter().collect::<Vec<_>>(), [("user:42", 3)]);
 /// assert_eq!(Tags::new(["user:42"]), tags, "the same content, the same handle");
 /// assert!(Tags::NONE.is_empty());
+/// # }
 /// ```
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Tags(Option<std::num::NonZeroU64>);
+pub struct Tags(Handle);
+
+/// With the `tags` feature: the list's number in the process-wide table.
+#[cfg(feature = "tags")]
+type Handle = Option<std::num::NonZeroU64>;
+
+/// Without the `tags` feature: nothing (every entry is untagged).
+#[cfg(not(feature = "tags"))]
+type Handle = NoTags;
+
+#[cfg(not(feature = "tags"))]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct NoTags;
 
 /// One tag's name and the generation it was read at.
 type TagAt = (Box<str>, u64);
@@ -163,12 +191,14 @@ type TagAt = (Box<str>, u64);
 /// for a list the process has forgotten: see [`Tags::is_forgotten`]).
 ///
 /// ```
+/// # #[cfg(feature = "tags")] {
 /// use cache_core::Tags;
 ///
 /// let tags = Tags::new(["user:42", "team:7"]);
 /// let list = tags.list();
 /// assert_eq!(list.names().collect::<Vec<_>>(), ["user:42", "team:7"]);
 /// assert_eq!(list.len(), 2);
+/// # }
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct TagList(Option<Arc<[TagAt]>>);
@@ -199,6 +229,7 @@ impl TagList {
 }
 
 /// The process-wide table of tag lists behind [`Tags`] handles.
+#[cfg(feature = "tags")]
 #[derive(Default)]
 struct Registry {
     by_id: std::collections::HashMap<u64, Arc<[TagAt]>>,
@@ -208,6 +239,7 @@ struct Registry {
     next: u64,
 }
 
+#[cfg(feature = "tags")]
 fn registry() -> &'static std::sync::RwLock<Registry> {
     static REGISTRY: std::sync::OnceLock<std::sync::RwLock<Registry>> = std::sync::OnceLock::new();
     REGISTRY.get_or_init(Default::default)
@@ -215,7 +247,11 @@ fn registry() -> &'static std::sync::RwLock<Registry> {
 
 impl Tags {
     /// No tags.
+    #[cfg(feature = "tags")]
     pub const NONE: Tags = Tags(None);
+    /// No tags.
+    #[cfg(not(feature = "tags"))]
+    pub const NONE: Tags = Tags(NoTags);
 
     /// How many distinct tag lists the process keeps (see
     /// [representation](Tags#representation)).
@@ -227,6 +263,7 @@ impl Tags {
     /// let tags = cache_core::Tags::new(["user:42", "team:7", "user:42"]);
     /// assert_eq!(tags.len(), 2);
     /// ```
+    #[cfg(feature = "tags")]
     pub fn new<I, S>(names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -251,6 +288,7 @@ impl Tags {
     /// assert_eq!(read_back, Tags::new(["user:42"]).with_generations(|_| 3));
     /// assert!(Tags::from_pairs(Vec::new()).is_empty());
     /// ```
+    #[cfg(feature = "tags")]
     pub fn from_pairs(pairs: Vec<(Box<str>, u64)>) -> Self {
         if pairs.is_empty() {
             return Tags::NONE;
@@ -275,27 +313,57 @@ impl Tags {
         Tags(std::num::NonZeroU64::new(id))
     }
 
-    /// Whether there are no tags.
+    /// Tags a tier read back, in a build that may lack the `tags` feature:
+    /// `None` when `pairs` is not empty and this build cannot carry tags
+    /// (the entry must then be refused: its tags cannot be checked).
+    ///
+    /// ```
+    /// use cache_core::Tags;
+    ///
+    /// assert_eq!(Tags::try_from_pairs(Vec::new()), Some(Tags::NONE));
+    /// let read_back = Tags::try_from_pairs(vec![("user:42".into(), 3)]);
+    /// assert_eq!(read_back.is_some(), cfg!(feature = "tags"));
+    /// ```
+    pub fn try_from_pairs(pairs: Vec<(Box<str>, u64)>) -> Option<Self> {
+        #[cfg(feature = "tags")]
+        return Some(Tags::from_pairs(pairs));
+        #[cfg(not(feature = "tags"))]
+        return pairs.is_empty().then_some(Tags::NONE);
+    }
+
+    /// Whether there are no tags (always, without the `tags` feature).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        #[cfg(feature = "tags")]
+        return self.0.is_none();
+        #[cfg(not(feature = "tags"))]
+        return true;
     }
 
     /// The handle's number (equal lists, equal numbers), for caches of
     /// verdicts about them.
+    #[inline]
     pub(crate) fn id(&self) -> Option<u64> {
-        self.0.map(std::num::NonZeroU64::get)
+        #[cfg(feature = "tags")]
+        return self.0.map(std::num::NonZeroU64::get);
+        #[cfg(not(feature = "tags"))]
+        return None;
     }
 
     /// The names and generations.
     ///
     /// ```
+    /// # #[cfg(feature = "tags")] {
     /// let tags = cache_core::Tags::new(["user:42"]);
     /// for (name, generation) in tags.list().iter() {
     ///     assert_eq!((name, generation), ("user:42", 0));
     /// }
+    /// # }
     /// ```
     pub fn list(&self) -> TagList {
+        #[cfg(not(feature = "tags"))]
+        return TagList(None);
+        #[cfg(feature = "tags")]
         match self.0 {
             None => TagList(None),
             Some(id) => TagList(
@@ -314,6 +382,7 @@ impl Tags {
     /// them reads as absent.
     ///
     /// ```
+    /// # #[cfg(feature = "tags")]
     /// assert!(!cache_core::Tags::new(["user:42"]).is_forgotten());
     /// assert!(!cache_core::Tags::NONE.is_forgotten());
     /// ```
@@ -324,7 +393,9 @@ impl Tags {
     /// How many tags.
     ///
     /// ```
+    /// # #[cfg(feature = "tags")]
     /// assert_eq!(cache_core::Tags::new(["a", "b"]).len(), 2);
+    /// assert_eq!(cache_core::Tags::NONE.len(), 0);
     /// ```
     pub fn len(&self) -> usize {
         self.list().len()
@@ -333,8 +404,10 @@ impl Tags {
     /// Whether a tag called `name` is among them.
     ///
     /// ```
+    /// # #[cfg(feature = "tags")] {
     /// let tags = cache_core::Tags::new(["user:42"]);
     /// assert!(tags.contains("user:42") && !tags.contains("user:7"));
+    /// # }
     /// ```
     pub fn contains(&self, name: &str) -> bool {
         self.list().names().any(|n| n == name)
@@ -343,11 +416,24 @@ impl Tags {
     /// The same names with the generations `generation(name)` gives.
     ///
     /// ```
+    /// # #[cfg(feature = "tags")] {
     /// let tags = cache_core::Tags::new(["a", "b"]).with_generations(|n| if n == "a" { 1 } else { 2 });
     /// assert_eq!(tags.list().iter().collect::<Vec<_>>(), [("a", 1), ("b", 2)]);
+    /// # }
     /// ```
     #[must_use]
-    pub fn with_generations(&self, mut generation: impl FnMut(&str) -> u64) -> Tags {
+    pub fn with_generations(&self, generation: impl FnMut(&str) -> u64) -> Tags {
+        #[cfg(not(feature = "tags"))]
+        {
+            let _ = generation;
+            *self
+        }
+        #[cfg(feature = "tags")]
+        self.stamped(generation)
+    }
+
+    #[cfg(feature = "tags")]
+    fn stamped(&self, mut generation: impl FnMut(&str) -> u64) -> Tags {
         if self.is_forgotten() {
             // Still forgotten: still absent, never untagged.
             return *self;
@@ -383,11 +469,44 @@ impl serde::Serialize for Tags {
 impl<'de> serde::Deserialize<'de> for Tags {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let pairs: Vec<(String, u64)> = serde::Deserialize::deserialize(deserializer)?;
-        Ok(Tags::from_pairs(
+        Tags::try_from_pairs(
             pairs
                 .into_iter()
                 .map(|(n, g)| (n.into_boxed_str(), g))
                 .collect(),
-        ))
+        )
+        .ok_or_else(|| serde::de::Error::custom(crate::tags::TAGS_UNSUPPORTED))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the `tags` feature an entry is its value and expiry, as before
+    /// tags existed (the in-process hit copies it); with it, 8 bytes more.
+    #[test]
+    fn tags_take_space_only_with_the_feature() {
+        let tags = if cfg!(feature = "tags") { 8 } else { 0 };
+        assert_eq!(std::mem::size_of::<Tags>(), tags);
+        assert_eq!(
+            std::mem::size_of::<Entry<String>>(),
+            std::mem::size_of::<String>() + 8 + tags
+        );
+    }
+
+    /// Tags a tier reads back are refused, not dropped, by a build that
+    /// cannot carry them (the entry would outlive an `invalidate_tag`).
+    #[test]
+    fn tags_read_back_are_refused_only_without_the_feature() {
+        assert_eq!(Tags::try_from_pairs(Vec::new()), Some(Tags::NONE));
+        let read_back = Tags::try_from_pairs(vec![("user:42".into(), 3)]);
+        if cfg!(feature = "tags") {
+            let tags = read_back.expect("the feature carries tags");
+            assert_eq!(tags.list().iter().collect::<Vec<_>>(), [("user:42", 3)]);
+        } else {
+            assert_eq!(read_back, None);
+            assert!(Tags::NONE.is_empty() && Tags::NONE.list().is_empty());
+        }
     }
 }

@@ -19,7 +19,7 @@
 //!   writing stale values back. Its docs hold the full contract.
 //! - [`Entry`], [`Timestamp`], [`Clock`] ([`SystemClock`], [`ManualClock`]): absolute
 //!   expiry on an injected wall clock (wasm-safe).
-//! - [`Tags`] and [`TagStore`]: `put` values with tags, then
+//! - [`Tags`] and [`TagStore`] (feature `tags`): `put` values with tags, then
 //!   [`TieredCache::invalidate_tag`] drops every entry carrying a tag from every
 //!   tier, without a scan (a generation checked on read, as bentocache and
 //!   HybridCache do).
@@ -39,6 +39,7 @@
 //! |---|---|---|
 //! | `conformance` | no | `cache_core::conformance`: the suite every [`CacheLayer`] implementation should pass (enable it in your tier crate's dev-dependencies) |
 //! | `serde` | no | `Serialize`/`Deserialize` for [`Timestamp`], [`Entry`] and [`Tags`] |
+//! | `tags` | no | tags on entries: `Entry::with_tags`, `Tags::new`. Without it [`Tags`] takes no space (an entry is its value and expiry, and the in-process hit does not pay for the field), every entry is untagged, and a tier refuses an entry another build stored with tags ([`Tags::try_from_pairs`]) |
 //! | `tracing` | no | `tracing` spans (DEBUG) for chain operations: `cache.get` (key, tier, outcome: hit, loaded, stale, absent, error), `cache.fill` (key, tier, kind, outcome: written, refused, error) and `cache.invalidate` (op, target, outcome, each tier's action) |
 //! | `mutations` | no | test-only switches that revert one fix each, so this crate's tests can show they catch it; never enable it in a build you ship |
 //!
@@ -86,8 +87,8 @@
 // `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// The README's example is a doctest too.
-#[cfg(doctest)]
+// The README's example is a doctest too (its tags example needs the feature).
+#[cfg(all(doctest, feature = "tags"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctest;
 

@@ -17,6 +17,11 @@ use async_trait::async_trait;
 
 use crate::{Error, MaybeSend, MaybeSync, Result};
 
+/// Why a tier refuses an entry stored with tags in a build without cache-core's
+/// `tags` feature (it cannot check them; see [`Tags::try_from_pairs`](crate::Tags::try_from_pairs)).
+pub const TAGS_UNSUPPORTED: &str =
+    "the entry was stored with tags, and this build of cache-core lacks the `tags` feature to check them";
+
 /// The longest tag accepted, in bytes.
 pub const MAX_TAG_BYTES: usize = 200;
 

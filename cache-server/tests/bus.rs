@@ -882,6 +882,7 @@ async fn a_late_down_heartbeat_does_not_make_the_others_skip_a_live_instance() {
     let _ = raw.quit().await;
 }
 
+#[cfg(feature = "tags")]
 /// One backend whose values carry the tag `user:<id>` (moka -> Redis ->
 /// origin, generations in a `RedisTagStore`), its bus built by `bus`.
 async fn tagged_instance(
@@ -922,6 +923,7 @@ async fn tagged_instance(
     (SyncedCache::new(chain, bus, vec![0]), moka)
 }
 
+#[cfg(feature = "tags")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dropped_link_makes_an_instance_forget_the_tag_generations_it_read() {
     use cache_core::TagStore;

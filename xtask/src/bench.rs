@@ -64,6 +64,10 @@ fn bench_report(args: &[&str]) -> Command {
     cmd
 }
 
+/// The bench targets built with the `tags` feature (they measure tags); the
+/// others, the peers suite among them, measure the default build.
+const WITH_TAGS: &[&str] = &["chain_hit", "redis_tier"];
+
 /// `(suite, criterion bench target or None)` from `bench-report suites`.
 fn suites() -> Result<Vec<(String, Option<String>)>, String> {
     let out = bench_report(&["suites"])
@@ -216,8 +220,11 @@ pub(crate) fn bench(args: &[String]) -> Result<bool, String> {
         let outcome = match target {
             Some(target) => {
                 let mut cmd = clean_cargo();
-                cmd.args(["bench", "-p", "benches", "--bench", target])
-                    .env("BENCH_RESULTS_DIR", &results);
+                cmd.args(["bench", "-p", "benches", "--bench", target]);
+                if WITH_TAGS.contains(&target.as_str()) {
+                    cmd.args(["--features", "tags"]);
+                }
+                cmd.env("BENCH_RESULTS_DIR", &results);
                 if quick {
                     cmd.env("BENCH_QUICK", "1");
                 } else {

@@ -341,6 +341,11 @@ fn browser_env(cmd: &mut Command) -> &mut Command {
     .env("WASM_BINDGEN_TEST_TIMEOUT", "180")
 }
 
+/// The tags features (off by default): the full suites build with them, so
+/// every tag test runs; a second clippy and the crates' unit tests check the
+/// default build.
+const TAGS: &str = "cache-core/tags,cache-server/tags,cache-browser/tags,benches/tags";
+
 fn test(args: &[String]) -> Result<bool, String> {
     if let Some(extra) = args.first() {
         return Err(format!(
@@ -366,7 +371,12 @@ fn test(args: &[String]) -> Result<bool, String> {
     fmt.args(["fmt", "--all", "--", "--check"]);
     suites.push(("rustfmt".into(), fmt));
     let mut clippy = cargo();
-    clippy.args([
+    clippy.args(["clippy", "--workspace", "--all-targets", "--features", TAGS]);
+    clippy.args(["--", "-D", "warnings"]);
+    suites.push(("clippy (native)".into(), clippy));
+    // The default build has no tags (`Tags` takes no space): lint it too.
+    let mut clippy_no_tags = cargo();
+    clippy_no_tags.args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -374,11 +384,12 @@ fn test(args: &[String]) -> Result<bool, String> {
         "-D",
         "warnings",
     ]);
-    suites.push(("clippy (native)".into(), clippy));
+    suites.push(("clippy (native, without tags)".into(), clippy_no_tags));
     let mut clippy_wasm = cargo();
     clippy_wasm
         .args(["clippy", "--target", WASM_TARGET, "--all-targets"])
         .args(&wasm_pkgs)
+        .args(["--features", "cache-browser/tags"])
         .args(["--", "-D", "warnings"]);
     suites.push((
         format!("clippy (wasm32: {})", browser.join(", ")),
@@ -403,16 +414,30 @@ fn test(args: &[String]) -> Result<bool, String> {
         suites.push((name.into(), cmd));
     }
     let mut native = cargo();
-    native.args(["test", "--workspace", "--no-fail-fast"]);
+    native.args(["test", "--workspace", "--no-fail-fast", "--features", TAGS]);
     suites.push((
         "native tests (incl. doctests, real Redis and S3)".into(),
         native,
     ));
+    // What only a build without tags does: an entry without the field, and
+    // tiers refusing entries another build stored with tags.
+    let mut no_tags = cargo();
+    no_tags.args([
+        "test",
+        "--no-fail-fast",
+        "-p",
+        "cache-core",
+        "-p",
+        "cache-server",
+        "--lib",
+    ]);
+    suites.push(("native unit tests without the tags feature".into(), no_tags));
     let mut wasm = cargo();
     // Test targets only: doctests run natively above (on wasm32 they would need
     // every example's dev-dependencies to build for the browser).
     wasm.args(["test", "--target", WASM_TARGET, "--no-fail-fast", "--tests"])
-        .args(&wasm_pkgs);
+        .args(&wasm_pkgs)
+        .args(["--features", "cache-browser/tags"]);
     browser_env(&mut wasm);
     // The runner serves pages cross-origin isolated (COEP), which blocks the real
     // cross-origin fetch the Cache API tier's opaque-response test needs.

@@ -379,6 +379,7 @@ where
     /// `cache_browser::LocalStorageTagStore`).
     ///
     /// ```
+    /// # #[cfg(feature = "tags")] {
     /// use std::sync::Arc;
     /// use cache_core::{Clock, Entry, MemoryTagStore, MemoryTier, SystemClock, Tier, TieredCache};
     ///
@@ -395,6 +396,7 @@ where
     /// a.invalidate_tag("t").await?;
     /// assert!(b.get(&"k".to_string()).await?.is_none());
     /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// # }
     /// ```
     pub fn tag_store(mut self, store: Arc<dyn crate::TagStore>) -> Self {
         self.tag_store = Some(store);

@@ -517,7 +517,7 @@ where
     /// afterwards do not join them. See [`Tags`](crate::Tags).
     ///
     /// Tags are given with the value (cache-core's `tags` feature): `put` an
-    /// entry [`with_tags`](crate::Entry::with_tags), or have the loader return
+    /// entry `with_tags`, or have the loader return
     /// one. Without the feature no entry carries tags, so this only bumps the
     /// generation (which instances with the feature still honour).
     /// Across instances, `cache_server::SyncedCache::invalidate_tag` also

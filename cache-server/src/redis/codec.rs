@@ -106,8 +106,20 @@ pub(crate) fn write_header(
 }
 
 /// Reads the tags section at the start of `bytes`; returns the tags and the
-/// rest. `None` if it is cut short or not UTF-8.
-fn read_tags(bytes: &[u8]) -> Option<(Tags, &[u8])> {
+/// rest. [`Corrupt::Payload`] if it is cut short or not UTF-8,
+/// [`Corrupt::TagsUnsupported`] if there are tags and this build has no
+/// cache-core `tags` feature to check them.
+fn read_tags(bytes: &[u8]) -> Result<(Tags, &[u8]), Corrupt> {
+    let (tags, rest) = parse_tags(bytes).ok_or(Corrupt::Payload)?;
+    Ok((
+        Tags::try_from_pairs(tags).ok_or(Corrupt::TagsUnsupported)?,
+        rest,
+    ))
+}
+
+/// The tag pairs at the start of `bytes`, and the rest.
+#[allow(clippy::type_complexity)]
+fn parse_tags(bytes: &[u8]) -> Option<(Vec<(Box<str>, u64)>, &[u8])> {
     let (count, mut rest) = bytes.split_first_chunk::<2>()?;
     let count = u16::from_be_bytes(*count) as usize;
     let mut pairs = Vec::with_capacity(count.min(64));
@@ -120,7 +132,7 @@ fn read_tags(bytes: &[u8]) -> Option<(Tags, &[u8])> {
         pairs.push((Box::from(name), u64::from_be_bytes(*generation)));
         rest = after;
     }
-    Some((Tags::from_pairs(pairs), rest))
+    Some((pairs, rest))
 }
 
 /// Why a stored value could not be read.
@@ -134,6 +146,9 @@ pub(crate) enum Corrupt {
     Payload,
     /// The key holds a hash, list... instead of a string.
     WrongType,
+    /// The entry carries tags, and this build cannot check them (no
+    /// cache-core `tags` feature).
+    TagsUnsupported,
 }
 
 impl fmt::Display for Corrupt {
@@ -146,6 +161,7 @@ impl fmt::Display for Corrupt {
             ),
             Corrupt::Payload => f.write_str("payload does not decode"),
             Corrupt::WrongType => f.write_str("the key holds another Redis type"),
+            Corrupt::TagsUnsupported => f.write_str(cache_core::tags::TAGS_UNSUPPORTED),
         }
     }
 }
@@ -177,7 +193,7 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Opened<'_>, Corrupt> {
     let mut millis = [0u8; 8];
     millis.copy_from_slice(&bytes[3..HEADER_LEN]);
     let (tags, payload) = if tagged {
-        read_tags(&bytes[HEADER_LEN..]).ok_or(Corrupt::Payload)?
+        read_tags(&bytes[HEADER_LEN..])?
     } else {
         (Tags::NONE, &bytes[HEADER_LEN..])
     };
@@ -251,6 +267,46 @@ mod tests {
         assert_eq!(open(&old).unwrap_err(), Corrupt::Version(0));
     }
 
+    /// An envelope a build with tags writes for an entry tagged `user:42` at
+    /// generation 7, built by hand (this build may not be able to make tags).
+    fn tagged_by_another_build() -> Vec<u8> {
+        let mut buf = MAGIC.to_vec();
+        buf.push(TAGGED_VERSION);
+        buf.extend_from_slice(&42u64.to_be_bytes());
+        buf.extend_from_slice(&1u16.to_be_bytes());
+        buf.extend_from_slice(&7u16.to_be_bytes());
+        buf.extend_from_slice(b"user:42");
+        buf.extend_from_slice(&7u64.to_be_bytes());
+        buf.extend_from_slice(b"payload");
+        buf
+    }
+
+    #[cfg(feature = "tags")]
+    #[test]
+    fn an_envelope_tagged_by_another_build_opens_with_its_tags() {
+        let buf = tagged_by_another_build();
+        let opened = open(&buf).unwrap();
+        assert_eq!(
+            opened.tags.list().iter().collect::<Vec<_>>(),
+            [("user:42", 7)]
+        );
+        assert_eq!(opened.payload, b"payload");
+    }
+
+    /// Without the `tags` feature an entry cannot carry tags, so one stored
+    /// with them is refused (it would be served past an `invalidate_tag`),
+    /// with a reason that names the feature; a cut one is still corrupt.
+    #[cfg(not(feature = "tags"))]
+    #[test]
+    fn without_the_tags_feature_a_tagged_envelope_is_refused_with_a_clear_reason() {
+        let buf = tagged_by_another_build();
+        let err = open(&buf).unwrap_err();
+        assert_eq!(err, Corrupt::TagsUnsupported);
+        assert!(err.to_string().contains("`tags` feature"), "{err}");
+        assert_eq!(open(&buf[..HEADER_LEN + 5]).unwrap_err(), Corrupt::Payload);
+        assert_eq!(std::mem::size_of::<Tags>(), 0);
+    }
+
     fn envelope(payload: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
         write_header(Timestamp::from_unix_millis(42), &Tags::NONE, &mut buf).unwrap();
@@ -258,6 +314,7 @@ mod tests {
         buf
     }
 
+    #[cfg(feature = "tags")]
     #[test]
     fn tags_travel_in_the_envelope_and_a_cut_tag_section_is_refused() {
         let tags = Tags::from_pairs(vec![("user:42".into(), 7), ("é/..\\x".into(), u64::MAX)]);
@@ -283,7 +340,7 @@ mod tests {
         assert!(write_header(Timestamp::MAX, &huge, &mut Vec::new()).is_err());
     }
 
-    #[cfg(feature = "compression")]
+    #[cfg(all(feature = "compression", feature = "tags"))]
     #[test]
     fn a_tagged_envelope_compresses_its_payload_only() {
         let tags = Tags::from_pairs(vec![("user:42".into(), 3)]);
