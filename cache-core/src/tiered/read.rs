@@ -398,7 +398,14 @@ where
         match result {
             Ok(Some(entry)) if !entry.is_expired(now) => {
                 if !entry.tags.is_empty() {
-                    return self.classify_tagged(index, key, start, entry);
+                    // The handle by value: taking the entry's address (or
+                    // moving it into a call) would make the untagged hit copy
+                    // it through the stack too.
+                    match self.tag_check_now(entry.tags) {
+                        TagCheck::Current => {}
+                        TagCheck::Stale => return Read::TagsStale,
+                        TagCheck::Unknown => return Read::TagsUnknown,
+                    }
                 }
                 self.emit_hit(index, key, start, &entry);
                 Read::Hit(entry)
@@ -414,25 +421,11 @@ where
         }
     }
 
-    /// [`Inner::classify`] of an unexpired entry that carries tags: a hit
-    /// only if they are current. Out of line, so untagged hits stay small.
-    #[cold]
+    /// Whether an entry's tags are current, judged without waiting. Out of
+    /// line, so untagged hits stay small.
     #[inline(never)]
-    fn classify_tagged(
-        &self,
-        index: usize,
-        key: &K,
-        start: Option<Stopwatch>,
-        entry: Entry<V>,
-    ) -> Read<V> {
-        match self.tags.check_now(&entry.tags) {
-            TagCheck::Current => {
-                self.emit_hit(index, key, start, &entry);
-                Read::Hit(entry)
-            }
-            TagCheck::Stale => Read::TagsStale,
-            TagCheck::Unknown => Read::TagsUnknown,
-        }
+    fn tag_check_now(&self, tags: crate::Tags) -> TagCheck {
+        self.tags.check_now(&tags)
     }
 
     /// One batch read of tier `index`, with stamps for the misses; `None` if the
