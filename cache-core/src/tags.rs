@@ -19,6 +19,10 @@ use crate::{Error, MaybeSend, MaybeSync, Result};
 
 /// Why a tier refuses an entry stored with tags in a build without cache-core's
 /// `tags` feature (it cannot check them; see [`Tags::try_from_pairs`](crate::Tags::try_from_pairs)).
+///
+/// ```
+/// assert!(cache_core::tags::TAGS_UNSUPPORTED.contains("`tags` feature"));
+/// ```
 pub const TAGS_UNSUPPORTED: &str =
     "the entry was stored with tags, and this build of cache-core lacks the `tags` feature to check them";
 
