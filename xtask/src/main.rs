@@ -395,6 +395,16 @@ fn test(args: &[String]) -> Result<bool, String> {
         format!("clippy (wasm32: {})", browser.join(", ")),
         clippy_wasm,
     ));
+    // And the browser crates' default build, without tags.
+    let mut clippy_wasm_no_tags = cargo();
+    clippy_wasm_no_tags
+        .args(["clippy", "--target", WASM_TARGET, "--all-targets"])
+        .args(&wasm_pkgs)
+        .args(["--", "-D", "warnings"]);
+    suites.push((
+        format!("clippy (wasm32, without tags: {})", browser.join(", ")),
+        clippy_wasm_no_tags,
+    ));
     // The publishing checks, each through its own subcommand (as the journey).
     let me = env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
     for (task, name) in [
