@@ -172,17 +172,18 @@ impl<V> Entry<V> {
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Tags(Handle);
 
-/// With the `tags` feature: the list's number in the process-wide table.
+/// The handle: `None` for no tags, else the list's number in the
+/// process-wide table.
+type Handle = Option<ListId>;
+
+/// With the `tags` feature, a list's number.
 #[cfg(feature = "tags")]
-type Handle = Option<std::num::NonZeroU64>;
+type ListId = std::num::NonZeroU64;
 
-/// Without the `tags` feature: nothing (every entry is untagged).
+/// Without it, none can exist: `Option<Infallible>` takes no space and is
+/// always `None` (every entry is untagged).
 #[cfg(not(feature = "tags"))]
-type Handle = NoTags;
-
-#[cfg(not(feature = "tags"))]
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-struct NoTags;
+type ListId = std::convert::Infallible;
 
 /// One tag's name and the generation it was read at.
 type TagAt = (Box<str>, u64);
@@ -247,11 +248,7 @@ fn registry() -> &'static std::sync::RwLock<Registry> {
 
 impl Tags {
     /// No tags.
-    #[cfg(feature = "tags")]
     pub const NONE: Tags = Tags(None);
-    /// No tags.
-    #[cfg(not(feature = "tags"))]
-    pub const NONE: Tags = Tags(NoTags);
 
     /// How many distinct tag lists the process keeps (see
     /// [representation](Tags#representation)).
@@ -334,10 +331,7 @@ impl Tags {
     /// Whether there are no tags (always, without the `tags` feature).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        #[cfg(feature = "tags")]
-        return self.0.is_none();
-        #[cfg(not(feature = "tags"))]
-        return true;
+        self.0.is_none()
     }
 
     /// The handle's number (equal lists, equal numbers), for caches of
@@ -347,7 +341,7 @@ impl Tags {
         #[cfg(feature = "tags")]
         return self.0.map(std::num::NonZeroU64::get);
         #[cfg(not(feature = "tags"))]
-        return None;
+        return self.0.map(|never| match never {});
     }
 
     /// The names and generations.
