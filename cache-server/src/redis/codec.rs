@@ -117,9 +117,11 @@ fn read_tags(bytes: &[u8]) -> Result<(Tags, &[u8]), Corrupt> {
     ))
 }
 
+/// Tag names with their generations, as `Tags::try_from_pairs` takes them.
+type TagPairs = Vec<(Box<str>, u64)>;
+
 /// The tag pairs at the start of `bytes`, and the rest.
-#[allow(clippy::type_complexity)]
-fn parse_tags(bytes: &[u8]) -> Option<(Vec<(Box<str>, u64)>, &[u8])> {
+fn parse_tags(bytes: &[u8]) -> Option<(TagPairs, &[u8])> {
     let (count, mut rest) = bytes.split_first_chunk::<2>()?;
     let count = u16::from_be_bytes(*count) as usize;
     let mut pairs = Vec::with_capacity(count.min(64));
