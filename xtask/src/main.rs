@@ -370,41 +370,34 @@ fn test(args: &[String]) -> Result<bool, String> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     suites.push(("rustfmt".into(), fmt));
-    let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--features", TAGS]);
-    clippy.args(["--", "-D", "warnings"]);
-    suites.push(("clippy (native)".into(), clippy));
-    // The default build has no tags (`Tags` takes no space): lint it too.
-    let mut clippy_no_tags = cargo();
-    clippy_no_tags.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    suites.push(("clippy (native, without tags)".into(), clippy_no_tags));
-    let mut clippy_wasm = cargo();
-    clippy_wasm
-        .args(["clippy", "--target", WASM_TARGET, "--all-targets"])
-        .args(&wasm_pkgs)
-        .args(["--features", "cache-browser/tags"])
-        .args(["--", "-D", "warnings"]);
-    suites.push((
-        format!("clippy (wasm32: {})", browser.join(", ")),
-        clippy_wasm,
-    ));
-    // And the browser crates' default build, without tags.
-    let mut clippy_wasm_no_tags = cargo();
-    clippy_wasm_no_tags
-        .args(["clippy", "--target", WASM_TARGET, "--all-targets"])
-        .args(&wasm_pkgs)
-        .args(["--", "-D", "warnings"]);
-    suites.push((
-        format!("clippy (wasm32, without tags: {})", browser.join(", ")),
-        clippy_wasm_no_tags,
-    ));
+    // Each build linted twice: with the tags features (every tag test is
+    // compiled) and as users get it by default, without them.
+    let native_targets: Vec<String> = vec!["--workspace".into()];
+    let mut wasm_targets: Vec<String> = vec!["--target".into(), WASM_TARGET.into()];
+    wasm_targets.extend(wasm_pkgs.iter().cloned());
+    for (build, targets, tags) in [
+        ("native".to_owned(), &native_targets, TAGS),
+        (
+            format!("wasm32: {}", browser.join(", ")),
+            &wasm_targets,
+            "cache-browser/tags",
+        ),
+    ] {
+        for with_tags in [true, false] {
+            let mut clippy = cargo();
+            clippy.args(["clippy", "--all-targets"]).args(targets);
+            if with_tags {
+                clippy.args(["--features", tags]);
+            }
+            clippy.args(["--", "-D", "warnings"]);
+            let name = if with_tags {
+                format!("clippy ({build})")
+            } else {
+                format!("clippy ({build}, without tags)")
+            };
+            suites.push((name, clippy));
+        }
+    }
     // The publishing checks, each through its own subcommand (as the journey).
     let me = env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
     for (task, name) in [
