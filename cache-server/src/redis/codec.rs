@@ -53,6 +53,10 @@ where
 const MAGIC: &[u8; 2] = b"LC";
 /// The envelope version this build writes and reads.
 pub(crate) const ENVELOPE_VERSION: u8 = 1;
+/// The family of envelopes this build writes and reads (versions 1 to 4);
+/// announced on the invalidation bus, so that an instance writing another
+/// family is refused before it shares a namespace.
+pub(crate) const ENVELOPE_FAMILY: u8 = 1;
 /// The same envelope, its payload LZ4-compressed (size prepended). Written and
 /// read only with the `compression` feature; a build without it reports such a
 /// value as another version.

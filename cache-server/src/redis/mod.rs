@@ -2,7 +2,7 @@
 
 mod codec;
 mod layout;
-mod scripts;
+pub(crate) mod scripts;
 mod tags;
 
 use std::borrow::Cow;
@@ -29,6 +29,7 @@ use codec::{open, write_header, Corrupt, HEADER_LEN};
 use layout::{FenceKeys, Layout};
 use scripts::{is_noscript, Script};
 
+pub(crate) use codec::ENVELOPE_FAMILY;
 pub use codec::{Codec, MsgPackCodec};
 pub use layout::DEFAULT_CLUSTER_SHARDS;
 pub use tags::RedisTagStore;

@@ -16,13 +16,13 @@ use sha1::{Digest, Sha1};
 
 /// A Lua script and its SHA-1 (what `EVALSHA` names it by).
 #[derive(Debug)]
-pub(super) struct Script {
-    pub(super) body: &'static str,
-    pub(super) sha: Str,
+pub(crate) struct Script {
+    pub(crate) body: &'static str,
+    pub(crate) sha: Str,
 }
 
 impl Script {
-    fn new(body: &'static str) -> Self {
+    pub(crate) fn new(body: &'static str) -> Self {
         let digest = Sha1::digest(body.as_bytes());
         let sha: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         Script {
@@ -144,7 +144,7 @@ const fn ignore_stamps() -> bool {
 }
 
 /// Whether Redis said it does not have the script.
-pub(super) fn is_noscript(err: &fred::error::Error) -> bool {
+pub(crate) fn is_noscript(err: &fred::error::Error) -> bool {
     err.details().starts_with("NOSCRIPT")
 }
 

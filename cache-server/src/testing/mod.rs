@@ -239,6 +239,38 @@ impl RedisCluster {
         &self.nodes
     }
 
+    /// The index in [`RedisCluster::nodes`] of the primary that owns `key`'s
+    /// hash slot (from `CLUSTER KEYSLOT` and `CLUSTER NODES`).
+    pub fn owner_of(&self, key: &str) -> usize {
+        let node = &self.nodes[0];
+        let slot: u16 = node
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT");
+        let nodes = node.cli(&["CLUSTER", "NODES"]).expect("CLUSTER NODES");
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            let port = fields[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            if owns {
+                if let Some(i) = self.nodes.iter().position(|n| Some(n.port()) == port) {
+                    return i;
+                }
+            }
+        }
+        panic!("no node owns slot {slot} of {key:?}")
+    }
+
     /// `redis-cluster://127.0.0.1:<p1>?node=127.0.0.1:<p2>&node=127.0.0.1:<p3>`.
     pub fn url(&self) -> String {
         let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());

@@ -1,0 +1,644 @@
+//! The bus's shared state and what it does with each message: apply and
+//! acknowledge invalidations, hear its own heartbeats, collect acks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cache_core::{Error, Result};
+use fred::clients::{Client, SubscriberClient};
+use fred::prelude::{ClientLike, PubsubInterface};
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::link::{Link, LinkState, Timing};
+use super::registry::{Listed, Registry};
+use super::sequences::{Sequences, FORGET_PEERS_AFTER};
+use super::wire::{foreign_version, Body, Build, LinkReport, Message, Record};
+use super::{Invalidation, BUS};
+
+/// Something in this process that holds in-process tiers: it applies the
+/// invalidations of the other instances and flushes on a resync.
+pub(super) trait Applier: Send + Sync {
+    /// Applies one invalidation; `Err` with a reason if a tier failed.
+    fn apply<'a>(
+        &'a self,
+        invalidation: &'a Invalidation,
+    ) -> BoxFuture<'a, std::result::Result<(), String>>;
+    /// Drops everything from the in-process tiers; `Err` if a tier failed.
+    fn flush(&self) -> BoxFuture<'_, std::result::Result<(), String>>;
+}
+
+pub(super) type Appliers = Vec<(u64, Arc<dyn Applier>)>;
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) published: AtomicU64,
+    pub(super) received: AtomicU64,
+    pub(super) received_invalidations: AtomicU64,
+    pub(super) received_acks: AtomicU64,
+    pub(super) received_heartbeats: AtomicU64,
+    pub(super) malformed: AtomicU64,
+    pub(super) foreign: AtomicU64,
+    pub(super) resyncs: AtomicU64,
+    pub(super) sequence_gaps: AtomicU64,
+    pub(super) heartbeats: AtomicU64,
+    pub(super) link_downs: AtomicU64,
+    pub(super) reconnects: AtomicU64,
+    pub(super) acks_sent: AtomicU64,
+    pub(super) acks_received: AtomicU64,
+    pub(super) unconfirmed: AtomicU64,
+    pub(super) excused: AtomicU64,
+    pub(super) apply_failures: AtomicU64,
+    pub(super) last_peers: AtomicU64,
+}
+
+pub(super) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One of this bus's invalidations, waiting for the other instances.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// The peers that acknowledged it (acks can come before the publish
+    /// returns).
+    acked: Vec<u64>,
+    wake: Arc<Notify>,
+}
+
+pub(super) struct BusInner {
+    pub(super) publisher: Client,
+    pub(super) subscriber: SubscriberClient,
+    pub(super) channel: String,
+    pub(super) registry: Registry,
+    /// This bus's own inbox channel.
+    pub(super) inbox: String,
+    /// This bus's id on the wire.
+    pub(super) origin: u64,
+    pub(super) build: Build,
+    /// Whether Redis is a cluster (`PUBSUB NUMSUB` then sees one node only).
+    pub(super) clustered: bool,
+    /// The number of the last invalidation published; held while publishing,
+    /// so numbers reach Redis in order.
+    pub(super) last_seq: tokio::sync::Mutex<u64>,
+    pub(super) appliers: Mutex<Appliers>,
+    pub(super) next_applier: AtomicU64,
+    pub(super) timing: Timing,
+    /// Whether the link watchdog runs (always, but under the
+    /// `mutations` switch `mutation::set_no_heartbeat_watchdog`).
+    pub(super) watchdog: bool,
+    pub(super) link: Mutex<Link>,
+    pub(super) link_tx: watch::Sender<bool>,
+    /// This bus's invalidations waiting for acknowledgements, by number.
+    pub(super) pending: Mutex<HashMap<u64, Pending>>,
+    pub(super) ack_timeout: Duration,
+    /// Other instances' invalidations, in order, for the applier task.
+    pub(super) to_apply: mpsc::Sender<Message>,
+    pub(super) counters: Counters,
+    /// The number of this bus's last registry refresh.
+    pub(super) refreshes: AtomicU64,
+    pub(super) tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for BusInner {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.get_mut() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (p, s) = (self.publisher.clone(), self.subscriber.clone());
+            let registry = Registry::new(&self.channel);
+            let origin = self.origin;
+            rt.spawn(async move {
+                let _ = registry.goodbye(&p, origin).await;
+                let _ = s.quit().await;
+                let _ = p.quit().await;
+            });
+        }
+    }
+}
+
+/// How many other instances' invalidations may wait to be applied; past
+/// that the local tiers are flushed instead (which covers them all).
+pub(super) const APPLY_QUEUE: usize = 4096;
+
+impl BusInner {
+    pub(super) fn appliers(&self) -> Appliers {
+        self.appliers.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Applies `invalidation` to every local applier but `except`; `Err` with
+    /// the reasons if one failed.
+    pub(super) async fn apply_locally(
+        &self,
+        except: Option<u64>,
+        invalidation: &Invalidation,
+    ) -> std::result::Result<(), String> {
+        let mut failed = Vec::new();
+        for (id, applier) in self.appliers() {
+            if Some(id) != except {
+                if let Err(why) = applier.apply(invalidation).await {
+                    failed.push(why);
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// Flushes every local applier: messages may have been lost. `Err` if
+    /// one failed.
+    pub(super) async fn resync(&self) -> std::result::Result<(), String> {
+        bump(&self.counters.resyncs);
+        let mut failed = Vec::new();
+        for (_, applier) in self.appliers() {
+            if let Err(why) = applier.flush().await {
+                failed.push(why);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    fn message(&self, seq: u64, body: Body) -> String {
+        Message {
+            origin: self.origin,
+            seq,
+            body,
+        }
+        .encode()
+    }
+
+    /// This bus's registry record, reporting `link`.
+    fn record(&self, link: LinkReport) -> Record {
+        Record {
+            link,
+            bound: self.timing.bound(),
+            build: self.build.clone(),
+        }
+    }
+
+    /// Refreshes this bus's registration (reporting `link`) and sends a
+    /// heartbeat to its own inbox. Each refresh has a higher number than the
+    /// one before, so one delayed on a dropped connection cannot overwrite a
+    /// newer one (a late "down" would make the others skip this instance).
+    pub(super) async fn heartbeat_reporting(&self, link: LinkReport) {
+        let seq = *self.last_seq.lock().await;
+        let number = self.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+        let heartbeat = self.message(seq, Body::Heartbeat);
+        let forget = super::wire::millis(FORGET_PEERS_AFTER);
+        match self
+            .registry
+            .heartbeat(
+                &self.publisher,
+                self.origin,
+                (number, &self.record(link)),
+                forget,
+                heartbeat,
+            )
+            .await
+        {
+            Ok(true) => bump(&self.counters.heartbeats),
+            Ok(false) => tracing::debug!(
+                channel = %self.channel,
+                "a delayed registry refresh was stale and changed nothing"
+            ),
+            Err(err) => tracing::debug!(
+                channel = %self.channel,
+                instance = %format_args!("{:016x}", self.origin),
+                error = %err,
+                "a heartbeat failed"
+            ),
+        }
+    }
+
+    /// A heartbeat with this bus's view of its link.
+    pub(super) async fn heartbeat(&self) {
+        let link = match self.link_state() {
+            LinkState::Starting => LinkReport::New,
+            LinkState::Up => LinkReport::Up,
+            LinkState::Down => LinkReport::Down,
+        };
+        self.heartbeat_reporting(link).await;
+    }
+
+    /// Publishes invalidation `invalidation` under the next number,
+    /// registered as waiting for acks, and returns that number with the
+    /// instances that were live when it was published.
+    pub(super) async fn publish(
+        &self,
+        invalidation: &Invalidation,
+    ) -> std::result::Result<(u64, Arc<Notify>, Vec<Listed>), fred::error::Error> {
+        let mut last = self.last_seq.lock().await;
+        // A number is used once even if the publish fails: receivers then
+        // see a gap and flush, as they should when they may have missed an
+        // invalidation.
+        *last += 1;
+        let seq = *last;
+        let wake = Arc::new(Notify::new());
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(
+                seq,
+                Pending {
+                    acked: Vec::new(),
+                    wake: wake.clone(),
+                },
+            );
+        }
+        let message = self.message(seq, Body::Invalidate(invalidation.clone()));
+        match self
+            .registry
+            .publish(&self.publisher, Some((self.channel.as_str(), message)))
+            .await
+        {
+            Ok(listed) => {
+                drop(last);
+                bump(&self.counters.published);
+                Ok((seq, wake, listed))
+            }
+            Err(err) => {
+                self.forget_pending(seq);
+                Err(err)
+            }
+        }
+    }
+
+    /// One message from the subscriber connection, in the order Redis sent
+    /// it. Quick: invalidations go to the applier task.
+    pub(super) fn on_message(
+        self: &Arc<Self>,
+        sequences: &mut Sequences,
+        raw: &fred::types::Message,
+    ) {
+        bump(&self.counters.received);
+        let text = raw.value.as_str();
+        let Some(msg) = text.as_deref().and_then(Message::decode) else {
+            if let Some(version) = text.as_deref().and_then(foreign_version) {
+                bump(&self.counters.foreign);
+                tracing::error!(
+                    channel = %self.channel,
+                    wire = version,
+                    "a message in another wire version ({version}) than this build's ({}): an incompatible instance shares this channel; its invalidations do not reach this instance",
+                    super::wire::WIRE_VERSION
+                );
+            } else {
+                bump(&self.counters.malformed);
+                tracing::warn!(channel = %self.channel, "ignored a malformed invalidation message");
+            }
+            return;
+        };
+        let inbox = raw.channel.as_bytes() == self.inbox.as_bytes();
+        match (&msg.body, inbox) {
+            (Body::Heartbeat, true) if msg.origin == self.origin => {
+                bump(&self.counters.received_heartbeats);
+                sequences.forget_silent();
+                self.heard_itself();
+            }
+            (Body::Ack { origin, seq }, true) if *origin == self.origin => {
+                bump(&self.counters.received_acks);
+                self.acked(msg.origin, *seq);
+            }
+            (Body::Invalidate(_), false) => {
+                bump(&self.counters.received_invalidations);
+                if msg.origin == self.origin {
+                    // Applied here before it was published.
+                    return;
+                }
+                if !sequences.next(msg.origin, msg.seq) {
+                    bump(&self.counters.sequence_gaps);
+                    tracing::warn!(
+                        channel = %self.channel,
+                        origin = %format_args!("{:016x}", msg.origin),
+                        seq = msg.seq,
+                        "invalidation bus sequence gap; flushing in-process tiers"
+                    );
+                    self.spawn_resync();
+                }
+                if self.to_apply.try_send(msg.clone()).is_err() {
+                    // The applier is far behind: a flush covers this one and
+                    // every one before it, and lets us acknowledge it.
+                    tracing::warn!(channel = %self.channel, "invalidation queue full; flushing in-process tiers");
+                    let bus = self.clone();
+                    tokio::spawn(async move {
+                        if bus.resync().await.is_ok() {
+                            bus.ack(msg.origin, msg.seq).await;
+                        }
+                    });
+                }
+            }
+            _ => bump(&self.counters.malformed),
+        }
+    }
+
+    fn spawn_resync(self: &Arc<Self>) {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let _ = bus.resync().await;
+        });
+    }
+
+    /// The applier task's step: apply one invalidation of another instance,
+    /// then acknowledge it, only if it was applied (or the local tiers were
+    /// flushed instead).
+    pub(super) async fn apply_and_ack(&self, msg: Message) {
+        let Body::Invalidate(inv) = &msg.body else {
+            return;
+        };
+        let applied = match self.apply_locally(None, inv).await {
+            Ok(()) => true,
+            Err(why) => {
+                bump(&self.counters.apply_failures);
+                tracing::warn!(
+                    channel = %self.channel,
+                    origin = %format_args!("{:016x}", msg.origin),
+                    seq = msg.seq,
+                    reason = %why,
+                    "applying a remote invalidation failed; flushing the in-process tiers instead"
+                );
+                match self.resync().await {
+                    Ok(()) => true,
+                    Err(why) => {
+                        tracing::error!(
+                            channel = %self.channel,
+                            reason = %why,
+                            "flushing the in-process tiers failed too; the invalidation is not acknowledged"
+                        );
+                        false
+                    }
+                }
+            }
+        };
+        if applied {
+            self.ack(msg.origin, msg.seq).await;
+        }
+    }
+
+    /// Tells `origin` that its invalidation `seq` was applied here.
+    async fn ack(&self, origin: u64, seq: u64) {
+        let current = *self.last_seq.lock().await;
+        let ack = self.message(current, Body::Ack { origin, seq });
+        match self
+            .publisher
+            .publish::<i64, _, _>(self.registry.inbox(origin), ack)
+            .await
+        {
+            Ok(_) => bump(&self.counters.acks_sent),
+            Err(err) => {
+                tracing::warn!(channel = %self.channel, error = %err, "publishing an invalidation ack failed")
+            }
+        }
+    }
+
+    /// `peer` applied this bus's invalidation `seq`.
+    fn acked(&self, peer: u64, seq: u64) {
+        bump(&self.counters.acks_received);
+        if let Ok(mut pending) = self.pending.lock() {
+            if let Some(p) = pending.get_mut(&seq) {
+                if !p.acked.contains(&peer) {
+                    p.acked.push(peer);
+                }
+                p.wake.notify_one();
+            }
+        }
+    }
+
+    pub(super) fn forget_pending(&self, seq: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&seq);
+        }
+    }
+
+    /// A heartbeat of our own came back.
+    fn heard_itself(self: &Arc<Self>) {
+        let was = {
+            let Ok(mut link) = self.link.lock() else {
+                return;
+            };
+            link.last_echo = Instant::now();
+            let was = link.state;
+            if was == LinkState::Starting {
+                link.state = LinkState::Up;
+                self.link_tx.send_replace(true);
+            }
+            was
+        };
+        match was {
+            LinkState::Starting => self.announce(LinkReport::Up),
+            LinkState::Down => {
+                let bus = self.clone();
+                tokio::spawn(async move { bus.back_up().await });
+            }
+            LinkState::Up => {}
+        }
+    }
+
+    /// The link is back. The registry says "up" first, then the local tiers
+    /// are flushed: an invalidation published while the registry still said
+    /// "down" (nobody waits for this instance's ack) is covered by the flush.
+    async fn back_up(self: Arc<Self>) {
+        tracing::info!(channel = %self.channel, "invalidation bus link is back; flushing in-process tiers");
+        self.heartbeat_reporting(LinkReport::Up).await;
+        let _ = self.resync().await;
+        if let Ok(mut link) = self.link.lock() {
+            if link.state == LinkState::Down {
+                link.state = LinkState::Up;
+                self.link_tx.send_replace(true);
+            }
+        }
+    }
+
+    /// Publishes a heartbeat reporting `link` now, in the background.
+    pub(super) fn announce(self: &Arc<Self>, link: LinkReport) {
+        let bus = self.clone();
+        tokio::spawn(async move { bus.heartbeat_reporting(link).await });
+    }
+
+    pub(super) fn link_state(&self) -> LinkState {
+        self.link.lock().map(|l| l.state).unwrap_or(LinkState::Down)
+    }
+
+    /// One look at the link: declares it down after too long a silence, and
+    /// flushes every interval while it is down.
+    pub(super) async fn watch_link(self: &Arc<Self>) {
+        let (flush, went_down) = {
+            let Ok(mut link) = self.link.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            match link.state {
+                LinkState::Starting | LinkState::Up
+                    if now.saturating_duration_since(link.last_echo)
+                        > self.timing.silence_limit() =>
+                {
+                    link.state = LinkState::Down;
+                    link.last_flush = now;
+                    self.link_tx.send_replace(false);
+                    bump(&self.counters.link_downs);
+                    tracing::warn!(
+                        channel = %self.channel,
+                        instance = %format_args!("{:016x}", self.origin),
+                        silent_for = ?now.saturating_duration_since(link.last_echo),
+                        "invalidation bus link is down (no heartbeat came back); flushing in-process tiers"
+                    );
+                    (true, true)
+                }
+                LinkState::Down
+                    if now.saturating_duration_since(link.last_flush) >= self.timing.interval =>
+                {
+                    link.last_flush = now;
+                    (true, false)
+                }
+                _ => (false, false),
+            }
+        };
+        if flush {
+            let _ = self.resync().await;
+        }
+        if went_down {
+            // Flushed: the others may stop waiting for this one.
+            self.announce(LinkReport::Down);
+        }
+    }
+
+    /// Waits until every instance in `listed` (live when invalidation `seq`
+    /// was published) has acknowledged it or is excused, or the ack timeout
+    /// (from `started`) passes.
+    ///
+    /// Excused: one whose record said "down" (it flushes, and says "up" only
+    /// before its last flush), one whose registration ran out or was removed
+    /// (it stopped, or its heartbeats stopped: it has declared its link down
+    /// and is flushing), and on a single node one with no subscriber on its
+    /// inbox (its connection is gone: it flushes when it subscribes again, or
+    /// within the bound when it cannot).
+    pub(super) async fn confirm(
+        &self,
+        seq: u64,
+        wake: Arc<Notify>,
+        listed: Vec<Listed>,
+        started: Instant,
+    ) -> Result<()> {
+        struct Forget<'a>(&'a BusInner, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.forget_pending(self.1);
+            }
+        }
+        let _forget = Forget(self, seq);
+        let mut waiting: Vec<u64> = Vec::new();
+        for (id, record) in listed {
+            if id == self.origin {
+                continue;
+            }
+            match record {
+                Ok(r) if r.link == LinkReport::Down => self.excuse(seq, id, "its link was down"),
+                _ => waiting.push(id),
+            }
+        }
+        self.counters
+            .last_peers
+            .store(waiting.len() as u64, Ordering::Relaxed);
+        let deadline = started + self.ack_timeout;
+        let tick = self.timing.tick();
+        let mut next_check = Instant::now() + tick;
+        loop {
+            let acked = self
+                .pending
+                .lock()
+                .map(|p| p.get(&seq).map(|p| p.acked.clone()).unwrap_or_default())
+                .unwrap_or_default();
+            waiting.retain(|id| !acked.contains(id));
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bump(&self.counters.unconfirmed);
+                let ids: Vec<String> = waiting.iter().map(|id| format!("{id:016x}")).collect();
+                let reason = format!(
+                    "instances {} did not confirm invalidation #{seq} of {:016x} within {:?}; they may still serve the old value",
+                    ids.join(", "),
+                    self.origin,
+                    self.ack_timeout
+                );
+                tracing::warn!(channel = %self.channel, %reason, "invalidation not confirmed");
+                return Err(Error::Unavailable {
+                    tier: BUS.into(),
+                    reason,
+                });
+            }
+            if now >= next_check {
+                next_check = now + tick;
+                self.excuse_gone(seq, &mut waiting).await;
+                continue;
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep_until(next_check.min(deadline).into()) => {}
+            }
+        }
+    }
+
+    fn excuse(&self, seq: u64, id: u64, why: &str) {
+        bump(&self.counters.excused);
+        tracing::info!(
+            channel = %self.channel,
+            instance = %format_args!("{id:016x}"),
+            "invalidation #{seq} excused an instance: {why} (it flushes its in-process tiers)"
+        );
+    }
+
+    /// Drops from `waiting` the instances that are excused now.
+    async fn excuse_gone(&self, seq: u64, waiting: &mut Vec<u64>) {
+        let status = match self.registry.status(&self.publisher, waiting).await {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::debug!(error = %err, "reading the registry failed");
+                return;
+            }
+        };
+        let subscribers: Option<Vec<i64>> = if self.clustered {
+            None
+        } else {
+            let inboxes: Vec<String> = waiting.iter().map(|id| self.registry.inbox(*id)).collect();
+            self.publisher
+                .pubsub_numsub::<Vec<fred::types::Value>, _>(inboxes)
+                .await
+                .ok()
+                .map(|flat| {
+                    flat.chunks(2)
+                        .map(|p| p.get(1).and_then(fred::types::Value::as_i64).unwrap_or(0))
+                        .collect()
+                })
+        };
+        let mut i = 0;
+        waiting.retain(|id| {
+            let n = i;
+            i += 1;
+            let why = match status.get(n) {
+                Some(None) => Some("it left or its registration ran out"),
+                Some(Some(r)) if r.link == LinkReport::Down => Some("its link went down"),
+                _ => match subscribers.as_ref().and_then(|s| s.get(n)) {
+                    Some(0) => Some("it has no subscriber connection"),
+                    _ => None,
+                },
+            };
+            match why {
+                Some(why) => {
+                    self.excuse(seq, *id, why);
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+}

@@ -1,0 +1,68 @@
+//! Whether a bus hears itself: heartbeat timing and the link's state.
+
+use std::time::{Duration, Instant};
+
+/// Heartbeat settings.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Timing {
+    pub(super) interval: Duration,
+    pub(super) timeout: Duration,
+}
+
+impl Timing {
+    /// How often the watchdog looks at the link, and a confirmation at the
+    /// instances that have not acknowledged yet.
+    pub(super) fn tick(self) -> Duration {
+        (self.interval.min(self.timeout) / 10).max(Duration::from_millis(1))
+    }
+
+    /// The documented bound: a link that dies is declared down, and the local
+    /// tiers flushed, at most this long after the last heartbeat came back.
+    pub(super) fn bound(self) -> Duration {
+        self.interval + self.timeout
+    }
+
+    /// Silence after which the watchdog declares the link down: one tick
+    /// early, so the flush happens within [`Timing::bound`], and before the
+    /// instance's registration runs out.
+    pub(super) fn silence_limit(self) -> Duration {
+        self.bound().saturating_sub(self.tick())
+    }
+}
+
+/// Whether this bus hears itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LinkState {
+    /// Connected; the first heartbeat has not come back yet.
+    Starting,
+    Up,
+    /// No heartbeat of its own came back in time: the local tiers are flushed
+    /// every heartbeat interval until one does.
+    Down,
+}
+
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) state: LinkState,
+    /// When the last heartbeat of this bus's own came back.
+    pub(super) last_echo: Instant,
+    /// When the local tiers were last flushed because the link is down.
+    pub(super) last_flush: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_is_interval_plus_timeout_and_the_watchdog_fires_a_tick_early() {
+        let ms = Duration::from_millis;
+        let timing = Timing {
+            interval: ms(1000),
+            timeout: ms(2000),
+        };
+        assert_eq!(timing.bound(), ms(3000));
+        assert_eq!(timing.tick(), ms(100));
+        assert_eq!(timing.silence_limit(), ms(2900));
+    }
+}
