@@ -46,6 +46,7 @@ use cache_core::{
     TierReport, TieredCache,
 };
 use fred::clients::{Client, SubscriberClient};
+use fred::error::ErrorKind;
 use fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy};
 use fred::types::config::UnresponsiveConfig;
 use futures_util::future::BoxFuture;
@@ -857,6 +858,13 @@ impl BusInner {
 
     /// Publishes a heartbeat with this bus's view of its link.
     async fn heartbeat(&self) {
+        if let Err(err) = self.try_heartbeat().await {
+            tracing::debug!(error = %err, "publishing a heartbeat failed");
+        }
+    }
+
+    /// Publishes a heartbeat.
+    async fn try_heartbeat(&self) -> std::result::Result<(), fred::error::Error> {
         let link = match self.link_state() {
             LinkState::Starting => LinkReport::New,
             LinkState::Up => LinkReport::Up,
@@ -866,10 +874,9 @@ impl BusInner {
             link,
             bound: self.timing.bound(),
         };
-        match self.send(body).await {
-            Ok(_) => bump(&self.counters.heartbeats),
-            Err(err) => tracing::debug!(error = %err, "publishing a heartbeat failed"),
-        }
+        self.send(body).await?;
+        bump(&self.counters.heartbeats);
+        Ok(())
     }
 
     /// One look at the link: declares it down after too long a silence, and
@@ -1539,8 +1546,22 @@ impl InvalidationBusBuilder {
             t.extend(watchdog);
         }
         // The first heartbeat announces this instance; once it comes back the
-        // link is up.
-        inner.heartbeat().await;
+        // link is up. A PUBLISH the server refuses (an ACL user without this
+        // channel) fails here with the server's reason; fred's SUBSCRIBE does
+        // not report NOPERM, so this is where such an ACL shows.
+        if let Err(err) = inner.try_heartbeat().await {
+            if err.details().starts_with("NOPERM") || matches!(err.kind(), ErrorKind::Auth) {
+                bus.shutdown().await;
+                return Err(Error::Unavailable {
+                    tier: BUS.into(),
+                    reason: format!(
+                        "Redis refused PUBLISH on channel {:?}: {err}",
+                        inner.channel
+                    ),
+                });
+            }
+            tracing::debug!(error = %err, "publishing the first heartbeat failed");
+        }
         let mut up = inner.link_tx.subscribe();
         let wait = timing.bound().max(connect_timeout);
         if !matches!(
@@ -1551,7 +1572,8 @@ impl InvalidationBusBuilder {
             return Err(Error::Unavailable {
                 tier: BUS.into(),
                 reason: format!(
-                    "the bus did not receive its own first heartbeat back within {wait:?}"
+                    "the bus did not receive its own first heartbeat back within {wait:?} \
+                     (with Redis ACLs, the user needs PUBLISH and SUBSCRIBE on the channel)"
                 ),
             });
         }
