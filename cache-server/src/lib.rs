@@ -30,6 +30,7 @@
 //! |---|---|---|
 //! | `testing` | no | `cache_server::testing`: start throwaway `redis-server` processes and clusters on loopback ports (needs `redis-server` and `redis-cli` on `PATH`) |
 //! | `compression` | no | `RedisTierBuilder::compress_above`: LZ4-compress stored values above a size (pure Rust, `lz4_flex`) |
+//! | `tls` | no | `rediss://` URLs (TLS through rustls with the ring provider, server certificates checked against the system's roots), and `tls_ca_pem` on [`RedisTierBuilder`] and [`InvalidationBusBuilder`] to trust a private CA |
 //! | `mutations` | no | test-only switches that break a guarantee on purpose; never enable it in a build you ship |
 //!
 //! Native targets only: on wasm32 the crate is empty (browser tiers are in
@@ -101,6 +102,8 @@ pub mod mutation;
 mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use bus::{
     BusStats, Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache,

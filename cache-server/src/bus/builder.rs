@@ -19,7 +19,7 @@ use super::registry::Registry;
 use super::sequences::Sequences;
 use super::wire::{Build, Message};
 use super::{InvalidationBus, BUS};
-use crate::redis::{client_builder, default_reconnect_policy};
+use crate::redis::{client_builder, default_reconnect_policy, describe_connect_error};
 
 /// Builds an [`InvalidationBus`]. See [`InvalidationBus::builder`].
 ///
@@ -43,6 +43,9 @@ pub struct InvalidationBusBuilder {
     /// What this instance announces it writes (this build, unless a test
     /// pretends to be another).
     build: Option<Build>,
+    /// Extra CA certificates (PEM) to trust.
+    #[cfg(feature = "tls")]
+    tls_ca: Vec<Vec<u8>>,
 }
 
 /// Default [`InvalidationBusBuilder::heartbeat_interval`]: 1 s.
@@ -63,13 +66,15 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 impl fmt::Debug for InvalidationBusBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // No URL or config: they may hold credentials.
-        f.debug_struct("InvalidationBusBuilder")
-            .field("channel", &self.channel)
+        let mut d = f.debug_struct("InvalidationBusBuilder");
+        d.field("channel", &self.channel)
             .field("command_timeout", &self.command_timeout)
             .field("heartbeat_interval", &self.timing.interval)
             .field("heartbeat_timeout", &self.timing.timeout)
-            .field("ack_timeout", &self.ack_timeout)
-            .finish_non_exhaustive()
+            .field("ack_timeout", &self.ack_timeout);
+        #[cfg(feature = "tls")]
+        d.field("tls_ca_pems", &self.tls_ca.len());
+        d.finish_non_exhaustive()
     }
 }
 
@@ -87,12 +92,19 @@ impl Default for InvalidationBusBuilder {
             },
             ack_timeout: None,
             build: None,
+            #[cfg(feature = "tls")]
+            tls_ca: Vec::new(),
         }
     }
 }
 
 impl InvalidationBusBuilder {
-    /// The server URL (`redis://` or `redis-cluster://`).
+    /// The server URL (`redis://` or `redis-cluster://`; with the `tls`
+    /// feature also `rediss://` and `rediss-cluster://`, see
+    /// [`tls_ca_pem`](Self::tls_ca_pem); `redis-sentinel://` for a primary
+    /// behind Sentinel). An ACL user needs `PUBLISH`, `SUBSCRIBE` and
+    /// `PUBSUB` on the channel and on `{<channel>}:i:*`, `EVALSHA`/`EVAL` on
+    /// the keys `{<channel>}:*`, `PING` and `CLIENT SETNAME`.
     ///
     /// ```
     /// let b = cache_server::InvalidationBus::builder().url("redis://127.0.0.1:6379");
@@ -104,7 +116,9 @@ impl InvalidationBusBuilder {
         self
     }
 
-    /// A full fred [`Config`] instead of a URL.
+    /// A full fred [`Config`] instead of a URL (with the `tls` feature, its
+    /// `tls` field may hold a connector of your own;
+    /// [`tls_ca_pem`](Self::tls_ca_pem) replaces it).
     ///
     /// ```
     /// use cache_server::fred::prelude::Config;
@@ -201,6 +215,34 @@ impl InvalidationBusBuilder {
         self
     }
 
+    /// Also trusts the CA certificate(s) in `pem` (one or more `-----BEGIN
+    /// CERTIFICATE-----` blocks) for a `rediss://` server, on top of the
+    /// system's roots. May be called more than once. `connect` fails if a PEM
+    /// holds no certificate or if the URL or config is not TLS. Feature `tls`.
+    ///
+    /// ```
+    /// use cache_server::InvalidationBus;
+    /// # // A throwaway redis-server with TLS, its own CA and an ACL user.
+    /// # let server = cache_server::testing::tls::TlsRedisServer::start("avatars", &["avatars:invalidate"]);
+    /// # let (url, ca_pem) = (server.url(), server.ca_pem().to_owned());
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// // url: "rediss://app:<password>@127.0.0.1:<port>"
+    /// // ca_pem: the private CA's certificate, e.g. std::fs::read("ca.pem")?
+    /// let bus = InvalidationBus::builder()
+    ///     .url(url)
+    ///     .tls_ca_pem(ca_pem)
+    ///     .channel("avatars:invalidate")
+    ///     .connect()
+    ///     .await?;
+    /// bus.shutdown().await;
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls_ca.push(pem.as_ref().to_vec());
+        self
+    }
+
     /// Announces `features` instead of this build's (feature `mutations`
     /// only): lets a test start an instance that claims another build, to
     /// show that an incompatible fleet is refused.
@@ -226,11 +268,22 @@ impl InvalidationBusBuilder {
     pub async fn connect(self) -> Result<InvalidationBus> {
         let unavailable = |e: fred::error::Error| Error::Unavailable {
             tier: BUS.into(),
-            reason: e.to_string(),
+            reason: describe_connect_error(&e),
         };
         let config = match self.config {
             Some(c) => c,
             None => Config::from_url(&self.url).map_err(unavailable)?,
+        };
+        #[cfg(feature = "tls")]
+        let config = {
+            let mut config = config;
+            crate::tls::trust_extra_cas(&mut config, &self.tls_ca).map_err(|reason| {
+                Error::Unavailable {
+                    tier: BUS.into(),
+                    reason,
+                }
+            })?;
+            config
         };
         let clustered = matches!(config.server, ServerConfig::Clustered { .. });
         let timing = self.timing;
@@ -380,7 +433,8 @@ impl InvalidationBusBuilder {
             return Err(Error::Unavailable {
                 tier: BUS.into(),
                 reason: format!(
-                    "the bus did not receive its own first heartbeat back within {wait:?}"
+                    "the bus did not receive its own first heartbeat back within {wait:?} \
+                     (with Redis ACLs, the user needs PUBLISH and SUBSCRIBE on the channel and on {{<channel>}}:i:*)"
                 ),
             });
         }

@@ -1101,21 +1101,27 @@ pub struct RedisTierBuilder<V, C = MsgPackCodec> {
     shards: u16,
     #[cfg(feature = "compression")]
     compress_above: Option<usize>,
+    /// Extra CA certificates (PEM) to trust.
+    #[cfg(feature = "tls")]
+    tls_ca: Vec<Vec<u8>>,
     _value: PhantomData<fn() -> V>,
 }
 
 impl<V, C: fmt::Debug> fmt::Debug for RedisTierBuilder<V, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisTierBuilder")
-            .field("name", &self.name)
+        // No URL or config: they may hold credentials.
+        let mut d = f.debug_struct("RedisTierBuilder");
+        d.field("name", &self.name)
             .field("namespace", &self.namespace)
             .field("ttl", &self.ttl)
             .field("codec", &self.codec)
             .field("command_timeout", &self.command_timeout)
             .field("pool_size", &self.pool_size)
             .field("fence_horizon", &self.horizon)
-            .field("cluster_shards", &self.shards)
-            .finish_non_exhaustive()
+            .field("cluster_shards", &self.shards);
+        #[cfg(feature = "tls")]
+        d.field("tls_ca_pems", &self.tls_ca.len());
+        d.finish_non_exhaustive()
     }
 }
 
@@ -1142,6 +1148,8 @@ impl<V> Default for RedisTierBuilder<V, MsgPackCodec> {
             horizon: DEFAULT_FENCE_HORIZON,
             #[cfg(feature = "compression")]
             compress_above: None,
+            #[cfg(feature = "tls")]
+            tls_ca: Vec::new(),
             shards: DEFAULT_CLUSTER_SHARDS,
             _value: PhantomData,
         }
@@ -1170,12 +1178,18 @@ where
 {
     /// The server: `redis://[user:pass@]host:port[/db]`, or
     /// `redis-cluster://host:port?node=host:port&node=...` for a cluster.
+    /// With the `tls` feature, `rediss://` and `rediss-cluster://` connect
+    /// over TLS (server certificates checked against the system's roots, plus
+    /// any [`tls_ca_pem`](Self::tls_ca_pem)). `user` is an ACL user; without
+    /// it the password is the `default` user's (`requirepass`).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.connection = Connection::Url(url.into());
         self
     }
 
-    /// A full fred [`Config`] (TLS, sentinel, RESP3...).
+    /// A full fred [`Config`] (sentinel, RESP3, a TLS connector of your own
+    /// in `config.tls` with the `tls` feature...). [`tls_ca_pem`](Self::tls_ca_pem)
+    /// replaces the connector of a TLS config.
     pub fn config(mut self, config: Config) -> Self {
         self.connection = Connection::Config(Box::new(config));
         self
@@ -1237,6 +1251,8 @@ where
             shards: self.shards,
             #[cfg(feature = "compression")]
             compress_above: self.compress_above,
+            #[cfg(feature = "tls")]
+            tls_ca: self.tls_ca,
             _value: PhantomData,
         }
     }
@@ -1322,6 +1338,40 @@ where
         self
     }
 
+    /// Also trusts the CA certificate(s) in `pem` (one or more `-----BEGIN
+    /// CERTIFICATE-----` blocks) for a `rediss://` server, on top of the
+    /// system's roots: for a managed Redis or a server whose certificate comes
+    /// from a private CA. May be called more than once. Feature `tls`.
+    ///
+    /// The server's certificate must name the host of the URL (a DNS name, or
+    /// an IP address SAN for `rediss://127.0.0.1`). `build` fails if a PEM
+    /// holds no certificate, if the URL or config is not TLS, or with
+    /// [`pool`](Self::pool) (whose connections are already made).
+    ///
+    /// ```
+    /// use cache_core::CacheLayer;
+    /// use cache_server::RedisTier;
+    /// # // A throwaway redis-server with TLS, its own CA and an ACL user.
+    /// # let server = cache_server::testing::tls::TlsRedisServer::start("avatars", &[]);
+    /// # let (url, ca_pem) = (server.url(), server.ca_pem().to_owned());
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// // url: "rediss://app:<password>@127.0.0.1:<port>"
+    /// // ca_pem: the private CA's certificate, e.g. std::fs::read("ca.pem")?
+    /// let tier: RedisTier<String> = RedisTier::builder()
+    ///     .url(url)
+    ///     .tls_ca_pem(ca_pem)
+    ///     .namespace("avatars")
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(tier.get(&"user:42".to_string()).await?, None);
+    /// # Ok::<_, cache_core::Error>(()) }).unwrap();
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls_ca.push(pem.as_ref().to_vec());
+        self
+    }
+
     /// Connects and builds the tier. Fails if the namespace is invalid, or (unless
     /// [`lazy_connect`](Self::lazy_connect)) if the first connection cannot be
     /// made.
@@ -1332,19 +1382,28 @@ where
         })?;
         let unavailable = |what: &str, e: fred::error::Error| Error::Unavailable {
             tier: self.name.to_string(),
-            reason: format!("{what}: {e}"),
+            reason: format!("{what}: {}", describe_connect_error(&e)),
         };
         let owned = !matches!(self.connection, Connection::Pool(_));
+        #[cfg(feature = "tls")]
+        if matches!(self.connection, Connection::Pool(_)) && !self.tls_ca.is_empty() {
+            return Err(Error::Unavailable {
+                tier: self.name.to_string(),
+                reason: "tls_ca_pem cannot apply to a given pool: its connections are already \
+                         configured"
+                    .into(),
+            });
+        }
         let pool = match self.connection {
             Connection::Pool(pool) => pool,
             Connection::Url(ref url) => {
                 let config = Config::from_url(url).map_err(|e| unavailable("bad Redis URL", e))?;
-                self.connect(config)
+                self.connect(self.with_tls(config)?)
                     .await
                     .map_err(|e| unavailable("cannot connect", e))?
             }
             Connection::Config(ref config) => self
-                .connect((**config).clone())
+                .connect(self.with_tls((**config).clone())?)
                 .await
                 .map_err(|e| unavailable("cannot connect", e))?,
         };
@@ -1373,6 +1432,22 @@ where
         })
     }
 
+    /// `config` with the extra CAs of [`tls_ca_pem`](Self::tls_ca_pem) trusted.
+    fn with_tls(&self, config: Config) -> Result<Config> {
+        #[cfg(feature = "tls")]
+        let config = {
+            let mut config = config;
+            crate::tls::trust_extra_cas(&mut config, &self.tls_ca).map_err(|reason| {
+                Error::Unavailable {
+                    tier: self.name.to_string(),
+                    reason,
+                }
+            })?;
+            config
+        };
+        Ok(config)
+    }
+
     async fn connect(&self, config: Config) -> std::result::Result<Pool, fred::error::Error> {
         let pool = client_builder(
             config,
@@ -1397,6 +1472,20 @@ where
             pool.init().await?;
         }
         Ok(pool)
+    }
+}
+
+/// A connection error's text, with a hint when the server's TLS certificate
+/// was not trusted. fred's errors never quote the URL or the password.
+pub(crate) fn describe_connect_error(err: &fred::error::Error) -> String {
+    let text = err.to_string();
+    if text.contains("InvalidCertificate") || text.contains("certificate verify failed") {
+        format!(
+            "{text} (the server's TLS certificate is not trusted: give its CA to \
+             `tls_ca_pem`, or check that it names the host of the URL)"
+        )
+    } else {
+        text
     }
 }
 

@@ -23,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 /// What to run when a binary is missing.
 pub const INSTALL_HINT: &str = "sudo apt-get install -y redis-server redis-tools";
 
