@@ -454,6 +454,7 @@ where
                 observer: self.observer,
                 fences: Fences::default(),
                 flights: Mutex::new(HashMap::new()),
+                retired: Mutex::default(),
                 next_flight: AtomicU64::new(1),
                 negative,
                 stale,

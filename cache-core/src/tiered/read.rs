@@ -114,7 +114,7 @@ where
             key: key.clone(),
             targets: targets_of(&stamps),
         };
-        let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket, loader)
+        let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket, loader, true)
             .pop()
             .ok_or(Error::NoTierAnswered { failed })?;
         if let Some((soft, spawner)) = &inner.soft_timeout {
@@ -215,7 +215,7 @@ where
                     })
                     .collect();
                 let (positions, asks): (Vec<usize>, Vec<Ask<K>>) = asks.into_iter().unzip();
-                let flights = Inner::join_or_start_many(&self.inner, asks, ticket, None);
+                let flights = Inner::join_or_start_many(&self.inner, asks, ticket, None, true);
                 let results = join_all(flights).await;
                 for (j, result) in positions.into_iter().zip(results) {
                     out[j] = inner.finish_origin_read(&keys[j], result)?;
@@ -322,7 +322,13 @@ where
 
     /// A hit at tier `index`: the breaker's success, and the observer's event.
     #[inline]
-    fn emit_hit(&self, index: usize, key: &K, start: Option<Stopwatch>, entry: &Entry<V>) {
+    pub(super) fn emit_hit(
+        &self,
+        index: usize,
+        key: &K,
+        start: Option<Stopwatch>,
+        entry: &Entry<V>,
+    ) {
         self.tiers[index].breaker.success();
         if self.observer.is_some() {
             let bytes = entry.value.byte_size();

@@ -81,7 +81,8 @@ where
         if mutation::on(Mutation::UnfencedRefresh) {
             return Self::unfenced_refresh(&this, &key).await;
         }
-        if let Some(flight) = Self::join_or_start_many(&this, vec![ask], ticket, None).pop() {
+        if let Some(flight) = Self::join_or_start_many(&this, vec![ask], ticket, None, false).pop()
+        {
             // The outcome reaches the observer and the tiers through the flight.
             let _ = flight.await;
         }

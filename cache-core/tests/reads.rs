@@ -1,0 +1,184 @@
+//! Reads that cost no more than they must (issue #21): one origin load for
+//! any number of concurrent misses, refresh-ahead from the next tier before the
+//! origin, and batches that fail only for the keys that failed.
+#![cfg(not(target_family = "wasm"))]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::{
+    async_trait, loader_fn, BoxError, CacheLayer, Clock, Entry, ManualClock, MemoryTier, Result,
+    Tier, TieredCache,
+};
+use futures_util::future::join_all;
+
+const HOUR: Duration = Duration::from_secs(3_600);
+
+fn k(s: &str) -> String {
+    s.to_string()
+}
+
+fn mem(name: &'static str, clock: &ManualClock) -> Arc<MemoryTier<String, String>> {
+    Arc::new(
+        MemoryTier::builder()
+            .name(name)
+            .clock(clock.clone())
+            .build(),
+    )
+}
+
+/// SplitMix64: a small seeded generator, so a failing round can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The seed of a randomized test: `$READS_SEED` if set (to replay a failure),
+/// else a fixed default. Printed either way.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("READS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_0021);
+    println!("{test}: seed {seed} (replay with READS_SEED={seed})");
+    seed
+}
+
+async fn yields(n: u64) {
+    for _ in 0..n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A tier that reads its inner tier at once and delivers the answer after
+/// `delay` yields: a shared tier (Redis) is slower than the in-process one,
+/// and what it answers may be out of date by the time the read goes on.
+#[derive(Debug)]
+struct Slow {
+    inner: Arc<MemoryTier<String, String>>,
+    delay: u64,
+}
+
+#[async_trait]
+impl CacheLayer<String, String> for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    async fn get(&self, key: &String) -> Result<Option<Entry<String>>> {
+        let found = self.inner.get(key).await;
+        yields(self.delay).await;
+        found
+    }
+    async fn put(&self, key: &String, entry: Entry<String>) -> Result<()> {
+        self.inner.put(key, entry).await
+    }
+    async fn remove(&self, key: &String) -> Result<bool> {
+        self.inner.remove(key).await
+    }
+    async fn remove_prefix(&self, prefix: &str) -> Result<()> {
+        self.inner.remove_prefix(prefix).await
+    }
+    async fn clear(&self) -> Result<()> {
+        self.inner.clear().await
+    }
+}
+
+/// 1,000 rounds of 1,000 concurrent gets of a key no tier holds, released
+/// together by a barrier on two worker threads: the origin is called exactly
+/// once per round.
+///
+/// The origin answers at once (after a few seeded yields), so its result
+/// lands while readers are still on their way from their tier-0 miss (through
+/// a slower tier 1, which answered before the fill) to the flight table: a
+/// reader that missed tier 0 just before the load landed must not start a
+/// second load after the first was retired.
+#[test]
+fn every_round_of_a_thousand_concurrent_misses_calls_the_origin_once() {
+    const ROUNDS: usize = 1_000;
+    const READERS: usize = 1_000;
+    // Spawned tasks per round, each running its share of the reads at once.
+    let tasks: usize = std::env::var("TASKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let seed = seed("single_flight");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut rng = Rng(seed);
+        let clock = ManualClock::new();
+        for round in 0..ROUNDS {
+            let loads = Arc::new(AtomicUsize::new(0));
+            let origin_yields = rng.below(4);
+            let origin = {
+                let (loads, clock) = (loads.clone(), clock.clone());
+                loader_fn(move |key: String| {
+                    let (loads, now) = (loads.clone(), clock.now());
+                    async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        yields(origin_yields).await;
+                        Ok::<_, BoxError>(Some(Entry::expiring_in(format!("{key}!"), now, HOUR)))
+                    }
+                })
+            };
+            let slow = Slow {
+                inner: mem("l2", &clock),
+                delay: rng.below(4),
+            };
+            let cache: TieredCache<String, String> = TieredCache::builder()
+                .clock(clock.clone())
+                .tier(Tier::shared(mem("l1", &clock)))
+                .tier(Tier::new(slow))
+                .origin(origin)
+                .build();
+            let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+            let readers: Vec<_> = (0..tasks)
+                .map(|_| {
+                    let pauses: Vec<u64> = (0..READERS / tasks).map(|_| rng.below(3)).collect();
+                    let (cache, barrier) = (cache.clone(), barrier.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let gets = pauses.into_iter().map(|pause| {
+                            let cache = cache.clone();
+                            async move {
+                                yields(pause).await;
+                                cache
+                                    .get(&k("cold"))
+                                    .await
+                                    .map(|l| l.map(|l| l.into_value()))
+                            }
+                        });
+                        join_all(gets).await
+                    })
+                })
+                .collect();
+            for reader in readers {
+                for got in reader.await.unwrap() {
+                    assert_eq!(got.unwrap().as_deref(), Some("cold!"));
+                }
+            }
+            assert_eq!(
+                loads.load(Ordering::SeqCst),
+                1,
+                "round {round}: the origin was called more than once (seed {seed})"
+            );
+            assert_eq!(cache.loads_in_flight(), 0);
+        }
+    });
+}
