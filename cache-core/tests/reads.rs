@@ -111,10 +111,7 @@ fn every_round_of_a_thousand_concurrent_misses_calls_the_origin_once() {
     const ROUNDS: usize = 1_000;
     const READERS: usize = 1_000;
     // Spawned tasks per round, each running its share of the reads at once.
-    let tasks: usize = std::env::var("TASKS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+    const TASKS: usize = 50;
     let seed = seed("single_flight");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -147,10 +144,10 @@ fn every_round_of_a_thousand_concurrent_misses_calls_the_origin_once() {
                 .tier(Tier::new(slow))
                 .origin(origin)
                 .build();
-            let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
-            let readers: Vec<_> = (0..tasks)
+            let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+            let readers: Vec<_> = (0..TASKS)
                 .map(|_| {
-                    let pauses: Vec<u64> = (0..READERS / tasks).map(|_| rng.below(3)).collect();
+                    let pauses: Vec<u64> = (0..READERS / TASKS).map(|_| rng.below(3)).collect();
                     let (cache, barrier) = (cache.clone(), barrier.clone());
                     tokio::spawn(async move {
                         barrier.wait().await;
