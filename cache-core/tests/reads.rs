@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{
-    async_trait, loader_fn, BoxError, CacheLayer, Clock, Entry, ManualClock, MemoryTier, Result,
-    Tier, TieredCache,
+    async_trait, loader_fn, BoxError, BoxFuture, CacheLayer, Clock, Entry, ManualClock, MemoryTier,
+    Result, Source, Tier, TieredCache,
 };
 use futures_util::future::join_all;
 
@@ -178,4 +178,89 @@ fn every_round_of_a_thousand_concurrent_misses_calls_the_origin_once() {
             assert_eq!(cache.loads_in_flight(), 0);
         }
     });
+}
+
+type Queue = Arc<std::sync::Mutex<Vec<BoxFuture<'static, ()>>>>;
+
+/// Runs the background tasks queued so far (refresh-ahead reloads), in order.
+async fn run_queued(queue: &Queue) -> usize {
+    let tasks: Vec<_> = queue.lock().unwrap().drain(..).collect();
+    let n = tasks.len();
+    for task in tasks {
+        task.await;
+    }
+    n
+}
+
+/// Tier 0 keeps a copy 30 s, tier 1 two hours, and the value is valid for an
+/// hour: tier 0's copy is always within the 60 s refresh window, the value
+/// is not until its last minute. Read every 5 s of virtual time for 55
+/// minutes: tier 0 is refreshed from tier 1, and the origin is called once
+/// (the first load). Then, in the value's own last minute, the origin is
+/// asked once more.
+#[tokio::test]
+async fn refresh_ahead_refreshes_a_tier_copy_from_the_next_tier_not_the_origin() {
+    let clock = ManualClock::new();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let (loads, clock) = (loads.clone(), clock.clone());
+        loader_fn(move |key: String| {
+            let n = loads.fetch_add(1, Ordering::SeqCst) + 1;
+            let now = clock.now();
+            async move { Ok::<_, BoxError>(Some(Entry::expiring_in(format!("{key}@v{n}"), now, HOUR))) }
+        })
+    };
+    let queue: Queue = Arc::default();
+    let q = queue.clone();
+    let cache: TieredCache<String, String> = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::shared(mem("l1", &clock)).ttl(Duration::from_secs(30)))
+        .tier(Tier::shared(mem("l2", &clock)).ttl(2 * HOUR))
+        .origin(origin)
+        .refresh_ahead(Duration::from_secs(60), move |task| {
+            q.lock().unwrap().push(task)
+        })
+        .build();
+    let first = cache.get(&k("a")).await.unwrap().unwrap();
+    assert_eq!(
+        (first.value().as_str(), first.source),
+        ("a@v1", Source::Origin)
+    );
+    let mut refreshes = run_queued(&queue).await;
+    // 660 reads 5 s apart: 55 minutes.
+    let mut values = std::collections::BTreeSet::new();
+    for step in 1..=660 {
+        clock.advance(Duration::from_secs(5));
+        let hit = cache.get(&k("a")).await.unwrap().unwrap();
+        assert_eq!(
+            hit.source,
+            Source::Tier {
+                index: 0,
+                name: "l1"
+            },
+            "read {step}"
+        );
+        values.insert(hit.into_value());
+        refreshes += run_queued(&queue).await;
+    }
+    assert!(refreshes > 0, "tier 0's copy was never refreshed");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "tier 0 was refreshed from the origin, not from tier 1"
+    );
+    assert_eq!(values.into_iter().collect::<Vec<_>>(), ["a@v1"]);
+    // The value's own refresh point: within 60 s of its expiry (at 60 min).
+    clock.advance(Duration::from_secs(4 * 60 + 5)); // 59:05
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v1");
+    run_queued(&queue).await;
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "the value itself was not refreshed"
+    );
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v2");
+    run_queued(&queue).await;
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
 }

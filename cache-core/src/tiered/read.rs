@@ -74,7 +74,7 @@ where
                         continue;
                     }
                     if inner.refresh.is_some() {
-                        Inner::refresh_if_due(&self.inner, key, &entry, now);
+                        Inner::refresh_if_due_at(&self.inner, index, key, &entry, now);
                     }
                     return Ok(Some(Lookup {
                         entry,
@@ -170,7 +170,7 @@ where
                     Some(entry) => {
                         if inner.refresh.is_some() {
                             let now = inner.clock.now();
-                            Inner::refresh_if_due(&self.inner, &keys[j], &entry, now);
+                            Inner::refresh_if_due_at(&self.inner, index, &keys[j], &entry, now);
                         }
                         let targets = targets_of(&stamps[j]);
                         if !targets.is_empty() {
