@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{
-    async_trait, loader_fn, BoxError, BoxFuture, CacheLayer, Clock, Entry, ManualClock, MemoryTier,
-    Result, Source, Tier, TieredCache,
+    async_trait, loader_fn, BoxError, BoxFuture, CacheLayer, Clock, Entry, ExpiredFromOrigin,
+    ManualClock, MemoryTier, Result, Source, Tier, TieredCache,
 };
 use futures_util::future::join_all;
 
@@ -263,4 +263,158 @@ async fn refresh_ahead_refreshes_a_tier_copy_from_the_next_tier_not_the_origin()
     assert_eq!(cache.get(&k("a")).await.unwrap().unwrap().value(), "a@v2");
     run_queued(&queue).await;
     assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
+
+/// A tier whose next `slow` writes each take `by` of virtual time (the write
+/// advances the manual clock before it lands).
+#[derive(Debug)]
+struct SlowWrites {
+    inner: Arc<MemoryTier<String, String>>,
+    clock: ManualClock,
+    by: Duration,
+    slow: AtomicUsize,
+}
+
+impl SlowWrites {
+    fn write_takes_time(&self) {
+        let slow = self
+            .slow
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if slow.is_ok() {
+            self.clock.advance(self.by);
+        }
+    }
+}
+
+#[async_trait]
+impl CacheLayer<String, String> for SlowWrites {
+    fn name(&self) -> &str {
+        "slow-writes"
+    }
+    async fn get(&self, key: &String) -> Result<Option<Entry<String>>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &String, entry: Entry<String>) -> Result<()> {
+        self.write_takes_time();
+        self.inner.put(key, entry).await
+    }
+    async fn put_many(&self, entries: Vec<(String, Entry<String>)>) -> Result<()> {
+        self.write_takes_time();
+        self.inner.put_many(entries).await
+    }
+    async fn remove(&self, key: &String) -> Result<bool> {
+        self.inner.remove(key).await
+    }
+    async fn remove_prefix(&self, prefix: &str) -> Result<()> {
+        self.inner.remove_prefix(prefix).await
+    }
+    async fn clear(&self) -> Result<()> {
+        self.inner.clear().await
+    }
+}
+
+/// An origin answering `<key>@v<n>` (`n` counts that key's loads), valid an
+/// hour, except for keys starting with `short`: valid 10 s.
+#[derive(Debug, Clone)]
+struct Counting {
+    clock: ManualClock,
+    loads: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Counting {
+    fn loads(&self, key: &str) -> usize {
+        self.loads.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl cache_core::Loader<String, String> for Counting {
+    async fn load(&self, key: &String) -> std::result::Result<Option<Entry<String>>, BoxError> {
+        let n = {
+            let mut loads = self.loads.lock().unwrap();
+            let n = loads.entry(key.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        let life = if key.starts_with("short") {
+            Duration::from_secs(10)
+        } else {
+            HOUR
+        };
+        Ok(Some(Entry::expiring_in(
+            format!("{key}@v{n}"),
+            self.clock.now(),
+            life,
+        )))
+    }
+}
+
+/// A chain of one tier whose next `slow` writes take 20 s of virtual time
+/// each, over a [`Counting`] origin.
+fn slow_write_chain(clock: &ManualClock, slow: usize) -> (TieredCache<String, String>, Counting) {
+    let tier = SlowWrites {
+        inner: mem("l1", clock),
+        clock: clock.clone(),
+        by: Duration::from_secs(20),
+        slow: AtomicUsize::new(slow),
+    };
+    let origin = Counting {
+        clock: clock.clone(),
+        loads: Arc::default(),
+    };
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .tier(Tier::new(tier))
+        .origin(origin.clone())
+        .build();
+    (cache, origin)
+}
+
+fn is_expired_from_origin(err: &cache_core::Error) -> bool {
+    matches!(err, cache_core::Error::Origin { source } if source.is::<ExpiredFromOrigin>())
+}
+
+/// One slow write (20 s) of a batch load: `short`'s 10 s value has expired
+/// by the time the batch could return it, `long`'s has not. The batch answers
+/// both: `short` loaded once more (its write is quick by then), `long` kept.
+#[tokio::test]
+async fn a_key_whose_loaded_entry_expired_before_its_return_does_not_fail_the_batch() {
+    let clock = ManualClock::new();
+    let (cache, origin) = slow_write_chain(&clock, 1);
+    let keys = [k("long"), k("short"), k("long")];
+    let got = match cache.get_many(&keys).await {
+        Ok(got) => got,
+        Err(err) => panic!("the batch failed for one expired key: {err}"),
+    };
+    let values: Vec<&str> = got
+        .iter()
+        .map(|l| l.as_ref().expect("every key has a value").value().as_str())
+        .collect();
+    assert_eq!(values, ["long@v1", "short@v2", "long@v1"]);
+    assert_eq!(origin.loads("long"), 1, "long was loaded again");
+    assert_eq!(origin.loads("short"), 2);
+    for lookup in got.iter().flatten() {
+        assert!(!lookup.entry.is_expired(clock.now()));
+    }
+}
+
+/// Every write is slow: `short`'s value expires during the write of each
+/// load. It is loaded once more, then the read fails with
+/// `ExpiredFromOrigin`: in a batch and alone.
+#[tokio::test]
+async fn an_entry_that_expired_during_a_slow_write_is_loaded_once_more_then_fails() {
+    let clock = ManualClock::new();
+    let (cache, origin) = slow_write_chain(&clock, usize::MAX);
+    let err = cache.get_many(&[k("long"), k("short")]).await.unwrap_err();
+    assert!(is_expired_from_origin(&err), "{err:?}");
+    assert_eq!(origin.loads("short"), 2, "loaded once more, and only once");
+    assert_eq!(origin.loads("long"), 1);
+
+    let err = cache.get(&k("short-alone")).await.unwrap_err();
+    assert!(is_expired_from_origin(&err), "{err:?}");
+    assert_eq!(
+        origin.loads("short-alone"),
+        2,
+        "loaded once more, and only once"
+    );
 }

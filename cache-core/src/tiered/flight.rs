@@ -479,6 +479,19 @@ where
         results
     }
 
+    /// Whether a load's answer had expired when it landed, or has now (a slow
+    /// fill): a read loads such a key once more before it reports
+    /// [`ExpiredFromOrigin`].
+    pub(super) fn expired_on_arrival(&self, flown: &Flown<V>) -> bool {
+        match &flown.result {
+            Ok(Some(entry)) => {
+                entry.is_expired(self.clock.now()) && !mutation::on(Mutation::NoExpiryAtReturn)
+            }
+            Ok(None) => false,
+            Err(err) => err.is::<ExpiredFromOrigin>(),
+        }
+    }
+
     /// What a reader of an origin load returns: the value if it is still
     /// unexpired now (checked at the moment of return), else an error, or a stale
     /// value when the chain keeps them.
