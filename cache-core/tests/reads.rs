@@ -4,8 +4,6 @@
 #![cfg(not(target_family = "wasm"))]
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
