@@ -286,11 +286,18 @@ where
     }
 
     /// Refresh ahead of expiry: a hit on an entry that expires within `window`
-    /// starts one background reload from the origin, run by `spawner`, while
-    /// this read and every other keeps getting the value found. The reload is a
-    /// load like any other: one per key (a miss meanwhile joins it), its result
-    /// written into every tier by fenced fills (each tier's stamp taken before
-    /// it loads), so an invalidation that begins after the hit wins over it. An
+    /// starts one background refresh, run by `spawner`, while this read and
+    /// every other keeps getting the value found.
+    ///
+    /// A tier's copy lives at most its tier's TTL, however long the value is
+    /// valid, so the refresh first reads the tiers below the one that hit: the
+    /// nearest one holding a copy that does not expire within `window` writes
+    /// it into the tiers above it (a fenced backfill), and the origin is not
+    /// asked. Only when the value itself nears its expiry (no lower tier has
+    /// such a copy) is it reloaded from the origin. The reload is a load like
+    /// any other: one per key (a miss meanwhile joins it), its result written
+    /// into every tier by fenced fills (each tier's stamp taken before it
+    /// loads), so an invalidation that begins after the hit wins over it. An
     /// origin that fails or finds nothing leaves the entry to expire as it
     /// would have. Needs an origin; a chain without one never refreshes.
     ///
@@ -454,6 +461,7 @@ where
                 observer: self.observer,
                 fences: Fences::default(),
                 flights: Mutex::new(HashMap::new()),
+                retired: Mutex::default(),
                 next_flight: AtomicU64::new(1),
                 negative,
                 stale,

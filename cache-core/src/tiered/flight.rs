@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use futures_util::future::{select, Either, FutureExt, Shared, WeakShared};
+use futures_util::future::{join_all, select, Either, FutureExt, Shared, WeakShared};
 
 use super::fences::KeyFence;
 use super::fill::Target;
@@ -20,17 +20,63 @@ use crate::{
 };
 
 pub(super) type LoadResult<V> = std::result::Result<Option<Entry<V>>, SharedError>;
-pub(super) type FlightFuture<V> = Shared<BoxFuture<'static, LoadResult<V>>>;
+pub(super) type FlightFuture<V> = Shared<BoxFuture<'static, Flown<V>>>;
+
+/// What a flight gives each of its readers: the result, and whether tier 0
+/// gave it rather than the origin (a load the readers missed had landed
+/// there; see [`Inner::join_or_start_many`]).
+#[derive(Clone)]
+pub(super) struct Flown<V> {
+    pub(super) result: LoadResult<V>,
+    pub(super) from_first_tier: bool,
+}
 
 pub(crate) struct Flight<V> {
     id: u64,
-    weak: WeakShared<BoxFuture<'static, LoadResult<V>>>,
+    weak: WeakShared<BoxFuture<'static, Flown<V>>>,
 }
 
 impl<V> Flight<V> {
     pub(super) fn is_live(&self) -> bool {
         self.weak.upgrade().is_some()
     }
+}
+
+/// The keys of the last [`Retired::KEPT`] loads retired, as hashes (a
+/// collision only costs a look in tier 0): a load started for reads that
+/// missed tier 0 looks there first only when a load of its key was retired
+/// recently (see [`Inner::join_or_start_many`]). Locked inside the flights.
+#[derive(Default)]
+pub(crate) struct Retired {
+    hashes: Vec<u64>,
+    next: usize,
+}
+
+impl Retired {
+    /// How many retirements are remembered: a read that misses tier 0 and
+    /// reaches the flight table after more loads than this were retired
+    /// meanwhile may start a second load of its key.
+    const KEPT: usize = 1024;
+
+    fn note(&mut self, hash: u64) {
+        if self.hashes.len() < Self::KEPT {
+            self.hashes.push(hash);
+        } else {
+            self.hashes[self.next] = hash;
+            self.next = (self.next + 1) % Self::KEPT;
+        }
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        self.hashes.contains(&hash)
+    }
+}
+
+fn key_hash<K: std::hash::Hash>(key: &K) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The origin loader panicked.
@@ -70,52 +116,76 @@ where
         self.flights.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Taken only with the flights locked, after them.
+    fn lock_retired(&self) -> MutexGuard<'_, Retired> {
+        self.retired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Joins the loads in flight for `asks` and starts one batch load for the
     /// rest, whose fills are fenced by `ticket` (taken when the reads began).
+    ///
+    /// `after_miss`: the asks come from reads that missed tier 0. A load is
+    /// retired only after its fills, so a read that missed tier 0 just before
+    /// a load of its key landed there, and reaches this table after the load
+    /// was retired, finds no flight to join. A load started for such reads,
+    /// when a load of its key was retired recently ([`Retired`]), therefore
+    /// looks in tier 0 first, and answers from it every reader that joins it,
+    /// without calling the origin (only while no invalidation of the key has
+    /// begun since `ticket`). A refresh, which reloads what tier 0 holds,
+    /// passes `false`.
     pub(super) fn join_or_start_many(
         this: &Arc<Self>,
         asks: Vec<Ask<K>>,
         ticket: u64,
         loader: Option<Arc<dyn Loader<K, V>>>,
+        after_miss: bool,
     ) -> Vec<FlightFuture<V>> {
         let mut joined = Vec::new();
         let mut out: Vec<Option<FlightFuture<V>>> = Vec::with_capacity(asks.len());
-        let mut to_load: Vec<(Ask<K>, u64)> = Vec::new();
+        let mut to_load: Vec<(Ask<K>, u64, bool)> = Vec::new();
         let mut positions: Vec<Vec<usize>> = Vec::new();
         {
-            let flights = this.lock_flights();
+            // One lock for the look-up and the registration: two reads that
+            // both found no flight between the two could each start a load.
+            let mut flights = this.lock_flights();
             for (pos, ask) in asks.into_iter().enumerate() {
                 if let Some(shared) = flights.get(&ask.key).and_then(|f| f.weak.upgrade()) {
                     joined.push(ask.key);
                     out.push(Some(shared));
-                } else if let Some(i) = to_load.iter().position(|(a, _)| a.key == ask.key) {
+                } else if let Some(i) = to_load.iter().position(|(a, _, _)| a.key == ask.key) {
                     positions[i].push(pos);
                     out.push(None);
                 } else {
                     let id = this.next_flight.fetch_add(1, Ordering::Relaxed);
-                    to_load.push((ask, id));
+                    let look = after_miss && this.lock_retired().contains(key_hash(&ask.key));
+                    to_load.push((ask, id, look));
                     positions.push(vec![pos]);
                     out.push(None);
                 }
             }
-            drop(flights);
             if !to_load.is_empty() {
-                let ids: Vec<(K, u64)> =
-                    to_load.iter().map(|(a, id)| (a.key.clone(), *id)).collect();
-                let asks: Vec<Ask<K>> = to_load.into_iter().map(|(a, _)| a).collect();
-                let batch: BoxFuture<'static, Arc<Vec<LoadResult<V>>>> = Box::pin(Self::run_loads(
+                let ids: Vec<(K, u64)> = to_load
+                    .iter()
+                    .map(|(a, id, _)| (a.key.clone(), *id))
+                    .collect();
+                let (asks, looks): (Vec<Ask<K>>, Vec<bool>) =
+                    to_load.into_iter().map(|(a, _, look)| (a, look)).unzip();
+                let batch: BoxFuture<'static, Arc<Vec<Flown<V>>>> = Box::pin(Self::run_loads(
                     this.clone(),
                     asks,
                     ids.clone(),
                     ticket,
                     loader,
+                    looks,
                 ));
                 let batch = batch.shared();
-                let mut flights = this.lock_flights();
                 for (i, (key, id)) in ids.into_iter().enumerate() {
-                    let per_key: BoxFuture<'static, LoadResult<V>> =
-                        Box::pin(batch.clone().map(move |all: Arc<Vec<LoadResult<V>>>| {
-                            all.get(i).cloned().unwrap_or(Ok(None))
+                    let per_key: BoxFuture<'static, Flown<V>> =
+                        Box::pin(batch.clone().map(move |all: Arc<Vec<Flown<V>>>| {
+                            all.get(i).cloned().unwrap_or(Flown {
+                                result: Ok(None),
+                                from_first_tier: false,
+                            })
                         }));
                     let shared = per_key.shared();
                     if let Some(weak) = shared.downgrade() {
@@ -175,15 +245,16 @@ where
         }
     }
 
-    /// One origin load for `asks`: fenced fills of every result, then the flights
-    /// are retired.
+    /// One origin load for `asks` (those whose `looks` is set looked in tier
+    /// 0 first): fenced fills of every result, then the flights are retired.
     async fn run_loads(
         this: Arc<Self>,
         asks: Vec<Ask<K>>,
         ids: Vec<(K, u64)>,
         ticket: u64,
         loader: Option<Arc<dyn Loader<K, V>>>,
-    ) -> Arc<Vec<LoadResult<V>>> {
+        looks: Vec<bool>,
+    ) -> Arc<Vec<Flown<V>>> {
         // Retires the flights even if this future is dropped or panics.
         struct Retire<'a, K: CacheKey, V: Clone + ByteSize + MaybeSend + MaybeSync + 'static> {
             inner: &'a Inner<K, V>,
@@ -192,9 +263,11 @@ where
         impl<K: CacheKey, V: Clone + ByteSize + MaybeSend + MaybeSync + 'static> Drop for Retire<'_, K, V> {
             fn drop(&mut self) {
                 let mut flights = self.inner.lock_flights();
+                let mut retired = self.inner.lock_retired();
                 for (key, id) in self.ids {
                     if flights.get(key).is_some_and(|f| f.id == *id) {
                         flights.remove(key);
+                        retired.note(key_hash(key));
                     }
                 }
             }
@@ -203,6 +276,88 @@ where
             inner: &this,
             ids: &ids,
         };
+        let found: Vec<Option<Entry<V>>> = if looks.contains(&true) {
+            let inner: &Self = &this;
+            join_all(asks.iter().zip(&looks).map(|(a, &look)| async move {
+                if look {
+                    inner.look_in_first_tier(&a.key, ticket).await
+                } else {
+                    None
+                }
+            }))
+            .await
+        } else {
+            asks.iter().map(|_| None).collect()
+        };
+        let to_load: Vec<Ask<K>> = asks
+            .into_iter()
+            .zip(&found)
+            .filter(|(_, entry)| entry.is_none())
+            .map(|(ask, _)| ask)
+            .collect();
+        // In the order of `to_load`: the asks tier 0 did not answer.
+        let mut loaded = if to_load.is_empty() {
+            Vec::new()
+        } else {
+            this.load_and_fill(to_load, ticket, loader).await
+        }
+        .into_iter();
+        let flown = found
+            .into_iter()
+            .map(|entry| match entry {
+                Some(entry) => Flown {
+                    result: Ok(Some(entry)),
+                    from_first_tier: true,
+                },
+                None => Flown {
+                    result: loaded.next().unwrap_or(Ok(None)),
+                    from_first_tier: false,
+                },
+            })
+            .collect();
+        Arc::new(flown)
+    }
+
+    /// Tier 0's entry for `key`, if it holds an unexpired one with current
+    /// tags and no invalidation of `key` has begun since `ticket`: what a load
+    /// started after a miss looks at before it asks the origin. A miss or a
+    /// failure here is not reported (the read already reported its own).
+    async fn look_in_first_tier(&self, key: &K, ticket: u64) -> Option<Entry<V>> {
+        let slot = self.tiers.first()?;
+        if !slot.breaker.is_closed() {
+            return None;
+        }
+        let start = self.start();
+        let found = match slot.layer.get_ready(key, self.clock.now()) {
+            Some(found) => found,
+            None => {
+                self.call(slot, crate::Operation::Get, slot.layer.get(key))
+                    .await
+            }
+        };
+        let entry = found.ok().flatten()?;
+        if entry.is_expired(self.clock.now()) {
+            return None;
+        }
+        if !entry.tags.is_empty() && !matches!(self.tags.check(&entry.tags).await, Ok(true)) {
+            return None;
+        }
+        if !self.fences.holds(ticket, &key.key_str(), None) {
+            return None;
+        }
+        self.emit_hit(0, key, start, &entry);
+        Some(entry)
+    }
+
+    /// Asks the origin for `asks`, then fills every tier with what it found
+    /// (fenced by `ticket`); one result per ask, in order.
+    async fn load_and_fill(
+        &self,
+        asks: Vec<Ask<K>>,
+        ticket: u64,
+        loader: Option<Arc<dyn Loader<K, V>>>,
+    ) -> Vec<LoadResult<V>> {
+        let this = self;
         let start = this.start();
         let plain: Vec<K> = asks.iter().map(|a| a.key.clone()).collect();
         // Noted before the load: a tag bumped while it runs keeps its value
@@ -321,7 +476,20 @@ where
             }
             _ => this.fill_many(fresh, ticket, EventKind::Write).await,
         }
-        Arc::new(results)
+        results
+    }
+
+    /// Whether a load's answer had expired when it landed, or has now (a slow
+    /// fill): a read loads such a key once more before it reports
+    /// [`ExpiredFromOrigin`].
+    pub(super) fn expired_on_arrival(&self, flown: &Flown<V>) -> bool {
+        match &flown.result {
+            Ok(Some(entry)) => {
+                entry.is_expired(self.clock.now()) && !mutation::on(Mutation::NoExpiryAtReturn)
+            }
+            Ok(None) => false,
+            Err(err) => err.is::<ExpiredFromOrigin>(),
+        }
     }
 
     /// What a reader of an origin load returns: the value if it is still
@@ -330,9 +498,17 @@ where
     pub(super) fn finish_origin_read(
         &self,
         key: &K,
-        result: LoadResult<V>,
+        flown: Flown<V>,
     ) -> Result<Option<Lookup<'_, V>>> {
-        let result = match result {
+        let source = if flown.from_first_tier {
+            Source::Tier {
+                index: 0,
+                name: &self.tiers[0].name,
+            }
+        } else {
+            Source::Origin
+        };
+        let result = match flown.result {
             Ok(Some(entry))
                 if entry.is_expired(self.clock.now())
                     && !mutation::on(Mutation::NoExpiryAtReturn) =>
@@ -342,10 +518,7 @@ where
             other => other,
         };
         match result {
-            Ok(found) => Ok(found.map(|entry| Lookup {
-                entry,
-                source: Source::Origin,
-            })),
+            Ok(found) => Ok(found.map(|entry| Lookup { entry, source })),
             Err(source) => match self.serve_stale(key) {
                 Some(lookup) => Ok(Some(lookup)),
                 None => Err(Error::Origin { source }),

@@ -110,6 +110,8 @@ pub(crate) struct Inner<K, V> {
     observer: Option<Arc<dyn Observer>>,
     fences: Fences,
     flights: Mutex<HashMap<K, Flight<V>>>,
+    /// The keys of the loads retired lately (locked inside `flights`).
+    retired: Mutex<flight::Retired>,
     next_flight: AtomicU64,
     negative: Option<NegativeCache<K>>,
     stale: Option<StaleStore<K, V>>,

@@ -8,7 +8,7 @@ use futures_util::future::{join_all, select, Either};
 
 use super::fences::KeyFence;
 use super::fill::Target;
-use super::flight::Ask;
+use super::flight::{Ask, Flown};
 use super::observe::{elapsed, failure_kind, Stopwatch};
 use super::tags::TagCheck;
 use super::{Inner, Lookup, Source, TieredCache};
@@ -74,7 +74,7 @@ where
                         continue;
                     }
                     if inner.refresh.is_some() {
-                        Inner::refresh_if_due(&self.inner, key, &entry, now);
+                        Inner::refresh_if_due_at(&self.inner, index, key, &entry, now);
                     }
                     return Ok(Some(Lookup {
                         entry,
@@ -114,14 +114,33 @@ where
             key: key.clone(),
             targets: targets_of(&stamps),
         };
-        let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket, loader)
+        let again = loader.clone();
+        let flight = Inner::join_or_start_many(&self.inner, vec![ask], ticket, loader, true)
             .pop()
             .ok_or(Error::NoTierAnswered { failed })?;
+        // An answer that expired before it could be returned (a slow write) is
+        // loaded once more, then returned or reported as it is.
+        let once_more = |result: Flown<V>| async move {
+            if !inner.expired_on_arrival(&result) {
+                return result;
+            }
+            let ask = Ask {
+                key: key.clone(),
+                targets: targets_of(&stamps),
+            };
+            match Inner::join_or_start_many(&self.inner, vec![ask], ticket, again, true).pop() {
+                Some(flight) => flight.await,
+                None => result,
+            }
+        };
         if let Some((soft, spawner)) = &inner.soft_timeout {
             if inner.stale_value(key).is_some() {
                 let sleep = inner.timer.sleep(*soft);
                 match select(flight.clone(), sleep).await {
-                    Either::Left((result, _)) => return inner.finish_origin_read(key, result),
+                    Either::Left((result, _)) => {
+                        let result = once_more(result).await;
+                        return inner.finish_origin_read(key, result);
+                    }
                     Either::Right(((), _)) => {
                         // Too slow: the load goes on in the background and
                         // fills the tiers when it lands.
@@ -137,7 +156,7 @@ where
                 }
             }
         }
-        let result = flight.await;
+        let result = once_more(flight.await).await;
         inner.finish_origin_read(key, result)
     }
 
@@ -170,7 +189,7 @@ where
                     Some(entry) => {
                         if inner.refresh.is_some() {
                             let now = inner.clock.now();
-                            Inner::refresh_if_due(&self.inner, &keys[j], &entry, now);
+                            Inner::refresh_if_due_at(&self.inner, index, &keys[j], &entry, now);
                         }
                         let targets = targets_of(&stamps[j]);
                         if !targets.is_empty() {
@@ -215,10 +234,32 @@ where
                     })
                     .collect();
                 let (positions, asks): (Vec<usize>, Vec<Ask<K>>) = asks.into_iter().unzip();
-                let flights = Inner::join_or_start_many(&self.inner, asks, ticket, None);
+                let flights = Inner::join_or_start_many(&self.inner, asks, ticket, None, true);
                 let results = join_all(flights).await;
+                // A key whose answer expired before it could be returned (a
+                // slow write) is loaded once more, with the others in the
+                // same state; the rest of the batch keeps its answers.
+                let mut again = Vec::new();
                 for (j, result) in positions.into_iter().zip(results) {
-                    out[j] = inner.finish_origin_read(&keys[j], result)?;
+                    if inner.expired_on_arrival(&result) {
+                        again.push(j);
+                    } else {
+                        out[j] = inner.finish_origin_read(&keys[j], result)?;
+                    }
+                }
+                if !again.is_empty() {
+                    let asks = again
+                        .iter()
+                        .map(|&j| Ask {
+                            key: keys[j].clone(),
+                            targets: targets_of(&stamps[j]),
+                        })
+                        .collect();
+                    let flights = Inner::join_or_start_many(&self.inner, asks, ticket, None, true);
+                    let results = join_all(flights).await;
+                    for (j, result) in again.into_iter().zip(results) {
+                        out[j] = inner.finish_origin_read(&keys[j], result)?;
+                    }
                 }
             }
         }
@@ -322,7 +363,13 @@ where
 
     /// A hit at tier `index`: the breaker's success, and the observer's event.
     #[inline]
-    fn emit_hit(&self, index: usize, key: &K, start: Option<Stopwatch>, entry: &Entry<V>) {
+    pub(super) fn emit_hit(
+        &self,
+        index: usize,
+        key: &K,
+        start: Option<Stopwatch>,
+        entry: &Entry<V>,
+    ) {
         self.tiers[index].breaker.success();
         if self.observer.is_some() {
             let bytes = entry.value.byte_size();
