@@ -112,7 +112,8 @@ pub use bus::{
 pub use moka_tier::{MokaTier, MokaTierBuilder};
 pub use redis::{
     default_reconnect_policy, Codec, MsgPackCodec, RedisTagStore, RedisTier, RedisTierBuilder,
-    DEFAULT_CLUSTER_SHARDS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_FENCE_HORIZON, DEFAULT_POOL_SIZE,
+    Replication, DEFAULT_CLUSTER_SHARDS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_FAILOVER_CHECK,
+    DEFAULT_FENCE_HORIZON, DEFAULT_POOL_SIZE,
 };
 
 /// The fred client crate, re-exported for its config types.

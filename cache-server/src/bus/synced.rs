@@ -382,6 +382,29 @@ where
         self.local.applied.subscribe()
     }
 
+    /// Flushes the local tiers every time `failovers` ticks (usually
+    /// [`RedisTier::failovers`](crate::RedisTier::failovers) of the chain's
+    /// shared tier): after a failover the shared tier voided what it held,
+    /// and values the local tiers read from it before may be ones whose
+    /// removal the failover lost. Runs until the cache or the channel is
+    /// dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_server::SyncedCache<String, String>, redis: cache_server::RedisTier<String>) {
+    /// cache.flush_on_failover(redis.failovers());
+    /// # }
+    /// ```
+    pub fn flush_on_failover(&self, mut failovers: tokio::sync::watch::Receiver<u64>) {
+        let local = Arc::downgrade(&self.local);
+        tokio::spawn(async move {
+            while failovers.changed().await.is_ok() {
+                let Some(local) = local.upgrade() else { return };
+                tracing::warn!("the shared tier failed over; flushing the in-process tiers");
+                let _ = local.flush().await;
+            }
+        });
+    }
+
     /// How many times the local tiers were flushed because messages may have
     /// been lost.
     ///

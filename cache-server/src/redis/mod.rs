@@ -1,6 +1,7 @@
 //! [`RedisTier`]: the shared tier, on one Redis or a Redis Cluster, through fred.
 
 mod codec;
+mod failover;
 mod layout;
 pub(crate) mod scripts;
 mod tags;
@@ -18,12 +19,15 @@ use cache_core::{
     async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Fence, Fill, Operation, Result,
     Stamp, SystemClock, Timestamp,
 };
+use fred::clients::Client;
 use fred::error::ErrorKind;
+use fred::interfaces::EventInterface;
 use fred::prelude::{
     Builder, ClientLike, Config, Key, KeysInterface, LuaInterface, Pool, ReconnectPolicy, Value,
 };
 use fred::types::{CustomCommand, FromValue};
 use futures_util::StreamExt;
+use tokio::sync::watch;
 
 use codec::{open, write_header, Corrupt, HEADER_LEN};
 use layout::{FenceKeys, Layout};
@@ -31,6 +35,8 @@ use scripts::{is_noscript, Script};
 
 pub(crate) use codec::ENVELOPE_FAMILY;
 pub use codec::{Codec, MsgPackCodec};
+pub use failover::Replication;
+use failover::{Guard, Seen};
 pub use layout::DEFAULT_CLUSTER_SHARDS;
 pub use tags::RedisTagStore;
 
@@ -41,6 +47,9 @@ pub const DEFAULT_POOL_SIZE: usize = 4;
 /// Default fence horizon: how long a stamp stays usable (see [`RedisTier`]'s
 /// "Fenced writes").
 pub const DEFAULT_FENCE_HORIZON: Duration = Duration::from_secs(10 * 60);
+/// Default [`RedisTierBuilder::failover_check`]: besides every connection
+/// error and reconnect, the primary is looked at this often.
+pub const DEFAULT_FAILOVER_CHECK: Duration = Duration::from_secs(1);
 /// Keys removed per `UNLINK` by `clear` and `remove_prefix`.
 const UNLINK_BATCH: usize = 500;
 
@@ -203,10 +212,23 @@ struct Inner<C> {
     corrupt: AtomicU64,
     /// Whether the pool was made here (and is closed when the tier is dropped).
     owned: bool,
+    /// How many replicas a removal or write must reach.
+    replication: Replication,
+    /// Whether Redis is trusted now, and which primary it is.
+    guard: Guard,
+    /// How often the primary is looked at besides after connection events.
+    check_every: Duration,
+    /// The failover checker's tasks, stopped when the tier is dropped.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl<C> Drop for Inner<C> {
     fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.get_mut() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
         if !self.owned {
             return;
         }
@@ -278,6 +300,38 @@ where
     /// Whether the tier talks to a Redis Cluster.
     pub fn is_clustered(&self) -> bool {
         self.inner.clustered
+    }
+
+    /// Failovers seen so far, as a [`watch`] channel: the count ticks each
+    /// time the tier found another primary and voided what Redis held.
+    /// In-process tiers fed from this one should be flushed then
+    /// ([`SyncedCache::flush_on_failover`](crate::SyncedCache::flush_on_failover)).
+    ///
+    /// ```no_run
+    /// # async fn demo(tier: cache_server::RedisTier<String>) {
+    /// let mut failovers = tier.failovers();
+    /// while failovers.changed().await.is_ok() {
+    ///     println!("Redis failed over ({} so far)", *failovers.borrow());
+    /// }
+    /// # }
+    /// ```
+    pub fn failovers(&self) -> watch::Receiver<u64> {
+        self.inner.guard.failover_tx.subscribe()
+    }
+
+    /// Reads answered as misses, and fills refused, because Redis was not
+    /// trusted at that moment (after a connection event, before the check).
+    ///
+    /// ```no_run
+    /// # fn demo(tier: cache_server::RedisTier<String>) {
+    /// println!("{} reads distrusted", tier.distrusted_reads());
+    /// # }
+    /// ```
+    pub fn distrusted_reads(&self) -> u64 {
+        self.inner
+            .guard
+            .distrusted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many stored values could not be decoded (and were deleted) so far.
@@ -412,7 +466,16 @@ impl<C> Inner<C> {
         keys: Vec<Key>,
         args: Vec<Value>,
     ) -> std::result::Result<R, fred::error::Error> {
-        let client = self.pool.next();
+        Self::eval_on(self.pool.next(), script, keys, args).await
+    }
+
+    /// [`Inner::eval`] on `client`.
+    async fn eval_on<R: FromValue>(
+        client: &Client,
+        script: &Script,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> std::result::Result<R, fred::error::Error> {
         match client
             .evalsha::<R, _, _, _>(script.sha.clone(), keys.clone(), args.clone())
             .await
@@ -427,12 +490,12 @@ impl<C> Inner<C> {
     /// pipeline. One result per call, in order.
     async fn eval_all(
         &self,
+        client: &Client,
         calls: Vec<ScriptCall>,
     ) -> Vec<std::result::Result<Value, fred::error::Error>> {
         if calls.is_empty() {
             return Vec::new();
         }
-        let client = self.pool.next();
         // fred's pipelines have no Lua methods: the calls go as custom
         // commands, each routed by the hash slot of its first key.
         let pipe = client.pipeline();
@@ -536,9 +599,48 @@ impl<C> Inner<C> {
                 keys: vec![Key::from(scope.as_str())],
                 args: Vec::new(),
             })
-            .collect();
-        for result in self.eval_all(calls).await {
+            .collect::<Vec<_>>();
+        let client = self.pool.next();
+        let slots: Vec<Option<u16>> = calls.iter().map(ScriptCall::slot).collect();
+        for result in self.eval_all(client, calls).await {
             result.map_err(|e| self.error(operation, e))?;
+        }
+        self.replicated(client, slots, operation).await
+    }
+
+    /// Waits until the configured number of replicas have every write made on
+    /// `client` so far (one `WAIT` per node of `slots` on a cluster).
+    async fn replicated(
+        &self,
+        client: &Client,
+        slots: Vec<Option<u16>>,
+        operation: Operation,
+    ) -> Result<()> {
+        if self.replication.replicas() == 0 {
+            return Ok(());
+        }
+        let mut targets: Vec<Option<u16>> = Vec::new();
+        if self.clustered {
+            let routing = fred::interfaces::ClusterInterface::cached_cluster_state(client);
+            let mut servers = Vec::new();
+            for slot in slots.into_iter().flatten() {
+                let server = routing.as_ref().and_then(|r| r.get_server(slot)).cloned();
+                if !servers.contains(&server) {
+                    servers.push(server);
+                    targets.push(Some(slot));
+                }
+            }
+        } else {
+            targets.push(None);
+        }
+        for slot in targets {
+            self.replication
+                .wait(client, slot)
+                .await
+                .map_err(|e| match e {
+                    failover::ReplicationError::Redis(e) => self.error(operation, e),
+                    short => Error::backend(self.name.to_string(), operation, short),
+                })?;
         }
         Ok(())
     }
@@ -634,6 +736,11 @@ struct ScriptCall {
 }
 
 impl ScriptCall {
+    /// The hash slot of its first key.
+    fn slot(&self) -> Option<u16> {
+        self.keys.first().map(Key::cluster_hash)
+    }
+
     /// The call as a raw `EVALSHA` (or `EVAL`) command for a pipeline,
     /// routed to the hash slot of its first key.
     fn command(&self, eval: bool) -> (CustomCommand, Vec<Value>) {
@@ -649,6 +756,144 @@ impl ScriptCall {
         args.extend(self.keys.iter().map(|k| Value::Bytes(k.inner().clone())));
         args.extend(self.args.iter().cloned());
         (CustomCommand::new_static(name, slot, false), args)
+    }
+}
+
+impl<V, C> RedisTier<V, C>
+where
+    V: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    /// Starts watching which primary the pool talks to: every connection
+    /// error or reconnect distrusts Redis at once and wakes the checker,
+    /// which also looks every [`RedisTierBuilder::failover_check`]. Unless
+    /// `lazy`, the first look happens here, so the tier starts trusted.
+    async fn watch_primary(&self, lazy: bool) {
+        let inner = &self.inner;
+        if !inner.guard.enabled() {
+            return;
+        }
+        let mut tasks = Vec::new();
+        for client in inner.pool.clients() {
+            let mut rx = client.error_rx();
+            let weak = Arc::downgrade(inner);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let event = rx.recv().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    match event {
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            inner.guard.distrust();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }));
+            let mut rx = client.reconnect_rx();
+            let weak = Arc::downgrade(inner);
+            tasks.push(tokio::spawn(async move {
+                while rx.recv().await.is_ok() {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.guard.distrust();
+                }
+            }));
+        }
+        if !lazy {
+            inner.check_primary().await;
+        }
+        let weak = Arc::downgrade(inner);
+        tasks.push(tokio::spawn(async move {
+            let mut soon = false;
+            loop {
+                let (every, wake) = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    (inner.check_every, inner.clone())
+                };
+                let wait = if soon {
+                    Duration::from_millis(20)
+                } else {
+                    every
+                };
+                tokio::select! {
+                    () = wake.guard.wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                drop(wake);
+                let Some(inner) = weak.upgrade() else { return };
+                soon = !inner.check_primary().await;
+            }
+        }));
+        if let Ok(mut t) = inner.tasks.lock() {
+            t.extend(tasks);
+        }
+    }
+}
+
+impl<C> Inner<C> {
+    /// One look at the primary; `false` if it must be looked at again soon
+    /// (unreachable, not yet a primary, or a void that failed).
+    async fn check_primary(&self) -> bool {
+        let seen = failover::look(self.pool.clients(), self.clustered).await;
+        match self.guard.saw(seen) {
+            Seen::Same => {
+                self.load_scripts().await;
+                true
+            }
+            Seen::Unsure => false,
+            Seen::Failover => {
+                tracing::warn!(
+                    tier = %self.name,
+                    namespace = %self.namespace,
+                    "Redis failed over to another primary: voiding what it holds (a removal may have been lost)"
+                );
+                self.load_scripts().await;
+                let voided = match self.bump_scopes(Operation::Clear).await {
+                    Ok(()) => {
+                        let pattern = self.layout.pattern(&self.namespace, "");
+                        self.unlink_matching(pattern, Operation::Clear).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match voided {
+                    Ok(()) => {
+                        self.guard.voided();
+                        tracing::warn!(tier = %self.name, "voided after the failover; trusted again");
+                        true
+                    }
+                    Err(err) => {
+                        tracing::warn!(tier = %self.name, error = %err, "voiding after a failover failed; retrying");
+                        // Look again: the next look sees the same new
+                        // primary, so keep it distrusted until voided.
+                        self.guard.forget_primary();
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loads every script into every connection's server, so the first
+    /// pipelined fills after a start or a failover do not meet `NOSCRIPT`.
+    async fn load_scripts(&self) {
+        let bodies = [
+            scripts::FILL.body,
+            scripts::REMOVE.body,
+            scripts::WRITE.body,
+            scripts::BUMP_SCOPE.body,
+            scripts::DELETE_IF_UNCHANGED.body,
+        ];
+        for client in self.pool.clients() {
+            for body in bodies {
+                let loaded: std::result::Result<Value, _> = if self.clustered {
+                    client.script_load_cluster(body).await
+                } else {
+                    client.script_load(body).await
+                };
+                if let Err(err) = loaded {
+                    tracing::debug!(tier = %self.name, error = %err, "loading a script failed");
+                }
+            }
+        }
     }
 }
 
@@ -763,6 +1008,7 @@ impl<C> Inner<C> {
             client.scan_buffered(pattern, Some(1000), None).boxed()
         };
         let mut chunks = stream.chunks(UNLINK_BATCH);
+        let mut slots: Vec<Option<u16>> = Vec::new();
         while let Some(chunk) = chunks.next().await {
             let mut keys = chunk
                 .into_iter()
@@ -774,7 +1020,10 @@ impl<C> Inner<C> {
                 let groups =
                     fred::util::group_by_hash_slot(keys).map_err(|e| self.error(operation, e))?;
                 let pipe = client.pipeline();
-                for (_, keys) in groups {
+                for (slot, keys) in groups {
+                    if !slots.contains(&Some(slot)) {
+                        slots.push(Some(slot));
+                    }
                     let _: () = pipe
                         .unlink(Vec::from(keys))
                         .await
@@ -788,7 +1037,8 @@ impl<C> Inner<C> {
                     .map_err(|e| self.error(operation, e))?;
             }
         }
-        Ok(())
+        // The values' removal must survive a failover as the scope bump does.
+        self.replicated(client, slots, operation).await
     }
 }
 
@@ -801,7 +1051,16 @@ where
     async fn fetch<K: CacheKey>(&self, key: &K) -> Result<Option<Entry<V>>> {
         let inner = &*self.inner;
         let rkey = self.redis_key(key)?;
-        match inner.pool.get::<Option<Bytes>, _>(rkey.as_str()).await {
+        let epoch = inner.guard.begin();
+        let read = inner.pool.get::<Option<Bytes>, _>(rkey.as_str()).await;
+        if !inner.guard.still(epoch) {
+            // Read while Redis was not trusted, or across a reconnect: it may
+            // come from a primary that lost removals. A miss.
+            return read
+                .map(|_| None)
+                .map_err(|e| inner.error(Operation::Get, e));
+        }
+        match read {
             Ok(None) => Ok(None),
             Ok(Some(bytes)) => Ok(inner.decode(&rkey, &bytes, inner.clock.now()).await),
             Err(err) if Inner::<C>::is_wrong_type(&err) => {
@@ -823,6 +1082,7 @@ where
             .iter()
             .map(|k| self.redis_key(k))
             .collect::<Result<Vec<_>>>()?;
+        let epoch = inner.guard.begin();
         let raw: Vec<Option<Bytes>> = if inner.clustered {
             // One MGET per hash slot, all in one pipeline (fred routes each to
             // its node).
@@ -869,6 +1129,9 @@ where
                 .await
                 .map_err(|e| inner.error(Operation::GetMany, e))?
         };
+        if !inner.guard.still(epoch) {
+            return Ok(rkeys.iter().map(|_| None).collect());
+        }
         let now = inner.clock.now();
         let mut out = Vec::with_capacity(raw.len());
         for (rkey, bytes) in rkeys.iter().zip(raw) {
@@ -885,10 +1148,14 @@ where
         let inner = &*self.inner;
         let keys = self.fence_keys(key)?;
         let call = inner.remove_call(keys);
-        let reply: Vec<Value> = inner
-            .eval(call.script, call.keys, call.args)
+        let client = inner.pool.next();
+        let slot = call.slot();
+        let reply: Vec<Value> = Inner::<C>::eval_on(client, call.script, call.keys, call.args)
             .await
             .map_err(|e| inner.error(Operation::Remove, e))?;
+        inner
+            .replicated(client, vec![slot], Operation::Remove)
+            .await?;
         let now = inner.clock.now();
         match reply.as_slice() {
             [removed, generation, scope] => Ok((
@@ -974,11 +1241,12 @@ where
         let inner = &*self.inner;
         let keys = self.fence_keys(key)?;
         let call = inner.write_call(keys, entry, inner.clock.now())?;
-        inner
-            .eval::<Value>(call.script, call.keys, call.args)
+        let client = inner.pool.next();
+        let slot = call.slot();
+        Inner::<C>::eval_on::<Value>(client, call.script, call.keys, call.args)
             .await
             .map_err(|e| inner.error(Operation::Put, e))?;
-        Ok(())
+        inner.replicated(client, vec![slot], Operation::Put).await
     }
 
     async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
@@ -988,15 +1256,22 @@ where
             .into_iter()
             .map(|(key, entry)| inner.write_call(self.fence_keys(&key)?, entry, now))
             .collect::<Result<Vec<_>>>()?;
-        for result in inner.eval_all(calls).await {
+        let client = inner.pool.next();
+        let slots: Vec<Option<u16>> = calls.iter().map(ScriptCall::slot).collect();
+        for result in inner.eval_all(client, calls).await {
             result.map_err(|e| inner.error(Operation::PutMany, e))?;
         }
-        Ok(())
+        inner.replicated(client, slots, Operation::PutMany).await
     }
 
     async fn put_fenced(&self, key: &K, entry: Entry<V>, fence: &Fence<'_>) -> Result<Fill> {
         let inner = &*self.inner;
         let keys = self.fence_keys(key)?;
+        // While Redis is not trusted (a reconnect not yet checked, a
+        // failover being voided), nothing is filled.
+        if inner.guard.begin().is_none() {
+            return Ok(Fill::Refused);
+        }
         let Some(call) = inner.fill_call(keys, entry, fence, inner.clock.now())? else {
             return Ok(Fill::Refused);
         };
@@ -1019,6 +1294,9 @@ where
         let inner = &*self.inner;
         let now = inner.clock.now();
         let mut out = vec![Fill::Refused; entries.len()];
+        if inner.guard.begin().is_none() {
+            return Ok(out);
+        }
         let mut sent = Vec::new();
         let mut calls = Vec::new();
         for (i, (key, entry)) in entries.into_iter().enumerate() {
@@ -1030,7 +1308,8 @@ where
                 calls.push(call);
             }
         }
-        for (i, result) in sent.into_iter().zip(inner.eval_all(calls).await) {
+        let client = inner.pool.next();
+        for (i, result) in sent.into_iter().zip(inner.eval_all(client, calls).await) {
             let written = result
                 .and_then(|v| v.convert::<i64>())
                 .map_err(|e| inner.error(Operation::PutMany, e))?;
@@ -1104,6 +1383,8 @@ pub struct RedisTierBuilder<V, C = MsgPackCodec> {
     /// Extra CA certificates (PEM) to trust.
     #[cfg(feature = "tls")]
     tls_ca: Vec<Vec<u8>>,
+    replication: Replication,
+    check_every: Option<Duration>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -1118,7 +1399,9 @@ impl<V, C: fmt::Debug> fmt::Debug for RedisTierBuilder<V, C> {
             .field("command_timeout", &self.command_timeout)
             .field("pool_size", &self.pool_size)
             .field("fence_horizon", &self.horizon)
-            .field("cluster_shards", &self.shards);
+            .field("cluster_shards", &self.shards)
+            .field("replication", &self.replication)
+            .field("failover_check", &self.check_every);
         #[cfg(feature = "tls")]
         d.field("tls_ca_pems", &self.tls_ca.len());
         d.finish_non_exhaustive()
@@ -1151,6 +1434,8 @@ impl<V> Default for RedisTierBuilder<V, MsgPackCodec> {
             #[cfg(feature = "tls")]
             tls_ca: Vec::new(),
             shards: DEFAULT_CLUSTER_SHARDS,
+            replication: Replication::NONE,
+            check_every: Some(DEFAULT_FAILOVER_CHECK),
             _value: PhantomData,
         }
     }
@@ -1253,8 +1538,50 @@ where
             compress_above: self.compress_above,
             #[cfg(feature = "tls")]
             tls_ca: self.tls_ca,
+            replication: self.replication,
+            check_every: self.check_every,
             _value: PhantomData,
         }
+    }
+
+    /// How many replicas every removal, write-through and `clear` must reach
+    /// before it counts as done (default [`Replication::NONE`]). With Redis
+    /// behind Sentinel or a cluster with replicas, use at least
+    /// `Replication::new(1, ..)`: replication is asynchronous, and without
+    /// it a failover can bring back a value whose removal returned `Ok`. A
+    /// write that reaches fewer replicas in time returns an error naming the
+    /// tier (the chain reports [`Error::Incomplete`]); the write itself
+    /// stays on the primary. Costs one `WAIT` round trip per write (fills
+    /// and reads do not wait).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = cache_server::RedisTier::<String>::builder()
+    ///     .replication(cache_server::Replication::new(1, Duration::from_millis(200)));
+    /// # let _ = b;
+    /// ```
+    pub fn replication(mut self, replication: Replication) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// Whether and how often the tier checks which primary it talks to
+    /// (default every [`DEFAULT_FAILOVER_CHECK`], and after every connection
+    /// error or reconnect; `None` switches it off). While a check is due
+    /// after a connection event, reads are misses and fills are refused. A
+    /// check that finds another primary (its replication id, or a cluster's
+    /// current epoch, changed) is a failover: the tier voids what Redis held
+    /// (bumps the scope generations and unlinks the namespace's values) and
+    /// ticks [`RedisTier::failovers`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = cache_server::RedisTier::<String>::builder().failover_check(Some(Duration::from_millis(500)));
+    /// # let _ = b;
+    /// ```
+    pub fn failover_check(mut self, every: Option<Duration>) -> Self {
+        self.check_every = every.map(|d| d.max(Duration::from_millis(10)));
+        self
     }
 
     /// How long one command may take before it fails with [`Error::Timeout`]
@@ -1410,7 +1737,7 @@ where
         let clustered = pool.next().is_clustered();
         let layout = Layout::new(&self.namespace, clustered.then_some(self.shards));
         let system_clock = self.clock.is_none();
-        Ok(RedisTier {
+        let tier = RedisTier {
             inner: Arc::new(Inner {
                 pool,
                 name: self.name,
@@ -1427,9 +1754,15 @@ where
                 compress_above: self.compress_above,
                 corrupt: AtomicU64::new(0),
                 owned,
+                replication: self.replication,
+                guard: Guard::new(self.check_every.is_some()),
+                check_every: self.check_every.unwrap_or(Duration::MAX),
+                tasks: std::sync::Mutex::new(Vec::new()),
             }),
             _value: PhantomData,
-        })
+        };
+        tier.watch_primary(self.lazy).await;
+        Ok(tier)
     }
 
     /// `config` with the extra CAs of [`tls_ca_pem`](Self::tls_ca_pem) trusted.

@@ -23,12 +23,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod sentinel;
 pub mod tls;
 
 /// What to run when a binary is missing.
 pub const INSTALL_HINT: &str = "sudo apt-get install -y redis-server redis-tools";
 
-fn binary(name: &str) -> String {
+pub(crate) fn binary(name: &str) -> String {
     let ok = Command::new(name)
         .arg("--version")
         .stdout(Stdio::null())
@@ -44,7 +45,7 @@ fn binary(name: &str) -> String {
     name.to_owned()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     // Cluster bus ports are port + 10000: keep below 55535.
     for _ in 0..100 {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -59,7 +60,7 @@ fn free_port() -> u16 {
     panic!("no free loopback port pair found");
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "cache-server-{tag}-{}-{}",
@@ -76,6 +77,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// More `redis-server` arguments (`--replicaof ...`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -85,11 +88,26 @@ impl RedisServer {
         Self::start_with(free_port(), false, temp_dir("redis"))
     }
 
+    /// Starts a standalone server with more arguments (for example
+    /// `["--replicaof", "127.0.0.1", "6380"]`).
+    pub fn start_args(extra: &[&str]) -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: temp_dir("redis"),
+            cluster: false,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
     fn start_with(port: u16, cluster: bool, dir: PathBuf) -> Self {
         let mut server = RedisServer {
             port,
             dir,
             cluster,
+            extra: Vec::new(),
             child: None,
         };
         server.spawn();
@@ -105,6 +123,7 @@ impl RedisServer {
             .args(["--protected-mode", "yes", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.dir);
+        cmd.args(&self.extra);
         if self.cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
                 .arg("--cluster-config-file")

@@ -1,0 +1,297 @@
+#![allow(clippy::unwrap_used)]
+//! The guarantee through a Redis failover: a primary, a replica whose
+//! replication link the test stalls, three Sentinels (real processes on
+//! loopback). Instances invalidate while the replica falls behind, then the
+//! replica is promoted (`SENTINEL FAILOVER`, or `kill -9` of the primary).
+//! Afterwards no instance (nor a fresh one) serves a value older than one
+//! whose invalidation returned `Ok`, and no instance's reads of a key go
+//! back to an older value. With the failover handling switched off
+//! (no `WAIT`, no failover check) the same run finds violations.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_core::{loader_fn, BoxError, Clock, Entry, SystemClock, Tier, TieredCache};
+use cache_server::testing::sentinel::SentinelGroup;
+use cache_server::{InvalidationBus, MokaTier, RedisTier, Replication, SyncedCache};
+
+const CHANNEL: &str = "pics:invalidate";
+const KEYS: usize = 20;
+
+struct Instance {
+    name: &'static str,
+    cache: SyncedCache<String, String>,
+}
+
+/// What of the failover handling is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handling {
+    /// `WAIT` for 1 replica, and the failover check.
+    Full,
+    /// `WAIT` only.
+    WaitOnly,
+    /// Neither.
+    Off,
+}
+
+/// moka -> Redis (through the Sentinels) -> origin, which answers
+/// `<key>@<version>`.
+async fn instance(
+    name: &'static str,
+    group: &SentinelGroup,
+    version: Arc<AtomicU64>,
+    handling: Handling,
+) -> Instance {
+    let mut redis = RedisTier::<String>::builder()
+        .url(group.url())
+        .namespace("pics")
+        .command_timeout(Duration::from_secs(1));
+    redis = match handling {
+        Handling::Full => redis
+            .replication(Replication::new(1, Duration::from_millis(300)))
+            .failover_check(Some(Duration::from_millis(250))),
+        Handling::WaitOnly => redis
+            .replication(Replication::new(1, Duration::from_millis(300)))
+            .failover_check(None),
+        Handling::Off => redis.replication(Replication::NONE).failover_check(None),
+    };
+    let redis = redis.build().await.unwrap();
+    let failovers = redis.failovers();
+    let chain = TieredCache::builder()
+        .tier(
+            Tier::new(MokaTier::<String, String>::builder().build()).ttl(Duration::from_secs(300)),
+        )
+        // No breaker: the WAIT failures during the stall would otherwise
+        // make the chain skip Redis for a while, hiding what it serves.
+        .tier(
+            Tier::new(redis)
+                .ttl(Duration::from_secs(3000))
+                .no_circuit_breaker(),
+        )
+        .origin(loader_fn(move |key: String| {
+            let v = version.load(Ordering::SeqCst);
+            async move {
+                Ok::<_, BoxError>(Some(Entry::expiring_in(
+                    format!("{key}@{v}"),
+                    SystemClock.now(),
+                    Duration::from_secs(3600),
+                )))
+            }
+        }))
+        .build();
+    let bus = InvalidationBus::builder()
+        .url(group.url())
+        .channel(CHANNEL)
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_timeout(Duration::from_millis(800))
+        .connect()
+        .await
+        .unwrap();
+    let cache = SyncedCache::new(chain, bus, vec![0]);
+    if handling == Handling::Full {
+        cache.flush_on_failover(failovers);
+    }
+    Instance { name, cache }
+}
+
+fn key(i: usize) -> String {
+    format!("user:{i}")
+}
+
+fn version_of(value: &str) -> u64 {
+    value.rsplit('@').next().unwrap().parse().unwrap()
+}
+
+#[derive(Debug, Default)]
+struct Findings {
+    /// Invalidations that returned Ok, and those that returned an error.
+    ok: usize,
+    failed: usize,
+    /// A read older than a version whose invalidation returned Ok.
+    stale: Vec<String>,
+    /// A read older than one the same instance returned before.
+    backwards: Vec<String>,
+    reads: usize,
+}
+
+/// Reads every key on `inst`, checking each against the newest version an
+/// invalidation confirmed (`floor`) and the newest this instance returned.
+async fn read_all(
+    inst: &Instance,
+    floor: &HashMap<String, u64>,
+    seen: &mut HashMap<(&'static str, String), u64>,
+    f: &mut Findings,
+) {
+    for i in 0..KEYS {
+        let k = key(i);
+        let Ok(Some(hit)) = inst.cache.get(&k).await else {
+            continue;
+        };
+        f.reads += 1;
+        let v = version_of(hit.value());
+        let min = floor.get(&k).copied().unwrap_or(0);
+        if v < min {
+            f.stale.push(format!(
+                "{} read {k}@{v} after v{min} was confirmed ({:?})",
+                inst.name, hit.source
+            ));
+        }
+        let last = seen.entry((inst.name, k.clone())).or_insert(0);
+        if v < *last {
+            f.backwards.push(format!(
+                "{} read {k}@{v} after {k}@{last} ({:?})",
+                inst.name, hit.source
+            ));
+        }
+        *last = (*last).max(v);
+    }
+}
+
+/// Invalidates keys `range` on `inst` at `version`, recording the confirmed
+/// ones in `floor`.
+async fn invalidate(
+    inst: &Instance,
+    range: std::ops::Range<usize>,
+    version: u64,
+    floor: &mut HashMap<String, u64>,
+    f: &mut Findings,
+) {
+    for i in range {
+        match inst.cache.invalidate(&key(i)).await {
+            Ok(_) => {
+                f.ok += 1;
+                floor.insert(key(i), version);
+            }
+            Err(e) => {
+                f.failed += 1;
+                println!("invalidate {} on {}: {e}", key(i), inst.name);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    SentinelFailover,
+    KillPrimary,
+}
+
+async fn run(fault: Fault, handling: Handling) -> Findings {
+    let mut group = SentinelGroup::start().await;
+    let version = Arc::new(AtomicU64::new(1));
+    let a = instance("A", &group, version.clone(), handling).await;
+    let b = instance("B", &group, version.clone(), handling).await;
+    let mut floor: HashMap<String, u64> = HashMap::new();
+    let mut seen = HashMap::new();
+    let mut f = Findings::default();
+    for inst in [&a, &b] {
+        read_all(inst, &floor, &mut seen, &mut f).await;
+    }
+    // Confirmed while the replica keeps up.
+    version.store(2, Ordering::SeqCst);
+    invalidate(&a, 0..5, 2, &mut floor, &mut f).await;
+    for inst in [&a, &b] {
+        read_all(inst, &floor, &mut seen, &mut f).await;
+    }
+    // The replica's link stalls; the primary goes on.
+    group.stall_replication(true);
+    version.store(3, Ordering::SeqCst);
+    invalidate(&a, 5..12, 3, &mut floor, &mut f).await;
+    invalidate(&b, 12..KEYS, 3, &mut floor, &mut f).await;
+    for inst in [&a, &b] {
+        read_all(inst, &floor, &mut seen, &mut f).await;
+    }
+    // The replica is promoted without what it missed.
+    let replica = group.replica().port();
+    match fault {
+        Fault::SentinelFailover => group.force_failover(),
+        Fault::KillPrimary => group.kill_primary(),
+    }
+    tokio::task::block_in_place(|| group.wait_for_primary(replica));
+    group.stall_replication(false);
+    if let Fault::SentinelFailover = fault {
+        // Until the Sentinels demote it, the old primary answers too (and
+        // clients still on it read what it has); the check is about after.
+        tokio::task::block_in_place(|| group.wait_for_old_primary_demoted());
+    }
+    println!("{fault:?}: the replica is the primary");
+    // Reads for 4 s after the promotion, on A, B and a fresh instance.
+    let c = instance("C", &group, version.clone(), handling).await;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        for inst in [&a, &b, &c] {
+            read_all(inst, &floor, &mut seen, &mut f).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for inst in [&a, &b, &c] {
+        inst.cache.bus().shutdown().await;
+    }
+    println!(
+        "{fault:?}, handling {handling:?}: {} invalidations Ok, {} failed, {} reads, {} stale, {} backwards; first: {:?} {:?}",
+        f.ok,
+        f.failed,
+        f.reads,
+        f.stale.len(),
+        f.backwards.len(),
+        f.stale.first(),
+        f.backwards.first()
+    );
+    f
+}
+
+fn assert_held(f: &Findings) {
+    assert!(
+        f.ok >= 5,
+        "the invalidations before the stall were confirmed: {f:?}"
+    );
+    assert!(
+        f.failed >= 1,
+        "with the replica stalled, WAIT reports the invalidations incomplete: {f:?}"
+    );
+    assert!(f.stale.is_empty(), "stale reads: {:?}", f.stale);
+    assert!(
+        f.backwards.is_empty(),
+        "reads went backwards: {:?}",
+        f.backwards
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_serves_no_value_older_than_a_confirmed_invalidation() {
+    assert_held(&run(Fault::SentinelFailover, Handling::Full).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_serves_no_value_older_than_a_confirmed_invalidation() {
+    assert_held(&run(Fault::KillPrimary, Handling::Full).await);
+}
+
+/// The check above must catch a tier that neither waits for replicas nor
+/// notices the new primary: then invalidations return Ok during the stall,
+/// and after the failover old values come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_without_failover_handling_old_values_come_back() {
+    let f = run(Fault::SentinelFailover, Handling::Off).await;
+    assert_eq!(f.failed, 0, "nothing waits for the replica: {f:?}");
+    assert!(
+        !f.stale.is_empty() && !f.backwards.is_empty(),
+        "the check must find stale and backward reads without the handling: {f:?}"
+    );
+}
+
+/// `WAIT` alone keeps confirmed invalidations, but not monotonic reads: an
+/// instance that read the new value after an invalidation that reported
+/// itself incomplete reads the old one again from the promoted replica,
+/// unless the failover is noticed and voided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_without_the_failover_check_reads_go_backwards() {
+    let f = run(Fault::SentinelFailover, Handling::WaitOnly).await;
+    assert!(f.stale.is_empty(), "WAIT keeps what was confirmed: {f:?}");
+    assert!(
+        !f.backwards.is_empty(),
+        "without the failover check, reads go back to values whose removal was lost: {f:?}"
+    );
+}
