@@ -642,3 +642,29 @@ async fn refresh_ahead_refreshes_redis_and_loses_to_an_invalidation() {
         "the reload that read before the invalidation landed in Redis after it"
     );
 }
+
+/// The scripts are loaded when the tier connects: the first pipelined fenced
+/// fills on a fresh server meet no `NOSCRIPT` (counted by the server itself).
+#[tokio::test]
+async fn the_first_pipelined_fills_on_a_fresh_server_meet_no_noscript() {
+    let server = RedisServer::start();
+    let tier: RedisTier<String> = RedisTier::builder()
+        .url(server.url())
+        .namespace("fresh")
+        .build()
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..8).map(|i| format!("k:{i}")).collect();
+    let got = tier.get_many_stamped(&keys).await.unwrap();
+    let fences: Vec<Fence<'_>> = got.iter().map(|(_, s)| Fence::new(&Unfenced, *s)).collect();
+    let fills = tier
+        .put_many_fenced(
+            keys.iter().map(|k| (k.clone(), entry("v"))).collect(),
+            &fences,
+        )
+        .await
+        .unwrap();
+    assert!(fills.iter().all(|f| *f == Fill::Written), "{fills:?}");
+    let errors = server.cli(&["INFO", "errorstats"]).unwrap();
+    assert!(!errors.contains("NOSCRIPT"), "{errors}");
+}
