@@ -15,10 +15,10 @@ use crossbeam_utils::CachePadded;
 use quick_cache::unsync::{Cache, DefaultLifecycle};
 use quick_cache::{OptionsBuilder, Weighter};
 
-use crate::memory::fill;
+use crate::in_process::InProcessTier;
 use crate::{
     ByteSize, CacheKey, CacheLayer, Clock, Entry, Fence, Fill, MaybeSend, MaybeSync, Result,
-    SystemClock, Timestamp,
+    TierOptions, Timestamp,
 };
 
 /// How much an entry counts against the budget: its bytes (key plus
@@ -87,11 +87,7 @@ type Locked<K, V> = CachePadded<ShardedLock<Shard<K, V>>>;
 /// # Ok::<_, cache_core::Error>(()) }).unwrap();
 /// ```
 pub struct ConcurrentTier<K, V> {
-    name: Cow<'static, str>,
-    clock: Arc<dyn Clock>,
-    ttl: Option<Duration>,
-    max_entries: usize,
-    max_bytes: usize,
+    options: TierOptions,
     hasher: Hasher,
     /// A power of two of them. Fenced writes check their fence and write under
     /// the shard's write lock, which removals also take.
@@ -100,11 +96,8 @@ pub struct ConcurrentTier<K, V> {
 
 impl<K: CacheKey, V: ByteSize + Clone> fmt::Debug for ConcurrentTier<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConcurrentTier")
-            .field("name", &self.name)
-            .field("ttl", &self.ttl)
-            .field("max_entries", &self.max_entries)
-            .field("max_bytes", &self.max_bytes)
+        self.options
+            .debug_fields(&mut f.debug_struct("ConcurrentTier"))
             .field("shards", &self.shards.len())
             .finish_non_exhaustive()
     }
@@ -146,49 +139,12 @@ impl<K: CacheKey, V: Clone + ByteSize> ConcurrentTier<K, V> {
         &self.shards[index]
     }
 
-    /// The hit path: one per-thread read lock, one clone.
-    #[inline]
-    pub(crate) fn get_entry(&self, key: &K, now: Timestamp) -> Option<Entry<V>> {
-        let shard = self.shard(key);
-        let entry = read(shard).get(key)?.clone();
-        if entry.is_expired(now) {
-            return Self::drop_expired(shard, key, now);
-        }
-        Some(entry)
-    }
-
     #[cold]
     #[inline(never)]
     fn drop_expired(shard: &ShardedLock<Shard<K, V>>, key: &K, now: Timestamp) -> Option<Entry<V>> {
         // Only while it is still expired: a fresh value written since stays.
         write(shard).remove_if(key, |e| e.is_expired(now));
         None
-    }
-
-    /// Writes `entry` if `holds()` is true when checked under the key's write
-    /// lock, which removals of the key also take; `false` when refused.
-    fn put_entry_if(
-        &self,
-        key: &K,
-        entry: Entry<V>,
-        now: Timestamp,
-        holds: impl FnOnce() -> bool,
-    ) -> bool {
-        let entry = entry.capped_by_ttl(now, self.ttl);
-        let too_big = key.key_str().len() + entry.value.byte_size() > self.max_bytes;
-        let mut shard = write(self.shard(key));
-        if !holds() {
-            return false;
-        }
-        if entry.is_expired(now) || too_big {
-            // The new value cannot be kept; the old one must not survive it.
-            shard.remove(key);
-        } else {
-            // An entry too heavy for its shard is not admitted, and quick_cache
-            // then removes the old value too.
-            shard.insert(key.clone(), entry);
-        }
-        true
     }
 
     fn remove_key(&self, key: &K) -> bool {
@@ -213,25 +169,62 @@ impl<K: CacheKey, V: Clone + ByteSize> Default for ConcurrentTier<K, V> {
     }
 }
 
-/// Builds a [`ConcurrentTier`].
+impl<K: CacheKey, V: Clone + ByteSize> InProcessTier<K, V> for ConcurrentTier<K, V> {
+    fn options(&self) -> &TierOptions {
+        &self.options
+    }
+
+    /// The hit path: one per-thread read lock, one clone.
+    #[inline]
+    fn get_entry(&self, key: &K, now: Timestamp) -> Option<Entry<V>> {
+        let shard = self.shard(key);
+        let entry = read(shard).get(key)?.clone();
+        if entry.is_expired(now) {
+            return Self::drop_expired(shard, key, now);
+        }
+        Some(entry)
+    }
+
+    /// Writes `entry` if `holds()` is true when checked under the key's write
+    /// lock, which removals of the key also take; `false` when refused.
+    fn put_entry_if(
+        &self,
+        key: &K,
+        entry: Entry<V>,
+        now: Timestamp,
+        holds: impl FnOnce() -> bool,
+    ) -> bool {
+        let entry = entry.capped_by_ttl(now, self.options.ttl);
+        let too_big = key.key_str().len() + entry.value.byte_size() > self.options.max_bytes;
+        let mut shard = write(self.shard(key));
+        if !holds() {
+            return false;
+        }
+        if entry.is_expired(now) || too_big {
+            // The new value cannot be kept; the old one must not survive it.
+            shard.remove(key);
+        } else {
+            // An entry too heavy for its shard is not admitted, and quick_cache
+            // then removes the old value too.
+            shard.insert(key.clone(), entry);
+        }
+        true
+    }
+}
+
+/// Builds a [`ConcurrentTier`]. Its settings are a [`TierOptions`], plus the
+/// number of shards.
 #[must_use]
 pub struct ConcurrentTierBuilder<K, V> {
     marker: PhantomData<fn() -> (K, V)>,
-    name: Cow<'static, str>,
-    clock: Arc<dyn Clock>,
-    ttl: Option<Duration>,
-    max_entries: usize,
-    max_bytes: usize,
+    options: TierOptions,
     shards: Option<usize>,
 }
 
 impl<K, V> fmt::Debug for ConcurrentTierBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConcurrentTierBuilder")
-            .field("name", &self.name)
-            .field("ttl", &self.ttl)
-            .field("max_entries", &self.max_entries)
-            .field("max_bytes", &self.max_bytes)
+        self.options
+            .debug_fields(&mut f.debug_struct("ConcurrentTierBuilder"))
             .field("shards", &self.shards)
             .finish_non_exhaustive()
     }
@@ -241,11 +234,7 @@ impl<K, V> Default for ConcurrentTierBuilder<K, V> {
     fn default() -> Self {
         ConcurrentTierBuilder {
             marker: PhantomData,
-            name: Cow::Borrowed("memory"),
-            clock: Arc::new(SystemClock),
-            ttl: None,
-            max_entries: 10_000,
-            max_bytes: 64 << 20,
+            options: TierOptions::default(),
             shards: None,
         }
     }
@@ -254,33 +243,33 @@ impl<K, V> Default for ConcurrentTierBuilder<K, V> {
 impl<K: CacheKey, V: Clone + ByteSize> ConcurrentTierBuilder<K, V> {
     /// The name used in errors and metrics.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = name.into();
+        self.options = self.options.with_name(name);
         self
     }
     /// The clock `get` checks expiry against (the chain passes its own to
     /// [`CacheLayer::get_ready`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.options = self.options.with_clock(clock);
         self
     }
     /// The clock, already shared.
     pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.options = self.options.with_shared_clock(clock);
         self
     }
     /// The tier's own TTL: entries are kept at most this long.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.options = self.options.with_ttl(ttl);
         self
     }
     /// The most entries kept (at least 1).
     pub fn max_entries(mut self, n: usize) -> Self {
-        self.max_entries = n.max(1);
+        self.options = self.options.with_max_entries(n);
         self
     }
     /// The most bytes kept (at least 1); a single larger value is not stored.
     pub fn max_bytes(mut self, bytes: usize) -> Self {
-        self.max_bytes = bytes.max(1);
+        self.options = self.options.with_max_bytes(bytes.max(1));
         self
     }
     /// The number of shards (rounded up to a power of two; by default four per
@@ -293,15 +282,18 @@ impl<K: CacheKey, V: Clone + ByteSize> ConcurrentTierBuilder<K, V> {
     }
     /// The tier.
     pub fn build(self) -> ConcurrentTier<K, V> {
-        let floor = (self.max_bytes / self.max_entries).max(1) as u64;
+        let TierOptions {
+            max_entries,
+            max_bytes,
+            ..
+        } = self.options;
+        let floor = (max_bytes / max_entries).max(1) as u64;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Shards of at least 64 entries: smaller ones evict too unevenly.
-        let wanted = self
-            .shards
-            .unwrap_or((cores * 4).min(self.max_entries / 64));
+        let wanted = self.shards.unwrap_or((cores * 4).min(max_entries / 64));
         let n = wanted.clamp(1, 1 << 16).next_power_of_two();
-        let per_shard_entries = self.max_entries.div_ceil(n);
-        let per_shard_bytes = (self.max_bytes / n).max(1) as u64;
+        let per_shard_entries = max_entries.div_ceil(n);
+        let per_shard_bytes = (max_bytes / n).max(1) as u64;
         let shards = (0..n)
             .map(|_| {
                 let options = OptionsBuilder::new()
@@ -318,11 +310,7 @@ impl<K: CacheKey, V: Clone + ByteSize> ConcurrentTierBuilder<K, V> {
             })
             .collect();
         ConcurrentTier {
-            name: self.name,
-            clock: self.clock,
-            ttl: self.ttl,
-            max_entries: self.max_entries,
-            max_bytes: self.max_bytes,
+            options: self.options,
             hasher: Hasher::default(),
             shards,
         }
@@ -336,7 +324,7 @@ where
     V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
 {
     fn name(&self) -> &str {
-        &self.name
+        &self.options.name
     }
 
     #[inline]
@@ -345,17 +333,16 @@ where
     }
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
-        Ok(self.get_entry(key, self.clock.now()))
+        Ok(self.get_entry(key, self.options.clock.now()))
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
-        self.put_entry_if(key, entry, self.clock.now(), || true);
+        self.put_entry_if(key, entry, self.options.clock.now(), || true);
         Ok(())
     }
 
     async fn put_fenced(&self, key: &K, entry: Entry<V>, fence: &Fence<'_>) -> Result<Fill> {
-        let written = self.put_entry_if(key, entry, self.clock.now(), || fence.holds());
-        Ok(fill(written))
+        Ok(self.put_fenced_now(key, entry, fence))
     }
 
     async fn put_many_fenced(
@@ -363,12 +350,7 @@ where
         entries: Vec<(K, Entry<V>)>,
         fences: &[Fence<'_>],
     ) -> Result<Vec<Fill>> {
-        let now = self.clock.now();
-        Ok(entries
-            .into_iter()
-            .zip(fences)
-            .map(|((k, e), fence)| fill(self.put_entry_if(&k, e, now, || fence.holds())))
-            .collect())
+        Ok(self.put_many_fenced_now(entries, fences))
     }
 
     fn fenced_writes_are_atomic(&self) -> bool {
@@ -397,15 +379,11 @@ where
     }
 
     async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
-        let now = self.clock.now();
-        Ok(keys.iter().map(|k| self.get_entry(k, now)).collect())
+        Ok(self.get_many_now(keys))
     }
 
     async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
-        let now = self.clock.now();
-        for (k, e) in entries {
-            self.put_entry_if(&k, e, now, || true);
-        }
+        self.put_many_now(entries);
         Ok(())
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{ByteSize, CacheKey, CacheLayer, Clock, Entry, Result, SystemClock, Timestamp};
+use crate::in_process::InProcessTier;
+use crate::{ByteSize, CacheKey, CacheLayer, Clock, Entry, Result, TierOptions, Timestamp};
 
 const NIL: usize = usize::MAX;
 
@@ -186,21 +187,14 @@ impl<K: CacheKey, V> Lru<K, V> {
 /// # Ok::<_, cache_core::Error>(()) }).unwrap();
 /// ```
 pub struct MemoryTier<K, V> {
-    name: Cow<'static, str>,
-    clock: Arc<dyn Clock>,
-    ttl: Option<Duration>,
-    max_entries: usize,
-    max_bytes: usize,
+    options: TierOptions,
     state: Mutex<Lru<K, V>>,
 }
 
 impl<K, V> fmt::Debug for MemoryTier<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryTier")
-            .field("name", &self.name)
-            .field("ttl", &self.ttl)
-            .field("max_entries", &self.max_entries)
-            .field("max_bytes", &self.max_bytes)
+        self.options
+            .debug_fields(&mut f.debug_struct("MemoryTier"))
             .finish_non_exhaustive()
     }
 }
@@ -242,17 +236,6 @@ impl<K: CacheKey, V: Clone + ByteSize> MemoryTier<K, V> {
         key.key_str().len() + value.byte_size()
     }
 
-    pub(crate) fn get_entry(&self, key: &K, now: Timestamp) -> Option<Entry<V>> {
-        let mut lru = self.lock();
-        let idx = *lru.map.get(key)?;
-        if lru.node(idx).entry.is_expired(now) {
-            lru.remove_idx(idx);
-            return None;
-        }
-        lru.touch(idx);
-        Some(lru.node(idx).entry.clone())
-    }
-
     pub(crate) fn remove_key(&self, key: &K) -> bool {
         self.lock().remove(key).is_some()
     }
@@ -269,36 +252,6 @@ impl<K: CacheKey, V: Clone + ByteSize> MemoryTier<K, V> {
             lru.remove_idx(idx);
         }
     }
-
-    pub(crate) fn put_entry(&self, key: &K, entry: Entry<V>, now: Timestamp) {
-        self.put_entry_if(key, entry, now, || true);
-    }
-
-    /// Writes `entry` if `holds()` is true when checked under the tier's lock
-    /// (so no removal can come between the check and the write); `false` when
-    /// refused, leaving the tier as it was.
-    pub(crate) fn put_entry_if(
-        &self,
-        key: &K,
-        entry: Entry<V>,
-        now: Timestamp,
-        holds: impl FnOnce() -> bool,
-    ) -> bool {
-        let entry = entry.capped_by_ttl(now, self.ttl);
-        let size = Self::size_of(key, &entry.value);
-        let mut lru = self.lock();
-        if !holds() {
-            return false;
-        }
-        if entry.is_expired(now) || size > self.max_bytes {
-            // The new value cannot be kept; the old one must not survive it.
-            lru.remove(key);
-            return true;
-        }
-        lru.insert(key.clone(), entry, size);
-        lru.evict_to(self.max_entries, self.max_bytes);
-        true
-    }
 }
 
 impl<K: CacheKey, V: Clone + ByteSize> Default for MemoryTier<K, V> {
@@ -307,24 +260,17 @@ impl<K: CacheKey, V: Clone + ByteSize> Default for MemoryTier<K, V> {
     }
 }
 
-/// Builds a [`MemoryTier`].
+/// Builds a [`MemoryTier`]. Its settings are a [`TierOptions`].
 #[must_use]
 pub struct MemoryTierBuilder<K, V> {
     marker: PhantomData<fn() -> (K, V)>,
-    name: Cow<'static, str>,
-    clock: Arc<dyn Clock>,
-    ttl: Option<Duration>,
-    max_entries: usize,
-    max_bytes: usize,
+    options: TierOptions,
 }
 
 impl<K, V> fmt::Debug for MemoryTierBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryTierBuilder")
-            .field("name", &self.name)
-            .field("ttl", &self.ttl)
-            .field("max_entries", &self.max_entries)
-            .field("max_bytes", &self.max_bytes)
+        self.options
+            .debug_fields(&mut f.debug_struct("MemoryTierBuilder"))
             .finish_non_exhaustive()
     }
 }
@@ -333,11 +279,7 @@ impl<K, V> Default for MemoryTierBuilder<K, V> {
     fn default() -> Self {
         MemoryTierBuilder {
             marker: PhantomData,
-            name: Cow::Borrowed("memory"),
-            clock: Arc::new(SystemClock),
-            ttl: None,
-            max_entries: 10_000,
-            max_bytes: 64 << 20,
+            options: TierOptions::default(),
         }
     }
 }
@@ -345,53 +287,83 @@ impl<K, V> Default for MemoryTierBuilder<K, V> {
 impl<K: CacheKey, V: Clone + ByteSize> MemoryTierBuilder<K, V> {
     /// The name used in errors and metrics.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = name.into();
+        self.options = self.options.with_name(name);
         self
     }
     /// The clock reads are checked against.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.options = self.options.with_clock(clock);
         self
     }
     /// The clock, already shared.
     pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.options = self.options.with_shared_clock(clock);
         self
     }
     /// The tier's own TTL: entries are kept at most this long.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.options = self.options.with_ttl(ttl);
         self
     }
     /// The most entries kept (at least 1).
     pub fn max_entries(mut self, n: usize) -> Self {
-        self.max_entries = n.max(1);
+        self.options = self.options.with_max_entries(n);
         self
     }
     /// The most bytes kept; a single larger value is not stored.
     pub fn max_bytes(mut self, bytes: usize) -> Self {
-        self.max_bytes = bytes;
+        self.options = self.options.with_max_bytes(bytes);
         self
     }
     /// The tier.
     pub fn build(self) -> MemoryTier<K, V> {
         MemoryTier {
-            name: self.name,
-            clock: self.clock,
-            ttl: self.ttl,
-            max_entries: self.max_entries,
-            max_bytes: self.max_bytes,
+            options: self.options,
             state: Mutex::new(Lru::new()),
         }
     }
 }
 
-/// What a conditional write did, from whether it wrote.
-pub(crate) fn fill(written: bool) -> crate::Fill {
-    if written {
-        crate::Fill::Written
-    } else {
-        crate::Fill::Refused
+impl<K: CacheKey, V: Clone + ByteSize> InProcessTier<K, V> for MemoryTier<K, V> {
+    fn options(&self) -> &TierOptions {
+        &self.options
+    }
+
+    fn get_entry(&self, key: &K, now: Timestamp) -> Option<Entry<V>> {
+        let mut lru = self.lock();
+        let idx = *lru.map.get(key)?;
+        if lru.node(idx).entry.is_expired(now) {
+            lru.remove_idx(idx);
+            return None;
+        }
+        lru.touch(idx);
+        Some(lru.node(idx).entry.clone())
+    }
+
+    /// Writes `entry` if `holds()` is true when checked under the tier's lock
+    /// (so no removal can come between the check and the write); `false` when
+    /// refused, leaving the tier as it was.
+    fn put_entry_if(
+        &self,
+        key: &K,
+        entry: Entry<V>,
+        now: Timestamp,
+        holds: impl FnOnce() -> bool,
+    ) -> bool {
+        let entry = entry.capped_by_ttl(now, self.options.ttl);
+        let size = Self::size_of(key, &entry.value);
+        let mut lru = self.lock();
+        if !holds() {
+            return false;
+        }
+        if entry.is_expired(now) || size > self.options.max_bytes {
+            // The new value cannot be kept; the old one must not survive it.
+            lru.remove(key);
+            return true;
+        }
+        lru.insert(key.clone(), entry, size);
+        lru.evict_to(self.options.max_entries, self.options.max_bytes);
+        true
     }
 }
 
@@ -403,7 +375,7 @@ where
     V: Clone + ByteSize + crate::MaybeSend + crate::MaybeSync + 'static,
 {
     fn name(&self) -> &str {
-        &self.name
+        &self.options.name
     }
 
     fn get_ready(&self, key: &K, now: Timestamp) -> Option<Result<Option<Entry<V>>>> {
@@ -411,11 +383,11 @@ where
     }
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
-        Ok(self.get_entry(key, self.clock.now()))
+        Ok(self.get_entry(key, self.options.clock.now()))
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
-        self.put_entry(key, entry, self.clock.now());
+        self.put_entry_if(key, entry, self.options.clock.now(), || true);
         Ok(())
     }
 
@@ -425,8 +397,7 @@ where
         entry: Entry<V>,
         fence: &crate::Fence<'_>,
     ) -> Result<crate::Fill> {
-        let written = self.put_entry_if(key, entry, self.clock.now(), || fence.holds());
-        Ok(fill(written))
+        Ok(self.put_fenced_now(key, entry, fence))
     }
 
     async fn put_many_fenced(
@@ -434,12 +405,7 @@ where
         entries: Vec<(K, Entry<V>)>,
         fences: &[crate::Fence<'_>],
     ) -> Result<Vec<crate::Fill>> {
-        let now = self.clock.now();
-        Ok(entries
-            .into_iter()
-            .zip(fences)
-            .map(|((k, e), fence)| fill(self.put_entry_if(&k, e, now, || fence.holds())))
-            .collect())
+        Ok(self.put_many_fenced_now(entries, fences))
     }
 
     fn fenced_writes_are_atomic(&self) -> bool {
@@ -461,15 +427,11 @@ where
     }
 
     async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
-        let now = self.clock.now();
-        Ok(keys.iter().map(|k| self.get_entry(k, now)).collect())
+        Ok(self.get_many_now(keys))
     }
 
     async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
-        let now = self.clock.now();
-        for (k, e) in entries {
-            self.put_entry(&k, e, now);
-        }
+        self.put_many_now(entries);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_lock::RwLock;
 use cache_core::{
-    async_trait, ByteSize, CacheKey, CacheLayer, Clock, Entry, Fence, Fill, Result, SystemClock,
+    async_trait, ByteSize, CacheKey, CacheLayer, Clock, Entry, Fence, Fill, Result, TierOptions,
 };
 use moka::Expiry;
 
@@ -62,9 +62,8 @@ pub struct MokaTier<K, V> {
     cache: moka::future::Cache<K, Entry<V>>,
     /// Fenced writes hold it shared, removals exclusively (see "Fenced writes").
     fence: Arc<RwLock<()>>,
-    name: Cow<'static, str>,
-    ttl: Option<Duration>,
-    clock: Arc<dyn Clock>,
+    /// Name, TTL and clock (the byte budget is the cache's; no entry bound).
+    options: TierOptions,
 }
 
 impl<K, V> Clone for MokaTier<K, V> {
@@ -72,9 +71,7 @@ impl<K, V> Clone for MokaTier<K, V> {
         MokaTier {
             cache: self.cache.clone(),
             fence: self.fence.clone(),
-            name: self.name.clone(),
-            ttl: self.ttl,
-            clock: self.clock.clone(),
+            options: self.options.clone(),
         }
     }
 }
@@ -82,8 +79,8 @@ impl<K, V> Clone for MokaTier<K, V> {
 impl<K, V> fmt::Debug for MokaTier<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MokaTier")
-            .field("name", &self.name)
-            .field("ttl", &self.ttl)
+            .field("name", &self.options.name())
+            .field("ttl", &self.options.ttl())
             .field("max_bytes", &self.cache.policy().max_capacity())
             .finish_non_exhaustive()
     }
@@ -91,7 +88,7 @@ impl<K, V> fmt::Debug for MokaTier<K, V> {
 
 impl<K, V> fmt::Display for MokaTier<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MokaTier({})", self.name)
+        write!(f, "MokaTier({})", self.options.name())
     }
 }
 
@@ -152,8 +149,8 @@ where
     /// Inserts `entry` capped by the tier's TTL, or drops the key if that leaves
     /// it expired (the old value must not survive an expired put).
     async fn store(&self, key: &K, entry: Entry<V>) {
-        let now = self.clock.now();
-        let entry = entry.capped_by_ttl(now, self.ttl);
+        let now = self.options.clock().now();
+        let entry = entry.capped_by_ttl(now, self.options.ttl());
         if entry.is_expired(now) {
             self.cache.invalidate(key).await;
         } else {
@@ -169,11 +166,11 @@ where
     V: Clone + ByteSize + Send + Sync + 'static,
 {
     fn name(&self) -> &str {
-        &self.name
+        self.options.name()
     }
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
-        let now = self.clock.now();
+        let now = self.options.clock().now();
         Ok(self.cache.get(key).await.filter(|e| !e.is_expired(now)))
     }
 
@@ -220,7 +217,7 @@ where
 
     async fn remove(&self, key: &K) -> Result<bool> {
         let _removal = self.fence.write().await;
-        let now = self.clock.now();
+        let now = self.options.clock().now();
         Ok(self
             .cache
             .remove(key)
@@ -263,21 +260,20 @@ where
 ///     .build();
 /// assert_eq!(cache_core::CacheLayer::name(&tier), "in-process");
 /// ```
+/// Its settings are a [`TierOptions`] (moka bounds by bytes only: it has no
+/// `max_entries`).
 #[must_use]
 pub struct MokaTierBuilder<K, V> {
-    name: Cow<'static, str>,
-    max_bytes: u64,
-    ttl: Option<Duration>,
-    clock: Arc<dyn Clock>,
+    options: TierOptions,
     _types: std::marker::PhantomData<fn(K, V)>,
 }
 
 impl<K, V> fmt::Debug for MokaTierBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MokaTierBuilder")
-            .field("name", &self.name)
-            .field("max_bytes", &self.max_bytes)
-            .field("ttl", &self.ttl)
+            .field("name", &self.options.name())
+            .field("max_bytes", &self.options.max_bytes())
+            .field("ttl", &self.options.ttl())
             .finish_non_exhaustive()
     }
 }
@@ -285,10 +281,9 @@ impl<K, V> fmt::Debug for MokaTierBuilder<K, V> {
 impl<K, V> Default for MokaTierBuilder<K, V> {
     fn default() -> Self {
         MokaTierBuilder {
-            name: Cow::Borrowed("moka"),
-            max_bytes: 64 * 1024 * 1024,
-            ttl: None,
-            clock: Arc::new(SystemClock),
+            options: TierOptions::default()
+                .with_name("moka")
+                .with_max_bytes(64 * 1024 * 1024),
             _types: std::marker::PhantomData,
         }
     }
@@ -301,53 +296,52 @@ where
 {
     /// The tier's name in errors and metrics (default `"moka"`).
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = name.into();
+        self.options = self.options.with_name(name);
         self
     }
 
     /// The byte budget (default 64 MiB).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
-        self.max_bytes = bytes;
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.options = self.options.with_max_bytes(bytes);
         self
     }
 
     /// The tier's own TTL: no entry lives longer than this after its put.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.options = self.options.with_ttl(ttl);
         self
     }
 
-    /// The clock expiry is decided by (default [`SystemClock`]).
+    /// The clock expiry is decided by (default [`SystemClock`](cache_core::SystemClock)).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.options = self.options.with_clock(clock);
         self
     }
 
     /// The clock expiry is decided by, shared.
     pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.options = self.options.with_shared_clock(clock);
         self
     }
 
     /// Builds the tier.
     pub fn build(self) -> MokaTier<K, V> {
         let cache = moka::future::Cache::builder()
-            .name(&self.name)
-            .max_capacity(self.max_bytes)
+            .name(self.options.name())
+            .max_capacity(self.options.max_bytes() as u64)
             .weigher(|k: &K, e: &Entry<V>| {
                 let bytes = k.key_str().len() + e.value.byte_size() + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry {
-                clock: self.clock.clone(),
+                clock: self.options.clock().clone(),
             })
             .build();
         MokaTier {
             cache,
             fence: Arc::new(RwLock::new(())),
-            name: self.name,
-            ttl: self.ttl,
-            clock: self.clock,
+            options: self.options,
         }
     }
 }

@@ -78,10 +78,12 @@ mod clock;
 #[cfg(feature = "metrics")]
 mod export;
 mod histogram;
+mod layout;
 mod monitor;
 mod prometheus;
 mod report;
 
 pub use crate::clock::CoarseClock;
-pub use crate::monitor::{Monitor, MonitorBuilder, MAX_TIERS};
+pub use crate::layout::MAX_TIERS;
+pub use crate::monitor::{Monitor, MonitorBuilder};
 pub use crate::report::{Bucket, KeyCount, LatencyStats, OriginStats, Report, TierStats};

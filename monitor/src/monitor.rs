@@ -10,49 +10,13 @@ use cache_core::{Clock, Error, Event, EventKind, EventSource, Observer, Operatio
 
 use crate::clock::CoarseClock;
 use crate::histogram::{nanos, AtomicHistogram, HistogramSnapshot};
-use crate::report::{build_report, KeyCount, KeyStats, Report};
-
-/// How many tiers (indexes `0..MAX_TIERS`) a monitor keeps apart. Events for
-/// higher indexes are counted in [`Report::dropped_events`] only.
-pub const MAX_TIERS: usize = 16;
-
-// Per-tier counters, by position.
-pub(crate) const T_HITS: usize = 0;
-pub(crate) const T_MISSES: usize = 1;
-pub(crate) const T_ERRORS: usize = 2;
-pub(crate) const T_TIMEOUTS: usize = 3;
-pub(crate) const T_READ_FAILURES: usize = 4;
-pub(crate) const T_SKIPS: usize = 5;
-pub(crate) const T_BACKFILLS: usize = 6;
-pub(crate) const T_WRITES: usize = 7;
-pub(crate) const T_INVALIDATIONS: usize = 8;
-pub(crate) const T_BYTES_SERVED: usize = 9;
-pub(crate) const T_BYTES_WRITTEN: usize = 10;
-pub(crate) const T_REFUSED: usize = 11;
-const TIER_COUNTERS: usize = 12;
-/// In flat snapshots, each tier's counters are followed by its read latency sum.
-pub(crate) const T_READ_NS: usize = TIER_COUNTERS;
-pub(crate) const TIER_STRIDE: usize = TIER_COUNTERS + 1;
-
-// Origin counters.
-pub(crate) const O_LOADS: usize = 0;
-pub(crate) const O_NOT_FOUND: usize = 1;
-pub(crate) const O_ERRORS: usize = 2;
-pub(crate) const O_COALESCED: usize = 3;
-pub(crate) const O_BYTES: usize = 4;
-const ORIGIN_COUNTERS: usize = 5;
-pub(crate) const O_NS: usize = ORIGIN_COUNTERS;
-pub(crate) const ORIGIN_OFFSET: usize = MAX_TIERS * TIER_STRIDE;
-
-// Chain-level counters.
-pub(crate) const C_NEGATIVE_HITS: usize = 0;
-pub(crate) const C_STALE_SERVED: usize = 1;
-pub(crate) const C_STALE_BYTES: usize = 2;
-pub(crate) const C_DROPPED: usize = 3;
-pub(crate) const C_RESYNCS: usize = 4;
-const CHAIN_COUNTERS: usize = 5;
-pub(crate) const CHAIN_OFFSET: usize = ORIGIN_OFFSET + ORIGIN_COUNTERS + 1;
-pub(crate) const FLAT_LEN: usize = CHAIN_OFFSET + CHAIN_COUNTERS;
+use crate::layout::{
+    CHAIN_COUNTERS, C_DROPPED, C_NEGATIVE_HITS, C_RESYNCS, C_STALE_BYTES, C_STALE_SERVED, FLAT_LEN,
+    MAX_TIERS, ORIGIN_COUNTERS, O_BYTES, O_COALESCED, O_ERRORS, O_LOADS, O_NOT_FOUND,
+    TIER_COUNTERS, T_BACKFILLS, T_BYTES_SERVED, T_BYTES_WRITTEN, T_ERRORS, T_HITS, T_INVALIDATIONS,
+    T_MISSES, T_READ_FAILURES, T_REFUSED, T_SKIPS, T_TIMEOUTS, T_WRITES,
+};
+use crate::report::{build_report, KeyCount, Report};
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
@@ -61,6 +25,13 @@ fn counters<const N: usize>() -> [AtomicU64; N] {
 #[inline]
 fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Requests and hits of one key (see [`crate::MonitorBuilder::track_keys`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct KeyStats {
+    requests: u64,
+    hits: u64,
 }
 
 /// Aligned so that threads hitting different tiers do not share cache lines.

@@ -8,14 +8,12 @@ use cache_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::histogram::{export_bounds_ns, HistogramSnapshot};
-use crate::monitor::*;
-
-/// Requests and hits of one key (see [`crate::MonitorBuilder::track_keys`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct KeyStats {
-    pub(crate) requests: u64,
-    pub(crate) hits: u64,
-}
+use crate::layout::{
+    CHAIN_OFFSET, C_DROPPED, C_NEGATIVE_HITS, C_RESYNCS, C_STALE_SERVED, MAX_TIERS, ORIGIN_OFFSET,
+    O_BYTES, O_COALESCED, O_ERRORS, O_LOADS, O_NOT_FOUND, O_NS, TIER_STRIDE, T_BACKFILLS,
+    T_BYTES_SERVED, T_BYTES_WRITTEN, T_ERRORS, T_HITS, T_INVALIDATIONS, T_MISSES, T_READ_FAILURES,
+    T_READ_NS, T_REFUSED, T_SKIPS, T_TIMEOUTS, T_WRITES,
+};
 
 /// One of the busiest keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,6 +61,14 @@
 //! `cargo xtask test`. Raising it is a minor-version change, noted in the
 //! changelog.
 
+// Without `embedded-s3` the `embedded` module is not built: the links above to
+// it point at the feature table instead of being left unresolved.
+#![cfg_attr(
+    not(feature = "embedded-s3"),
+    doc = "",
+    doc = "[`embedded`]: #feature-flags",
+    doc = "[`embedded::EmbeddedS3`]: #feature-flags"
+)]
 // docs.rs (nightly, `--cfg docsrs`): mark feature- and target-gated items.
 // `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
 #![cfg_attr(docsrs, feature(doc_cfg))]

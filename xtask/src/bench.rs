@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::{browser_env, cargo, journey, run_visible, setup, target_dir, WASM_TARGET};
+use crate::journey::journey;
+use crate::setup::{browser_env, setup};
+use crate::workspace::{cargo, run_visible, target_dir, WASM_TARGET};
 
 /// `cargo` without the package variables `cargo run` gave this process
 /// (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`, ...): build scripts such as

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::fences::KeyFence;
 use super::Inner;
+use crate::in_process::InProcessTier;
 use crate::{
     ByteSize, CacheKey, Clock, Entry, EventKind, EventSource, FenceCheck, MaybeSend, MaybeSync,
     MemoryTier, Timestamp,

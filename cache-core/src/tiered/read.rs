@@ -12,6 +12,9 @@ use super::flight::{Ask, Flown};
 use super::observe::{elapsed, failure_kind, Stopwatch};
 use super::tags::TagCheck;
 use super::{Inner, Lookup, Source, TieredCache};
+// The concurrent tier is read directly on the hit path (native only).
+#[cfg(not(target_family = "wasm"))]
+use crate::in_process::InProcessTier;
 use crate::mutation::{self, Mutation};
 use crate::{
     ByteSize, CacheKey, Clock, Entry, Error, EventKind, Loader, MaybeSend, MaybeSync, Operation,
