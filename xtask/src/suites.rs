@@ -23,19 +23,29 @@ fn browser_tested() -> Vec<String> {
 }
 
 #[derive(Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
+pub(crate) struct Tally {
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
     ignored: u64,
 }
 
 /// Runs a command, echoing its output, and adds up `test result:` lines.
 fn run_suite(cmd: &mut Command, tally: &mut Tally) -> Result<(), String> {
+    run_suite_lines(cmd, tally, |_| {})
+}
+
+/// [`run_suite`], also handing each line of output to `each`.
+pub(crate) fn run_suite_lines(
+    cmd: &mut Command,
+    tally: &mut Tally,
+    mut each: impl FnMut(&str),
+) -> Result<(), String> {
     cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("could not start: {e}"))?;
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             println!("{line}");
+            each(&line);
             if let Some(rest) = line.trim().strip_prefix("test result: ") {
                 for part in rest.split([';', '.']) {
                     let mut words = part.split_whitespace();
@@ -63,7 +73,8 @@ fn run_suite(cmd: &mut Command, tally: &mut Tally) -> Result<(), String> {
 /// The tags features (off by default): the full suites build with them, so
 /// every tag test runs; a second clippy and the crates' unit tests check the
 /// default build.
-const TAGS: &str = "cache-core/tags,cache-server/tags,cache-browser/tags,benches/tags";
+const TAGS: &str =
+    "cache-core/tags,cache-server/tags,cache-server/tls,cache-browser/tags,benches/tags";
 
 pub(crate) fn test(args: &[String]) -> Result<bool, String> {
     if let Some(extra) = args.first() {

@@ -149,8 +149,9 @@ impl std::error::Error for ReplicationError {}
 /// Whether the tier trusts what Redis answers, and which primary it knows.
 #[derive(Debug)]
 pub(super) struct Guard {
-    /// Off: every answer is trusted (`failover_check(None)`).
-    enabled: bool,
+    /// Off: every answer is trusted (`failover_check(None)`, or a user that
+    /// may not run the check).
+    enabled: AtomicBool,
     trusted: AtomicBool,
     /// Bumped whenever the tier distrusts Redis: a read that started under
     /// another number is not trusted.
@@ -169,7 +170,7 @@ pub(super) struct Guard {
 impl Guard {
     pub(super) fn new(enabled: bool) -> Self {
         Guard {
-            enabled,
+            enabled: AtomicBool::new(enabled),
             // Until the first check: a read cannot be older than the
             // primary the first check sees.
             trusted: AtomicBool::new(!enabled),
@@ -183,7 +184,7 @@ impl Guard {
     }
 
     pub(super) fn enabled(&self) -> bool {
-        self.enabled
+        self.enabled.load(Ordering::Acquire)
     }
 
     /// Before a read: the epoch to check it against afterwards, or `None`
@@ -211,7 +212,7 @@ impl Guard {
 
     /// A connection failed or was replaced: trust nothing until checked.
     pub(super) fn distrust(&self) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -251,6 +252,13 @@ impl Guard {
                 Seen::Failover
             }
         }
+    }
+
+    /// The check cannot work (the user may not run `INFO`): trust every
+    /// answer from now on, as with the check switched off.
+    pub(super) fn give_up(&self) {
+        self.enabled.store(false, Ordering::Release);
+        self.trust();
     }
 
     /// Voiding after a failover failed: forget the new primary, so the next
@@ -298,41 +306,55 @@ pub(super) fn cluster_epoch(info: &str) -> Option<String> {
         .map(|e| e.trim().to_owned())
 }
 
-/// One look at what each connection of the pool talks to: the common
-/// replication id (or cluster epoch), or `None`.
-pub(super) async fn look(clients: &[Client], clustered: bool) -> Option<String> {
+/// What one look at the pool found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Look {
+    /// Every connection talks to the primary with this id (replication id,
+    /// or a cluster's current epoch).
+    Primary(String),
+    /// Unreachable, not a primary, or the connections disagree.
+    Unsure,
+    /// Redis refused the command (an ACL user without `INFO` / `CLUSTER
+    /// INFO`): the check cannot work for this user.
+    Denied(String),
+}
+
+/// One look at what each connection of the pool talks to.
+pub(super) async fn look(clients: &[Client], clustered: bool) -> Look {
     let mut seen: Option<String> = None;
     for client in clients {
-        let id = if clustered {
-            let info: String = client
-                .custom(
-                    CustomCommand::new_static("CLUSTER", None, false),
-                    vec![Value::from("INFO")],
-                )
-                .await
-                .ok()?;
-            cluster_epoch(&info)?
+        let (name, args) = if clustered {
+            ("CLUSTER", vec![Value::from("INFO")])
         } else {
-            let info: String = client
-                .custom(
-                    CustomCommand::new_static("INFO", None, false),
-                    vec![Value::from("replication")],
-                )
-                .await
-                .ok()?;
-            primary_replid(&info)?
+            ("INFO", vec![Value::from("replication")])
+        };
+        let info: String = match client
+            .custom(CustomCommand::new_static(name, None, false), args)
+            .await
+        {
+            Ok(info) => info,
+            Err(e) if e.details().starts_with("NOPERM") => return Look::Denied(e.to_string()),
+            Err(_) => return Look::Unsure,
+        };
+        let id = if clustered {
+            cluster_epoch(&info)
+        } else {
+            primary_replid(&info)
+        };
+        let Some(id) = id else {
+            return Look::Unsure;
         };
         match &seen {
             None => seen = Some(id),
             Some(s) if *s == id => {}
-            Some(_) => return None,
+            Some(_) => return Look::Unsure,
         }
         if clustered {
             // The epoch is the cluster's: one node says it.
             break;
         }
     }
-    seen
+    seen.map_or(Look::Unsure, Look::Primary)
 }
 
 #[cfg(test)]

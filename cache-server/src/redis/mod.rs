@@ -220,6 +220,8 @@ struct Inner<C> {
     check_every: Duration,
     /// The failover checker's tasks, stopped when the tier is dropped.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held while the primary is looked at: one look at a time.
+    checking: tokio::sync::Mutex<()>,
 }
 
 impl<C> Drop for Inner<C> {
@@ -833,7 +835,21 @@ impl<C> Inner<C> {
     /// One look at the primary; `false` if it must be looked at again soon
     /// (unreachable, not yet a primary, or a void that failed).
     async fn check_primary(&self) -> bool {
-        let seen = failover::look(self.pool.clients(), self.clustered).await;
+        let _one = self.checking.lock().await;
+        let seen = match failover::look(self.pool.clients(), self.clustered).await {
+            failover::Look::Primary(id) => Some(id),
+            failover::Look::Unsure => None,
+            failover::Look::Denied(why) => {
+                tracing::warn!(
+                    tier = %self.name,
+                    reason = %why,
+                    "the failover check needs INFO (CLUSTER INFO on a cluster), which this Redis user may not run: it is off for this tier"
+                );
+                self.guard.give_up();
+                self.load_scripts().await;
+                return true;
+            }
+        };
         match self.guard.saw(seen) {
             Seen::Same => {
                 self.load_scripts().await;
@@ -870,6 +886,23 @@ impl<C> Inner<C> {
                 }
             }
         }
+    }
+
+    /// The epoch a read starts under, or `None` when Redis is not trusted:
+    /// a read that finds it distrusted looks at the primary itself first
+    /// (one look at a time), so a tier that just connected, or whose
+    /// connection was just replaced, answers at once when nothing changed.
+    async fn trusted_epoch(&self) -> Option<u64> {
+        if let Some(epoch) = self.guard.begin() {
+            return Some(epoch);
+        }
+        // A look already under way: do not queue behind it (Redis may be
+        // down); this read is a miss.
+        if self.checking.try_lock().is_err() {
+            return None;
+        }
+        self.check_primary().await;
+        self.guard.begin()
     }
 
     /// Loads every script into every connection's server, so the first
@@ -1051,7 +1084,7 @@ where
     async fn fetch<K: CacheKey>(&self, key: &K) -> Result<Option<Entry<V>>> {
         let inner = &*self.inner;
         let rkey = self.redis_key(key)?;
-        let epoch = inner.guard.begin();
+        let epoch = inner.trusted_epoch().await;
         let read = inner.pool.get::<Option<Bytes>, _>(rkey.as_str()).await;
         if !inner.guard.still(epoch) {
             // Read while Redis was not trusted, or across a reconnect: it may
@@ -1082,7 +1115,7 @@ where
             .iter()
             .map(|k| self.redis_key(k))
             .collect::<Result<Vec<_>>>()?;
-        let epoch = inner.guard.begin();
+        let epoch = inner.trusted_epoch().await;
         let raw: Vec<Option<Bytes>> = if inner.clustered {
             // One MGET per hash slot, all in one pipeline (fred routes each to
             // its node).
@@ -1572,7 +1605,9 @@ where
     /// check that finds another primary (its replication id, or a cluster's
     /// current epoch, changed) is a failover: the tier voids what Redis held
     /// (bumps the scope generations and unlinks the namespace's values) and
-    /// ticks [`RedisTier::failovers`].
+    /// ticks [`RedisTier::failovers`]. The check runs `INFO replication`
+    /// (`CLUSTER INFO` on a cluster): an ACL user that may not run it gets a
+    /// warning and no check (grant `+info`, or `+cluster|info`).
     ///
     /// ```
     /// use std::time::Duration;
@@ -1758,6 +1793,7 @@ where
                 guard: Guard::new(self.check_every.is_some()),
                 check_every: self.check_every.unwrap_or(Duration::MAX),
                 tasks: std::sync::Mutex::new(Vec::new()),
+                checking: tokio::sync::Mutex::new(()),
             }),
             _value: PhantomData,
         };

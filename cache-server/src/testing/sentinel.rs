@@ -211,13 +211,18 @@ impl SentinelGroup {
     }
 
     /// The port the Sentinels give for the primary now (the proxy's port
-    /// while the first primary serves).
+    /// while the first primary serves); `None` while they disagree.
     pub fn primary_port(&self) -> Option<u16> {
-        let out = cli(
-            self.sentinels[0].port,
-            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE],
-        )?;
-        out.lines().nth(1)?.trim().parse().ok()
+        let mut seen = None;
+        for s in &self.sentinels {
+            let out = cli(s.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE])?;
+            let port: u16 = out.lines().nth(1)?.trim().parse().ok()?;
+            if seen.is_some_and(|p| p != port) {
+                return None;
+            }
+            seen = Some(port);
+        }
+        seen
     }
 
     /// The proxy's port: where the first primary is reached.
@@ -261,7 +266,7 @@ impl SentinelGroup {
         );
     }
 
-    /// Waits until the Sentinels name `port` as the primary and it says so
+    /// Waits until every Sentinel names `port` as the primary and it says so
     /// itself (blocking; up to 30 s).
     pub fn wait_for_primary(&self, port: u16) {
         wait("the failover", Duration::from_secs(30), || {

@@ -37,6 +37,10 @@ pub struct Config {
     /// How long one Redis command may take before the shared tier counts as
     /// failed for it (a read is then a miss; an invalidation is retried).
     pub redis_timeout: Duration,
+    /// How many Redis replicas every removal must reach (`WAIT`) before an
+    /// upload counts as done; use 1 or more with replicas behind Sentinel
+    /// (`REDIS_URL=redis-sentinel://...`). 0 waits for none.
+    pub redis_replicas: u32,
     /// Deadlines of every request; see [`Limits`].
     pub limits: Limits,
     /// How often replaced picture versions whose URLs have all expired are
@@ -111,6 +115,7 @@ impl Config {
             users: DEFAULT_USERS,
             max_upload_bytes: DEFAULT_MAX_UPLOAD,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            redis_replicas: 0,
             limits: Limits::default(),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             clock: Arc::new(SystemClock),
@@ -148,6 +153,11 @@ impl Config {
                 "off" | "false" | "0" => false,
                 _ => return Err(format!("URL_CACHE={v} is not on or off")),
             };
+        }
+        if let Some(n) = var("REDIS_REPLICAS") {
+            config.redis_replicas = n
+                .parse()
+                .map_err(|_| format!("REDIS_REPLICAS={n} is not a number"))?;
         }
         if let Some(users) = var("USERS") {
             config.users = users

@@ -67,7 +67,7 @@ use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use cache_core::{BoxError, Clock, ConcurrentTier, Tier};
 use cache_monitor::Monitor;
-use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier};
+use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier, Replication};
 use futures_util::{StreamExt, TryStreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -76,7 +76,7 @@ use presign::{ObjectKeys, PresignedUrl, PresignedUrls, PresignedUrlsBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tower_http::services::{ServeDir, ServeFile};
 
@@ -177,7 +177,7 @@ impl fmt::Debug for App {
 async fn cache_tiers(
     builder: PresignedUrlsBuilder,
     config: &Config,
-) -> Result<PresignedUrlsBuilder, BoxError> {
+) -> Result<(PresignedUrlsBuilder, Option<watch::Receiver<u64>>), BoxError> {
     let local = ConcurrentTier::<String, PresignedUrl>::builder()
         .name("memory")
         .max_entries(100_000)
@@ -189,29 +189,38 @@ async fn cache_tiers(
             let shared = RedisTier::<PresignedUrl>::builder()
                 .url(url.clone())
                 .namespace("profile-server.avatar-urls")
+                .replication(Replication::new(
+                    config.redis_replicas,
+                    config.redis_timeout / 2,
+                ))
                 .build()
                 .await?;
+            let failovers = shared.failovers();
             let bus = InvalidationBus::builder()
                 .url(url.clone())
                 .channel("profile-server:avatar-urls:invalidate")
                 .connect()
                 .await?;
-            builder
+            let builder = builder
                 .tier(
                     Tier::new(shared)
                         .ttl(SHARED_TTL)
                         .timeout(config.redis_timeout),
                 )
-                .bus(bus, vec![0])
+                .bus(bus, vec![0]);
+            (builder, Some(failovers))
         }
-        None => builder.tier(
-            Tier::new(
-                MokaTier::<String, PresignedUrl>::builder()
-                    .name("shared-in-process")
-                    .max_bytes(32 << 20)
-                    .build(),
-            )
-            .ttl(SHARED_TTL),
+        None => (
+            builder.tier(
+                Tier::new(
+                    MokaTier::<String, PresignedUrl>::builder()
+                        .name("shared-in-process")
+                        .max_bytes(32 << 20)
+                        .build(),
+                )
+                .ttl(SHARED_TTL),
+            ),
+            None,
         ),
     })
 }
@@ -234,10 +243,15 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
         .object_keys(ObjectKeys::PerUpload)
         .clock(config.clock.clone())
         .observer(monitor.clone());
+    let mut failovers = None;
     if config.url_cache {
-        builder = cache_tiers(builder, config).await?;
+        (builder, failovers) = cache_tiers(builder, config).await?;
     }
     let urls = builder.build()?;
+    if let (Some(synced), Some(failovers)) = (urls.synced(), failovers) {
+        // A Redis failover voids the shared tier: flush the in-process one.
+        synced.flush_on_failover(failovers);
+    }
     seed(&urls, config.users, embedded_s3.is_some()).await?;
     let events = Arc::new(EventHub::new(config.events));
     let bus_events = forward_bus_events(&urls, &events);
