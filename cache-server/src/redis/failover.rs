@@ -319,10 +319,12 @@ pub(super) enum Look {
     Denied(String),
 }
 
-/// One look at what each connection of the pool talks to.
+/// One look at what each connected client of the pool talks to (one that is
+/// not connected cannot answer a read; when it connects, its reconnect
+/// distrusts Redis again).
 pub(super) async fn look(clients: &[Client], clustered: bool) -> Look {
     let mut seen: Option<String> = None;
-    for client in clients {
+    for client in clients.iter().filter(|c| c.is_connected()) {
         let (name, args) = if clustered {
             ("CLUSTER", vec![Value::from("INFO")])
         } else {

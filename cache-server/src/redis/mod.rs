@@ -896,10 +896,14 @@ impl<C> Inner<C> {
         if let Some(epoch) = self.guard.begin() {
             return Some(epoch);
         }
-        // A look already under way: do not queue behind it (Redis may be
-        // down); this read is a miss.
-        if self.checking.try_lock().is_err() {
-            return None;
+        // A look already under way: wait for it, at most one command
+        // timeout (Redis may be down), then look again if still untrusted.
+        match tokio::time::timeout(self.command_timeout, self.checking.lock()).await {
+            Ok(looked) => drop(looked),
+            Err(_) => return None,
+        }
+        if let Some(epoch) = self.guard.begin() {
+            return Some(epoch);
         }
         self.check_primary().await;
         self.guard.begin()

@@ -45,6 +45,20 @@ pub(crate) fn binary(name: &str) -> String {
     name.to_owned()
 }
 
+/// `redis-cli -h 127.0.0.1 -p <port> args...`; its stdout, or `None` on
+/// failure.
+pub(crate) fn cli_on(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new(binary("redis-cli"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub(crate) fn free_port() -> u16 {
     // Cluster bus ports are port + 10000: keep below 55535.
     for _ in 0..100 {
@@ -154,15 +168,7 @@ impl RedisServer {
 
     /// Runs `redis-cli -p <port> args...`; its stdout, or `None` on failure.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(binary("redis-cli"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        cli_on(self.port, args)
     }
 
     /// The port.

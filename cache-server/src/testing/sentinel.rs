@@ -22,13 +22,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{binary, free_port, temp_dir, LoopbackProxy, RedisServer, INSTALL_HINT};
+use super::{binary, cli_on as cli, free_port, temp_dir, LoopbackProxy, RedisServer, INSTALL_HINT};
 
 /// The Sentinels' name for the primary.
 pub const SERVICE: &str = "lcmaster";
@@ -57,19 +58,6 @@ pub struct SentinelGroup {
     stall: Arc<AtomicBool>,
     sentinels: Vec<Sentinel>,
     dir: PathBuf,
-}
-
-/// `redis-cli -p <port> args...` on loopback; stdout, or `None`.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new(binary("redis-cli"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
