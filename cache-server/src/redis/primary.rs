@@ -1,0 +1,187 @@
+//! Watching which primary the pool talks to (see [`super::failover`]): the
+//! checker task, one look, and loading the scripts after it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_core::Operation;
+use fred::interfaces::EventInterface;
+use fred::prelude::{LuaInterface, Value};
+
+pub(super) use super::codec::Codec;
+use super::failover::{self, Seen};
+
+use super::{scripts, Inner, RedisTier};
+
+impl<V, C> RedisTier<V, C>
+where
+    V: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    /// Starts watching which primary the pool talks to: every connection
+    /// error or reconnect distrusts Redis at once and wakes the checker,
+    /// which also looks every [`RedisTierBuilder::failover_check`]. Unless
+    /// `lazy`, the first look happens here, so the tier starts trusted.
+    pub(super) async fn watch_primary(&self, lazy: bool) {
+        let inner = &self.inner;
+        if !inner.guard.enabled() {
+            return;
+        }
+        let mut tasks = Vec::new();
+        for client in inner.pool.clients() {
+            let mut rx = client.error_rx();
+            let weak = Arc::downgrade(inner);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let event = rx.recv().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    match event {
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            inner.guard.distrust();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }));
+            let mut rx = client.reconnect_rx();
+            let weak = Arc::downgrade(inner);
+            tasks.push(tokio::spawn(async move {
+                while rx.recv().await.is_ok() {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.guard.distrust();
+                }
+            }));
+        }
+        if !lazy {
+            inner.check_primary().await;
+        }
+        let weak = Arc::downgrade(inner);
+        tasks.push(tokio::spawn(async move {
+            let mut soon = false;
+            loop {
+                let (every, wake) = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    (inner.check_every, inner.clone())
+                };
+                let wait = if soon {
+                    Duration::from_millis(20)
+                } else {
+                    every
+                };
+                tokio::select! {
+                    () = wake.guard.wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                drop(wake);
+                let Some(inner) = weak.upgrade() else { return };
+                soon = !inner.check_primary().await;
+            }
+        }));
+        if let Ok(mut t) = inner.tasks.lock() {
+            t.extend(tasks);
+        }
+    }
+}
+
+impl<C> Inner<C> {
+    /// One look at the primary; `false` if it must be looked at again soon
+    /// (unreachable, not yet a primary, or a void that failed).
+    pub(super) async fn check_primary(&self) -> bool {
+        let _one = self.checking.lock().await;
+        let seen = match failover::look(self.pool.clients(), self.clustered).await {
+            failover::Look::Primary(id) => Some(id),
+            failover::Look::Unsure => None,
+            failover::Look::Denied(why) => {
+                tracing::warn!(
+                    tier = %self.name,
+                    reason = %why,
+                    "the failover check needs INFO (CLUSTER INFO on a cluster), which this Redis user may not run: it is off for this tier"
+                );
+                self.guard.give_up();
+                self.load_scripts().await;
+                return true;
+            }
+        };
+        match self.guard.saw(seen) {
+            Seen::Same => {
+                self.load_scripts().await;
+                true
+            }
+            Seen::Unsure => false,
+            Seen::Failover => {
+                tracing::warn!(
+                    tier = %self.name,
+                    namespace = %self.namespace,
+                    "Redis failed over to another primary: voiding what it holds (a removal may have been lost)"
+                );
+                self.load_scripts().await;
+                let voided = match self.bump_scopes(Operation::Clear).await {
+                    Ok(()) => {
+                        let pattern = self.layout.pattern(&self.namespace, "");
+                        self.unlink_matching(pattern, Operation::Clear).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match voided {
+                    Ok(()) => {
+                        self.guard.voided();
+                        tracing::warn!(tier = %self.name, "voided after the failover; trusted again");
+                        true
+                    }
+                    Err(err) => {
+                        tracing::warn!(tier = %self.name, error = %err, "voiding after a failover failed; retrying");
+                        // Look again: the next look sees the same new
+                        // primary, so keep it distrusted until voided.
+                        self.guard.forget_primary();
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// The epoch a read starts under, or `None` when Redis is not trusted:
+    /// a read that finds it distrusted looks at the primary itself first
+    /// (one look at a time), so a tier that just connected, or whose
+    /// connection was just replaced, answers at once when nothing changed.
+    pub(super) async fn trusted_epoch(&self) -> Option<u64> {
+        if let Some(epoch) = self.guard.begin() {
+            return Some(epoch);
+        }
+        // A look already under way: wait for it, at most one command
+        // timeout (Redis may be down), then look again if still untrusted.
+        match tokio::time::timeout(self.command_timeout, self.checking.lock()).await {
+            Ok(looked) => drop(looked),
+            Err(_) => return None,
+        }
+        if let Some(epoch) = self.guard.begin() {
+            return Some(epoch);
+        }
+        self.check_primary().await;
+        self.guard.begin()
+    }
+
+    /// Loads every script into every connection's server, so the first
+    /// pipelined fills after a start or a failover do not meet `NOSCRIPT`.
+    pub(super) async fn load_scripts(&self) {
+        let bodies = [
+            scripts::FILL.body,
+            scripts::REMOVE.body,
+            scripts::WRITE.body,
+            scripts::BUMP_SCOPE.body,
+            scripts::DELETE_IF_UNCHANGED.body,
+        ];
+        for client in self.pool.clients() {
+            for body in bodies {
+                let loaded: std::result::Result<Value, _> = if self.clustered {
+                    client.script_load_cluster(body).await
+                } else {
+                    client.script_load(body).await
+                };
+                if let Err(err) = loaded {
+                    tracing::debug!(tier = %self.name, error = %err, "loading a script failed");
+                }
+            }
+        }
+    }
+}
