@@ -29,7 +29,8 @@
 //!   upload through this instance or (over the invalidation bus) any other,
 //!   as `event: avatar` / `data: {"user":"42"}`; `event: reset` when changes
 //!   may have been missed; `Last-Event-ID` resumes (see [`EventsConfig`]).
-//! - `GET /healthz` → `200 ok`.
+//! - `GET /healthz` → `200 ok` (alive: from the moment the server listens);
+//!   `GET /readyz` → `200 ready` once every user is seeded, `503` before.
 //! - Errors: `{"error": "..."}` with 400 (invalid id), 404 (unknown user), 413
 //!   (upload too big), 415 (not an image), 408 (the body or the whole request
 //!   missed its deadline; see [`Limits`]).
@@ -116,6 +117,8 @@ struct AppState {
     /// Feeds `events` with the invalidations other instances send over the
     /// bus (none without Redis).
     _bus_events: Option<AbortOnDrop>,
+    /// Whether every user has a picture: `/readyz` answers 200 from then on.
+    seeded: std::sync::atomic::AtomicBool,
 }
 
 /// A background task that ends with its owner.
@@ -230,6 +233,13 @@ async fn cache_tiers(
 ///
 /// Needs a tokio runtime.
 pub async fn build_app(config: &Config) -> Result<App, BoxError> {
+    let app = build_unseeded(config).await?;
+    app.seed().await?;
+    Ok(app)
+}
+
+/// [`build_app`] without the seed: the services, connected.
+async fn build_unseeded(config: &Config) -> Result<App, BoxError> {
     let monitor = Monitor::new();
     let (embedded_s3, public, direct) = match &config.s3 {
         Some(s3) => (None, s3.clone(), s3.clone()),
@@ -252,7 +262,6 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
         // A Redis failover voids the shared tier: flush the in-process one.
         synced.flush_on_failover(failovers);
     }
-    seed(&urls, config.users, embedded_s3.is_some()).await?;
     let events = Arc::new(EventHub::new(config.events));
     let bus_events = forward_bus_events(&urls, &events);
     Ok(App {
@@ -267,6 +276,7 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
             embedded_s3,
             events,
             _bus_events: bus_events,
+            seeded: std::sync::atomic::AtomicBool::new(false),
         }),
     })
 }
@@ -298,6 +308,17 @@ async fn seed(urls: &PresignedUrls, users: u64, fresh: bool) -> Result<(), BoxEr
 }
 
 impl App {
+    /// Gives every user who has none a generated picture, then counts the
+    /// app as ready (`/readyz`).
+    async fn seed(&self) -> Result<(), BoxError> {
+        let state = &self.state;
+        seed(&state.urls, state.users, state.embedded_s3.is_some()).await?;
+        state
+            .seeded
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     /// The HTTP routes (API, metrics, dashboard, static files).
     pub fn router(&self) -> Router {
         let api = Router::new()
@@ -307,6 +328,7 @@ impl App {
             .route("/api/s3/requests", get(s3_requests))
             .route("/api/events", get(event_stream))
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/dashboard", get(dashboard))
             .route("/api/{*rest}", get(api_not_found).put(api_not_found));
@@ -386,6 +408,10 @@ impl Server {
         }
         let _ = (&mut self.task).await;
         self.sweeper.abort();
+        // Leave the bus: the other instances stop waiting for this one at once.
+        if let Some(synced) = self.app.state.urls.synced() {
+            synced.bus().shutdown().await;
+        }
     }
 }
 
@@ -397,14 +423,23 @@ impl Drop for Server {
     }
 }
 
-/// Builds the app and serves it on `config.addr` (port 0: a free port).
+/// Builds the app and serves it on `config.addr` (port 0: a free port). It
+/// listens before it seeds (so `/healthz` answers during a long seed) and
+/// returns once seeded (`/readyz` answers 200).
 pub async fn serve(config: Config) -> Result<Server, BoxError> {
-    let app = build_app(&config).await?;
+    let app = build_unseeded(&config).await?;
+    // Listen first: `/healthz` answers during a long seed, `/readyz` once it
+    // is done.
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
     let router = app.router();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(accept_loop(listener, router, config.limits, stopped));
+    if let Err(e) = app.seed().await {
+        let _ = stop.send(());
+        let _ = task.await;
+        return Err(e);
+    }
     let state = app.state.clone();
     let interval = config.sweep_interval;
     let sweeper = tokio::spawn(async move {
@@ -835,15 +870,71 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready once seeded: a load balancer sends traffic from then on. `/healthz`
+/// (alive) answers from the moment the server listens.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.seeded.load(std::sync::atomic::Ordering::Acquire) {
+        "ready".into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "seeding: not ready yet").into_response()
+    }
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = state.monitor.prometheus();
+    if let Some(synced) = state.urls.synced() {
+        bus_metrics(&mut text, synced.bus());
+    }
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.monitor.prometheus(),
+        text,
     )
         .into_response()
+}
+
+/// The invalidation bus's figures in Prometheus text.
+fn bus_metrics(out: &mut String, bus: &InvalidationBus) {
+    use std::fmt::Write as _;
+    let s = bus.stats();
+    let gauges = [
+        (
+            "cache_bus_link_up",
+            "1 while the invalidation bus hears its own heartbeats",
+            u64::from(bus.link_is_up()),
+        ),
+        (
+            "cache_bus_peers",
+            "other instances the last confirmed invalidation waited for",
+            s.last_peers,
+        ),
+    ];
+    let counters = [
+        ("cache_bus_published_total", "invalidations published", s.published),
+        ("cache_bus_received_total", "messages delivered to this instance", s.received),
+        ("cache_bus_unconfirmed_total", "invalidations a live instance did not confirm in time (returned an error)", s.unconfirmed),
+        ("cache_bus_excused_total", "instances an invalidation stopped waiting for (left, ran out, no subscriber, link down)", s.excused),
+        ("cache_bus_resyncs_total", "flushes of the in-process tiers because messages may have been lost", s.resyncs),
+        ("cache_bus_link_downs_total", "times this instance declared its bus link down", s.link_downs),
+        ("cache_bus_reconnects_total", "subscriber reconnections", s.reconnects),
+        ("cache_bus_sequence_gaps_total", "invalidations missed (sequence gaps)", s.sequence_gaps),
+        ("cache_bus_apply_failures_total", "other instances' invalidations that failed to apply here", s.apply_failures),
+        ("cache_bus_foreign_total", "messages of another wire version", s.foreign),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
 }
 
 async fn dashboard() -> Html<&'static str> {

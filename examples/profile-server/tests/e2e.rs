@@ -159,7 +159,46 @@ async fn backend_end_to_end() {
     concurrent_mixed_requests_never_cross_users(&backend).await;
     put_then_get_never_yields_the_old_picture(&backend).await;
     bad_requests_get_json_errors(&backend).await;
+    readiness_and_bus_figures_are_served(&backend).await;
     backend.shutdown().await;
+}
+
+/// `/readyz` says ready once seeded (serve returns then), and `/metrics`
+/// carries the bus's figures: its link is up, and the uploads above were
+/// confirmed by the other instance with nothing unconfirmed.
+async fn readiness_and_bus_figures_are_served(backend: &Backend) {
+    for server in [&backend.a, &backend.b] {
+        let ready = backend
+            .http
+            .get(format!("{}/readyz", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::OK);
+        let metrics = backend
+            .http
+            .get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let figure = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(figure("cache_bus_link_up"), 1);
+        assert_eq!(figure("cache_bus_unconfirmed_total"), 0);
+        assert!(figure("cache_bus_received_total") > 0);
+        figure("cache_bus_peers");
+        figure("cache_bus_excused_total");
+    }
 }
 
 async fn every_url_fetches_its_users_bytes(backend: &Backend) {
