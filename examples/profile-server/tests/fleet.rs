@@ -249,6 +249,7 @@ async fn a_rolling_restart_and_a_load_spike_give_no_errors_and_no_stale_reads() 
         .build()
         .unwrap();
     let mut fleet: Vec<Arc<Instance>> = Vec::with_capacity(3);
+
     for _ in 0..3 {
         let port = free_port();
         let child = Instance::spawn(port, &redis.url(), &s3_url);
@@ -281,20 +282,20 @@ async fn a_rolling_restart_and_a_load_spike_give_no_errors_and_no_stale_reads() 
         .collect();
     tokio::time::sleep(Duration::from_secs(8)).await;
     restarting.store(true, Ordering::SeqCst);
-    for i in 0..fleet.len() {
-        let port = fleet[i].port;
+    for (i, inst) in fleet.iter().enumerate() {
+        let port = inst.port;
         // Out of rotation, let its requests finish, stop it.
-        fleet[i].live.store(false, Ordering::SeqCst);
+        inst.live.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let kill = i == 1;
-        fleet[i].stop(kill);
+        inst.stop(kill);
         println!(
             "instance {port} stopped ({})",
             if kill { "kill -9" } else { "SIGTERM" }
         );
-        *fleet[i].child.lock().unwrap() = Some(Instance::spawn(port, &redis.url(), &s3_url));
-        wait_ready(&http, &fleet[i].url()).await;
-        fleet[i].live.store(true, Ordering::SeqCst);
+        *inst.child.lock().unwrap() = Some(Instance::spawn(port, &redis.url(), &s3_url));
+        wait_ready(&http, &inst.url()).await;
+        inst.live.store(true, Ordering::SeqCst);
         println!("instance {port} back in rotation");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
