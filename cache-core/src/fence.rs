@@ -151,20 +151,44 @@ impl FenceCheck for Unfenced {
 pub struct Fence<'a> {
     check: &'a dyn FenceCheck,
     stamp: Stamp,
+    /// [`Fence::open`]: nothing to compare, the write is unconditional.
+    open: bool,
 }
 
 impl<'a> Fence<'a> {
     /// A fence of `check` and `stamp`.
     pub fn new(check: &'a dyn FenceCheck, stamp: Stamp) -> Self {
-        Fence { check, stamp }
+        Fence {
+            check,
+            stamp,
+            open: false,
+        }
     }
 
-    /// A fence that always holds, with no stamp: for writes made outside a chain.
+    /// A fence that always holds, with no stamp: for writes made outside a
+    /// chain. A tier that keeps generations does not compare them for it:
+    /// the write is unconditional (a fence made with [`Fence::new`] and
+    /// [`Stamp::NONE`] is still compared, as generations `(0, 0)`).
+    ///
+    /// ```
+    /// assert!(cache_core::Fence::open().is_open());
+    /// ```
     pub fn open() -> Fence<'static> {
         Fence {
             check: &Unfenced,
             stamp: Stamp::NONE,
+            open: true,
         }
+    }
+
+    /// Whether this is [`Fence::open`].
+    ///
+    /// ```
+    /// use cache_core::{Fence, Stamp, Unfenced};
+    /// assert!(!Fence::new(&Unfenced, Stamp::NONE).is_open());
+    /// ```
+    pub fn is_open(&self) -> bool {
+        self.open
     }
 
     /// Whether the in-process check still holds.

@@ -196,25 +196,18 @@ async fn write_through_and_the_in_process_check(url: &str, ns: &str) -> Checked 
     Ok(())
 }
 
-/// `Stamp::NONE` counts as generations (0, 0): fine on a key never removed,
-/// refused once it was.
+/// `Stamp::NONE` in a chain's fence counts as generations (0, 0): fine on a
+/// key never removed, refused once it was. (`Fence::open`, a write outside a
+/// chain, compares nothing: `an_open_fence_writes_even_after_a_clear`.)
 async fn no_stamp_is_generation_zero(url: &str, ns: &str) -> Checked {
     let (a, b) = instances(url, ns).await;
     let k = "user:5".to_string();
-    let fill = a.put_fenced(&k, entry("v"), &Fence::open()).await.unwrap();
-    ensure!(
-        fill == Fill::Written,
-        "an open fence on a fresh key: {fill:?}"
-    );
+    let unstamped = Fence::new(&Unfenced, Stamp::NONE);
+    let fill = a.put_fenced(&k, entry("v"), &unstamped).await.unwrap();
+    ensure!(fill == Fill::Written, "no stamp on a fresh key: {fill:?}");
     b.remove(&k).await.unwrap();
-    let fill = a
-        .put_fenced(&k, entry("stale"), &Fence::open())
-        .await
-        .unwrap();
-    ensure!(
-        fill == Fill::Refused,
-        "an open fence after a removal: {fill:?}"
-    );
+    let fill = a.put_fenced(&k, entry("stale"), &unstamped).await.unwrap();
+    ensure!(fill == Fill::Refused, "no stamp after a removal: {fill:?}");
     ensure!(raw(&a, "user:5").await.is_none(), "the stale value landed");
     Ok(())
 }
@@ -667,4 +660,31 @@ async fn the_first_pipelined_fills_on_a_fresh_server_meet_no_noscript() {
     assert!(fills.iter().all(|f| *f == Fill::Written), "{fills:?}");
     let errors = server.cli(&["INFO", "errorstats"]).unwrap();
     assert!(!errors.contains("NOSCRIPT"), "{errors}");
+}
+
+/// An open fence (a write made outside a chain) compares no generations: it
+/// is written even after a `clear` bumped the scope, where a chain's fence
+/// with no stamp is refused.
+#[tokio::test]
+async fn an_open_fence_writes_even_after_a_clear() {
+    let server = RedisServer::start();
+    let tier: RedisTier<String> = RedisTier::builder()
+        .url(server.url())
+        .namespace("open")
+        .build()
+        .await
+        .unwrap();
+    let k = "k".to_string();
+    CacheLayer::<String, String>::clear(&tier).await.unwrap();
+    let unstamped = tier
+        .put_fenced(&k, entry("chain"), &Fence::new(&Unfenced, Stamp::NONE))
+        .await
+        .unwrap();
+    assert_eq!(unstamped, Fill::Refused, "a chain's fill without a stamp");
+    let open = tier
+        .put_fenced(&k, entry("direct"), &Fence::open())
+        .await
+        .unwrap();
+    assert_eq!(open, Fill::Written);
+    assert_eq!(tier.get(&k).await.unwrap().unwrap().value, "direct");
 }

@@ -355,12 +355,18 @@ impl<C> Inner<C> {
                 Key::from(keys.generation),
                 Key::from(self.layout.scope(keys.shard)),
             ],
-            args: vec![
-                Value::from(stamp.key_generation().to_string()),
-                Value::from(stamp.scope_generation().to_string()),
-                at,
-                value,
-            ],
+            // An open fence compares nothing: empty generations skip the
+            // check in the script.
+            args: if fence.is_open() {
+                vec![Value::from(""), Value::from(""), at, value]
+            } else {
+                vec![
+                    Value::from(stamp.key_generation().to_string()),
+                    Value::from(stamp.scope_generation().to_string()),
+                    at,
+                    value,
+                ]
+            },
         }))
     }
 }

@@ -140,9 +140,10 @@ const UNLINK_BATCH: usize = 500;
 /// A new generation is `max(old + 1, Redis's clock in µs)`, so it never comes
 /// back to an earlier value, even once its key has expired or the server has
 /// restarted empty (as long as Redis's clock does not step back). A stamp of
-/// [`Stamp::NONE`] counts as generations `(0, 0)`: it is refused once the key
-/// was removed within the last two horizons, or once the scope was ever
-/// cleared.
+/// [`Stamp::NONE`] in a chain's fence counts as generations `(0, 0)`: it is
+/// refused once the key was removed within the last two horizons, or once
+/// the scope was ever cleared. [`Fence::open`] compares nothing: its write is
+/// unconditional.
 ///
 /// **The fence horizon** (default [`DEFAULT_FENCE_HORIZON`], see
 /// [`RedisTierBuilder::fence_horizon`]) bounds two things. Key generations

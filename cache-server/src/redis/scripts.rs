@@ -46,11 +46,14 @@ macro_rules! next_generation {
 
 /// A fenced fill. `KEYS`: value, key generation, scope generation. `ARGV`: the
 /// stamp's key generation and scope generation, `PXAT` (empty: the entry has
-/// expired, delete instead), the value. Returns 1 (written) or 0 (refused).
+/// expired, delete instead), the value; empty generations (an open fence)
+/// compare nothing. Returns 1 (written) or 0 (refused).
 pub(super) const FILL_LUA: &str = "\
-local g = redis.call('MGET', KEYS[2], KEYS[3])
-if (g[1] or '0') ~= ARGV[1] or (g[2] or '0') ~= ARGV[2] then
-  return 0
+if ARGV[1] ~= '' then
+  local g = redis.call('MGET', KEYS[2], KEYS[3])
+  if (g[1] or '0') ~= ARGV[1] or (g[2] or '0') ~= ARGV[2] then
+    return 0
+  end
 end
 if ARGV[3] == '' then
   redis.call('DEL', KEYS[1])
