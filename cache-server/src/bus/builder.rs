@@ -101,7 +101,7 @@ impl Default for InvalidationBusBuilder {
 impl InvalidationBusBuilder {
     /// The server URL (`redis://` or `redis-cluster://`; with the `tls`
     /// feature also `rediss://` and `rediss-cluster://`, see
-    /// [`tls_ca_pem`](Self::tls_ca_pem); `redis-sentinel://` for a primary
+    /// `tls_ca_pem` (feature `tls`); `redis-sentinel://` for a primary
     /// behind Sentinel). An ACL user needs `PUBLISH`, `SUBSCRIBE` and
     /// `PUBSUB` on the channel and on `{<channel>}:i:*`, `EVALSHA`/`EVAL` on
     /// the keys `{<channel>}:*`, `PING` and `CLIENT SETNAME`.
@@ -118,7 +118,7 @@ impl InvalidationBusBuilder {
 
     /// A full fred [`Config`] instead of a URL (with the `tls` feature, its
     /// `tls` field may hold a connector of your own;
-    /// [`tls_ca_pem`](Self::tls_ca_pem) replaces it).
+    /// `tls_ca_pem` (feature `tls`) replaces it).
     ///
     /// ```
     /// use cache_server::fred::prelude::Config;

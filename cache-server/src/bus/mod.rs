@@ -142,8 +142,8 @@ pub struct BusStats {
 /// Invalidation messages between instances over Redis pub/sub.
 ///
 /// One publisher connection and one subscriber connection, the shared
-/// channel, this instance's inbox and its registration (see the [module
-/// docs](self)). A [`SyncedCache`] publishes its invalidations here and
+/// channel, this instance's inbox and its registration (see "How it works"
+/// in the crate's bus module docs and the README's Consistency section). A [`SyncedCache`] publishes its invalidations here and
 /// applies the other instances' to its in-process tiers, on a task of its own
 /// (a bounded queue: when it is full the local tiers are flushed instead), so
 /// heartbeats and acks are never held up by a slow tier.

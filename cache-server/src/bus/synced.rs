@@ -119,20 +119,22 @@ where
 /// in-process tiers, and it keeps flushing them every interval until its link
 /// is back (see [`InvalidationBus`]).
 ///
-/// Every instance heard from within its interval + timeout (+ 5%: it declares
-/// its own link down a little earlier) is asked to acknowledge. One that went
-/// silent is not waited for: it is flushing. One whose last heartbeat reported
-/// its link down is waited for until the ack timeout and then excused (it is
-/// flushing), because a "down" heartbeat can arrive late, after the instance is
-/// back up and serving: only its ack proves it applied the invalidation. An
-/// instance whose last heartbeat said its link is up and that does not acknowledge
-/// within the ack timeout ([`InvalidationBusBuilder::ack_timeout`], default
-/// interval + timeout) makes the call return [`Error::Unavailable`] naming it
-/// (`tier: "invalidation-bus"`), never `Ok`; everything was still applied
-/// here and published. So does a message of this instance's own that does not
-/// come back. During its first interval + timeout after connecting, a bus may
-/// not have heard from every instance yet: its invalidations wait until then.
-///
+/// The instances waited for are exactly those registered when the
+/// invalidation was published (the publish script reads the registry in the
+/// same step; each registered only once subscribed, so each receives it).
+/// One that leaves ([`InvalidationBus::shutdown`]) is gone from the registry
+/// and not waited for. One whose registration says its link is down, or runs
+/// out (it stopped refreshing it: dead, or its link is down), or (single node)
+/// that has no subscriber on its inbox (its connection is gone) is excused:
+/// it is flushing, or flushes before it can serve again. An instance that
+/// does none of this and does not acknowledge within the ack timeout
+/// ([`InvalidationBusBuilder::ack_timeout`](crate::InvalidationBusBuilder::ack_timeout),
+/// default interval + timeout + interval) makes the call return
+/// [`Error::Unavailable`](cache_core::Error::Unavailable) naming it (`tier:
+/// "invalidation-bus"`), never `Ok`; everything was still applied here and
+/// published. An instance acknowledges only once the invalidation is applied
+/// to its local tiers (or, if that failed, once they were flushed).
+
 /// Reads and plain fills never publish anything. When messages may have been
 /// lost (see [`InvalidationBus`]), the local tiers are flushed.
 ///
@@ -252,7 +254,7 @@ where
     /// [the guarantee](SyncedCache#the-guarantee)). The message is published
     /// even if a tier failed here; the error then names the tier, so the call
     /// can be retried. An instance that did not confirm gives
-    /// [`Error::Unavailable`].
+    /// [`Error::Unavailable`](cache_core::Error::Unavailable).
     ///
     /// ```no_run
     /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {

@@ -145,7 +145,7 @@ where
     /// `redis-cluster://host:port?node=host:port&node=...` for a cluster.
     /// With the `tls` feature, `rediss://` and `rediss-cluster://` connect
     /// over TLS (server certificates checked against the system's roots, plus
-    /// any [`tls_ca_pem`](Self::tls_ca_pem)). `user` is an ACL user; without
+    /// any `tls_ca_pem` (feature `tls`)). `user` is an ACL user; without
     /// it the password is the `default` user's (`requirepass`).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.connection = Connection::Url(url.into());
@@ -153,7 +153,7 @@ where
     }
 
     /// A full fred [`Config`] (sentinel, RESP3, a TLS connector of your own
-    /// in `config.tls` with the `tls` feature...). [`tls_ca_pem`](Self::tls_ca_pem)
+    /// in `config.tls` with the `tls` feature...). `tls_ca_pem` (feature `tls`)
     /// replaces the connector of a TLS config.
     pub fn config(mut self, config: Config) -> Self {
         self.connection = Connection::Config(Box::new(config));
@@ -448,7 +448,7 @@ where
         Ok(tier)
     }
 
-    /// `config` with the extra CAs of [`tls_ca_pem`](Self::tls_ca_pem) trusted.
+    /// `config` with the extra CAs of `tls_ca_pem` (feature `tls`) trusted.
     fn with_tls(&self, config: Config) -> Result<Config> {
         #[cfg(feature = "tls")]
         let config = {

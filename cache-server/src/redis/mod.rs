@@ -94,7 +94,7 @@ const UNLINK_BATCH: usize = 500;
 ///
 /// `put` sets an absolute expiry (`SET .. PXAT`) of `min(entry.expires_at, now +
 /// tier_ttl)`, and every read checks the envelope's expiry against the tier's
-/// clock. With a test clock (not [`SystemClock`]) the `PXAT` deadline is moved
+/// clock. With a test clock (not [`SystemClock`](cache_core::SystemClock)) the `PXAT` deadline is moved
 /// by the clock's offset from the wall clock, so Redis keeps the entry as long
 /// as the test clock says it lives.
 ///
