@@ -188,6 +188,23 @@ impl Page {
         panic!("{} of {n} refresh tasks finished", self.finished.get());
     }
 
+    /// Lets the event loop turn until the origin has been called `n` times:
+    /// the reload first reads the tiers below the one that hit (their copies
+    /// are due too here, so it goes on to the origin), which takes a few
+    /// turns with IndexedDB. Bounded in turns, not time.
+    async fn until_origin_called(&self, n: u32) {
+        for _ in 0..1_000 {
+            if self.origin.calls.get() >= n {
+                return;
+            }
+            sleep(0).await;
+        }
+        panic!(
+            "the origin was called {} times, not {n}",
+            self.origin.calls.get()
+        );
+    }
+
     /// What each tier holds for `key` right now, read directly.
     async fn in_tiers(&self, key: &String) -> Vec<(&'static str, Option<Vec<u8>>)> {
         let mut out = vec![
@@ -265,7 +282,7 @@ async fn an_invalidation_during_the_reload_wins() {
     loaded_and_due(&p, &key).await;
     p.origin.hold.set(true);
     assert_eq!(p.hit_at_once(&key), b"v1");
-    sleep(0).await;
+    p.until_origin_called(2).await;
     assert_eq!(p.origin.calls.get(), 2, "the reload's load is pending");
 
     p.cache.invalidate(&key).await.unwrap();
@@ -299,7 +316,7 @@ async fn the_reload_fills_memory_local_storage_and_indexed_db() {
 
     p.origin.hold.set(true);
     assert_eq!(p.hit_at_once(&key), b"v1");
-    sleep(0).await;
+    p.until_origin_called(2).await;
     assert_eq!(p.origin.release(), 1);
     p.until_finished(1).await;
 
