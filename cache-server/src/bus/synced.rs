@@ -134,7 +134,7 @@ where
 /// "invalidation-bus"`), never `Ok`; everything was still applied here and
 /// published. An instance acknowledges only once the invalidation is applied
 /// to its local tiers (or, if that failed, once they were flushed).
-
+///
 /// Reads and plain fills never publish anything. When messages may have been
 /// lost (see [`InvalidationBus`]), the local tiers are flushed.
 ///

@@ -210,6 +210,16 @@ impl Guard {
         ok
     }
 
+    /// Whether Redis is trusted now (no counting).
+    pub(super) fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    /// Failovers voided so far.
+    pub(super) fn failover_count(&self) -> u64 {
+        *self.failover_tx.borrow()
+    }
+
     /// A connection failed or was replaced: trust nothing until checked.
     pub(super) fn distrust(&self) {
         if !self.enabled() {

@@ -526,8 +526,9 @@ where
         let inner = &*self.inner;
         let rkey = self.redis_key(key)?;
         let epoch = inner.trusted_epoch().await;
+        let failovers = inner.guard.failover_count();
         let read = inner.pool.get::<Option<Bytes>, _>(rkey.as_str()).await;
-        if !inner.guard.still(epoch) {
+        if !inner.answer_trusted(epoch, failovers).await {
             // Read while Redis was not trusted, or across a reconnect: it may
             // come from a primary that lost removals. A miss.
             return read
@@ -557,6 +558,7 @@ where
             .map(|k| self.redis_key(k))
             .collect::<Result<Vec<_>>>()?;
         let epoch = inner.trusted_epoch().await;
+        let failovers = inner.guard.failover_count();
         let raw: Vec<Option<Bytes>> = if inner.clustered {
             // One MGET per hash slot, all in one pipeline (fred routes each to
             // its node).
@@ -603,7 +605,7 @@ where
                 .await
                 .map_err(|e| inner.error(Operation::GetMany, e))?
         };
-        if !inner.guard.still(epoch) {
+        if !inner.answer_trusted(epoch, failovers).await {
             return Ok(rkeys.iter().map(|_| None).collect());
         }
         let now = inner.clock.now();

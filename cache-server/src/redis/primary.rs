@@ -54,6 +54,9 @@ where
         }
         if !lazy {
             inner.check_primary().await;
+            // Loaded before the tier is handed out: its first pipelined
+            // fills meet no NOSCRIPT.
+            inner.load_scripts().await;
         }
         let weak = Arc::downgrade(inner);
         tasks.push(tokio::spawn(async move {
@@ -88,6 +91,8 @@ impl<C> Inner<C> {
     /// (unreachable, not yet a primary, or a void that failed).
     pub(super) async fn check_primary(&self) -> bool {
         let _one = self.checking.lock().await;
+        // Scripts are loaded after a connection event, not on every tick.
+        let after_event = !self.guard.is_trusted();
         let seen = match failover::look(self.pool.clients(), self.clustered).await {
             failover::Look::Primary(id) => Some(id),
             failover::Look::Unsure => None,
@@ -104,7 +109,9 @@ impl<C> Inner<C> {
         };
         match self.guard.saw(seen) {
             Seen::Same => {
-                self.load_scripts().await;
+                if after_event {
+                    self.load_scripts_later();
+                }
                 true
             }
             Seen::Unsure => false,
@@ -140,6 +147,28 @@ impl<C> Inner<C> {
         }
     }
 
+    /// Whether the answer of a read begun under `epoch` (with `failovers`
+    /// failovers voided then) may be used. When a connection event came in
+    /// during the read, the primary is looked at again: if every connected
+    /// client still talks to the known primary and no failover was voided
+    /// meanwhile, the answer came from that primary too.
+    pub(super) async fn answer_trusted(&self, epoch: Option<u64>, failovers: u64) -> bool {
+        if self.guard.still(epoch) {
+            return true;
+        }
+        if epoch.is_none() {
+            return false;
+        }
+        match tokio::time::timeout(self.command_timeout, self.checking.lock()).await {
+            Ok(looked) => drop(looked),
+            Err(_) => return false,
+        }
+        if !self.guard.is_trusted() {
+            self.check_primary().await;
+        }
+        self.guard.is_trusted() && self.guard.failover_count() == failovers
+    }
+
     /// The epoch a read starts under, or `None` when Redis is not trusted:
     /// a read that finds it distrusted looks at the primary itself first
     /// (one look at a time), so a tier that just connected, or whose
@@ -164,23 +193,38 @@ impl<C> Inner<C> {
     /// Loads every script into every connection's server, so the first
     /// pipelined fills after a start or a failover do not meet `NOSCRIPT`.
     pub(super) async fn load_scripts(&self) {
-        let bodies = [
-            scripts::FILL.body,
-            scripts::REMOVE.body,
-            scripts::WRITE.body,
-            scripts::BUMP_SCOPE.body,
-            scripts::DELETE_IF_UNCHANGED.body,
-        ];
-        for client in self.pool.clients() {
-            for body in bodies {
-                let loaded: std::result::Result<Value, _> = if self.clustered {
-                    client.script_load_cluster(body).await
-                } else {
-                    client.script_load(body).await
-                };
-                if let Err(err) = loaded {
-                    tracing::debug!(tier = %self.name, error = %err, "loading a script failed");
-                }
+        load_scripts_on(self.pool.clone(), self.clustered, self.name.to_string()).await;
+    }
+
+    /// [`Inner::load_scripts`] in the background, so a look does not hold
+    /// the readers that wait for it (a fill that still meets `NOSCRIPT`
+    /// sends the script again anyway).
+    fn load_scripts_later(&self) {
+        tokio::spawn(load_scripts_on(
+            self.pool.clone(),
+            self.clustered,
+            self.name.to_string(),
+        ));
+    }
+}
+
+async fn load_scripts_on(pool: fred::prelude::Pool, clustered: bool, name: String) {
+    let bodies = [
+        scripts::FILL.body,
+        scripts::REMOVE.body,
+        scripts::WRITE.body,
+        scripts::BUMP_SCOPE.body,
+        scripts::DELETE_IF_UNCHANGED.body,
+    ];
+    for client in pool.clients() {
+        for body in bodies {
+            let loaded: std::result::Result<Value, _> = if clustered {
+                client.script_load_cluster(body).await
+            } else {
+                client.script_load(body).await
+            };
+            if let Err(err) = loaded {
+                tracing::debug!(tier = %name, error = %err, "loading a script failed");
             }
         }
     }
