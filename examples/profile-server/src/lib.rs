@@ -822,7 +822,11 @@ async fn put_avatar(
 }
 
 async fn report(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = Json(state.monitor.report()).into_response();
+    let mut report = serde_json::to_value(state.monitor.report()).unwrap_or_default();
+    if let (Some(synced), Some(object)) = (state.urls.synced(), report.as_object_mut()) {
+        object.insert("bus".to_owned(), bus_report(synced.bus()));
+    }
+    let mut response = Json(report).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -893,6 +897,25 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The invalidation bus's figures for `/api/cache/report` (and the
+/// dashboard's bus card).
+fn bus_report(bus: &InvalidationBus) -> serde_json::Value {
+    let s = bus.stats();
+    serde_json::json!({
+        "link_up": bus.link_is_up(),
+        "peers": s.last_peers,
+        "published": s.published,
+        "received": s.received,
+        "unconfirmed": s.unconfirmed,
+        "excused": s.excused,
+        "resyncs": s.resyncs,
+        "link_downs": s.link_downs,
+        "reconnects": s.reconnects,
+        "sequence_gaps": s.sequence_gaps,
+        "apply_failures": s.apply_failures,
+    })
 }
 
 /// The invalidation bus's figures in Prometheus text.

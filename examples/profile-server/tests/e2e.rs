@@ -194,6 +194,10 @@ async fn readiness_and_bus_figures_are_served(backend: &Backend) {
                 .unwrap()
         };
         assert_eq!(figure("cache_bus_link_up"), 1);
+        let (status, report) = backend.get(server, "/api/cache/report").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(report["bus"]["link_up"], Value::Bool(true), "{report}");
+        assert_eq!(report["bus"]["unconfirmed"], 0, "{report}");
         assert_eq!(figure("cache_bus_unconfirmed_total"), 0);
         assert!(figure("cache_bus_received_total") > 0);
         figure("cache_bus_peers");
