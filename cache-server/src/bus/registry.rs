@@ -145,7 +145,11 @@ impl Registry {
         let args = vec![
             Value::from(format!("{id:016x}")),
             Value::from(format!("{number} {}", record.encode())),
-            Value::from(super::wire::millis(record.bound).to_string()),
+            // Live for its bound + 10%: an instance whose refreshes stop
+            // declares its link down (and flushes) within its bound of the
+            // last echo, which comes back after the refresh; the slack keeps
+            // it waited for until then (lc2 gave peers 5% the same way).
+            Value::from(super::wire::millis(record.bound + record.bound / 10).to_string()),
             Value::from(forget_after_ms.to_string()),
             Value::from(self.inbox(id)),
             Value::from(heartbeat),
