@@ -8,6 +8,8 @@
 //! The scenarios return `Err` (not panic) when a fence lets a stale fill
 //! through, so the mutation test can see them fail.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -320,6 +322,52 @@ async fn hostile_keys_stay_in_their_own_entry(url: &str, ns: &str) -> Checked {
     Ok(())
 }
 
+/// A `remove_prefix` voids the stamps of the keys it covers and no other:
+/// the scope's log says which prefix each bump covered. A later bump of
+/// another prefix does not hide an earlier covering one, and `clear`
+/// covers every key.
+async fn a_prefix_removal_voids_only_what_it_covers(url: &str, ns: &str) -> Checked {
+    let (a, b) = instances(url, ns).await;
+    let remove_prefix = |p: &'static str| {
+        let b = &b;
+        async move { CacheLayer::<String, String>::remove_prefix(b, p).await }
+    };
+    let fill = |key: &'static str, stamp: Stamp| {
+        let a = &a;
+        async move {
+            a.put_fenced(&key.to_string(), entry(key), &Fence::new(&Unfenced, stamp))
+                .await
+                .unwrap()
+        }
+    };
+    let user = miss_stamp(&a, "user:6").await?;
+    let item = miss_stamp(&a, "item:6").await?;
+    remove_prefix("item:").await.unwrap();
+    let (u, i) = (fill("user:6", user).await, fill("item:6", item).await);
+    ensure!(
+        u == Fill::Written,
+        "another prefix's removal voided user:6: {u:?}"
+    );
+    ensure!(
+        i == Fill::Refused,
+        "item:6 was {i:?} after item: was removed"
+    );
+
+    let user = miss_stamp(&a, "user:7").await?;
+    remove_prefix("us").await.unwrap();
+    remove_prefix("item:").await.unwrap();
+    let u = fill("user:7", user).await;
+    ensure!(u == Fill::Refused, "user:7 was {u:?} after us was removed");
+
+    let user = miss_stamp(&a, "user:8").await?;
+    remove_prefix("item:").await.unwrap();
+    CacheLayer::<String, String>::clear(&b).await.unwrap();
+    let u = fill("user:8", user).await;
+    ensure!(u == Fill::Refused, "user:8 was {u:?} after a clear");
+    ensure!(raw(&a, "user:8").await.is_none(), "a refused value landed");
+    Ok(())
+}
+
 /// Every scenario that voids a stamp, on a fresh namespace each.
 async fn voiding_scenarios(url: &str, tag: &str) -> Vec<(String, Checked)> {
     let mut out = Vec::new();
@@ -340,6 +388,11 @@ async fn voiding_scenarios(url: &str, tag: &str) -> Vec<(String, Checked)> {
     out.push((
         ns.clone(),
         hostile_keys_stay_in_their_own_entry(url, &ns).await,
+    ));
+    let ns = format!("{tag}-prefixes");
+    out.push((
+        ns.clone(),
+        a_prefix_removal_voids_only_what_it_covers(url, &ns).await,
     ));
     out
 }
@@ -687,4 +740,148 @@ async fn an_open_fence_writes_even_after_a_clear() {
         .unwrap();
     assert_eq!(open, Fill::Written);
     assert_eq!(tier.get(&k).await.unwrap().unwrap().value, "direct");
+}
+
+/// The scope's log is bounded: after more prefix removals than it keeps, a
+/// stamp from before them is refused (the log cannot tell what they
+/// covered), while a stamp taken after is judged by the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stamp_older_than_the_scope_log_is_refused() {
+    let server = RedisServer::start();
+    let (a, b) = instances(&server.url(), "trim").await;
+    let old = miss_stamp(&a, "user:1").await.unwrap();
+    for i in 0..1100 {
+        CacheLayer::<String, String>::remove_prefix(&b, &format!("item{i}:"))
+            .await
+            .unwrap();
+    }
+    let kept = server.cli(&["ZCARD", "trim:~p"]).unwrap();
+    assert_eq!(kept.trim(), "1024", "the log keeps 1,024 bumps");
+    let k = "user:1".to_string();
+    let fill = a
+        .put_fenced(&k, entry("old"), &Fence::new(&Unfenced, old))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Refused, "a stamp from before the trim point");
+    let fresh = miss_stamp(&a, "user:1").await.unwrap();
+    CacheLayer::<String, String>::remove_prefix(&b, "item:")
+        .await
+        .unwrap();
+    let fill = a
+        .put_fenced(&k, entry("fresh"), &Fence::new(&Unfenced, fresh))
+        .await
+        .unwrap();
+    assert_eq!(fill, Fill::Written, "a stamp the log still covers");
+}
+
+/// Redis behind a gate: while armed, a fenced write waits at the gate, so a
+/// chain's write-through stands between its removal and its write.
+struct Gated {
+    inner: T,
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    open: tokio::sync::Notify,
+}
+
+#[cache_core::async_trait]
+impl CacheLayer<String, String> for Gated {
+    fn name(&self) -> &str {
+        "redis"
+    }
+    async fn get(&self, key: &String) -> cache_core::Result<Option<Entry<String>>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &String, entry: Entry<String>) -> cache_core::Result<()> {
+        self.inner.put(key, entry).await
+    }
+    async fn get_stamped(
+        &self,
+        key: &String,
+    ) -> cache_core::Result<(Option<Entry<String>>, Stamp)> {
+        self.inner.get_stamped(key).await
+    }
+    async fn stamp(&self, key: &String) -> cache_core::Result<Stamp> {
+        CacheLayer::<String, String>::stamp(&self.inner, key).await
+    }
+    async fn put_fenced(
+        &self,
+        key: &String,
+        entry: Entry<String>,
+        fence: &Fence<'_>,
+    ) -> cache_core::Result<Fill> {
+        if self.gate.armed.swap(false, Ordering::SeqCst) {
+            self.gate.reached.notify_one();
+            self.gate.open.notified().await;
+        }
+        self.inner.put_fenced(key, entry, fence).await
+    }
+    fn fenced_writes_are_atomic(&self) -> bool {
+        CacheLayer::<String, String>::fenced_writes_are_atomic(&self.inner)
+    }
+    async fn remove(&self, key: &String) -> cache_core::Result<bool> {
+        self.inner.remove(key).await
+    }
+    async fn remove_stamped(&self, key: &String) -> cache_core::Result<(bool, Stamp)> {
+        self.inner.remove_stamped(key).await
+    }
+    async fn remove_prefix(&self, prefix: &str) -> cache_core::Result<()> {
+        CacheLayer::<String, String>::remove_prefix(&self.inner, prefix).await
+    }
+    async fn clear(&self) -> cache_core::Result<()> {
+        CacheLayer::<String, String>::clear(&self.inner).await
+    }
+}
+
+/// A chain's `put` that overlaps another instance's `remove_prefix` of other
+/// keys is written (it was reported `Superseded`, the scope generation
+/// covering the whole namespace); one that overlaps a removal of its own
+/// prefix is superseded and leaves nothing in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_overlapping_a_prefix_removal_of_other_keys_is_written() {
+    let server = RedisServer::start();
+    let (redis, other) = instances(&server.url(), "overlap").await;
+    let gate = Arc::new(Gate::default());
+    let chain: cache_core::TieredCache<String, String> = cache_core::TieredCache::builder()
+        .tier(cache_core::Tier::new(Gated {
+            inner: redis,
+            gate: gate.clone(),
+        }))
+        .origin(cache_core::loader_fn(|_: String| async {
+            Ok::<_, cache_core::BoxError>(None)
+        }))
+        .build();
+    let key = "user:9".to_string();
+    for (prefix, written) in [("item:", true), ("user:", false)] {
+        gate.armed.store(true, Ordering::SeqCst);
+        let put = {
+            let (chain, key) = (chain.clone(), key.clone());
+            tokio::spawn(async move { chain.put(&key, entry(prefix)).await })
+        };
+        gate.reached.notified().await;
+        CacheLayer::<String, String>::remove_prefix(&other, prefix)
+            .await
+            .unwrap();
+        gate.open.notify_one();
+        let result = put.await.unwrap();
+        let stored = value(&other, &key).await;
+        if written {
+            assert!(result.is_ok(), "{prefix}: {result:?}");
+            assert_eq!(stored.as_deref(), Some(prefix));
+        } else {
+            let superseded = match &result {
+                Err(cache_core::Error::Incomplete { report }) => report
+                    .outcomes()
+                    .iter()
+                    .all(|o| matches!(o.result, Err(cache_core::Error::Superseded { .. }))),
+                _ => false,
+            };
+            assert!(superseded, "{prefix}: {result:?}");
+            assert_eq!(stored, None, "{prefix}: Redis holds {stored:?}");
+        }
+    }
 }

@@ -17,6 +17,10 @@ use super::layout::FenceKeys;
 use super::scripts::{is_noscript, Script};
 
 pub(super) use super::codec::Codec;
+
+/// The most bumps a scope's log keeps (it also drops those older than twice
+/// the fence horizon). A stamp older than the last dropped one is refused.
+const SCOPE_LOG_ENTRIES: i64 = 1024;
 use super::failover::{self};
 
 use super::{scripts, Inner};
@@ -219,17 +223,27 @@ impl<C> Inner<C> {
     }
 
     /// Bumps the scope generation of every shard (one script on a single node,
-    /// one pipeline of them on a cluster), so every fill stamped before is
-    /// refused; `remove_prefix` and `clear` do this before they delete.
-    pub(super) async fn bump_scopes(&self, operation: Operation) -> Result<()> {
-        let calls = self
-            .layout
-            .scopes()
-            .iter()
-            .map(|scope| ScriptCall {
+    /// one pipeline of them on a cluster) and logs that the bump covers the
+    /// keys starting with `prefix` (all of them when it is empty), so every
+    /// fill of such a key stamped before is refused; `remove_prefix` and
+    /// `clear` do this before they delete.
+    pub(super) async fn bump_scopes(&self, prefix: &str, operation: Operation) -> Result<()> {
+        let mut encoded = String::with_capacity(prefix.len() + 8);
+        key::encode_into(prefix, &mut encoded);
+        let keep_us = 2 * u64::try_from(self.horizon.as_micros()).unwrap_or(u64::MAX / 4);
+        let calls = (0..self.layout.shards())
+            .map(|shard| ScriptCall {
                 script: &scripts::BUMP_SCOPE,
-                keys: vec![Key::from(scope.as_str())],
-                args: Vec::new(),
+                keys: vec![
+                    Key::from(self.layout.scope(shard)),
+                    Key::from(self.layout.scope_log(shard)),
+                    Key::from(self.layout.scope_trimmed(shard)),
+                ],
+                args: vec![
+                    Value::from(encoded.as_str()),
+                    Value::Integer(SCOPE_LOG_ENTRIES),
+                    Value::from(keep_us.to_string()),
+                ],
             })
             .collect::<Vec<_>>();
         let client = self.pool.next();
@@ -354,6 +368,8 @@ impl<C> Inner<C> {
                 Key::from(keys.value),
                 Key::from(keys.generation),
                 Key::from(self.layout.scope(keys.shard)),
+                Key::from(self.layout.scope_log(keys.shard)),
+                Key::from(self.layout.scope_trimmed(keys.shard)),
             ],
             // An open fence compares nothing: empty generations skip the
             // check in the script.
@@ -365,6 +381,7 @@ impl<C> Inner<C> {
                     Value::from(stamp.scope_generation().to_string()),
                     at,
                     value,
+                    Value::from(keys.encoded),
                 ]
             },
         }))

@@ -1,14 +1,16 @@
 //! Where a [`RedisTier`](super::RedisTier) keeps a key's value and its fence
 //! generations.
 //!
-//! Single node: `<ns>:<encoded>`, `<ns>:~g:<encoded>`, `<ns>:~a`. Cluster:
-//! the same under a per-shard hash tag, `<ns>:{<ns>.<shard>}:<encoded>` and so
-//! on, so that a key, its generation and its scope's generation share one hash
-//! slot and one Lua script can touch all three.
+//! Single node: `<ns>:<encoded>`, `<ns>:~g:<encoded>`, `<ns>:~a` (the scope
+//! generation), `<ns>:~p` (the scope's log: which prefix each recent bump
+//! covered) and `<ns>:~t` (how far the log has been trimmed). Cluster: the
+//! same under a per-shard hash tag, `<ns>:{<ns>.<shard>}:<encoded>` and so on,
+//! so that a key, its generation and its scope's generation and log share one
+//! hash slot and one Lua script can touch them all.
 //!
 //! Encoded keys hold only `[A-Za-z0-9_-]` and `~XX` escapes with uppercase hex
-//! digits ([`cache_core::key::encode`]), so the `~a` and `~g:` names can never
-//! be an encoded key, and `{`/`}` never appear in one.
+//! digits ([`cache_core::key::encode`]), so the `~a`, `~p`, `~t` and `~g:`
+//! names can never be an encoded key, and `{`/`}` never appear in one.
 
 use cache_core::key;
 
@@ -17,6 +19,11 @@ pub const DEFAULT_CLUSTER_SHARDS: u16 = 64;
 
 /// The name of a scope's generation, after the shard prefix.
 const SCOPE: &str = "~a";
+/// The name of a scope's log of bumps (a sorted set: score the generation,
+/// member `<generation>:<encoded prefix>`), after the shard prefix.
+const SCOPE_LOG: &str = "~p";
+/// The name of the generation up to which a scope's log was trimmed.
+const SCOPE_TRIMMED: &str = "~t";
 /// What follows the shard prefix in a key generation's name.
 const GENERATION: &str = "~g:";
 
@@ -28,6 +35,10 @@ pub(super) struct Layout {
     prefixes: Vec<String>,
     /// `<prefix>~a` per shard: the scope generations.
     scopes: Vec<String>,
+    /// `<prefix>~p` per shard: the scopes' logs.
+    logs: Vec<String>,
+    /// `<prefix>~t` per shard: how far each log was trimmed.
+    trimmed: Vec<String>,
 }
 
 /// The three Redis keys a fenced operation on one key touches, in one hash slot.
@@ -39,6 +50,8 @@ pub(super) struct FenceKeys {
     pub(super) generation: String,
     /// The key's shard (index into [`Layout::scope`]).
     pub(super) shard: usize,
+    /// The encoded key (what a scope log's prefixes are compared with).
+    pub(super) encoded: String,
 }
 
 /// 64-bit FNV-1a: stable across builds and platforms, so every instance puts a
@@ -62,8 +75,13 @@ impl Layout {
                 .map(|shard| format!("{namespace}:{{{namespace}.{shard}}}:"))
                 .collect(),
         };
-        let scopes = prefixes.iter().map(|p| format!("{p}{SCOPE}")).collect();
-        Layout { prefixes, scopes }
+        let named = |name: &str| prefixes.iter().map(|p| format!("{p}{name}")).collect();
+        Layout {
+            scopes: named(SCOPE),
+            logs: named(SCOPE_LOG),
+            trimmed: named(SCOPE_TRIMMED),
+            prefixes,
+        }
     }
 
     /// The number of shards (1 on a single node).
@@ -107,6 +125,7 @@ impl Layout {
             value,
             generation,
             shard,
+            encoded,
         }
     }
 
@@ -115,9 +134,14 @@ impl Layout {
         &self.scopes[shard]
     }
 
-    /// Every scope generation (one per shard).
-    pub(super) fn scopes(&self) -> &[String] {
-        &self.scopes
+    /// The log of `shard`'s scope bumps.
+    pub(super) fn scope_log(&self, shard: usize) -> &str {
+        &self.logs[shard]
+    }
+
+    /// Where the trim point of `shard`'s log is kept.
+    pub(super) fn scope_trimmed(&self, shard: usize) -> &str {
+        &self.trimmed[shard]
     }
 
     /// The `SCAN MATCH` pattern for the value keys whose decoded key starts
@@ -172,11 +196,16 @@ mod tests {
         assert_eq!(k.value, "avatars:user~3A42");
         assert_eq!(k.generation, "avatars:~g:user~3A42");
         assert_eq!(l.scope(k.shard), "avatars:~a");
+        assert_eq!(l.scope_log(k.shard), "avatars:~p");
+        assert_eq!(l.scope_trimmed(k.shard), "avatars:~t");
+        assert_eq!(k.encoded, "user~3A42");
         assert_eq!(l.pattern("avatars", "user:1"), "avatars:user~3A1*");
         assert_eq!(l.pattern("avatars", ""), "avatars:*");
         assert!(l.is_value_key("avatars", b"avatars:user~3A42"));
         assert!(l.is_value_key("avatars", b"avatars:~7Eg"));
         assert!(!l.is_value_key("avatars", b"avatars:~a"));
+        assert!(!l.is_value_key("avatars", b"avatars:~p"));
+        assert!(!l.is_value_key("avatars", b"avatars:~t"));
         assert!(!l.is_value_key("avatars", b"avatars:~g:user~3A42"));
         assert!(!l.is_value_key("avatars", b"other:x"));
     }

@@ -69,14 +69,15 @@ const UNLINK_BATCH: usize = 500;
 /// | value | `<ns>:<enc>` | `<ns>:{<ns>.<shard>}:<enc>` |
 /// | key generation | `<ns>:~g:<enc>` | `<ns>:{<ns>.<shard>}:~g:<enc>` |
 /// | scope generation | `<ns>:~a` | `<ns>:{<ns>.<shard>}:~a` (one per shard) |
+/// | scope log, trim point | `<ns>:~p`, `<ns>:~t` | `<ns>:{<ns>.<shard>}:~p`, `~t` |
 ///
 /// On a cluster, `<shard>` is the 64-bit FNV-1a hash of `<enc>` modulo the
 /// number of shards ([`DEFAULT_CLUSTER_SHARDS`], see
 /// [`RedisTierBuilder::cluster_shards`]): the hash tag keeps a value and its
-/// two generations in one hash slot, so one script can touch all three, while
+/// generations in one hash slot, so one script can touch them all, while
 /// the shards spread the namespace over every primary. Every instance that
-/// shares a namespace must use the same number of shards. `~a` and `~g:` can
-/// never be an encoded key (escapes are uppercase). [`RedisTier::redis_key`]
+/// shares a namespace must use the same number of shards. `~a`, `~p`, `~t`
+/// and `~g:` can never be an encoded key (escapes are uppercase). [`RedisTier::redis_key`]
 /// gives a key's value key.
 ///
 /// # Values
@@ -109,15 +110,16 @@ const UNLINK_BATCH: usize = 500;
 /// - `get_stamped`: `GET`, and only on a miss `MGET <key gen> <scope gen>`.
 ///   `get_many_stamped`: `get_many`, then the misses' generations in one `MGET`
 ///   (single node) or one pipeline of one `MGET` per shard (cluster).
-/// - `put_fenced`: one script: compare both generations with the stamp, and
-///   only if they match `SET <key> <value> PXAT <expiry>`. `put_many_fenced`:
+/// - `put_fenced`: one script: compare both generations with the stamp (a
+///   moved scope generation is looked up in the scope's log), and only if
+///   they hold `SET <key> <value> PXAT <expiry>`. `put_many_fenced`:
 ///   one pipeline of those.
 /// - `remove`, `remove_stamped`: one script: bump the key generation (kept
 ///   for twice the fence horizon, `PX`), `DEL` the value.
 /// - `put`: one script: bump the key generation, `SET .. PXAT`; `put_many`: a
 ///   pipeline of those. A `put` of an already-expired entry is a `remove`.
-/// - `remove_prefix` and `clear`: first bump the scope generation (every
-///   shard's, pipelined, on a cluster), then `SCAN MATCH <ns>:<prefix>*` (on a
+/// - `remove_prefix` and `clear`: first bump the scope generation and log the
+///   prefix the bump covers (every shard's, pipelined, on a cluster), then `SCAN MATCH <ns>:<prefix>*` (on a
 ///   cluster `<ns>:{<ns>.*}:<prefix>*`, on every primary) and `UNLINK` the
 ///   values in batches. Generations stay. Never `FLUSHDB`/`FLUSHALL`.
 ///
@@ -128,10 +130,17 @@ const UNLINK_BATCH: usize = 500;
 /// key and per scope (the namespace, or a cluster shard); a missing one is `0`.
 /// Every removal and every `put` of a key bumps its key generation; every
 /// `remove_prefix` and `clear` bumps the scope generation before it deletes
-/// anything. A miss hands out a [`Stamp`] of both generations, and
-/// `put_fenced` writes only if, in the same script, both are still what the
-/// stamp says: a fill whose read came before a removal on **any** instance is
-/// refused ([`Fill::Refused`]) and Redis is left as it was. Because that check
+/// anything, and adds to the scope's **log** which prefix that bump covers
+/// (`clear`: the empty prefix, which covers every key). A miss hands out a
+/// [`Stamp`] of both generations, and `put_fenced` writes only if, in the same
+/// script, the key generation is still the stamp's and no scope bump since
+/// the stamp covers the key: a fill whose read came before a removal of its
+/// key, its prefix or everything, on **any** instance, is refused
+/// ([`Fill::Refused`]) and Redis is left as it was, while a `remove_prefix` of
+/// other keys refuses nothing. The log keeps the last 1,024 bumps of each
+/// scope that are younger than twice the fence horizon; a stamp older than
+/// what it dropped is refused, as is one whose scope moved by a bump the log
+/// does not hold. Because that check
 /// and the write are one step in Redis, and a removal's bump and `DEL` are one
 /// step too, `fenced_writes_are_atomic` is `true`: a removal is entirely
 /// before a fill (refused) or entirely after it (removes what it wrote). The
@@ -142,7 +151,8 @@ const UNLINK_BATCH: usize = 500;
 /// restarted empty (as long as Redis's clock does not step back). A stamp of
 /// [`Stamp::NONE`] in a chain's fence counts as generations `(0, 0)`: it is
 /// refused once the key was removed within the last two horizons, or once
-/// the scope was ever cleared. [`Fence::open`] compares nothing: its write is
+/// the scope was ever cleared or a prefix of the key removed, unless the log
+/// still shows that bump. [`Fence::open`] compares nothing: its write is
 /// unconditional.
 ///
 /// **The fence horizon** (default [`DEFAULT_FENCE_HORIZON`], see
@@ -155,7 +165,8 @@ const UNLINK_BATCH: usize = 500;
 /// tier's clock: a fill may take at most the horizon from its read to its
 /// write, or it is not cached. The second horizon is slack for the tier's
 /// clock measuring less time than Redis's (a wall clock stepped back during a
-/// fill). Scope generations never expire: one per namespace, or per shard.
+/// fill). Scope generations never expire: one per namespace, or per shard,
+/// each with its log of at most 1,024 bumps.
 ///
 /// # Connection defaults
 ///
@@ -646,11 +657,11 @@ where
         }
     }
 
-    /// Bumps every scope generation, then deletes the values matching
-    /// `pattern`.
+    /// Bumps every scope generation, logging that `prefix` is covered, then
+    /// deletes the values matching it.
     async fn remove_matching(&self, prefix: &str, operation: Operation) -> Result<()> {
         let inner = &*self.inner;
-        inner.bump_scopes(operation).await?;
+        inner.bump_scopes(prefix, operation).await?;
         let pattern = inner.layout.pattern(&inner.namespace, prefix);
         inner.unlink_matching(pattern, operation).await
     }

@@ -122,7 +122,7 @@ impl<C> Inner<C> {
                     "Redis failed over to another primary: voiding what it holds (a removal may have been lost)"
                 );
                 self.load_scripts().await;
-                let voided = match self.bump_scopes(Operation::Clear).await {
+                let voided = match self.bump_scopes("", Operation::Clear).await {
                     Ok(()) => {
                         let pattern = self.layout.pattern(&self.namespace, "");
                         self.unlink_matching(pattern, Operation::Clear).await

@@ -44,15 +44,36 @@ macro_rules! next_generation {
     };
 }
 
-/// A fenced fill. `KEYS`: value, key generation, scope generation. `ARGV`: the
-/// stamp's key generation and scope generation, `PXAT` (empty: the entry has
-/// expired, delete instead), the value; empty generations (an open fence)
-/// compare nothing. Returns 1 (written) or 0 (refused).
+/// A fenced fill. `KEYS`: value, key generation, scope generation, scope
+/// log, scope trim point. `ARGV`: the stamp's key generation and scope
+/// generation, `PXAT` (empty: the entry has expired, delete instead), the
+/// value, the encoded key; empty generations (an open fence) compare nothing.
+/// Returns 1 (written) or 0 (refused).
+///
+/// A key generation other than the stamp's refuses. A scope generation other
+/// than the stamp's refuses only if a bump since the stamp covered the key
+/// (its logged prefix starts the encoded key: `clear` logs the empty prefix),
+/// or if the log cannot tell (trimmed past the stamp, or a bump not logged).
 pub(super) const FILL_LUA: &str = "\
 if ARGV[1] ~= '' then
   local g = redis.call('MGET', KEYS[2], KEYS[3])
-  if (g[1] or '0') ~= ARGV[1] or (g[2] or '0') ~= ARGV[2] then
+  if (g[1] or '0') ~= ARGV[1] then
     return 0
+  end
+  if (g[2] or '0') ~= ARGV[2] then
+    if (tonumber(redis.call('GET', KEYS[5])) or 0) > tonumber(ARGV[2]) then
+      return 0
+    end
+    local since = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. ARGV[2], '+inf')
+    if #since == 0 then
+      return 0
+    end
+    for _, m in ipairs(since) do
+      local p = string.match(m, '^%d+:(.*)$')
+      if p == nil or string.sub(ARGV[5], 1, #p) == p then
+        return 0
+      end
+    end
   end
 end
 if ARGV[3] == '' then
@@ -85,11 +106,33 @@ return g
 "
 );
 
-/// Bumps a scope generation (`remove_prefix`, `clear`); it never expires.
-/// `KEYS`: the scope generation. Returns the new one.
+/// Bumps a scope generation (`remove_prefix`, `clear`), which never expires,
+/// and logs which prefix the bump covers. `KEYS`: the scope generation, its
+/// log, its trim point. `ARGV`: the encoded prefix (empty for `clear`), how
+/// many log entries to keep, how long to keep them (µs). Returns the new
+/// generation.
+///
+/// The log keeps the bumps a fresh stamp may still need (a stamp older than
+/// the fence horizon is refused before it is sent); what it drops moves the
+/// trim point, and a stamp from before the trim point is refused.
 pub(super) const BUMP_SCOPE_LUA: &str = concat!(
     next_generation!("1"),
     "redis.call('SET', KEYS[1], g)
+redis.call('ZADD', KEYS[2], g, g .. ':' .. ARGV[1])
+local cutoff = string.format('%d', t[1] * 1000000 + t[2] - tonumber(ARGV[3]))
+local dropped = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'WITHSCORES')
+local n = redis.call('ZCARD', KEYS[2]) - #dropped / 2
+local keep = tonumber(ARGV[2])
+if n > keep then
+  dropped = redis.call('ZRANGE', KEYS[2], 0, redis.call('ZCARD', KEYS[2]) - keep - 1, 'WITHSCORES')
+end
+if #dropped > 0 then
+  local last = dropped[#dropped]
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', last)
+  if (tonumber(redis.call('GET', KEYS[3])) or 0) < tonumber(last) then
+    redis.call('SET', KEYS[3], string.format('%d', tonumber(last)))
+  end
+end
 return g
 "
 );
