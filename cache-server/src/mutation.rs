@@ -49,3 +49,23 @@ pub fn set_no_heartbeat_watchdog(on: bool) {
 pub(crate) fn no_heartbeat_watchdog() -> bool {
     NO_HEARTBEAT_WATCHDOG.load(Ordering::SeqCst)
 }
+
+static IGNORE_CONNECTION_EVENTS: AtomicBool = AtomicBool::new(false);
+
+/// While on, a [`RedisTier`](crate::RedisTier) built from then on does not
+/// listen to its connections' errors and reconnects: only its periodic look
+/// and, on a cluster, the routing check of every answer can notice a
+/// failover. A global switch, read once when the tier is built.
+///
+/// ```
+/// cache_server::mutation::set_ignore_connection_events(true);
+/// // ... build the tier under test ...
+/// cache_server::mutation::set_ignore_connection_events(false);
+/// ```
+pub fn set_ignore_connection_events(on: bool) {
+    IGNORE_CONNECTION_EVENTS.store(on, Ordering::SeqCst);
+}
+
+pub(crate) fn ignore_connection_events() -> bool {
+    IGNORE_CONNECTION_EVENTS.load(Ordering::SeqCst)
+}

@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used)]
-//! The guarantee through a Redis failover: a primary, a replica whose
-//! replication link the test stalls, three Sentinels (real processes on
-//! loopback). Instances invalidate while the replica falls behind, then the
-//! replica is promoted (`SENTINEL FAILOVER`, or `kill -9` of the primary).
+//! The guarantee through a Redis failover, in both deployments a user runs
+//! (real processes on loopback): a primary with a replica behind three
+//! Sentinels, and a cluster of three primaries with a replica each.
+//! Instances invalidate while the test stalls the replication links, then a
+//! replica is promoted (`SENTINEL FAILOVER`, `kill -9` of the primary,
+//! `CLUSTER FAILOVER TAKEOVER`, or `kill -9` then `CLUSTER FAILOVER FORCE`).
 //! Afterwards no instance (nor a fresh one) serves a value older than one
 //! whose invalidation returned `Ok`, and no instance's reads of a key go
 //! back to an older value. With the failover handling switched off
@@ -14,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_core::{loader_fn, BoxError, Clock, Entry, SystemClock, Tier, TieredCache};
+use cache_server::testing::replicated::ReplicatedCluster;
 use cache_server::testing::sentinel::SentinelGroup;
+use cache_server::testing::RedisServer;
 use cache_server::{InvalidationBus, MokaTier, RedisTier, Replication, SyncedCache};
 
 const CHANNEL: &str = "pics:invalidate";
@@ -34,25 +38,75 @@ enum Handling {
     WaitOnly,
     /// Neither.
     Off,
+    /// `Full`, but the tier ignores its connections' errors and reconnects
+    /// (`mutation::set_ignore_connection_events`): on a cluster, only the
+    /// routing check of each answer can notice the failover in time.
+    FullWithoutEvents,
 }
 
-/// moka -> Redis (through the Sentinels) -> origin, which answers
-/// `<key>@<version>`.
+/// Where the instances' Redis runs.
+enum Deployment {
+    Sentinel(SentinelGroup),
+    /// The bus runs on a server of its own (the bus takes one node, not a
+    /// cluster).
+    Cluster(ReplicatedCluster, RedisServer),
+}
+
+impl Deployment {
+    fn url(&self) -> String {
+        match self {
+            Deployment::Sentinel(g) => g.url(),
+            Deployment::Cluster(c, _) => c.url(),
+        }
+    }
+
+    fn bus_url(&self) -> String {
+        match self {
+            Deployment::Sentinel(g) => g.url(),
+            Deployment::Cluster(_, bus) => bus.url(),
+        }
+    }
+
+    /// How long the in-process tier keeps a value, and how often the
+    /// failover check looks without being woken. On Sentinel, values stay
+    /// in process (what the bus's resync after the failover flushes is read
+    /// again from Redis). On a cluster the in-process copies expire within
+    /// a second, so reads soon after the promotion reach Redis, and the
+    /// periodic look is a minute away: nothing but the routing check (a
+    /// client follows `MOVED` with no connection event) can notice in time.
+    fn timing(&self) -> (Duration, Duration) {
+        match self {
+            Deployment::Sentinel(_) => (Duration::from_secs(300), Duration::from_millis(250)),
+            Deployment::Cluster(..) => (Duration::from_secs(1), Duration::from_secs(60)),
+        }
+    }
+
+    fn stall_replication(&self, on: bool) {
+        match self {
+            Deployment::Sentinel(g) => g.stall_replication(on),
+            Deployment::Cluster(c, _) => c.stall_replication(on),
+        }
+    }
+}
+
+/// moka -> Redis (through the Sentinels, or the cluster) -> origin, which
+/// answers `<key>@<version>`.
 async fn instance(
     name: &'static str,
-    group: &SentinelGroup,
+    deployment: &Deployment,
     version: Arc<AtomicU64>,
     handling: Handling,
 ) -> Instance {
+    let (local_ttl, check_every) = deployment.timing();
     let make = || {
         let redis = RedisTier::<String>::builder()
-            .url(group.url())
+            .url(deployment.url())
             .namespace("pics")
             .command_timeout(Duration::from_secs(1));
         match handling {
-            Handling::Full => redis
+            Handling::Full | Handling::FullWithoutEvents => redis
                 .replication(Replication::new(1, Duration::from_millis(300)))
-                .failover_check(Some(Duration::from_millis(250))),
+                .failover_check(Some(check_every)),
             Handling::WaitOnly => redis
                 .replication(Replication::new(1, Duration::from_millis(300)))
                 .failover_check(None),
@@ -62,6 +116,7 @@ async fn instance(
     // Right after a failover a connection can still meet the old primary's
     // address on its way out: an app retries its start, so does this.
     let mut tries = 0;
+    cache_server::mutation::set_ignore_connection_events(handling == Handling::FullWithoutEvents);
     let redis = loop {
         match make().build().await {
             Ok(r) => break r,
@@ -73,11 +128,10 @@ async fn instance(
             Err(e) => panic!("{name}: {e}"),
         }
     };
+    cache_server::mutation::set_ignore_connection_events(false);
     let failovers = redis.failovers();
     let chain = TieredCache::builder()
-        .tier(
-            Tier::new(MokaTier::<String, String>::builder().build()).ttl(Duration::from_secs(300)),
-        )
+        .tier(Tier::new(MokaTier::<String, String>::builder().build()).ttl(local_ttl))
         // No breaker: the WAIT failures during the stall would otherwise
         // make the chain skip Redis for a while, hiding what it serves.
         .tier(
@@ -99,7 +153,7 @@ async fn instance(
     let mut tries = 0;
     let bus = loop {
         let connected = InvalidationBus::builder()
-            .url(group.url())
+            .url(deployment.bus_url())
             .channel(CHANNEL)
             .heartbeat_interval(Duration::from_millis(200))
             .heartbeat_timeout(Duration::from_millis(800))
@@ -116,7 +170,7 @@ async fn instance(
         }
     };
     let cache = SyncedCache::new(chain, bus, vec![0]);
-    if handling == Handling::Full {
+    if matches!(handling, Handling::Full | Handling::FullWithoutEvents) {
         cache.flush_on_failover(failovers);
     }
     Instance { name, cache }
@@ -202,17 +256,30 @@ async fn invalidate(
 enum Fault {
     SentinelFailover,
     KillPrimary,
+    /// `CLUSTER FAILOVER TAKEOVER` on every shard's replica.
+    ClusterTakeover,
+    /// `kill -9` of shard 0's primary, then `CLUSTER FAILOVER FORCE` on its
+    /// replica.
+    ClusterKillAndForce,
 }
 
-/// One failover run at a time: each starts five redis processes and a proxy.
+/// One failover run at a time: each starts five to seven redis processes
+/// and proxies.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn run(fault: Fault, handling: Handling) -> Findings {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut group = SentinelGroup::start().await;
+    let mut deployment = match fault {
+        Fault::SentinelFailover | Fault::KillPrimary => {
+            Deployment::Sentinel(SentinelGroup::start().await)
+        }
+        Fault::ClusterTakeover | Fault::ClusterKillAndForce => {
+            Deployment::Cluster(ReplicatedCluster::start().await, RedisServer::start())
+        }
+    };
     let version = Arc::new(AtomicU64::new(1));
-    let a = instance("A", &group, version.clone(), handling).await;
-    let b = instance("B", &group, version.clone(), handling).await;
+    let a = instance("A", &deployment, version.clone(), handling).await;
+    let b = instance("B", &deployment, version.clone(), handling).await;
     let mut floor: HashMap<String, u64> = HashMap::new();
     let mut seen = HashMap::new();
     let mut f = Findings::default();
@@ -226,29 +293,52 @@ async fn run(fault: Fault, handling: Handling) -> Findings {
         read_all(inst, &floor, &mut seen, &mut f).await;
     }
     // The replica's link stalls; the primary goes on.
-    group.stall_replication(true);
+    deployment.stall_replication(true);
     version.store(3, Ordering::SeqCst);
     invalidate(&a, 5..12, 3, &mut floor, &mut f).await;
     invalidate(&b, 12..KEYS, 3, &mut floor, &mut f).await;
     for inst in [&a, &b] {
         read_all(inst, &floor, &mut seen, &mut f).await;
     }
-    // The replica is promoted without what it missed.
-    let replica = group.replica().port();
-    match fault {
-        Fault::SentinelFailover => group.force_failover(),
-        Fault::KillPrimary => group.kill_primary(),
-    }
-    tokio::task::block_in_place(|| group.wait_for_primary(replica));
-    group.stall_replication(false);
-    if let Fault::SentinelFailover = fault {
-        // Until the Sentinels demote it, the old primary answers too (and
-        // clients still on it read what it has); the check is about after.
-        tokio::task::block_in_place(|| group.wait_for_old_primary_demoted());
-    }
+    // A replica is promoted without what it missed. Until the old primary
+    // is demoted, it answers too (and clients still on it read what it
+    // has): the check is about after.
+    tokio::task::block_in_place(|| match (&mut deployment, fault) {
+        (Deployment::Sentinel(group), Fault::SentinelFailover | Fault::KillPrimary) => {
+            let replica = group.replica().port();
+            match fault {
+                Fault::SentinelFailover => group.force_failover(),
+                _ => group.kill_primary(),
+            }
+            group.wait_for_primary(replica);
+            group.stall_replication(false);
+            if let Fault::SentinelFailover = fault {
+                group.wait_for_old_primary_demoted();
+            }
+        }
+        (Deployment::Cluster(cluster, _), Fault::ClusterTakeover) => {
+            for shard in 0..3 {
+                cluster.takeover(shard);
+            }
+            for shard in 0..3 {
+                cluster.wait_for_promotion(shard);
+            }
+            cluster.stall_replication(false);
+            for shard in 0..3 {
+                cluster.wait_for_old_primary_demoted(shard);
+            }
+        }
+        (Deployment::Cluster(cluster, _), _) => {
+            cluster.kill_primary(0);
+            cluster.force_failover(0);
+            cluster.wait_for_promotion(0);
+            cluster.stall_replication(false);
+        }
+        _ => unreachable!("{fault:?} on another deployment"),
+    });
     println!("{fault:?}: the replica is the primary");
     // Reads for 4 s after the promotion, on A, B and a fresh instance.
-    let c = instance("C", &group, version.clone(), handling).await;
+    let c = instance("C", &deployment, version.clone(), handling).await;
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
         for inst in [&a, &b, &c] {
@@ -324,4 +414,48 @@ async fn mutation_without_the_failover_check_reads_go_backwards() {
         !f.backwards.is_empty(),
         "without the failover check, reads go back to values whose removal was lost: {f:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_takeover_serves_no_value_older_than_a_confirmed_invalidation() {
+    assert_held(&run(Fault::ClusterTakeover, Handling::Full).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_kill_and_forced_failover_serve_no_value_older_than_a_confirmed_invalidation() {
+    assert_held(&run(Fault::ClusterKillAndForce, Handling::Full).await);
+}
+
+/// On a cluster as on Sentinel, the check must catch a tier without the
+/// failover handling: old values come back from the promoted replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_cluster_without_failover_handling_old_values_come_back() {
+    let f = run(Fault::ClusterTakeover, Handling::Off).await;
+    assert_eq!(f.failed, 0, "nothing waits for the replicas: {f:?}");
+    assert!(
+        !f.stale.is_empty(),
+        "the check must find stale reads on a cluster without the handling: {f:?}"
+    );
+}
+
+/// On a cluster, `WAIT` alone keeps what was confirmed but not monotonic
+/// reads: a client that follows `MOVED` to a promoted replica reads values
+/// whose removal was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_cluster_without_the_failover_check_reads_go_backwards() {
+    let f = run(Fault::ClusterTakeover, Handling::WaitOnly).await;
+    assert!(f.stale.is_empty(), "WAIT keeps what was confirmed: {f:?}");
+    assert!(
+        !f.backwards.is_empty(),
+        "without the failover check, reads go back to values whose removal was lost: {f:?}"
+    );
+}
+
+/// A client that follows `MOVED` to the promoted replica meets no connection
+/// error: with the tier deaf to connection events and its periodic look a
+/// minute away, the routing check of each answer alone notices the
+/// failover before an old value is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_takeover_is_noticed_by_the_routing_check_alone() {
+    assert_held(&run(Fault::ClusterTakeover, Handling::FullWithoutEvents).await);
 }

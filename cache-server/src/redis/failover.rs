@@ -10,9 +10,12 @@
 //!   time is an error naming the tier, which the chain reports as
 //!   [`Error::Incomplete`](cache_core::Error::Incomplete): never `Ok`.
 //! - **The primary's identity** ([`Guard`]): the tier knows the replication
-//!   id of the primary it talks to (single node, Sentinel) or the cluster's
-//!   current epoch. Every connection error or reconnect distrusts Redis at
-//!   once; until a check has seen the same primary again, reads are misses
+//!   id of the primary it talks to (single node, Sentinel) or, on a cluster,
+//!   which node serves which slots (the routing each connection has after
+//!   `CLUSTER SLOTS`). Every connection error or reconnect distrusts Redis at
+//!   once, and so does, on a cluster, a read answered under another routing
+//!   than the known one (a client follows `MOVED` to a promoted replica by
+//!   syncing its routing, with no error or reconnect); until a check has seen the same primary again, reads are misses
 //!   and fills are refused. A check that sees another primary is a
 //!   **failover**: a gap in the shared tier's history. It voids everything
 //!   written before it, as a gap on the bus flushes the in-process tiers: the
@@ -165,6 +168,9 @@ pub(super) struct Guard {
     pub(super) wake: Notify,
     /// Reads treated as misses, fills refused, while distrusted.
     pub(super) distrusted: AtomicU64,
+    /// On a cluster, the fingerprint of the routing last seen by a check
+    /// (0: none yet).
+    routing: AtomicU64,
 }
 
 impl Guard {
@@ -180,6 +186,7 @@ impl Guard {
             failover_tx: watch::Sender::new(0),
             wake: Notify::new(),
             distrusted: AtomicU64::new(0),
+            routing: AtomicU64::new(0),
         }
     }
 
@@ -220,6 +227,11 @@ impl Guard {
         *self.failover_tx.borrow()
     }
 
+    /// Whether `fingerprint` is the routing the last check saw.
+    pub(super) fn routing_is(&self, fingerprint: u64) -> bool {
+        self.routing.load(Ordering::Acquire) == fingerprint
+    }
+
     /// A connection failed or was replaced: trust nothing until checked.
     pub(super) fn distrust(&self) {
         if !self.enabled() {
@@ -245,6 +257,10 @@ impl Guard {
         let Ok(mut known) = self.known.lock() else {
             return Seen::Unsure;
         };
+        // A cluster's identity is its routing's fingerprint.
+        if let Ok(fingerprint) = u64::from_str_radix(&id, 16) {
+            self.routing.store(fingerprint, Ordering::Release);
+        }
         match known.as_deref() {
             None => {
                 *known = Some(id);
@@ -309,48 +325,58 @@ pub(super) fn primary_replid(info: &str) -> Option<String> {
     (role == Some("master")).then_some(replid).flatten()
 }
 
-/// `cluster_current_epoch` from `CLUSTER INFO`.
-pub(super) fn cluster_epoch(info: &str) -> Option<String> {
-    info.lines()
-        .find_map(|l| l.strip_prefix("cluster_current_epoch:"))
-        .map(|e| e.trim().to_owned())
+/// The fingerprint of the routing `client` has now: which node (by id and
+/// address) serves which slots. `None` before it has one.
+pub(super) fn routing_of(client: &Client) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let routing = fred::interfaces::ClusterInterface::cached_cluster_state(client)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for range in routing.slots() {
+        (range.start, range.end, &*range.id).hash(&mut hasher);
+        (&*range.primary.host, range.primary.port).hash(&mut hasher);
+    }
+    // 0 means "none seen" in the guard.
+    Some(hasher.finish().max(1))
 }
 
 /// What one look at the pool found.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Look {
     /// Every connection talks to the primary with this id (replication id,
-    /// or a cluster's current epoch).
+    /// or a cluster's routing fingerprint).
     Primary(String),
     /// Unreachable, not a primary, or the connections disagree.
     Unsure,
     /// Redis refused the command (an ACL user without `INFO` / `CLUSTER
-    /// INFO`): the check cannot work for this user.
+    /// SLOTS`): the check cannot work for this user.
     Denied(String),
 }
 
 /// One look at what each connected client of the pool talks to (one that is
 /// not connected cannot answer a read; when it connects, its reconnect
-/// distrusts Redis again).
+/// distrusts Redis again). On a cluster, each client syncs its routing
+/// (`CLUSTER SLOTS`) and the look is that routing's fingerprint, in hex.
 pub(super) async fn look(clients: &[Client], clustered: bool) -> Look {
     let mut seen: Option<String> = None;
     for client in clients.iter().filter(|c| c.is_connected()) {
-        let (name, args) = if clustered {
-            ("CLUSTER", vec![Value::from("INFO")])
-        } else {
-            ("INFO", vec![Value::from("replication")])
-        };
-        let info: String = match client
-            .custom(CustomCommand::new_static(name, None, false), args)
-            .await
-        {
-            Ok(info) => info,
-            Err(e) if e.details().starts_with("NOPERM") => return Look::Denied(e.to_string()),
-            Err(_) => return Look::Unsure,
-        };
         let id = if clustered {
-            cluster_epoch(&info)
+            match fred::interfaces::ClusterInterface::sync_cluster(client).await {
+                Ok(()) => routing_of(client).map(|f| format!("{f:016x}")),
+                Err(e) if e.details().starts_with("NOPERM") => return Look::Denied(e.to_string()),
+                Err(_) => return Look::Unsure,
+            }
         } else {
+            let info: String = match client
+                .custom(
+                    CustomCommand::new_static("INFO", None, false),
+                    vec![Value::from("replication")],
+                )
+                .await
+            {
+                Ok(info) => info,
+                Err(e) if e.details().starts_with("NOPERM") => return Look::Denied(e.to_string()),
+                Err(_) => return Look::Unsure,
+            };
             primary_replid(&info)
         };
         let Some(id) = id else {
@@ -360,10 +386,6 @@ pub(super) async fn look(clients: &[Client], clustered: bool) -> Look {
             None => seen = Some(id),
             Some(s) if *s == id => {}
             Some(_) => return Look::Unsure,
-        }
-        if clustered {
-            // The epoch is the cluster's: one node says it.
-            break;
         }
     }
     seen.map_or(Look::Unsure, Look::Primary)
@@ -380,10 +402,6 @@ mod tests {
         let replica = "# Replication\r\nrole:slave\r\nmaster_replid:abc123\r\n";
         assert_eq!(primary_replid(replica), None);
         assert_eq!(primary_replid("garbage"), None);
-        assert_eq!(
-            cluster_epoch("cluster_state:ok\r\ncluster_current_epoch:7\r\n"),
-            Some("7".into())
-        );
     }
 
     #[test]

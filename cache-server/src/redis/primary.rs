@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::Operation;
-use fred::interfaces::EventInterface;
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{LuaInterface, Value};
 
 pub(super) use super::codec::Codec;
@@ -28,7 +28,15 @@ where
             return;
         }
         let mut tasks = Vec::new();
-        for client in inner.pool.clients() {
+        #[cfg(feature = "mutations")]
+        let clients = if crate::mutation::ignore_connection_events() {
+            &[][..]
+        } else {
+            inner.pool.clients()
+        };
+        #[cfg(not(feature = "mutations"))]
+        let clients = inner.pool.clients();
+        for client in clients {
             let mut rx = client.error_rx();
             let weak = Arc::downgrade(inner);
             tasks.push(tokio::spawn(async move {
@@ -152,9 +160,18 @@ impl<C> Inner<C> {
     /// during the read, the primary is looked at again: if every connected
     /// client still talks to the known primary and no failover was voided
     /// meanwhile, the answer came from that primary too.
+    ///
+    /// On a cluster, an answer is also checked against the routing: a client
+    /// that met `MOVED` (a replica took over the slot) has synced another
+    /// routing before it sent the read again, with no connection event. An
+    /// answer under a routing the last check did not see distrusts Redis and
+    /// waits for a look, which finds the failover and voids it.
     pub(super) async fn answer_trusted(&self, epoch: Option<u64>, failovers: u64) -> bool {
         if self.guard.still(epoch) {
-            return true;
+            if !self.clustered || self.routing_unchanged() {
+                return true;
+            }
+            self.guard.distrust();
         }
         if epoch.is_none() {
             return false;
@@ -167,6 +184,15 @@ impl<C> Inner<C> {
             self.check_primary().await;
         }
         self.guard.is_trusted() && self.guard.failover_count() == failovers
+    }
+
+    /// Whether every connected client routes as the last check saw.
+    fn routing_unchanged(&self) -> bool {
+        self.pool
+            .clients()
+            .iter()
+            .filter(|c| c.is_connected())
+            .all(|c| failover::routing_of(c).is_some_and(|f| self.guard.routing_is(f)))
     }
 
     /// The epoch a read starts under, or `None` when Redis is not trusted:

@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod replicated;
 pub mod sentinel;
 pub mod tls;
 
@@ -110,6 +111,19 @@ impl RedisServer {
             dir: temp_dir("redis"),
             cluster: false,
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a cluster-enabled node with more arguments, in `dir`.
+    pub(crate) fn start_cluster_node(port: u16, dir: PathBuf, extra: &[String]) -> Self {
+        let mut server = RedisServer {
+            port,
+            dir,
+            cluster: true,
+            extra: extra.to_vec(),
             child: None,
         };
         server.spawn();

@@ -60,7 +60,7 @@ pub struct SentinelGroup {
     dir: PathBuf,
 }
 
-fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+pub(super) fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !ok() {
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
@@ -71,7 +71,7 @@ fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 /// Copies `from` to `to`, holding the bytes while `stall` is on and this
 /// connection is a replication link; marks it as one when it sees `REPLCONF`
 /// (when `sniff`).
-async fn pipe(
+pub(super) async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     stall: Arc<AtomicBool>,

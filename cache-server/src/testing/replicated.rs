@@ -1,0 +1,258 @@
+//! A Redis Cluster of three primaries, each with a replica, on loopback,
+//! with replication links the test can stall (feature `testing`).
+//!
+//! Each primary announces the port of a [`LoopbackProxy`] in front of it
+//! (`cluster-announce-port`; its cluster bus port stays its own), so
+//! clients and its replica reach it through the proxy. The proxy recognises
+//! a replication connection (it sends `REPLCONF`) and holds what flows on it
+//! while [`ReplicatedCluster::stall_replication`] is on: the primaries go on
+//! answering clients while the replicas fall behind. Then
+//! [`ReplicatedCluster::takeover`] (`CLUSTER FAILOVER TAKEOVER`) or
+//! [`ReplicatedCluster::force_failover`] (`CLUSTER FAILOVER FORCE`) promotes
+//! a replica without what it missed, as a failover does in production.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use cache_server::testing::replicated::ReplicatedCluster;
+//!
+//! let cluster = ReplicatedCluster::start().await;
+//! println!("{}", cluster.url()); // redis-cluster://127.0.0.1:<proxy>?node=...
+//! cluster.stall_replication(true);
+//! cluster.takeover(0);
+//! cluster.wait_for_promotion(0);
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::sentinel::{pipe, wait};
+use super::{free_port, temp_dir, LoopbackProxy, RedisServer};
+
+/// The slots each of the three shards serves.
+const SLOTS: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+/// Three primaries with a replica each, joined as one cluster. Everything
+/// is killed on drop.
+#[derive(Debug)]
+pub struct ReplicatedCluster {
+    primaries: Vec<RedisServer>,
+    replicas: Vec<RedisServer>,
+    proxies: Vec<LoopbackProxy>,
+    stall: Arc<AtomicBool>,
+}
+
+fn node_id(node: &RedisServer) -> String {
+    node.cli(&["CLUSTER", "MYID"])
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+        .expect("CLUSTER MYID")
+}
+
+fn role(node: &RedisServer) -> String {
+    node.cli(&["ROLE"])
+        .and_then(|r| r.lines().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl ReplicatedCluster {
+    /// Starts six nodes, assigns the slots to three of them, makes each of
+    /// the other three a replica of one, and waits until every node says
+    /// `cluster_state:ok` and every replica is in sync. Call inside a
+    /// multi-threaded tokio runtime (the proxies run on it).
+    pub async fn start() -> Self {
+        let dir = temp_dir("replicated");
+        let stall = Arc::new(AtomicBool::new(false));
+        let mut primaries = Vec::new();
+        let mut proxies = Vec::new();
+        for _ in 0..SLOTS.len() {
+            let port = free_port();
+            let s = stall.clone();
+            let proxy = LoopbackProxy::start(port, move |cr, sw, sr, cw| {
+                let replication = Arc::new(AtomicBool::new(false));
+                (
+                    pipe(cr, sw, s.clone(), replication.clone(), true),
+                    pipe(sr, cw, s.clone(), replication, false),
+                )
+            })
+            .await;
+            let extra = [
+                "--cluster-announce-port".to_owned(),
+                proxy.port().to_string(),
+                "--cluster-announce-bus-port".to_owned(),
+                (port + 10_000).to_string(),
+            ];
+            let dir = dir.clone();
+            let node =
+                tokio::task::block_in_place(|| RedisServer::start_cluster_node(port, dir, &extra));
+            primaries.push(node);
+            proxies.push(proxy);
+        }
+        let replicas: Vec<RedisServer> = tokio::task::block_in_place(|| {
+            (0..SLOTS.len())
+                .map(|_| RedisServer::start_cluster_node(free_port(), dir.clone(), &[]))
+                .collect()
+        });
+        let cluster = ReplicatedCluster {
+            primaries,
+            replicas,
+            proxies,
+            stall,
+        };
+        tokio::task::block_in_place(|| cluster.join());
+        cluster
+    }
+
+    fn join(&self) {
+        for (node, (lo, hi)) in self.primaries.iter().zip(SLOTS) {
+            let out = node.cli(&["CLUSTER", "ADDSLOTSRANGE", &lo.to_string(), &hi.to_string()]);
+            assert!(
+                out.as_deref().is_some_and(|o| o.trim() == "OK"),
+                "ADDSLOTSRANGE: {out:?}"
+            );
+        }
+        let first = &self.primaries[0];
+        for node in self.primaries[1..].iter().chain(&self.replicas) {
+            let (port, bus) = (node.port().to_string(), (node.port() + 10_000).to_string());
+            let out = first.cli(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
+            assert!(
+                out.as_deref().is_some_and(|o| o.trim() == "OK"),
+                "CLUSTER MEET: {out:?}"
+            );
+        }
+        let all = || self.primaries.iter().chain(&self.replicas);
+        wait(
+            "every node knows the others",
+            Duration::from_secs(20),
+            || {
+                all().all(|n| {
+                    n.cli(&["CLUSTER", "NODES"]).is_some_and(|out| {
+                        out.lines().count() == 6
+                            && !out.contains("handshake")
+                            && !out.contains("noaddr")
+                    })
+                })
+            },
+        );
+        for (replica, primary) in self.replicas.iter().zip(&self.primaries) {
+            let id = node_id(primary);
+            wait("CLUSTER REPLICATE", Duration::from_secs(20), || {
+                replica
+                    .cli(&["CLUSTER", "REPLICATE", &id])
+                    .is_some_and(|o| o.trim() == "OK")
+            });
+        }
+        wait(
+            "the cluster is ok and in sync",
+            Duration::from_secs(30),
+            || {
+                all().all(|n| {
+                    n.cli(&["CLUSTER", "INFO"])
+                        .is_some_and(|i| i.contains("cluster_state:ok"))
+                }) && self.replicas.iter().all(|r| {
+                    r.cli(&["INFO", "replication"])
+                        .is_some_and(|i| i.contains("master_link_status:up"))
+                })
+            },
+        );
+    }
+
+    /// `redis-cluster://127.0.0.1:<proxy 0>?node=127.0.0.1:<proxy 1>&node=...`:
+    /// the primaries as clients see them.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.proxies[0].port());
+        for (i, p) in self.proxies[1..].iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", p.port()));
+        }
+        url
+    }
+
+    /// The first primaries (shard `i` is `primaries()[i]`, reached through
+    /// its proxy).
+    pub fn primaries(&self) -> &[RedisServer] {
+        &self.primaries
+    }
+
+    /// The replicas (`replicas()[i]` replicates shard `i`).
+    pub fn replicas(&self) -> &[RedisServer] {
+        &self.replicas
+    }
+
+    /// Holds (or lets go of) everything on every replication link: the
+    /// primaries go on accepting writes their replicas do not get.
+    pub fn stall_replication(&self, on: bool) {
+        self.stall.store(on, Ordering::SeqCst);
+    }
+
+    /// `CLUSTER FAILOVER TAKEOVER` on shard `i`'s replica: it takes the
+    /// slots at once, with no agreement from anyone.
+    pub fn takeover(&self, i: usize) {
+        self.failover(i, "TAKEOVER");
+    }
+
+    /// `CLUSTER FAILOVER FORCE` on shard `i`'s replica: it is elected
+    /// without its primary's consent (the primary may be dead).
+    pub fn force_failover(&self, i: usize) {
+        self.failover(i, "FORCE");
+    }
+
+    fn failover(&self, i: usize, how: &str) {
+        let out = self.replicas[i].cli(&["CLUSTER", "FAILOVER", how]);
+        assert!(
+            out.as_deref().is_some_and(|o| o.trim() == "OK"),
+            "CLUSTER FAILOVER {how}: {out:?}"
+        );
+    }
+
+    /// Kills shard `i`'s first primary with SIGKILL.
+    pub fn kill_primary(&mut self, i: usize) {
+        self.primaries[i].kill();
+    }
+
+    /// Waits until shard `i`'s replica is a primary and every live node
+    /// says `cluster_state:ok` (blocking; up to 30 s).
+    pub fn wait_for_promotion(&self, i: usize) {
+        wait("the promotion", Duration::from_secs(30), || {
+            role(&self.replicas[i]) == "master"
+                && self
+                    .primaries
+                    .iter()
+                    .chain(&self.replicas)
+                    .filter(|n| n.is_running())
+                    .all(|n| {
+                        n.cli(&["CLUSTER", "INFO"])
+                            .is_some_and(|info| info.contains("cluster_state:ok"))
+                    })
+        });
+    }
+
+    /// Waits until shard `i`'s first primary has become a replica of the
+    /// new one and synced from it (blocking; up to 60 s).
+    pub fn wait_for_old_primary_demoted(&self, i: usize) {
+        wait(
+            "the old primary's demotion",
+            Duration::from_secs(60),
+            || {
+                self.primaries[i]
+                    .cli(&["INFO", "replication"])
+                    .is_some_and(|info| {
+                        info.contains("role:slave") && info.contains("master_link_status:up")
+                    })
+            },
+        );
+    }
+}
+
+impl Drop for ReplicatedCluster {
+    fn drop(&mut self) {
+        let dir = self.primaries.first().map(|n| n.dir.clone());
+        self.primaries.clear();
+        self.replicas.clear();
+        self.proxies.clear();
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
