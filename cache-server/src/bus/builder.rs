@@ -376,6 +376,7 @@ impl InvalidationBusBuilder {
             }),
             link_tx: watch::Sender::new(false),
             pending: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
             ack_timeout: self.ack_timeout.unwrap_or(timing.bound() + timing.interval),
             to_apply,
             counters: Counters::default(),

@@ -164,7 +164,7 @@ async fn worker(
     stop: Arc<AtomicBool>,
     restarting: Arc<AtomicBool>,
     tally: Arc<Tally>,
-) -> Vec<(bool, f64)> {
+) -> Vec<(bool, f64, f64)> {
     let mut latencies = Vec::new();
     let mut turn = 0usize;
     while !stop.load(Ordering::SeqCst) {
@@ -192,7 +192,7 @@ async fn worker(
         match put {
             Ok(r) if r.status() == StatusCode::NO_CONTENT => {
                 tally.uploads.fetch_add(1, Ordering::Relaxed);
-                latencies.push((during_restart, ms));
+                latencies.push((during_restart, ms, since_start(started)));
             }
             Ok(r) => {
                 let status = r.status();
@@ -227,6 +227,15 @@ async fn worker(
     latencies
 }
 
+/// When the test started, for the timeline it prints.
+static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Seconds from the test's start to `at`.
+fn since_start(at: Instant) -> f64 {
+    at.duration_since(*T0.get_or_init(Instant::now))
+        .as_secs_f64()
+}
+
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -238,6 +247,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_and_a_load_spike_give_no_errors_and_no_stale_reads() {
+    since_start(Instant::now());
     let redis = RedisServer::start();
     let s3 = EmbeddedS3::start_with("avatars", SECRET.to_owned())
         .await
@@ -290,13 +300,17 @@ async fn a_rolling_restart_and_a_load_spike_give_no_errors_and_no_stale_reads() 
         let kill = i == 1;
         inst.stop(kill);
         println!(
-            "instance {port} stopped ({})",
+            "{:.2} s: instance {port} stopped ({})",
+            since_start(Instant::now()),
             if kill { "kill -9" } else { "SIGTERM" }
         );
         *inst.child.lock().unwrap() = Some(Instance::spawn(port, &redis.url(), &s3_url));
         wait_ready(&http, &inst.url()).await;
         inst.live.store(true, Ordering::SeqCst);
-        println!("instance {port} back in rotation");
+        println!(
+            "{:.2} s: instance {port} back in rotation",
+            since_start(Instant::now())
+        );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     restarting.store(false, Ordering::SeqCst);
@@ -304,15 +318,27 @@ async fn a_rolling_restart_and_a_load_spike_give_no_errors_and_no_stale_reads() 
     stop.store(true, Ordering::SeqCst);
     let mut steady = Vec::new();
     let mut during = Vec::new();
+    let mut slowest = Vec::new();
     for w in workers {
-        for (in_restart, ms) in w.await.unwrap() {
+        for (in_restart, ms, at) in w.await.unwrap() {
             if in_restart {
                 during.push(ms);
+                slowest.push((ms, at));
             } else {
                 steady.push(ms);
             }
         }
     }
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(8)
+        .map(|(ms, at)| format!("{ms:.0} ms at {at:.2} s"))
+        .collect();
+    println!(
+        "slowest uploads during the restarts: {}",
+        slowest.join(", ")
+    );
     let (s50, s99) = (
         percentile(steady.clone(), 0.5),
         percentile(steady.clone(), 0.99),
