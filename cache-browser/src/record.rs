@@ -6,7 +6,10 @@
 //! as earlier releases wrote them (`tests/stored_formats.rs` pins them):
 //!
 //! - LocalStorage: one JSON string `{format, key, value, expires_at,
-//!   stored_at, tags?}` ([`json`]).
+//!   stored_at, tags?}` ([`json`]);
+//! - IndexedDB: an object `{format, key, value, expires_at, tags?}` whose
+//!   `expires_at` is a JS number ([`millis_from_js`]) and whose `tags` are
+//!   [`tags_to_json`].
 //!
 //! What the fields mean and when a record is refused is decided here once. A
 //! refused record ([`Refused`]) is a miss, and the tier removes it: decoding
@@ -19,7 +22,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-use cache_core::{key, CacheKey, Entry, Error, Result, Timestamp};
+use cache_core::{key, CacheKey, Entry, Error, Result, Tags, Timestamp};
 
 /// The `format` field of every LocalStorage and IndexedDB record this crate
 /// writes; a record under our prefix without it is foreign.
@@ -117,6 +120,43 @@ pub(crate) fn check_owner(
         Err(Refused::OtherKey)
     } else {
         Ok(())
+    }
+}
+
+/// An expiry as a JS number (ms since the epoch), as IndexedDB indexes it.
+pub(crate) fn millis_to_js(at: Timestamp) -> f64 {
+    at.as_unix_millis() as f64
+}
+
+/// An expiry read back as a JS number (saturating; `NaN` is the epoch, long
+/// expired).
+pub(crate) fn millis_from_js(ms: f64) -> Timestamp {
+    Timestamp::from_unix_millis(ms as u64)
+}
+
+/// An entry's tags as JSON `[[name, generation]]`, or `None` when it has
+/// none (the field is then left out).
+///
+/// # Errors
+///
+/// [`Error::Encode`] (for `tier`) when the tags cannot be written: the
+/// process has forgotten them (see [`Tags::is_forgotten`]).
+pub(crate) fn tags_to_json(tags: &Tags, tier: &str) -> Result<Option<String>> {
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(tags)
+        .map(Some)
+        .map_err(|e| encode_error(tier, e))
+}
+
+/// Tags read back from JSON `[[name, generation]]` (none when absent).
+pub(crate) fn tags_from_json(json: Option<&[u8]>) -> Result<Tags, Refused> {
+    match json {
+        None => Ok(Tags::NONE),
+        Some(json) => {
+            serde_json::from_slice(json).map_err(|e| Refused::Corrupt(format!("tags: {e}")))
+        }
     }
 }
 
@@ -320,6 +360,46 @@ mod tests {
         assert_eq!(put_expiry(NOW, NOW, None), None);
         assert_eq!(put_expiry(LATER, NOW, Some(Duration::ZERO)), None);
         assert_eq!(put_expiry(Timestamp::MAX, NOW, None), Some(Timestamp::MAX));
+    }
+
+    #[test]
+    fn expiry_round_trips_as_a_js_number() {
+        assert_eq!(millis_to_js(LATER), 1_767_312_000_000.0);
+        assert_eq!(millis_from_js(millis_to_js(LATER)), LATER);
+        // Whatever number IndexedDB hands back: no panic, an expired entry
+        // at worst.
+        assert_eq!(millis_from_js(f64::NAN), Timestamp::from_unix_millis(0));
+        assert_eq!(millis_from_js(-5.0), Timestamp::from_unix_millis(0));
+        assert_eq!(millis_from_js(f64::INFINITY), Timestamp::MAX);
+    }
+
+    #[test]
+    fn tags_round_trip_as_json_and_bad_ones_are_refused() {
+        assert_eq!(tags_to_json(&Tags::NONE, "t").unwrap(), None);
+        assert_eq!(tags_from_json(None), Ok(Tags::NONE));
+        assert_eq!(tags_from_json(Some(b"[]")), Ok(Tags::NONE));
+        for bad in [&b"[["[..], b"{}", b"[[\"a\"]]", b"[[\"a\",-1]]", b"\xff"] {
+            assert!(
+                matches!(tags_from_json(Some(bad)), Err(Refused::Corrupt(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // As an earlier release wrote them.
+        let team = tags_from_json(Some(br#"[["team:7",3]]"#));
+        if cfg!(feature = "tags") {
+            let team = team.unwrap();
+            assert_eq!(team.list().iter().collect::<Vec<_>>(), [("team:7", 3)]);
+            assert_eq!(
+                tags_to_json(&team, "t").unwrap().as_deref(),
+                Some(r#"[["team:7",3]]"#)
+            );
+        } else {
+            assert!(
+                matches!(&team, Err(Refused::Corrupt(why)) if why.contains(cache_core::tags::TAGS_UNSUPPORTED)),
+                "{team:?}"
+            );
+        }
     }
 
     #[test]
