@@ -9,7 +9,9 @@
 //!   stored_at, tags?}` ([`json`]);
 //! - IndexedDB: an object `{format, key, value, expires_at, tags?}` whose
 //!   `expires_at` is a JS number ([`millis_from_js`]) and whose `tags` are
-//!   [`tags_to_json`].
+//!   [`tags_to_json`];
+//! - Cache API: a response whose expiry header is [`expiry_to_text`] and whose
+//!   tags header is [`tags_to_hex`].
 //!
 //! What the fields mean and when a record is refused is decided here once. A
 //! refused record ([`Refused`]) is a miss, and the tier removes it: decoding
@@ -134,6 +136,20 @@ pub(crate) fn millis_from_js(ms: f64) -> Timestamp {
     Timestamp::from_unix_millis(ms as u64)
 }
 
+/// An expiry as text (ms since the epoch), as the Cache API tier's header
+/// holds it.
+pub(crate) fn expiry_to_text(at: Timestamp) -> String {
+    at.as_unix_millis().to_string()
+}
+
+/// An expiry read back from text (`None` when absent).
+pub(crate) fn expiry_from_text(text: Option<&str>) -> Result<Timestamp, Refused> {
+    let text = text.ok_or(Refused::Foreign)?;
+    text.parse::<u64>()
+        .map(Timestamp::from_unix_millis)
+        .map_err(|e| Refused::Corrupt(format!("expiry {text:?}: {e}")))
+}
+
 /// An entry's tags as JSON `[[name, generation]]`, or `None` when it has
 /// none (the field is then left out).
 ///
@@ -158,6 +174,32 @@ pub(crate) fn tags_from_json(json: Option<&[u8]>) -> Result<Tags, Refused> {
             serde_json::from_slice(json).map_err(|e| Refused::Corrupt(format!("tags: {e}")))
         }
     }
+}
+
+/// [`tags_to_json`], hex-encoded: any tag name makes a valid header value
+/// that way.
+///
+/// # Errors
+///
+/// As [`tags_to_json`].
+pub(crate) fn tags_to_hex(tags: &Tags, tier: &str) -> Result<Option<String>> {
+    Ok(tags_to_json(tags, tier)?.map(|json| json.bytes().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Tags read back from [`tags_to_hex`] (none when absent).
+pub(crate) fn tags_from_hex(hex: Option<&str>) -> Result<Tags, Refused> {
+    let Some(hex) = hex else {
+        return Ok(Tags::NONE);
+    };
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| Refused::Corrupt(format!("tags: {hex:?} is not hex")))?;
+    tags_from_json(Some(&bytes))
 }
 
 /// The LocalStorage tier's record: one JSON object
@@ -393,6 +435,47 @@ mod tests {
             assert_eq!(
                 tags_to_json(&team, "t").unwrap().as_deref(),
                 Some(r#"[["team:7",3]]"#)
+            );
+        } else {
+            assert!(
+                matches!(&team, Err(Refused::Corrupt(why)) if why.contains(cache_core::tags::TAGS_UNSUPPORTED)),
+                "{team:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expiry_round_trips_as_text() {
+        assert_eq!(expiry_to_text(LATER), "1767312000000");
+        assert_eq!(expiry_from_text(Some("1767312000000")), Ok(LATER));
+        assert_eq!(expiry_from_text(None), Err(Refused::Foreign));
+        for bad in ["", "soon", "-1", "1.5", "99999999999999999999999"] {
+            assert!(
+                matches!(expiry_from_text(Some(bad)), Err(Refused::Corrupt(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tags_round_trip_as_hex_and_bad_ones_are_refused() {
+        assert_eq!(tags_to_hex(&Tags::NONE, "t").unwrap(), None);
+        assert_eq!(tags_from_hex(None), Ok(Tags::NONE));
+        // Odd length, not hex, not ASCII, hex of bad JSON.
+        for bad in ["5", "5bzz", "5b\u{e9}5d", "5b5b"] {
+            assert!(
+                matches!(tags_from_hex(Some(bad)), Err(Refused::Corrupt(_))),
+                "{bad:?}"
+            );
+        }
+        // `[["team:7",3]]` as an earlier release wrote it.
+        let team = tags_from_hex(Some("5b5b227465616d3a37222c335d5d"));
+        if cfg!(feature = "tags") {
+            let team = team.unwrap();
+            assert_eq!(team.list().iter().collect::<Vec<_>>(), [("team:7", 3)]);
+            assert_eq!(
+                tags_to_hex(&team, "t").unwrap().as_deref(),
+                Some("5b5b227465616d3a37222c335d5d")
             );
         } else {
             assert!(
