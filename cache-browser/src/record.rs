@@ -313,27 +313,51 @@ mod tests {
         assert_eq!(back.value, [1, 2]);
     }
 
-    #[cfg(feature = "tags")]
-    #[test]
-    fn a_json_record_keeps_tags_with_their_generations() {
-        let tagged = entry("v", LATER).with_tags(["user:42"]);
-        let raw = json::encode("k", &tagged, NOW).unwrap();
-        assert!(raw.ends_with(r#","stored_at":1767225600000,"tags":[["user:42",0]]}"#));
-        let back: Entry<String> = json::decode(raw.as_bytes(), "k").unwrap();
-        assert_eq!(back.tags, tagged.tags);
-        let old = r#"{"format":"cache-browser/1","key":"k","value":"v","expires_at":1,"stored_at":1,"tags":[["team:7",3]]}"#;
-        let back: Entry<String> = json::decode(old.as_bytes(), "k").unwrap();
-        assert_eq!(back.tags.list().iter().collect::<Vec<_>>(), [("team:7", 3)]);
+    /// Whether `read` was refused as corrupt (and got there without a panic).
+    fn is_corrupt<T>(read: Result<T, Refused>) -> bool {
+        matches!(read, Err(Refused::Corrupt(_)))
     }
 
-    #[cfg(not(feature = "tags"))]
+    /// Tags `[["team:7",3]]` an earlier release stored, read back: with the
+    /// `tags` feature, those tags (returned, to write them again); without
+    /// it, refused with the reason, since this build cannot check them.
+    fn read_team_7(read: Result<Tags, Refused>) -> Option<Tags> {
+        if cfg!(feature = "tags") {
+            let team = read.unwrap();
+            assert_eq!(team.list().iter().collect::<Vec<_>>(), [("team:7", 3)]);
+            Some(team)
+        } else {
+            assert!(
+                matches!(&read, Err(Refused::Corrupt(why)) if why.contains(cache_core::tags::TAGS_UNSUPPORTED)),
+                "{read:?}"
+            );
+            None
+        }
+    }
+
     #[test]
-    fn without_the_tags_feature_a_tagged_json_record_is_refused_with_the_reason() {
+    fn a_json_record_keeps_tags_with_their_generations() {
         let old = r#"{"format":"cache-browser/1","key":"k","value":"v","expires_at":1,"stored_at":1,"tags":[["team:7",3]]}"#;
-        let Err(Refused::Corrupt(why)) = json::decode::<String>(old.as_bytes(), "k") else {
-            panic!("a tagged record was served by a build that cannot check tags");
-        };
-        assert!(why.contains(cache_core::tags::TAGS_UNSUPPORTED), "{why}");
+        let team = read_team_7(json::decode::<String>(old.as_bytes(), "k").map(|e| e.tags));
+        #[cfg(feature = "tags")]
+        {
+            let tagged = entry("v", LATER).with_tags(["user:42"]);
+            let raw = json::encode("k", &tagged, NOW).unwrap();
+            assert!(raw.ends_with(r#","stored_at":1767225600000,"tags":[["user:42",0]]}"#));
+            let back: Entry<String> = json::decode(raw.as_bytes(), "k").unwrap();
+            assert_eq!(back.tags, tagged.tags);
+            let again = json::encode(
+                "k",
+                &Entry {
+                    tags: team.unwrap(),
+                    ..entry("v", LATER)
+                },
+                NOW,
+            );
+            assert!(again.unwrap().contains(r#""tags":[["team:7",3]]"#));
+        }
+        #[cfg(not(feature = "tags"))]
+        assert!(team.is_none());
     }
 
     #[test]
@@ -354,11 +378,7 @@ mod tests {
             // Written by someone else: no format.
             br#"{"value":"x","expires_at":99999999999999,"stored_at":0}"#,
         ] {
-            assert!(
-                matches!(decode(raw), Err(Refused::Corrupt(_))),
-                "{:?}",
-                String::from_utf8_lossy(raw)
-            );
+            assert!(is_corrupt(decode(raw)), "{:?}", String::from_utf8_lossy(raw));
         }
         assert_eq!(
             decode(br#"{"format":"other/2","key":"k","value":"v","expires_at":1,"stored_at":1}"#),
@@ -416,71 +436,41 @@ mod tests {
     }
 
     #[test]
-    fn tags_round_trip_as_json_and_bad_ones_are_refused() {
-        assert_eq!(tags_to_json(&Tags::NONE, "t").unwrap(), None);
-        assert_eq!(tags_from_json(None), Ok(Tags::NONE));
-        assert_eq!(tags_from_json(Some(b"[]")), Ok(Tags::NONE));
-        for bad in [&b"[["[..], b"{}", b"[[\"a\"]]", b"[[\"a\",-1]]", b"\xff"] {
-            assert!(
-                matches!(tags_from_json(Some(bad)), Err(Refused::Corrupt(_))),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        // As an earlier release wrote them.
-        let team = tags_from_json(Some(br#"[["team:7",3]]"#));
-        if cfg!(feature = "tags") {
-            let team = team.unwrap();
-            assert_eq!(team.list().iter().collect::<Vec<_>>(), [("team:7", 3)]);
-            assert_eq!(
-                tags_to_json(&team, "t").unwrap().as_deref(),
-                Some(r#"[["team:7",3]]"#)
-            );
-        } else {
-            assert!(
-                matches!(&team, Err(Refused::Corrupt(why)) if why.contains(cache_core::tags::TAGS_UNSUPPORTED)),
-                "{team:?}"
-            );
-        }
-    }
-
-    #[test]
     fn expiry_round_trips_as_text() {
         assert_eq!(expiry_to_text(LATER), "1767312000000");
         assert_eq!(expiry_from_text(Some("1767312000000")), Ok(LATER));
         assert_eq!(expiry_from_text(None), Err(Refused::Foreign));
         for bad in ["", "soon", "-1", "1.5", "99999999999999999999999"] {
-            assert!(
-                matches!(expiry_from_text(Some(bad)), Err(Refused::Corrupt(_))),
-                "{bad:?}"
-            );
+            assert!(is_corrupt(expiry_from_text(Some(bad))), "{bad:?}");
         }
     }
 
     #[test]
-    fn tags_round_trip_as_hex_and_bad_ones_are_refused() {
+    fn tags_round_trip_as_json_and_hex_and_bad_ones_are_refused() {
+        assert_eq!(tags_to_json(&Tags::NONE, "t").unwrap(), None);
+        assert_eq!(tags_from_json(None), Ok(Tags::NONE));
+        assert_eq!(tags_from_json(Some(b"[]")), Ok(Tags::NONE));
+        for bad in [&b"[["[..], b"{}", b"[[\"a\"]]", b"[[\"a\",-1]]", b"\xff"] {
+            assert!(is_corrupt(tags_from_json(Some(bad))), "{bad:?}");
+        }
+        if let Some(team) = read_team_7(tags_from_json(Some(br#"[["team:7",3]]"#))) {
+            assert_eq!(
+                tags_to_json(&team, "t").unwrap().as_deref(),
+                Some(r#"[["team:7",3]]"#)
+            );
+        }
+
         assert_eq!(tags_to_hex(&Tags::NONE, "t").unwrap(), None);
         assert_eq!(tags_from_hex(None), Ok(Tags::NONE));
         // Odd length, not hex, not ASCII, hex of bad JSON.
         for bad in ["5", "5bzz", "5b\u{e9}5d", "5b5b"] {
-            assert!(
-                matches!(tags_from_hex(Some(bad)), Err(Refused::Corrupt(_))),
-                "{bad:?}"
-            );
+            assert!(is_corrupt(tags_from_hex(Some(bad))), "{bad:?}");
         }
-        // `[["team:7",3]]` as an earlier release wrote it.
-        let team = tags_from_hex(Some("5b5b227465616d3a37222c335d5d"));
-        if cfg!(feature = "tags") {
-            let team = team.unwrap();
-            assert_eq!(team.list().iter().collect::<Vec<_>>(), [("team:7", 3)]);
+        const TEAM_7_HEX: &str = "5b5b227465616d3a37222c335d5d";
+        if let Some(team) = read_team_7(tags_from_hex(Some(TEAM_7_HEX))) {
             assert_eq!(
                 tags_to_hex(&team, "t").unwrap().as_deref(),
-                Some("5b5b227465616d3a37222c335d5d")
-            );
-        } else {
-            assert!(
-                matches!(&team, Err(Refused::Corrupt(why)) if why.contains(cache_core::tags::TAGS_UNSUPPORTED)),
-                "{team:?}"
+                Some(TEAM_7_HEX)
             );
         }
     }
