@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{
-    async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
-    Tags, Timestamp,
+    async_trait, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock, Tags,
+    Timestamp,
 };
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Cache, CacheStorage, Headers, Request, Response, ResponseInit, ResponseType};
 
 use crate::js::{self, JsError};
+use crate::record;
 
 /// The response header that records an entry's expiry (ms since the epoch).
 pub const EXPIRES_HEADER: &str = "x-cache-browser-expires-at";
@@ -168,12 +169,6 @@ impl<V> CacheApiTierBuilder<V> {
     }
 }
 
-fn checked_key<K: CacheKey>(key: &K) -> Result<std::borrow::Cow<'_, str>> {
-    let s = key.key_str();
-    key::validate(&s).map_err(|reason| Error::invalid_key(&s, reason))?;
-    Ok(s)
-}
-
 impl<V> CacheApiTier<V> {
     /// A builder for a tier in the cache named `cache_name`.
     pub fn builder(cache_name: &str) -> CacheApiTierBuilder<V> {
@@ -191,9 +186,7 @@ impl<V> CacheApiTier<V> {
 
     /// The stable logical URL an entry for `key` is stored under.
     pub fn url_for(&self, key: &str) -> String {
-        let mut url = self.base_url.clone();
-        key::encode_into(key, &mut url);
-        url
+        record::location(&self.base_url, key)
     }
 
     fn err(&self, op: Operation, e: JsError) -> Error {
@@ -221,7 +214,7 @@ impl<V> CacheApiTier<V> {
     ///
     /// [`Error::InvalidKey`] for a bad key; a backend error if the Cache API fails.
     pub async fn match_response(&self, key: &str) -> Result<Option<(Response, Timestamp)>> {
-        key::validate(key).map_err(|reason| Error::invalid_key(key, reason))?;
+        record::validate(key)?;
         let url = self.url_for(key);
         let op = Operation::Get;
         let found = js::await_promise(self.cache.match_with_str(&url))
@@ -231,17 +224,13 @@ impl<V> CacheApiTier<V> {
             return Ok(None);
         }
         let response: Response = js::cast(found, "a Response").map_err(|e| self.err(op, e))?;
-        let expires = response
-            .headers()
-            .get(EXPIRES_HEADER)
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Timestamp::from_unix_millis);
-        match expires {
-            Some(at) if self.clock.now() < at => Ok(Some((response, at))),
+        let expires = response.headers().get(EXPIRES_HEADER).ok().flatten();
+        match record::expiry_from_text(expires.as_deref())
+            .and_then(|at| record::unexpired(at, self.clock.now()))
+        {
+            Ok(at) => Ok(Some((response, at))),
             // Expired, or not written by this tier: a miss, and deleted.
-            _ => {
+            Err(_) => {
                 self.delete_url(&url, op).await?;
                 Ok(None)
             }
@@ -286,7 +275,7 @@ impl<V> CacheApiTier<V> {
         expires_at: Timestamp,
         tags: &Tags,
     ) -> Result<()> {
-        key::validate(key).map_err(|reason| Error::invalid_key(key, reason))?;
+        record::validate(key)?;
         let op = Operation::Put;
         match response.type_() {
             ResponseType::Opaque | ResponseType::Opaqueredirect | ResponseType::Error => {
@@ -331,17 +320,8 @@ impl<V> CacheApiTier<V> {
     /// # Ok(()) }
     /// ```
     pub fn tags_of(response: &Response) -> Option<Tags> {
-        let Some(hex) = response.headers().get(TAGS_HEADER).ok().flatten() else {
-            return Some(Tags::NONE);
-        };
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()?;
-        serde_json::from_slice(&bytes).ok()
+        let hex = response.headers().get(TAGS_HEADER).ok().flatten();
+        record::tags_from_hex(hex.as_deref()).ok()
     }
 
     async fn store(
@@ -353,31 +333,20 @@ impl<V> CacheApiTier<V> {
         tags: &Tags,
     ) -> Result<()> {
         let op = Operation::Put;
-        let now = self.clock.now();
-        let expires_at = Entry::new((), expires_at)
-            .capped_by_ttl(now, self.ttl)
-            .expires_at;
         let url = self.url_for(key);
-        if now >= expires_at {
+        let Some(expires_at) = record::put_expiry(expires_at, self.clock.now(), self.ttl) else {
             self.delete_url(&url, op).await?;
             return Ok(());
-        }
+        };
         let fail = |e: &JsValue| self.err(op, JsError::from_js(e));
         let headers = Headers::new().map_err(|e| fail(&e))?;
         headers
             .set("content-type", content_type.unwrap_or(&self.content_type))
             .map_err(|e| fail(&e))?;
         headers
-            .set(EXPIRES_HEADER, &expires_at.as_unix_millis().to_string())
+            .set(EXPIRES_HEADER, &record::expiry_to_text(expires_at))
             .map_err(|e| fail(&e))?;
-        if !tags.is_empty() {
-            // JSON `[[name, generation]]`, hex-encoded: any tag name is a
-            // valid header value that way.
-            let json = serde_json::to_vec(tags).map_err(|e| Error::Encode {
-                tier: self.name.clone(),
-                reason: e.to_string(),
-            })?;
-            let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(hex) = record::tags_to_hex(tags, &self.name)? {
             headers.set(TAGS_HEADER, &hex).map_err(|e| fail(&e))?;
         }
         let init = ResponseInit::new();
@@ -440,7 +409,7 @@ where
     }
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
-        let key = checked_key(key)?;
+        let key = record::checked_key(key)?;
         let Some((response, expires_at)) = self.match_response(&key).await? else {
             return Ok(None);
         };
@@ -462,14 +431,14 @@ where
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
-        let key = checked_key(key)?;
+        let key = record::checked_key(key)?;
         let body = Uint8Array::from(entry.value.as_ref());
         self.store(&key, &body, None, entry.expires_at, &entry.tags)
             .await
     }
 
     async fn remove(&self, key: &K) -> Result<bool> {
-        let key = checked_key(key)?;
+        let key = record::checked_key(key)?;
         self.delete_url(&self.url_for(&key), Operation::Remove)
             .await
     }

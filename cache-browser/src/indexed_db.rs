@@ -24,6 +24,7 @@ use js_sys::{Object, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::js::JsError;
+use crate::record::{self, Refused};
 
 const ENTRIES: &str = "entries";
 const LRU: &str = "lru";
@@ -31,7 +32,6 @@ const META: &str = "meta";
 const BY_EXPIRY: &str = "by_expiry";
 const BY_ACCESS: &str = "by_access";
 const TOTAL: &str = "total_bytes";
-const FORMAT: &str = "cache-browser/1";
 const DB_VERSION: u8 = 1;
 
 /// Default byte budget: 50 MiB of values.
@@ -248,6 +248,48 @@ fn lru_record(last_access: Timestamp, size: u64) -> std::result::Result<JsValue,
     Ok(obj.into())
 }
 
+/// The `entries` record of `bytes` under `key`: `{format, key, value,
+/// expires_at, tags?}`, `value` a `Uint8Array`, `expires_at` a number (the
+/// expiry index's key), `tags` JSON text, only when the entry has some.
+fn new_record(
+    key: &str,
+    bytes: &[u8],
+    expires_at: Timestamp,
+    tags: Option<&str>,
+) -> std::result::Result<JsValue, IdbError> {
+    let rec = Object::new();
+    set(&rec, "format", &JsValue::from_str(record::FORMAT))?;
+    set(&rec, "key", &JsValue::from_str(key))?;
+    set(&rec, "value", &Uint8Array::from(bytes).into())?;
+    let expires_at = JsValue::from_f64(record::millis_to_js(expires_at));
+    set(&rec, "expires_at", &expires_at)?;
+    if let Some(tags) = tags {
+        set(&rec, "tags", &JsValue::from_str(tags))?;
+    }
+    Ok(rec.into())
+}
+
+/// The value, expiry and tags of a [`new_record`], if this crate wrote it for
+/// `key` and it has not expired at `now`.
+fn read_record(
+    rec: &JsValue,
+    key: &str,
+    now: Timestamp,
+) -> std::result::Result<(Uint8Array, Timestamp, Tags), Refused> {
+    let field = |name: &str| Reflect::get(rec, &JsValue::from_str(name)).ok();
+    let text = |name: &str| field(name).and_then(|v| v.as_string());
+    record::check_owner(text("format").as_deref(), text("key").as_deref(), key)?;
+    let expires_at = num(rec, "expires_at")
+        .map(record::millis_from_js)
+        .ok_or(Refused::Foreign)?;
+    let value = field("value")
+        .and_then(|v| v.dyn_into::<Uint8Array>().ok())
+        .ok_or(Refused::Foreign)?;
+    let expires_at = record::unexpired(expires_at, now)?;
+    let tags = record::tags_from_json(text("tags").as_deref().map(str::as_bytes))?;
+    Ok((value, expires_at, tags))
+}
+
 /// The end of the key range holding every encoded key that starts with `start`:
 /// encoded keys only use ASCII below `0x7F`.
 fn prefix_range(start: String) -> KeyRange<String> {
@@ -379,7 +421,7 @@ impl<V> IndexedDbTier<V> {
     ///
     /// A backend error if IndexedDB fails.
     pub async fn sweep_expired(&self) -> Result<usize> {
-        let now = self.clock.now().as_unix_millis() as f64;
+        let now = record::millis_to_js(self.clock.now());
         self.with_db(Operation::RemovePrefix, |db| async move {
             let tx = db
                 .transaction([ENTRIES, LRU, META])
@@ -447,45 +489,11 @@ impl<V> IndexedDbTier<V> {
         let Some(rec) = found else {
             return Ok(None);
         };
-        let format = Reflect::get(&rec, &JsValue::from_str("format"))
-            .ok()
-            .and_then(|v| v.as_string());
-        let owner = Reflect::get(&rec, &JsValue::from_str("key"))
-            .ok()
-            .and_then(|v| v.as_string());
-        let expires = num(&rec, "expires_at");
-        let value = Reflect::get(&rec, &JsValue::from_str("value"))
-            .ok()
-            .and_then(|v| v.dyn_into::<Uint8Array>().ok());
-        let (Some(expires), Some(value), true, true) = (
-            expires,
-            value,
-            format.as_deref() == Some(FORMAT),
-            owner.as_deref() == Some(key),
-        ) else {
-            // Not a record this tier wrote for this key: a miss, removed.
+        let Ok((value, expires_at, tags)) = read_record(&rec, key, now) else {
+            // Expired, corrupt, or not a record this tier wrote for this key:
+            // a miss, removed.
             self.delete_key(&enc, Operation::Get).await?;
             return Ok(None);
-        };
-        let expires_at = Timestamp::from_unix_millis(expires as u64);
-        if now >= expires_at {
-            self.delete_key(&enc, Operation::Get).await?;
-            return Ok(None);
-        }
-        // The entry's tags, as JSON `[[name, generation]]`, when it has any.
-        let tags = match Reflect::get(&rec, &JsValue::from_str("tags"))
-            .ok()
-            .and_then(|v| v.as_string())
-        {
-            None => Tags::NONE,
-            Some(json) => match serde_json::from_str(&json) {
-                Ok(tags) => tags,
-                Err(_) => {
-                    // Corrupt: a miss, removed.
-                    self.delete_key(&enc, Operation::Get).await?;
-                    return Ok(None);
-                }
-            },
         };
         let stale = self
             .touched
@@ -565,14 +573,7 @@ impl<V> IndexedDbTier<V> {
         expires_at: Timestamp,
         tags: &Tags,
     ) -> Result<()> {
-        let tags = if tags.is_empty() {
-            None
-        } else {
-            Some(serde_json::to_string(tags).map_err(|e| Error::Encode {
-                tier: self.name.clone(),
-                reason: e.to_string(),
-            })?)
-        };
+        let tags = record::tags_to_json(tags, &self.name)?;
         let enc = key::encode(key);
         self.mark_touched(enc.clone(), self.clock.now());
         let now = self.clock.now();
@@ -594,18 +595,7 @@ impl<V> IndexedDbTier<V> {
             let enc = enc.clone();
             let tags = tags.clone();
             async move {
-                let record = Object::new();
-                set(&record, "format", &JsValue::from_str(FORMAT))?;
-                set(&record, "key", &JsValue::from_str(key))?;
-                set(&record, "value", &Uint8Array::from(bytes).into())?;
-                set(
-                    &record,
-                    "expires_at",
-                    &JsValue::from_f64(expires_at.as_unix_millis() as f64),
-                )?;
-                if let Some(tags) = &tags {
-                    set(&record, "tags", &JsValue::from_str(tags))?;
-                }
+                let rec = new_record(key, bytes, expires_at, tags.as_deref())?;
                 let tx = db
                     .transaction([ENTRIES, LRU, META])
                     .with_mode(TransactionMode::Readwrite)
@@ -645,11 +635,7 @@ impl<V> IndexedDbTier<V> {
                         lru.delete(k).primitive()?.await?;
                     }
                 }
-                entries
-                    .put(JsValue::from(record))
-                    .with_key(enc.clone())
-                    .primitive()?
-                    .await?;
+                entries.put(rec).with_key(enc.clone()).primitive()?.await?;
                 lru.put(lru_record(now, size)?)
                     .with_key(enc)
                     .primitive()?
@@ -702,12 +688,6 @@ impl<V> IndexedDbTier<V> {
     }
 }
 
-fn checked_key<K: CacheKey>(key: &K) -> Result<std::borrow::Cow<'_, str>> {
-    let s = key.key_str();
-    key::validate(&s).map_err(|reason| Error::invalid_key(&s, reason))?;
-    Ok(s)
-}
-
 #[async_trait(?Send)]
 impl<K, V> CacheLayer<K, V> for IndexedDbTier<V>
 where
@@ -719,7 +699,7 @@ where
     }
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
-        let key = checked_key(key)?;
+        let key = record::checked_key(key)?;
         Ok(self
             .get_bytes(&key)
             .await?
@@ -731,19 +711,18 @@ where
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
-        let key = checked_key(key)?;
-        let now = self.clock.now();
-        let entry = entry.capped_by_ttl(now, self.ttl);
-        if entry.is_expired(now) {
+        let key = record::checked_key(key)?;
+        let Some(expires_at) = record::put_expiry(entry.expires_at, self.clock.now(), self.ttl)
+        else {
             self.delete_key(&key::encode(&key), Operation::Put).await?;
             return Ok(());
-        }
-        self.put_bytes(&key, entry.value.as_ref(), entry.expires_at, &entry.tags)
+        };
+        self.put_bytes(&key, entry.value.as_ref(), expires_at, &entry.tags)
             .await
     }
 
     async fn remove(&self, key: &K) -> Result<bool> {
-        let key = checked_key(key)?;
+        let key = record::checked_key(key)?;
         self.delete_key(&key::encode(&key), Operation::Remove).await
     }
 

@@ -80,8 +80,11 @@
 
 #[cfg(target_family = "wasm")]
 mod js;
+// The record codec builds natively too, for its unit tests.
 #[cfg(target_family = "wasm")]
 mod local_storage;
+#[cfg(any(target_family = "wasm", test))]
+mod record;
 
 #[cfg(target_family = "wasm")]
 pub use js::JsError;

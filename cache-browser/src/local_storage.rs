@@ -10,19 +10,15 @@ use std::time::Duration;
 
 use cache_core::{
     async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
-    Tags, Timestamp,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 use web_sys::Storage;
 
 use crate::js::{self, JsError};
-
-/// The `format` field of every record this crate writes; anything else under our
-/// prefix is foreign and is removed when met.
-const FORMAT: &str = "cache-browser/1";
+use crate::record::{self, Refused};
 
 /// The key suffix of the write probe. `~p` is never produced by
 /// [`cache_core::key::encode`], so the probe cannot collide with an entry.
@@ -152,41 +148,10 @@ impl Hasher for Fnv {
     }
 }
 
-#[derive(Serialize)]
-struct RecordOut<'a, V> {
-    format: &'static str,
-    key: &'a str,
-    value: &'a V,
-    expires_at: u64,
-    stored_at: u64,
-    #[serde(skip_serializing_if = "Tags::is_empty")]
-    tags: &'a Tags,
-}
-
-/// Borrows `format` and `key` from the raw JSON when it can: the hit path
-/// allocates only the value.
-#[derive(Deserialize)]
-struct RecordIn<'a, V> {
-    #[serde(borrow)]
-    format: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    key: std::borrow::Cow<'a, str>,
-    value: V,
-    expires_at: u64,
-    #[serde(default)]
-    tags: Tags,
-}
-
-#[derive(Deserialize)]
-struct RecordAge {
-    format: String,
-    stored_at: u64,
-}
-
 /// A cache tier in `localStorage`: one JSON record
 /// `{format, key, value, expires_at, stored_at, tags?}` per entry (`tags`, the
-/// entry's [`Tags`] as `[[name, generation]]`, only when it has some), under the key
-/// `"<prefix>:<encoded key>"`.
+/// entry's [`Tags`](cache_core::Tags) as `[[name, generation]]`, only when it
+/// has some), under the key `"<prefix>:<encoded key>"`.
 ///
 /// - Records that are not valid JSON, or were not written by this tier for this
 ///   key (another app writing under the prefix), are misses and are removed.
@@ -327,10 +292,7 @@ impl<V> LocalStorageTier<V> {
     }
 
     fn storage_key(&self, key: &str) -> String {
-        let mut out = String::with_capacity(self.prefix.len() + key.len());
-        out.push_str(&self.prefix);
-        key::encode_into(key, &mut out);
-        out
+        record::location(&self.prefix, key)
     }
 
     fn err(&self, op: Operation, e: &JsValue) -> Error {
@@ -385,13 +347,14 @@ impl<V> LocalStorageTier<V> {
     }
 
     /// Serves a decoded record unless it has expired; removes it if it is
-    /// expired or was not ours (`None`).
-    fn serve(&self, key: &str, found: Option<Entry<V>>) -> Result<Option<Entry<V>>> {
-        match found {
-            Some(entry) if !entry.is_expired(self.clock.now()) => Ok(Some(entry)),
+    /// expired or was refused.
+    fn serve(&self, key: &str, found: Result<Entry<V>, Refused>) -> Result<Option<Entry<V>>> {
+        let now = self.clock.now();
+        match found.and_then(|entry| record::unexpired(entry.expires_at, now).map(|_| entry)) {
+            Ok(entry) => Ok(Some(entry)),
             // Expired, or corrupt, foreign or another key's record: a miss, and
             // not kept.
-            _ => {
+            Err(_) => {
                 self.remove_raw(&self.storage_key(key), Operation::Get)?;
                 Ok(None)
             }
@@ -427,10 +390,7 @@ impl<V> LocalStorageTier<V> {
         for k in self.our_keys(op)? {
             let raw = self.storage.get_item(&k).map_err(|e| self.err(op, &e))?;
             let size = raw.as_ref().map_or(0, String::len) + k.len();
-            let age = raw
-                .and_then(|r| serde_json::from_str::<RecordAge>(&r).ok())
-                .filter(|r| r.format == FORMAT)
-                .map_or(0, |r| r.stored_at);
+            let age = raw.and_then(|r| record::json::stored_at(&r)).unwrap_or(0);
             aged.push((age, k, size));
         }
         aged.sort();
@@ -489,25 +449,6 @@ enum Read {
     Elsewhere,
 }
 
-/// The record's entry if it is ours and for `key`; `None` if it is corrupt,
-/// foreign or another key's.
-fn decode<V: DeserializeOwned>(raw: &[u8], key: &str) -> Option<Entry<V>> {
-    match serde_json::from_slice::<RecordIn<'_, V>>(raw) {
-        Ok(r) if r.format == FORMAT && r.key == key => {
-            let mut entry = Entry::new(r.value, Timestamp::from_unix_millis(r.expires_at));
-            entry.tags = r.tags;
-            Some(entry)
-        }
-        _ => None,
-    }
-}
-
-fn checked_key<K: CacheKey>(key: &K) -> Result<std::borrow::Cow<'_, str>> {
-    let s = key.key_str();
-    key::validate(&s).map_err(|reason| Error::invalid_key(&s, reason))?;
-    Ok(s)
-}
-
 #[async_trait(?Send)]
 impl<K, V> CacheLayer<K, V> for LocalStorageTier<V>
 where
@@ -519,7 +460,7 @@ where
     }
 
     async fn get(&self, key: &K) -> Result<Option<Entry<V>>> {
-        let key = checked_key(key)?;
+        let key = record::checked_key(key)?;
         if let Ok(mut buf) = self.scratch.try_borrow_mut() {
             match self.read_into(&key, &mut buf)? {
                 Read::Absent => return Ok(None),
@@ -527,7 +468,7 @@ where
                     // `ls_read` never reports more than the buffer holds; if it
                     // did, the record is read again the web-sys way below.
                     if let Some(raw) = buf.get(..n) {
-                        let found = decode::<V>(raw, &key);
+                        let found = record::json::decode::<V>(raw, &key);
                         drop(buf);
                         return self.serve(&key, found);
                     }
@@ -550,35 +491,25 @@ where
         else {
             return Ok(None);
         };
-        let found = decode::<V>(raw.as_bytes(), &key);
+        let found = record::json::decode::<V>(raw.as_bytes(), &key);
         self.serve(&key, found)
     }
 
-    async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {
-        let key = checked_key(key)?;
+    async fn put(&self, key: &K, mut entry: Entry<V>) -> Result<()> {
+        let key = record::checked_key(key)?;
         let sk = self.storage_key(&key);
         let now = self.clock.now();
-        let entry = entry.capped_by_ttl(now, self.ttl);
-        if entry.is_expired(now) {
+        let Some(expires_at) = record::put_expiry(entry.expires_at, now, self.ttl) else {
             return self.remove_raw(&sk, Operation::Put);
-        }
-        let json = serde_json::to_string(&RecordOut {
-            format: FORMAT,
-            key: &key,
-            value: &entry.value,
-            expires_at: entry.expires_at.as_unix_millis(),
-            stored_at: now.as_unix_millis(),
-            tags: &entry.tags,
-        })
-        .map_err(|e| Error::Encode {
-            tier: self.name.clone(),
-            reason: e.to_string(),
-        })?;
+        };
+        entry.expires_at = expires_at;
+        let json = record::json::encode(&key, &entry, now)
+            .map_err(|e| record::encode_error(&self.name, e))?;
         self.write(&sk, &json)
     }
 
     async fn remove(&self, key: &K) -> Result<bool> {
-        let key = checked_key(key)?;
+        let key = record::checked_key(key)?;
         let sk = self.storage_key(&key);
         let was = self
             .storage
