@@ -80,9 +80,9 @@
 
 #[cfg(target_family = "wasm")]
 mod js;
-// The record codec builds natively too, for its unit tests.
 #[cfg(target_family = "wasm")]
 mod local_storage;
+// The record codec builds natively too, for its unit tests.
 #[cfg(any(target_family = "wasm", test))]
 mod record;
 

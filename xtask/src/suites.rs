@@ -162,6 +162,8 @@ pub(crate) fn test(args: &[String]) -> Result<bool, String> {
         "cache-core",
         "-p",
         "cache-server",
+        "-p",
+        "cache-browser",
         "--lib",
     ]);
     suites.push(("native unit tests without the tags feature".into(), no_tags));
