@@ -1,5 +1,6 @@
-//! The end-to-end journey in a real headless Chromium, driven over the W3C
-//! WebDriver protocol (plain JSON to `/usr/bin/chromedriver`), against the real
+//! The end-to-end journey in a real headless Chromium, driven over WebDriver
+//! (fantoccini to `/usr/bin/chromedriver`; see `support/browser.rs`, and
+//! `support/page.rs` for what the test reads from the page), against the real
 //! server with its embedded S3 and 200 seeded users. Each step reads, from the
 //! page's own monitor (`cacheMonitor.report()`), which tier served each of the
 //! 50 pictures of the friend list, and checks that every image rendered
@@ -32,23 +33,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use fantoccini::wd::WindowHandle;
 use profile_server::avatar::generate_png;
 use profile_server::{serve, Config};
 use serde_json::{json, Value};
+use support::browser::{bytes_of, journey_dir, poll, Browser, Chromedriver};
 
 mod support;
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
 const FRIENDS: usize = 50;
 const CACHE_TIERS: [&str; 4] = ["memory", "local_storage", "indexed_db", "cache_api"];
-/// Liveness bound for one condition (not a speed claim: the machine is slow).
-const PATIENCE: Duration = Duration::from_secs(120);
 
 fn web_dir() -> PathBuf {
     let hint = "run `cargo xtask test` (it builds examples/profile-web with wasm-bindgen into \
@@ -71,427 +67,6 @@ fn web_dir() -> PathBuf {
     dir
 }
 
-/// `<target dir>/journey`: the test binary is `<target dir>/debug/deps/journey-…`.
-fn journey_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    let dir = target.join("journey");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// chromedriver on a free port, killed on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One WebDriver session.
-struct Session {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Session {
-    async fn start(driver: &Driver, profile: &std::path::Path) -> Session {
-        let http = support::client();
-        let args = [
-            "--headless=new".to_owned(),
-            "--no-sandbox".to_owned(),
-            "--disable-gpu".to_owned(),
-            "--disable-dev-shm-usage".to_owned(),
-            "--disable-background-networking".to_owned(),
-            "--disable-component-update".to_owned(),
-            "--disable-sync".to_owned(),
-            "--no-first-run".to_owned(),
-            "--window-size=1280,1000".to_owned(),
-            format!("--user-data-dir={}", profile.display()),
-        ];
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
-        }}});
-        let reply: Value = http
-            .post(format!("{}/session", driver.url))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = reply["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("chromedriver refused the session: {reply}"))
-            .to_owned();
-        let session = Session {
-            http,
-            base: format!("{}/session/{id}", driver.url),
-        };
-        session
-            .cmd("/timeouts", json!({"script": 120_000, "pageLoad": 120_000}))
-            .await;
-        session
-    }
-
-    async fn reply(&self, path: &str, reply: reqwest::Response) -> Value {
-        let reply: Value = reply.json().await.unwrap();
-        if reply["value"]["error"].is_string() {
-            panic!("WebDriver {path} failed: {}", reply["value"]);
-        }
-        reply["value"].clone()
-    }
-
-    async fn cmd(&self, path: &str, body: Value) -> Value {
-        let reply = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        self.reply(path, reply).await
-    }
-
-    async fn cmd_get(&self, path: &str) -> Value {
-        let reply = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        self.reply(path, reply).await
-    }
-
-    async fn script(&self, script: &str, args: Value) -> Value {
-        self.cmd("/execute/sync", json!({"script": script, "args": args}))
-            .await
-    }
-
-    async fn script_async(&self, script: &str, args: Value) -> Value {
-        self.cmd("/execute/async", json!({"script": script, "args": args}))
-            .await
-    }
-
-    async fn element(&self, css: &str) -> String {
-        let found = self
-            .cmd("/element", json!({"using": "css selector", "value": css}))
-            .await;
-        found
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap()
-            .to_owned()
-    }
-
-    /// Polls `script` until it returns `true` (liveness bound, not a speed claim).
-    async fn wait_for(&self, what: &str, script: &str, args: Value) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if self.script(script, args.clone()).await == Value::Bool(true) {
-                return;
-            }
-            if Instant::now() > deadline {
-                let state = self.pictures().await;
-                panic!("timed out waiting for {what}; pictures: {state}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Waits until the friend list's run `run` has drawn all its pictures.
-    async fn wait_list(&self, what: &str, run: u64) {
-        self.wait_for(
-            what,
-            "const s = document.getElementById('summary');
-             if (document.body && document.body.dataset.error) return true;
-             return !!window.cacheMonitor && !!s && s.dataset.complete === 'true'
-                 && Number(s.dataset.run) === arguments[0];",
-            json!([run]),
-        )
-        .await;
-        let error = self
-            .script("return document.body.dataset.error || null", json!([]))
-            .await;
-        assert_eq!(error, Value::Null, "{what}: the page failed to start");
-    }
-
-    /// `cacheMonitor.report()`.
-    async fn report(&self) -> Value {
-        self.script("return cacheMonitor.report()", json!([])).await
-    }
-
-    /// Per friend in the list (by user id): the element's state, its tier, and
-    /// whether its `<img>` shows a decoded image.
-    async fn pictures(&self) -> Value {
-        self.script(
-            "const out = {};
-             for (const el of document.querySelectorAll('#friends cached-profile-picture')) {
-               const img = el.querySelector('img');
-               out[el.getAttribute('user-id')] = {
-                 state: el.dataset.state || null,
-                 served_by: el.dataset.servedBy || null,
-                 rendered: !!img && img.complete && img.naturalWidth > 0,
-                 natural_width: img ? img.naturalWidth : 0,
-                 src: img ? img.src : null,
-               };
-             }
-             return out;",
-            json!([]),
-        )
-        .await
-    }
-
-    /// What each tier holds for `user` (`cacheMonitor.peek`).
-    async fn peek(&self, user: &str) -> Value {
-        self.script_async(
-            "const [user, done] = arguments;
-             cacheMonitor.peek(user).then(done, (e) => done('error: ' + e));",
-            json!([user]),
-        )
-        .await
-    }
-
-    /// The bytes the `<img>` of `user` in the friend list currently shows
-    /// (fetched from its src: a `blob:` URL of cached bytes, or the presigned
-    /// URL).
-    async fn image_bytes(&self, user: &str) -> Vec<u8> {
-        let value = self
-            .script_async(
-                "const [user, done] = arguments;
-                 const img = document.querySelector(
-                   `#friends cached-profile-picture[user-id=\"${user}\"] img`);
-                 fetch(img.src).then(r => r.arrayBuffer())
-                   .then(b => done(Array.from(new Uint8Array(b))))
-                   .catch(e => done('error: ' + e));",
-                json!([user]),
-            )
-            .await;
-        bytes_of(&value).unwrap_or_else(|| panic!("cannot read user {user}'s image: {value}"))
-    }
-
-    /// Waits until the `<img>` of `user` in the friend list shows `expected`
-    /// (read from its src; a read that fails because a newer draw revoked
-    /// the `blob:` URL is tried again).
-    async fn wait_for_image(&self, what: &str, user: &str, expected: &[u8]) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let value = self
-                .script_async(
-                    "const [user, done] = arguments;
-                     const img = document.querySelector(
-                       `#friends cached-profile-picture[user-id=\"${user}\"] img`);
-                     fetch(img.src).then(r => r.arrayBuffer())
-                       .then(b => done(Array.from(new Uint8Array(b))))
-                       .catch(e => done('error: ' + e));",
-                    json!([user]),
-                )
-                .await;
-            let bytes = bytes_of(&value);
-            if bytes.as_deref() == Some(expected) {
-                return;
-            }
-            if Instant::now() > deadline {
-                let shown =
-                    bytes.map_or_else(|| value.to_string(), |b| format!("{} bytes", b.len()));
-                panic!(
-                    "{what}: user {user}'s image never showed the expected bytes; it shows {shown}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The state of the page's live update stream (`cacheMonitor.serverEvents()`).
-    async fn server_events(&self) -> Value {
-        self.script("return cacheMonitor.serverEvents()", json!([]))
-            .await
-    }
-
-    /// Saves a screenshot and prints its path.
-    async fn screenshot(&self, name: &str) -> PathBuf {
-        let png = self.cmd_get("/screenshot").await;
-        let bytes = base64_decode(png.as_str().unwrap());
-        let path = journey_dir().join(format!("{name}.png"));
-        std::fs::write(&path, bytes).unwrap();
-        println!("screenshot: {}", path.display());
-        path
-    }
-
-    /// Cuts the network with Chromium's own emulation, for the page and for
-    /// its service worker (a target of its own, whose fetches the page's
-    /// emulation does not cover): `Network.emulateNetworkConditions` over CDP
-    /// on the page, and in a session attached to each service worker target
-    /// of `origin`. Returns those sessions, for [`Session::go_online`].
-    async fn go_offline(&self, origin: &str) -> Vec<String> {
-        self.cdp("Network.emulateNetworkConditions", conditions(true))
-            .await;
-        let targets = self.cdp("Target.getTargets", json!({})).await;
-        let workers: Vec<String> = targets["targetInfos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["type"] == "service_worker")
-            .filter(|t| t["url"].as_str().is_some_and(|u| u.starts_with(origin)))
-            .map(|t| t["targetId"].as_str().unwrap().to_owned())
-            .collect();
-        assert!(!workers.is_empty(), "no service worker target: {targets}");
-        let mut sessions = Vec::new();
-        for target in workers {
-            let attached = self
-                .cdp(
-                    "Target.attachToTarget",
-                    json!({"targetId": target, "flatten": false}),
-                )
-                .await;
-            let session = attached["sessionId"].as_str().unwrap().to_owned();
-            self.send_to(&session, 1, "Network.enable", json!({})).await;
-            self.send_to(
-                &session,
-                2,
-                "Network.emulateNetworkConditions",
-                conditions(true),
-            )
-            .await;
-            sessions.push(session);
-        }
-        sessions
-    }
-
-    /// Ends [`Session::go_offline`]: the network is back for the page and, in
-    /// the same sessions (emulation belongs to the session that set it), for
-    /// the service workers; then those sessions detach.
-    async fn go_online(&self, sessions: Vec<String>) {
-        self.cdp("Network.emulateNetworkConditions", conditions(false))
-            .await;
-        for session in sessions {
-            self.send_to(
-                &session,
-                3,
-                "Network.emulateNetworkConditions",
-                conditions(false),
-            )
-            .await;
-            self.cdp("Target.detachFromTarget", json!({"sessionId": session}))
-                .await;
-        }
-    }
-
-    /// One CDP command to the target of an attached (non-flat) session; its
-    /// answer comes back as an event, which chromedriver does not relay.
-    async fn send_to(&self, session: &str, id: u32, method: &str, params: Value) {
-        let message = json!({"id": id, "method": method, "params": params});
-        self.cdp(
-            "Target.sendMessageToTarget",
-            json!({"sessionId": session, "message": message.to_string()}),
-        )
-        .await;
-    }
-
-    /// A Chrome DevTools Protocol command through chromedriver.
-    async fn cdp(&self, cmd: &str, params: Value) -> Value {
-        self.cmd("/goog/cdp/execute", json!({"cmd": cmd, "params": params}))
-            .await
-    }
-}
-
-fn conditions(offline: bool) -> Value {
-    json!({"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
-}
-
-/// Standard base64 (WebDriver's screenshots), without a dependency for it.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {:?}", char::from(c)),
-    };
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .map(value)
-        .collect();
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, d)| n | u32::from(*d) << (18 - 6 * i));
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
-}
-
-fn bytes_of(value: &Value) -> Option<Vec<u8>> {
-    value
-        .as_array()?
-        .iter()
-        .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-        .collect()
-}
-
-fn start_chromedriver() -> Driver {
-    for (bin, pkg) in [(CHROMEDRIVER, "chromium-driver"), (CHROMIUM, "chromium")] {
-        assert!(
-            std::path::Path::new(bin).is_file(),
-            "{bin} is missing: sudo apt-get install -y {pkg}"
-        );
-    }
-    let port = free_port();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn wait_driver(driver: &Driver) {
-    let http = support::client();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
-            if let Ok(v) = r.json::<Value>().await {
-                if v["value"]["ready"] == Value::Bool(true) {
-                    return;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not answer within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Object requests the server's embedded S3 has served since it started.
 async fn s3_get_objects(server: &str) -> u64 {
     let (_, _, counts) =
@@ -499,19 +74,6 @@ async fn s3_get_objects(server: &str) -> u64 {
     counts["get_object"]
         .as_u64()
         .unwrap_or_else(|| panic!("/api/s3/requests has no get_object count: {counts}"))
-}
-
-/// The service worker's shell caches (one per build), by name.
-async fn shell_caches(browser: &Session) -> Vec<String> {
-    let names = browser
-        .script_async(
-            "const done = arguments[0];
-             caches.keys().then(k => done(k.filter(n => n.startsWith('profile-web-shell-'))),
-                                e => done('error: ' + e));",
-            json!([]),
-        )
-        .await;
-    serde_json::from_value(names.clone()).unwrap_or_else(|_| panic!("caches.keys(): {names}"))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -537,7 +99,7 @@ struct Visit {
 /// Checks one showing of the list: 50 friends, each drawn (state ready, an
 /// image with natural width > 0), each served by `tier` according to both the
 /// monitor's report and the element. Returns the visit's record.
-async fn check_visit(browser: &Session, name: &'static str, tier: &str) -> Visit {
+async fn check_visit(browser: &Browser, name: &'static str, tier: &str) -> Visit {
     let report = browser.report().await;
     let pictures = browser.pictures().await;
     let list = &report["list"];
@@ -588,30 +150,11 @@ fn write_visits(visits: &[Visit]) {
     println!("visits: {}", path.display());
 }
 
-/// Every tier of the page holds `user`'s picture: how many of `users` each
-/// tier holds.
-async fn tiers_holding(browser: &Session, users: &[String]) -> BTreeMap<String, usize> {
-    let held = browser
-        .script_async(
-            "const [users, done] = arguments;
-             Promise.all(users.map(u => cacheMonitor.peek(u))).then(all => {
-               const out = {};
-               for (const tiers of all) for (const t of tiers) {
-                 out[t.tier] = (out[t.tier] || 0) + (t.url !== null && !t.error ? 1 : 0);
-               }
-               done(out);
-             }, e => done('error: ' + e));",
-            json!([users]),
-        )
-        .await;
-    serde_json::from_value(held.clone()).unwrap_or_else(|_| panic!("peek failed: {held}"))
-}
-
 /// In the current tab, no tier holds the old picture of `user`: a tier with
 /// bytes holds `new`, a tier with only a URL holds none of `old_urls` (the
 /// URLs the tiers held before the upload); and the memory tier holds it.
 async fn assert_no_old_picture(
-    browser: &Session,
+    browser: &Browser,
     tab: &str,
     user: &str,
     old_urls: &[String],
@@ -619,19 +162,21 @@ async fn assert_no_old_picture(
 ) {
     // Another invalidation of the same upload (the server's event, another
     // window's forward) may have emptied memory again: wait for its redraw.
-    let deadline = Instant::now() + PATIENCE;
-    let held = loop {
+    let held = poll(async || {
         let held = browser.peek(user).await;
         let in_memory = held
             .as_array()
             .unwrap()
             .iter()
             .any(|t| t["tier"] == "memory" && !t["url"].is_null());
-        if in_memory || Instant::now() > deadline {
-            break held;
+        if in_memory {
+            Ok(held)
+        } else {
+            Err(held)
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await
+    .unwrap_or_else(|held| held);
     println!("{tab}: tiers for user {user}: {}", summarize_peek(&held));
     for t in held.as_array().unwrap() {
         assert!(t["error"].is_null(), "{tab}: {t}");
@@ -690,14 +235,13 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     let origin = server.url();
     let page = format!("{origin}/");
 
-    let driver = start_chromedriver();
-    wait_driver(&driver).await;
+    let driver = Chromedriver::start().await;
     let profile = tempfile::tempdir().unwrap();
-    let browser = Session::start(&driver, profile.path()).await;
+    let browser = Browser::start(&driver, profile.path()).await;
     let mut visits = Vec::new();
 
     // 1. First visit: all 50 from the network; every tier then holds them.
-    browser.cmd("/url", json!({ "url": page })).await;
+    browser.goto(&page).await;
     browser.wait_list("the first visit", 1).await;
     visits.push(check_visit(&browser, "first", "network").await);
     let report = browser.report().await;
@@ -707,7 +251,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         .keys()
         .cloned()
         .collect();
-    let held = tiers_holding(&browser, &users).await;
+    let held = browser.tiers_holding(&users).await;
     println!("first visit: tiers holding the 50 pictures: {held:?}");
     for tier in CACHE_TIERS {
         assert_eq!(
@@ -737,7 +281,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         .wait_for(
             "the service worker to control the page",
             "return !!navigator.serviceWorker.controller",
-            json!([]),
+            vec![],
         )
         .await;
     browser.screenshot("1-first-visit").await;
@@ -745,11 +289,11 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     // 2. Same page, the list shown again: all from memory. The monitor's
     // overlay is open for the screenshot: its chart has points for both tiers.
     browser
-        .script("document.getElementById('show-again').click()", json!([]))
+        .script("document.getElementById('show-again').click()", vec![])
         .await;
     browser.wait_list("the list shown again", 2).await;
     visits.push(check_visit(&browser, "same_session", "memory").await);
-    browser.script("cacheMonitor.toggle()", json!([])).await;
+    browser.script("cacheMonitor.toggle()", vec![]).await;
     let chart = browser
         .script(
             "const out = {};
@@ -757,7 +301,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
                out[g.dataset.tier] = g.querySelectorAll('circle').length;
              out.rows = document.querySelectorAll('#monitor tbody tr').length;
              return out;",
-            json!([]),
+            vec![],
         )
         .await;
     println!("monitor chart points: {chart}");
@@ -790,14 +334,14 @@ async fn journey_five_visits_then_upload_in_two_windows() {
             "document.body.insertAdjacentHTML('beforeend',
                '<cached-profile-picture id=\"probe\" user-id=\"2\" size=\"40\" alt=\"probe\">' +
                '</cached-profile-picture>')",
-            json!([]),
+            vec![],
         )
         .await;
     for user in [2u64, 6] {
         browser
             .script(
                 "document.getElementById('probe').setAttribute('user-id', arguments[0])",
-                json!([user.to_string()]),
+                vec![json!(user.to_string())],
             )
             .await;
         browser
@@ -807,7 +351,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
                  const img = el.querySelector('img');
                  return el.dataset.state === 'ready' && img.naturalWidth > 0
                      && cacheMonitor.report().pictures[arguments[0]] !== undefined;",
-                json!([user.to_string()]),
+                vec![json!(user.to_string())],
             )
             .await;
         let bytes = browser
@@ -815,7 +359,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
                 "const done = arguments[0];
                  fetch(document.querySelector('#probe img').src).then(r => r.arrayBuffer())
                    .then(b => done(Array.from(new Uint8Array(b)))).catch(e => done('error: ' + e));",
-                json!([]),
+                vec![],
             )
             .await;
         assert_eq!(
@@ -824,18 +368,18 @@ async fn journey_five_visits_then_upload_in_two_windows() {
             "probe, user {user}"
         );
         let alt = browser
-            .script("return document.querySelector('#probe img').alt", json!([]))
+            .script("return document.querySelector('#probe img').alt", vec![])
             .await;
         assert_eq!(alt, "probe");
     }
     browser
-        .script("document.getElementById('probe').remove()", json!([]))
+        .script("document.getElementById('probe').remove()", vec![])
         .await;
 
     // 3. Reload: all from LocalStorage (URLs only); the images' bytes come from
     // the HTTP cache, so S3 serves no object meanwhile.
     let s3_before = s3_get_objects(&origin).await;
-    browser.cmd("/refresh", json!({})).await;
+    browser.refresh().await;
     browser.wait_list("the reload", 1).await;
     visits.push(check_visit(&browser, "reload", "local_storage").await);
     let pictures = browser.pictures().await;
@@ -857,12 +401,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
 
     // 4. A reload 46 minutes later (the page's clock hook): LocalStorage's
     // URLs expired (45 min), IndexedDB still holds the bytes (7 days).
-    browser
-        .cmd(
-            "/url",
-            json!({ "url": format!("{page}?clock-offset-min=46") }),
-        )
-        .await;
+    browser.goto(&format!("{page}?clock-offset-min=46")).await;
     browser.wait_list("the reload 46 minutes later", 1).await;
     assert_eq!(browser.report().await["clock_offset_ms"], 46 * 60_000);
     visits.push(check_visit(&browser, "later", "indexed_db").await);
@@ -879,23 +418,23 @@ async fn journey_five_visits_then_upload_in_two_windows() {
              req.onsuccess = () => done('ok');
              req.onerror = () => done('error: ' + req.error);
              req.onblocked = () => {};",
-            json!([]),
+            vec![],
         )
         .await;
     assert_eq!(cleared, "ok", "clearing IndexedDB");
     let offline = browser.go_offline(&origin).await;
-    browser.cmd("/refresh", json!({})).await;
+    browser.refresh().await;
     browser.wait_list("the offline reload", 1).await;
     visits.push(check_visit(&browser, "offline", "cache_api").await);
     browser
         .wait_for(
             "the service worker to say how it served the page",
             "return !!document.body.dataset.pageSource",
-            json!([]),
+            vec![],
         )
         .await;
     let source = browser
-        .script("return document.body.dataset.pageSource", json!([]))
+        .script("return document.body.dataset.pageSource", vec![])
         .await;
     assert_eq!(source, "sw-cache", "offline: the page itself");
     // Plain HTML can use the service worker's picture route offline too.
@@ -904,7 +443,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
             "const [user, done] = arguments;
              fetch('/pictures/' + user).then(r => r.arrayBuffer())
                .then(b => done(Array.from(new Uint8Array(b)))).catch(e => done('error: ' + e));",
-            json!([first]),
+            vec![json!(first)],
         )
         .await;
     assert_eq!(bytes_of(&via_sw), Some(generate_png(first_id, 96)));
@@ -913,26 +452,26 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     write_visits(&visits);
 
     // 6. Upload in tab 1 with a second window open on the page.
-    browser.cmd("/url", json!({ "url": page })).await;
+    browser.goto(&page).await;
     browser.wait_list("tab 1 back online", 1).await;
     browser
         .wait_for(
             "the service worker to say how it served the page",
             "return !!document.body.dataset.pageSource",
-            json!([]),
+            vec![],
         )
         .await;
     assert_eq!(
         browser
-            .script("return document.body.dataset.pageSource", json!([]))
+            .script("return document.body.dataset.pageSource", vec![])
             .await,
         "sw-network",
         "back online, the service worker fetches the page"
     );
-    let tab1 = browser.cmd_get("/window").await;
-    let tab2 = browser.cmd("/window/new", json!({"type": "window"})).await["handle"].clone();
-    browser.cmd("/window", json!({ "handle": tab2 })).await;
-    browser.cmd("/url", json!({ "url": page })).await;
+    let tab1 = browser.window().await;
+    let tab2 = browser.new_window().await;
+    browser.switch_to(&tab2).await;
+    browser.goto(&page).await;
     browser.wait_list("the second window", 1).await;
     let renders_before = browser.report().await["pictures"][first]["renders"]
         .as_u64()
@@ -941,7 +480,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     // memory); the loop ends in tab 1.
     let mut old_urls: Vec<String> = vec![first_url];
     for handle in [&tab2, &tab1] {
-        browser.cmd("/window", json!({ "handle": handle })).await;
+        browser.switch_to(handle).await;
         let held = browser.peek(first).await;
         old_urls.extend(
             held.as_array()
@@ -962,26 +501,17 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     browser
         .script(
             "document.getElementById('upload-user').value = arguments[0]",
-            json!([first]),
+            vec![json!(first)],
         )
         .await;
-    let input = browser.element("#upload-file").await;
-    browser
-        .cmd(
-            &format!("/element/{input}/value"),
-            json!({"text": file.display().to_string()}),
-        )
-        .await;
-    let button = browser.element("#upload-button").await;
-    browser
-        .cmd(&format!("/element/{button}/click"), json!({}))
-        .await;
+    browser.choose_file("#upload-file", &file).await;
+    browser.click("#upload-button").await;
     browser
         .wait_for(
             "the upload to finish",
             "return document.getElementById('upload-status').textContent
                  === 'uploaded a new picture for user ' + arguments[0]",
-            json!([first]),
+            vec![json!(first)],
         )
         .await;
     let drawn_again = "const [user, n] = arguments;
@@ -992,7 +522,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         .wait_for(
             "tab 1 to draw the new picture",
             drawn_again,
-            json!([first, tab1_renders]),
+            vec![json!(first), json!(tab1_renders)],
         )
         .await;
     browser
@@ -1002,12 +532,12 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     assert_no_old_picture(&browser, "tab 1", first, &old_urls, &new_picture).await;
     browser.screenshot("6-upload-tab1").await;
 
-    browser.cmd("/window", json!({ "handle": tab2 })).await;
+    browser.switch_to(&tab2).await;
     browser
         .wait_for(
             "the second window to draw the new picture",
             drawn_again,
-            json!([first, renders_before]),
+            vec![json!(first), json!(renders_before)],
         )
         .await;
     browser
@@ -1025,21 +555,21 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     // event stream (window 1 may also hear it from window 2's forward).
     let second = &users[1];
     let second_id: u64 = second.parse().unwrap();
-    let mut before: Vec<(Value, String, u64)> = Vec::new();
+    let mut before: Vec<(WindowHandle, String, u64)> = Vec::new();
     let mut old_urls: Vec<String> = Vec::new();
     for handle in [&tab1, &tab2] {
-        browser.cmd("/window", json!({ "handle": handle })).await;
+        browser.switch_to(handle).await;
         browser
             .wait_for(
                 "the page's event stream to be open",
                 "const s = cacheMonitor.serverEvents();
                  return !!s && s.open && s.last_event_id !== null;",
-                json!([]),
+                vec![],
             )
             .await;
         // Gone after a reload: proves there was none.
         browser
-            .script("window.__journeyNoReload = 'still here'", json!([]))
+            .script("window.__journeyNoReload = 'still here'", vec![])
             .await;
         let src = browser.pictures().await[second]["src"]
             .as_str()
@@ -1071,12 +601,12 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{body}");
     for (n, (handle, src, renders)) in before.iter().enumerate() {
         let tab = format!("window {}", n + 1);
-        browser.cmd("/window", json!({ "handle": handle })).await;
+        browser.switch_to(handle).await;
         browser
             .wait_for(
                 &format!("{tab} to draw user {second}'s picture uploaded by another client"),
                 drawn_again,
-                json!([second, renders]),
+                vec![json!(second), json!(renders)],
             )
             .await;
         browser
@@ -1087,7 +617,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
             )
             .await;
         let marker = browser
-            .script("return window.__journeyNoReload || null", json!([]))
+            .script("return window.__journeyNoReload || null", vec![])
             .await;
         assert_eq!(marker, "still here", "{tab} was reloaded");
         let now = browser.pictures().await[second]["src"]
@@ -1112,12 +642,13 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     let old_build = browser
         .script(
             "return document.getElementById('build').textContent",
-            json!([]),
+            vec![],
         )
         .await;
     let old_build = old_build.as_str().unwrap().to_owned();
     assert!(
-        shell_caches(&browser)
+        browser
+            .shell_caches()
             .await
             .contains(&format!("profile-web-shell-{old_build}")),
         "the shell cache is named after the build"
@@ -1129,12 +660,12 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         assert!(text.contains(&old_build), "{file} names its build");
         std::fs::write(&path, text.replace(&old_build, &new_build)).unwrap();
     }
-    browser.cmd("/url", json!({ "url": page })).await;
+    browser.goto(&page).await;
     browser.wait_list("the load after a new build", 1).await;
     let build = browser
         .script(
             "return document.getElementById('build').textContent",
-            json!([]),
+            vec![],
         )
         .await;
     assert_eq!(
@@ -1142,28 +673,28 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         new_build.as_str(),
         "the next load runs the new build"
     );
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let caches = shell_caches(&browser).await;
+    let replaced = poll(async || {
+        let caches = browser.shell_caches().await;
         if caches == [format!("profile-web-shell-{new_build}")] {
-            break;
+            Ok(())
+        } else {
+            Err(caches)
         }
-        assert!(
-            Instant::now() < deadline,
-            "the new service worker did not replace the old shell cache: {caches:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+    if let Err(caches) = replaced {
+        panic!("the new service worker did not replace the old shell cache: {caches:?}");
     }
     browser
         .wait_for(
             "the new service worker to control the page",
             "return !!navigator.serviceWorker.controller
                  && navigator.serviceWorker.controller.state === 'activated'",
-            json!([]),
+            vec![],
         )
         .await;
     browser.screenshot("7-new-build").await;
 
-    let _ = browser.http.delete(&browser.base).send().await;
+    browser.close().await;
     server.shutdown().await;
 }

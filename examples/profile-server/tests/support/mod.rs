@@ -1,9 +1,17 @@
 //! Helpers shared by the HTTP test suites (`api`, `e2e`, `journey`): plain reqwest calls
-//! and raw-socket requests that stall on purpose.
+//! and raw-socket requests that stall on purpose; for the journey (feature
+//! `journey`), the browser and the page it reads.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use reqwest::StatusCode;
 use serde_json::Value;
+
+/// The journey's headless Chromium (fantoccini, chromedriver, DevTools).
+#[cfg(feature = "journey")]
+pub(crate) mod browser;
+/// The profile-web page as the journey reads it.
+#[cfg(feature = "journey")]
+pub(crate) mod page;
 
 /// A client that never goes through a proxy (tests talk to 127.0.0.1 only).
 pub(crate) fn client() -> reqwest::Client {
