@@ -52,7 +52,7 @@ fn record(c: &mut Criterion) {
                     name: "memory",
                 },
                 key: "user:1:avatar",
-                latency: Duration::from_nanos(ns),
+                latency: Some(Duration::from_nanos(ns)),
                 bytes: 64,
                 error: None,
             }))
@@ -74,7 +74,7 @@ fn record(c: &mut Criterion) {
                     name: "memory",
                 },
                 key: "user:1:avatar",
-                latency: Duration::from_nanos(ns),
+                latency: Some(Duration::from_nanos(ns)),
                 bytes: 64,
                 error: None,
             }))

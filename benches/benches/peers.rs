@@ -109,7 +109,9 @@ trait Contender: Sync {
 struct Quick(quick_cache::sync::Cache<String, String>);
 impl Contender for Quick {
     fn hit(&self, key: &String) -> bool {
-        self.0.get(key).is_some()
+        // The value itself to `black_box`, as every contender hands it:
+        // checking only `is_some()` would let the compiler skip the copy.
+        black_box(self.0.get(key)).is_some()
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -119,7 +121,7 @@ impl Contender for Quick {
 struct MokaSync(moka::sync::Cache<String, String>);
 impl Contender for MokaSync {
     fn hit(&self, key: &String) -> bool {
-        self.0.get(key).is_some()
+        black_box(self.0.get(key)).is_some()
     }
     fn len(&self) -> usize {
         self.0.run_pending_tasks();
@@ -130,7 +132,7 @@ impl Contender for MokaSync {
 struct MokaFuture(moka::future::Cache<String, String>);
 impl Contender for MokaFuture {
     fn hit(&self, key: &String) -> bool {
-        ready(self.0.get(key)).is_some()
+        black_box(ready(self.0.get(key))).is_some()
     }
     fn len(&self) -> usize {
         futures_executor::block_on(self.0.run_pending_tasks());
@@ -141,7 +143,7 @@ impl Contender for MokaFuture {
 struct Locked(Mutex<HashMap<String, String>>);
 impl Contender for Locked {
     fn hit(&self, key: &String) -> bool {
-        self.0.lock().expect("lock").get(key).cloned().is_some()
+        black_box(self.0.lock().expect("lock").get(key).cloned()).is_some()
     }
     fn len(&self) -> usize {
         self.0.lock().expect("lock").len()
@@ -155,7 +157,7 @@ struct Chain {
 }
 impl Contender for Chain {
     fn hit(&self, key: &String) -> bool {
-        ready(self.chain.get(key)).expect("get").is_some()
+        black_box(ready(self.chain.get(key)).expect("get")).is_some()
     }
     fn len(&self) -> usize {
         (self.len)()
@@ -166,11 +168,13 @@ impl Contender for Chain {
 struct Direct<T>(T);
 impl<T: CacheLayer<String, String> + Sync> Contender for Direct<T> {
     fn hit(&self, key: &String) -> bool {
-        self.0
-            .get_ready(key, SystemClock.now())
-            .expect("a tier with get_ready")
-            .expect("get")
-            .is_some()
+        black_box(
+            self.0
+                .get_ready(key, SystemClock.now())
+                .expect("a tier with get_ready")
+                .expect("get"),
+        )
+        .is_some()
     }
     fn len(&self) -> usize {
         0
@@ -232,7 +236,27 @@ const CONTENDERS: &[Make] = &[
             ConcurrentTier::len,
         )
     },
+    |k| {
+        let tier = ConcurrentTier::builder().max_entries(k.len()).build();
+        chain_observed(
+            "chain hit, tier 0 = `ConcurrentTier`, monitor on",
+            tier,
+            k,
+            ConcurrentTier::len,
+        )
+    },
 ];
+
+/// [`chain_over`] with a default `cache_monitor::Monitor` as the chain's
+/// observer, as the example server runs.
+fn chain_observed<T: CacheLayer<String, String> + 'static>(
+    name: &'static str,
+    tier: T,
+    keys: &[String],
+    len: fn(&T) -> usize,
+) -> (&'static str, Box<dyn Contender>) {
+    chain_with(name, tier, keys, len, Some(cache_monitor::Monitor::new()))
+}
 
 /// Fills `tier` with hour-long entries for `keys` and puts a chain over it;
 /// the contender's `len` is the tier's.
@@ -241,6 +265,16 @@ fn chain_over<T: CacheLayer<String, String> + 'static>(
     tier: T,
     keys: &[String],
     len: fn(&T) -> usize,
+) -> (&'static str, Box<dyn Contender>) {
+    chain_with(name, tier, keys, len, None)
+}
+
+fn chain_with<T: CacheLayer<String, String> + 'static>(
+    name: &'static str,
+    tier: T,
+    keys: &[String],
+    len: fn(&T) -> usize,
+    monitor: Option<cache_monitor::Monitor>,
 ) -> (&'static str, Box<dyn Contender>) {
     let now = SystemClock.now();
     for (k, v) in pairs(keys) {
@@ -251,9 +285,11 @@ fn chain_over<T: CacheLayer<String, String> + 'static>(
     let counted = tier.clone();
     // `Tier::new`, as an application would: a `ConcurrentTier` (here in an
     // `Arc`) is then read by the chain's direct hit path.
-    let chain = TieredCache::builder()
-        .tier(Tier::new(tier).ttl(Duration::from_secs(3_600)))
-        .build();
+    let builder = TieredCache::builder().tier(Tier::new(tier).ttl(Duration::from_secs(3_600)));
+    let chain = match monitor {
+        Some(monitor) => builder.observer(monitor).build(),
+        None => builder.build(),
+    };
     (
         name,
         Box::new(Chain {
@@ -306,7 +342,10 @@ fn one_thread(results: &mut SuiteResults, keys: &[String]) {
     let m = interleave(rounds(101), &mut refs);
     for (i, (name, _)) in all.iter().enumerate().skip(1) {
         let row = m.row(i, &format!("{name}, one thread"), 0, all[0].0, "ns");
-        results.push(if ours(name) {
+        results.push(if *name == "chain hit, tier 0 = `ConcurrentTier`" {
+            // Issue 21: the in-process hit against the fastest Rust cache.
+            row.goal(Goal::AtMost(1.25))
+        } else if ours(name) {
             row.goal(Goal::AtMost(1.5))
         } else {
             row
@@ -383,7 +422,10 @@ fn two_thread_table(results: &mut SuiteResults, keys: &[String]) {
             &format!("{name}, one thread"),
             "hits/s",
         );
-        results.push(if ours(name) {
+        results.push(if name.ends_with("monitor on") {
+            // Issue 21: a second core adds 80 % with every access monitored.
+            row.goal(Goal::AtLeast(1.8))
+        } else if ours(name) {
             row.goal(Goal::AtLeast(1.6))
         } else {
             row

@@ -125,7 +125,7 @@ pub use in_process::TierOptions;
 pub use key::{CacheKey, KeyError};
 pub use layer::{BoxFuture, CacheLayer, MaybeSend, MaybeSync};
 pub use memory::{MemoryTier, MemoryTierBuilder};
-pub use observer::{Event, EventKind, EventSource, Observer};
+pub use observer::{Event, EventKind, EventSource, Observer, FAST_PATH_TIMED_EVERY};
 pub use report::{ChainOp, TierAction, TierOutcome, TierReport};
 pub use size::ByteSize;
 pub use tags::{MemoryTagStore, TagStore};

@@ -73,13 +73,27 @@ pub struct Event<'a> {
     pub source: EventSource<'a>,
     /// The key's string form; for prefix invalidation the prefix; empty for `clear`.
     pub key: &'a str,
-    /// How long the tier or origin took (zero where nothing was awaited).
-    pub latency: Duration,
+    /// How long the tier or origin took; `None` when the call was not timed:
+    /// where nothing was awaited (a skip, a coalesced read, a flush), and for
+    /// the synchronous answers of in-process tiers that are not sampled (one
+    /// in [`FAST_PATH_TIMED_EVERY`] per thread is timed). Every call that
+    /// waits (another tier, the origin, a fill) is timed.
+    pub latency: Option<Duration>,
     /// Payload bytes moved (value size on hits, writes and loads), else 0.
     pub bytes: usize,
     /// The error, for `Error`, `Timeout` and `OriginError` events.
     pub error: Option<&'a Error>,
 }
+
+/// One synchronous tier answer in this many, per thread, is timed: the
+/// answers of in-process tiers (`get_ready`) take tens of nanoseconds, as
+/// long as the two clock reads that would time them. Their counts stay
+/// exact; their latency is sampled. Every other call is timed.
+///
+/// ```
+/// assert_eq!(cache_core::FAST_PATH_TIMED_EVERY, 64);
+/// ```
+pub const FAST_PATH_TIMED_EVERY: u32 = 64;
 
 /// Receives a chain's events. Implemented by the `cache-monitor` crate; implement it to
 /// feed your own metrics or logs.

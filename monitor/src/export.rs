@@ -58,7 +58,9 @@ pub(crate) fn record(names: &Names, event: &Event<'_>) {
     metrics::counter!(names.events.clone(), &labels).increment(1);
     // Tier and origin calls are timed (however fast); chain events wait on nothing.
     if timed {
-        metrics::histogram!(names.latency.clone(), &labels).record(event.latency.as_secs_f64());
+        if let Some(latency) = event.latency {
+            metrics::histogram!(names.latency.clone(), &labels).record(latency.as_secs_f64());
+        }
     }
     if event.bytes > 0 {
         metrics::counter!(names.bytes.clone(), &labels).increment(event.bytes as u64);

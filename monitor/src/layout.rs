@@ -21,7 +21,10 @@ pub(crate) const T_INVALIDATIONS: usize = 8;
 pub(crate) const T_BYTES_SERVED: usize = 9;
 pub(crate) const T_BYTES_WRITTEN: usize = 10;
 pub(crate) const T_REFUSED: usize = 11;
-pub(crate) const TIER_COUNTERS: usize = 12;
+/// Reads whose latency was measured (in the histogram and the sum): in-process
+/// answers are timed one in [`cache_core::FAST_PATH_TIMED_EVERY`].
+pub(crate) const T_TIMED_READS: usize = 12;
+pub(crate) const TIER_COUNTERS: usize = 13;
 /// In flat snapshots, each tier's counters are followed by its read latency sum.
 pub(crate) const T_READ_NS: usize = TIER_COUNTERS;
 pub(crate) const TIER_STRIDE: usize = TIER_COUNTERS + 1;

@@ -82,6 +82,7 @@ mod layout;
 mod monitor;
 mod prometheus;
 mod report;
+mod stripes;
 
 pub use crate::clock::CoarseClock;
 pub use crate::layout::MAX_TIERS;

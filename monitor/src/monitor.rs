@@ -14,9 +14,10 @@ use crate::layout::{
     CHAIN_COUNTERS, C_DROPPED, C_NEGATIVE_HITS, C_RESYNCS, C_STALE_BYTES, C_STALE_SERVED, FLAT_LEN,
     MAX_TIERS, ORIGIN_COUNTERS, O_BYTES, O_COALESCED, O_ERRORS, O_LOADS, O_NOT_FOUND,
     TIER_COUNTERS, T_BACKFILLS, T_BYTES_SERVED, T_BYTES_WRITTEN, T_ERRORS, T_HITS, T_INVALIDATIONS,
-    T_MISSES, T_READ_FAILURES, T_REFUSED, T_SKIPS, T_TIMEOUTS, T_WRITES,
+    T_MISSES, T_READ_FAILURES, T_REFUSED, T_SKIPS, T_TIMED_READS, T_TIMEOUTS, T_WRITES,
 };
 use crate::report::{build_report, KeyCount, Report};
+use crate::stripes::{self, Stripe};
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
@@ -74,9 +75,14 @@ struct Shared {
     tiers: Box<[TierSlot]>,
     origin: OriginSlot,
     chain: [AtomicU64; CHAIN_COUNTERS],
+    /// Per-thread rows of hits, misses and bytes served (`stripes`).
+    stripes: Box<[Stripe]>,
     bucket_ms: u64,
-    /// The newest window bucket snapshotted; `tick` compares against it.
+    /// The newest window bucket snapshotted.
     current_bucket: AtomicU64,
+    /// When the next bucket starts (ms): `tick` compares against it, no
+    /// division on the way.
+    next_bucket_ms: AtomicU64,
     ring: Mutex<RingState>,
     baseline: Mutex<Baseline>,
     keys: Option<KeyTracker>,
@@ -120,6 +126,15 @@ impl KeyTracker {
     }
 }
 
+/// Records a read's latency, if it was timed.
+#[inline]
+fn time_read(slot: &TierSlot, latency: Option<Duration>) {
+    if let Some(latency) = latency {
+        slot.read.record(nanos(latency));
+        add(&slot.counters[T_TIMED_READS], 1);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -140,10 +155,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// # Cost
 ///
-/// Recording is lock-free: a few relaxed atomic adds into preallocated slots and
-/// one clock read. Once per window bucket (a minute by default) one event also
-/// copies the counters into the window ring under a mutex that other events
-/// never wait for. Key tracking, when enabled, takes a mutex per read.
+/// Recording is lock-free. A hit or miss bumps its thread's own row of
+/// counters (a plain load and store, no locked instruction, no cache line
+/// shared with other threads: 64 rows, then the shared atomics); other events
+/// add to shared relaxed atomics. Counts are exact. Latency is what the chain
+/// measured: every call that waits, and one in
+/// [`cache_core::FAST_PATH_TIMED_EVERY`] in-process answers per thread
+/// ([`Report::latency_timed_every`]); the histograms and means are over those.
+/// A timed event, and one in eight untimed ones per thread, read the clock to
+/// find the window bucket; once per bucket (a minute by default) one of them
+/// also copies the counters into the window ring under a mutex that other
+/// events never wait for. Key tracking, when enabled, takes a mutex per read.
 ///
 /// # Windows
 ///
@@ -341,8 +363,10 @@ impl MonitorBuilder {
                 load: AtomicHistogram::new(),
             },
             chain: counters(),
+            stripes: stripes::stripes(),
             bucket_ms,
             current_bucket: AtomicU64::new(0),
+            next_bucket_ms: AtomicU64::new(0),
             ring: Mutex::new(RingState {
                 slots: vec![None; self.buckets.max(1)],
             }),
@@ -417,7 +441,11 @@ impl Monitor {
         if let Some(names) = &s.export {
             crate::export::record(names, event);
         }
-        self.tick(s.clock.now());
+        // An untimed event (an in-process answer not sampled) looks at the
+        // clock for the window ring one time in `CLOCK_EVERY` per thread.
+        if event.latency.is_some() || stripes::clock_due() {
+            self.tick(s.clock.now());
+        }
         match event.source {
             EventSource::Tier { index, name } => {
                 let Some(slot) = s.tiers.get(index) else {
@@ -428,20 +456,31 @@ impl Monitor {
                     let _ = slot.name.set(name.into());
                 }
                 let c = &slot.counters;
-                let ns = nanos(event.latency);
                 let bytes = event.bytes as u64;
                 match event.kind {
                     EventKind::Hit => {
-                        add(&c[T_HITS], 1);
-                        add(&c[T_BYTES_SERVED], bytes);
-                        slot.read.record(ns);
+                        match stripes::current() {
+                            Some(n) => {
+                                let row = &s.stripes[n];
+                                stripes::bump(&row.hits[index], 1);
+                                stripes::bump(&row.bytes[index], bytes);
+                            }
+                            None => {
+                                add(&c[T_HITS], 1);
+                                add(&c[T_BYTES_SERVED], bytes);
+                            }
+                        }
+                        time_read(slot, event.latency);
                         if index == 0 {
                             self.track_key(event.key, true);
                         }
                     }
                     EventKind::Miss => {
-                        add(&c[T_MISSES], 1);
-                        slot.read.record(ns);
+                        match stripes::current() {
+                            Some(n) => stripes::bump(&s.stripes[n].misses[index], 1),
+                            None => add(&c[T_MISSES], 1),
+                        }
+                        time_read(slot, event.latency);
                         if index == 0 {
                             self.track_key(event.key, false);
                         }
@@ -455,7 +494,7 @@ impl Monitor {
                         add(&c[which], 1);
                         if failed_read(event.error) {
                             add(&c[T_READ_FAILURES], 1);
-                            slot.read.record(ns);
+                            time_read(slot, event.latency);
                             if index == 0 {
                                 self.track_key(event.key, false);
                             }
@@ -482,7 +521,8 @@ impl Monitor {
             }
             EventSource::Origin => {
                 let c = &s.origin.counters;
-                let ns = nanos(event.latency);
+                // The chain times every origin call.
+                let ns = nanos(event.latency.unwrap_or_default());
                 match event.kind {
                     EventKind::OriginLoad => {
                         add(&c[O_LOADS], 1);
@@ -523,12 +563,12 @@ impl Monitor {
     #[inline]
     fn tick(&self, now: Timestamp) {
         let s = &*self.shared;
-        let bucket = now.as_unix_millis() / s.bucket_ms;
+        let ms = now.as_unix_millis();
         // A clock that went backwards keeps recording into the newest bucket.
-        if bucket <= s.current_bucket.load(Ordering::Acquire) {
+        if ms < s.next_bucket_ms.load(Ordering::Acquire) {
             return;
         }
-        self.rotate(bucket);
+        self.rotate(ms / s.bucket_ms);
     }
 
     #[cold]
@@ -556,14 +596,24 @@ impl Monitor {
             ring.slots[(b % len) as usize] = Some((b, flat.clone()));
         }
         s.current_bucket.store(bucket, Ordering::Release);
+        s.next_bucket_ms.store(
+            bucket.saturating_add(1).saturating_mul(s.bucket_ms),
+            Ordering::Release,
+        );
     }
 
     /// Every cumulative counter, in the flat layout.
     fn flat(&self) -> Vec<u64> {
         let s = &*self.shared;
         let mut out = Vec::with_capacity(FLAT_LEN);
-        for slot in s.tiers.iter() {
+        for (index, slot) in s.tiers.iter().enumerate() {
+            let base = out.len();
             out.extend(slot.counters.iter().map(|c| c.load(Ordering::Relaxed)));
+            for row in s.stripes.iter() {
+                out[base + T_HITS] += row.hits[index].load(Ordering::Relaxed);
+                out[base + T_MISSES] += row.misses[index].load(Ordering::Relaxed);
+                out[base + T_BYTES_SERVED] += row.bytes[index].load(Ordering::Relaxed);
+            }
             out.push(slot.read.sum_ns());
         }
         out.extend(s.origin.counters.iter().map(|c| c.load(Ordering::Relaxed)));
@@ -623,7 +673,7 @@ impl Monitor {
     /// let clock = ManualClock::new();
     /// let monitor = Monitor::builder().clock(clock.clone()).build();
     /// let hit = Event { kind: EventKind::Hit, source: EventSource::Tier { index: 0, name: "memory" },
-    ///                   key: "k", latency: Duration::from_micros(5), bytes: 10, error: None };
+    ///                   key: "k", latency: Some(Duration::from_micros(5)), bytes: 10, error: None };
     /// monitor.record(&hit);
     /// clock.advance(Duration::from_secs(600));
     /// monitor.record(&hit);
@@ -678,7 +728,7 @@ impl Monitor {
     /// let clock = ManualClock::new();
     /// let monitor = Monitor::builder().clock(clock.clone()).build();
     /// let miss = Event { kind: EventKind::Miss, source: EventSource::Tier { index: 0, name: "memory" },
-    ///                    key: "k", latency: Duration::ZERO, bytes: 0, error: None };
+    ///                    key: "k", latency: Some(Duration::ZERO), bytes: 0, error: None };
     /// monitor.record(&miss);
     /// clock.advance(Duration::from_secs(60));
     /// let points = monitor.timeline(Duration::from_secs(120));

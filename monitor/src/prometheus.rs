@@ -134,7 +134,7 @@ impl Report {
     ///
     /// let monitor = Monitor::new();
     /// monitor.record(&Event { kind: EventKind::Hit, source: EventSource::Tier { index: 0, name: "memory" },
-    ///                         key: "k", latency: Duration::from_micros(3), bytes: 42, error: None });
+    ///                         key: "k", latency: Some(Duration::from_micros(3)), bytes: 42, error: None });
     /// let text = monitor.report().to_prometheus("cache");
     /// assert!(text.contains("cache_tier_hits_total{tier=\"memory\",index=\"0\"} 1\n"));
     /// assert!(text.contains("cache_tier_served_bytes_total{tier=\"memory\",index=\"0\"} 42\n"));

@@ -12,8 +12,12 @@ use crate::layout::{
     CHAIN_OFFSET, C_DROPPED, C_NEGATIVE_HITS, C_RESYNCS, C_STALE_SERVED, MAX_TIERS, ORIGIN_OFFSET,
     O_BYTES, O_COALESCED, O_ERRORS, O_LOADS, O_NOT_FOUND, O_NS, TIER_STRIDE, T_BACKFILLS,
     T_BYTES_SERVED, T_BYTES_WRITTEN, T_ERRORS, T_HITS, T_INVALIDATIONS, T_MISSES, T_READ_FAILURES,
-    T_READ_NS, T_REFUSED, T_SKIPS, T_TIMEOUTS, T_WRITES,
+    T_READ_NS, T_REFUSED, T_SKIPS, T_TIMED_READS, T_TIMEOUTS, T_WRITES,
 };
+
+fn default_timed_every() -> u32 {
+    1
+}
 
 /// One of the busiest keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,11 +133,17 @@ pub struct TierStats {
     pub bytes_written: u64,
     /// `hits / reads`; `None` before the first read.
     pub hit_rate: Option<f64>,
-    /// Mean read latency; `None` before the first read.
+    /// Reads whose latency was measured: every read of a tier that waits;
+    /// of an in-process tier's synchronous answers, one in
+    /// [`Report::latency_timed_every`] per thread. The mean and the
+    /// distribution are over these.
+    #[serde(default)]
+    pub timed_reads: u64,
+    /// Mean read latency (of the timed reads); `None` before the first.
     #[serde(with = "opt_ms")]
     pub average_latency: Option<Duration>,
-    /// Read latency distribution (hits, misses and failed reads). `None` in
-    /// window reports.
+    /// Read latency distribution (hits, misses and failed reads; the timed
+    /// ones). `None` in window reports.
     pub latency: Option<LatencyStats>,
 }
 
@@ -186,7 +196,7 @@ pub struct OriginStats {
 /// let tier = EventSource::Tier { index: 0, name: "memory" };
 /// for kind in [EventKind::Hit, EventKind::Hit, EventKind::Hit, EventKind::Miss] {
 ///     let bytes = if kind == EventKind::Hit { 700_000 } else { 0 };
-///     monitor.record(&Event { kind, source: tier, key: "k", latency: Duration::from_millis(8), bytes, error: None });
+///     monitor.record(&Event { kind, source: tier, key: "k", latency: Some(Duration::from_millis(8)), bytes, error: None });
 /// }
 /// let report = monitor.report();
 /// assert_eq!(report.hit_rate, Some(0.75));
@@ -227,6 +237,14 @@ pub struct Report {
     /// The busiest keys by requests, when key tracking is on and the report is
     /// not a window.
     pub top_keys: Option<Vec<KeyCount>>,
+    /// How latency is sampled: an in-process tier's synchronous answers are
+    /// timed one in this many per thread
+    /// ([`cache_core::FAST_PATH_TIMED_EVERY`]); every other tier call and
+    /// every origin call is timed. Counts (hits, misses, bytes, errors) are
+    /// exact; `average_access_time` scales each tier's timed reads to all
+    /// of its reads.
+    #[serde(default = "default_timed_every")]
+    pub latency_timed_every: u32,
 }
 
 pub(crate) fn build_report(
@@ -243,9 +261,13 @@ pub(crate) fn build_report(
     let mut read_ns_total: u64 = 0;
     for (index, name) in names.iter().enumerate() {
         let c = &flat[index * TIER_STRIDE..(index + 1) * TIER_STRIDE];
-        read_ns_total = read_ns_total.saturating_add(c[T_READ_NS]);
-        let Some(name) = name else { continue };
         let reads = c[T_HITS] + c[T_MISSES] + c[T_READ_FAILURES];
+        // The time of every read, estimated from the timed ones.
+        if c[T_TIMED_READS] > 0 {
+            let all = c[T_READ_NS] as u128 * reads as u128 / c[T_TIMED_READS] as u128;
+            read_ns_total = read_ns_total.saturating_add(u64::try_from(all).unwrap_or(u64::MAX));
+        }
+        let Some(name) = name else { continue };
         tiers.push(TierStats {
             index,
             name: name.clone(),
@@ -263,7 +285,8 @@ pub(crate) fn build_report(
             bytes_served: c[T_BYTES_SERVED],
             bytes_written: c[T_BYTES_WRITTEN],
             hit_rate: ratio(c[T_HITS], reads),
-            average_latency: mean(c[T_READ_NS], reads),
+            timed_reads: c[T_TIMED_READS],
+            average_latency: mean(c[T_READ_NS], c[T_TIMED_READS]),
             latency: hists.map(|h| LatencyStats::from_histogram(&h[index])),
         });
     }
@@ -300,6 +323,7 @@ pub(crate) fn build_report(
         resyncs: c[C_RESYNCS],
         dropped_events: c[C_DROPPED],
         top_keys,
+        latency_timed_every: cache_core::FAST_PATH_TIMED_EVERY,
     }
 }
 
@@ -439,6 +463,13 @@ impl fmt::Display for Report {
             )?;
         }
         writeln!(f)?;
+        let timed: u64 = self.tiers.iter().map(|t| t.timed_reads).sum();
+        let reads: u64 = self.tiers.iter().map(|t| t.reads).sum();
+        writeln!(
+            f,
+            "latency: {timed} of {reads} tier reads timed (in-process answers one in {}, every other call)",
+            self.latency_timed_every
+        )?;
         if self.negative_hits + self.stale_served + self.resyncs + self.dropped_events > 0 {
             writeln!(
                 f,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::{
-    loader_fn, BoxError, Clock, Entry, FaultTier, ManualClock, MemoryTier, Operation, Source, Tier,
-    TieredCache,
+    loader_fn, BoxError, Clock, Entry, FaultTier, ManualClock, MemoryTier, Operation, Source,
+    SystemClock, Tier, TieredCache,
 };
 use cache_monitor::Monitor;
 use futures_executor::block_on;
@@ -103,8 +103,13 @@ fn chain_hits_misses_backfills_loads_and_bytes_saved() {
     assert_eq!((l1.bytes_served, l2.bytes_served), (2 * len, len));
     assert_eq!(l1.bytes_written, 3 * len); // two writes, one backfill
     assert_eq!((l1.errors, l1.timeouts, l2.errors), (0, 0, 0));
-    assert_eq!(l1.latency.as_ref().unwrap().count, 6);
+    // l1 answers synchronously: one in FAST_PATH_TIMED_EVERY per thread is
+    // timed. l2 is read on the async path: every read timed.
+    assert_eq!(l1.latency.as_ref().unwrap().count, l1.timed_reads);
+    assert!((1..=6).contains(&l1.timed_reads), "{}", l1.timed_reads);
     assert_eq!(l2.latency.as_ref().unwrap().count, 4);
+    assert_eq!(l2.timed_reads, 4);
+    assert_eq!(r.latency_timed_every, cache_core::FAST_PATH_TIMED_EVERY);
     assert_eq!(r.origin.loads, 2);
     assert_eq!(r.origin.not_found, 1);
     assert_eq!(r.origin.bytes_loaded, 2 * len);
@@ -208,7 +213,7 @@ async fn concurrent_reads_through_a_chain_are_all_accounted_for() {
         t.await.unwrap();
     }
     let r = monitor.report();
-    assert_eq!(r.requests, TASKS * READS);
+    assert_eq!(r.requests, TASKS * READS, "{r:?}");
     // Every read was answered by a tier, started an origin load, or joined one.
     assert_eq!(
         r.hits + r.origin.loads + r.origin.coalesced,
@@ -224,4 +229,43 @@ async fn concurrent_reads_through_a_chain_are_all_accounted_for() {
         (l1.hits + l2.hits) * value(1_000).len() as u64
     );
     println!("{r}");
+}
+
+/// In-process answers are counted exactly and timed one in
+/// `FAST_PATH_TIMED_EVERY` per thread; the mean is over the timed ones.
+#[test]
+fn in_process_hits_are_counted_exactly_and_timed_one_in_sixty_four() {
+    let monitor = Monitor::new();
+    let cache: TieredCache<u64, String> = TieredCache::builder()
+        .tier(Tier::new(MemoryTier::builder().name("l1").build()))
+        .origin(loader_fn(|k: u64| async move {
+            Ok::<_, BoxError>(Some(Entry::expiring_in(
+                value(k),
+                SystemClock.now(),
+                Duration::from_secs(600),
+            )))
+        }))
+        .observer(monitor.clone())
+        .build();
+    let every = u64::from(cache_core::FAST_PATH_TIMED_EVERY);
+    // On a thread of its own, so its countdown starts fresh.
+    std::thread::spawn(move || {
+        block_on(async {
+            cache.get(&1).await.unwrap();
+            for _ in 0..10 * every {
+                cache.get(&1).await.unwrap();
+            }
+        })
+    })
+    .join()
+    .unwrap();
+    let r = monitor.report();
+    let l1 = &r.tiers[0];
+    assert_eq!((l1.hits, l1.misses), (10 * every, 1));
+    assert_eq!(l1.bytes_served, 10 * every * value(1).len() as u64);
+    // The miss and the hits share one countdown: 641 answers, the 1st,
+    // 65th, ... timed.
+    assert_eq!(l1.timed_reads, 11);
+    assert_eq!(l1.latency.as_ref().unwrap().count, 11);
+    assert!(l1.average_latency.is_some());
 }

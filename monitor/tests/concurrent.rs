@@ -20,7 +20,7 @@ fn hit(index: usize, ns: u64) -> Event<'static> {
             name: ["memory", "shared"][index],
         },
         key: "k",
-        latency: Duration::from_nanos(ns),
+        latency: Some(Duration::from_nanos(ns)),
         bytes: if ns.is_multiple_of(4) { 0 } else { 3 },
         error: None,
     }

@@ -23,7 +23,7 @@ fn event(
         kind,
         source,
         key: "user:1",
-        latency,
+        latency: Some(latency),
         bytes,
         error: None,
     }

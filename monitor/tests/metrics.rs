@@ -88,12 +88,32 @@ fn the_monitor_exports_counts_latencies_and_bytes_through_the_metrics_facade() {
         find(MetricKind::Counter, "avatars_bytes_total", "hot", "hit"),
         Some(&DebugValue::Counter(2 * bytes))
     );
+    // Only timed calls reach the histogram: this thread's first in-process
+    // answer (the miss) is, the next 63 (the hits) are not; the origin's
+    // call always is.
     assert!(
         matches!(
-            find(MetricKind::Histogram, "avatars_latency_seconds", "hot", "hit"),
-            Some(DebugValue::Histogram(v)) if v.len() == 2
+            find(MetricKind::Histogram, "avatars_latency_seconds", "hot", "miss"),
+            Some(DebugValue::Histogram(v)) if v.len() == 1
         ),
-        "no latency histogram for the hits"
+        "no latency histogram for the timed miss"
+    );
+    assert!(
+        find(
+            MetricKind::Histogram,
+            "avatars_latency_seconds",
+            "hot",
+            "hit"
+        )
+        .is_none(),
+        "untimed hits recorded a latency"
+    );
+    assert!(
+        matches!(
+            find(MetricKind::Histogram, "avatars_latency_seconds", "origin", "origin_load"),
+            Some(DebugValue::Histogram(v)) if v.len() == 1
+        ),
+        "no latency histogram for the origin load"
     );
     // Keys are user data: never a label or a name.
     for (key, ..) in &snapshot {

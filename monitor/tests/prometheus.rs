@@ -19,7 +19,7 @@ fn event(
         kind,
         source,
         key: "user:1",
-        latency,
+        latency: Some(latency),
         bytes,
         error: None,
     }

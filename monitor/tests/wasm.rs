@@ -31,7 +31,7 @@ fn records_events_and_reports_on_the_default_clock() {
             kind,
             source: tier,
             key: "k",
-            latency: Duration::from_nanos(i),
+            latency: Some(Duration::from_nanos(i)),
             bytes: 100,
             error: None,
         });

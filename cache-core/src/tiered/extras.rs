@@ -52,7 +52,7 @@ where
                 EventKind::NegativeHit,
                 EventSource::Chain,
                 &key.key_str(),
-                Duration::ZERO,
+                None,
                 0,
                 None,
             );

@@ -202,7 +202,7 @@ where
                 EventKind::Coalesced,
                 EventSource::Origin,
                 &key.key_str(),
-                Duration::ZERO,
+                None,
                 0,
                 None,
             );
@@ -327,7 +327,6 @@ where
         if !slot.breaker.is_closed() {
             return None;
         }
-        let start = self.start();
         let found = match slot.layer.get_ready(key, self.clock.now()) {
             Some(found) => found,
             None => {
@@ -345,7 +344,18 @@ where
         if !self.fences.holds(ticket, &key.key_str(), None) {
             return None;
         }
-        self.emit_hit(0, key, start, &entry);
+        // The read already reported its miss at tier 0 (each read reaches
+        // tier 0 once): what it gets now is a load's result, landed just
+        // before, so it counts as a read that joined a load.
+        slot.breaker.success();
+        self.emit(
+            EventKind::Coalesced,
+            EventSource::Origin,
+            &key.key_str(),
+            None,
+            0,
+            None,
+        );
         Some(entry)
     }
 
@@ -533,7 +543,7 @@ where
             EventKind::StaleServed,
             EventSource::Chain,
             &key.key_str(),
-            Duration::ZERO,
+            None,
             entry.value.byte_size(),
             None,
         );

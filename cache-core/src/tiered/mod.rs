@@ -686,7 +686,7 @@ where
             crate::EventKind::Resync,
             crate::EventSource::Chain,
             reason,
-            Duration::ZERO,
+            None,
             0,
             report.as_ref().err(),
         );

@@ -37,9 +37,32 @@ pub(super) fn invalid_key<K: CacheKey>(key: &K, reason: crate::key::KeyError) ->
     Error::invalid_key(&key.key_str(), reason)
 }
 
+/// How long since `start`, if the call was timed.
 #[inline]
-pub(super) fn elapsed(start: Option<Stopwatch>) -> Duration {
-    start.map_or(Duration::ZERO, |s| s.elapsed())
+pub(super) fn elapsed(start: Option<Stopwatch>) -> Option<Duration> {
+    start.map(Stopwatch::elapsed)
+}
+
+thread_local! {
+    /// Synchronous answers left on this thread before the next one is timed.
+    static UNTIMED_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this synchronous answer is the one in
+/// [`FAST_PATH_TIMED_EVERY`](crate::FAST_PATH_TIMED_EVERY) on this thread that
+/// is timed.
+#[inline]
+fn fast_path_timed() -> bool {
+    UNTIMED_LEFT.with(|left| match left.get() {
+        0 => {
+            left.set(crate::FAST_PATH_TIMED_EVERY - 1);
+            true
+        }
+        n => {
+            left.set(n - 1);
+            false
+        }
+    })
 }
 
 /// The chain's clock: the default [`crate::SystemClock`] is called directly
@@ -112,9 +135,22 @@ where
     K: CacheKey,
     V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
 {
+    /// The stopwatch of a call that may wait: every one is timed.
     #[inline]
     pub(super) fn start(&self) -> Option<Stopwatch> {
         self.observer.as_ref().map(|_| Stopwatch::start())
+    }
+
+    /// The stopwatch of a synchronous answer (an in-process tier's
+    /// `get_ready`): one in [`FAST_PATH_TIMED_EVERY`](crate::FAST_PATH_TIMED_EVERY)
+    /// per thread is timed, the others are counted without a clock read.
+    #[inline]
+    pub(super) fn start_sampled(&self) -> Option<Stopwatch> {
+        if self.observer.is_some() && fast_path_timed() {
+            Some(Stopwatch::start())
+        } else {
+            None
+        }
     }
 
     #[inline]
@@ -123,7 +159,7 @@ where
         kind: EventKind,
         source: EventSource<'_>,
         key: &str,
-        latency: Duration,
+        latency: Option<Duration>,
         bytes: usize,
         error: Option<&Error>,
     ) {
@@ -222,7 +258,7 @@ where
                 EventKind::Skipped,
                 self.tier_source(index),
                 &key.key_str(),
-                Duration::ZERO,
+                None,
                 0,
                 None,
             );

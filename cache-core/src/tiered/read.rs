@@ -406,7 +406,7 @@ where
         if !slot.breaker.is_closed() {
             return None;
         }
-        let start = self.start();
+        let start = self.start_sampled();
         // One clock read serves the tier's expiry check and the chain's.
         *now = self.clock.now();
         let now = *now;

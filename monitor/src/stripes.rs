@@ -1,0 +1,148 @@
+//! Per-thread rows of the counters a read's fast path bumps (hits, misses,
+//! bytes served), so that threads reading at once do not fight over one
+//! cache line, and a thread bumps its own row with a plain load and store
+//! instead of a locked read-modify-write (Caffeine's striped `LongAdder`,
+//! with one writer per stripe).
+//!
+//! Each thread takes a stripe number from a process-wide pool the first
+//! time it records, and gives it back when it exits; a thread beyond
+//! [`STRIPES`] (or one recording while it exits) falls back to the shared
+//! atomic counters. A stripe has one writer at a time: its number belongs
+//! to one live thread, and the pool's mutex orders the hand-over. Readers
+//! sum every stripe with relaxed loads (64-bit loads do not tear).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::layout::MAX_TIERS;
+
+/// Stripes per monitor.
+pub(crate) const STRIPES: usize = 64;
+
+/// One thread's row: per tier, hits, misses and bytes served.
+#[repr(align(128))]
+pub(crate) struct Stripe {
+    pub(crate) hits: [AtomicU64; MAX_TIERS],
+    pub(crate) misses: [AtomicU64; MAX_TIERS],
+    pub(crate) bytes: [AtomicU64; MAX_TIERS],
+}
+
+impl Stripe {
+    fn new() -> Self {
+        Stripe {
+            hits: std::array::from_fn(|_| AtomicU64::new(0)),
+            misses: std::array::from_fn(|_| AtomicU64::new(0)),
+            bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+pub(crate) fn stripes() -> Box<[Stripe]> {
+    (0..STRIPES).map(|_| Stripe::new()).collect()
+}
+
+/// Adds `n` to a counter only this thread writes.
+#[inline]
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// Numbers given back by threads that exited, and the next fresh one.
+static POOL: Mutex<(Vec<usize>, usize)> = Mutex::new((Vec::new(), 0));
+
+/// This thread's stripe number; given back on exit.
+struct Number(usize);
+
+impl Number {
+    fn take() -> Self {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pool.0.pop() {
+            return Number(n);
+        }
+        let n = pool.1;
+        pool.1 += 1;
+        Number(n)
+    }
+}
+
+impl Drop for Number {
+    fn drop(&mut self) {
+        if self.0 < STRIPES {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            pool.0.push(self.0);
+        }
+    }
+}
+
+thread_local! {
+    static NUMBER: Number = Number::take();
+    /// Untimed events left on this thread before the next one looks at the
+    /// clock for the window ring.
+    static UNCLOCKED_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// This thread's stripe, if it has one.
+#[inline]
+pub(crate) fn current() -> Option<usize> {
+    NUMBER.try_with(|n| n.0).ok().filter(|&n| n < STRIPES)
+}
+
+/// How many untimed events a thread records between two looks at the
+/// clock for the window ring.
+pub(crate) const CLOCK_EVERY: u32 = 8;
+
+/// Whether this untimed event looks at the clock (one in [`CLOCK_EVERY`]
+/// per thread).
+#[inline]
+pub(crate) fn clock_due() -> bool {
+    UNCLOCKED_LEFT.with(|left| match left.get() {
+        0 => {
+            left.set(CLOCK_EVERY - 1);
+            true
+        }
+        n => {
+            left.set(n - 1);
+            false
+        }
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_get_distinct_stripes_and_give_them_back() {
+        let mine = current().unwrap();
+        let theirs: Vec<Option<usize>> = (0..4)
+            .map(|_| std::thread::spawn(current))
+            .map(|t| t.join().unwrap())
+            .collect();
+        // Each exited before the next started: they may share one number,
+        // never this thread's.
+        assert!(theirs.iter().all(|t| t.is_some() && *t != Some(mine)));
+        // Three threads that each hold their number until all have one.
+        let all = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let numbers: Vec<Option<usize>> = (0..3)
+            .map(|_| {
+                let all = all.clone();
+                std::thread::spawn(move || {
+                    let n = current();
+                    all.wait();
+                    n
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let mut distinct = numbers.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "threads alive together: {numbers:?}");
+    }
+}
