@@ -53,21 +53,10 @@ mod config;
 mod events;
 mod routes;
 mod s3_front;
+mod seed;
+mod server;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use axum::Router;
-use bytes::Bytes;
 use cache_core::BoxError;
-use futures_util::{StreamExt, TryStreamExt};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use presign::PresignedUrls;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use app::App;
 pub use config::{
@@ -76,6 +65,7 @@ pub use config::{
 };
 pub use events::EventsConfig;
 pub use s3_front::EmbeddedS3;
+pub use server::Server;
 
 use app::build_unseeded;
 
@@ -92,173 +82,10 @@ pub async fn build_app(config: &Config) -> Result<App, BoxError> {
     Ok(app)
 }
 
-/// Seeding uploads in flight at once.
-const SEED_CONCURRENCY: usize = 64;
-
-/// Gives every user `1..=users` without a picture a generated one, several
-/// uploads at a time. `fresh`: the store is known to be empty (the embedded S3
-/// just started), so there is nothing to look up first.
-async fn seed(urls: &PresignedUrls, users: u64, fresh: bool) -> Result<(), BoxError> {
-    futures_util::stream::iter(1..=users)
-        .map(|user| async move {
-            let id = user.to_string();
-            if !fresh && urls.head(&id).await?.is_some() {
-                return Ok(());
-            }
-            let png = Bytes::from(avatar::generate_png(user, 96));
-            // No invalidation: a user without a picture has no cached URL.
-            urls.upload(&id, png, "image/png").await
-        })
-        .buffer_unordered(SEED_CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
-    Ok(())
-}
-
-impl App {
-    /// Gives every user who has none a generated picture, then counts the
-    /// app as ready (`/readyz`).
-    async fn seed(&self) -> Result<(), BoxError> {
-        let state = &self.state;
-        seed(&state.urls, state.users, state.embedded_s3.is_some()).await?;
-        state
-            .seeded
-            .store(true, std::sync::atomic::Ordering::Release);
-        Ok(())
-    }
-}
-
-/// A running server; see [`serve`].
-#[derive(Debug)]
-pub struct Server {
-    addr: SocketAddr,
-    app: App,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-    sweeper: JoinHandle<()>,
-}
-
-impl Server {
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://<addr>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The application behind it.
-    pub fn app(&self) -> &App {
-        &self.app
-    }
-
-    /// Graceful shutdown: ends the event streams (`/api/events`), stops
-    /// accepting connections (the listener is closed), closes idle keep-alive
-    /// connections, lets requests in flight finish (each is bounded by the
-    /// request deadline), then stops the sweeper and the embedded S3.
-    pub async fn shutdown(mut self) {
-        self.app.state.events.close();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.task).await;
-        self.sweeper.abort();
-        // Leave the bus: the other instances stop waiting for this one at once.
-        if let Some(synced) = self.app.state.urls.synced() {
-            synced.bus().shutdown().await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.app.state.events.close();
-        self.task.abort();
-        self.sweeper.abort();
-    }
-}
-
 /// Builds the app and serves it on `config.addr` (port 0: a free port). It
 /// listens before it seeds (so `/healthz` answers during a long seed) and
 /// returns once seeded (`/readyz` answers 200).
 pub async fn serve(config: Config) -> Result<Server, BoxError> {
     let app = build_unseeded(&config).await?;
-    // Listen first: `/healthz` answers during a long seed, `/readyz` once it
-    // is done.
-    let listener = TcpListener::bind(config.addr).await?;
-    let addr = listener.local_addr()?;
-    let router = app.router();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(accept_loop(listener, router, config.limits, stopped));
-    if let Err(e) = app.seed().await {
-        let _ = stop.send(());
-        let _ = task.await;
-        return Err(e);
-    }
-    let state = app.state.clone();
-    let interval = config.sweep_interval;
-    let sweeper = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if let Err(e) = state.urls.sweep().await {
-                // Names the store operation, never a credential.
-                eprintln!("profile-server: sweeping old picture versions failed: {e}");
-            }
-        }
-    });
-    Ok(Server {
-        addr,
-        app,
-        stop: Some(stop),
-        task,
-        sweeper,
-    })
-}
-
-/// Serves HTTP/1.1 connections until `stopped`, then shuts down gracefully.
-///
-/// Not `axum::serve`: it has no header deadline. Here hyper closes a connection
-/// whose request headers do not arrive within `limits.header_timeout`; the
-/// body and whole-request deadlines are in the router (`request_deadline`,
-/// `put_avatar`).
-async fn accept_loop(
-    listener: TcpListener,
-    router: Router,
-    limits: Limits,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let socket = match accepted {
-                    Ok((socket, _)) => socket,
-                    Err(_) => {
-                        // Out of file descriptors, or a connection reset before
-                        // accept: wait a moment rather than spin.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let service = TowerToHyperService::new(router.clone());
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(socket), service));
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            _ = &mut stopped => break,
-        }
-    }
-    drop(listener);
-    // Idle connections close now; a request in flight finishes first, bounded
-    // by its deadline (plus a moment to write the answer).
-    let drain = limits.request_timeout + Duration::from_secs(1);
-    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+    Server::start(app, &config).await
 }
