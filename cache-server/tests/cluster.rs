@@ -8,6 +8,9 @@ use cache_core::{conformance, CacheLayer, Clock, Entry, SystemClock, Tier, Tiere
 use cache_server::fred::interfaces::KeysInterface;
 use cache_server::testing::RedisCluster;
 use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use support::{next_applied, redis_tier};
+
+mod support;
 
 fn node_keys(cluster: &RedisCluster, pattern: &str) -> Vec<usize> {
     cluster
@@ -49,12 +52,7 @@ async fn redis_cluster_end_to_end() {
     })
     .await;
 
-    let tier: RedisTier<String> = RedisTier::builder()
-        .url(url.clone())
-        .namespace("avatars")
-        .build()
-        .await
-        .unwrap();
+    let tier = redis_tier(url.clone(), "avatars").await;
     assert!(tier.is_clustered());
 
     // get_many over keys in many hash slots, on every node.
@@ -143,10 +141,7 @@ async fn redis_cluster_end_to_end() {
     assert!(b_moka.contains(&key));
     let mut applied = b.applied();
     a.invalidate(&key).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), applied.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let got = next_applied(&mut applied).await;
     assert_eq!(got, Invalidation::Key(key.clone()));
     assert!(!b_moka.contains(&key));
 }
