@@ -7,8 +7,8 @@ use std::time::Duration;
 use cache_core::{conformance, CacheLayer, Clock, Entry, SystemClock, Tier, TieredCache};
 use cache_server::fred::interfaces::KeysInterface;
 use cache_server::testing::RedisCluster;
-use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier, SyncedCache};
-use support::{next_applied, redis_tier};
+use cache_server::{Invalidation, InvalidationBus, MokaTier, SyncedCache};
+use support::{conformance_tier, next_applied, redis_tier};
 
 mod support;
 
@@ -38,17 +38,7 @@ async fn redis_cluster_end_to_end() {
     // The conformance suite, on the cluster.
     conformance::run::<_, Vec<u8>, _, _>(|setup| {
         let url = url.clone();
-        async move {
-            let mut b = RedisTier::builder()
-                .url(url)
-                .namespace(setup.namespace.clone())
-                .clock(setup.clock.clone())
-                .pool_size(1);
-            if let Some(ttl) = setup.tier_ttl {
-                b = b.ttl(ttl);
-            }
-            b.build().await.unwrap()
-        }
+        async move { conformance_tier(&url, &setup).build().await.unwrap() }
     })
     .await;
 

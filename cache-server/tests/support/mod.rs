@@ -9,11 +9,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cache_core::conformance::Setup;
 use cache_core::{
-    loader_fn, BoxError, Clock, Entry, Loader, SystemClock, Tier, TieredCache, TieredCacheBuilder,
+    loader_fn, BoxError, Clock, Entry, FenceCheck, Loader, SystemClock, Tier, TieredCache,
+    TieredCacheBuilder,
 };
-use cache_server::SyncedCache;
-use cache_server::{Invalidation, InvalidationBus, InvalidationBusBuilder, MokaTier, RedisTier};
+use cache_server::testing::RedisServer;
+use cache_server::{
+    Codec, Invalidation, InvalidationBus, InvalidationBusBuilder, MokaTier, MsgPackCodec,
+    RedisTier, RedisTierBuilder, SyncedCache,
+};
 use tokio::sync::broadcast;
 
 /// How long a test waits for what must happen (unless it names its own
@@ -94,6 +99,43 @@ pub(crate) async fn redis_tier(url: impl Into<String>, ns: &str) -> RedisTier<St
         .build()
         .await
         .unwrap()
+}
+
+/// A Redis tier for one check of the conformance suite, on `url`: the
+/// check's namespace, clock and TTL, one connection.
+pub(crate) fn conformance_tier<V>(url: &str, setup: &Setup) -> RedisTierBuilder<V>
+where
+    V: Send + Sync + 'static,
+    MsgPackCodec: Codec<V>,
+{
+    let tier = RedisTier::builder()
+        .url(url)
+        .namespace(setup.namespace.clone())
+        .clock(setup.clock.clone())
+        .pool_size(1);
+    match setup.tier_ttl {
+        Some(ttl) => tier.ttl(ttl),
+        None => tier,
+    }
+}
+
+/// How many times `server` ran `cmd` (lowercase) since start or the last
+/// `CONFIG RESETSTAT`.
+pub(crate) fn stat_calls(server: &RedisServer, cmd: &str) -> u64 {
+    let info = server.cli(&["INFO", "commandstats"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// A fence check that holds or not, as told.
+pub(crate) struct Holds(pub(crate) bool);
+
+impl FenceCheck for Holds {
+    fn holds(&self) -> bool {
+        self.0
+    }
 }
 
 /// The origin of the fixtures: `<key>@v<version>`, with the version of the
