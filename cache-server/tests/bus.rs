@@ -6,25 +6,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_core::{loader_fn, BoxError, Clock, Entry, Source, SystemClock, Tier, TieredCache};
+use cache_core::{Clock, Entry, Source, SystemClock};
 use cache_server::fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use cache_server::testing::{LoopbackProxy, RedisServer};
-use cache_server::{
-    Invalidation, InvalidationBus, InvalidationBusBuilder, MokaTier, RedisTier, SyncedCache,
+use cache_server::{Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache};
+use support::{
+    applied_until, fast_bus, next_applied, redis_tier, wait_for, wait_until, Instance, FAST_BOUND,
 };
 
-const CHANNEL: &str = "avatars:invalidate";
-const LIVENESS: Duration = Duration::from_secs(10);
+mod support;
 
-struct Instance {
-    cache: SyncedCache<String, String>,
-    moka: MokaTier<String, String>,
-    loads: Arc<AtomicU64>,
-}
+const CHANNEL: &str = "avatars:invalidate";
 
 /// One backend instance: moka -> redis -> origin, on the shared server. The
 /// origin answers with the current `version`.
@@ -35,19 +31,6 @@ async fn instance(server: &RedisServer, version: Arc<AtomicU64>) -> Instance {
         InvalidationBus::builder().url(server.url()),
     )
     .await
-}
-
-/// Heartbeat settings short enough for tests: a dead link is noticed within
-/// 600 ms.
-const FAST_INTERVAL: Duration = Duration::from_millis(200);
-const FAST_TIMEOUT: Duration = Duration::from_millis(400);
-const FAST_BOUND: Duration = Duration::from_millis(600);
-
-fn fast_bus(url: String) -> InvalidationBusBuilder {
-    InvalidationBus::builder()
-        .url(url)
-        .heartbeat_interval(FAST_INTERVAL)
-        .heartbeat_timeout(FAST_TIMEOUT)
 }
 
 /// [`instance`] with its bus built by `bus` (the channel is set here); its
@@ -74,64 +57,13 @@ async fn instance_with_bus(
     version: Arc<AtomicU64>,
     bus: InvalidationBus,
 ) -> Instance {
-    let moka: MokaTier<String, String> = MokaTier::builder().build();
-    let redis: RedisTier<String> = RedisTier::builder()
-        .url(server.url())
-        .namespace("avatars")
-        .build()
-        .await
-        .unwrap();
-    let loads = Arc::new(AtomicU64::new(0));
-    let l = loads.clone();
-    let chain = TieredCache::builder()
-        .tier(Tier::new(moka.clone()).ttl(Duration::from_secs(300)))
-        .tier(Tier::new(redis).ttl(Duration::from_secs(3000)))
-        .origin(loader_fn(move |key: String| {
-            let v = version.load(Ordering::SeqCst);
-            l.fetch_add(1, Ordering::SeqCst);
-            async move {
-                Ok::<_, BoxError>(Some(Entry::expiring_in(
-                    format!("{key}@v{v}"),
-                    SystemClock.now(),
-                    Duration::from_secs(3600),
-                )))
-            }
-        }))
-        .build();
-    Instance {
-        cache: SyncedCache::new(chain, bus, vec![0]),
-        moka,
-        loads,
-    }
+    let redis = redis_tier(server.url(), "avatars").await;
+    support::instance(Some(redis), version, bus)
 }
 
 /// The other live instances `cache`'s bus sees in the registry.
 async fn peers(cache: &SyncedCache<String, String>) -> Vec<u64> {
     cache.bus().live_peers().await.unwrap()
-}
-
-/// Waits until an async condition holds (checked every 5 ms, up to
-/// [`LIVENESS`]).
-macro_rules! wait_for {
-    ($what:expr, $cond:expr) => {{
-        let deadline = Instant::now() + LIVENESS;
-        while !$cond {
-            assert!(
-                Instant::now() < deadline,
-                "{}: not within {LIVENESS:?}",
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }};
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIVENESS;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {LIVENESS:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,10 +92,7 @@ async fn invalidation_on_one_instance_drops_the_key_on_the_other() {
     version.store(2, Ordering::SeqCst);
     let mut applied = b.cache.applied();
     a.cache.invalidate(&key).await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let got = next_applied(&mut applied).await;
     assert_eq!(got, Invalidation::Key(key.clone()));
     assert!(!b.moka.contains(&key));
     let fresh = b.cache.get(&key).await.unwrap().unwrap();
@@ -180,18 +109,12 @@ async fn invalidation_on_one_instance_drops_the_key_on_the_other() {
     }
     b.cache.get(&"team:8".to_string()).await.unwrap();
     a.cache.invalidate_prefix("team:7").await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let got = next_applied(&mut applied).await;
     assert_eq!(got, Invalidation::Prefix("team:7".into()));
     assert!((0..3).all(|i| !b.moka.contains(&format!("team:7:{i}"))));
     assert!(b.moka.contains(&"team:8".to_string()));
     a.cache.clear().await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let got = next_applied(&mut applied).await;
     assert_eq!(got, Invalidation::Clear);
     assert_eq!(
         b.cache
@@ -224,10 +147,7 @@ async fn invalidation_latency_between_instances_is_measured() {
         assert!(b.moka.contains(&key));
         let start = Instant::now();
         a.cache.invalidate(&key).await.unwrap();
-        let got = tokio::time::timeout(LIVENESS, applied.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let got = next_applied(&mut applied).await;
         lat.push(start.elapsed());
         assert_eq!(got, Invalidation::Key(key.clone()));
         assert!(!b.moka.contains(&key));
@@ -317,10 +237,7 @@ async fn a_sequence_gap_flushes_the_local_tier() {
 
     // Seq 1 from a new origin: applied, nothing else happens.
     let _: i64 = raw.publish(CHANNEL, forged(1, "user:1")).await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let got = next_applied(&mut applied).await;
     assert_eq!(got, Invalidation::Key("user:1".into()));
     assert!(!b.moka.contains(&"user:1".to_string()));
     assert!(b.moka.contains(&"user:2".to_string()));
@@ -351,15 +268,7 @@ async fn a_sequence_gap_flushes_the_local_tier() {
     // Seq 4 follows 3: no new flush.
     b.cache.get(&"user:2".to_string()).await.unwrap();
     let _: i64 = raw.publish(CHANNEL, forged(4, "user:8")).await.unwrap();
-    loop {
-        let got = tokio::time::timeout(LIVENESS, applied.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if got == Invalidation::Key("user:8".into()) {
-            break;
-        }
-    }
+    applied_until(&mut applied, &Invalidation::Key("user:8".into())).await;
     assert_eq!(b.cache.resync_flushes(), 1);
     assert!(b.moka.contains(&"user:2".to_string()));
     let _ = raw.quit().await;
@@ -415,15 +324,7 @@ async fn a_killed_subscriber_reconnects_and_flushes_the_local_tier() {
     b.cache.get(&other).await.unwrap();
     let mut applied = b.cache.applied();
     a.cache.invalidate(&other).await.unwrap();
-    loop {
-        let got = tokio::time::timeout(LIVENESS, applied.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if got == Invalidation::Key(other.clone()) {
-            break;
-        }
-    }
+    applied_until(&mut applied, &Invalidation::Key(other.clone())).await;
     assert!(!b.moka.contains(&other));
 }
 
@@ -565,15 +466,7 @@ async fn a_silently_dropped_link_flushes_the_local_tier_within_the_bound() {
     b.cache.get(&other).await.unwrap();
     let mut applied = b.cache.applied();
     a.cache.invalidate(&other).await.unwrap();
-    loop {
-        let got = tokio::time::timeout(LIVENESS, applied.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if got == Invalidation::Key(other.clone()) {
-            break;
-        }
-    }
+    applied_until(&mut applied, &Invalidation::Key(other.clone())).await;
     assert!(!b.moka.contains(&other));
     let stats = a.cache.bus().stats();
     assert_eq!(stats.link_downs, 0, "A's link was not touched: {stats:?}");
@@ -793,37 +686,25 @@ async fn tagged_instance(
     server: &RedisServer,
     version: Arc<AtomicU64>,
     bus: InvalidationBusBuilder,
-) -> (SyncedCache<String, String>, MokaTier<String, String>) {
+) -> (
+    SyncedCache<String, String>,
+    cache_server::MokaTier<String, String>,
+) {
+    use cache_core::Tier;
+    use cache_server::MokaTier;
     let bus = {
         let _no_mutation_meanwhile = MUTATION.lock().await;
         bus.channel("tagged:invalidate").connect().await.unwrap()
     };
     let moka: MokaTier<String, String> = MokaTier::builder().build();
-    let redis: RedisTier<String> = RedisTier::builder()
-        .url(server.url())
-        .namespace("tagged")
-        .build()
-        .await
-        .unwrap();
-    let chain = TieredCache::builder()
-        .tier(Tier::new(moka.clone()).ttl(Duration::from_secs(300)))
-        .tier(Tier::new(redis.clone()).ttl(Duration::from_secs(3000)))
-        .tag_store(Arc::new(cache_server::RedisTagStore::new(&redis)))
-        .origin(loader_fn(move |key: String| {
-            let v = version.load(Ordering::SeqCst);
-            let user = key.rsplit(':').next().unwrap_or_default().to_owned();
-            async move {
-                Ok::<_, BoxError>(Some(
-                    Entry::expiring_in(
-                        format!("{key}@v{v}"),
-                        SystemClock.now(),
-                        Duration::from_secs(3600),
-                    )
-                    .with_tags([format!("user:{user}")]),
-                ))
-            }
-        }))
-        .build();
+    let redis = redis_tier(server.url(), "tagged").await;
+    let chain = support::chain(
+        Tier::new(moka.clone()),
+        Some(redis.clone()),
+        support::tagged_origin(version, Arc::default()),
+    )
+    .tag_store(Arc::new(cache_server::RedisTagStore::new(&redis)))
+    .build();
     (SyncedCache::new(chain, bus, vec![0]), moka)
 }
 
@@ -852,12 +733,7 @@ async fn a_silently_dropped_link_makes_an_instance_forget_the_tag_generations_it
     let flushes = b.resync_flushes();
     proxy.freeze();
     // (The tier lives as long as the store: they share its connections.)
-    let tier = RedisTier::<String>::builder()
-        .url(server.url())
-        .namespace("tagged")
-        .build()
-        .await
-        .unwrap();
+    let tier = redis_tier(server.url(), "tagged").await;
     let store = cache_server::RedisTagStore::new(&tier);
     version.store(2, Ordering::SeqCst);
     assert_eq!(store.bump("user:42").await.unwrap(), 1);

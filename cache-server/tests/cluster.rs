@@ -7,7 +7,10 @@ use std::time::Duration;
 use cache_core::{conformance, CacheLayer, Clock, Entry, SystemClock, Tier, TieredCache};
 use cache_server::fred::interfaces::KeysInterface;
 use cache_server::testing::RedisCluster;
-use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use cache_server::{Invalidation, InvalidationBus, MokaTier, SyncedCache};
+use support::{conformance_tier, next_applied, redis_tier};
+
+mod support;
 
 fn node_keys(cluster: &RedisCluster, pattern: &str) -> Vec<usize> {
     cluster
@@ -35,26 +38,11 @@ async fn redis_cluster_end_to_end() {
     // The conformance suite, on the cluster.
     conformance::run::<_, Vec<u8>, _, _>(|setup| {
         let url = url.clone();
-        async move {
-            let mut b = RedisTier::builder()
-                .url(url)
-                .namespace(setup.namespace.clone())
-                .clock(setup.clock.clone())
-                .pool_size(1);
-            if let Some(ttl) = setup.tier_ttl {
-                b = b.ttl(ttl);
-            }
-            b.build().await.unwrap()
-        }
+        async move { conformance_tier(&url, &setup).build().await.unwrap() }
     })
     .await;
 
-    let tier: RedisTier<String> = RedisTier::builder()
-        .url(url.clone())
-        .namespace("avatars")
-        .build()
-        .await
-        .unwrap();
+    let tier = redis_tier(url.clone(), "avatars").await;
     assert!(tier.is_clustered());
 
     // get_many over keys in many hash slots, on every node.
@@ -143,10 +131,7 @@ async fn redis_cluster_end_to_end() {
     assert!(b_moka.contains(&key));
     let mut applied = b.applied();
     a.invalidate(&key).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), applied.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let got = next_applied(&mut applied).await;
     assert_eq!(got, Invalidation::Key(key.clone()));
     assert!(!b_moka.contains(&key));
 }

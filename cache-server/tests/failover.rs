@@ -15,11 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_core::{loader_fn, BoxError, Clock, Entry, SystemClock, Tier, TieredCache};
+use cache_core::{Tier, TieredCache};
 use cache_server::testing::replicated::ReplicatedCluster;
 use cache_server::testing::sentinel::SentinelGroup;
 use cache_server::testing::RedisServer;
 use cache_server::{InvalidationBus, MokaTier, RedisTier, Replication, SyncedCache};
+use support::origin;
+
+mod support;
 
 const CHANNEL: &str = "pics:invalidate";
 const KEYS: usize = 20;
@@ -90,7 +93,7 @@ impl Deployment {
 }
 
 /// moka -> Redis (through the Sentinels, or the cluster) -> origin, which
-/// answers `<key>@<version>`.
+/// answers `<key>@v<version>`.
 async fn instance(
     name: &'static str,
     deployment: &Deployment,
@@ -139,16 +142,7 @@ async fn instance(
                 .ttl(Duration::from_secs(3000))
                 .no_circuit_breaker(),
         )
-        .origin(loader_fn(move |key: String| {
-            let v = version.load(Ordering::SeqCst);
-            async move {
-                Ok::<_, BoxError>(Some(Entry::expiring_in(
-                    format!("{key}@{v}"),
-                    SystemClock.now(),
-                    Duration::from_secs(3600),
-                )))
-            }
-        }))
+        .origin(origin(version, Arc::default()))
         .build();
     let mut tries = 0;
     let bus = loop {
@@ -181,7 +175,7 @@ fn key(i: usize) -> String {
 }
 
 fn version_of(value: &str) -> u64 {
-    value.rsplit('@').next().unwrap().parse().unwrap()
+    value.rsplit("@v").next().unwrap().parse().unwrap()
 }
 
 #[derive(Debug, Default)]

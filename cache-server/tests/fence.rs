@@ -19,6 +19,9 @@ use cache_core::{
 use cache_server::fred::interfaces::KeysInterface;
 use cache_server::testing::{RedisCluster, RedisServer};
 use cache_server::RedisTier;
+use support::{redis_tier, stat_calls, Holds};
+
+mod support;
 
 type T = RedisTier<String>;
 type Checked = Result<(), String>;
@@ -29,15 +32,6 @@ macro_rules! ensure {
             return Err(format!($($why)+));
         }
     };
-}
-
-/// A fence check that holds or not, as told.
-struct Holds(bool);
-
-impl FenceCheck for Holds {
-    fn holds(&self) -> bool {
-        self.0
-    }
 }
 
 async fn tier(url: &str, ns: &str) -> T {
@@ -504,14 +498,6 @@ async fn a_generation_never_comes_back_after_it_expired() {
     assert!(raw(&a, "k").await.is_none());
 }
 
-fn stat_calls(server: &RedisServer, cmd: &str) -> u64 {
-    let info = server.cli(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stamps_cost_a_command_only_on_a_miss_and_fills_one_script() {
     let server = RedisServer::start();
@@ -694,12 +680,7 @@ async fn refresh_ahead_refreshes_redis_and_loses_to_an_invalidation() {
 #[tokio::test]
 async fn the_first_pipelined_fills_on_a_fresh_server_meet_no_noscript() {
     let server = RedisServer::start();
-    let tier: RedisTier<String> = RedisTier::builder()
-        .url(server.url())
-        .namespace("fresh")
-        .build()
-        .await
-        .unwrap();
+    let tier = redis_tier(server.url(), "fresh").await;
     let keys: Vec<String> = (0..8).map(|i| format!("k:{i}")).collect();
     let got = tier.get_many_stamped(&keys).await.unwrap();
     let fences: Vec<Fence<'_>> = got.iter().map(|(_, s)| Fence::new(&Unfenced, *s)).collect();
@@ -721,12 +702,7 @@ async fn the_first_pipelined_fills_on_a_fresh_server_meet_no_noscript() {
 #[tokio::test]
 async fn an_open_fence_writes_even_after_a_clear() {
     let server = RedisServer::start();
-    let tier: RedisTier<String> = RedisTier::builder()
-        .url(server.url())
-        .namespace("open")
-        .build()
-        .await
-        .unwrap();
+    let tier = redis_tier(server.url(), "open").await;
     let k = "k".to_string();
     CacheLayer::<String, String>::clear(&tier).await.unwrap();
     let unstamped = tier

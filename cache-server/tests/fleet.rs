@@ -3,62 +3,30 @@
 //! join, leave and die, and builds that cannot share Redis. Real
 //! redis-servers on loopback ports; many buses in one process.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_core::{
     loader_fn, BoxError, Clock, Entry, FaultTier, MemoryTier, SystemClock, Tier, TieredCache,
 };
 use cache_server::testing::{LoopbackProxy, RedisServer};
-use cache_server::{BusStats, InvalidationBus, InvalidationBusBuilder, MokaTier, SyncedCache};
+use cache_server::{BusStats, InvalidationBus, InvalidationBusBuilder, SyncedCache};
+use support::{fast_bus, wait_for, Instance};
+
+mod support;
 
 const LIVENESS: Duration = Duration::from_secs(20);
-
-struct Instance {
-    cache: SyncedCache<String, String>,
-    moka: MokaTier<String, String>,
-}
 
 /// An instance: moka -> origin (the origin answers `<key>@v1`), its bus built
 /// by `bus`.
 async fn instance(bus: InvalidationBusBuilder) -> Instance {
     let bus = bus.connect().await.unwrap();
-    let moka: MokaTier<String, String> = MokaTier::builder().build();
-    let chain = TieredCache::builder()
-        .tier(Tier::new(moka.clone()).ttl(Duration::from_secs(300)))
-        .origin(loader_fn(move |key: String| async move {
-            Ok::<_, BoxError>(Some(Entry::expiring_in(
-                format!("{key}@v1"),
-                SystemClock.now(),
-                Duration::from_secs(3600),
-            )))
-        }))
-        .build();
-    Instance {
-        cache: SyncedCache::new(chain, bus, vec![0]),
-        moka,
-    }
+    support::instance(None, Arc::new(AtomicU64::new(1)), bus)
 }
 
 fn fast(url: String, channel: &str) -> InvalidationBusBuilder {
-    InvalidationBus::builder()
-        .url(url)
-        .channel(channel)
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_timeout(Duration::from_millis(400))
-}
-
-macro_rules! wait_for {
-    ($what:expr, $cond:expr) => {{
-        let deadline = Instant::now() + LIVENESS;
-        while !$cond {
-            assert!(
-                Instant::now() < deadline,
-                "{}: not within {LIVENESS:?}",
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }};
+    fast_bus(url).channel(channel)
 }
 
 fn total(instances: &[Instance], f: impl Fn(&BusStats) -> u64) -> u64 {
@@ -77,7 +45,8 @@ async fn deliveries(server: &RedisServer, n: usize) -> (u64, u64, u64, f64) {
     }
     wait_for!(
         "the first instance sees the others",
-        fleet[0].cache.bus().live_peers().await.unwrap().len() == n - 1
+        fleet[0].cache.bus().live_peers().await.unwrap().len() == n - 1,
+        within LIVENESS
     );
     let key = "user:1".to_string();
     for i in &fleet {
@@ -97,7 +66,8 @@ async fn deliveries(server: &RedisServer, n: usize) -> (u64, u64, u64, f64) {
     // Ours comes back to us too; wait for it, then for anything extra.
     wait_for!(
         "the invalidation reached every bus",
-        invalidations(&fleet) - inv0 >= n as u64
+        invalidations(&fleet) - inv0 >= n as u64,
+        within LIVENESS
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let per_invalidation = (invalidations(&fleet) - inv0, acks(&fleet) - ack0);
@@ -304,5 +274,5 @@ async fn a_remote_invalidation_that_fails_to_apply_is_not_acknowledged() {
     faults.set_failing(false);
     a.cache.invalidate(&key).await.unwrap();
     // B counts its ack once Redis took it, which may be after A heard it.
-    wait_for!("B counts its ack", b.bus().stats().acks_sent == 1);
+    wait_for!("B counts its ack", b.bus().stats().acks_sent == 1, within LIVENESS);
 }

@@ -9,6 +9,9 @@ use cache_core::{
     conformance, CacheLayer, Clock, Entry, Fence, FenceCheck, Fill, ManualClock, Stamp, SystemClock,
 };
 use cache_server::MokaTier;
+use support::Holds;
+
+mod support;
 
 #[tokio::test]
 async fn moka_tier_passes_conformance() {
@@ -118,15 +121,6 @@ async fn moka_tier_ttl_caps_expiry_to_the_smaller_of_the_two() {
         got.expires_at,
         clock.now().saturating_add(Duration::from_secs(10))
     );
-}
-
-/// A fence check that holds or not, as told.
-struct Holds(bool);
-
-impl FenceCheck for Holds {
-    fn holds(&self) -> bool {
-        self.0
-    }
 }
 
 #[tokio::test]

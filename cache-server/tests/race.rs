@@ -74,6 +74,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, RwLock};
 use tokio::task::AbortHandle;
 
+use support::{redis_tier, wait_for};
+
+mod support;
+
 const CHANNEL: &str = "race:invalidate";
 const NAMESPACE: &str = "race";
 /// The bus's heartbeat settings: a dead link is noticed, and the moka tier
@@ -102,7 +106,6 @@ const WRITE_LAG: Duration = Duration::from_millis(3);
 const B_BUS_DELAY: Duration = Duration::from_millis(10);
 const C_BUS_DELAY: Duration = Duration::from_millis(25);
 const C_REDIS_DELAY: Duration = Duration::from_millis(1);
-const LIVENESS: Duration = Duration::from_secs(10);
 
 /// SplitMix64: small, seeded, good enough for schedules.
 #[derive(Clone, Debug)]
@@ -446,12 +449,7 @@ async fn instance(
         let tier: MokaTier<String, String> = MokaTier::builder().build();
         (Arc::new(tier.clone()), Tier::new(tier))
     };
-    let redis: RedisTier<String> = RedisTier::builder()
-        .url(redis_url)
-        .namespace(NAMESPACE)
-        .build()
-        .await
-        .unwrap();
+    let redis = redis_tier(redis_url, NAMESPACE).await;
     let w = world.clone();
     let rng = Arc::new(Mutex::new(rng));
     let refusals = Arc::new(Refusals::default());
@@ -926,27 +924,14 @@ async fn race(wiring: &Wiring, label: &str, seed: u64, ops: usize, until_stale: 
             .await,
         );
     }
-    let checker: RedisTier<String> = RedisTier::builder()
-        .url(wiring.check_redis.as_str())
-        .namespace(NAMESPACE)
-        .build()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + LIVENESS;
-    loop {
+    let checker = redis_tier(wiring.check_redis.as_str(), NAMESPACE).await;
+    wait_for!("every instance sees the other two", {
         let mut all = true;
         for i in &instances {
             all &= i.cache.bus().live_peers().await.unwrap().len() == 2;
         }
-        if all {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "every instance sees the other two: not within {LIVENESS:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        all
+    });
     // Past every bus's discovery window (interval + timeout after
     // connecting): from here on, confirmations wait for acks only.
     tokio::time::sleep(BOUND).await;

@@ -7,6 +7,9 @@ use cache_core::{conformance, CacheLayer, Clock, Entry, Error, ManualClock, Syst
 use cache_server::fred::interfaces::KeysInterface;
 use cache_server::testing::RedisServer;
 use cache_server::RedisTier;
+use support::{conformance_tier, stat_calls};
+
+mod support;
 
 type L = dyn CacheLayer<String, String>;
 
@@ -34,45 +37,23 @@ fn value_keys(server: &RedisServer, ns: &str) -> usize {
         .unwrap()
 }
 
-fn stat_calls(server: &RedisServer, cmd: &str) -> u64 {
-    let info = server.cli(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_tier_passes_conformance() {
     let server = RedisServer::start();
     let url = server.url();
     conformance::run::<_, Vec<u8>, _, _>(|setup| {
         let url = url.clone();
-        async move {
-            let mut b = RedisTier::builder()
-                .url(url)
-                .namespace(setup.namespace.clone())
-                .clock(setup.clock.clone())
-                .pool_size(1);
-            if let Some(ttl) = setup.tier_ttl {
-                b = b.ttl(ttl);
-            }
-            b.build().await.unwrap()
-        }
+        async move { conformance_tier(&url, &setup).build().await.unwrap() }
     })
     .await;
     conformance::run::<_, String, _, _>(|setup| {
         let url = url.clone();
         async move {
-            let mut b = RedisTier::builder()
-                .url(url)
+            conformance_tier(&url, &setup)
                 .namespace(format!("{}-s", setup.namespace))
-                .clock(setup.clock.clone())
-                .pool_size(1);
-            if let Some(ttl) = setup.tier_ttl {
-                b = b.ttl(ttl);
-            }
-            b.build().await.unwrap()
+                .build()
+                .await
+                .unwrap()
         }
     })
     .await;
@@ -506,16 +487,11 @@ async fn a_compressing_tier_passes_conformance() {
     conformance::run::<_, Vec<u8>, _, _>(|setup| {
         let url = url.clone();
         async move {
-            let mut b = RedisTier::builder()
-                .url(url)
-                .namespace(setup.namespace.clone())
-                .clock(setup.clock.clone())
-                .pool_size(1)
-                .compress_above(16);
-            if let Some(ttl) = setup.tier_ttl {
-                b = b.ttl(ttl);
-            }
-            b.build().await.unwrap()
+            conformance_tier(&url, &setup)
+                .compress_above(16)
+                .build()
+                .await
+                .unwrap()
         }
     })
     .await;

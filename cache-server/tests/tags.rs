@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{
-    loader_fn, BoxError, CacheLayer, Clock, ConcurrentTier, Entry, Error, Source, SystemClock,
-    TagStore, Tier, TieredCache,
-};
+use cache_core::{CacheLayer, ConcurrentTier, Error, Source, TagStore, Tier, TieredCache};
 use cache_server::fred::interfaces::KeysInterface;
 use cache_server::testing::RedisServer;
 use cache_server::{InvalidationBus, RedisTagStore, RedisTier, SyncedCache};
+use support::{redis_tier, tagged_origin};
+
+mod support;
 
 struct Instance {
     cache: SyncedCache<String, String>,
@@ -26,34 +26,15 @@ struct Instance {
 /// tags `<kind>:<user>` with `user:<user>` and answers the current `version`.
 async fn instance(server: &RedisServer, version: Arc<AtomicU64>) -> Instance {
     let front = Arc::new(ConcurrentTier::builder().name("memory").build());
-    let redis: RedisTier<String> = RedisTier::builder()
-        .url(server.url())
-        .namespace("profiles")
-        .build()
-        .await
-        .unwrap();
+    let redis = redis_tier(server.url(), "profiles").await;
     let loads = Arc::new(AtomicU64::new(0));
-    let l = loads.clone();
-    let chain = TieredCache::builder()
-        .tier(Tier::new(front.clone()).ttl(Duration::from_secs(300)))
-        .tier(Tier::new(redis.clone()).ttl(Duration::from_secs(3000)))
-        .tag_store(Arc::new(RedisTagStore::new(&redis)))
-        .origin(loader_fn(move |key: String| {
-            let v = version.load(Ordering::SeqCst);
-            l.fetch_add(1, Ordering::SeqCst);
-            let user = key.split(':').nth(1).unwrap_or_default().to_owned();
-            async move {
-                Ok::<_, BoxError>(Some(
-                    Entry::expiring_in(
-                        format!("{key}@v{v}"),
-                        SystemClock.now(),
-                        Duration::from_secs(3600),
-                    )
-                    .with_tags([format!("user:{user}")]),
-                ))
-            }
-        }))
-        .build();
+    let chain = support::chain(
+        Tier::new(front.clone()),
+        Some(redis.clone()),
+        tagged_origin(version, loads.clone()),
+    )
+    .tag_store(Arc::new(RedisTagStore::new(&redis)))
+    .build();
     let bus = InvalidationBus::builder()
         .url(server.url())
         .channel("profiles:invalidate")

@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache_core::{
-    loader_fn, BoxError, CacheLayer, Clock, Entry, Error, Source, SystemClock, Tier, TieredCache,
-};
+use cache_core::{CacheLayer, Clock, Entry, Error, Source, SystemClock};
 use cache_server::fred::prelude::{ClientLike, Config, KeysInterface};
 use cache_server::testing::tls::{unrelated_ca_pem, TlsRedisServer, TLS_USER};
-use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier, SyncedCache};
+use cache_server::{Invalidation, InvalidationBus, RedisTier};
+use support::{fast_bus, next_applied, Instance};
+
+mod support;
 
 const NS: &str = "avatars";
 const CHANNEL: &str = "avatars:invalidate";
-const LIVENESS: Duration = Duration::from_secs(10);
 
 fn server() -> TlsRedisServer {
     TlsRedisServer::start(NS, &[CHANNEL])
@@ -86,43 +86,17 @@ async fn a_fred_config_with_tls_takes_the_extra_ca_too() {
     assert_eq!(tier.get(&key).await.unwrap().unwrap().value, "seven");
 }
 
-struct Instance {
-    cache: SyncedCache<String, String>,
-    moka: MokaTier<String, String>,
-}
-
 /// moka -> Redis -> origin, the Redis tier and the bus both over TLS as the
 /// ACL user. The origin answers with the current `version`.
 async fn instance(server: &TlsRedisServer, version: Arc<AtomicU64>) -> Instance {
-    let bus = InvalidationBus::builder()
-        .url(server.url())
+    let bus = fast_bus(server.url())
         .tls_ca_pem(server.ca_pem())
         .channel(CHANNEL)
-        .heartbeat_interval(Duration::from_millis(200))
-        .heartbeat_timeout(Duration::from_millis(400))
         .connect()
         .await
         .unwrap();
-    let moka: MokaTier<String, String> = MokaTier::builder().build();
     let redis = tier(server.url(), server.ca_pem()).await.unwrap();
-    let chain = TieredCache::builder()
-        .tier(Tier::new(moka.clone()).ttl(Duration::from_secs(300)))
-        .tier(Tier::new(redis).ttl(Duration::from_secs(3000)))
-        .origin(loader_fn(move |key: String| {
-            let v = version.load(Ordering::SeqCst);
-            async move {
-                Ok::<_, BoxError>(Some(Entry::expiring_in(
-                    format!("{key}@v{v}"),
-                    SystemClock.now(),
-                    Duration::from_secs(3600),
-                )))
-            }
-        }))
-        .build();
-    Instance {
-        cache: SyncedCache::new(chain, bus, vec![0]),
-        moka,
-    }
+    support::instance(Some(redis), version, bus)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,10 +125,7 @@ async fn the_bus_over_tls_delivers_an_invalidation_to_the_other_instance() {
     let mut applied = b.cache.applied();
     // Ok only once B (a live instance) has confirmed it over the bus.
     a.cache.invalidate(&key).await.unwrap();
-    let got = tokio::time::timeout(LIVENESS, applied.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let got = next_applied(&mut applied).await;
     assert_eq!(got, Invalidation::Key(key.clone()));
     assert!(!b.moka.contains(&key));
     let fresh = b.cache.get(&key).await.unwrap().unwrap();

@@ -10,7 +10,8 @@
 //! `response-content-type`, ...): the server
 //! sets those headers on the answer. It counts the object GET and PUT requests
 //! it receives ([`EmbeddedS3::requests`]), so a test can prove that a client
-//! fetched nothing.
+//! fetched nothing. [`EmbeddedS3::service`] hands out the same HTTP service,
+//! to serve on another listener too, wrapped in middleware (CORS, say).
 //!
 //! Use it to run an application that presigns URLs without a real S3 or MinIO:
 //! a development server, a demo, integration tests. It is not a storage backend
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use cache_core::BoxError;
 use hyper::body::Incoming;
@@ -59,7 +61,7 @@ pub struct EmbeddedS3 {
     config: S3Config,
     dir: tempfile::TempDir,
     task: JoinHandle<()>,
-    counters: Arc<Counters>,
+    service: EmbeddedService,
 }
 
 #[derive(Debug, Default)]
@@ -109,14 +111,14 @@ impl EmbeddedS3 {
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, secret_key.clone()));
         let service = builder.build();
-        let counters = Arc::new(Counters::default());
+        let service = EmbeddedService {
+            service,
+            counters: Arc::default(),
+        };
 
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let front = Front {
-            service,
-            counters: counters.clone(),
-        };
+        let served = service.clone();
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
@@ -124,7 +126,7 @@ impl EmbeddedS3 {
                     continue;
                 };
                 let conn = http
-                    .serve_connection(TokioIo::new(socket), front.clone())
+                    .serve_connection(TokioIo::new(socket), served.clone())
                     .into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -142,7 +144,7 @@ impl EmbeddedS3 {
             config,
             dir,
             task,
-            counters,
+            service,
         })
     }
 
@@ -156,10 +158,23 @@ impl EmbeddedS3 {
     /// # Ok(()) }
     /// ```
     pub fn requests(&self) -> ObjectRequests {
+        let counters = &self.service.counters;
         ObjectRequests {
-            get_object: self.counters.get_object.load(Ordering::Relaxed),
-            put_object: self.counters.put_object.load(Ordering::Relaxed),
+            get_object: counters.get_object.load(Ordering::Relaxed),
+            put_object: counters.put_object.load(Ordering::Relaxed),
         }
+    }
+
+    /// The HTTP service this server runs on its port, to serve elsewhere too
+    /// (a hyper [`Service`](hyper::service::Service) and a tower
+    /// [`Service`](tower_service::Service) of `Request<Incoming>`), for
+    /// example wrapped in CORS middleware on another listener. It shares this
+    /// server's bucket and request counts; keep the server alive while it is
+    /// served (dropping it removes the objects' directory). Signatures are
+    /// checked against the request's own `Host`: presign URLs for the
+    /// address it is served at.
+    pub fn service(&self) -> EmbeddedService {
+        self.service.clone()
     }
 
     /// Path-style configuration for this server, with its credentials.
@@ -189,12 +204,21 @@ impl Drop for EmbeddedS3 {
     }
 }
 
-/// s3s behind a thin layer that counts object requests and applies the
+/// The HTTP service of an [`EmbeddedS3`] ([`EmbeddedS3::service`]): s3s
+/// (SigV4 on) behind a thin layer that counts object requests and applies the
 /// response-header overrides S3 applies (s3s-fs ignores them).
 #[derive(Clone)]
-struct Front {
+pub struct EmbeddedService {
     service: s3s::service::S3Service,
     counters: Arc<Counters>,
+}
+
+impl fmt::Debug for EmbeddedService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedService")
+            .field("requests", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Sub-resources that make a `GET`/`PUT` on a key something other than
@@ -221,7 +245,7 @@ const OVERRIDES: [(&str, &str); 6] = [
     ("response-expires", "expires"),
 ];
 
-impl hyper::service::Service<Request<Incoming>> for Front {
+impl hyper::service::Service<Request<Incoming>> for EmbeddedService {
     type Response = s3s::HttpResponse;
     type Error = s3s::HttpError;
     type Future = std::pin::Pin<
@@ -273,6 +297,21 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             }
             Ok(response)
         })
+    }
+}
+
+impl tower_service::Service<Request<Incoming>> for EmbeddedService {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = <Self as hyper::service::Service<Request<Incoming>>>::Future;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // No back-pressure: every request gets its own task in s3s.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        hyper::service::Service::call(self, req)
     }
 }
 

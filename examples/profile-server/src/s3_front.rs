@@ -1,25 +1,27 @@
-//! The embedded S3 for the demo: presign's s3s-fs server (SigV4 on), behind a
-//! small loopback front that adds CORS headers.
+//! The embedded S3 for the demo: presign's s3s-fs server (SigV4 on), served a
+//! second time, on another loopback port, behind tower-http's CORS layer.
 //!
-//! Why a front: the page fetches picture bytes from presigned URLs (to keep them
+//! Why CORS: the page fetches picture bytes from presigned URLs (to keep them
 //! in IndexedDB and the Cache API), a cross-origin `fetch` that needs
-//! `Access-Control-Allow-Origin`, which s3s-fs does not send. The front forwards
-//! requests unchanged, `Host` header included, so SigV4 signatures made for
-//! the front's address still verify at s3s. With real S3/MinIO, configure CORS on
-//! the bucket instead.
+//! `Access-Control-Allow-Origin`, which s3s-fs does not send. The front is
+//! the same service (same bucket, same request counts) wrapped in
+//! [`CorsLayer`]; SigV4 checks the URL against the `Host` it was signed for,
+//! the front's address. With real S3/MinIO, configure CORS on the bucket
+//! instead.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::http::{header, Method};
 use cache_core::BoxError;
-use presign::embedded;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use presign::embedded::{self, EmbeddedService};
 use presign::S3Config;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tower_http::cors::{Any, Cors, CorsLayer, Vary};
+use tower_layer::Layer;
 
 /// The embedded S3 server and its CORS front; both stop on drop.
 #[derive(Debug)]
@@ -29,26 +31,13 @@ pub struct EmbeddedS3 {
     front: JoinHandle<()>,
 }
 
-#[derive(Clone)]
-struct Front {
-    upstream: String,
-    client: reqwest::Client,
-}
-
 impl EmbeddedS3 {
     /// Starts s3s-fs on a free loopback port and the front on another.
     pub async fn start() -> Result<Self, BoxError> {
         let server = embedded::EmbeddedS3::start().await?;
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let front_addr = listener.local_addr()?;
-        let state = Front {
-            upstream: server.endpoint(),
-            client: reqwest::Client::builder().no_proxy().build()?,
-        };
-        let app = Router::new().fallback(forward).with_state(state);
-        let front = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let front = tokio::spawn(serve_front(listener, cors().layer(server.service())));
         Ok(EmbeddedS3 {
             server,
             front_addr,
@@ -91,70 +80,38 @@ impl Drop for EmbeddedS3 {
     }
 }
 
-fn cors(response: &mut Response) {
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("etag, content-type, content-length"),
-    );
+/// What a page on any origin may do with presigned URLs: GET, HEAD and PUT
+/// them with any request headers, and read the answer's ETag, type and
+/// length. Every OPTIONS request is answered as a preflight.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::PUT])
+        .allow_headers(Any)
+        .expose_headers([header::ETAG, header::CONTENT_TYPE, header::CONTENT_LENGTH])
+        // Every origin gets the same answer: nothing varies with the request.
+        .vary(Vary::list([]))
 }
 
-async fn forward(State(front): State<Front>, req: Request) -> Response {
-    let method = req.method().clone();
-    if method == Method::OPTIONS {
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        cors(&mut response);
-        let h = response.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, PUT"),
+/// Serves HTTP/1.1 connections to `service` for as long as the task runs.
+async fn serve_front(listener: TcpListener, service: Cors<EmbeddedService>) {
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(_) => {
+                // Out of file descriptors, or a connection reset before
+                // accept: wait a moment rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = http.serve_connection(
+            TokioIo::new(socket),
+            TowerToHyperService::new(service.clone()),
         );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("*"),
-        );
-        return response;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
     }
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let mut upstream = front
-        .client
-        .request(method, format!("{}{path}", front.upstream));
-    for (name, value) in req.headers() {
-        // Host included: it is part of the signature.
-        upstream = upstream.header(name, value);
-    }
-    let body = match axum::body::to_bytes(req.into_body(), 64 << 20).await {
-        Ok(body) => body,
-        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
-    };
-    if !body.is_empty() {
-        upstream = upstream.body(body);
-    }
-    let reply = match upstream.send().await {
-        Ok(reply) => reply,
-        Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
-    };
-    let status = reply.status();
-    let headers = reply.headers().clone();
-    let body = match reply.bytes().await {
-        Ok(body) => body,
-        Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
-    };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    for (name, value) in &headers {
-        if name != header::TRANSFER_ENCODING && name != header::CONNECTION {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
-    cors(&mut response);
-    response
 }

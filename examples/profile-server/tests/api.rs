@@ -563,6 +563,82 @@ async fn s3_request_counts_are_404_with_external_s3() {
     server.shutdown().await;
 }
 
+/// The comma-separated values of header `name`, trimmed.
+fn header_list(headers: &reqwest::header::HeaderMap, name: &str) -> Vec<String> {
+    headers[name]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .collect()
+}
+
+/// What a page on another origin needs from the embedded S3's front: the
+/// preflight of a request to a presigned URL, and on the presigned GET (and
+/// PUT) itself `Access-Control-Allow-Origin` and the headers the page may
+/// read, the answer otherwise as S3 gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_s3_front_answers_cors_preflights_and_presigned_requests() {
+    let server = start().await;
+    let http = client();
+    let origin = "http://localhost:8080";
+    let (_, _, body) = get_json(&server, "/api/users/1/avatar").await;
+    let url = body["url"].as_str().unwrap();
+    let front = server.app().embedded_s3_endpoint().unwrap();
+    assert!(url.starts_with(&front), "{url} is not on the front {front}");
+
+    for method in ["GET", "PUT"] {
+        let preflight = http
+            .request(reqwest::Method::OPTIONS, url)
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(preflight.status().is_success(), "{}", preflight.status());
+        let h = preflight.headers();
+        assert_eq!(h["access-control-allow-origin"], "*");
+        assert_eq!(
+            header_list(h, "access-control-allow-methods"),
+            ["GET", "HEAD", "PUT"]
+        );
+        assert_eq!(h["access-control-allow-headers"], "*");
+    }
+
+    let get = http.get(url).header("origin", origin).send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    let h = get.headers().clone();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(
+        header_list(&h, "access-control-expose-headers"),
+        ["etag", "content-type", "content-length"]
+    );
+    assert!(h.contains_key("etag"), "{h:?}");
+    // The signed response override still reaches the browser.
+    let cc = h["cache-control"].to_str().unwrap();
+    assert!(cc.starts_with("private, max-age="), "{cc}");
+    assert_eq!(get.bytes().await.unwrap(), generate_png(1, 96));
+
+    // A presigned PUT straight to the front, then a presigned GET of it.
+    let signer = server.app().urls().signer();
+    let key = "cors/check.png";
+    let put = signer.presign_put(key, Duration::from_secs(60)).unwrap();
+    let png = generate_png(77, 8);
+    let answer = http
+        .put(&put.url)
+        .header("origin", origin)
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(answer.headers()["access-control-allow-origin"], "*");
+    let get = signer.presign_get(key, Duration::from_secs(60)).unwrap();
+    assert_eq!(fetch_bytes(&get.url).await, (StatusCode::OK, png));
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_ok() {
     let server = start().await;

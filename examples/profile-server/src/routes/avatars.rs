@@ -1,0 +1,166 @@
+//! `GET /api/users/{id}/avatar` and `GET /api/avatars?ids=...`: a user's
+//! presigned URL (or a batch of them) as JSON, with `Cache-Control` never
+//! past the URL's life minus the margin, and an `ETag`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use presign::PresignedUrl;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::MAX_BATCH;
+
+impl AppState {
+    /// Users are `1..=users`: a decimal id without sign or leading zero.
+    pub(super) fn user(&self, raw: &str) -> Result<String, ApiError> {
+        let valid = !raw.is_empty()
+            && raw.len() <= 19
+            && raw.bytes().all(|b| b.is_ascii_digit())
+            && !(raw.len() > 1 && raw.starts_with('0'));
+        let id: u64 = match raw.parse() {
+            Ok(id) if valid => id,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "invalid user id {}: expected a positive decimal number",
+                        cache_core::key::preview(raw)
+                    ),
+                ))
+            }
+        };
+        if id == 0 || id > self.users {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown user {id}"),
+            ));
+        }
+        Ok(id.to_string())
+    }
+}
+
+/// One avatar in the API's JSON.
+#[derive(Debug, Serialize)]
+struct AvatarBody {
+    url: String,
+    /// Milliseconds since the Unix epoch.
+    expires_at: u64,
+    etag: String,
+}
+
+fn etag_of(url: &PresignedUrl) -> String {
+    // The URL's SigV4 signature already is a SHA-256 HMAC over everything in
+    // it (object key, expiry, overrides), so its first 96 bits identify the URL
+    // as well as a hash of it would, without hashing it again per request.
+    let signature = url
+        .url
+        .split_once("X-Amz-Signature=")
+        .map(|(_, rest)| rest.split('&').next().unwrap_or(rest))
+        .filter(|sig| sig.len() >= 24 && sig.bytes().all(|b| b.is_ascii_hexdigit()));
+    if let Some(sig) = signature {
+        return format!("\"{}\"", &sig[..24]);
+    }
+    let digest = Sha256::digest(url.url.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+fn body_of(url: &PresignedUrl, etag: String) -> AvatarBody {
+    AvatarBody {
+        url: url.url.clone(),
+        expires_at: url.expires_at.as_unix_millis(),
+        etag,
+    }
+}
+
+/// Seconds a client may keep the answer: the URL's remaining life minus the
+/// margin, so a cached answer never hands out a dead (or nearly dead) URL.
+fn max_age(state: &AppState, url: &PresignedUrl) -> u64 {
+    url.remaining(state.clock.now())
+        .saturating_sub(state.urls.margin())
+        .as_secs()
+}
+
+fn cache_control(seconds: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("private, max-age={seconds}"))
+        .unwrap_or(HeaderValue::from_static("no-store"))
+}
+
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+pub(super) async fn get_avatar(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = state.user(&id)?;
+    let url = state.urls.url(&user).await?;
+    let etag = etag_of(&url);
+    let mut response = if if_none_match(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(body_of(&url, etag.clone())).into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, cache_control(max_age(&state, &url)));
+    if let Ok(v) = HeaderValue::try_from(etag) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+pub(super) async fn get_avatars(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(raw) = query.get("ids") else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter `ids` (e.g. ?ids=1,2,3)",
+        ));
+    };
+    let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if parts.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "too many ids: {} (at most {MAX_BATCH} per request)",
+                parts.len()
+            ),
+        ));
+    }
+    let mut users: Vec<String> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let user = state.user(part)?;
+        if !users.contains(&user) {
+            users.push(user);
+        }
+    }
+    let urls = state.urls.urls(&users).await?;
+    let seconds = urls.iter().map(|u| max_age(&state, u)).min().unwrap_or(0);
+    let body: BTreeMap<&str, AvatarBody> = users
+        .iter()
+        .map(String::as_str)
+        .zip(urls.iter().map(|url| body_of(url, etag_of(url))))
+        .collect();
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, cache_control(seconds));
+    Ok(response)
+}
