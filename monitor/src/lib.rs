@@ -74,6 +74,7 @@
 // `doc_cfg` includes what `doc_auto_cfg` did before nightly merged the two.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod clock;
 #[cfg(feature = "metrics")]
 mod export;
@@ -84,7 +85,8 @@ mod prometheus;
 mod report;
 mod stripes;
 
+pub use crate::builder::MonitorBuilder;
 pub use crate::clock::CoarseClock;
 pub use crate::layout::MAX_TIERS;
-pub use crate::monitor::{Monitor, MonitorBuilder};
+pub use crate::monitor::Monitor;
 pub use crate::report::{Bucket, KeyCount, LatencyStats, OriginStats, Report, TierStats};

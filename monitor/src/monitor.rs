@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cache_core::{Clock, Error, Event, EventKind, EventSource, Observer, Operation, Timestamp};
 
-use crate::clock::CoarseClock;
+use crate::builder::MonitorBuilder;
 use crate::histogram::{nanos, AtomicHistogram, HistogramSnapshot};
 use crate::layout::{
     CHAIN_COUNTERS, C_DROPPED, C_NEGATIVE_HITS, C_RESYNCS, C_STALE_BYTES, C_STALE_SERVED, FLAT_LEN,
@@ -227,130 +227,19 @@ impl Default for Monitor {
     }
 }
 
-/// Builds a [`Monitor`].
-///
-/// ```
-/// use std::time::Duration;
-/// use cache_core::ManualClock;
-/// use cache_monitor::Monitor;
-///
-/// let monitor = Monitor::builder()
-///     .clock(ManualClock::new())
-///     .window(Duration::from_secs(10), 360) // one hour in 10-second buckets
-///     .metric_prefix("avatar_cache")
-///     .track_keys(100)
-///     .build();
-/// assert!(monitor.prometheus().contains("avatar_cache_requests_total"));
-/// ```
-#[must_use]
-pub struct MonitorBuilder {
-    clock: Arc<dyn Clock>,
-    bucket: Duration,
-    buckets: usize,
-    prefix: String,
-    track_keys: Option<usize>,
-    #[cfg(feature = "metrics")]
-    export: bool,
-}
-
-impl fmt::Debug for MonitorBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MonitorBuilder")
-            .field("clock", &self.clock)
-            .field("bucket", &self.bucket)
-            .field("buckets", &self.buckets)
-            .field("prefix", &self.prefix)
-            .field("track_keys", &self.track_keys)
-            .finish()
-    }
-}
-
-impl Default for MonitorBuilder {
-    fn default() -> Self {
-        MonitorBuilder {
-            clock: Arc::new(CoarseClock::new()),
-            bucket: Duration::from_secs(60),
-            buckets: 60,
-            prefix: "cache".to_owned(),
-            track_keys: None,
-            #[cfg(feature = "metrics")]
-            export: false,
-        }
-    }
-}
-
-impl MonitorBuilder {
-    /// The clock that places events in window buckets and stamps reports
-    /// (default: [`CoarseClock`], a cheap wall clock; [`cache_core::SystemClock`]
-    /// works too, at a few tens of nanoseconds more per event).
-    /// Latencies come from the chain, not from this clock.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// The clock, already shared.
-    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Window resolution and depth: `buckets` buckets of `bucket` each (default 60
-    /// buckets of one minute). `bucket` is rounded to whole milliseconds, at least 1;
-    /// `buckets` is at least 1.
-    pub fn window(mut self, bucket: Duration, buckets: usize) -> Self {
-        self.bucket = bucket;
-        self.buckets = buckets;
-        self
-    }
-
-    /// The Prometheus metric name prefix (default `cache`). Characters outside
-    /// `[a-zA-Z0-9_:]` become `_`.
-    pub fn metric_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = sanitize_metric_name(prefix);
-        self
-    }
-
-    /// Counts requests and hits per key for the `capacity` busiest keys
-    /// (space-saving: counts of keys that entered late are upper bounds). Keys are
-    /// user data: they appear in [`Report::top_keys`], never in the Prometheus
-    /// output. Costs a mutex per read.
-    pub fn track_keys(mut self, capacity: usize) -> Self {
-        self.track_keys = (capacity > 0).then_some(capacity);
-        self
-    }
-
-    /// Also forwards every event to the [`metrics`](https://docs.rs/metrics)
-    /// facade (feature `metrics`), for whatever recorder the application
-    /// installed: `<prefix>_events_total` and `<prefix>_bytes_total` counters
-    /// and a `<prefix>_latency_seconds` histogram, each labelled `tier` (a tier's
-    /// name, `origin` or `chain`) and `event` (`hit`, `miss`, `origin_load`...).
-    /// Keys never become labels. Costs a few label allocations per event on top
-    /// of the monitor's own counting.
-    ///
-    /// ```
-    /// use cache_monitor::Monitor;
-    /// let monitor = Monitor::builder().metric_prefix("avatars").export_metrics().build();
-    /// # let _ = monitor;
-    /// ```
-    #[cfg(feature = "metrics")]
-    pub fn export_metrics(mut self) -> Self {
-        self.export = true;
-        self
-    }
-
-    /// The monitor.
-    pub fn build(self) -> Monitor {
-        let now = self.clock.now();
-        let bucket_ms = u64::try_from(self.bucket.as_millis())
+impl Monitor {
+    /// The monitor [`MonitorBuilder::build`] builds.
+    pub(crate) fn from_builder(b: MonitorBuilder) -> Monitor {
+        let now = b.clock.now();
+        let bucket_ms = u64::try_from(b.bucket.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let shared = Shared {
             #[cfg(feature = "metrics")]
-            export: self.export.then(|| crate::export::Names::new(&self.prefix)),
-            clock: self.clock,
+            export: b.export.then(|| crate::export::Names::new(&b.prefix)),
+            clock: b.clock,
             started: now,
-            prefix: self.prefix,
+            prefix: b.prefix,
             tiers: (0..MAX_TIERS)
                 .map(|_| TierSlot {
                     name: OnceLock::new(),
@@ -368,7 +257,7 @@ impl MonitorBuilder {
             current_bucket: AtomicU64::new(0),
             next_bucket_ms: AtomicU64::new(0),
             ring: Mutex::new(RingState {
-                slots: vec![None; self.buckets.max(1)],
+                slots: vec![None; b.buckets.max(1)],
             }),
             baseline: Mutex::new(Baseline {
                 at: now,
@@ -376,7 +265,7 @@ impl MonitorBuilder {
                 hists: Vec::new(),
                 keys: HashMap::new(),
             }),
-            keys: self.track_keys.map(|capacity| KeyTracker {
+            keys: b.track_keys.map(|capacity| KeyTracker {
                 capacity,
                 map: Mutex::new(HashMap::new()),
             }),
@@ -389,23 +278,6 @@ impl MonitorBuilder {
         lock(&monitor.shared.baseline).hists = monitor.histograms();
         monitor
     }
-}
-
-fn sanitize_metric_name(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
 }
 
 /// Whether a failed tier call was a read (as opposed to a write or removal).
