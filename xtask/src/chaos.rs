@@ -77,39 +77,39 @@ pub(crate) fn chaos(args: &[String]) -> Result<bool, String> {
             "1",
         ])
         .env("RACE_SEED", format!("{:#x}", 0xc4a0_5000_u64 + round));
-        let lines = capture(&mut cmd, &mut tally);
-        match lines {
-            Ok(lines) => {
-                for line in &lines {
-                    if line.contains("handling Full:") {
-                        counts.failovers += 1;
-                        counts.confirmed += number_before(line, " invalidations Ok").unwrap_or(0);
-                        counts.refused += number_before(line, " failed").unwrap_or(0);
-                        counts.reads += number_before(line, " reads").unwrap_or(0);
-                        counts.stale += number_before(line, " stale").unwrap_or(0);
-                        counts.backwards += number_before(line, " backwards").unwrap_or(0);
-                    }
-                    // tests/race.rs: "<label>: seed 0x.. (replay ..), N operations"
-                    // and "<label>: N violations (M stale values in Redis), K exempt".
-                    // The mutated run breaks the fence on purpose: its
-                    // violations show the check works, and count apart.
-                    let mutated = line.contains("mutated: ");
-                    if line.contains(": seed ") && line.ends_with(" operations") && !mutated {
-                        counts.races += 1;
-                        counts.race_ops += number_before(line, " operations").unwrap_or(0);
-                    }
-                    if line.contains(" violations (") {
-                        let n = number_before(line, " violations (").unwrap_or(0);
-                        if mutated {
-                            counts.mutated_caught += n;
-                        } else {
-                            counts.race_violations += n;
-                            counts.race_exempt += number_before(line, " exempt").unwrap_or(0);
-                        }
-                    }
+        // A failed round's lines count too: its failure is listed below, and
+        // what it found (a stale read, a violation) must not vanish with it.
+        let (lines, result) = capture(&mut cmd, &mut tally);
+        for line in &lines {
+            if line.contains("handling Full:") || line.contains("handling FullWithoutEvents:") {
+                counts.failovers += 1;
+                counts.confirmed += number_before(line, " invalidations Ok").unwrap_or(0);
+                counts.refused += number_before(line, " failed").unwrap_or(0);
+                counts.reads += number_before(line, " reads").unwrap_or(0);
+                counts.stale += number_before(line, " stale").unwrap_or(0);
+                counts.backwards += number_before(line, " backwards").unwrap_or(0);
+            }
+            // tests/race.rs: "<label>: seed 0x.. (replay ..), N operations"
+            // and "<label>: N violations (M stale values in Redis), K exempt".
+            // The mutated run breaks the fence on purpose: its
+            // violations show the check works, and count apart.
+            let mutated = line.contains("mutated: ");
+            if line.contains(": seed ") && line.ends_with(" operations") && !mutated {
+                counts.races += 1;
+                counts.race_ops += number_before(line, " operations").unwrap_or(0);
+            }
+            if line.contains(" violations (") {
+                let n = number_before(line, " violations (").unwrap_or(0);
+                if mutated {
+                    counts.mutated_caught += n;
+                } else {
+                    counts.race_violations += n;
+                    counts.race_exempt += number_before(line, " exempt").unwrap_or(0);
                 }
             }
-            Err(e) => failed_rounds.push(format!("round {}: {e}", round + 1)),
+        }
+        if let Err(e) = result {
+            failed_rounds.push(format!("round {}: {e}", round + 1));
         }
     }
     let mut md = String::new();
@@ -123,7 +123,7 @@ pub(crate) fn chaos(args: &[String]) -> Result<bool, String> {
     );
     let _ = writeln!(md, "| what | count |\n|---|---|");
     for (what, n) in [
-        ("failovers injected (`SENTINEL FAILOVER`, `kill -9` of the primary), replica link stalled", counts.failovers),
+        ("failovers injected (`SENTINEL FAILOVER`, `kill -9` of the primary; a cluster's `CLUSTER FAILOVER TAKEOVER`, `kill -9` then `FORCE`), replication stalled", counts.failovers),
         ("invalidations confirmed (`Ok`) across them", counts.confirmed),
         ("invalidations reported incomplete (`WAIT` short while the replica was stalled)", counts.refused),
         ("reads checked after the failovers", counts.reads),
@@ -154,9 +154,9 @@ pub(crate) fn chaos(args: &[String]) -> Result<bool, String> {
         && counts.race_violations == 0)
 }
 
-/// Runs `cmd` like a suite and keeps its output lines.
-fn capture(cmd: &mut Command, tally: &mut Tally) -> Result<Vec<String>, String> {
+/// Runs `cmd` like a suite: its output lines, and whether it passed.
+fn capture(cmd: &mut Command, tally: &mut Tally) -> (Vec<String>, Result<(), String>) {
     let mut lines = Vec::new();
-    run_suite_lines(cmd, tally, |line| lines.push(line.to_owned()))?;
-    Ok(lines)
+    let result = run_suite_lines(cmd, tally, |line| lines.push(line.to_owned())).map(|_| ());
+    (lines, result)
 }
