@@ -315,7 +315,8 @@ impl Monitor {
         }
         // An untimed event (an in-process answer not sampled) looks at the
         // clock for the window ring one time in `CLOCK_EVERY` per thread.
-        if event.latency.is_some() || stripes::clock_due() {
+        let (stripe, look) = stripes::local(event.latency.is_some());
+        if look {
             self.tick(s.clock.now());
         }
         match event.source {
@@ -331,7 +332,7 @@ impl Monitor {
                 let bytes = event.bytes as u64;
                 match event.kind {
                     EventKind::Hit => {
-                        match stripes::current() {
+                        match stripe {
                             Some(n) => {
                                 let row = &s.stripes[n];
                                 stripes::bump(&row.hits[index], 1);
@@ -348,7 +349,7 @@ impl Monitor {
                         }
                     }
                     EventKind::Miss => {
-                        match stripes::current() {
+                        match stripe {
                             Some(n) => stripes::bump(&s.stripes[n].misses[index], 1),
                             None => add(&c[T_MISSES], 1),
                         }

@@ -53,61 +53,78 @@ pub(crate) fn bump(counter: &AtomicU64, n: u64) {
 /// Numbers given back by threads that exited, and the next fresh one.
 static POOL: Mutex<(Vec<usize>, usize)> = Mutex::new((Vec::new(), 0));
 
-/// This thread's stripe number; given back on exit.
-struct Number(usize);
+/// This thread's stripe number (given back on exit), and its countdown to
+/// the next look at the clock: one thread-local, so an event costs one
+/// thread-local access.
+struct Local {
+    number: usize,
+    /// Untimed events left before the next one looks at the clock for the
+    /// window ring.
+    unclocked: std::cell::Cell<u32>,
+}
 
-impl Number {
+impl Local {
     fn take() -> Self {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = pool.0.pop() {
-            return Number(n);
+        let number = match pool.0.pop() {
+            Some(n) => n,
+            None => {
+                pool.1 += 1;
+                pool.1 - 1
+            }
+        };
+        Local {
+            number,
+            unclocked: std::cell::Cell::new(0),
         }
-        let n = pool.1;
-        pool.1 += 1;
-        Number(n)
     }
 }
 
-impl Drop for Number {
+impl Drop for Local {
     fn drop(&mut self) {
-        if self.0 < STRIPES {
+        if self.number < STRIPES {
             let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-            pool.0.push(self.0);
+            pool.0.push(self.number);
         }
     }
 }
 
 thread_local! {
-    static NUMBER: Number = Number::take();
-    /// Untimed events left on this thread before the next one looks at the
-    /// clock for the window ring.
-    static UNCLOCKED_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// This thread's stripe, if it has one.
-#[inline]
-pub(crate) fn current() -> Option<usize> {
-    NUMBER.try_with(|n| n.0).ok().filter(|&n| n < STRIPES)
+    static LOCAL: Local = Local::take();
 }
 
 /// How many untimed events a thread records between two looks at the
 /// clock for the window ring.
 pub(crate) const CLOCK_EVERY: u32 = 8;
 
-/// Whether this untimed event looks at the clock (one in [`CLOCK_EVERY`]
-/// per thread).
+/// This thread's stripe (if it has one), and whether this event looks at
+/// the clock (every timed one, and one untimed in [`CLOCK_EVERY`] per
+/// thread). A thread recording while it exits has no stripe and always
+/// looks.
 #[inline]
-pub(crate) fn clock_due() -> bool {
-    UNCLOCKED_LEFT.with(|left| match left.get() {
-        0 => {
-            left.set(CLOCK_EVERY - 1);
-            true
-        }
-        n => {
-            left.set(n - 1);
-            false
-        }
-    })
+pub(crate) fn local(timed: bool) -> (Option<usize>, bool) {
+    LOCAL
+        .try_with(|l| {
+            let look = timed
+                || match l.unclocked.get() {
+                    0 => {
+                        l.unclocked.set(CLOCK_EVERY - 1);
+                        true
+                    }
+                    n => {
+                        l.unclocked.set(n - 1);
+                        false
+                    }
+                };
+            ((l.number < STRIPES).then_some(l.number), look)
+        })
+        .unwrap_or((None, true))
+}
+
+/// This thread's stripe, if it has one.
+#[cfg(test)]
+fn current() -> Option<usize> {
+    local(false).0
 }
 
 #[cfg(test)]
