@@ -314,13 +314,22 @@ impl RedisCluster {
 
     /// `redis-cluster://127.0.0.1:<p1>?node=127.0.0.1:<p2>&node=127.0.0.1:<p3>`.
     pub fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
-        for (i, n) in self.nodes[1..].iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(&format!("node=127.0.0.1:{}", n.port()));
-        }
-        url
+        cluster_url(self.nodes.iter().map(RedisServer::port))
     }
+}
+
+/// `redis-cluster://127.0.0.1:<first>?node=127.0.0.1:<next>&node=...`.
+pub(crate) fn cluster_url(ports: impl IntoIterator<Item = u16>) -> String {
+    let mut url = String::from("redis-cluster://");
+    for (i, port) in ports.into_iter().enumerate() {
+        match i {
+            0 => {}
+            1 => url.push_str("?node="),
+            _ => url.push_str("&node="),
+        }
+        url.push_str(&format!("127.0.0.1:{port}"));
+    }
+    url
 }
 
 impl Drop for RedisCluster {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::sentinel::{pipe, wait};
-use super::{free_port, temp_dir, LoopbackProxy, RedisServer};
+use super::{cluster_url, free_port, temp_dir, LoopbackProxy, RedisServer};
 
 /// The slots each of the three shards serves.
 const SLOTS: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
@@ -161,12 +161,7 @@ impl ReplicatedCluster {
     /// `redis-cluster://127.0.0.1:<proxy 0>?node=127.0.0.1:<proxy 1>&node=...`:
     /// the primaries as clients see them.
     pub fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.proxies[0].port());
-        for (i, p) in self.proxies[1..].iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(&format!("node=127.0.0.1:{}", p.port()));
-        }
-        url
+        cluster_url(self.proxies.iter().map(LoopbackProxy::port))
     }
 
     /// The first primaries (shard `i` is `primaries()[i]`, reached through
