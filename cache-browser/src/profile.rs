@@ -9,15 +9,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_core::{
-    async_trait, loader_fn, BoxError, ByteSize, CacheLayer, Clock, Entry, Error, Loader,
-    MemoryTier, Observer, Result, Source, SystemClock, Tier, TieredCache, Timestamp,
+    async_trait, loader_fn, BoxError, ByteSize, CacheLayer, Clock, Entry, Error, Fence, Fill,
+    Loader, MemoryTier, Observer, Result, SystemClock, Tier, TieredCache, Timestamp,
 };
+use futures_util::future::join_all;
 use js_sys::{Array, Uint8Array};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 use web_sys::{Blob, BlobPropertyBag, Url};
 
-use crate::{CacheApiTier, CrossTabInvalidation, IndexedDbTier, JsError, LocalStorageTier};
+use crate::{
+    Batcher, CacheApiTier, CrossTabInvalidation, IndexedDbTier, JsError, LocalStorageTier, Served,
+};
 
 /// A tier of the preset, kept beside the chain so [`ProfilePictures::peek`]
 /// can read it on its own.
@@ -66,6 +69,16 @@ struct StoredUrl {
     content_type: String,
 }
 
+impl StoredUrl {
+    fn into_picture(self) -> Picture {
+        Picture {
+            url: self.url,
+            bytes: None,
+            content_type: self.content_type,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct UrlTier(LocalStorageTier<StoredUrl>);
 
@@ -75,13 +88,18 @@ impl CacheLayer<String, Picture> for UrlTier {
         CacheLayer::<String, StoredUrl>::name(&self.0)
     }
     async fn get(&self, key: &String) -> Result<Option<Entry<Picture>>> {
-        Ok(self.0.get(key).await?.map(|e: Entry<StoredUrl>| {
-            e.map(|s| Picture {
-                url: s.url,
-                bytes: None,
-                content_type: s.content_type,
-            })
-        }))
+        Ok(self
+            .0
+            .get(key)
+            .await?
+            .map(|e: Entry<StoredUrl>| e.map(StoredUrl::into_picture)))
+    }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry<Picture>>>> {
+        let found: Vec<Option<Entry<StoredUrl>>> = self.0.get_many(keys).await?;
+        Ok(found
+            .into_iter()
+            .map(|e| e.map(|e| e.map(StoredUrl::into_picture)))
+            .collect())
     }
     async fn put(&self, key: &String, entry: Entry<Picture>) -> Result<()> {
         let entry = entry.map(|p| StoredUrl {
@@ -128,16 +146,25 @@ fn unpack(data: &[u8]) -> Option<Picture> {
     })
 }
 
+/// What IndexedDB keeps of `entry`: nothing for a URL without bytes.
+fn packed(key: &str, entry: Entry<Picture>) -> Option<(String, Entry<Vec<u8>>)> {
+    let bytes = entry.value.bytes.as_ref()?;
+    let mut stored = Entry::new(pack(&entry.value, bytes), entry.expires_at);
+    stored.tags = entry.tags;
+    Some((key.to_owned(), stored))
+}
+
 #[derive(Debug)]
 struct BytesTier(IndexedDbTier<Vec<u8>>);
 
-#[async_trait(?Send)]
-impl CacheLayer<String, Picture> for BytesTier {
-    fn name(&self) -> &str {
-        CacheLayer::<String, Vec<u8>>::name(&self.0)
-    }
-    async fn get(&self, key: &String) -> Result<Option<Entry<Picture>>> {
-        let Some(e) = self.0.get(key).await? else {
+impl BytesTier {
+    /// The picture in a stored record; an undecodable one is a miss, removed.
+    async fn unpacked(
+        &self,
+        key: &String,
+        found: Option<Entry<Vec<u8>>>,
+    ) -> Result<Option<Entry<Picture>>> {
+        let Some(e) = found else {
             return Ok(None);
         };
         match unpack(&e.value) {
@@ -152,15 +179,62 @@ impl CacheLayer<String, Picture> for BytesTier {
             }
         }
     }
+}
+
+#[async_trait(?Send)]
+impl CacheLayer<String, Picture> for BytesTier {
+    fn name(&self) -> &str {
+        CacheLayer::<String, Vec<u8>>::name(&self.0)
+    }
+    async fn get(&self, key: &String) -> Result<Option<Entry<Picture>>> {
+        let found = self.0.get(key).await?;
+        self.unpacked(key, found).await
+    }
+    /// One read-only transaction for every key.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry<Picture>>>> {
+        let found: Vec<Option<Entry<Vec<u8>>>> = self.0.get_many(keys).await?;
+        let mut out = Vec::with_capacity(found.len());
+        for (key, e) in keys.iter().zip(found) {
+            out.push(self.unpacked(key, e).await?);
+        }
+        Ok(out)
+    }
     async fn put(&self, key: &String, entry: Entry<Picture>) -> Result<()> {
         // A URL without bytes has nothing to keep here.
-        let Some(bytes) = entry.value.bytes.clone() else {
+        let Some((key, stored)) = packed(key, entry) else {
             return Ok(());
         };
-        let packed = pack(&entry.value, &bytes);
-        let mut stored = Entry::new(packed, entry.expires_at);
-        stored.tags = entry.tags;
-        self.0.put(key, stored).await
+        self.0.put(&key, stored).await
+    }
+    /// One read-write transaction for every entry (a batch's backfill): the
+    /// fences are checked first, as the default `put_fenced` does before its
+    /// write, and the chain keeps this tier's fills apart from its removals.
+    async fn put_many_fenced(
+        &self,
+        entries: Vec<(String, Entry<Picture>)>,
+        fences: &[Fence<'_>],
+    ) -> Result<Vec<Fill>> {
+        let mut fills = Vec::with_capacity(entries.len());
+        let mut batch = Vec::with_capacity(entries.len());
+        for ((key, entry), fence) in entries.into_iter().zip(fences) {
+            if !fence.holds() {
+                fills.push(Fill::Refused);
+                continue;
+            }
+            fills.push(Fill::Written);
+            batch.extend(packed(&key, entry));
+        }
+        if !batch.is_empty() {
+            self.0.put_many(batch).await?;
+        }
+        Ok(fills)
+    }
+    async fn put_many(&self, entries: Vec<(String, Entry<Picture>)>) -> Result<()> {
+        let batch: Vec<_> = entries
+            .into_iter()
+            .filter_map(|(key, entry)| packed(&key, entry))
+            .collect();
+        self.0.put_many(batch).await
     }
     async fn remove(&self, key: &String) -> Result<bool> {
         CacheLayer::<String, Vec<u8>>::remove(&self.0, key).await
@@ -216,6 +290,13 @@ impl CacheLayer<String, Picture> for ResponseTier {
         entry.tags = tags;
         Ok(Some(entry))
     }
+    /// Every key's `match` and body read at once, on the cache opened once.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry<Picture>>>> {
+        join_all(keys.iter().map(|key| self.get(key)))
+            .await
+            .into_iter()
+            .collect()
+    }
     async fn put(&self, key: &String, entry: Entry<Picture>) -> Result<()> {
         let Some(bytes) = entry.value.bytes.as_ref() else {
             return Ok(());
@@ -251,6 +332,26 @@ impl CacheLayer<String, Picture> for ResponseTier {
     }
     async fn clear(&self) -> Result<()> {
         CacheLayer::<String, Vec<u8>>::clear(&self.0).await
+    }
+}
+
+/// The network loader of the preset: a batch's keys loaded concurrently
+/// (the default `load_many` loads one after the other).
+struct Network<L>(L);
+
+#[async_trait(?Send)]
+impl<L: Loader<String, Picture>> Loader<String, Picture> for Network<L> {
+    async fn load(&self, key: &String) -> std::result::Result<Option<Entry<Picture>>, BoxError> {
+        self.0.load(key).await
+    }
+    async fn load_many(
+        &self,
+        keys: &[String],
+    ) -> std::result::Result<Vec<Option<Entry<Picture>>>, BoxError> {
+        join_all(keys.iter().map(|key| self.0.load(key)))
+            .await
+            .into_iter()
+            .collect()
     }
 }
 
@@ -290,6 +391,8 @@ impl CacheLayer<String, Picture> for ResponseTier {
 /// ```
 pub struct ProfilePictures {
     cache: TieredCache<String, Picture>,
+    /// The chain's reads, one `get_many` per turn of the event loop.
+    batch: Batcher<String, Picture>,
     /// The same tiers as the chain's, read one by one by `peek`.
     tiers: Vec<PictureTier>,
     shared: Rc<Shared>,
@@ -371,13 +474,18 @@ impl ProfilePicturesBuilder {
     }
 
     /// The network loader: given a key, the picture (URL and, ideally, bytes).
+    ///
+    /// The pictures a batch of reads misses everywhere (see
+    /// [`ProfilePictures::get`]) are loaded at once, one call of `f` per key
+    /// running concurrently; if one fails, the batch's callers are answered
+    /// key by key (see [`Batcher`]), so the others are loaded once more.
     pub fn network<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(String) -> Fut + 'static,
         Fut: std::future::Future<Output = std::result::Result<Option<Entry<Picture>>, BoxError>>
             + 'static,
     {
-        self.loader = Some(Arc::new(loader_fn(f)));
+        self.loader = Some(Arc::new(Network(loader_fn(f))));
         self
     }
 
@@ -490,6 +598,7 @@ impl ProfilePicturesBuilder {
             Some(tabs)
         });
         ProfilePictures {
+            batch: Batcher::new(cache.clone()),
             cache,
             tiers: tiers.into_iter().map(|(t, _)| t).collect(),
             shared,
@@ -530,6 +639,12 @@ impl ProfilePictures {
         &self.cache
     }
 
+    /// How many `get_many` calls [`ProfilePictures::get`] has made so far
+    /// (one per turn of the event loop that asked for pictures).
+    pub fn batches(&self) -> u64 {
+        self.batch.batches()
+    }
+
     /// Names of the tiers in use, top first (missing storage is left out).
     pub fn tier_names(&self) -> Vec<&str> {
         self.cache.tier_names()
@@ -537,17 +652,23 @@ impl ProfilePictures {
 
     /// Resolves a picture to an `<img>` source and the tier that served it.
     ///
+    /// The keys asked in one turn of the event loop (the elements a list
+    /// creates in one frame) are read together, as one
+    /// [`TieredCache::get_many`]: one batch call per tier (one IndexedDB
+    /// transaction) and one network batch; see [`Batcher`]. Each caller gets
+    /// its own answer, and a key that fails fails only its own.
+    ///
     /// # Errors
     ///
     /// When no tier and not the network could answer.
     pub async fn get(&self, key: &str) -> Result<Option<ResolvedPicture>> {
-        let Some(found) = self.cache.get(&key.to_owned()).await? else {
+        let Some(found) = self.batch.get(&key.to_owned()).await? else {
             return Ok(None);
         };
-        let served_by = match found.source {
-            Source::Tier { name, .. } => name.to_owned(),
-            Source::Origin => "network".to_owned(),
-            Source::Stale => "stale".to_owned(),
+        let served_by = match found.served {
+            Served::Tier { name, .. } => name,
+            Served::Origin => "network".to_owned(),
+            Served::Stale => "stale".to_owned(),
         };
         let expires_at = found.entry.expires_at;
         let picture = found.entry.value;
