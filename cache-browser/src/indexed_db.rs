@@ -295,6 +295,28 @@ fn read_record(
     Ok((value, expires_at, tags))
 }
 
+/// Writes the LRU record (last access `now`) of every `(encoded key, size)`
+/// in one read-write transaction.
+async fn write_touches(
+    db: Database,
+    touch: Vec<(String, u64)>,
+    now: Timestamp,
+) -> std::result::Result<(), IdbError> {
+    let tx = db
+        .transaction(LRU)
+        .with_mode(TransactionMode::Readwrite)
+        .build()?;
+    let lru = tx.object_store(LRU)?;
+    let mut writes = Vec::with_capacity(touch.len());
+    for (enc, size) in touch {
+        writes.push(lru.put(lru_record(now, size)?).with_key(enc).primitive()?);
+    }
+    for w in join_all(writes).await {
+        w?;
+    }
+    tx.commit().await
+}
+
 /// The end of the key range holding every encoded key that starts with `start`:
 /// encoded keys only use ASCII below `0x7F`.
 fn prefix_range(start: String) -> KeyRange<String> {
@@ -533,7 +555,7 @@ impl<V> IndexedDbTier<V> {
     /// [`IndexedDbTier::get_bytes`] for many keys: every record read in one
     /// read-only transaction (the requests all made at once), refused records
     /// removed, and the LRU records due a refresh written in one more
-    /// transaction.
+    /// transaction, in the background.
     async fn get_many_bytes(&self, keys: &[String]) -> Result<Vec<Option<Stored>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -581,32 +603,17 @@ impl<V> IndexedDbTier<V> {
             out.push(Some((value.to_vec(), expires_at, tags)));
         }
         if !touch.is_empty() {
-            self.with_db(Operation::GetMany, |db| {
-                let touch = &touch;
-                async move {
-                    let tx = db
-                        .transaction(LRU)
-                        .with_mode(TransactionMode::Readwrite)
-                        .build()?;
-                    let lru = tx.object_store(LRU)?;
-                    let mut writes = Vec::with_capacity(touch.len());
-                    for (enc, size) in touch {
-                        writes.push(
-                            lru.put(lru_record(now, *size)?)
-                                .with_key(enc.clone())
-                                .primitive()?,
-                        );
-                    }
-                    for w in join_all(writes).await {
-                        w?;
-                    }
-                    tx.commit().await
-                }
-            })
-            .await?;
-            for (enc, _) in touch {
-                self.mark_touched(enc, now);
+            // The LRU records only order eviction: they are written after the
+            // answer, in a transaction of their own, so a read does not wait
+            // for a commit. One that fails is written again after
+            // `touch_after`.
+            let db = self.connection().await?;
+            for (enc, _) in &touch {
+                self.mark_touched(enc.clone(), now);
             }
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = write_touches(db, touch, now).await;
+            });
         }
         Ok(out)
     }
