@@ -26,6 +26,13 @@ use crate::{
 /// can read it on its own.
 type PictureTier = Arc<dyn CacheLayer<String, Picture>>;
 
+/// Pictures up to this many bytes are handed out as `data:` URLs, bigger
+/// ones as `blob:` object URLs. An `<img>` loads a `data:` URL in the page
+/// itself; a `blob:` URL is fetched from the browser's blob store, which
+/// measured 76–109 ms for 50 small pictures in headless Chromium against
+/// 9–34 ms as `data:` URLs (base64 included).
+pub const DATA_URL_MAX_BYTES: usize = 64 * 1024;
+
 /// LocalStorage lifetime of a picture URL in the preset.
 pub const LOCAL_STORAGE_TTL: Duration = Duration::from_secs(45 * 60);
 /// IndexedDB and Cache API lifetime of picture bytes in the preset.
@@ -52,7 +59,8 @@ impl ByteSize for Picture {
 /// A resolved picture: a `src` for an `<img>` and the tier that served it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedPicture {
-    /// A `blob:` object URL of the bytes when the bytes are known, else the
+    /// When the bytes are known, a `data:` URL of them (pictures up to
+    /// [`DATA_URL_MAX_BYTES`]) or a `blob:` object URL (bigger ones), else the
     /// picture's URL. Object URLs stay valid until the entry is replaced or the
     /// [`ProfilePictures`] is dropped.
     pub src: String,
@@ -824,14 +832,26 @@ impl ProfilePictures {
         out
     }
 
-    /// One object URL per key and byte buffer: a memory hit hands back the
-    /// same URL, so a second `<img>` showing the key does not revoke the
-    /// first one's.
+    /// One `data:` or object URL per key and byte buffer: a memory hit hands
+    /// back the same URL, so a second `<img>` showing the key does not revoke
+    /// the first one's (revoking a `data:` URL does nothing).
     fn object_url(&self, key: &str, bytes: &Bytes, content_type: &str) -> Result<String> {
         if let Some((url, made_from)) = self.shared.object_urls.borrow().get(key) {
             if made_from.as_ptr() == bytes.as_ptr() && made_from.len() == bytes.len() {
                 return Ok(url.clone());
             }
+        }
+        if bytes.len() <= DATA_URL_MAX_BYTES {
+            let url = data_url(content_type, bytes);
+            if let Some((old, _)) = self
+                .shared
+                .object_urls
+                .borrow_mut()
+                .insert(key.to_owned(), (url.clone(), bytes.clone()))
+            {
+                let _ = Url::revoke_object_url(&old);
+            }
+            return Ok(url);
         }
         let fail = |e: JsValue| Error::Encode {
             tier: "object_url".into(),
@@ -852,6 +872,37 @@ impl ProfilePictures {
         }
         Ok(url)
     }
+}
+
+/// `data:<content type>;base64,<bytes>`; a content type with characters a
+/// media type does not use is replaced by `application/octet-stream`.
+fn data_url(content_type: &str, bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let plain = !content_type.is_empty()
+        && content_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-/".contains(&b));
+    let content_type = if plain {
+        content_type
+    } else {
+        "application/octet-stream"
+    };
+    let mut out = String::with_capacity(13 + content_type.len() + bytes.len().div_ceil(3) * 4);
+    out.push_str("data:");
+    out.push_str(content_type);
+    out.push_str(";base64,");
+    for chunk in bytes.chunks(3) {
+        let at = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (at(0) << 16) | (at(1) << 8) | at(2);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 impl Drop for ProfilePictures {
@@ -968,7 +1019,8 @@ fn now_ms() -> f64 {
 }
 
 impl ProfilePicture {
-    /// The `<img>` source once resolved: a `blob:` URL of cached bytes, or the
+    /// The `<img>` source once resolved: a `data:` or `blob:` URL of cached
+    /// bytes (see [`ResolvedPicture::src`]), or the
     /// picture's URL (a LocalStorage hit). Kept while a reload is in flight.
     pub fn url(&self) -> Option<String> {
         self.inner.state.borrow().url.clone()
@@ -1032,9 +1084,14 @@ impl ProfilePicture {
     /// The current URL did not load in an `<img>` (a LocalStorage URL that
     /// expired, or the browser is offline): forgets it in the URL-only tiers
     /// and resolves again from the byte tiers (IndexedDB, Cache API) or the
-    /// network. Does nothing for a `blob:` URL, which cannot go stale.
+    /// network. Does nothing for a `data:` or `blob:` URL, which cannot go
+    /// stale.
     pub fn url_failed(&self) {
         let Some(url) = self.url() else { return };
+        if url.starts_with("data:") {
+            self.set_error("the picture's bytes did not decode".to_owned());
+            return;
+        }
         if url.starts_with("blob:") {
             self.set_error(format!("the picture's bytes did not decode ({url})"));
             return;

@@ -297,7 +297,7 @@ async fn pictures_of_a_list_resolve_in_one_batch_through_every_tier() {
     for found in &first {
         let found = found.as_ref().unwrap().as_ref().unwrap();
         assert_eq!(found.served_by, "network");
-        assert!(found.src.starts_with("blob:"));
+        assert!(found.src.starts_with("data:image/png;base64,"));
     }
     // A missing picture among the list fails alone.
     let mixed = join_all(
@@ -338,7 +338,7 @@ async fn pictures_of_a_list_resolve_in_one_batch_through_every_tier() {
         for (user, found) in users.iter().zip(found) {
             let found = found.unwrap().unwrap();
             assert_eq!(found.served_by, tier, "user {user}");
-            assert!(found.src.starts_with("blob:"));
+            assert!(found.src.starts_with("data:image/png;base64,"));
         }
         // The batch's backfill reached the tiers above.
         for t in pictures.peek("7").await {
