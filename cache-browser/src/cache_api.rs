@@ -9,6 +9,7 @@ use cache_core::{
     async_trait, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock, Tags,
     Timestamp,
 };
+use futures_util::future::join_all;
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Cache, CacheStorage, Headers, Request, Response, ResponseInit, ResponseType};
@@ -428,6 +429,14 @@ where
         let mut entry = Entry::new(V::from(Uint8Array::new(&body).to_vec()), expires_at);
         entry.tags = tags;
         Ok(Some(entry))
+    }
+
+    /// Every key's `match` and body read at once, in the cache opened once.
+    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
+        join_all(keys.iter().map(|key| CacheLayer::<K, V>::get(self, key)))
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn put(&self, key: &K, entry: Entry<V>) -> Result<()> {

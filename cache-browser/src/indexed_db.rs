@@ -14,7 +14,7 @@ use cache_core::{
     async_trait, key, CacheKey, CacheLayer, Clock, Entry, Error, Operation, Result, SystemClock,
     Tags, Timestamp,
 };
-use futures_util::future::{abortable, AbortHandle};
+use futures_util::future::{abortable, join_all, AbortHandle};
 use indexed_db_futures::database::Database;
 use indexed_db_futures::error::{DomException, Error as IdbError, OpenDbError};
 use indexed_db_futures::prelude::*;
@@ -33,6 +33,11 @@ const BY_EXPIRY: &str = "by_expiry";
 const BY_ACCESS: &str = "by_access";
 const TOTAL: &str = "total_bytes";
 const DB_VERSION: u8 = 1;
+
+/// A stored value, its expiry and its tags.
+type Stored = (Vec<u8>, Timestamp, Tags);
+/// One record to write: encoded key, key, bytes, expiry, tags as JSON.
+type Write<'a> = (String, String, &'a [u8], Timestamp, Option<String>);
 
 /// Default byte budget: 50 MiB of values.
 pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
@@ -290,6 +295,28 @@ fn read_record(
     Ok((value, expires_at, tags))
 }
 
+/// Writes the LRU record (last access `now`) of every `(encoded key, size)`
+/// in one read-write transaction.
+async fn write_touches(
+    db: Database,
+    touch: Vec<(String, u64)>,
+    now: Timestamp,
+) -> std::result::Result<(), IdbError> {
+    let tx = db
+        .transaction(LRU)
+        .with_mode(TransactionMode::Readwrite)
+        .build()?;
+    let lru = tx.object_store(LRU)?;
+    let mut writes = Vec::with_capacity(touch.len());
+    for (enc, size) in touch {
+        writes.push(lru.put(lru_record(now, size)?).with_key(enc).primitive()?);
+    }
+    for w in join_all(writes).await {
+        w?;
+    }
+    tx.commit().await
+}
+
 /// The end of the key range holding every encoded key that starts with `start`:
 /// encoded keys only use ASCII below `0x7F`.
 fn prefix_range(start: String) -> KeyRange<String> {
@@ -525,6 +552,72 @@ impl<V> IndexedDbTier<V> {
         Ok(Some((value.to_vec(), expires_at, tags)))
     }
 
+    /// [`IndexedDbTier::get_bytes`] for many keys: every record read in one
+    /// read-only transaction (the requests all made at once), refused records
+    /// removed, and the LRU records due a refresh written in one more
+    /// transaction, in the background.
+    async fn get_many_bytes(&self, keys: &[String]) -> Result<Vec<Option<Stored>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encs: Vec<String> = keys.iter().map(|k| key::encode(k)).collect();
+        let now = self.clock.now();
+        let found = self
+            .with_db(Operation::GetMany, |db| {
+                let encs = &encs;
+                async move {
+                    let tx = db.transaction(ENTRIES).build()?;
+                    let store = tx.object_store(ENTRIES)?;
+                    let requests = encs
+                        .iter()
+                        .map(|enc| store.get(enc.clone()).primitive())
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    join_all(requests)
+                        .await
+                        .into_iter()
+                        .collect::<std::result::Result<Vec<Option<JsValue>>, _>>()
+                }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut touch = Vec::new();
+        for ((key, enc), rec) in keys.iter().zip(&encs).zip(found) {
+            let Some(rec) = rec else {
+                out.push(None);
+                continue;
+            };
+            let Ok((value, expires_at, tags)) = read_record(&rec, key, now) else {
+                // Expired, corrupt, or foreign: a miss, removed.
+                self.delete_key(enc, Operation::GetMany).await?;
+                out.push(None);
+                continue;
+            };
+            let stale = self
+                .touched
+                .borrow()
+                .get(enc)
+                .is_none_or(|t| now.duration_since(*t) >= self.touch_after);
+            if stale && !touch.iter().any(|(e, _)| e == enc) {
+                touch.push((enc.clone(), u64::from(value.length())));
+            }
+            out.push(Some((value.to_vec(), expires_at, tags)));
+        }
+        if !touch.is_empty() {
+            // The LRU records only order eviction: they are written after the
+            // answer, in a transaction of their own, so a read does not wait
+            // for a commit. One that fails is written again after
+            // `touch_after`.
+            let db = self.connection().await?;
+            for (enc, _) in &touch {
+                self.mark_touched(enc.clone(), now);
+            }
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = write_touches(db, touch, now).await;
+            });
+        }
+        Ok(out)
+    }
+
     fn mark_touched(&self, enc: String, now: Timestamp) {
         let mut touched = self.touched.borrow_mut();
         // Only a hint for how often to write; forgetting it costs one write.
@@ -573,29 +666,52 @@ impl<V> IndexedDbTier<V> {
         expires_at: Timestamp,
         tags: &Tags,
     ) -> Result<()> {
-        let tags = record::tags_to_json(tags, &self.name)?;
-        let enc = key::encode(key);
-        self.mark_touched(enc.clone(), self.clock.now());
+        self.put_many_bytes(
+            vec![(key.to_owned(), bytes, expires_at, tags)],
+            Operation::Put,
+        )
+        .await
+    }
+
+    /// Writes every `(key, bytes, expires_at, tags)` in one read-write
+    /// transaction (a later duplicate of a key wins), evicting least recently
+    /// used keys first if the total goes over the budget.
+    async fn put_many_bytes(
+        &self,
+        items: Vec<(String, &[u8], Timestamp, &Tags)>,
+        op: Operation,
+    ) -> Result<()> {
         let now = self.clock.now();
-        let size = bytes.len() as u64;
-        if size > self.max_bytes {
-            return Err(Error::QuotaExceeded {
-                tier: self.name.clone(),
-                source: Some(Box::new(JsError::new(
-                    "QuotaExceededError",
-                    format!(
-                        "a {size}-byte value exceeds the tier's {}-byte budget",
-                        self.max_bytes
-                    ),
-                ))),
-            });
+        let mut batch: Vec<Write<'_>> = Vec::with_capacity(items.len());
+        for (key, bytes, expires_at, tags) in items {
+            let size = bytes.len() as u64;
+            if size > self.max_bytes {
+                return Err(Error::QuotaExceeded {
+                    tier: self.name.clone(),
+                    source: Some(Box::new(JsError::new(
+                        "QuotaExceededError",
+                        format!(
+                            "a {size}-byte value exceeds the tier's {}-byte budget",
+                            self.max_bytes
+                        ),
+                    ))),
+                });
+            }
+            let tags = record::tags_to_json(tags, &self.name)?;
+            let enc = key::encode(&key);
+            batch.retain(|(e, ..)| *e != enc);
+            batch.push((enc, key, bytes, expires_at, tags));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for (enc, ..) in &batch {
+            self.mark_touched(enc.clone(), now);
         }
         let max = self.max_bytes as f64;
-        self.with_db(Operation::Put, |db| {
-            let enc = enc.clone();
-            let tags = tags.clone();
+        self.with_db(op, |db| {
+            let batch = &batch;
             async move {
-                let rec = new_record(key, bytes, expires_at, tags.as_deref())?;
                 let tx = db
                     .transaction([ENTRIES, LRU, META])
                     .with_mode(TransactionMode::Readwrite)
@@ -603,24 +719,34 @@ impl<V> IndexedDbTier<V> {
                 let entries = tx.object_store(ENTRIES)?;
                 let lru = tx.object_store(LRU)?;
                 let meta = tx.object_store(META)?;
-                let old = lru.get(enc.clone()).primitive()?;
+                let olds = batch
+                    .iter()
+                    .map(|(enc, ..)| lru.get(enc.clone()).primitive())
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
                 let total = meta.get(TOTAL).primitive()?;
-                let old: Option<JsValue> = old.await?;
+                let mut old = 0.0;
+                for rec in join_all(olds).await {
+                    let rec: Option<JsValue> = rec?;
+                    old += rec.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
+                }
                 let total: Option<JsValue> = total.await?;
-                let old = old.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
-                let mut total = total.and_then(|v| v.as_f64()).unwrap_or(0.0) - old + size as f64;
+                let size: f64 = batch.iter().map(|(_, _, b, ..)| b.len() as f64).sum();
+                let mut total = total.and_then(|v| v.as_f64()).unwrap_or(0.0) - old + size;
                 // Over budget: evict least recently used keys, in this transaction.
                 while total > max {
                     let victims: Vec<JsValue> = lru
                         .index(BY_ACCESS)?
                         .get_all_keys::<JsValue>()
-                        .with_limit(16)
+                        .with_limit(16 + batch.len() as u32)
                         .primitive()?
                         .await?
                         .collect::<std::result::Result<_, _>>()?;
                     let victims: Vec<JsValue> = victims
                         .into_iter()
-                        .filter(|k| k.as_string().as_deref() != Some(enc.as_str()))
+                        .filter(|k| {
+                            k.as_string()
+                                .is_none_or(|k| batch.iter().all(|(enc, ..)| *enc != k))
+                        })
                         .collect();
                     if victims.is_empty() {
                         break;
@@ -635,15 +761,24 @@ impl<V> IndexedDbTier<V> {
                         lru.delete(k).primitive()?.await?;
                     }
                 }
-                entries.put(rec).with_key(enc.clone()).primitive()?.await?;
-                lru.put(lru_record(now, size)?)
-                    .with_key(enc)
-                    .primitive()?
-                    .await?;
-                meta.put(JsValue::from_f64(total.max(0.0)))
+                let mut writes = Vec::with_capacity(2 * batch.len());
+                for (enc, key, bytes, expires_at, tags) in batch {
+                    let rec = new_record(key, bytes, *expires_at, tags.as_deref())?;
+                    writes.push(entries.put(rec).with_key(enc.clone()).primitive()?);
+                    writes.push(
+                        lru.put(lru_record(now, bytes.len() as u64)?)
+                            .with_key(enc.clone())
+                            .primitive()?,
+                    );
+                }
+                let meta_write = meta
+                    .put(JsValue::from_f64(total.max(0.0)))
                     .with_key(TOTAL)
-                    .primitive()?
-                    .await?;
+                    .primitive()?;
+                for w in join_all(writes).await {
+                    w?;
+                }
+                meta_write.await?;
                 tx.commit().await
             }
         })
@@ -719,6 +854,47 @@ where
         };
         self.put_bytes(&key, entry.value.as_ref(), expires_at, &entry.tags)
             .await
+    }
+
+    /// Every key in one read-only transaction.
+    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
+        let keys = keys
+            .iter()
+            .map(|k| record::checked_key(k).map(std::borrow::Cow::into_owned))
+            .collect::<Result<Vec<String>>>()?;
+        Ok(self
+            .get_many_bytes(&keys)
+            .await?
+            .into_iter()
+            .map(|found| {
+                found.map(|(bytes, expires_at, tags)| {
+                    let mut entry = Entry::new(V::from(bytes), expires_at);
+                    entry.tags = tags;
+                    entry
+                })
+            })
+            .collect())
+    }
+
+    /// Every entry in one read-write transaction; an entry already expired
+    /// (or at once past the tier's TTL) is removed instead.
+    async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
+        let now = self.clock.now();
+        let mut items = Vec::with_capacity(entries.len());
+        for (key, entry) in &entries {
+            let key = record::checked_key(key)?.into_owned();
+            match record::put_expiry(entry.expires_at, now, self.ttl) {
+                Some(expires_at) => {
+                    items.push((key, entry.value.as_ref(), expires_at, &entry.tags))
+                }
+                None => {
+                    items.retain(|(k, ..)| *k != key);
+                    self.delete_key(&key::encode(&key), Operation::PutMany)
+                        .await?;
+                }
+            }
+        }
+        self.put_many_bytes(items, Operation::PutMany).await
     }
 
     async fn remove(&self, key: &K) -> Result<bool> {

@@ -29,7 +29,10 @@
 //! - `ProfilePictures`: the preset chain memory → LocalStorage (URL, 45 min) →
 //!   IndexedDB (bytes, 7 days) → Cache API (response, 7 days) → network, giving an
 //!   `<img>` source and the tier that served it; `watch` and `peek` per key,
-//!   and cross-tab invalidation with `.cross_tab(channel)`.
+//!   and cross-tab invalidation with `.cross_tab(channel)`. The reads made in
+//!   one turn of the event loop (a list's elements) go to the chain as one
+//!   `get_many`.
+//! - `Batcher`: that coalescing, DataLoader-style, in front of any chain.
 //! - `PageSpawner`: runs the chain's background tasks (refresh-ahead, a load
 //!   outliving a soft origin timeout) on the page's event loop.
 //! - `use_profile_picture` / `ProfilePicture`: the original React hook's shape
@@ -118,9 +121,13 @@ mod spawn;
 #[cfg(target_family = "wasm")]
 pub use spawn::PageSpawner;
 #[cfg(target_family = "wasm")]
+mod batch;
+#[cfg(target_family = "wasm")]
+pub use batch::{Batched, Batcher, Served};
+#[cfg(target_family = "wasm")]
 mod profile;
 #[cfg(target_family = "wasm")]
 pub use profile::{
     use_profile_picture, Picture, ProfilePicture, ProfilePictures, ProfilePicturesBuilder,
-    ResolvedPicture, TierContents, BYTES_TTL, LOCAL_STORAGE_TTL,
+    ResolvedPicture, TierContents, BYTES_TTL, DATA_URL_MAX_BYTES, LOCAL_STORAGE_TTL,
 };

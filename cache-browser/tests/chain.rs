@@ -146,7 +146,11 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
         clock.now().saturating_add(Duration::from_secs(30 * 86_400))
     );
     assert_eq!(first.served_by, "network");
-    assert!(first.src.starts_with("blob:"), "{}", first.src);
+    assert!(
+        first.src.starts_with("data:image/png;base64,"),
+        "{}",
+        first.src
+    );
     assert_eq!(
         load_img(&first.src).await.as_f64(),
         Some(1.0),

@@ -113,7 +113,7 @@ async fn hook_loads_then_loads_again_on_invalidation_refetch_and_new_user_id() {
     assert_eq!(hook.served_by().as_deref(), Some("network"));
     assert_eq!(hook.error(), None);
     let url = hook.url().unwrap();
-    assert!(url.starts_with("blob:"), "{url}");
+    assert!(url.starts_with("data:image/png;base64,"), "{url}");
     assert_eq!(
         load_img(&url).await.as_f64(),
         Some(1.0),

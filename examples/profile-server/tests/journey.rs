@@ -105,6 +105,18 @@ async fn check_visit(browser: &Browser, name: &'static str, tier: &str) -> Visit
     let list = &report["list"];
     let served = list["pictures"].as_object().unwrap();
     println!("{name}: {} ; tiers {}", list["list_ms"], list["tiers"]);
+    // Where the visit's time went: the tier lookup (the chain, the object
+    // URL) and the rest until the image was decoded and drawn.
+    let spread = |field: &str| {
+        let mut ms: Vec<f64> = served.values().filter_map(|p| p[field].as_f64()).collect();
+        ms.sort_by(f64::total_cmp);
+        (ms.get(ms.len() / 2).copied(), ms.last().copied())
+    };
+    println!(
+        "{name}: lookup ms (median, max) {:?}; shown ms (median, max) {:?}",
+        spread("lookup_ms"),
+        spread("shown_ms")
+    );
     assert_eq!(
         served.len(),
         FRIENDS,

@@ -181,7 +181,7 @@ fn draw(id: u32, p: &ProfilePicture) {
     };
     // An http(s) URL is loaded like the network loader fetched it (CORS), so
     // the browser's HTTP cache answers it.
-    if url.starts_with("blob:") {
+    if url.starts_with("blob:") || url.starts_with("data:") {
         m.img.remove_attribute("crossorigin").ok();
     } else {
         m.img.set_cross_origin(Some("anonymous"));
