@@ -96,7 +96,7 @@ impl MonitorBuilder {
 
     /// Counts requests and hits per key for the `capacity` busiest keys
     /// (space-saving: counts of keys that entered late are upper bounds). Keys are
-    /// user data: they appear in [`Report::top_keys`], never in the Prometheus
+    /// user data: they appear in [`Report::top_keys`](crate::Report::top_keys), never in the Prometheus
     /// output. Costs a mutex per read.
     pub fn track_keys(mut self, capacity: usize) -> Self {
         self.track_keys = (capacity > 0).then_some(capacity);

@@ -295,7 +295,7 @@ fn failed_read(error: Option<&Error>) -> bool {
 }
 
 impl Monitor {
-    /// A monitor on a [`CoarseClock`] with one-minute buckets kept for an hour.
+    /// A monitor on a [`CoarseClock`](crate::CoarseClock) with one-minute buckets kept for an hour.
     pub fn new() -> Self {
         MonitorBuilder::default().build()
     }
