@@ -162,10 +162,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// measured: every call that waits, and one in
 /// [`cache_core::FAST_PATH_TIMED_EVERY`] in-process answers per thread
 /// ([`Report::latency_timed_every`]); the histograms and means are over those.
-/// A timed event, and one in eight untimed ones per thread, read the clock to
-/// find the window bucket; once per bucket (a minute by default) one of them
-/// also copies the counters into the window ring under a mutex that other
-/// events never wait for. Key tracking, when enabled, takes a mutex per read.
+/// Every event reads the monitor's clock to find its window bucket (a
+/// comparison with the next bucket's start); once per bucket (a minute by
+/// default) one event also copies the counters into the window ring under a
+/// mutex that other events never wait for. Key tracking, when enabled, takes a mutex per read.
 ///
 /// # Windows
 ///
@@ -313,12 +313,11 @@ impl Monitor {
         if let Some(names) = &s.export {
             crate::export::record(names, event);
         }
-        // An untimed event (an in-process answer not sampled) looks at the
-        // clock for the window ring one time in `CLOCK_EVERY` per thread.
-        let (stripe, look) = stripes::local(event.latency.is_some());
-        if look {
-            self.tick(s.clock.now());
-        }
+        // Every event looks at the clock before it is counted, so it lands in
+        // the window bucket of its time (reading it one time in eight left
+        // an event of a new bucket in the old one: a window then missed it).
+        self.tick(s.clock.now());
+        let stripe = stripes::local();
         match event.source {
             EventSource::Tier { index, name } => {
                 let Some(slot) = s.tiers.get(index) else {

@@ -53,14 +53,9 @@ pub(crate) fn bump(counter: &AtomicU64, n: u64) {
 /// Numbers given back by threads that exited, and the next fresh one.
 static POOL: Mutex<(Vec<usize>, usize)> = Mutex::new((Vec::new(), 0));
 
-/// This thread's stripe number (given back on exit), and its countdown to
-/// the next look at the clock: one thread-local, so an event costs one
-/// thread-local access.
+/// This thread's stripe number, given back on exit.
 struct Local {
     number: usize,
-    /// Untimed events left before the next one looks at the clock for the
-    /// window ring.
-    unclocked: std::cell::Cell<u32>,
 }
 
 impl Local {
@@ -73,10 +68,7 @@ impl Local {
                 pool.1 - 1
             }
         };
-        Local {
-            number,
-            unclocked: std::cell::Cell::new(0),
-        }
+        Local { number }
     }
 }
 
@@ -93,38 +85,20 @@ thread_local! {
     static LOCAL: Local = Local::take();
 }
 
-/// How many untimed events a thread records between two looks at the
-/// clock for the window ring.
-pub(crate) const CLOCK_EVERY: u32 = 8;
-
-/// This thread's stripe (if it has one), and whether this event looks at
-/// the clock (every timed one, and one untimed in [`CLOCK_EVERY`] per
-/// thread). A thread recording while it exits has no stripe and always
-/// looks.
+/// This thread's stripe, if it has one (a thread beyond [`STRIPES`], or one
+/// recording while it exits, has none).
 #[inline]
-pub(crate) fn local(timed: bool) -> (Option<usize>, bool) {
+pub(crate) fn local() -> Option<usize> {
     LOCAL
-        .try_with(|l| {
-            let look = timed
-                || match l.unclocked.get() {
-                    0 => {
-                        l.unclocked.set(CLOCK_EVERY - 1);
-                        true
-                    }
-                    n => {
-                        l.unclocked.set(n - 1);
-                        false
-                    }
-                };
-            ((l.number < STRIPES).then_some(l.number), look)
-        })
-        .unwrap_or((None, true))
+        .try_with(|l| (l.number < STRIPES).then_some(l.number))
+        .ok()
+        .flatten()
 }
 
 /// This thread's stripe, if it has one.
 #[cfg(test)]
 fn current() -> Option<usize> {
-    local(false).0
+    local()
 }
 
 #[cfg(test)]

@@ -436,3 +436,35 @@ fn refused_fills_and_resync_flushes_are_counted_and_exported() {
     );
     assert!(text.contains("cache_resyncs_total 1"), "{text}");
 }
+
+/// Untimed events (in-process answers the chain did not sample) land in the
+/// window bucket of their time, as timed ones do: a window counts each one
+/// recorded after its start, however many untimed events came before.
+#[test]
+fn untimed_events_land_in_the_bucket_of_their_time() {
+    let clock = ManualClock::new();
+    let m = monitor(&clock);
+    let untimed = Event {
+        kind: EventKind::Hit,
+        source: EventSource::Tier {
+            index: 0,
+            name: "memory",
+        },
+        key: "k",
+        latency: None,
+        bytes: 3,
+        error: None,
+    };
+    for minute in 1..=10u64 {
+        m.record(&untimed);
+        clock.advance(Duration::from_secs(60));
+        m.record(&untimed);
+        assert_eq!(
+            m.window(Duration::from_secs(60)).requests,
+            1,
+            "minute {minute}: the window of the last minute holds its one read"
+        );
+    }
+    let r = m.report();
+    assert_eq!((r.requests, r.tiers[0].timed_reads), (20, 0));
+}
