@@ -552,27 +552,19 @@ impl ProfilePictures {
                 return Ok(url.clone());
             }
         }
-        if bytes.len() <= DATA_URL_MAX_BYTES {
-            let url = data_url(content_type, bytes);
-            if let Some((old, _)) = self
-                .shared
-                .object_urls
-                .borrow_mut()
-                .insert(key.to_owned(), (url.clone(), bytes.clone()))
-            {
-                let _ = Url::revoke_object_url(&old);
-            }
-            return Ok(url);
-        }
-        let fail = |e: JsValue| Error::Encode {
-            tier: "object_url".into(),
-            reason: JsError::from_js(&e).to_string(),
+        let url = if bytes.len() <= DATA_URL_MAX_BYTES {
+            data_url(content_type, bytes)
+        } else {
+            let fail = |e: JsValue| Error::Encode {
+                tier: "object_url".into(),
+                reason: JsError::from_js(&e).to_string(),
+            };
+            let parts = Array::of1(&Uint8Array::from(bytes.as_ref()).into());
+            let opts = BlobPropertyBag::new();
+            opts.set_type(content_type);
+            let blob = Blob::new_with_u8_array_sequence_and_options(&parts, &opts).map_err(fail)?;
+            Url::create_object_url_with_blob(&blob).map_err(fail)?
         };
-        let parts = Array::of1(&Uint8Array::from(bytes.as_ref()).into());
-        let opts = BlobPropertyBag::new();
-        opts.set_type(content_type);
-        let blob = Blob::new_with_u8_array_sequence_and_options(&parts, &opts).map_err(fail)?;
-        let url = Url::create_object_url_with_blob(&blob).map_err(fail)?;
         if let Some((old, _)) = self
             .shared
             .object_urls
