@@ -20,16 +20,14 @@ use cache_core::{
     Tier, TieredCache,
 };
 use futures_util::future::join_all;
-use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
+
+mod support;
+use support::{sleep, unique, PNG};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
 const LIFE: Duration = Duration::from_secs(3_600);
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
 
 /// How often a tier was called, by method.
 #[derive(Default, Debug)]
@@ -71,17 +69,6 @@ impl CacheLayer<String, u32> for Counting {
     async fn clear(&self) -> Result<()> {
         CacheLayer::<String, u32>::clear(&self.inner).await
     }
-}
-
-/// Resolves after `ms` milliseconds (a macrotask later).
-async fn sleep(ms: i32) {
-    let wait = js_sys::Promise::new(&mut |resolve, _| {
-        web_sys::window()
-            .unwrap()
-            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
-            .unwrap();
-    });
-    JsFuture::from(wait).await.unwrap();
 }
 
 struct Setup {
@@ -250,15 +237,6 @@ async fn a_read_in_a_later_turn_joins_the_load_in_flight() {
     assert_eq!(second.unwrap().unwrap().entry.value, 6);
     assert_eq!(s.loads.borrow()[&key], 1, "one load for both batches");
 }
-
-/// A 1×1 PNG.
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
-    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
-];
 
 /// The preset over the real storage tiers: a list's pictures in one batch,
 /// from the network, then (a new page: fresh memory) from IndexedDB after

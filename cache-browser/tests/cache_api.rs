@@ -10,15 +10,10 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
+mod support;
+use support::{day, unique};
+
 wasm_bindgen_test_configure!(run_in_browser);
-
-fn day() -> Duration {
-    Duration::from_secs(86_400)
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
 
 #[wasm_bindgen(inline_js = r#"
 export async function opaque_response() {
@@ -48,15 +43,7 @@ extern "C" {
 
 #[wasm_bindgen_test]
 async fn cache_api_passes_conformance() {
-    conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
-        let mut b =
-            CacheApiTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
-        if let Some(ttl) = setup.tier_ttl {
-            b = b.ttl(ttl);
-        }
-        b.open().await.unwrap()
-    })
-    .await;
+    conformance::run::<_, Vec<u8>, _, _>(support::conformance_cache_api).await;
 }
 
 #[wasm_bindgen_test]

@@ -8,60 +8,20 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use cache_browser::{CrossTabInvalidation, Picture, ProfilePictures};
+use cache_browser::{CrossTabInvalidation, ProfilePictures};
 use cache_core::{BoxError, CacheLayer, Clock, Entry, ManualClock, MemoryTier, Tier, TieredCache};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
 
+mod support;
+use support::{
+    counting_network, day, hide_indexed_db, hide_local_storage, load_img, open_upgrade, sleep,
+    unique,
+};
+
 wasm_bindgen_test_configure!(run_in_browser);
 
-/// A 1×1 PNG.
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
-    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
-];
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
-
 #[wasm_bindgen(inline_js = r#"
-export function load_img(src) {
-  return new Promise((resolve) => {
-    const img = document.createElement("img");
-    img.onload = () => resolve(img.naturalWidth);
-    img.onerror = () => resolve(-1);
-    img.src = src;
-  });
-}
-export function block_local_storage() {
-  const proto = Object.getPrototypeOf(globalThis);
-  const desc = Object.getOwnPropertyDescriptor(globalThis, "localStorage")
-    || Object.getOwnPropertyDescriptor(Window.prototype, "localStorage");
-  // What Chromium does when site data is blocked: the getter throws.
-  Object.defineProperty(globalThis, "localStorage", { configurable: true, get() {
-    throw new DOMException("Access is denied for this document.", "SecurityError");
-  }});
-  return () => { delete globalThis.localStorage; if (!("localStorage" in globalThis)) Object.defineProperty(globalThis, "localStorage", desc); };
-}
-export function hide_indexed_db() {
-  const desc = Object.getOwnPropertyDescriptor(globalThis, "indexedDB")
-    || Object.getOwnPropertyDescriptor(Window.prototype, "indexedDB");
-  Object.defineProperty(globalThis, "indexedDB", { configurable: true, get() { return undefined; } });
-  return () => { delete globalThis.indexedDB; if (!("indexedDB" in globalThis)) Object.defineProperty(globalThis, "indexedDB", desc); };
-}
-export function open_upgrade(name, version) {
-  return new Promise((resolve) => {
-    const req = indexedDB.open(name, version);
-    req.onblocked = () => resolve("blocked");
-    req.onsuccess = () => { req.result.close(); resolve("upgraded"); };
-    req.onerror = () => resolve("error: " + req.error);
-  });
-}
 export function same_origin_frame_channel(name) {
   const iframe = document.createElement("iframe");
   document.body.appendChild(iframe);
@@ -69,15 +29,9 @@ export function same_origin_frame_channel(name) {
   if (iframe.contentWindow.origin !== self.origin) throw new Error("not same-origin");
   return new iframe.contentWindow.BroadcastChannel(name);
 }
-export function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
 "#)]
 extern "C" {
-    async fn load_img(src: &str) -> JsValue;
-    fn block_local_storage() -> js_sys::Function;
-    fn hide_indexed_db() -> js_sys::Function;
-    async fn open_upgrade(name: &str, version: u32) -> JsValue;
     fn same_origin_frame_channel(name: &str) -> JsValue;
-    async fn sleep(ms: u32);
 }
 
 /// Records which tiers reported errors.
@@ -104,27 +58,10 @@ async fn pictures_observed(
     calls: Rc<Cell<u32>>,
     errors: std::sync::Arc<Errors>,
 ) -> ProfilePictures {
-    let loader_clock = clock.clone();
     ProfilePictures::builder(ns)
         .observer(errors)
         .clock(clock.clone())
-        .network(move |user: String| {
-            let calls = calls.clone();
-            let now = loader_clock.now();
-            async move {
-                calls.set(calls.get() + 1);
-                let picture = Picture {
-                    url: format!("https://img.example/{user}.png"),
-                    bytes: Some(Bytes::from_static(PNG)),
-                    content_type: "image/png".into(),
-                };
-                Ok::<_, BoxError>(Some(Entry::expiring_in(
-                    picture,
-                    now,
-                    Duration::from_secs(30 * 86_400),
-                )))
-            }
-        })
+        .network(counting_network(clock, calls, 30 * day()))
         .build()
         .await
 }
@@ -162,7 +99,7 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
     let p2 = pictures(&ns, &clock, calls.clone()).await;
     let hit = p2.get("42").await.unwrap().unwrap();
     assert_eq!(hit.served_by, "local_storage");
-    assert_eq!(hit.src, "https://img.example/42.png");
+    assert_eq!(hit.src, "https://img.example/42.png?v=1");
 
     // 46 minutes later LocalStorage has expired; IndexedDB has the bytes.
     clock.advance(Duration::from_secs(46 * 60));
@@ -200,7 +137,7 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
 
 #[wasm_bindgen_test]
 async fn blocked_local_storage_leaves_the_tier_out_and_the_chain_works() {
-    let restore = block_local_storage();
+    let restore = hide_local_storage("blocked");
     let clock = ManualClock::new();
     let calls = Rc::new(Cell::new(0));
     let p = pictures(&unique("blocked"), &clock, calls.clone()).await;

@@ -3,94 +3,16 @@
 #![cfg(target_family = "wasm")]
 #![allow(clippy::unwrap_used)]
 
+use cache_browser::use_profile_picture;
+use cache_core::ManualClock;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
-
-use bytes::Bytes;
-use cache_browser::{use_profile_picture, Picture, ProfilePictures};
-use cache_core::{BoxError, Clock, Entry, ManualClock};
-use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
 
+mod support;
+use support::{load_img, pictures, unique, until, PNG};
+
 wasm_bindgen_test_configure!(run_in_browser);
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
-
-#[wasm_bindgen(inline_js = r#"
-export function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-export function load_img(src) {
-  return new Promise((resolve) => {
-    const img = document.createElement("img");
-    img.onload = () => resolve(img.naturalWidth);
-    img.onerror = () => resolve(-1);
-    img.src = src;
-  });
-}
-"#)]
-extern "C" {
-    async fn sleep(ms: u32);
-    async fn load_img(src: &str) -> JsValue;
-}
-
-/// A 1×1 PNG.
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
-    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
-];
-
-/// A chain whose network counts its calls, puts the call number in the URL,
-/// and has no picture for user "nobody".
-async fn pictures(
-    ns: &str,
-    channel: Option<&str>,
-    clock: &ManualClock,
-    calls: Rc<Cell<u32>>,
-) -> ProfilePictures {
-    let loader_clock = clock.clone();
-    let mut builder =
-        ProfilePictures::builder(ns)
-            .clock(clock.clone())
-            .network(move |user: String| {
-                let calls = calls.clone();
-                let now = loader_clock.now();
-                async move {
-                    calls.set(calls.get() + 1);
-                    if user == "nobody" {
-                        return Ok(None);
-                    }
-                    let picture = Picture {
-                        url: format!("https://img.example/{user}.png?v={}", calls.get()),
-                        bytes: Some(Bytes::from_static(PNG)),
-                        content_type: "image/png".into(),
-                    };
-                    Ok::<_, BoxError>(Some(Entry::expiring_in(
-                        picture,
-                        now,
-                        Duration::from_secs(3_600),
-                    )))
-                }
-            });
-    if let Some(channel) = channel {
-        builder = builder.cross_tab(channel);
-    }
-    builder.build().await
-}
-
-/// Polls `done` every 10 ms (a liveness bound of 20 s, not a speed claim).
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let mut waited = 0;
-    while !done() {
-        assert!(waited < 20_000, "never happened: {what}");
-        sleep(10).await;
-        waited += 10;
-    }
-}
 
 /// What the hook's `on_change` saw: (loading, url, error, served_by).
 type Seen = Rc<RefCell<Vec<(bool, Option<String>, Option<String>, Option<String>)>>>;

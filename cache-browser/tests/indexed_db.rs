@@ -10,15 +10,10 @@ use cache_core::{conformance, CacheLayer, Clock, Entry, Error, ManualClock};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
 
+mod support;
+use support::{day, hide_indexed_db, open_upgrade, unique};
+
 wasm_bindgen_test_configure!(run_in_browser);
-
-fn day() -> Duration {
-    Duration::from_secs(86_400)
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
 
 async fn tier(name: &str, clock: &ManualClock, max_bytes: u64) -> IndexedDbTier<Vec<u8>> {
     IndexedDbTier::builder(&unique(name))
@@ -29,41 +24,9 @@ async fn tier(name: &str, clock: &ManualClock, max_bytes: u64) -> IndexedDbTier<
         .unwrap()
 }
 
-#[wasm_bindgen(inline_js = r#"
-export function open_upgrade(name, version) {
-  return new Promise((resolve) => {
-    const req = indexedDB.open(name, version);
-    req.onblocked = () => resolve("blocked");
-    req.onsuccess = () => { req.result.close(); resolve("upgraded"); };
-    req.onerror = () => resolve("error: " + req.error);
-  });
-}
-export function hide_indexed_db() {
-  const saved = Object.getOwnPropertyDescriptor(globalThis, "indexedDB")
-    || Object.getOwnPropertyDescriptor(Object.getPrototypeOf(globalThis), "indexedDB");
-  Object.defineProperty(globalThis, "indexedDB", { configurable: true, get() { return undefined; } });
-  return () => {
-    delete globalThis.indexedDB;
-    if (!("indexedDB" in globalThis)) Object.defineProperty(globalThis, "indexedDB", saved);
-  };
-}
-"#)]
-extern "C" {
-    async fn open_upgrade(name: &str, version: u32) -> JsValue;
-    fn hide_indexed_db() -> js_sys::Function;
-}
-
 #[wasm_bindgen_test]
 async fn indexed_db_passes_conformance() {
-    conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
-        let mut b =
-            IndexedDbTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
-        if let Some(ttl) = setup.tier_ttl {
-            b = b.ttl(ttl);
-        }
-        b.open().await.unwrap()
-    })
-    .await;
+    conformance::run::<_, Vec<u8>, _, _>(support::conformance_indexed_db).await;
 }
 
 #[wasm_bindgen_test]

@@ -8,14 +8,13 @@ use cache_browser::LocalStorageTier;
 use cache_core::{conformance, CacheLayer, Clock, Entry, Error, ManualClock};
 use wasm_bindgen_test::*;
 
+mod support;
+use support::{day, hide_local_storage};
+
 wasm_bindgen_test_configure!(run_in_browser);
 
 fn storage() -> web_sys::Storage {
     web_sys::window().unwrap().local_storage().unwrap().unwrap()
-}
-
-fn day() -> Duration {
-    Duration::from_secs(86_400)
 }
 
 #[wasm_bindgen_test]
@@ -50,15 +49,6 @@ fn tier(ns: &str, clock: &ManualClock) -> LocalStorageTier<String> {
 }
 
 #[wasm_bindgen(inline_js = r#"
-export function hide_local_storage(mode) {
-  const desc = Object.getOwnPropertyDescriptor(globalThis, "localStorage")
-    || Object.getOwnPropertyDescriptor(Window.prototype, "localStorage");
-  Object.defineProperty(globalThis, "localStorage", { configurable: true, get() {
-    if (mode === "blocked") throw new DOMException("Access is denied for this document.", "SecurityError");
-    return undefined;
-  }});
-  return () => { delete globalThis.localStorage; if (!("localStorage" in globalThis)) Object.defineProperty(globalThis, "localStorage", desc); };
-}
 export function fill_local_storage(prefix) {
   // Fill the real origin quota with someone else's data.
   const chunk = "x".repeat(256 * 1024);
@@ -73,7 +63,6 @@ export function unfill_local_storage(prefix) {
 }
 "#)]
 extern "C" {
-    fn hide_local_storage(mode: &str) -> js_sys::Function;
     fn fill_local_storage(prefix: &str) -> u32;
     fn unfill_local_storage(prefix: &str);
 }

@@ -25,23 +25,15 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_browser);
+mod support;
+use support::{sleep, unique};
 
-#[wasm_bindgen(inline_js = r#"
-export function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-"#)]
-extern "C" {
-    async fn sleep(ms: u32);
-}
+wasm_bindgen_test_configure!(run_in_browser);
 
 /// What the origin gives: entries that live a minute.
 const LIFE: Duration = Duration::from_secs(60);
 /// The refresh window: the last 10 s of an entry's life.
 const WINDOW: Duration = Duration::from_secs(10);
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
 
 /// The origin: call `n` answers `v{n}`, expiring `LIFE` after the clock's
 /// time when it was called. While `hold` is set, each call waits for the test

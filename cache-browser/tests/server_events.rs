@@ -7,74 +7,26 @@
 #![cfg(target_family = "wasm")]
 #![allow(clippy::unwrap_used)]
 
+use cache_browser::{use_profile_picture, ProfilePictures, ServerInvalidations};
+use cache_core::ManualClock;
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
-
-use bytes::Bytes;
-use cache_browser::{use_profile_picture, Picture, ProfilePictures, ServerInvalidations};
-use cache_core::{BoxError, Clock, Entry, ManualClock};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
 use web_sys::{MessageEvent, MessageEventInit};
 
+mod support;
+use support::{pictures, sleep, unique, until};
+
 wasm_bindgen_test_configure!(run_in_browser);
 
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
-    0x1F, 0x00, 0x05, 0x00, 0x01, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
-];
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
-
 #[wasm_bindgen(inline_js = r#"
-export function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
 export function stream_url(text) {
   return URL.createObjectURL(new Blob([text], { type: "text/event-stream" }));
 }
 "#)]
 extern "C" {
-    async fn sleep(ms: u32);
     fn stream_url(text: &str) -> String;
-}
-
-/// A chain whose network counts its calls and puts the count in the URL.
-async fn pictures(
-    ns: &str,
-    channel: Option<&str>,
-    clock: &ManualClock,
-    calls: Rc<Cell<u32>>,
-) -> Rc<ProfilePictures> {
-    let loader_clock = clock.clone();
-    let mut builder =
-        ProfilePictures::builder(ns)
-            .clock(clock.clone())
-            .network(move |user: String| {
-                let calls = calls.clone();
-                let now = loader_clock.now();
-                async move {
-                    calls.set(calls.get() + 1);
-                    let picture = Picture {
-                        url: format!("https://img.example/{user}.png?v={}", calls.get()),
-                        bytes: Some(Bytes::from_static(PNG)),
-                        content_type: "image/png".into(),
-                    };
-                    Ok::<_, BoxError>(Some(Entry::expiring_in(
-                        picture,
-                        now,
-                        Duration::from_secs(3_600),
-                    )))
-                }
-            });
-    if let Some(channel) = channel {
-        builder = builder.cross_tab(channel);
-    }
-    Rc::new(builder.build().await)
 }
 
 fn listener(pictures: &Rc<ProfilePictures>) -> ServerInvalidations {
@@ -94,16 +46,6 @@ fn event(kind: &str, data: &JsValue, id: &str) -> MessageEvent {
 
 fn send(events: &ServerInvalidations, kind: &str, data: &str, id: &str) {
     events.dispatch(&event(kind, &JsValue::from_str(data), id));
-}
-
-/// Polls `done` every 10 ms (a liveness bound of 20 s, not a speed claim).
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let mut waited = 0;
-    while !done() {
-        assert!(waited < 20_000, "never happened: {what}");
-        sleep(10).await;
-        waited += 10;
-    }
 }
 
 /// Which tiers hold `key`.
@@ -129,7 +71,7 @@ fn all_tiers(pictures: &ProfilePictures) -> Vec<String> {
 async fn an_avatar_event_empties_the_key_from_every_tier_and_wakes_its_watchers() {
     let clock = ManualClock::new();
     let calls = Rc::new(Cell::new(0));
-    let pictures = pictures(&unique("sse-key"), None, &clock, calls.clone()).await;
+    let pictures = Rc::new(pictures(&unique("sse-key"), None, &clock, calls.clone()).await);
     assert_eq!(
         pictures.tier_names().len(),
         4,
@@ -180,7 +122,7 @@ async fn an_avatar_event_empties_the_key_from_every_tier_and_wakes_its_watchers(
 async fn a_gap_or_a_reset_empties_the_url_tiers_and_keeps_the_bytes() {
     let clock = ManualClock::new();
     let calls = Rc::new(Cell::new(0));
-    let pictures = pictures(&unique("sse-gap"), None, &clock, calls).await;
+    let pictures = Rc::new(pictures(&unique("sse-gap"), None, &clock, calls).await);
     let url_tiers = ["memory", "local_storage"];
     let byte_tiers = ["indexed_db", "cache_api"];
     let events = listener(&pictures);
@@ -227,7 +169,7 @@ async fn a_gap_or_a_reset_empties_the_url_tiers_and_keeps_the_bytes() {
 async fn malformed_events_are_counted_and_ignored_without_a_panic() {
     let clock = ManualClock::new();
     let calls = Rc::new(Cell::new(0));
-    let pictures = pictures(&unique("sse-bad"), None, &clock, calls).await;
+    let pictures = Rc::new(pictures(&unique("sse-bad"), None, &clock, calls).await);
     pictures.get("3").await.unwrap().unwrap();
     let events = listener(&pictures);
     send(&events, "hello", r#"{"stream":"s1","seq":0}"#, "s1-0");
@@ -267,8 +209,8 @@ async fn events_are_forwarded_to_another_tab_over_the_broadcast_channel() {
     let ns = unique("sse-tabs");
     let channel = unique("sse-channel");
     let calls = Rc::new(Cell::new(0));
-    let tab_a = pictures(&ns, Some(&channel), &clock, calls.clone()).await;
-    let tab_b = pictures(&ns, Some(&channel), &clock, calls.clone()).await;
+    let tab_a = Rc::new(pictures(&ns, Some(&channel), &clock, calls.clone()).await);
+    let tab_b = Rc::new(pictures(&ns, Some(&channel), &clock, calls.clone()).await);
     // Tab B shows user 5 (memory holds it) and also holds user 8.
     let in_b = use_profile_picture(&tab_b, "5", |_| {});
     until("tab B's first load", || !in_b.loading()).await;
@@ -327,7 +269,7 @@ async fn events_are_forwarded_to_another_tab_over_the_broadcast_channel() {
 async fn a_real_event_source_feeds_the_listener() {
     let clock = ManualClock::new();
     let calls = Rc::new(Cell::new(0));
-    let pictures = pictures(&unique("sse-real"), None, &clock, calls).await;
+    let pictures = Rc::new(pictures(&unique("sse-real"), None, &clock, calls).await);
     pictures.get("4").await.unwrap().unwrap();
     pictures.get("7").await.unwrap().unwrap();
     // The wire text of profile-server's /api/events: a keep-alive comment, a

@@ -4,40 +4,22 @@
 #![cfg(target_family = "wasm")]
 #![allow(clippy::unwrap_used)]
 
-use cache_browser::{CacheApiTier, IndexedDbTier, LocalStorageTier};
+use cache_browser::LocalStorageTier;
 use cache_core::{conformance, Error};
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_service_worker);
+mod support;
 
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
+wasm_bindgen_test_configure!(run_in_service_worker);
 
 #[wasm_bindgen_test]
 async fn cache_api_passes_conformance_in_a_service_worker() {
-    conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
-        let mut b =
-            CacheApiTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
-        if let Some(ttl) = setup.tier_ttl {
-            b = b.ttl(ttl);
-        }
-        b.open().await.unwrap()
-    })
-    .await;
+    conformance::run::<_, Vec<u8>, _, _>(support::conformance_cache_api).await;
 }
 
 #[wasm_bindgen_test]
 async fn indexed_db_passes_conformance_in_a_service_worker() {
-    conformance::run::<_, Vec<u8>, _, _>(|setup| async move {
-        let mut b =
-            IndexedDbTier::<Vec<u8>>::builder(&unique(&setup.namespace)).clock(setup.clock.clone());
-        if let Some(ttl) = setup.tier_ttl {
-            b = b.ttl(ttl);
-        }
-        b.open().await.unwrap()
-    })
-    .await;
+    conformance::run::<_, Vec<u8>, _, _>(support::conformance_indexed_db).await;
 }
 
 #[wasm_bindgen_test]

@@ -11,11 +11,10 @@ use cache_core::{CacheLayer, Clock, Entry, ManualClock, Timestamp};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_browser);
+mod support;
+use support::unique;
 
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
+wasm_bindgen_test_configure!(run_in_browser);
 
 const DAY: Duration = Duration::from_secs(86_400);
 

@@ -7,7 +7,6 @@
 #![allow(clippy::arc_with_non_send_sync)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cache_browser::{CacheApiTier, IndexedDbTier, LocalStorageTagStore, LocalStorageTier};
 use cache_core::{
@@ -15,13 +14,10 @@ use cache_core::{
 };
 use wasm_bindgen_test::*;
 
+mod support;
+use support::{unique, HOUR};
+
 wasm_bindgen_test_configure!(run_in_browser);
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", js_sys::Math::random().to_bits())
-}
-
-const HOUR: Duration = Duration::from_secs(3_600);
 
 /// The tiers of one page (the same storage names give the same storage).
 struct Page {
