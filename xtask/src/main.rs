@@ -41,6 +41,7 @@ mod manifest;
 mod publish;
 mod setup;
 mod suites;
+mod tidy;
 mod workspace;
 
 fn main() -> ExitCode {
