@@ -6,28 +6,8 @@ use std::time::Duration;
 use cache_core::{Error, Event, EventKind, EventSource, ManualClock, Operation};
 use cache_monitor::{Monitor, Report, MAX_TIERS};
 
-fn tier(index: usize) -> EventSource<'static> {
-    EventSource::Tier {
-        index,
-        name: ["memory", "shared", "third"][index.min(2)],
-    }
-}
-
-fn event(
-    kind: EventKind,
-    source: EventSource<'static>,
-    latency: Duration,
-    bytes: usize,
-) -> Event<'static> {
-    Event {
-        kind,
-        source,
-        key: "user:1",
-        latency: Some(latency),
-        bytes,
-        error: None,
-    }
-}
+mod support;
+use support::{event, tier};
 
 fn monitor(clock: &ManualClock) -> Monitor {
     Monitor::builder().clock(clock.clone()).build()

@@ -5,25 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cache_core::{Event, EventKind, EventSource, ManualClock};
+use cache_core::{EventKind, EventSource, ManualClock};
 use cache_monitor::Monitor;
 use prometheus_parse::{Sample, Scrape, Value};
 
-fn event(
-    kind: EventKind,
-    source: EventSource<'static>,
-    latency: Duration,
-    bytes: usize,
-) -> Event<'static> {
-    Event {
-        kind,
-        source,
-        key: "user:1",
-        latency: Some(latency),
-        bytes,
-        error: None,
-    }
-}
+mod support;
+use support::event;
 
 fn scrape(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()

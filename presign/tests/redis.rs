@@ -12,6 +12,9 @@ use cache_server::{Invalidation, InvalidationBus, MokaTier, RedisTier};
 use presign::embedded::EmbeddedS3;
 use presign::{PresignedUrl, PresignedUrls, S3Config};
 
+mod support;
+use support::get;
+
 const MIN: Duration = Duration::from_secs(60);
 const NAMESPACE: &str = "avatar-urls";
 
@@ -69,13 +72,6 @@ fn stat(redis: &RedisServer, command: &str, field: &str) -> u64 {
 /// MGET inside the script).
 fn scripts_run(redis: &RedisServer) -> u64 {
     calls(redis, "evalsha") - stat(redis, "evalsha", "failed_calls") + calls(redis, "eval")
-}
-
-async fn fetch(url: &str) -> (u16, Vec<u8>) {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = client.get(url).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.bytes().await.unwrap().to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +141,7 @@ async fn replace_on_one_instance_invalidates_every_instance() {
         old,
         "A reads B's URL from Redis"
     );
-    assert_eq!(fetch(&old.url).await, (200, b"old".to_vec()));
+    assert_eq!(get(&old.url).await, (200, b"old".to_vec()));
     assert_eq!(b.url("alice").await.unwrap(), old);
 
     let mut applied = b.synced().unwrap().applied();
@@ -167,7 +163,7 @@ async fn replace_on_one_instance_invalidates_every_instance() {
         "B no longer serves the old URL from its moka tier"
     );
     assert_eq!(b.signatures(), signed + 1, "B signed a fresh URL");
-    assert_eq!(fetch(&next.url).await, (200, b"new".to_vec()));
+    assert_eq!(get(&next.url).await, (200, b"new".to_vec()));
     assert!(next.remaining(clock.now()) >= 55 * MIN);
 }
 

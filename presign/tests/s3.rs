@@ -8,20 +8,13 @@ use cache_core::{Clock, SystemClock};
 use presign::embedded::{EmbeddedS3, ACCESS_KEY_ID};
 use presign::{Credentials, Method, ResponseHeaders, S3Config};
 
-const HOUR: Duration = Duration::from_secs(3_600);
+mod support;
+use support::{get, http};
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
+const HOUR: Duration = Duration::from_secs(3_600);
 
 async fn put(url: &str, body: &'static [u8]) -> reqwest::StatusCode {
     http().put(url).body(body).send().await.unwrap().status()
-}
-
-async fn get(url: &str) -> (reqwest::StatusCode, Vec<u8>) {
-    let resp = http().get(url).send().await.unwrap();
-    let status = resp.status();
-    (status, resp.bytes().await.unwrap().to_vec())
 }
 
 /// Uploads `body` under `key` with a presigned PUT.
@@ -114,7 +107,7 @@ async fn another_key_swapped_in_is_rejected() {
         .presign_get("users/1.png", HOUR)
         .unwrap()
         .url;
-    assert_eq!(get(&url).await, (reqwest::StatusCode::OK, b"one".to_vec()));
+    assert_eq!(get(&url).await, (200, b"one".to_vec()));
     let swapped = url.replace("/users/1.png?", "/users/2.png?");
     assert_ne!(swapped, url);
     assert_eq!(get(&swapped).await.0, 403);
@@ -136,10 +129,7 @@ async fn wrong_secret_is_rejected() {
     let put_url = wrong.signer().unwrap().presign_put("k.png", HOUR).unwrap();
     assert_eq!(put(&put_url.url, b"evil").await, 403);
     let right = config.signer().unwrap().presign_get("k.png", HOUR).unwrap();
-    assert_eq!(
-        get(&right.url).await,
-        (reqwest::StatusCode::OK, b"x".to_vec())
-    );
+    assert_eq!(get(&right.url).await, (200, b"x".to_vec()));
 }
 
 #[tokio::test]
@@ -182,11 +172,7 @@ async fn special_character_keys_reach_the_right_object() {
     let signer = s3.config().signer().unwrap();
     for (key, body) in keys {
         let url = signer.presign_get(key, HOUR).unwrap();
-        assert_eq!(
-            get(&url.url).await,
-            (reqwest::StatusCode::OK, body.to_vec()),
-            "{key:?}"
-        );
+        assert_eq!(get(&url.url).await, (200, body.to_vec()), "{key:?}");
     }
 }
 
@@ -207,10 +193,7 @@ async fn rotated_credentials_take_effect_on_the_next_url() {
     assert_eq!(get(&stale.url).await.0, 403);
     signer.set_credentials(config.credentials().clone());
     let fresh = signer.presign_get("k.png", HOUR).unwrap();
-    assert_eq!(
-        get(&fresh.url).await,
-        (reqwest::StatusCode::OK, b"x".to_vec())
-    );
+    assert_eq!(get(&fresh.url).await, (200, b"x".to_vec()));
 }
 
 /// A signed `response-cache-control` is accepted by s3s (SigV4 covers it), the

@@ -14,6 +14,9 @@ use presign::embedded::EmbeddedS3;
 use presign::{Credentials, Error, PresignedUrl, PresignedUrls, S3Config, DEFAULT_MARGIN};
 use proptest::prelude::*;
 
+mod support;
+use support::{fetch, http};
+
 const MIN: Duration = Duration::from_secs(60);
 
 fn offline_config(creds: Credentials) -> S3Config {
@@ -315,21 +318,6 @@ fn bad_settings_are_rejected() {
     assert!(build(|b| b.key_prefix("/abs/")).is_err());
     assert!(build(|b| b.key_prefix("no-slash")).is_err());
     assert!(build(|b| b.key_prefix("pics/")).is_ok());
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-async fn fetch(url: &str) -> (u16, Vec<u8>, Option<String>) {
-    let resp = http().get(url).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (status, resp.bytes().await.unwrap().to_vec(), ct)
 }
 
 /// A tier whose next read, once armed, reads its entry and then waits to be
