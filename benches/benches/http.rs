@@ -7,8 +7,9 @@
 //! - `GET /api/users/{id}/avatar`, warm (ids 1–50 in turn);
 //! - `GET /api/avatars?ids=1,…,50`, warm.
 //!
-//! Goal (issue 12): the warm avatar route serves ≥ 0.8× the health route's
-//! requests per second.
+//! Goal (issue 21; 0.8× in issue 12): the warm avatar route, with the
+//! server's monitor on as always, serves ≥ 0.9× the health route's requests
+//! per second.
 //!
 //! Warm vs every request signed afresh: a second example server started with
 //! `url_cache: false` (`URL_CACHE=off`) has no URL tiers, so every avatar
@@ -193,7 +194,7 @@ fn main() {
     for (side, base) in [(1, 0), (2, 0), (3, 1)] {
         let row = rps.row(side, name(side), base, name(base), "req/s");
         results.push(if side == 1 {
-            row.goal(Goal::AtLeast(0.8))
+            row.goal(Goal::AtLeast(0.9))
         } else {
             row
         });

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -48,8 +48,8 @@ impl AppState {
 
 /// One avatar in the API's JSON.
 #[derive(Debug, Serialize)]
-struct AvatarBody {
-    url: String,
+struct AvatarBody<'a> {
+    url: &'a str,
     /// Milliseconds since the Unix epoch.
     expires_at: u64,
     etag: String,
@@ -59,9 +59,10 @@ fn etag_of(url: &PresignedUrl) -> String {
     // The URL's SigV4 signature already is a SHA-256 HMAC over everything in
     // it (object key, expiry, overrides), so its first 96 bits identify the URL
     // as well as a hash of it would, without hashing it again per request.
+    // SigV4 puts the signature last, so look for it from the end.
     let signature = url
         .url
-        .split_once("X-Amz-Signature=")
+        .rsplit_once("X-Amz-Signature=")
         .map(|(_, rest)| rest.split('&').next().unwrap_or(rest))
         .filter(|sig| sig.len() >= 24 && sig.bytes().all(|b| b.is_ascii_hexdigit()));
     if let Some(sig) = signature {
@@ -72,9 +73,9 @@ fn etag_of(url: &PresignedUrl) -> String {
     format!("\"{hex}\"")
 }
 
-fn body_of(url: &PresignedUrl, etag: String) -> AvatarBody {
+fn body_of(url: &PresignedUrl, etag: String) -> AvatarBody<'_> {
     AvatarBody {
-        url: url.url.clone(),
+        url: &url.url,
         expires_at: url.expires_at.as_unix_millis(),
         etag,
     }
@@ -106,12 +107,14 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
 pub(super) async fn get_avatar(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let user = state.user(&id)?;
     let url = state.urls.url(&user).await?;
     let etag = etag_of(&url);
-    let mut response = if if_none_match(&headers, &etag) {
+    // The request's headers are read in place (the `HeaderMap` extractor
+    // would copy them).
+    let mut response = if if_none_match(request.headers(), &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         Json(body_of(&url, etag.clone())).into_response()
