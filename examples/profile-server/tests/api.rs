@@ -354,16 +354,17 @@ async fn report_states_its_period_and_history_counts_every_lookup() {
             serde_json::json!(["memory", "shared-in-process"])
         );
         let points = history["points"].as_array().unwrap();
-        // A bucket that ended while the request ran may add one.
-        assert!(
-            points.len() == len || points.len() == len + 1,
-            "{last}: {} points",
-            points.len()
-        );
         let n = |p: &Value, k: &str| p[k].as_u64().unwrap();
+        // The buckets since the monitor started (none from before, each with
+        // a length), contiguous up to now.
+        assert!(points.len() <= len + 1, "{last}: {} points", points.len());
+        assert_eq!(n(&points[0], "since"), since, "{last}: starts at the start");
+        assert!(n(points.last().unwrap(), "until") >= until, "{last}");
+        assert!(points.iter().all(|p| n(p, "since") < n(p, "until")));
         for pair in points.windows(2) {
-            assert!(
-                n(&pair[0], "until") <= n(&pair[1], "since"),
+            assert_eq!(
+                n(&pair[0], "until"),
+                n(&pair[1], "since"),
                 "{last}: {pair:?}"
             );
         }

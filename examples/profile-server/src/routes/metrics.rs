@@ -36,7 +36,7 @@ pub(super) async fn report(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /api/cache/history?last=15m`: the monitor's buckets over the last
 /// `last` (`90s`, `15m`, `1h`, `24h`, `1d`, or seconds; default 15 minutes,
 /// at most the longest window the monitor keeps), oldest first, the last
-/// one partial. Each point has its period (`since`, `until`, Unix ms), the
+/// one partial; none from before the monitor started. Each point has its period (`since`, `until`, Unix ms), the
 /// lookups, hits and hit rate, the average access time, and per tier and
 /// for the signer (the origin) the reads, hits, misses, failures and mean
 /// latency (ms; `null` where nothing was timed).
@@ -62,7 +62,12 @@ pub(super) async fn history(
         }
         Some(Err(e)) => return ApiError::new(StatusCode::BAD_REQUEST, e).into_response(),
     };
-    let points: Vec<Report> = monitor.timeline(last);
+    // Buckets from before the monitor started (or was reset) cover nothing.
+    let points: Vec<Report> = monitor
+        .timeline(last)
+        .into_iter()
+        .filter(|p| p.until > p.since)
+        .collect();
     let (since, until) = match (points.first(), points.last()) {
         (Some(first), Some(last)) => (first.since, last.until),
         _ => {
