@@ -398,9 +398,9 @@ async fn report_states_its_period_and_history_counts_every_lookup() {
 
 /// The dashboard in a real headless Chromium (`--dump-dom` after its script
 /// ran, with virtual time so several 2 s polls happen): a card per tier and
-/// for the signer, and both charts drawn from live data while this test sends
-/// traffic. The page loads nothing but itself and the report (it works
-/// offline).
+/// for the signer, and the charts of both rows drawn from the server's
+/// history while this test sends traffic. The page loads nothing but itself,
+/// the report and the history (it works offline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_draws_tiers_and_charts_in_chromium() {
     const CHROMIUM: &str = "/usr/bin/chromium";
@@ -465,26 +465,39 @@ async fn dashboard_draws_tiers_and_charts_in_chromium() {
             "no card for {card}: {dom}"
         );
     }
-    assert!(dom.contains("lookups, hit rate"), "{dom}");
+    assert!(dom.contains("lookups since start"), "{dom}");
+    assert!(dom.contains("per thread"), "the sampling is stated: {dom}");
     let chart = |id: &str| {
         let start = dom.find(&format!("id=\"{id}\"")).unwrap();
         let end = start + dom[start..].find("</svg>").unwrap();
         dom[start..end].to_owned()
     };
-    let hits = chart("hit-chart");
-    let latency = chart("latency-chart");
+    // The points a series drew in a chart.
+    let points = |chart: &str, series: &str| {
+        chart
+            .find(&format!("data-series=\"{series}\""))
+            .map_or(0, |start| {
+                let group = &chart[start..];
+                group[..group.find("</g>").unwrap()]
+                    .matches("<circle")
+                    .count()
+            })
+    };
+    let rate = chart("recent-rate");
+    let hits = chart("recent-hit");
+    let latency = chart("recent-latency");
+    assert!(points(&rate, "lookups") > 0, "no lookup points: {rate}");
     assert!(
-        hits.contains("data-series=\"memory\""),
+        points(&hits, "memory") > 0,
         "no memory hit-rate points: {hits}"
     );
     assert!(
-        latency.contains("data-series=\"memory\""),
-        "no memory latency points: {latency}"
-    );
-    assert!(
-        latency.contains("data-series=\"signer\""),
+        points(&latency, "signer") > 0,
         "no signing latency points: {latency}"
     );
+    for id in ["long-rate", "long-hit", "long-latency"] {
+        assert!(chart(id).contains("<circle"), "{id}: no points");
+    }
     server.shutdown().await;
 }
 
