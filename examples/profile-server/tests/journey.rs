@@ -327,17 +327,15 @@ async fn check_page_monitor(browser: &Browser) {
     assert!(apart, "the monitor covers the list: monitor {m}, list {l}");
     // What the report covers and how latency was sampled.
     let report = browser.report().await;
+    let (period, sampling) = (&report["period"], &report["sampling"]);
+    assert_eq!(period["covers"], "since the page loaded", "{period}");
+    assert!(period["length_ms"].as_u64().is_some(), "{period}");
     assert_eq!(
-        report["period"]["covers"], "since the page loaded",
-        "{report}"
-    );
-    assert!(report["period"]["length_ms"].as_u64().is_some(), "{report}");
-    assert_eq!(
-        report["sampling"]["latency_timed_every"],
+        sampling["latency_timed_every"],
         cache_core::FAST_PATH_TIMED_EVERY,
-        "{report}"
+        "{sampling}"
     );
-    assert_eq!(report["sampling"]["counts"], "exact");
+    assert_eq!(sampling["counts"], "exact", "{sampling}");
     let listed: Vec<&str> = report["tiers"]
         .as_array()
         .unwrap()
@@ -346,20 +344,20 @@ async fn check_page_monitor(browser: &Browser) {
         .collect();
     assert_eq!(
         listed, CACHE_TIERS,
-        "cacheMonitor.report() lists every tier: {report}"
+        "cacheMonitor.report() lists every tier"
     );
-    let sampling = browser
+    let stated = browser
         .script(
             "return document.getElementById('monitor-sampling').textContent",
             vec![],
         )
         .await;
     assert!(
-        sampling
+        stated
             .as_str()
             .unwrap()
             .contains(&format!("one in {}", cache_core::FAST_PATH_TIMED_EVERY)),
-        "{sampling}"
+        "{stated}"
     );
     browser.screenshot("page-monitor").await;
     // Closed with its own button: hidden, and the list takes the room back.

@@ -381,9 +381,12 @@ fn fmt_bytes(n: u64) -> String {
     }
 }
 
-/// A mean time in its unit: `850 ns`, `4.2 µs`, `310 µs`, `1.25 ms`, `2.10 s`.
+/// A mean time in its unit: `850 ns`, `4.2 µs`, `310 µs`, `1.25 ms`, `2.10 s`;
+/// `< 0.1 ms` for zero (`performance.now()` counts in steps of 0.1 ms in a
+/// page that is not cross-origin isolated, so a quick answer reads 0).
 fn fmt_ms(ms: f64) -> String {
     match ms {
+        m if m <= 0.0 => "< 0.1 ms".to_owned(),
         m if m < 1e-3 => format!("{:.0} ns", m * 1e6),
         m if m < 1e-2 => format!("{:.1} µs", m * 1e3),
         m if m < 1.0 => format!("{:.0} µs", m * 1e3),
