@@ -612,7 +612,14 @@ impl Monitor {
     }
 
     /// The longest window the monitor keeps: the largest depth times bucket
-    /// of its rings.
+    /// of its rings. A longer [`Monitor::window`] covers this much.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_monitor::Monitor;
+    ///
+    /// assert_eq!(Monitor::new().longest_window(), Duration::from_secs(3_600));
+    /// ```
     pub fn longest_window(&self) -> Duration {
         lock(&self.shared.rings)
             .shape()

@@ -20,6 +20,16 @@ fn default_timed_every() -> u32 {
 }
 
 /// What a [`Report`] counts from (see [`Report::period`]).
+///
+/// ```
+/// use cache_monitor::{Covers, Monitor};
+///
+/// let monitor = Monitor::new();
+/// assert_eq!(monitor.report().period.covers, Covers::SinceStart);
+/// monitor.reset();
+/// assert_eq!(monitor.report().period.covers, Covers::SinceReset);
+/// assert_eq!(Covers::SinceReset.to_string(), "since reset");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
