@@ -30,6 +30,8 @@ pub struct MonitorBuilder {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) bucket: Duration,
     pub(crate) buckets: usize,
+    /// Coarser rings for longer windows: bucket and depth.
+    pub(crate) long: Vec<(Duration, usize)>,
     pub(crate) prefix: String,
     pub(crate) track_keys: Option<usize>,
     #[cfg(feature = "metrics")]
@@ -42,6 +44,7 @@ impl fmt::Debug for MonitorBuilder {
             .field("clock", &self.clock)
             .field("bucket", &self.bucket)
             .field("buckets", &self.buckets)
+            .field("long", &self.long)
             .field("prefix", &self.prefix)
             .field("track_keys", &self.track_keys)
             .finish()
@@ -54,6 +57,7 @@ impl Default for MonitorBuilder {
             clock: Arc::new(CoarseClock::new()),
             bucket: Duration::from_secs(60),
             buckets: 60,
+            long: Vec::new(),
             prefix: "cache".to_owned(),
             track_keys: None,
             #[cfg(feature = "metrics")]
@@ -78,12 +82,41 @@ impl MonitorBuilder {
         self
     }
 
-    /// Window resolution and depth: `buckets` buckets of `bucket` each (default 60
-    /// buckets of one minute). `bucket` is rounded to whole milliseconds, at least 1;
-    /// `buckets` is at least 1.
+    /// The fine window ring: `buckets` buckets of `bucket` each (default 60
+    /// buckets of one minute), for [`Monitor::window`] and
+    /// [`Monitor::timeline`]. `bucket` is rounded to whole milliseconds, at
+    /// least 1; `buckets` is at least 1 and at most 100,000. Each bucket keeps
+    /// a copy of the counters (about 2 kB). Recording checks the clock
+    /// against the fine bucket's end; once per fine bucket one event copies
+    /// the counters into the rings.
     pub fn window(mut self, bucket: Duration, buckets: usize) -> Self {
         self.bucket = bucket;
         self.buckets = buckets;
+        self
+    }
+
+    /// Adds a coarser ring for longer windows (history): `buckets` buckets of
+    /// `bucket` each, `bucket` rounded up to a whole number of the fine ring's
+    /// buckets. May be called more than once. A window or timeline is served
+    /// by the finest ring that spans it (see [`Monitor::resolution`]). Costs
+    /// nothing per event: the coarse rings advance with the fine one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_monitor::Monitor;
+    ///
+    /// let min = Duration::from_secs(60);
+    /// // 15 minutes in 10 s buckets, an hour by the minute, a day in 5 minutes.
+    /// let monitor = Monitor::builder()
+    ///     .window(Duration::from_secs(10), 90)
+    ///     .long_window(min, 60)
+    ///     .long_window(min * 5, 288)
+    ///     .build();
+    /// assert_eq!(monitor.timeline(min * 60).len(), 60);
+    /// assert_eq!(monitor.timeline(min * 60 * 24).len(), 288);
+    /// ```
+    pub fn long_window(mut self, bucket: Duration, buckets: usize) -> Self {
+        self.long.push((bucket, buckets));
         self
     }
 

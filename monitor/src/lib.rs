@@ -19,8 +19,12 @@
 //!   injected [`cache_core::Clock`]).
 //! - [`Report`]: a snapshot since start or reset ([`Monitor::report`]), over the
 //!   last N minutes ([`Monitor::window`]) or bucket by bucket
-//!   ([`Monitor::timeline`]). `Display` is a console table, `Serialize` feeds
-//!   dashboards, [`Report::to_prometheus`] feeds Prometheus.
+//!   ([`Monitor::timeline`]), from rings of snapshots kept in memory (a fine
+//!   one, [`MonitorBuilder::window`], and coarser ones for the last hour or
+//!   day, [`MonitorBuilder::long_window`]). Each report states its period
+//!   ([`Report::period`]) and how latency was sampled
+//!   ([`Report::latency_timed_every`]). `Display` is a console table,
+//!   `Serialize` feeds dashboards, [`Report::to_prometheus`] feeds Prometheus.
 //! - [`CoarseClock`]: a cheap monotonic clock (native) for timing events.
 //!
 //! # Feature flags
@@ -55,7 +59,7 @@
 //! let report = monitor.report();
 //! assert_eq!(report.requests, 20);
 //! assert_eq!(report.hit_rate, Some(0.95));
-//! println!("{report}"); // cache report over ...: 20 requests, hit rate 95.0%, average time ...
+//! println!("{report}"); // cache report since start, over ...: 20 requests, hit rate 95.0%, average time ...
 //! let _json = serde_json::to_string(&report).unwrap();
 //! let _text = monitor.prometheus(); // serve at GET /metrics
 //! # Ok::<_, cache_core::Error>(()) }).unwrap();
@@ -84,9 +88,12 @@ mod monitor;
 mod prometheus;
 mod report;
 mod stripes;
+mod windows;
 
 pub use crate::builder::MonitorBuilder;
 pub use crate::clock::CoarseClock;
 pub use crate::layout::MAX_TIERS;
 pub use crate::monitor::Monitor;
-pub use crate::report::{Bucket, KeyCount, LatencyStats, OriginStats, Report, TierStats};
+pub use crate::report::{
+    Bucket, Covers, KeyCount, LatencyStats, OriginStats, Period, Report, TierStats,
+};

@@ -16,8 +16,9 @@ use crate::layout::{
     TIER_COUNTERS, T_BACKFILLS, T_BYTES_SERVED, T_BYTES_WRITTEN, T_ERRORS, T_HITS, T_INVALIDATIONS,
     T_MISSES, T_READ_FAILURES, T_REFUSED, T_SKIPS, T_TIMED_READS, T_TIMEOUTS, T_WRITES,
 };
-use crate::report::{build_report, KeyCount, Report};
+use crate::report::{build_report, Covers, KeyCount, Report};
 use crate::stripes::{self, Stripe};
+use crate::windows::Rings;
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
@@ -52,14 +53,11 @@ struct OriginSlot {
     load: AtomicHistogram,
 }
 
-/// Cumulative counters at the start of one window bucket.
-struct RingState {
-    slots: Vec<Option<(u64, Vec<u64>)>>,
-}
-
 /// What `reset` subtracts.
 struct Baseline {
     at: Timestamp,
+    /// Whether `reset` was called (else the baseline is the monitor's start).
+    reset: bool,
     flat: Vec<u64>,
     hists: Vec<HistogramSnapshot>,
     keys: HashMap<Box<str>, KeyStats>,
@@ -77,13 +75,12 @@ struct Shared {
     chain: [AtomicU64; CHAIN_COUNTERS],
     /// Per-thread rows of hits, misses and bytes served (`stripes`).
     stripes: Box<[Stripe]>,
+    /// The fine ring's bucket.
     bucket_ms: u64,
-    /// The newest window bucket snapshotted.
-    current_bucket: AtomicU64,
-    /// When the next bucket starts (ms): `tick` compares against it, no
-    /// division on the way.
+    /// When the fine ring's next bucket starts (ms): `tick` compares against
+    /// it, no division on the way.
     next_bucket_ms: AtomicU64,
-    ring: Mutex<RingState>,
+    rings: Mutex<Rings>,
     baseline: Mutex<Baseline>,
     keys: Option<KeyTracker>,
 }
@@ -171,10 +168,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// [`Monitor::report`] covers everything since the monitor was built or last
 /// [`reset`](Monitor::reset). [`Monitor::window`] covers the last N minutes and
-/// [`Monitor::timeline`] gives one report per bucket, for plotting. Window reports
+/// [`Monitor::timeline`] gives one report per bucket, for plotting. Each
+/// report states its period ([`Report::period`]) and how latency was sampled
+/// ([`Report::latency_timed_every`]). Window reports
 /// carry counts, rates, average times and bytes, but no percentiles (the
 /// histograms are kept since start only; compute windowed quantiles from the
 /// Prometheus buckets).
+///
+/// The windows come from rings of counter snapshots kept in memory: a fine
+/// one ([`MonitorBuilder::window`], by default an hour by the minute) and any
+/// coarser ones for a longer history ([`MonitorBuilder::long_window`]), so a
+/// dashboard opened now can show the last hour or day.
 ///
 /// `Monitor` is a cheap handle: clones record into the same counters.
 ///
@@ -231,9 +235,8 @@ impl Monitor {
     /// The monitor [`MonitorBuilder::build`] builds.
     pub(crate) fn from_builder(b: MonitorBuilder) -> Monitor {
         let now = b.clock.now();
-        let bucket_ms = u64::try_from(b.bucket.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let rings = Rings::new((b.bucket, b.buckets), &b.long);
+        let bucket_ms = rings.fine().bucket_ms;
         let shared = Shared {
             #[cfg(feature = "metrics")]
             export: b.export.then(|| crate::export::Names::new(&b.prefix)),
@@ -254,13 +257,11 @@ impl Monitor {
             chain: counters(),
             stripes: stripes::stripes(),
             bucket_ms,
-            current_bucket: AtomicU64::new(0),
             next_bucket_ms: AtomicU64::new(0),
-            ring: Mutex::new(RingState {
-                slots: vec![None; b.buckets.max(1)],
-            }),
+            rings: Mutex::new(rings),
             baseline: Mutex::new(Baseline {
                 at: now,
+                reset: false,
                 flat: vec![0; FLAT_LEN],
                 hists: Vec::new(),
                 keys: HashMap::new(),
@@ -440,34 +441,25 @@ impl Monitor {
         if ms < s.next_bucket_ms.load(Ordering::Acquire) {
             return;
         }
-        self.rotate(ms / s.bucket_ms);
+        self.rotate(ms);
     }
 
+    /// Snapshots the counters into every ring whose bucket `ms` passed.
     #[cold]
-    fn rotate(&self, bucket: u64) {
+    fn rotate(&self, ms: u64) {
         let s = &*self.shared;
-        let mut ring = match s.ring.try_lock() {
-            Ok(ring) => ring,
+        let mut rings = match s.rings.try_lock() {
+            Ok(rings) => rings,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             // Another event is rotating: this one lands on either side of the
             // boundary, and is counted either way.
             Err(TryLockError::WouldBlock) => return,
         };
-        let current = s.current_bucket.load(Ordering::Acquire);
-        if bucket <= current {
+        let bucket = ms / s.bucket_ms;
+        if bucket <= rings.fine().current() && ms < s.next_bucket_ms.load(Ordering::Acquire) {
             return;
         }
-        let flat = self.flat();
-        let len = ring.slots.len() as u64;
-        let first = if current == 0 {
-            bucket.saturating_sub(len - 1)
-        } else {
-            (current + 1).max(bucket.saturating_sub(len - 1))
-        };
-        for b in first..=bucket {
-            ring.slots[(b % len) as usize] = Some((b, flat.clone()));
-        }
-        s.current_bucket.store(bucket, Ordering::Release);
+        rings.advance(ms, &self.flat());
         s.next_bucket_ms.store(
             bucket.saturating_add(1).saturating_mul(s.bucket_ms),
             Ordering::Release,
@@ -513,7 +505,7 @@ impl Monitor {
     }
 
     /// Everything since the monitor was built or last reset, with latency
-    /// percentiles.
+    /// percentiles ([`Report::period`] says which).
     pub fn report(&self) -> Report {
         let now = self.shared.clock.now();
         self.tick(now);
@@ -528,19 +520,32 @@ impl Monitor {
             .collect();
         let top = self.top_keys(&baseline.keys);
         let since = baseline.at;
+        let covers = if baseline.reset {
+            Covers::SinceReset
+        } else {
+            Covers::SinceStart
+        };
         drop(baseline);
-        build_report(&diff, Some(&hists), &self.names(), since, now, top)
+        build_report(
+            &diff,
+            Some(&hists),
+            &self.names(),
+            (since, now),
+            (covers, None),
+            top,
+        )
     }
 
     /// The last `last` of activity, to the bucket: the current (partial) bucket
-    /// and the full buckets before it, as many as `last` spans (rounded up, at most
-    /// the configured depth), and never from before the last reset. No
+    /// and the full buckets before it, as many as `last` spans (rounded up, at
+    /// most the depth of the ring that serves it: see
+    /// [`Monitor::resolution`]), and never from before the last reset. No
     /// percentiles.
     ///
     /// ```
     /// use std::time::Duration;
     /// use cache_core::{Event, EventKind, EventSource, ManualClock};
-    /// use cache_monitor::Monitor;
+    /// use cache_monitor::{Covers, Monitor};
     ///
     /// let clock = ManualClock::new();
     /// let monitor = Monitor::builder().clock(clock.clone()).build();
@@ -549,53 +554,91 @@ impl Monitor {
     /// monitor.record(&hit);
     /// clock.advance(Duration::from_secs(600));
     /// monitor.record(&hit);
-    /// assert_eq!(monitor.window(Duration::from_secs(300)).requests, 1);
+    /// let window = monitor.window(Duration::from_secs(300));
+    /// assert_eq!(window.requests, 1);
+    /// assert_eq!(window.period.covers, Covers::Window);
+    /// assert_eq!(window.period.bucket, Some(Duration::from_secs(60)));
     /// assert_eq!(monitor.report().requests, 2);
     /// ```
     pub fn window(&self, last: Duration) -> Report {
-        let now = self.shared.clock.now();
+        let s = &*self.shared;
+        let now = s.clock.now();
         self.tick(now);
         let flat = self.flat();
-        let (start_bucket, start) = self.window_start(last);
-        let baseline = lock(&self.shared.baseline);
-        let (since, start) = if baseline.at > start_bucket {
+        let (bucket, start_at, start) = {
+            let rings = lock(&s.rings);
+            let ring = rings.for_window(last);
+            let first = ring.first_of(last);
+            let start = match ring.at(first) {
+                Some(flat) => (bucket_start(first, ring.bucket_ms), flat.clone()),
+                None => (s.started, vec![0; FLAT_LEN]),
+            };
+            (Duration::from_millis(ring.bucket_ms), start.0, start.1)
+        };
+        let baseline = lock(&s.baseline);
+        let (since, start) = if baseline.at > start_at {
             (baseline.at, baseline.flat.clone())
         } else {
-            (start_bucket, start)
+            (start_at, start)
         };
         drop(baseline);
-        build_report(&sub(&flat, &start), None, &self.names(), since, now, None)
+        build_report(
+            &sub(&flat, &start),
+            None,
+            &self.names(),
+            (since, now),
+            (Covers::Window, Some(bucket)),
+            None,
+        )
     }
 
-    /// Start time and counters of the oldest bucket in a window of `last`.
-    fn window_start(&self, last: Duration) -> (Timestamp, Vec<u64>) {
-        let s = &*self.shared;
-        let ring = lock(&s.ring);
-        let len = ring.slots.len() as u64;
-        let current = s.current_bucket.load(Ordering::Acquire);
-        let span = u64::try_from(last.as_millis())
-            .unwrap_or(u64::MAX)
-            .div_ceil(s.bucket_ms)
-            .clamp(1, len);
-        let first = current.saturating_sub(span - 1);
-        match &ring.slots[(first % len) as usize] {
-            Some((b, flat)) if *b == first => (
-                Timestamp::from_unix_millis(first.saturating_mul(s.bucket_ms)),
-                flat.clone(),
-            ),
-            _ => (s.started, vec![0; FLAT_LEN]),
-        }
+    /// The bucket width [`Monitor::window`] and [`Monitor::timeline`] count a
+    /// window of `last` in: the finest ring that spans `last`
+    /// ([`MonitorBuilder::window`], [`MonitorBuilder::long_window`]), or else
+    /// the one that spans the most.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_monitor::Monitor;
+    ///
+    /// let s = Duration::from_secs;
+    /// let monitor = Monitor::builder().window(s(10), 90).long_window(s(300), 288).build();
+    /// assert_eq!(monitor.resolution(s(900)), s(10)); // 15 minutes in 10 s buckets
+    /// assert_eq!(monitor.resolution(s(3_600)), s(300)); // an hour in 5 min buckets
+    /// assert_eq!(monitor.longest_window(), s(86_400));
+    /// ```
+    pub fn resolution(&self, last: Duration) -> Duration {
+        Duration::from_millis(lock(&self.shared.rings).for_window(last).bucket_ms)
+    }
+
+    /// The longest window the monitor keeps: the largest depth times bucket
+    /// of its rings. A longer [`Monitor::window`] covers this much.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_monitor::Monitor;
+    ///
+    /// assert_eq!(Monitor::new().longest_window(), Duration::from_secs(3_600));
+    /// ```
+    pub fn longest_window(&self) -> Duration {
+        lock(&self.shared.rings)
+            .shape()
+            .iter()
+            .map(|&(bucket, depth)| bucket.saturating_mul(u32::try_from(depth).unwrap_or(u32::MAX)))
+            .max()
+            .unwrap_or_default()
     }
 
     /// One report per bucket over the last `last` (as [`Monitor::window`] counts
-    /// it), oldest first; the last one is the current, partial bucket. For
-    /// plotting hit rate and access time over time. No percentiles. Buckets from
-    /// before the monitor was built (or last reset) are empty.
+    /// it, in the buckets of [`Monitor::resolution`]), oldest first; the last
+    /// one is the current, partial bucket. For plotting hit rate and access
+    /// time over time. No percentiles. Buckets from before the monitor was
+    /// built (or last reset) are empty.
     ///
     /// ```
     /// use std::time::Duration;
     /// use cache_core::{Event, EventKind, EventSource, ManualClock};
-    /// use cache_monitor::Monitor;
+    /// use cache_monitor::{Covers, Monitor};
     ///
     /// let clock = ManualClock::new();
     /// let monitor = Monitor::builder().clock(clock.clone()).build();
@@ -605,6 +648,7 @@ impl Monitor {
     /// clock.advance(Duration::from_secs(60));
     /// let points = monitor.timeline(Duration::from_secs(120));
     /// assert_eq!(points.iter().map(|r| r.requests).collect::<Vec<_>>(), [1, 0]);
+    /// assert_eq!(points[0].period.covers, Covers::Bucket);
     /// ```
     pub fn timeline(&self, last: Duration) -> Vec<Report> {
         let s = &*self.shared;
@@ -616,30 +660,24 @@ impl Monitor {
             let b = lock(&s.baseline);
             (b.at, b.flat.clone())
         };
-        let ring = lock(&s.ring);
-        let len = ring.slots.len() as u64;
-        let current = s.current_bucket.load(Ordering::Acquire);
-        let span = u64::try_from(last.as_millis())
-            .unwrap_or(u64::MAX)
-            .div_ceil(s.bucket_ms)
-            .clamp(1, len);
-        let first = current.saturating_sub(span - 1);
-        let at = |b: u64| -> Option<&Vec<u64>> {
-            match &ring.slots[(b % len) as usize] {
-                Some((tag, flat)) if *tag == b => Some(flat),
-                _ => None,
-            }
-        };
+        let rings = lock(&s.rings);
+        let ring = rings.for_window(last);
+        let bucket = Duration::from_millis(ring.bucket_ms);
+        let current = ring.current();
         let mut out = Vec::new();
-        for b in first..=current {
-            let begin = Timestamp::from_unix_millis(b.saturating_mul(s.bucket_ms));
+        for b in ring.first_of(last)..=current {
+            let begin = bucket_start(b, ring.bucket_ms);
             let end = if b == current {
                 now
             } else {
-                Timestamp::from_unix_millis((b + 1).saturating_mul(s.bucket_ms))
+                bucket_start(b + 1, ring.bucket_ms)
             };
-            let Some(start) = at(b) else { continue };
-            let stop = if b == current { Some(&flat) } else { at(b + 1) };
+            let Some(start) = ring.at(b) else { continue };
+            let stop = if b == current {
+                Some(&flat)
+            } else {
+                ring.at(b + 1)
+            };
             let Some(stop) = stop else { continue };
             // Buckets before a reset start from the reset's counters.
             let (begin, start) = if reset_at > begin {
@@ -652,8 +690,8 @@ impl Monitor {
                 &sub(&stop, &start),
                 None,
                 &names,
-                begin,
-                end,
+                (begin, end),
+                (Covers::Bucket, Some(bucket)),
                 None,
             ));
         }
@@ -673,6 +711,7 @@ impl Monitor {
         }
         self.shared.origin.load.reset_max();
         baseline.at = now;
+        baseline.reset = true;
         baseline.flat = self.flat();
         baseline.hists = self.histograms();
         baseline.keys = self
@@ -709,6 +748,10 @@ impl Monitor {
         top.truncate(keys.capacity);
         Some(top)
     }
+}
+
+fn bucket_start(bucket: u64, bucket_ms: u64) -> Timestamp {
+    Timestamp::from_unix_millis(bucket.saturating_mul(bucket_ms))
 }
 
 fn sub(a: &[u64], b: &[u64]) -> Vec<u64> {

@@ -19,6 +19,75 @@ fn default_timed_every() -> u32 {
     1
 }
 
+/// What a [`Report`] counts from (see [`Report::period`]).
+///
+/// ```
+/// use cache_monitor::{Covers, Monitor};
+///
+/// let monitor = Monitor::new();
+/// assert_eq!(monitor.report().period.covers, Covers::SinceStart);
+/// monitor.reset();
+/// assert_eq!(monitor.report().period.covers, Covers::SinceReset);
+/// assert_eq!(Covers::SinceReset.to_string(), "since reset");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Covers {
+    /// Everything since the monitor was built ([`Monitor::report`](crate::Monitor::report)).
+    SinceStart,
+    /// Everything since the last [`Monitor::reset`](crate::Monitor::reset).
+    SinceReset,
+    /// The last buckets of a ring, the current one partial
+    /// ([`Monitor::window`](crate::Monitor::window)); never from before a reset.
+    Window,
+    /// One bucket of a [`Monitor::timeline`](crate::Monitor::timeline).
+    Bucket,
+}
+
+impl fmt::Display for Covers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Covers::SinceStart => "since start",
+            Covers::SinceReset => "since reset",
+            Covers::Window => "window",
+            Covers::Bucket => "bucket",
+        })
+    }
+}
+
+/// The period a [`Report`] covers: what it counts from, how long that is,
+/// and for windows the bucket width they are counted in. The period runs
+/// from [`Report::since`] to [`Report::until`].
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::ManualClock;
+/// use cache_monitor::{Covers, Monitor};
+///
+/// let clock = ManualClock::new();
+/// let monitor = Monitor::builder().clock(clock.clone()).build();
+/// clock.advance(Duration::from_secs(90));
+/// let period = monitor.report().period;
+/// assert_eq!((period.covers, period.length, period.bucket), (Covers::SinceStart, Duration::from_secs(90), None));
+/// let json = serde_json::to_value(&monitor.window(Duration::from_secs(300))).unwrap();
+/// assert_eq!(json["period"]["covers"], "window");
+/// assert_eq!(json["period"]["bucket"], 60_000.0); // milliseconds
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    /// What the report counts from.
+    pub covers: Covers,
+    /// `until - since`.
+    #[serde(with = "ms")]
+    pub length: Duration,
+    /// For windows and timeline buckets, the width of the ring's buckets
+    /// (a window is whole buckets and the current partial one); `None` for
+    /// reports since start or reset.
+    #[serde(with = "opt_ms")]
+    pub bucket: Option<Duration>,
+}
+
 /// One of the busiest keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyCount {
@@ -209,6 +278,9 @@ pub struct Report {
     pub since: Timestamp,
     /// End of the period covered (when the report was taken).
     pub until: Timestamp,
+    /// What the period is: since start, since reset, a window or a bucket,
+    /// its length, and the bucket width of windows.
+    pub period: Period,
     /// Reads through the chain.
     pub requests: u64,
     /// Reads answered by a tier.
@@ -251,8 +323,8 @@ pub(crate) fn build_report(
     flat: &[u64],
     hists: Option<&[HistogramSnapshot]>,
     names: &[Option<String>],
-    since: Timestamp,
-    until: Timestamp,
+    (since, until): (Timestamp, Timestamp),
+    (covers, bucket): (Covers, Option<Duration>),
     top_keys: Option<Vec<KeyCount>>,
 ) -> Report {
     let ratio = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
@@ -311,6 +383,11 @@ pub(crate) fn build_report(
     Report {
         since,
         until,
+        period: Period {
+            covers,
+            length: until.duration_since(since),
+            bucket,
+        },
         requests,
         hits,
         hit_rate: ratio(hits, requests),
@@ -350,6 +427,32 @@ impl fmt::Display for Human {
             format!("{v:.2} {unit}")
         };
         f.pad(&text)
+    }
+}
+
+/// A period for people: `850 ms`, `42 s`, `14 min 55 s`, `2 h 5 min`,
+/// `3 d 4 h` (whole units, the two largest).
+pub(crate) struct Span(pub(crate) Duration);
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        let text = match s {
+            0 => format!("{} ms", self.0.as_millis()),
+            1..60 => format!("{s} s"),
+            60..3_600 => two(s / 60, "min", s % 60, "s"),
+            3_600..86_400 => two(s / 3_600, "h", s % 3_600 / 60, "min"),
+            _ => two(s / 86_400, "d", s % 86_400 / 3_600, "h"),
+        };
+        f.pad(&text)
+    }
+}
+
+fn two(big: u64, big_unit: &str, small: u64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big} {big_unit}")
+    } else {
+        format!("{big} {big_unit} {small} {small_unit}")
     }
 }
 
@@ -402,10 +505,18 @@ impl fmt::Display for Report {
     /// ("hit rate 95.0%, average time 8.00 ms, 2.1 MB saved"), one row per tier
     /// and an origin line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let period = Human(self.until.duration_since(self.since));
+        let length = Span(self.period.length);
+        let bucket = self.period.bucket.map(Span);
+        let period = match (self.period.covers, bucket) {
+            (Covers::Window, Some(bucket)) => {
+                format!("over the last {length} ({bucket} buckets)")
+            }
+            (Covers::Bucket, Some(bucket)) => format!("of one {bucket} bucket ({length})"),
+            (covers, _) => format!("{covers}, over {length}"),
+        };
         writeln!(
             f,
-            "cache report over {period}: {} requests, hit rate {}, average time {}, {} saved",
+            "cache report {period}: {} requests, hit rate {}, average time {}, {} saved",
             self.requests,
             Percent(self.hit_rate),
             OptHuman(self.average_access_time),
@@ -542,5 +653,17 @@ mod tests {
         assert_eq!(Bytes(512).to_string(), "512 B");
         assert_eq!(Bytes(2_100_000).to_string(), "2.1 MB");
         assert_eq!(Bytes(1_500).to_string(), "1.5 kB");
+        let s = Duration::from_secs;
+        let spans = [
+            (Duration::from_millis(850), "850 ms"),
+            (s(42), "42 s"),
+            (s(895), "14 min 55 s"),
+            (s(900), "15 min"),
+            (s(7_500), "2 h 5 min"),
+            (s(86_400 * 3 + 3_600 * 4 + 59), "3 d 4 h"),
+        ];
+        for (d, text) in spans {
+            assert_eq!(Span(d).to_string(), text);
+        }
     }
 }

@@ -155,9 +155,21 @@ async fn cache_tiers(
     })
 }
 
+/// The server's monitor: the last 15 minutes in 10 s buckets, the last hour
+/// by the minute and the last day in 5-minute buckets (about 820 kB of
+/// snapshots), for `/api/cache/history` and the dashboard.
+fn history_monitor() -> Monitor {
+    let minute = Duration::from_secs(60);
+    Monitor::builder()
+        .window(Duration::from_secs(10), 90)
+        .long_window(minute, 60)
+        .long_window(minute * 5, 288)
+        .build()
+}
+
 /// [`build_app`](crate::build_app) without the seed: the services, connected.
 pub(crate) async fn build_unseeded(config: &Config) -> Result<App, BoxError> {
-    let monitor = Monitor::new();
+    let monitor = history_monitor();
     let (embedded_s3, public, direct) = match &config.s3 {
         Some(s3) => (None, s3.clone(), s3.clone()),
         None => {

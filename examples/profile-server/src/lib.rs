@@ -20,8 +20,11 @@
 //!   so the URL and ETag change on every replace; URLs carry a signed
 //!   `response-cache-control: private, max-age=…, immutable`. A background
 //!   sweeper deletes replaced versions once their URLs expired.
-//! - `GET /metrics` (Prometheus text), `GET /api/cache/report` (JSON),
-//!   `GET /dashboard` (HTML polling the report).
+//! - `GET /metrics` (Prometheus text), `GET /api/cache/report` (JSON, stating
+//!   its period and latency sampling), `GET /api/cache/history?last=15m` (the
+//!   monitor's buckets over the last 15 minutes, hour or day, from its
+//!   in-memory rings), `GET /dashboard` (HTML: that history when it opens,
+//!   then live).
 //! - `GET /api/s3/requests` → `200 {"get_object": n, "put_object": n}`: the
 //!   object requests the embedded S3 has received since start (404 with
 //!   external S3 settings).

@@ -307,11 +307,100 @@ async fn metrics_report_and_dashboard_show_the_tiers() {
     server.shutdown().await;
 }
 
+/// `/api/cache/report` states the period it covers and how latency was
+/// sampled; `/api/cache/history` gives the monitor's buckets, oldest first,
+/// and together they count every lookup the report counts; a bad `last` is
+/// a 400 that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_states_its_period_and_history_counts_every_lookup() {
+    let server = start().await;
+    for user in [1, 2, 1, 3, 1] {
+        get_json(&server, &format!("/api/users/{user}/avatar")).await;
+    }
+    get_json(&server, "/api/avatars?ids=2,3,4").await;
+    let report = get_json(&server, "/api/cache/report").await.2;
+    assert_eq!(report["requests"], 8, "{report}");
+    assert_eq!(report["period"]["covers"], "since_start", "{report}");
+    let length = report["period"]["length"].as_f64().unwrap();
+    let (since, until) = (
+        report["since"].as_u64().unwrap(),
+        report["until"].as_u64().unwrap(),
+    );
+    assert!((length - (until - since) as f64).abs() < 1e-6, "{report}");
+    assert_eq!(
+        report["latency_timed_every"],
+        cache_core::FAST_PATH_TIMED_EVERY,
+        "{report}"
+    );
+
+    for (last, last_ms, bucket_ms, len) in [
+        ("", 900_000, 10_000, 90),
+        ("?last=15m", 900_000, 10_000, 90),
+        ("?last=1h", 3_600_000, 60_000, 60),
+        ("?last=24h", 86_400_000, 300_000, 288),
+    ] {
+        let (status, headers, history) =
+            get_json(&server, &format!("/api/cache/history{last}")).await;
+        assert_eq!(status, StatusCode::OK, "{last}: {history}");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(history["last_ms"], last_ms, "{last}");
+        assert_eq!(history["bucket_ms"], bucket_ms, "{last}");
+        assert_eq!(
+            history["latency_timed_every"],
+            cache_core::FAST_PATH_TIMED_EVERY
+        );
+        assert_eq!(
+            history["tiers"],
+            serde_json::json!(["memory", "shared-in-process"])
+        );
+        let points = history["points"].as_array().unwrap();
+        let n = |p: &Value, k: &str| p[k].as_u64().unwrap();
+        // The buckets since the monitor started (none from before, each with
+        // a length), contiguous up to now.
+        assert!(points.len() <= len + 1, "{last}: {} points", points.len());
+        assert_eq!(n(&points[0], "since"), since, "{last}: starts at the start");
+        assert!(n(points.last().unwrap(), "until") >= until, "{last}");
+        assert!(points.iter().all(|p| n(p, "since") < n(p, "until")));
+        for pair in points.windows(2) {
+            assert_eq!(
+                n(&pair[0], "until"),
+                n(&pair[1], "since"),
+                "{last}: {pair:?}"
+            );
+        }
+        let total: u64 = points.iter().map(|p| n(p, "requests")).sum();
+        assert_eq!(total, 8, "{last}: every lookup is in the history");
+        let loads: u64 = points
+            .iter()
+            .map(|p| p["origin"]["loads"].as_u64().unwrap())
+            .sum();
+        assert_eq!(loads, 4, "{last}: one signing per user");
+        let memory_hits: u64 = points
+            .iter()
+            .map(|p| p["tiers"]["memory"]["hits"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(memory_hits, report["tiers"][0]["hits"].as_u64().unwrap());
+    }
+    for bad in ["abc", "0", "-1h", "1.5h", "2d", "15M"] {
+        let (status, _, body) = get_json(&server, &format!("/api/cache/history?last={bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_error(&body);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("last={bad} is")),
+            "{body}"
+        );
+    }
+    server.shutdown().await;
+}
+
 /// The dashboard in a real headless Chromium (`--dump-dom` after its script
 /// ran, with virtual time so several 2 s polls happen): a card per tier and
-/// for the signer, and both charts drawn from live data while this test sends
-/// traffic. The page loads nothing but itself and the report (it works
-/// offline).
+/// for the signer, and the charts of both rows drawn from the server's
+/// history while this test sends traffic. The page loads nothing but itself,
+/// the report and the history (it works offline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_draws_tiers_and_charts_in_chromium() {
     const CHROMIUM: &str = "/usr/bin/chromium";
@@ -376,26 +465,39 @@ async fn dashboard_draws_tiers_and_charts_in_chromium() {
             "no card for {card}: {dom}"
         );
     }
-    assert!(dom.contains("lookups, hit rate"), "{dom}");
+    assert!(dom.contains("lookups since start"), "{dom}");
+    assert!(dom.contains("per thread"), "the sampling is stated: {dom}");
     let chart = |id: &str| {
         let start = dom.find(&format!("id=\"{id}\"")).unwrap();
         let end = start + dom[start..].find("</svg>").unwrap();
         dom[start..end].to_owned()
     };
-    let hits = chart("hit-chart");
-    let latency = chart("latency-chart");
+    // The points a series drew in a chart.
+    let points = |chart: &str, series: &str| {
+        chart
+            .find(&format!("data-series=\"{series}\""))
+            .map_or(0, |start| {
+                let group = &chart[start..];
+                group[..group.find("</g>").unwrap()]
+                    .matches("<circle")
+                    .count()
+            })
+    };
+    let rate = chart("recent-rate");
+    let hits = chart("recent-hit");
+    let latency = chart("recent-latency");
+    assert!(points(&rate, "lookups") > 0, "no lookup points: {rate}");
     assert!(
-        hits.contains("data-series=\"memory\""),
+        points(&hits, "memory") > 0,
         "no memory hit-rate points: {hits}"
     );
     assert!(
-        latency.contains("data-series=\"memory\""),
-        "no memory latency points: {latency}"
-    );
-    assert!(
-        latency.contains("data-series=\"signer\""),
+        points(&latency, "signer") > 0,
         "no signing latency points: {latency}"
     );
+    for id in ["long-rate", "long-hit", "long-latency"] {
+        assert!(chart(id).contains("<circle"), "{id}: no points");
+    }
     server.shutdown().await;
 }
 

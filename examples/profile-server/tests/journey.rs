@@ -10,7 +10,10 @@
 //!    picture;
 //! 2. the list shown again in the same page: all from memory;
 //! 3. a reload: all from LocalStorage, the images' bytes from the browser's
-//!    HTTP cache (S3 served no object request meanwhile);
+//!    HTTP cache (S3 served no object request meanwhile); the page's
+//!    monitor, opened, lists the five tiers with their hits and misses
+//!    (zeros included), spreads its chart over its width, sits beside the
+//!    list and closes;
 //! 4. a reload 45+ minutes later (the page's clock hook): all from IndexedDB;
 //! 5. offline (Chromium's network emulation), LocalStorage and IndexedDB
 //!    cleared, a reload: the page from the service worker's cache, all 50
@@ -21,10 +24,15 @@
 //!    another friend: both open windows show it without a reload, through
 //!    the server's event stream (`/api/events`);
 //! 7. a new build (its build id written into a copy of the app): the next load
-//!    runs it, and its service worker replaces the old build's shell cache.
+//!    runs it, and its service worker replaces the old build's shell cache;
+//! 8. the server's `/dashboard` after all that traffic: it draws the
+//!    monitor's history from before it opened, then new lookups live, with
+//!    distinct tick labels.
 //!
 //! A screenshot of each step is saved under `<target dir>/journey/` (paths
-//! printed), with `visits.json` (tier counts and whole-list time per visit).
+//! printed; the page's monitor as `page-monitor.png`, the dashboard as
+//! `dashboard.png`), with `visits.json` (tier counts and whole-list time per
+//! visit).
 //!
 //! Needs the built web app: `PROFILE_WEB_DIR` (set by `cargo xtask test`, which
 //! builds it first). Without it the test fails, it never skips. Compiled only
@@ -235,6 +243,300 @@ fn summarize_peek(held: &Value) -> String {
         .unwrap_or_else(|| held.to_string())
 }
 
+/// The tiers of the page's monitor, in the chain's order.
+const MONITOR_ROWS: [&str; 5] = [
+    "memory",
+    "local_storage",
+    "indexed_db",
+    "cache_api",
+    "network",
+];
+
+/// The page's monitor after a reload served by LocalStorage (so IndexedDB
+/// and the Cache API have not been asked yet): opened with its button, it
+/// lists the five tiers with hits and misses, zeros included; its chart
+/// spreads the lookups over its whole width, with distinct tick labels; it
+/// sits beside the list, not over it; its close button hides it. Its report
+/// says what it covers and how latency was sampled. Screenshot:
+/// `page-monitor.png`.
+async fn check_page_monitor(browser: &Browser) {
+    browser.click("#monitor-toggle").await;
+    let state = browser
+        .script(
+            "const m = document.getElementById('monitor');
+             const box = (e) => { const r = e.getBoundingClientRect();
+               return { left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width }; };
+             const rows = [...m.querySelectorAll('tbody tr')].map((tr) => ({
+               tier: tr.dataset.tier, hits: Number(tr.dataset.hits), misses: Number(tr.dataset.misses),
+               cells: [...tr.cells].map((c) => c.textContent) }));
+             const svg = document.getElementById('latency-chart');
+             const view = svg.viewBox.baseVal;
+             const xs = [...svg.querySelectorAll('circle')].map((c) => Number(c.getAttribute('cx')));
+             return {
+               hidden: m.hidden, expanded: document.getElementById('monitor-toggle').getAttribute('aria-expanded'),
+               rows, monitor: box(m), list: box(document.getElementById('friends')),
+               body: document.getElementById('monitor-body').clientWidth,
+               chart: { width: svg.getBoundingClientRect().width, view_width: view.width, points: xs.length,
+                        min_x: Math.min(...xs), max_x: Math.max(...xs), scale: svg.dataset.scale,
+                        y_ticks: [...svg.querySelectorAll('text.tick.y')].map((t) => t.textContent),
+                        x_ticks: [...svg.querySelectorAll('text.tick.x')].map((t) => t.textContent) },
+             };",
+            vec![],
+        )
+        .await;
+    println!("page monitor: {state}");
+    assert_eq!(state["hidden"], false, "the button opens the monitor");
+    assert_eq!(state["expanded"], "true");
+    let rows = state["rows"].as_array().unwrap();
+    let tiers: Vec<&str> = rows.iter().map(|r| r["tier"].as_str().unwrap()).collect();
+    assert_eq!(tiers, MONITOR_ROWS, "a row per tier, in the chain's order");
+    let row = |tier: &str| rows.iter().find(|r| r["tier"] == tier).unwrap();
+    assert_eq!(row("local_storage")["hits"], FRIENDS, "{state}");
+    assert_eq!(row("memory")["misses"], FRIENDS, "{state}");
+    for tier in ["indexed_db", "cache_api", "network"] {
+        let r = row(tier);
+        assert_eq!(
+            (r["hits"].as_u64(), r["misses"].as_u64()),
+            (Some(0), Some(0)),
+            "{tier}: {r}"
+        );
+        assert_eq!(r["cells"][1], "0", "{tier}: the zero is shown: {r}");
+    }
+    // The chart: as wide as the panel's content, the first lookup at the y
+    // axis and the last at the right edge (not squeezed to one side).
+    let chart = &state["chart"];
+    let f = |v: &Value| v.as_f64().unwrap();
+    assert_eq!(chart["points"], FRIENDS, "{chart}");
+    assert!(
+        f(&chart["width"]) >= f(&state["body"]) - 1.0,
+        "the chart fills the panel: {state}"
+    );
+    assert!(
+        f(&chart["max_x"]) - f(&chart["min_x"]) >= 0.8 * f(&chart["view_width"]),
+        "the lookups spread over the chart's width: {chart}"
+    );
+    for axis in ["y_ticks", "x_ticks"] {
+        assert_distinct(&chart[axis], &format!("page monitor {axis}"));
+    }
+    // Docked beside the list: the boxes do not meet.
+    let (m, l) = (&state["monitor"], &state["list"]);
+    let apart = f(&m["left"]) >= f(&l["right"])
+        || f(&m["right"]) <= f(&l["left"])
+        || f(&m["top"]) >= f(&l["bottom"])
+        || f(&m["bottom"]) <= f(&l["top"]);
+    assert!(apart, "the monitor covers the list: monitor {m}, list {l}");
+    // What the report covers and how latency was sampled.
+    let report = browser.report().await;
+    let (period, sampling) = (&report["period"], &report["sampling"]);
+    assert_eq!(period["covers"], "since the page loaded", "{period}");
+    assert!(period["length_ms"].as_u64().is_some(), "{period}");
+    assert_eq!(
+        sampling["latency_timed_every"],
+        cache_core::FAST_PATH_TIMED_EVERY,
+        "{sampling}"
+    );
+    assert_eq!(sampling["counts"], "exact", "{sampling}");
+    let listed: Vec<&str> = report["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tier"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed, CACHE_TIERS,
+        "cacheMonitor.report() lists every tier"
+    );
+    let stated = browser
+        .script(
+            "return document.getElementById('monitor-sampling').textContent",
+            vec![],
+        )
+        .await;
+    assert!(
+        stated
+            .as_str()
+            .unwrap()
+            .contains(&format!("one in {}", cache_core::FAST_PATH_TIMED_EVERY)),
+        "{stated}"
+    );
+    browser.screenshot("page-monitor").await;
+    // Closed with its own button: hidden, and the list takes the room back.
+    browser.click("#monitor-close").await;
+    let closed = browser
+        .script(
+            "const m = document.getElementById('monitor');
+             return { hidden: m.hidden, width: m.getBoundingClientRect().width,
+                      list: document.getElementById('friends').getBoundingClientRect().width,
+                      expanded: document.getElementById('monitor-toggle').getAttribute('aria-expanded') };",
+            vec![],
+        )
+        .await;
+    assert_eq!(closed["hidden"], true, "{closed}");
+    assert_eq!(
+        closed["width"], 0,
+        "a closed monitor takes no room: {closed}"
+    );
+    assert_eq!(closed["expanded"], "false");
+    assert!(
+        f(&closed["list"]) > f(&l["right"]) - f(&l["left"]),
+        "{closed} {l}"
+    );
+}
+
+/// The labels of one axis (a JSON array of strings) are all different.
+fn assert_distinct(labels: &Value, what: &str) {
+    let labels: Vec<&str> = labels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let mut sorted = labels.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        labels.len(),
+        "{what}: repeated tick labels {labels:?}"
+    );
+    assert!(labels.len() >= 2, "{what}: {labels:?}");
+}
+
+/// Sum of the lookups the dashboard's `<row>-rate` chart drew (its points'
+/// `data-n`).
+const DRAWN_LOOKUPS: &str = "return [...document.querySelectorAll(
+       `#${arguments[0]}-rate g[data-series=lookups] circle`)]
+     .reduce((n, c) => n + Number(c.dataset.n), 0);";
+
+/// The server's dashboard after traffic: as soon as it opens, it draws the
+/// monitor's history from before it opened (the hour row holds every lookup
+/// the server counted, the 15-minute row the ones made just before), then
+/// follows new lookups live; every axis has distinct tick labels, latency
+/// gets a log scale when it spans two orders of magnitude, and the page
+/// states what the numbers cover and how latency was sampled. Screenshot:
+/// `dashboard.png`.
+async fn check_dashboard(browser: &Browser, origin: &str) {
+    let http = support::client();
+    let lookup = |n: u64| {
+        let http = http.clone();
+        async move {
+            for user in 1..=n {
+                let url = format!("{origin}/api/users/{user}/avatar");
+                assert_eq!(
+                    support::get_json(&http, &url).await.0,
+                    reqwest::StatusCode::OK
+                );
+            }
+        }
+    };
+    lookup(20).await;
+    let before = support::get_json(&http, &format!("{origin}/api/cache/report"))
+        .await
+        .2;
+    let counted = before["requests"].as_u64().unwrap();
+    browser.goto(&format!("{origin}/dashboard")).await;
+    browser
+        .wait_for(
+            "the dashboard to load the history",
+            "return !!window.dashboard && window.dashboard.loaded",
+            vec![],
+        )
+        .await;
+    let first = browser
+        .script("return window.dashboard.first", vec![])
+        .await;
+    println!("dashboard first render: {first}; the server had counted {counted}");
+    // The journey runs in well under an hour: the hour row holds it all.
+    let n = |v: &Value| v.as_u64().unwrap();
+    assert!(n(&first["long"]["requests"]) >= counted, "{first}");
+    assert!(n(&first["recent"]["requests"]) >= 20, "{first}");
+    for row in ["recent", "long"] {
+        assert!(n(&first[row]["points"]) > 0, "{row}: {first}");
+        let drawn = browser.script(DRAWN_LOOKUPS, vec![json!(row)]).await;
+        assert!(
+            n(&drawn) >= n(&first[row]["requests"]),
+            "{row}: drew {drawn}"
+        );
+    }
+    // Lookups after it opened are followed live.
+    let seen = n(&browser.script(DRAWN_LOOKUPS, vec![json!("recent")]).await);
+    lookup(10).await;
+    browser
+        .wait_for(
+            "the dashboard to draw the lookups made after it opened",
+            &format!("{} >= arguments[1]", DRAWN_LOOKUPS.trim_end_matches(';')),
+            vec![json!("recent"), json!(seen + 10)],
+        )
+        .await;
+    let axes = browser
+        .script(
+            "const out = {};
+             for (const svg of document.querySelectorAll('svg.chart')) out[svg.id] = {
+               scale: svg.dataset.scale,
+               y: [...svg.querySelectorAll('text.tick.y')].map((t) => t.textContent),
+               x: [...svg.querySelectorAll('text.tick.x')].map((t) => t.textContent) };
+             const h = window.dashboard.state.recent;
+             const ms = h.points.flatMap((p) => [...Object.values(p.tiers).map((t) => t.average_ms),
+                                                 p.origin.average_ms]).filter((v) => v > 0);
+             out.latency_span = ms.length ? Math.max(...ms) / Math.min(...ms) : 0;
+             out.close = window.dashboard.axis('latency', [0.0012, 0.0021, 0.0017]).ticks.map((t) => t.label);
+             out.wide = window.dashboard.axis('latency', [0.004, 0.3, 180]);
+             out.summary = document.getElementById('summary').textContent;
+             out.sampling = document.getElementById('sampling').textContent;
+             return out;",
+            vec![],
+        )
+        .await;
+    println!("dashboard axes: {axes}");
+    for id in [
+        "recent-rate",
+        "recent-hit",
+        "recent-latency",
+        "long-rate",
+        "long-hit",
+        "long-latency",
+    ] {
+        assert_distinct(&axes[id]["y"], &format!("{id} y"));
+        assert_distinct(&axes[id]["x"], &format!("{id} x"));
+    }
+    let span = axes["latency_span"].as_f64().unwrap();
+    assert_eq!(
+        axes["recent-latency"]["scale"],
+        if span >= 100.0 { "log" } else { "linear" },
+        "latencies spanning {span:.0}x"
+    );
+    // Labels of values that once all read 0.001 or 0.002.
+    assert_distinct(&axes["close"], "close latencies");
+    assert_eq!(axes["close"][1], "0.5 µs");
+    assert_eq!(axes["wide"]["scale"], "log");
+    assert_distinct(
+        &json!(axes["wide"]["ticks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["label"].clone())
+            .collect::<Vec<_>>()),
+        "wide latencies",
+    );
+    assert!(
+        axes["summary"]
+            .as_str()
+            .unwrap()
+            .contains("lookups since start"),
+        "{axes}"
+    );
+    assert!(
+        axes["sampling"].as_str().unwrap().contains(&format!(
+            "one in {} per thread",
+            cache_core::FAST_PATH_TIMED_EVERY
+        )),
+        "{axes}"
+    );
+    // Both rows in one picture.
+    browser.resize(1280, 1250).await;
+    browser.screenshot("dashboard").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journey_five_visits_then_upload_in_two_windows() {
     // A copy of the built app, so step 7 can put a "new build" in its place.
@@ -410,6 +712,7 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         s3_after - s3_before
     );
     browser.screenshot("3-reload").await;
+    check_page_monitor(&browser).await;
 
     // 4. A reload 46 minutes later (the page's clock hook): LocalStorage's
     // URLs expired (45 min), IndexedDB still holds the bytes (7 days).
@@ -706,6 +1009,9 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         )
         .await;
     browser.screenshot("7-new-build").await;
+
+    // 8. The server's dashboard, after the traffic of the visits above.
+    check_dashboard(&browser, &origin).await;
 
     browser.close().await;
     server.shutdown().await;

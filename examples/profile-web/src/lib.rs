@@ -21,10 +21,17 @@
 //!   another server instance) is invalidated here and in every tab, and its
 //!   elements draw it again without a reload; a gap in the stream empties the
 //!   URL tiers;
-//! - an in-page monitor (button or `m`): per tier hits, hit rate, average time
-//!   and bytes saved, and an SVG chart of lookup latency per tier over time;
-//! - a console API: `cacheMonitor.report()` (returns the report and prints a
-//!   table), `cacheMonitor.reset()`, `cacheMonitor.peek(id)` (what each tier
+//! - an in-page monitor (button or `m`), docked beside the list (below it on
+//!   a narrow screen), never over it, and closed with its × button: a row
+//!   for each of the five tiers (memory, LocalStorage, IndexedDB, Cache API,
+//!   network) with hits, misses, hit rate, average time and bytes saved,
+//!   zeros included; what the figures cover and how latency was sampled; and
+//!   an SVG chart of every lookup's time, oldest to newest across the
+//!   panel's width (a log scale when the times span two orders of
+//!   magnitude);
+//! - a console API: `cacheMonitor.report()` (returns the report, with its
+//!   `period` and `sampling`, and prints a table of the five tiers),
+//!   `cacheMonitor.reset()`, `cacheMonitor.peek(id)` (what each tier
 //!   holds for a user), `cacheMonitor.toggle()` and
 //!   `cacheMonitor.serverEvents()` (the live update stream's state);
 //! - a test hook: `?clock-offset-min=N` runs the page's clock N minutes ahead.
@@ -34,6 +41,9 @@
 
 #[cfg(target_family = "wasm")]
 mod app;
+// Plain Rust (its tests run natively); only the page uses it.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+mod chart;
 #[cfg(target_family = "wasm")]
 mod element;
 #[cfg(target_family = "wasm")]

@@ -1,12 +1,14 @@
 //! The in-page monitor: per-tier counters from `cache_monitor::Monitor` (the
-//! chain's observer), the page's own per-picture timings, a toggleable overlay
-//! with an SVG chart of lookup latency per tier over time, the summary line of
-//! the friend list, and the console API `cacheMonitor`.
+//! chain's observer), the page's own per-picture timings, a docked panel
+//! (beside the list, never over it; closable) with a row for each of the five
+//! tiers and an SVG chart of every lookup's time per tier, the summary line
+//! of the friend list, and the console API `cacheMonitor`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::rc::Rc;
 
+use cache_monitor::{Covers, Report};
 use js_sys::{Array, Object, Promise, Reflect};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -15,6 +17,7 @@ use wasm_bindgen::JsCast;
 use web_sys::Event;
 
 use crate::app::{app, by_id, App};
+use crate::chart;
 
 /// Chart points kept (the oldest are dropped).
 const MAX_SAMPLES: usize = 2_000;
@@ -215,22 +218,113 @@ fn ms(d: Option<std::time::Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64() * 1_000.0)
 }
 
-/// The report as JSON: the chain's counters per tier, the network, the latest
-/// list run, the latest render of every user, and where the page came from.
+/// One row of the monitor's table: a tier of [`TIERS`], zeros when it has
+/// answered nothing yet.
+struct Row {
+    tier: &'static str,
+    /// Whether the chain has this tier (a storage the browser refused is
+    /// left out of the chain); the network always is.
+    available: bool,
+    hits: u64,
+    misses: u64,
+    errors: u64,
+    hit_rate: Option<f64>,
+    avg_ms: Option<f64>,
+    /// Reads whose latency was measured (the mean is over these).
+    timed: u64,
+    /// Bytes served from this tier (for the network: bytes loaded).
+    bytes: u64,
+}
+
+/// The five tiers in the chain's order, each with its counts since the page
+/// loaded (or `cacheMonitor.reset()`), zeros included.
+fn rows(app: &App, r: &Report) -> Vec<Row> {
+    let chain = app.pictures.tier_names();
+    TIERS
+        .iter()
+        .map(|(tier, _)| {
+            if *tier == "network" {
+                let o = &r.origin;
+                return Row {
+                    tier,
+                    available: true,
+                    hits: o.loads,
+                    misses: o.not_found,
+                    errors: o.errors,
+                    hit_rate: None,
+                    avg_ms: ms(o.average_latency),
+                    timed: o.loads + o.not_found + o.errors,
+                    bytes: o.bytes_loaded,
+                };
+            }
+            let stats = r.tiers.iter().find(|t| t.name == *tier);
+            Row {
+                tier,
+                available: chain.contains(tier),
+                hits: stats.map_or(0, |t| t.hits),
+                misses: stats.map_or(0, |t| t.misses),
+                errors: stats.map_or(0, |t| t.errors + t.timeouts),
+                hit_rate: stats.and_then(|t| t.hit_rate),
+                avg_ms: stats.and_then(|t| ms(t.average_latency)),
+                timed: stats.map_or(0, |t| t.timed_reads),
+                bytes: stats.map_or(0, |t| t.bytes_served),
+            }
+        })
+        .collect()
+}
+
+/// What a report covers and how its latency was sampled, as JSON.
+fn period_and_sampling(r: &Report) -> (Value, Value) {
+    let covers = if r.period.covers == Covers::SinceReset {
+        "since cacheMonitor.reset()"
+    } else {
+        "since the page loaded"
+    };
+    let timed: u64 = r.tiers.iter().map(|t| t.timed_reads).sum();
+    let reads: u64 = r.tiers.iter().map(|t| t.reads).sum();
+    (
+        json!({
+            "covers": covers,
+            "since": r.since,
+            "until": r.until,
+            "length_ms": r.period.length.as_millis() as u64,
+        }),
+        json!({
+            "counts": "exact",
+            "latency_timed_every": r.latency_timed_every,
+            "rule": format!(
+                "the memory tier's answers are timed one in {} (they answer without waiting); \
+                 every other tier call and every network load is timed",
+                r.latency_timed_every
+            ),
+            "timed_reads": timed,
+            "reads": reads,
+            "lookup_times": "every lookup of a picture is timed by the page (list and chart)",
+        }),
+    )
+}
+
+/// The report as JSON: what it covers and how latency was sampled, the
+/// chain's counters for every tier (zeros included), the network, the
+/// latest list run, the latest render of every user, and where the page
+/// came from.
 fn report(app: &App) -> Value {
     let r = app.monitor.report();
-    let tiers: Vec<Value> = r
-        .tiers
+    let (period, sampling) = period_and_sampling(&r);
+    let tiers: Vec<Value> = rows(app, &r)
         .iter()
-        .map(|t| {
+        .filter(|row| row.tier != "network")
+        .map(|row| {
             json!({
-                "tier": t.name,
-                "hits": t.hits,
-                "misses": t.misses,
-                "errors": t.errors + t.timeouts,
-                "hit_rate": t.hit_rate,
-                "avg_ms": ms(t.average_latency),
-                "bytes_saved": t.bytes_served,
+                "tier": row.tier,
+                "available": row.available,
+                "hits": row.hits,
+                "misses": row.misses,
+                "errors": row.errors,
+                "hit_rate": row.hit_rate,
+                "avg_ms": row.avg_ms,
+                "timed_reads": row.timed,
+                "bytes_saved": row.bytes,
             })
         })
         .collect();
@@ -249,6 +343,8 @@ fn report(app: &App) -> Value {
         .body()
         .and_then(|b| b.get_attribute("data-page-source"));
     json!({
+        "period": period,
+        "sampling": sampling,
         "requests": r.requests,
         "hits": r.hits,
         "hit_rate": r.hit_rate,
@@ -257,6 +353,7 @@ fn report(app: &App) -> Value {
         "tiers": tiers,
         "network": {
             "loads": r.origin.loads,
+            "not_found": r.origin.not_found,
             "errors": r.origin.errors,
             "avg_ms": ms(r.origin.average_latency),
             "bytes": r.origin.bytes_loaded,
@@ -284,48 +381,91 @@ fn fmt_bytes(n: u64) -> String {
     }
 }
 
-/// The overlay: a table per tier and the latency chart.
+/// A mean time in its unit: `850 ns`, `4.2 µs`, `310 µs`, `1.25 ms`, `2.10 s`;
+/// `< 0.1 ms` for zero (`performance.now()` counts in steps of 0.1 ms in a
+/// page that is not cross-origin isolated, so a quick answer reads 0).
+fn fmt_ms(ms: f64) -> String {
+    match ms {
+        m if m <= 0.0 => "< 0.1 ms".to_owned(),
+        m if m < 1e-3 => format!("{:.0} ns", m * 1e6),
+        m if m < 1e-2 => format!("{:.1} µs", m * 1e3),
+        m if m < 1.0 => format!("{:.0} µs", m * 1e3),
+        m if m < 1e3 => format!("{m:.2} ms"),
+        m => format!("{:.2} s", m / 1e3),
+    }
+}
+
+fn or_dash(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "–".to_owned())
+}
+
+/// The docked panel: a row for each of the five tiers (zeros included),
+/// what the figures cover and how they were sampled, and the chart of the
+/// page's lookup times across the panel's width.
 fn draw_overlay(app: &App) {
     let Some(panel) = by_id(&app.document, "monitor-body") else {
         return;
     };
     let r = app.monitor.report();
     let mut html = String::from(
-        "<table><thead><tr><th>tier</th><th>hits</th><th>hit rate</th>\
+        "<table><thead><tr><th>tier</th><th>hits</th><th>misses</th><th>hit rate</th>\
          <th>avg time</th><th>bytes saved</th></tr></thead><tbody>",
     );
-    for t in &r.tiers {
+    for row in rows(app, &r) {
+        let network = row.tier == "network";
         let _ = write!(
             html,
-            "<tr data-tier=\"{}\"><td><span class=\"dot\" style=\"background:{}\"></span>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            t.name,
-            colour(&t.name),
-            t.name,
-            t.hits,
-            t.hit_rate
-                .map_or("–".to_owned(), |h| format!("{:.0}%", h * 100.0)),
-            ms(t.average_latency).map_or("–".to_owned(), |m| format!("{m:.2} ms")),
-            fmt_bytes(t.bytes_served),
+            "<tr data-tier=\"{tier}\" data-hits=\"{hits}\" data-misses=\"{misses}\"{off}>\
+             <td><span class=\"dot\" style=\"background:{colour}\"></span>{tier}{note}</td>\
+             <td>{hits}</td><td>{misses}</td><td>{rate}</td><td>{avg}</td><td>{bytes}</td></tr>",
+            tier = row.tier,
+            hits = row.hits,
+            misses = row.misses,
+            off = if row.available { "" } else { " class=\"off\"" },
+            colour = colour(row.tier),
+            note = if row.available { "" } else { " (unavailable)" },
+            rate = or_dash(row.hit_rate.map(|h| format!("{:.0}%", h * 100.0))),
+            avg = or_dash(row.avg_ms.map(fmt_ms)),
+            bytes = if network {
+                "–".to_owned()
+            } else {
+                fmt_bytes(row.bytes)
+            },
         );
     }
+    html.push_str("</tbody></table>");
+    let timed: u64 = r.tiers.iter().map(|t| t.timed_reads).sum();
+    let reads: u64 = r.tiers.iter().map(|t| t.reads).sum();
+    let covers = if r.period.covers == Covers::SinceReset {
+        "since reset"
+    } else {
+        "since the page loaded"
+    };
     let _ = write!(
         html,
-        "<tr data-tier=\"network\"><td><span class=\"dot\" style=\"background:{}\"></span>network</td>\
-         <td>{}</td><td>–</td><td>{}</td><td>–</td></tr></tbody></table>",
-        colour("network"),
-        r.origin.loads,
-        ms(r.origin.average_latency).map_or("–".to_owned(), |m| format!("{m:.2} ms")),
-    );
-    let _ = write!(
-        html,
-        "<p>{} lookups, hit rate {}, {} not downloaded</p>",
+        "<p>{} lookups, hit rate {}, {} not downloaded; {covers} ({:.1} s).</p>\
+         <p class=\"muted\" id=\"monitor-sampling\">Counts are exact. Avg time: every tier call \
+         that waits and every network load is timed, the memory tier's answers one in {} \
+         ({timed} of {reads} reads timed). The chart: every lookup, timed by the page.</p>",
         r.requests,
-        r.hit_rate
-            .map_or("–".to_owned(), |h| format!("{:.1}%", h * 100.0)),
-        fmt_bytes(r.bytes_saved)
+        or_dash(r.hit_rate.map(|h| format!("{:.1}%", h * 100.0))),
+        fmt_bytes(r.bytes_saved),
+        r.period.length.as_secs_f64(),
+        r.latency_timed_every,
     );
-    html.push_str(&chart(&app.records.borrow().samples));
+    // The chart fills the panel's content box.
+    let width = f64::from(panel.client_width()).max(240.0);
+    let records = app.records.borrow();
+    let points: Vec<chart::Point<'_>> = records
+        .samples
+        .iter()
+        .map(|s| chart::Point {
+            tier: &s.tier,
+            ms: s.lookup_ms,
+        })
+        .collect();
+    html.push_str(&chart::latency_chart(&points, &TIERS, width));
+    drop(records);
     panel.set_inner_html(&html);
 }
 
@@ -336,88 +476,19 @@ fn colour(tier: &str) -> &'static str {
         .map_or("#555", |(_, c)| c)
 }
 
-/// Lookup latency per tier over time, as SVG: x is the time since the page
-/// loaded, y the lookup time on a log scale (0.01 ms to 10 s).
-fn chart(samples: &[Render]) -> String {
-    const W: f64 = 520.0;
-    const H: f64 = 200.0;
-    const LEFT: f64 = 48.0;
-    const BOTTOM: f64 = 24.0;
-    let (lo, hi) = (-2.0_f64, 4.0_f64); // log10(ms)
-    let t_max = samples.iter().map(|s| s.at_ms).fold(1_000.0_f64, f64::max);
-    let x = |t: f64| LEFT + (t / t_max) * (W - LEFT - 8.0);
-    let y = |ms: f64| {
-        let l = ms.max(0.01).log10().clamp(lo, hi);
-        8.0 + (hi - l) / (hi - lo) * (H - BOTTOM - 8.0)
-    };
-    let mut svg = format!(
-        "<svg id=\"latency-chart\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" \
-         role=\"img\" aria-label=\"lookup latency per tier over time\">"
-    );
-    for p in -2..=4 {
-        let v = 10f64.powi(p);
-        let label = match p {
-            ..0 => format!("{v} ms"),
-            0..3 => format!("{v:.0} ms"),
-            _ => format!("{:.0} s", v / 1_000.0),
-        };
-        let _ = write!(
-            svg,
-            "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{label}</text>",
-            W - 8.0,
-            LEFT - 4.0,
-            y(v) + 3.0,
-            y = y(v),
-        );
-    }
-    let _ = write!(
-        svg,
-        "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{:.1} s since load</text>",
-        W - 8.0,
-        H - 6.0,
-        t_max / 1_000.0
-    );
-    for (tier, colour) in TIERS {
-        let points: Vec<(f64, f64)> = samples
-            .iter()
-            .filter(|s| s.tier == tier)
-            .map(|s| (x(s.at_ms), y(s.lookup_ms)))
-            .collect();
-        if points.is_empty() {
-            continue;
-        }
-        let line: Vec<String> = points
-            .iter()
-            .map(|(a, b)| format!("{a:.1},{b:.1}"))
-            .collect();
-        let _ = write!(
-            svg,
-            "<g class=\"series\" data-tier=\"{tier}\"><polyline fill=\"none\" stroke=\"{colour}\" \
-             stroke-opacity=\"0.5\" points=\"{}\"/>",
-            line.join(" ")
-        );
-        for (a, b) in &points {
-            let _ = write!(
-                svg,
-                "<circle cx=\"{a:.1}\" cy=\"{b:.1}\" r=\"2.5\" fill=\"{colour}\"/>"
-            );
-        }
-        svg.push_str("</g>");
-    }
-    svg.push_str("</svg>");
-    svg
-}
-
 fn toggle(app: &App) {
     let Some(overlay) = by_id(&app.document, "monitor") else {
         return;
     };
-    if overlay.has_attribute("hidden") {
+    let open = overlay.has_attribute("hidden");
+    if open {
         let _ = overlay.remove_attribute("hidden");
         draw_overlay(app);
     } else {
         let _ = overlay.set_attribute("hidden", "");
+    }
+    if let Some(button) = by_id(&app.document, "monitor-toggle") {
+        let _ = button.set_attribute("aria-expanded", &open.to_string());
     }
 }
 
@@ -430,9 +501,15 @@ fn console_report(app: &App) -> JsValue {
             rows.push(&to_js(t));
         }
     }
-    let mut network = report["network"].clone();
-    network["tier"] = json!("network");
-    rows.push(&to_js(&network));
+    let n = &report["network"];
+    rows.push(&to_js(&json!({
+        "tier": "network",
+        "available": true,
+        "hits": n["loads"],
+        "misses": n["not_found"],
+        "errors": n["errors"],
+        "avg_ms": n["avg_ms"],
+    })));
     web_sys::console::table_1(&rows);
     to_js(&report)
 }

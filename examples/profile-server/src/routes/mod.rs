@@ -32,6 +32,7 @@ pub(crate) fn router(state: &Arc<AppState>) -> Router {
         )
         .route("/api/avatars", get(avatars::get_avatars))
         .route("/api/cache/report", get(metrics::report))
+        .route("/api/cache/history", get(metrics::history))
         .route("/api/s3/requests", get(s3_requests))
         .route("/api/events", get(event_stream))
         .route("/healthz", get(healthz))

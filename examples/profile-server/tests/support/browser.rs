@@ -253,6 +253,14 @@ impl Browser {
         self.client.switch_to_window(window.clone()).await.unwrap();
     }
 
+    /// Resizes the current window (its viewport is what a screenshot shows).
+    pub(crate) async fn resize(&self, width: u32, height: u32) {
+        self.client
+            .set_window_size(width, height)
+            .await
+            .unwrap_or_else(|e| panic!("resizing the window to {width}x{height}: {e}"));
+    }
+
     /// Saves a screenshot as `<target dir>/journey/<name>.png` and prints its
     /// path.
     pub(crate) async fn screenshot(&self, name: &str) -> PathBuf {
