@@ -59,11 +59,21 @@ fn etag_of(url: &PresignedUrl) -> String {
     // The URL's SigV4 signature already is a SHA-256 HMAC over everything in
     // it (object key, expiry, overrides), so its first 96 bits identify the URL
     // as well as a hash of it would, without hashing it again per request.
-    // SigV4 puts the signature last, so look for it from the end.
-    let signature = url
-        .url
-        .rsplit_once("X-Amz-Signature=")
-        .map(|(_, rest)| rest.split('&').next().unwrap_or(rest))
+    // SigV4 puts the signature last: `...&X-Amz-Signature=<64 hex>`, read in
+    // place; anywhere else, it is searched for.
+    const PARAM: &str = "X-Amz-Signature=";
+    let u = url.url.as_str();
+    let last = u
+        .len()
+        .checked_sub(64 + PARAM.len())
+        .and_then(|at| u.get(at..))
+        .filter(|tail| tail.starts_with(PARAM))
+        .map(|tail| &tail[PARAM.len()..]);
+    let signature = last
+        .or_else(|| {
+            u.rsplit_once(PARAM)
+                .map(|(_, rest)| rest.split('&').next().unwrap_or(rest))
+        })
         .filter(|sig| sig.len() >= 24 && sig.bytes().all(|b| b.is_ascii_hexdigit()));
     if let Some(sig) = signature {
         return format!("\"{}\"", &sig[..24]);
@@ -166,4 +176,42 @@ pub(super) async fn get_avatars(
         .headers_mut()
         .insert(header::CACHE_CONTROL, cache_control(seconds));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache_core::Timestamp;
+
+    fn url(s: &str) -> PresignedUrl {
+        PresignedUrl {
+            url: s.to_owned(),
+            expires_at: Timestamp::from_unix_millis(1),
+        }
+    }
+
+    #[test]
+    fn the_etag_is_the_signatures_first_96_bits_wherever_it_stands() {
+        let sig = "0123456789abcdef".repeat(4);
+        let last = url(&format!("https://s3/k?X-Amz-Date=1&X-Amz-Signature={sig}"));
+        let inside = url(&format!(
+            "https://s3/k?X-Amz-Signature={sig}&x-id=GetObject"
+        ));
+        assert_eq!(etag_of(&last), "\"0123456789abcdef01234567\"");
+        assert_eq!(etag_of(&inside), etag_of(&last));
+    }
+
+    #[test]
+    fn a_url_without_a_signature_gets_a_digest_of_itself() {
+        let a = etag_of(&url("https://s3/a?plain"));
+        let b = etag_of(&url("https://s3/b?plain"));
+        assert_eq!(a.len(), 26, "{a}");
+        assert_ne!(a, b);
+        let short = etag_of(&url("https://s3/k?X-Amz-Signature=00"));
+        assert_eq!(
+            short.len(),
+            26,
+            "a signature too short is not used: {short}"
+        );
+    }
 }
