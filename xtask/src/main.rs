@@ -41,6 +41,7 @@ mod manifest;
 mod publish;
 mod setup;
 mod suites;
+mod wasm;
 mod workspace;
 
 fn main() -> ExitCode {
