@@ -33,6 +33,15 @@ pub(crate) const SHIPPED: WebBuild = WebBuild {
     dir: "profile-web",
 };
 
+/// The web app as it was built before it was built for size (issue 21): the
+/// release profile, no `wasm-opt`, no compressed copies (so it is served
+/// uncompressed). The first-visit benchmark's baseline.
+pub(crate) const AS_BEFORE: WebBuild = WebBuild {
+    profile: "release",
+    shrink: false,
+    dir: "profile-web-as-before",
+};
+
 /// `wasm-opt`'s optimisation level for the shipped wasm. `-O1`, not `-Oz`:
 /// `-Oz` makes the file smaller but compresses worse, and what a visit
 /// downloads is the compressed file (BENCHMARKS.md §8 compares the levels).
