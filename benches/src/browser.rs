@@ -159,14 +159,11 @@ pub fn first_visit_rows(json: &str) -> Result<Vec<Row>, String> {
                 "first_visit.json has no round with both builds on {network}"
             ));
         }
-        let name = |build: &str| {
-            format!("first visit, navigation to 50 pictures drawn, {network}: {build}")
-        };
         rows.push(Row::new(
-            name(SHIPPED),
+            format!("first visit, navigation to 50th picture drawn, {network}: {SHIPPED}"),
             median(ours.into_values().collect()),
             "ms",
-            name(AS_BEFORE),
+            format!("the same visit: {AS_BEFORE}"),
             median(theirs.into_values().collect()),
             median(ratios),
         ));
