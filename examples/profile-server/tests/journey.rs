@@ -26,6 +26,10 @@
 //! A screenshot of each step is saved under `<target dir>/journey/` (paths
 //! printed), with `visits.json` (tier counts and whole-list time per visit).
 //!
+//! Beside it, `the_page_weighs_at_most_250_kb_over_the_wire` fetches the
+//! page's wasm and JS as Chromium asks for them (issue 21's budget), as gzip
+//! only and with no `Accept-Encoding`.
+//!
 //! Needs the built web app: `PROFILE_WEB_DIR` (set by `cargo xtask test`, which
 //! builds it first). Without it the test fails, it never skips. Compiled only
 //! with the `journey` feature, so `cargo test --workspace` (which cannot build
