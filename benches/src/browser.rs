@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::results::{Goal, Row};
+use crate::results::{median, Goal, Row};
 
 /// The browser benchmark's rows: lines of the form
 /// `| tier | 1.685 µs | baseline | 1.515 µs | 1.11x |` anywhere in its output
@@ -79,6 +79,98 @@ pub fn visit_rows(visits_json: &str) -> Result<Vec<Row>, String> {
         .collect())
 }
 
+/// The first-visit benchmark's file (`first_visit.json`, written by
+/// examples/profile-server/tests/first_visit.rs).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct FirstVisits {
+    /// Each build's wasm + JS in bytes, as Chromium asks for them.
+    pub weight: BTreeMap<String, f64>,
+    /// Every recorded visit.
+    pub visits: Vec<FirstVisit>,
+}
+
+/// One first visit of one build.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct FirstVisit {
+    /// The round it belongs to (a round visits each build once).
+    pub round: u32,
+    /// The network Chromium emulated: `loopback`, or the link.
+    pub network: String,
+    /// `shipped` or `as_before`.
+    pub build: String,
+    /// From the navigation to the 50th picture drawn, in milliseconds.
+    pub page_ms: f64,
+}
+
+/// The shipped build, as the first-visit rows name it.
+const SHIPPED: &str = "size-optimised build, precompressed";
+/// The baseline build, as the first-visit rows name it.
+const AS_BEFORE: &str = "previous build (release profile, no wasm-opt, served uncompressed)";
+
+/// Issue 21's budget for the page's wasm + JS over the wire, in bytes.
+pub const PAGE_BUDGET: f64 = 250_000.0;
+
+/// The shipped page's weight beside the previous build's (goal: issue 21's
+/// budget), then, per network, its first visit beside the previous build's:
+/// medians over rounds, the ratio the median of each round's ratio.
+pub fn first_visit_rows(json: &str) -> Result<Vec<Row>, String> {
+    let file: FirstVisits = serde_json::from_str(json)
+        .map_err(|e| format!("first_visit.json is not the benchmark's schema: {e}"))?;
+    let weight = |build: &str| {
+        file.weight
+            .get(build)
+            .copied()
+            .ok_or_else(|| format!("first_visit.json has no weight for `{build}`"))
+    };
+    let (shipped, before) = (weight("shipped")?, weight("as_before")?);
+    let mut rows = vec![Row::new(
+        format!("the page's wasm + JS over the wire as Chromium asks for them: {SHIPPED}"),
+        shipped,
+        "B",
+        AS_BEFORE,
+        before,
+        shipped / before,
+    )
+    .goal(Goal::ValueAtMost(PAGE_BUDGET))];
+    let mut networks: Vec<&str> = Vec::new();
+    for v in &file.visits {
+        if !networks.contains(&v.network.as_str()) {
+            networks.push(&v.network);
+        }
+    }
+    if networks.is_empty() {
+        return Err("first_visit.json lists no visit".into());
+    }
+    for network in networks {
+        let of = |build: &str| -> BTreeMap<u32, f64> {
+            file.visits
+                .iter()
+                .filter(|v| v.network == network && v.build == build)
+                .map(|v| (v.round, v.page_ms))
+                .collect()
+        };
+        let (ours, theirs) = (of("shipped"), of("as_before"));
+        let ratios: Vec<f64> = ours
+            .iter()
+            .filter_map(|(round, ms)| theirs.get(round).map(|b| ms / b))
+            .collect();
+        if ratios.is_empty() {
+            return Err(format!(
+                "first_visit.json has no round with both builds on {network}"
+            ));
+        }
+        rows.push(Row::new(
+            format!("first visit, navigation to 50th picture drawn, {network}: {SHIPPED}"),
+            median(ours.into_values().collect()),
+            "ms",
+            format!("the same visit: {AS_BEFORE}"),
+            median(theirs.into_values().collect()),
+            median(ratios),
+        ));
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +203,39 @@ mod tests {
         assert!(rows[1].name.contains("reload") && rows[1].name.contains("local-storage 50"));
         assert!(visit_rows("[]").is_err());
         assert!(visit_rows(r#"{"visit": 1}"#).is_err());
+    }
+
+    #[test]
+    fn first_visit_rows_put_each_build_beside_the_previous_one() {
+        let visit = |round: u32, network: &str, build: &str, ms: f64| {
+            format!(
+                r#"{{"round": {round}, "network": "{network}", "build": "{build}", "page_ms": {ms}, "list_ms": 1.0, "wire_bytes": 1}}"#
+            )
+        };
+        let visits = [
+            visit(0, "loopback", "shipped", 900.0),
+            visit(0, "loopback", "as_before", 1000.0),
+            visit(1, "loopback", "as_before", 1200.0),
+            visit(1, "loopback", "shipped", 600.0),
+            visit(2, "loopback", "shipped", 1000.0),
+            visit(2, "loopback", "as_before", 800.0),
+            visit(0, "slow", "shipped", 2000.0),
+            visit(0, "slow", "as_before", 8000.0),
+        ];
+        let json = format!(
+            r#"{{"weight": {{"shipped": 218742, "as_before": 1521000}}, "visits": [{}]}}"#,
+            visits.join(",")
+        );
+        let rows = first_visit_rows(&json).expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert_eq!((rows[0].value, rows[0].unit.as_str()), (218_742.0, "B"));
+        assert_eq!(rows[0].goal, Some(Goal::ValueAtMost(250_000.0)));
+        // Medians of each side, and the median of the per-round ratios
+        // (0.9, 0.5, 1.25), not the ratio of the medians.
+        assert_eq!((rows[1].value, rows[1].baseline_value), (900.0, 1000.0));
+        assert_eq!(rows[1].ratio, 0.9);
+        assert!(rows[1].name.contains("loopback") && rows[2].name.contains("slow"));
+        assert_eq!(rows[2].ratio, 0.25);
+        assert!(first_visit_rows(r#"{"weight": {}, "visits": []}"#).is_err());
     }
 }

@@ -179,7 +179,9 @@ pub fn render_rows(results: &SuiteResults, table: Option<&str>) -> String {
             cell(&r.baseline),
             format_value(r.baseline_value, &r.unit),
             significant(r.ratio),
-            r.goal.map(|g| g.describe(r.ratio)).unwrap_or_default(),
+            r.goal
+                .map(|g| g.describe(r.value, &r.unit, r.ratio))
+                .unwrap_or_default(),
         );
     }
     let _ = writeln!(

@@ -33,7 +33,7 @@ pub fn rounds(full: usize) -> usize {
     }
 }
 
-/// A goal on a row's ratio.
+/// A goal on a row's ratio, or on its value.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Goal {
@@ -41,29 +41,34 @@ pub enum Goal {
     AtMost(f64),
     /// The ratio must be at least this (throughputs, speed-ups).
     AtLeast(f64),
+    /// The value itself must be at most this, in the row's unit: a budget
+    /// (bytes, say), with the baseline there for comparison only.
+    ValueAtMost(f64),
 }
 
 impl Goal {
-    /// Whether `ratio` meets the goal.
-    pub fn met(self, ratio: f64) -> bool {
+    /// Whether a row of `value` and `ratio` meets the goal.
+    pub fn met(self, value: f64, ratio: f64) -> bool {
         match self {
             Goal::AtMost(max) => ratio <= max,
             Goal::AtLeast(min) => ratio >= min,
+            Goal::ValueAtMost(max) => value <= max,
         }
     }
 
-    /// `≤ 1.50×: met` or `≥ 0.80×: not met`.
-    pub fn describe(self, ratio: f64) -> String {
-        let (sign, bound) = match self {
-            Goal::AtMost(b) => ('≤', b),
-            Goal::AtLeast(b) => ('≥', b),
+    /// `≤ 1.50×: met`, `≥ 0.80×: **not met**` or `≤ 250000 B: met`.
+    pub fn describe(self, value: f64, unit: &str, ratio: f64) -> String {
+        let bound = match self {
+            Goal::AtMost(b) => format!("≤ {b:.2}×"),
+            Goal::AtLeast(b) => format!("≥ {b:.2}×"),
+            Goal::ValueAtMost(b) => format!("≤ {}", format_value(b, unit)),
         };
-        let verdict = if self.met(ratio) {
+        let verdict = if self.met(value, ratio) {
             "met"
         } else {
             "**not met**"
         };
-        format!("{sign} {bound:.2}×: {verdict}")
+        format!("{bound}: {verdict}")
     }
 }
 
@@ -202,7 +207,8 @@ impl SuiteResults {
                 significant(r.ratio),
             );
             if let Some(goal) = r.goal {
-                let _ = write!(out, "   goal {}", goal.describe(r.ratio).replace("**", ""));
+                let goal = goal.describe(r.value, &r.unit, r.ratio);
+                let _ = write!(out, "   goal {}", goal.replace("**", ""));
             }
             out.push('\n');
         }
@@ -395,9 +401,16 @@ mod tests {
 
     #[test]
     fn goals_read_both_ways() {
-        assert!(Goal::AtMost(1.5).met(1.5) && !Goal::AtMost(1.5).met(1.51));
-        assert!(Goal::AtLeast(0.8).met(0.9) && !Goal::AtLeast(0.8).met(0.7));
-        assert_eq!(Goal::AtLeast(0.8).describe(0.7), "≥ 0.80×: **not met**");
+        assert!(Goal::AtMost(1.5).met(9.0, 1.5) && !Goal::AtMost(1.5).met(0.0, 1.51));
+        assert!(Goal::AtLeast(0.8).met(0.0, 0.9) && !Goal::AtLeast(0.8).met(9.0, 0.7));
+        assert_eq!(
+            Goal::AtLeast(0.8).describe(1.0, "ms", 0.7),
+            "≥ 0.80×: **not met**"
+        );
+        // A budget reads the value, whatever the ratio.
+        let budget = Goal::ValueAtMost(250_000.0);
+        assert!(budget.met(250_000.0, 9.0) && !budget.met(250_001.0, 0.1));
+        assert_eq!(budget.describe(218_742.0, "B", 0.3), "≤ 250000 B: met");
     }
 
     #[test]

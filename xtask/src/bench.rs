@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::demo::{build_web_as, AS_BEFORE, SHIPPED};
 use crate::journey::journey;
 use crate::setup::{browser_env, setup};
 use crate::workspace::{cargo, run_visible, target_dir, WASM_TARGET};
@@ -109,9 +110,11 @@ fn run_logged(what: &str, cmd: &mut Command, log: &Path) -> Result<(), String> {
 }
 
 /// The browser suite: the tiers in headless Chromium beside plain-JS
-/// baselines, then the journey's visits (`<target dir>/journey/visits.json`,
-/// which must be written by this run: a missing file fails the suite).
-fn browser_suite(results: &Path) -> Result<(), String> {
+/// baselines, then the journey's visits (`<target dir>/journey/visits.json`),
+/// then the first visit of the shipped web app beside the app built as before
+/// (`<target dir>/journey/first_visit.json`). Both files must be written by
+/// this run: a missing one fails the suite.
+fn browser_suite(results: &Path, quick: bool) -> Result<(), String> {
     let log = results.join("browser-bench.log");
     let mut bench = clean_cargo();
     bench.args([
@@ -151,7 +154,48 @@ fn browser_suite(results: &Path) -> Result<(), String> {
             visits.display()
         ));
     }
+
+    // The first visit beside the previous build's: both builds served, each
+    // visited in turn (examples/profile-server/tests/first_visit.rs).
+    let first_visits = target_dir().join("journey").join("first_visit.json");
+    if first_visits.exists() {
+        fs::remove_file(&first_visits)
+            .map_err(|e| format!("cannot remove the old {}: {e}", first_visits.display()))?;
+    }
+    let shipped = build_web_as(SHIPPED)?;
+    let before = build_web_as(AS_BEFORE)?;
+    let mut first = clean_cargo();
+    first
+        .args([
+            "test",
+            "-p",
+            "profile-server",
+            "--features",
+            "journey",
+            "--test",
+            "first_visit",
+            "--",
+            "--nocapture",
+        ])
+        .env("PROFILE_WEB_DIR", &shipped)
+        .env("PROFILE_WEB_BASELINE_DIR", &before);
+    if quick {
+        first.env("BENCH_QUICK", "1");
+    } else {
+        first.env_remove("BENCH_QUICK");
+    }
+    run_visible(
+        "first visits of the shipped build and the build as before (profile-server, --test first_visit)",
+        &mut first,
+    )?;
+    if !first_visits.is_file() {
+        return Err(format!(
+            "the first-visit benchmark passed but wrote no {}",
+            first_visits.display()
+        ));
+    }
     let (log, visits, results) = (path_arg(&log), path_arg(&visits), path_arg(results));
+    let first_visits = path_arg(&first_visits);
     run_visible(
         "bench-report browser",
         &mut bench_report(&[
@@ -160,6 +204,8 @@ fn browser_suite(results: &Path) -> Result<(), String> {
             &log,
             "--visits",
             &visits,
+            "--first-visit",
+            &first_visits,
             "--results",
             &results,
         ]),
@@ -237,7 +283,7 @@ pub(crate) fn bench(args: &[String]) -> Result<bool, String> {
                     &mut cmd,
                 )
             }
-            None => browser_suite(&results),
+            None => browser_suite(&results, quick),
         }
         .and_then(|()| {
             if results.join(format!("{name}.json")).is_file() {

@@ -6,24 +6,80 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::setup::{setup, wasm_bindgen_cli};
+use crate::setup::{apt_tool, setup, wasm_bindgen_cli};
+use crate::wasm::restore_table_exports;
 use crate::workspace::{cargo, run_visible, target_dir, WASM_TARGET};
 
 pub(crate) const WEB_PACKAGE: &str = "profile-web";
 const WEB_STATIC: &str = "examples/profile-web/static";
 
-/// Builds examples/profile-web for wasm32 (release), runs `wasm-bindgen --target
-/// web` and copies the static files (index.html, sw.js) beside it, into
-/// `target/profile-web/`, with the build id (a hash of the whole app) in place
-/// of `__BUILD__` (the service worker names its shell cache after it). Returns
-/// that directory (absolute).
+/// How the web app is built: the profile, whether the wasm is shrunk with
+/// `wasm-opt` and its wasm and JS precompressed, and where it goes under the
+/// target directory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WebBuild {
+    profile: &'static str,
+    shrink: bool,
+    dir: &'static str,
+}
+
+/// The build that is served (`demo`, `journey`): the workspace's `web`
+/// profile (built for size), `wasm-opt -Oz`, and `.br`/`.gz` copies of the
+/// wasm and JS beside them, which the server sends to a browser that accepts
+/// them.
+pub(crate) const SHIPPED: WebBuild = WebBuild {
+    profile: "web",
+    shrink: true,
+    dir: "profile-web",
+};
+
+/// The web app as it was built before it was built for size (issue 21): the
+/// release profile, no `wasm-opt`, no compressed copies (so it is served
+/// uncompressed). The first-visit benchmark's baseline.
+pub(crate) const AS_BEFORE: WebBuild = WebBuild {
+    profile: "release",
+    shrink: false,
+    dir: "profile-web-as-before",
+};
+
+/// `wasm-opt`'s optimisation level for the shipped wasm. `-O1`, not `-Oz`:
+/// `-Oz` makes the file smaller but compresses worse, and what a visit
+/// downloads is the compressed file (BENCHMARKS.md §8 compares the levels).
+const WASM_OPT_LEVEL: &str = "-O1";
+
+/// [`build_web_as`] the shipped build.
 pub(crate) fn build_web() -> Result<PathBuf, String> {
+    build_web_as(SHIPPED)
+}
+
+/// Builds examples/profile-web for wasm32 with `build`'s profile, runs
+/// `wasm-bindgen --target web` and copies the static files (index.html,
+/// sw.js) beside it, into `target/<build.dir>/`, with the build id (a hash of
+/// the whole app) in place of `__BUILD__` (the service worker names its shell
+/// cache after it). A shipped build's wasm then goes through `wasm-opt`, and
+/// its wasm and JS files get brotli (`.br`) and gzip (`.gz`) copies. Returns
+/// that directory (absolute).
+pub(crate) fn build_web_as(build: WebBuild) -> Result<PathBuf, String> {
     setup()?;
+    // Before the long build: a missing tool fails now, with its command.
+    let tools = if build.shrink {
+        Some((
+            apt_tool("wasm-opt")?,
+            apt_tool("brotli")?,
+            apt_tool("gzip")?,
+        ))
+    } else {
+        None
+    };
     run_visible(
-        &format!("cargo build --release --target {WASM_TARGET} -p {WEB_PACKAGE}"),
+        &format!(
+            "cargo build --profile {} --target {WASM_TARGET} -p {WEB_PACKAGE}",
+            build.profile
+        ),
         cargo().args([
             "build",
-            "--release",
+            "--profile",
+            build.profile,
             "--target",
             WASM_TARGET,
             "-p",
@@ -33,9 +89,9 @@ pub(crate) fn build_web() -> Result<PathBuf, String> {
     let target = target_dir();
     let wasm = target
         .join(WASM_TARGET)
-        .join("release")
+        .join(build.profile)
         .join(format!("{}.wasm", WEB_PACKAGE.replace('-', "_")));
-    let out = target.join("profile-web");
+    let out = target.join(build.dir);
     if out.exists() {
         fs::remove_dir_all(&out).map_err(|e| format!("cannot clear {}: {e}", out.display()))?;
     }
@@ -48,26 +104,134 @@ pub(crate) fn build_web() -> Result<PathBuf, String> {
             .arg(&out)
             .arg(&wasm),
     )?;
+    let bg = out.join(format!("{}_bg.wasm", WEB_PACKAGE.replace('-', "_")));
+    if let Some((wasm_opt, brotli, gzip)) = &tools {
+        shrink(wasm_opt, &bg)?;
+        // Only what wasm-bindgen wrote: index.html and sw.js, copied next, stay
+        // uncompressed (small, and the files a deploy rewrites).
+        precompress(&out, brotli, gzip)?;
+    }
     let mut statics: Vec<PathBuf> = fs::read_dir(WEB_STATIC)
         .map_err(|e| format!("cannot read {WEB_STATIC}: {e}"))?
         .filter_map(|f| f.ok().map(|f| f.path()))
         .filter(|f| f.is_file())
         .collect();
     statics.sort();
-    let build = build_id(&out, &statics)?;
+    let id = build_id(&out, &statics)?;
     for file in statics {
         let name = file.file_name().unwrap_or_default();
         let bytes = fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         // Text files get the build id (sw.js names its shell cache after it).
         let bytes = match String::from_utf8(bytes) {
-            Ok(text) => text.replace(BUILD_PLACEHOLDER, &build).into_bytes(),
+            Ok(text) => text.replace(BUILD_PLACEHOLDER, &id).into_bytes(),
             Err(e) => e.into_bytes(),
         };
         fs::write(out.join(name), bytes)
             .map_err(|e| format!("cannot write {}: {e}", out.join(name).display()))?;
     }
-    println!("xtask: web app build {build} in {}", out.display());
+    println!("xtask: web app build {id} in {}", out.display());
     fs::canonicalize(&out).map_err(|e| e.to_string())
+}
+
+/// Runs `wasm-opt` on `wasm` in place, then gives its table exports back the
+/// indices that binaryen before version 110 loses ([`crate::wasm`]).
+fn shrink(wasm_opt: &Path, wasm: &Path) -> Result<(), String> {
+    let read = |f: &Path| fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()));
+    let original = read(wasm)?;
+    let optimized = wasm.with_extension("opt.wasm");
+    run_visible(
+        &format!("wasm-opt {WASM_OPT_LEVEL} {}", wasm.display()),
+        Command::new(wasm_opt)
+            .arg(WASM_OPT_LEVEL)
+            .arg(wasm)
+            .arg("-o")
+            .arg(&optimized),
+    )?;
+    let mut bytes = read(&optimized)?;
+    fs::remove_file(&optimized)
+        .map_err(|e| format!("cannot remove {}: {e}", optimized.display()))?;
+    let fixed = restore_table_exports(&original, &mut bytes)
+        .map_err(|e| format!("after wasm-opt, {}: {e}", wasm.display()))?;
+    if fixed > 0 {
+        println!("xtask: restored {fixed} table export(s) that wasm-opt (binaryen < 110) moved to table 0");
+    }
+    fs::write(wasm, &bytes).map_err(|e| format!("cannot write {}: {e}", wasm.display()))?;
+    println!(
+        "xtask: wasm-opt: {} -> {} bytes",
+        original.len(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+fn file_size(file: &Path) -> Result<u64, String> {
+    fs::metadata(file)
+        .map(|m| m.len())
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+}
+
+/// Writes `<file>.br` (brotli, quality 11) and `<file>.gz` (gzip -9) beside
+/// every `.wasm` and `.js` file under `dir` (wasm-bindgen's snippets
+/// included), for the server's precompressed responses. Each copy keeps its
+/// file's modification time, so every encoding has the same
+/// `Last-Modified`.
+fn precompress(dir: &Path, brotli: &Path, gzip: &Path) -> Result<(), String> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files)?;
+    files.retain(|f| f.extension().is_some_and(|e| e == "wasm" || e == "js"));
+    files.sort();
+    let (mut raw, mut br, mut gz) = (0, 0, 0);
+    for file in &files {
+        let shown = file.display();
+        let brotli_copy = PathBuf::from(format!("{shown}.br"));
+        run_quiet(
+            &format!("brotli --quality=11 --force -o {shown}.br {shown}"),
+            Command::new(brotli)
+                .args(["--quality=11", "--force", "-o"])
+                .arg(&brotli_copy)
+                .arg(file),
+        )?;
+        // -n: no name or time in the header, so the copy depends on the
+        // bytes only; -k keeps the file, and gzip gives the copy its time.
+        run_quiet(
+            &format!("gzip -9 -n -k -f {shown}"),
+            Command::new(gzip).args(["-9", "-n", "-k", "-f"]).arg(file),
+        )?;
+        raw += file_size(file)?;
+        br += file_size(&brotli_copy)?;
+        gz += file_size(&PathBuf::from(format!("{shown}.gz")))?;
+    }
+    println!(
+        "xtask: precompressed {} wasm and JS files: {raw} bytes, {br} as brotli, {gz} as gzip",
+        files.len()
+    );
+    Ok(())
+}
+
+fn collect_files(dir: &Path, into: &mut Vec<PathBuf>) -> Result<(), String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            collect_files(&path, into)?;
+        } else {
+            into.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cmd`, printing nothing unless it fails.
+fn run_quiet(what: &str, cmd: &mut Command) -> Result<(), String> {
+    match cmd.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`{what}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("`{what}` could not start: {e}")),
+    }
 }
 
 /// Replaced by the build id in the web app's static files.

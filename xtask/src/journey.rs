@@ -39,6 +39,9 @@ pub(crate) fn journey() -> Result<bool, String> {
         "journey",
         "--",
         "--nocapture",
+        // One at a time: the weight check must not load the machine while
+        // the journey times its visits (the bench reads them).
+        "--test-threads=1",
     ])
     .env("PROFILE_WEB_DIR", &web);
     run_visible(

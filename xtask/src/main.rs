@@ -21,14 +21,16 @@
 //!
 //! Missing tools are installed when running as root (the wasm32 target,
 //! `wasm-bindgen-cli` at the version in Cargo.lock, Debian's `chromium`,
-//! `chromium-driver`, `redis-server`, `redis-tools`); otherwise the exact command
-//! to run is printed and the task stops.
+//! `chromium-driver`, `redis-server`, `redis-tools`, and `binaryen`, `brotli` and
+//! `gzip` for the web app's build); otherwise the exact command to run is printed
+//! and the task stops.
 //!
 //! Std only, so that it builds in seconds on a fresh machine.
 //!
 //! One module per command: `suites` (test), `demo`, `journey`, `bench`,
 //! `setup`, `publish` (msrv, docs, package, examples), `chaos`; `workspace`
-//! and `manifest` hold what they share. This file only dispatches.
+//! and `manifest` hold what they share, `wasm` the fix-up of `wasm-opt`'s
+//! output that the web app's build needs. This file only dispatches.
 
 use std::env;
 use std::process::ExitCode;
@@ -42,6 +44,7 @@ mod publish;
 mod setup;
 mod suites;
 mod tidy;
+mod wasm;
 mod workspace;
 
 fn main() -> ExitCode {

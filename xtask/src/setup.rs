@@ -13,6 +13,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/chromedriver", "chromium-driver"),
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
+    // The web app's build (`demo::build_web`): wasm-opt shrinks the wasm,
+    // brotli and gzip precompress it and its JS for the server.
+    ("wasm-opt", "binaryen"),
+    ("brotli", "brotli"),
+    ("gzip", "gzip"),
 ];
 
 fn is_root() -> bool {
@@ -81,6 +86,22 @@ fn installed_wasm_bindgen_version() -> Option<String> {
 
 pub(crate) fn wasm_bindgen_cli() -> PathBuf {
     on_path("wasm-bindgen").unwrap_or_else(|| cargo_bin_dir().join("wasm-bindgen"))
+}
+
+/// A program that [`setup`] installs from Debian (`APT_PACKAGES`): its path,
+/// or, if it is still missing, an error with the exact command that installs
+/// it. Never a silent skip.
+pub(crate) fn apt_tool(program: &str) -> Result<PathBuf, String> {
+    if let Some(path) = on_path(program) {
+        return Ok(path);
+    }
+    let package = APT_PACKAGES
+        .iter()
+        .find(|(bin, _)| *bin == program)
+        .map_or(program, |(_, pkg)| *pkg);
+    Err(format!(
+        "`{program}` is not on PATH; install it with:\n  sudo apt-get install -y {package}"
+    ))
 }
 
 pub(crate) fn browser_env(cmd: &mut Command) -> &mut Command {

@@ -4,7 +4,7 @@
 //! ```text
 //! bench-report suites          (one line each: name, criterion bench target or -)
 //! bench-report render [--doc BENCHMARKS.md] [--results DIR]
-//! bench-report browser --log FILE --visits FILE [--results DIR]
+//! bench-report browser --log FILE --visits FILE --first-visit FILE [--results DIR]
 //! ```
 //!
 //! `DIR` defaults to `$BENCH_RESULTS_DIR`, else `$CARGO_TARGET_DIR/bench-results`.
@@ -33,11 +33,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("render") => render(&flag("--doc").unwrap_or_else(|| "BENCHMARKS.md".into()), &dir),
-        Some("browser") => match (flag("--log"), flag("--visits")) {
-            (Some(log), Some(visits)) => browser(&log, &visits, &dir),
-            _ => Err("browser needs --log FILE and --visits FILE".into()),
+        Some("browser") => match (flag("--log"), flag("--visits"), flag("--first-visit")) {
+            (Some(log), Some(visits), Some(first)) => browser(&log, &visits, &first, &dir),
+            _ => Err("browser needs --log FILE, --visits FILE and --first-visit FILE".into()),
         },
-        _ => Err("usage: bench-report suites | render [--doc FILE] [--results DIR] | browser --log FILE --visits FILE [--results DIR]".into()),
+        _ => Err("usage: bench-report suites | render [--doc FILE] [--results DIR] | browser --log FILE --visits FILE --first-visit FILE [--results DIR]".into()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,13 +73,19 @@ fn render(doc_path: &Path, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn browser(log: &Path, visits: &Path, dir: &Path) -> Result<(), String> {
+fn browser(log: &Path, visits: &Path, first_visit: &Path, dir: &Path) -> Result<(), String> {
     let log_text =
         std::fs::read_to_string(log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
     let visits_text = std::fs::read_to_string(visits).map_err(|e| {
         format!(
             "the journey wrote no {} ({e}): the browser suite's visits table cannot be made",
             visits.display()
+        )
+    })?;
+    let first_text = std::fs::read_to_string(first_visit).map_err(|e| {
+        format!(
+            "the first-visit benchmark wrote no {} ({e}): its rows cannot be made",
+            first_visit.display()
         )
     })?;
     let tiers = benches::browser::tier_rows(&log_text);
@@ -91,11 +97,12 @@ fn browser(log: &Path, visits: &Path, dir: &Path) -> Result<(), String> {
     }
     let mut results = SuiteResults::new(
         "browser",
-        "tiers: medians of 100 batch means per side, alternating with the baseline, headless Chromium; visits: the journey's 50-picture list, one run",
+        "tiers: medians of 100 batch means per side, alternating with the baseline, headless Chromium; visits: the journey's 50-picture list, one run; first visits: medians over rounds, each round one visit of each build in a new Chromium, in alternating order",
     );
     for row in tiers
         .into_iter()
         .chain(benches::browser::visit_rows(&visits_text)?)
+        .chain(benches::browser::first_visit_rows(&first_text)?)
     {
         results.push(row);
     }

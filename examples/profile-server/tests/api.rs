@@ -536,6 +536,75 @@ async fn serves_the_web_directory_at_root() {
     server.shutdown().await;
 }
 
+/// The web app's precompressed copies (`cargo xtask` writes `.br` and `.gz`
+/// beside the wasm and the JS): each request gets the best encoding its
+/// `Accept-Encoding` allows, with `Content-Encoding` and the file's own type;
+/// without one, or refusing both, the file itself. Every answer says `Vary:
+/// Accept-Encoding`. (Stand-in bytes: the real build is the journey's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_precompressed_copies_by_accept_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
+    file("index.html", b"<!doctype html><p>page</p>");
+    file("app_bg.wasm", b"\0asm identity bytes");
+    file("app_bg.wasm.br", b"brotli bytes");
+    file("app_bg.wasm.gz", b"gzip bytes");
+    let mut config = Config::embedded();
+    config.web_dir = Some(dir.path().to_owned());
+    let server = serve(config).await.unwrap();
+    let get = async |path: &str, accept: Option<&str>| {
+        let mut request = client().get(format!("{}{path}", server.url()));
+        if let Some(accept) = accept {
+            request = request.header("accept-encoding", accept);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path} {accept:?}");
+        let headers = response.headers().clone();
+        let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        let vary = header("vary").unwrap_or_default();
+        assert!(
+            vary.to_ascii_lowercase().contains("accept-encoding"),
+            "{path} {accept:?}: vary {vary:?}"
+        );
+        let body = response.bytes().await.unwrap().to_vec();
+        (header("content-encoding"), header("content-type"), body)
+    };
+    let wasm = |encoding: Option<&str>, body: &[u8]| {
+        (
+            encoding.map(str::to_owned),
+            Some("application/wasm".to_owned()),
+            body.to_vec(),
+        )
+    };
+    for (accept, expected) in [
+        (Some("br, gzip"), wasm(Some("br"), b"brotli bytes")),
+        (
+            Some("gzip, deflate, br, zstd"),
+            wasm(Some("br"), b"brotli bytes"),
+        ),
+        (Some("gzip"), wasm(Some("gzip"), b"gzip bytes")),
+        (Some("br;q=0, gzip"), wasm(Some("gzip"), b"gzip bytes")),
+        (
+            Some("br;q=0.5, gzip;q=1"),
+            wasm(Some("gzip"), b"gzip bytes"),
+        ),
+        (None, wasm(None, b"\0asm identity bytes")),
+        (Some("identity"), wasm(None, b"\0asm identity bytes")),
+        (Some("zstd"), wasm(None, b"\0asm identity bytes")),
+    ] {
+        assert_eq!(
+            get("/app_bg.wasm", accept).await,
+            expected,
+            "Accept-Encoding {accept:?}"
+        );
+    }
+    // A file without copies goes out as it is, whatever the request accepts.
+    let (encoding, _, body) = get("/", Some("br, gzip")).await;
+    assert_eq!(encoding, None);
+    assert_eq!(body, b"<!doctype html><p>page</p>");
+    server.shutdown().await;
+}
+
 /// Two instances sharing one real redis-server and one S3: a PUT on A
 /// invalidates B's in-process tier over the bus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 //! (`naturalWidth > 0`):
 //!
 //! 1. first visit: all from the network, and every tier then holds every
-//!    picture;
+//!    picture; the page's wasm and JS came as their brotli copies;
 //! 2. the list shown again in the same page: all from memory;
 //! 3. a reload: all from LocalStorage, the images' bytes from the browser's
 //!    HTTP cache (S3 served no object request meanwhile); the page's
@@ -33,6 +33,10 @@
 //! printed; the page's monitor as `page-monitor.png`, the dashboard as
 //! `dashboard.png`), with `visits.json` (tier counts and whole-list time per
 //! visit).
+//!
+//! Beside it, `the_page_weighs_at_most_250_kb_over_the_wire` fetches the
+//! page's wasm and JS as Chromium asks for them (issue 21's budget), as gzip
+//! only and with no `Accept-Encoding`.
 //!
 //! Needs the built web app: `PROFILE_WEB_DIR` (set by `cargo xtask test`, which
 //! builds it first). Without it the test fails, it never skips. Compiled only
@@ -537,6 +541,103 @@ async fn check_dashboard(browser: &Browser, origin: &str) {
     browser.screenshot("dashboard").await;
 }
 
+/// `body` decoded by Debian's `brotli` or `gzip` (`cargo xtask setup`
+/// installs both).
+fn decode(program: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(["-d", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): sudo apt-get install -y {program}")
+        });
+    let mut stdin = child.stdin.take().unwrap();
+    let input = body.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "{program} -d failed");
+    out.stdout
+}
+
+/// Issue 21's budget for the page's own weight: every wasm and JS file of the
+/// built app (wasm-bindgen's module and snippets, the wasm, the service
+/// worker), fetched with the `Accept-Encoding` Chromium sends, weighs at most
+/// 250 KB over the wire (bodies; headers not counted). The wasm and the
+/// module come brotli-encoded, their bodies being the build's `.br` copies,
+/// which decode to the files; a client that accepts only gzip gets the `.gz`
+/// copies, and one that sends no `Accept-Encoding` the files themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_weighs_at_most_250_kb_over_the_wire() {
+    use support::weight::{fetch_page, BUDGET, CHROMIUM_ACCEPTS};
+    let dir = web_dir();
+    let mut config = Config::embedded();
+    config.web_dir = Some(dir.clone());
+    let server = serve(config).await.unwrap();
+    let origin = server.url();
+    let file = |name: &str| std::fs::read(dir.join(name)).unwrap();
+
+    let (plain, plain_total) = fetch_page(&dir, &origin, None).await;
+    for s in &plain {
+        assert_eq!(s.encoding, None, "{}: no Accept-Encoding", s.file);
+        assert!(s.body == file(&s.file), "{}: not the file's bytes", s.file);
+    }
+    let mut totals = Vec::new();
+    for (accept, encoding, program) in
+        [(CHROMIUM_ACCEPTS, "br", "brotli"), ("gzip", "gzip", "gzip")]
+    {
+        let suffix = if encoding == "br" { "br" } else { "gz" };
+        let (served, total) = fetch_page(&dir, &origin, Some(accept)).await;
+        for s in &served {
+            let copy = format!("{}.{suffix}", s.file);
+            if dir.join(&copy).is_file() {
+                assert_eq!(
+                    s.encoding.as_deref(),
+                    Some(encoding),
+                    "{} ({accept})",
+                    s.file
+                );
+                assert!(s.body == file(&copy), "{}: not {copy}", s.file);
+                assert!(
+                    decode(program, &s.body) == file(&s.file),
+                    "{copy} does not decode to {}",
+                    s.file
+                );
+            } else {
+                assert_eq!(s.encoding, None, "{} ({accept})", s.file);
+                assert!(s.body == file(&s.file), "{}: not the file's bytes", s.file);
+            }
+        }
+        for heavy in ["profile_web_bg.wasm", "profile_web.js"] {
+            let s = served.iter().find(|s| s.file == heavy).unwrap();
+            assert_eq!(
+                s.encoding.as_deref(),
+                Some(encoding),
+                "{heavy} is not precompressed: build the app with `cargo xtask journey`"
+            );
+        }
+        let files: Vec<String> = served
+            .iter()
+            .map(|s| format!("{} {} B", s.file, s.body.len()))
+            .collect();
+        println!(
+            "page weight, Accept-Encoding {accept:?}: {total} B ({})",
+            files.join(", ")
+        );
+        totals.push(total);
+    }
+    println!("page weight, no Accept-Encoding: {plain_total} B");
+    assert!(
+        totals[0] <= BUDGET,
+        "the page's wasm + JS weigh {} B over the wire as Chromium asks for them, over the budget of {BUDGET} B",
+        totals[0]
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journey_five_visits_then_upload_in_two_windows() {
     // A copy of the built app, so step 7 can put a "new build" in its place.
@@ -558,6 +659,21 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     browser.goto(&page).await;
     browser.wait_list("the first visit", 1).await;
     visits.push(check_visit(&browser, "first", "network").await);
+    // The page itself came compressed: Chromium received the build's brotli
+    // copies of the wasm and its module and ran what they decode to.
+    let loaded = browser.loaded_code().await;
+    println!(
+        "first visit: {:.0} ms from the navigation to the 50th picture; wasm and JS (bytes over the wire, decoded): {loaded:?}",
+        browser.list_since_navigation_ms().await
+    );
+    for file in ["profile_web_bg.wasm", "profile_web.js"] {
+        let size = |name: &str| std::fs::metadata(site.path().join(name)).unwrap().len();
+        assert_eq!(
+            loaded.get(file),
+            Some(&(size(&format!("{file}.br")), size(file))),
+            "first visit: {file} did not come as its brotli copy: {loaded:?}"
+        );
+    }
     let report = browser.report().await;
     let users: Vec<String> = report["list"]["pictures"]
         .as_object()

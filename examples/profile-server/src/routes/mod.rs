@@ -19,6 +19,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::{SetResponseHeader, SetResponseHeaderLayer};
+use tower_http::set_status::SetStatus;
+use tower_layer::Layer;
 
 use crate::app::AppState;
 use error::ApiError;
@@ -42,15 +45,33 @@ pub(crate) fn router(state: &Arc<AppState>) -> Router {
         .route("/api/{*rest}", get(api_not_found).put(api_not_found));
     let api = api.with_state(state.clone());
     let app = match &state.web_dir {
-        Some(dir) => api.fallback_service(
-            ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("index.html"))),
-        ),
+        Some(dir) => api.fallback_service(web_app(dir)),
         None => api.fallback(no_web_app),
     };
     app.layer(axum::middleware::from_fn_with_state(
         state.limits.request_timeout,
         request_deadline,
     ))
+}
+
+/// The web app's files. A file the build precompressed (`<file>.br`,
+/// `<file>.gz` beside it: `cargo xtask` writes them for the wasm and the JS)
+/// goes out in the best encoding the request's `Accept-Encoding` allows, with
+/// its `Content-Encoding`; otherwise, and for every other file, the file as
+/// it is. Every answer says `Vary: Accept-Encoding`, so no HTTP cache hands one
+/// client's encoding to another. An unknown path gets index.html (status 404).
+fn web_app(
+    dir: &std::path::Path,
+) -> SetResponseHeader<ServeDir<SetStatus<ServeFile>>, HeaderValue> {
+    let files = ServeDir::new(dir)
+        .precompressed_br()
+        .precompressed_gzip()
+        .not_found_service(ServeFile::new(dir.join("index.html")));
+    SetResponseHeaderLayer::if_not_present(
+        header::VARY,
+        HeaderValue::from_static("accept-encoding"),
+    )
+    .layer(files)
 }
 
 /// A request that has not been answered within `timeout` gets `408

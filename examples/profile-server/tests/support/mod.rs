@@ -12,6 +12,9 @@ pub(crate) mod browser;
 /// The profile-web page as the journey reads it.
 #[cfg(feature = "journey")]
 pub(crate) mod page;
+/// The page's wasm and JS as the server sends them.
+#[cfg(feature = "journey")]
+pub(crate) mod weight;
 
 /// A client that never goes through a proxy (tests talk to 127.0.0.1 only).
 pub(crate) fn client() -> reqwest::Client {

@@ -71,6 +71,40 @@ impl Browser {
         .await
     }
 
+    /// The page's own wasm and JS as Chromium loaded them (Resource Timing),
+    /// by path: the body's bytes over the wire (`encodedBodySize`, 0 when
+    /// it came from a cache) and decoded (`decodedBodySize`).
+    pub(crate) async fn loaded_code(&self) -> BTreeMap<String, (u64, u64)> {
+        let loaded = self
+            .script(
+                "const out = {};
+                 for (const e of performance.getEntriesByType('resource')) {
+                   const u = new URL(e.name);
+                   if (u.origin !== location.origin || !/\\.(wasm|js)$/.test(u.pathname)) continue;
+                   out[u.pathname.slice(1)] = [e.encodedBodySize, e.decodedBodySize];
+                 }
+                 return out;",
+                vec![],
+            )
+            .await;
+        serde_json::from_value(loaded.clone())
+            .unwrap_or_else(|_| panic!("resource timing: {loaded}"))
+    }
+
+    /// Milliseconds from the navigation to the friend list's last picture
+    /// drawn (`performance.now()` counts from the navigation): the visit as
+    /// a person sees it, the page's own download, compile and start
+    /// included.
+    pub(crate) async fn list_since_navigation_ms(&self) -> f64 {
+        let report = self.report().await;
+        let pictures = report["list"]["pictures"].as_object().unwrap();
+        assert!(!pictures.is_empty(), "no picture drawn: {report}");
+        pictures
+            .values()
+            .map(|p| p["at_ms"].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    }
+
     /// What each tier holds for `user` (`cacheMonitor.peek`).
     pub(crate) async fn peek(&self, user: &str) -> Value {
         self.script_async(
