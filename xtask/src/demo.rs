@@ -105,11 +105,8 @@ pub(crate) fn build_web_as(build: WebBuild) -> Result<PathBuf, String> {
             .arg(&wasm),
     )?;
     let bg = out.join(format!("{}_bg.wasm", WEB_PACKAGE.replace('-', "_")));
-    if let Some((wasm_opt, brotli, gzip)) = &tools {
+    if let Some((wasm_opt, _, _)) = &tools {
         shrink(wasm_opt, &bg)?;
-        // Only what wasm-bindgen wrote: index.html and sw.js, copied next, stay
-        // uncompressed (small, and the files a deploy rewrites).
-        precompress(&out, brotli, gzip)?;
     }
     let mut statics: Vec<PathBuf> = fs::read_dir(WEB_STATIC)
         .map_err(|e| format!("cannot read {WEB_STATIC}: {e}"))?
@@ -128,6 +125,11 @@ pub(crate) fn build_web_as(build: WebBuild) -> Result<PathBuf, String> {
         };
         fs::write(out.join(name), bytes)
             .map_err(|e| format!("cannot write {}: {e}", out.join(name).display()))?;
+    }
+    // Last, once sw.js carries the build id: the wasm and every script (the
+    // service worker's too) get their compressed copies.
+    if let Some((_, brotli, gzip)) = &tools {
+        precompress(&out, brotli, gzip)?;
     }
     println!("xtask: web app build {id} in {}", out.display());
     fs::canonicalize(&out).map_err(|e| e.to_string())
