@@ -1149,3 +1149,65 @@ async fn the_binary_shuts_down_gracefully_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+/// A finished seed leaves a marker in the bucket: an instance started later
+/// (a rolling restart) reads it instead of looking up every user, and seeds
+/// again once the marker is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_instance_trusts_the_seed_marker_and_seeds_again_without_it() {
+    use object_store::path::Path;
+    use object_store::ObjectStoreExt;
+
+    let s3 = profile_server::EmbeddedS3::start().await.unwrap();
+    let mut config = Config::embedded();
+    config.s3 = Some(s3.public_config());
+    config.users = 12;
+    let first = serve(config.clone()).await.unwrap();
+    assert_eq!(
+        s3.requests().put_object,
+        12 + 1,
+        "12 pictures and the marker"
+    );
+    let store = first.app().urls().store().clone();
+    let marker = Path::from("profile-server/seeded-12");
+    store.head(&marker).await.expect("the marker is written");
+    first.shutdown().await;
+
+    // User 7 loses its picture; with the marker, a new instance does not look.
+    let seven = first_object_of(&store, "7").await;
+    store.delete(&seven).await.unwrap();
+    let second = serve(config.clone()).await.unwrap();
+    assert_eq!(
+        s3.requests().put_object,
+        13,
+        "no user looked up, none seeded"
+    );
+    second.shutdown().await;
+
+    // Without the marker, the next start looks and gives user 7 a picture.
+    store.delete(&marker).await.unwrap();
+    let third = serve(config).await.unwrap();
+    assert_eq!(
+        s3.requests().put_object,
+        13 + 2,
+        "user 7 and the marker again"
+    );
+    assert!(third.app().urls().head("7").await.unwrap().is_some());
+    third.shutdown().await;
+}
+
+/// The first object stored under `user`'s directory.
+async fn first_object_of(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    user: &str,
+) -> object_store::path::Path {
+    use futures_util::TryStreamExt;
+    let all: Vec<_> = store.list(None).try_collect().await.unwrap();
+    all.into_iter()
+        .map(|m| m.location)
+        .find(|p| {
+            let key = p.to_string();
+            key.split('/').rev().nth(1) == Some(user)
+        })
+        .unwrap_or_else(|| panic!("no object of user {user}"))
+}
