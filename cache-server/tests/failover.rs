@@ -188,6 +188,11 @@ struct Findings {
     /// A read older than one the same instance returned before.
     backwards: Vec<String>,
     reads: usize,
+    /// Reads A and B (the instances that saw the failover) got from Redis
+    /// after it: Redis is trusted again once the failover is voided.
+    redis_hits_after: usize,
+    /// Whether the failover happened (from then on Redis hits are counted).
+    failed_over: bool,
 }
 
 /// Reads every key on `inst`, checking each against the newest version an
@@ -204,6 +209,12 @@ async fn read_all(
             continue;
         };
         f.reads += 1;
+        if f.failed_over
+            && inst.name != "C"
+            && matches!(hit.source, cache_core::Source::Tier { index: 1, .. })
+        {
+            f.redis_hits_after += 1;
+        }
         let v = version_of(hit.value());
         let min = floor.get(&k).copied().unwrap_or(0);
         if v < min {
@@ -263,6 +274,13 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn run(fault: Fault, handling: Handling) -> Findings {
     let _one = ONE_AT_A_TIME.lock().await;
+    let t0 = Instant::now();
+    let phase = |what: &str| {
+        println!(
+            "{fault:?}, {handling:?}: {what} at {:.1} s",
+            t0.elapsed().as_secs_f64()
+        )
+    };
     let mut deployment = match fault {
         Fault::SentinelFailover | Fault::KillPrimary => {
             Deployment::Sentinel(SentinelGroup::start().await)
@@ -271,6 +289,7 @@ async fn run(fault: Fault, handling: Handling) -> Findings {
             Deployment::Cluster(ReplicatedCluster::start().await, RedisServer::start())
         }
     };
+    phase("deployment up");
     let version = Arc::new(AtomicU64::new(1));
     let a = instance("A", &deployment, version.clone(), handling).await;
     let b = instance("B", &deployment, version.clone(), handling).await;
@@ -280,6 +299,7 @@ async fn run(fault: Fault, handling: Handling) -> Findings {
     for inst in [&a, &b] {
         read_all(inst, &floor, &mut seen, &mut f).await;
     }
+    phase("instances up");
     // Confirmed while the replica keeps up.
     version.store(2, Ordering::SeqCst);
     invalidate(&a, 0..5, 2, &mut floor, &mut f).await;
@@ -294,6 +314,7 @@ async fn run(fault: Fault, handling: Handling) -> Findings {
     for inst in [&a, &b] {
         read_all(inst, &floor, &mut seen, &mut f).await;
     }
+    phase("invalidated during the stall");
     // A replica is promoted without what it missed. Until the old primary
     // is demoted, it answers too (and clients still on it read what it
     // has): the check is about after.
@@ -330,9 +351,11 @@ async fn run(fault: Fault, handling: Handling) -> Findings {
         }
         _ => unreachable!("{fault:?} on another deployment"),
     });
-    println!("{fault:?}: the replica is the primary");
+    phase("the replica is the primary");
+    f.failed_over = true;
     // Reads for 4 s after the promotion, on A, B and a fresh instance.
     let c = instance("C", &deployment, version.clone(), handling).await;
+    phase("a fresh instance up");
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
         for inst in [&a, &b, &c] {
@@ -340,16 +363,19 @@ async fn run(fault: Fault, handling: Handling) -> Findings {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    phase("reads over");
     for inst in [&a, &b, &c] {
         inst.cache.bus().shutdown().await;
     }
+    phase("done");
     println!(
-        "{fault:?}, handling {handling:?}: {} invalidations Ok, {} failed, {} reads, {} stale, {} backwards; first: {:?} {:?}",
+        "{fault:?}, handling {handling:?}: {} invalidations Ok, {} failed, {} reads, {} stale, {} backwards ({} Redis hits on A and B after the failover); first: {:?} {:?}",
         f.ok,
         f.failed,
         f.reads,
         f.stale.len(),
         f.backwards.len(),
+        f.redis_hits_after,
         f.stale.first(),
         f.backwards.first()
     );
@@ -370,6 +396,12 @@ fn assert_held(f: &Findings) {
         f.backwards.is_empty(),
         "reads went backwards: {:?}",
         f.backwards
+    );
+    // The void after the failover needs no replica (the promoted one has
+    // none after a kill): the instances that saw it trust Redis again.
+    assert!(
+        f.redis_hits_after > 0,
+        "A and B never read from Redis after the failover: {f:?}"
     );
 }
 

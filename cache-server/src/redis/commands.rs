@@ -21,6 +21,16 @@ pub(super) use super::codec::Codec;
 /// The most bumps a scope's log keeps (it also drops those older than twice
 /// the fence horizon). A stamp older than the last dropped one is refused.
 const SCOPE_LOG_ENTRIES: i64 = 1024;
+
+/// Whether a write must reach the configured replicas to count as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// `WAIT` for them (every removal, write-through and `clear`).
+    ForReplicas,
+    /// Done once the primary has it: the void after a failover (a later
+    /// failover that loses it is itself seen, and voids again).
+    PrimaryOnly,
+}
 use super::failover::{self};
 
 use super::{scripts, Inner};
@@ -227,7 +237,15 @@ impl<C> Inner<C> {
     /// keys starting with `prefix` (all of them when it is empty), so every
     /// fill of such a key stamped before is refused; `remove_prefix` and
     /// `clear` do this before they delete.
-    pub(super) async fn bump_scopes(&self, prefix: &str, operation: Operation) -> Result<()> {
+    ///
+    /// `wait`: whether the bump must reach the configured replicas
+    /// ([`Replication`](super::Replication)) to count as done.
+    pub(super) async fn bump_scopes(
+        &self,
+        prefix: &str,
+        operation: Operation,
+        wait: Wait,
+    ) -> Result<()> {
         let mut encoded = String::with_capacity(prefix.len() + 8);
         key::encode_into(prefix, &mut encoded);
         let keep_us = 2 * u64::try_from(self.horizon.as_micros()).unwrap_or(u64::MAX / 4);
@@ -251,7 +269,10 @@ impl<C> Inner<C> {
         for result in self.eval_all(client, calls).await {
             result.map_err(|e| self.error(operation, e))?;
         }
-        self.replicated(client, slots, operation).await
+        match wait {
+            Wait::ForReplicas => self.replicated(client, slots, operation).await,
+            Wait::PrimaryOnly => Ok(()),
+        }
     }
 
     /// Waits until the configured number of replicas have every write made on

@@ -33,7 +33,7 @@ pub(crate) use builder::{client_builder, describe_connect_error};
 pub use builder::{default_reconnect_policy, RedisTierBuilder};
 pub(crate) use codec::ENVELOPE_FAMILY;
 pub use codec::{Codec, MsgPackCodec};
-use commands::{generation_of, ScriptCall};
+use commands::{generation_of, ScriptCall, Wait};
 use failover::Guard;
 pub use failover::Replication;
 pub use layout::DEFAULT_CLUSTER_SHARDS;
@@ -483,7 +483,12 @@ impl<C> Inner<C> {
 
     /// Deletes every value key matching `pattern` (SCAN on every primary +
     /// UNLINK); generations stay.
-    async fn unlink_matching(&self, pattern: String, operation: Operation) -> Result<()> {
+    async fn unlink_matching(
+        &self,
+        pattern: String,
+        operation: Operation,
+        wait: Wait,
+    ) -> Result<()> {
         let client = self.pool.next();
         let stream = if self.clustered {
             client
@@ -523,7 +528,10 @@ impl<C> Inner<C> {
             }
         }
         // The values' removal must survive a failover as the scope bump does.
-        self.replicated(client, slots, operation).await
+        match wait {
+            Wait::ForReplicas => self.replicated(client, slots, operation).await,
+            Wait::PrimaryOnly => Ok(()),
+        }
     }
 }
 
@@ -661,9 +669,13 @@ where
     /// deletes the values matching it.
     async fn remove_matching(&self, prefix: &str, operation: Operation) -> Result<()> {
         let inner = &*self.inner;
-        inner.bump_scopes(prefix, operation).await?;
+        inner
+            .bump_scopes(prefix, operation, Wait::ForReplicas)
+            .await?;
         let pattern = inner.layout.pattern(&inner.namespace, prefix);
-        inner.unlink_matching(pattern, operation).await
+        inner
+            .unlink_matching(pattern, operation, Wait::ForReplicas)
+            .await
     }
 }
 

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_core::Operation;
+
+use super::commands::Wait;
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{LuaInterface, Value};
 
@@ -130,10 +132,19 @@ impl<C> Inner<C> {
                     "Redis failed over to another primary: voiding what it holds (a removal may have been lost)"
                 );
                 self.load_scripts().await;
-                let voided = match self.bump_scopes("", Operation::Clear).await {
+                // On the primary only: waiting for replicas here would keep
+                // the tier distrusted (every read a miss) for as long as the
+                // new primary has none, as after the old one was killed. A
+                // later failover to a replica without the void is itself a
+                // failover, seen by this look, and voided again.
+                let voided = match self
+                    .bump_scopes("", Operation::Clear, Wait::PrimaryOnly)
+                    .await
+                {
                     Ok(()) => {
                         let pattern = self.layout.pattern(&self.namespace, "");
-                        self.unlink_matching(pattern, Operation::Clear).await
+                        self.unlink_matching(pattern, Operation::Clear, Wait::PrimaryOnly)
+                            .await
                     }
                     Err(e) => Err(e),
                 };
