@@ -242,6 +242,14 @@ fn the_browser_suite_is_made_from_the_benchmark_log_and_the_visits() {
             {"visit": "offline", "list_ms": 9.0, "tiers": {"local-storage": 50}}]"#,
     )
     .expect("visits");
+    let first_visit = dir.path().join("first_visit.json");
+    std::fs::write(
+        &first_visit,
+        r#"{"weight": {"shipped": 240000, "as_before": 1500000}, "visits": [
+            {"round": 0, "network": "loopback", "build": "shipped", "page_ms": 900.0},
+            {"round": 0, "network": "loopback", "build": "as_before", "page_ms": 1000.0}]}"#,
+    )
+    .expect("first visit");
     let results = dir.path().join("results");
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let out = bench_report(&[
@@ -250,6 +258,8 @@ fn the_browser_suite_is_made_from_the_benchmark_log_and_the_visits() {
         &s(&log),
         "--visits",
         &s(&visits),
+        "--first-visit",
+        &s(&first_visit),
         "--results",
         &s(&results),
     ]);
@@ -262,20 +272,31 @@ fn the_browser_suite_is_made_from_the_benchmark_log_and_the_visits() {
         .expect("read")
         .expect("browser.json");
     let names: Vec<&str> = browser.rows.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names.len(), 3, "{names:?}");
+    // The tier row, the two visits, then the page's weight and its first
+    // visit beside the previous build.
+    assert_eq!(names.len(), 5, "{names:?}");
     assert_eq!(browser.rows[0].ratio, 1.40);
     assert!(names[2].contains("offline") && browser.rows[2].ratio == 0.05);
+    assert_eq!(browser.rows[3].value, 240_000.0, "{names:?}");
+    assert_eq!(browser.rows[4].ratio, 0.9, "{names:?}");
 
-    // No visits file: the suite fails, saying why.
-    let out = bench_report(&[
-        "browser",
-        "--log",
-        &s(&log),
-        "--visits",
-        &s(&dir.path().join("absent.json")),
-        "--results",
-        &s(&results),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("wrote no"));
+    // No visits file, or no first-visit file: the suite fails, saying why.
+    for (visits, first_visit) in [
+        (dir.path().join("absent.json"), first_visit.clone()),
+        (visits.clone(), dir.path().join("absent.json")),
+    ] {
+        let out = bench_report(&[
+            "browser",
+            "--log",
+            &s(&log),
+            "--visits",
+            &s(&visits),
+            "--first-visit",
+            &s(&first_visit),
+            "--results",
+            &s(&results),
+        ]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("wrote no"));
+    }
 }
