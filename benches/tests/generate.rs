@@ -252,17 +252,20 @@ fn the_browser_suite_is_made_from_the_benchmark_log_and_the_visits() {
     .expect("first visit");
     let results = dir.path().join("results");
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    let out = bench_report(&[
-        "browser",
-        "--log",
-        &s(&log),
-        "--visits",
-        &s(&visits),
-        "--first-visit",
-        &s(&first_visit),
-        "--results",
-        &s(&results),
-    ]);
+    let browser_report = |visits: &Path, first_visit: &Path| {
+        bench_report(&[
+            "browser",
+            "--log",
+            &s(&log),
+            "--visits",
+            &s(visits),
+            "--first-visit",
+            &s(first_visit),
+            "--results",
+            &s(&results),
+        ])
+    };
+    let out = browser_report(&visits, &first_visit);
     assert!(
         out.status.success(),
         "{}",
@@ -285,17 +288,7 @@ fn the_browser_suite_is_made_from_the_benchmark_log_and_the_visits() {
         (dir.path().join("absent.json"), first_visit.clone()),
         (visits.clone(), dir.path().join("absent.json")),
     ] {
-        let out = bench_report(&[
-            "browser",
-            "--log",
-            &s(&log),
-            "--visits",
-            &s(&visits),
-            "--first-visit",
-            &s(&first_visit),
-            "--results",
-            &s(&results),
-        ]);
+        let out = browser_report(&visits, &first_visit);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("wrote no"));
     }
