@@ -149,6 +149,10 @@ impl RedisServer {
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "yes", "--loglevel", "warning"])
+            // Redis 7 waits 5 s before a diskless full sync, for more
+            // replicas to join it; here each replica (and each demoted
+            // primary) syncs alone, so it starts at once.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&self.dir);
         cmd.args(&self.extra);

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sentinel::{pipe, wait};
+use super::sentinel::{pipe, wait, wait_caught_up};
 use super::{cluster_url, free_port, temp_dir, LoopbackProxy, RedisServer};
 
 /// The slots each of the three shards serves.
@@ -48,6 +48,14 @@ fn node_id(node: &RedisServer) -> String {
         .map(|id| id.trim().to_owned())
         .filter(|id| !id.is_empty())
         .expect("CLUSTER MYID")
+}
+
+/// A numeric field of `CLUSTER INFO`.
+fn cluster_info_field(node: &RedisServer, field: &str) -> Option<u64> {
+    let info = node.cli(&["CLUSTER", "INFO"])?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn role(node: &RedisServer) -> String {
@@ -156,6 +164,30 @@ impl ReplicatedCluster {
                 })
             },
         );
+        // A new cluster's primaries start with colliding config epochs,
+        // which the nodes resolve by bumping the current epoch. A replica
+        // that asks for votes before it has heard the newest epoch is
+        // refused, and retries only after twice the node timeout (10 s and
+        // more): wait until every node has the same current epoch and the
+        // primaries' config epochs are distinct.
+        wait(
+            "the nodes agree on the epochs",
+            Duration::from_secs(30),
+            || {
+                let current: Vec<_> = all()
+                    .map(|n| cluster_info_field(n, "cluster_current_epoch"))
+                    .collect();
+                let mut mine: Vec<_> = self
+                    .primaries
+                    .iter()
+                    .map(|n| cluster_info_field(n, "cluster_my_epoch"))
+                    .collect();
+                mine.sort_unstable();
+                mine.dedup();
+                current.iter().all(|e| e.is_some() && *e == current[0])
+                    && mine.len() == self.primaries.len()
+            },
+        );
     }
 
     /// `redis-cluster://127.0.0.1:<proxy 0>?node=127.0.0.1:<proxy 1>&node=...`:
@@ -176,8 +208,15 @@ impl ReplicatedCluster {
     }
 
     /// Holds (or lets go of) everything on every replication link: the
-    /// primaries go on accepting writes their replicas do not get.
+    /// primaries go on accepting writes their replicas do not get. Before a
+    /// stall it waits until each replica has what its primary wrote so far
+    /// (blocking: inside tokio, call it in `block_in_place`).
     pub fn stall_replication(&self, on: bool) {
+        if on && !self.stall.load(Ordering::SeqCst) {
+            for (primary, replica) in self.primaries.iter().zip(&self.replicas) {
+                wait_caught_up(primary, replica);
+            }
+        }
         self.stall.store(on, Ordering::SeqCst);
     }
 

@@ -49,7 +49,7 @@ impl Drop for Sentinel {
 }
 
 /// A primary, a replica and three Sentinels (quorum 2, primary down after
-/// 1 s), all on loopback. Everything is killed on drop.
+/// 1 s, `INFO` and hello periods of 500 ms), all on loopback. Everything is killed on drop.
 #[derive(Debug)]
 pub struct SentinelGroup {
     primary: RedisServer,
@@ -58,6 +58,28 @@ pub struct SentinelGroup {
     stall: Arc<AtomicBool>,
     sentinels: Vec<Sentinel>,
     dir: PathBuf,
+}
+
+/// A field of `INFO replication` (`master_repl_offset`, ...).
+fn replication_field(node: &RedisServer, field: &str) -> Option<u64> {
+    let info = node.cli(&["INFO", "replication"])?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until `replica` has applied everything `primary` had written when
+/// this was called (blocking; up to 10 s): a stall that starts after this
+/// holds back only what comes later.
+pub(super) fn wait_caught_up(primary: &RedisServer, replica: &RedisServer) {
+    let Some(written) = replication_field(primary, "master_repl_offset") else {
+        return;
+    };
+    wait(
+        "the replica catches up before the stall",
+        Duration::from_secs(10),
+        || replication_field(replica, "slave_repl_offset").is_some_and(|o| o >= written),
+    );
 }
 
 pub(super) fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
@@ -154,6 +176,31 @@ impl SentinelGroup {
         };
         let replica_port = group.replica.port();
         tokio::task::block_in_place(|| {
+            // A Sentinel looks at the replicas (`INFO`) every 10 s and says
+            // hello every 2 s; it demotes an old primary that still says
+            // `role:master` only after four hellos. Real periods would make
+            // each failover's demotion take 10 to 20 s: `SENTINEL DEBUG`
+            // (Redis 7) shortens them, as Redis's own Sentinel tests do.
+            for s in &group.sentinels {
+                wait("the sentinel answers", Duration::from_secs(10), || {
+                    cli(s.port, &["PING"]).is_some_and(|p| p.trim() == "PONG")
+                });
+                let out = cli(
+                    s.port,
+                    &[
+                        "SENTINEL",
+                        "DEBUG",
+                        "info-period",
+                        "500",
+                        "publish-period",
+                        "500",
+                    ],
+                );
+                assert!(
+                    out.as_deref().is_some_and(|o| o.trim() == "OK"),
+                    "SENTINEL DEBUG: {out:?}"
+                );
+            }
             wait("the replica is in sync", Duration::from_secs(20), || {
                 group
                     .replica
@@ -220,7 +267,12 @@ impl SentinelGroup {
 
     /// Holds (or lets go of) everything on the replica's replication link:
     /// the primary goes on accepting writes the replica does not get.
+    /// Before a stall it waits until the replica has what the primary
+    /// wrote so far (blocking: inside tokio, call it in `block_in_place`).
     pub fn stall_replication(&self, on: bool) {
+        if on && !self.stall.load(Ordering::SeqCst) {
+            wait_caught_up(&self.primary, &self.replica);
+        }
         self.stall.store(on, Ordering::SeqCst);
     }
 
