@@ -248,18 +248,41 @@ impl ReplicatedCluster {
     /// Waits until shard `i`'s replica is a primary and every live node
     /// says `cluster_state:ok` (blocking; up to 30 s).
     pub fn wait_for_promotion(&self, i: usize) {
-        wait("the promotion", Duration::from_secs(30), || {
+        let promoted = || {
             role(&self.replicas[i]) == "master"
-                && self
-                    .primaries
-                    .iter()
-                    .chain(&self.replicas)
-                    .filter(|n| n.is_running())
-                    .all(|n| {
-                        n.cli(&["CLUSTER", "INFO"])
-                            .is_some_and(|info| info.contains("cluster_state:ok"))
+                && self.live().all(|n| {
+                    n.cli(&["CLUSTER", "INFO"])
+                        .is_some_and(|info| info.contains("cluster_state:ok"))
+                })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !promoted() {
+            if std::time::Instant::now() > deadline {
+                let views: Vec<String> = self
+                    .live()
+                    .map(|n| {
+                        format!(
+                            "node {}: {}\n{}",
+                            n.port(),
+                            n.cli(&["CLUSTER", "INFO"]).unwrap_or_default(),
+                            n.cli(&["CLUSTER", "NODES"]).unwrap_or_default()
+                        )
                     })
-        });
+                    .collect();
+                panic!(
+                    "shard {i}'s promotion: not within 30 s. The nodes' views:\n{}",
+                    views.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = &RedisServer> {
+        self.primaries
+            .iter()
+            .chain(&self.replicas)
+            .filter(|n| n.is_running())
     }
 
     /// Waits until shard `i`'s first primary has become a replica of the
