@@ -80,6 +80,27 @@ fn record(c: &mut Criterion) {
             }))
         })
     });
+    // A chain's tier-0 hit as it usually comes (63 in 64 are not timed):
+    // placed by the monitor's own clock, or by the time the chain read for
+    // the hit's expiry check (`Observer::on_event_at`, the default clocks).
+    let untimed = Event {
+        kind: EventKind::Hit,
+        source: EventSource::Tier {
+            index: 0,
+            name: "memory",
+        },
+        key: "user:1:avatar",
+        latency: None,
+        bytes: 64,
+        error: None,
+    };
+    group.bench_function("monitor_untimed_hit_own_clock", |b| {
+        b.iter(|| monitor.on_event(black_box(&untimed)))
+    });
+    let at = SystemClock.now();
+    group.bench_function("monitor_untimed_hit_chains_time", |b| {
+        b.iter(|| monitor.on_event_at(black_box(&untimed), black_box(at)))
+    });
     group.finish();
     black_box(monitor.report());
 }

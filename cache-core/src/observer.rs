@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Error, MaybeSend, MaybeSync};
+use crate::{Error, MaybeSend, MaybeSync, Timestamp};
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,10 +118,41 @@ pub const FAST_PATH_TIMED_EVERY: u32 = 64;
 pub trait Observer: fmt::Debug + MaybeSend + MaybeSync + 'static {
     /// Called once per event.
     fn on_event(&self, event: &Event<'_>);
+
+    /// Called instead of [`Observer::on_event`] when the chain has just read
+    /// the wall clock for this event anyway: `at` is that time, from the
+    /// chain's default clock ([`SystemClock`](crate::SystemClock): never
+    /// behind the true time, at most 20 ms ahead). A tier hit's expiry check
+    /// reads it; a chain given another clock never calls this. An observer
+    /// that places events in time can use `at` instead of reading a clock
+    /// of its own on the hit path. The default ignores `at`.
+    ///
+    /// ```
+    /// use std::sync::Mutex;
+    /// use cache_core::{Event, Observer, Timestamp};
+    ///
+    /// #[derive(Debug, Default)]
+    /// struct LastSeen(Mutex<Option<Timestamp>>);
+    /// impl Observer for LastSeen {
+    ///     fn on_event(&self, _: &Event<'_>) {}
+    ///     fn on_event_at(&self, _: &Event<'_>, at: Timestamp) {
+    ///         *self.0.lock().unwrap() = Some(at);
+    ///     }
+    /// }
+    /// ```
+    #[inline]
+    fn on_event_at(&self, event: &Event<'_>, at: Timestamp) {
+        let _ = at;
+        self.on_event(event)
+    }
 }
 
 impl<O: Observer + ?Sized> Observer for Arc<O> {
     fn on_event(&self, event: &Event<'_>) {
         (**self).on_event(event)
+    }
+
+    fn on_event_at(&self, event: &Event<'_>, at: Timestamp) {
+        (**self).on_event_at(event, at)
     }
 }

@@ -1310,3 +1310,73 @@ async fn a_load_within_the_soft_timeout_is_waited_for() {
     let got = got.unwrap().unwrap();
     assert_eq!((got.value().as_str(), got.source), ("a@v2", Source::Origin));
 }
+
+/// Keeps how the chain called it: with a time, or without.
+#[derive(Debug, Default)]
+struct Timed {
+    without: AtomicUsize,
+    with: std::sync::Mutex<Vec<(EventKind, cache_core::Timestamp)>>,
+}
+
+impl cache_core::Observer for Timed {
+    fn on_event(&self, _: &cache_core::Event<'_>) {
+        self.without.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_event_at(&self, event: &cache_core::Event<'_>, at: cache_core::Timestamp) {
+        self.with.lock().unwrap().push((event.kind, at));
+    }
+}
+
+/// With the default clock, a hit hands the observer the time its expiry
+/// check read (so a monitor need not read a clock again); with a clock of
+/// the caller's, the observer is never handed a time.
+#[tokio::test]
+async fn a_hit_hands_the_observer_its_time_with_the_default_clock_only() {
+    let tier = Arc::new(MemoryTier::<String, String>::builder().name("l1").build());
+    let timed = Arc::new(Timed::default());
+    let cache = TieredCache::builder()
+        .observer(timed.clone())
+        .tier(Tier::shared(tier.clone()))
+        .build();
+    let now = cache_core::SystemClock.now();
+    tier.put(&k("a"), Entry::expiring_in(k("v"), now, HOUR))
+        .await
+        .unwrap();
+    let before = cache_core::SystemClock.now();
+    for _ in 0..3 {
+        cache.get(&k("a")).await.unwrap().unwrap();
+    }
+    let after = cache_core::SystemClock.now();
+    let with = timed.with.lock().unwrap().clone();
+    assert_eq!(with.len(), 3, "{with:?}");
+    for (kind, at) in with {
+        assert_eq!(kind, EventKind::Hit);
+        // The chain's clock re-anchors every 250 ms, by at most a tick.
+        let slack = Duration::from_millis(20);
+        assert!(
+            before.saturating_sub(slack) <= at && at <= after.saturating_add(slack),
+            "{at:?} outside [{before:?}, {after:?}]"
+        );
+    }
+    cache.get(&k("missing")).await.unwrap();
+    assert!(
+        timed.without.load(Ordering::Relaxed) >= 1,
+        "a miss has no time"
+    );
+
+    let clock = ManualClock::new();
+    let l1 = mem("l1", &clock);
+    l1.put(&k("a"), Entry::expiring_in(k("v"), clock.now(), HOUR))
+        .await
+        .unwrap();
+    let own = Arc::new(Timed::default());
+    let cache = TieredCache::builder()
+        .clock(clock.clone())
+        .observer(own.clone())
+        .tier(Tier::shared(l1))
+        .build();
+    cache.get(&k("a")).await.unwrap().unwrap();
+    assert!(own.with.lock().unwrap().is_empty());
+    assert!(own.without.load(Ordering::Relaxed) >= 1);
+}

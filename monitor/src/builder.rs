@@ -28,6 +28,8 @@ use crate::Monitor;
 #[must_use]
 pub struct MonitorBuilder {
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether `clock` is still the default [`CoarseClock`].
+    pub(crate) default_clock: bool,
     pub(crate) bucket: Duration,
     pub(crate) buckets: usize,
     /// Coarser rings for longer windows: bucket and depth.
@@ -55,6 +57,7 @@ impl Default for MonitorBuilder {
     fn default() -> Self {
         MonitorBuilder {
             clock: Arc::new(CoarseClock::new()),
+            default_clock: true,
             bucket: Duration::from_secs(60),
             buckets: 60,
             long: Vec::new(),
@@ -70,15 +73,20 @@ impl MonitorBuilder {
     /// The clock that places events in window buckets and stamps reports
     /// (default: [`CoarseClock`], a cheap wall clock; [`cache_core::SystemClock`]
     /// works too, at a few tens of nanoseconds more per event).
-    /// Latencies come from the chain, not from this clock.
+    /// Latencies come from the chain, not from this clock. With the default,
+    /// a chain's hit is placed by the time the chain read for it
+    /// ([`cache_core::Observer::on_event_at`]); a clock given here is read
+    /// for every event.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self.default_clock = false;
         self
     }
 
     /// The clock, already shared.
     pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.default_clock = false;
         self
     }
 

@@ -65,6 +65,9 @@ struct Baseline {
 
 struct Shared {
     clock: Arc<dyn Clock>,
+    /// Whether `clock` is the default wall clock: then a chain's own time of
+    /// an event ([`Observer::on_event_at`]) places it as well.
+    wall_clock: bool,
     started: Timestamp,
     prefix: String,
     /// Set by [`MonitorBuilder::export_metrics`].
@@ -159,8 +162,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// measured: every call that waits, and one in
 /// [`cache_core::FAST_PATH_TIMED_EVERY`] in-process answers per thread
 /// ([`Report::latency_timed_every`]); the histograms and means are over those.
-/// Every event reads the monitor's clock to find its window bucket (a
-/// comparison with the next bucket's start); once per bucket (a minute by
+/// Every event is placed in time to find its window bucket (a comparison
+/// with the next bucket's start): a chain's hit by the time the chain read
+/// for its expiry check ([`Observer::on_event_at`], with the default clock),
+/// any other event by a read of the monitor's clock; once per bucket (a minute by
 /// default) one event also copies the counters into the window ring under a
 /// mutex that other events never wait for. Key tracking, when enabled, takes a mutex per read.
 ///
@@ -241,6 +246,7 @@ impl Monitor {
             #[cfg(feature = "metrics")]
             export: b.export.then(|| crate::export::Names::new(&b.prefix)),
             clock: b.clock,
+            wall_clock: b.default_clock,
             started: now,
             prefix: b.prefix,
             tiers: (0..MAX_TIERS)
@@ -309,15 +315,22 @@ impl Monitor {
     /// Records one event. This is what [`Observer::on_event`] does.
     #[inline]
     pub fn record(&self, event: &Event<'_>) {
+        self.record_at(event, self.shared.clock.now());
+    }
+
+    /// Records one event that happened at `now`.
+    #[inline]
+    fn record_at(&self, event: &Event<'_>, now: Timestamp) {
         let s = &*self.shared;
         #[cfg(feature = "metrics")]
         if let Some(names) = &s.export {
             crate::export::record(names, event);
         }
-        // Every event looks at the clock before it is counted, so it lands in
-        // the window bucket of its time (reading it one time in eight left
-        // an event of a new bucket in the old one: a window then missed it).
-        self.tick(s.clock.now());
+        // Every event is placed in time before it is counted, so it lands
+        // in the window bucket of its time (reading the clock one time in
+        // eight left an event of a new bucket in the old one: a window then
+        // missed it).
+        self.tick(now);
         let stripe = stripes::local();
         match event.source {
             EventSource::Tier { index, name } => {
@@ -766,5 +779,17 @@ impl Observer for Monitor {
     #[inline]
     fn on_event(&self, event: &Event<'_>) {
         self.record(event);
+    }
+
+    /// With the default clock, the chain's time of a hit places it (one
+    /// clock read per hit instead of two); with a clock of your own
+    /// ([`MonitorBuilder::clock`]), the monitor reads that one.
+    #[inline]
+    fn on_event_at(&self, event: &Event<'_>, at: Timestamp) {
+        if self.shared.wall_clock {
+            self.record_at(event, at);
+        } else {
+            self.record(event);
+        }
     }
 }

@@ -203,3 +203,39 @@ fn reports_state_their_period_and_latency_sampling() {
         (Covers::Window, SEC * 4)
     );
 }
+
+/// A chain with the default clock hands the monitor the time it read for a
+/// hit (`Observer::on_event_at`): a monitor on the default clock places the
+/// hit by it (here three minutes ahead, so the ring moves on three buckets);
+/// one with a clock of its own reads that clock instead.
+#[test]
+fn a_hit_is_placed_by_the_chains_time_only_on_the_default_clock() {
+    use cache_core::Observer;
+
+    let m = Monitor::builder().window(MIN, 60).build();
+    m.record(&hit());
+    let ahead = cache_core::SystemClock.now().saturating_add(MIN * 3);
+    m.on_event_at(&hit(), ahead);
+    let points = m.timeline(MIN * 10);
+    assert_eq!(total(&points), 2, "{points:?}");
+    assert!(
+        points.len() >= 4,
+        "the hit three minutes ahead opened its own bucket: {points:?}"
+    );
+    assert_eq!(points.last().unwrap().requests, 1, "{points:?}");
+
+    let clock = ManualClock::new();
+    let own = Monitor::builder()
+        .clock(clock.clone())
+        .window(MIN, 60)
+        .build();
+    own.record(&hit());
+    own.on_event_at(&hit(), clock.now().saturating_add(MIN * 3));
+    let points = own.timeline(MIN * 10);
+    assert_eq!(total(&points), 2, "{points:?}");
+    assert_eq!(
+        points.last().unwrap().requests,
+        2,
+        "the monitor's own clock placed it, in the bucket of the first: {points:?}"
+    );
+}

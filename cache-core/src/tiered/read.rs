@@ -17,8 +17,8 @@ use super::{Inner, Lookup, Source, TieredCache};
 use crate::in_process::InProcessTier;
 use crate::mutation::{self, Mutation};
 use crate::{
-    ByteSize, CacheKey, Clock, Entry, Error, EventKind, Loader, MaybeSend, MaybeSync, Operation,
-    Result, Stamp, Timestamp,
+    ByteSize, CacheKey, Clock, Entry, Error, Event, EventKind, Loader, MaybeSend, MaybeSync,
+    Observer, Operation, Result, Stamp, Timestamp,
 };
 
 pub(super) enum Read<V> {
@@ -365,6 +365,9 @@ where
     }
 
     /// A hit at tier `index`: the breaker's success, and the observer's event.
+    /// `now` is the time the hit was checked against: with the default
+    /// clock the observer gets it ([`Observer::on_event_at`]), so it need
+    /// not read a clock itself.
     #[inline]
     pub(super) fn emit_hit(
         &self,
@@ -372,18 +375,23 @@ where
         key: &K,
         start: Option<Stopwatch>,
         entry: &Entry<V>,
+        now: Timestamp,
     ) {
         self.tiers[index].breaker.success();
-        if self.observer.is_some() {
-            let bytes = entry.value.byte_size();
-            self.emit(
-                EventKind::Hit,
-                self.tier_source(index),
-                &key.key_str(),
-                elapsed(start),
-                bytes,
-                None,
-            );
+        if let Some(observer) = &self.observer {
+            let event = Event {
+                kind: EventKind::Hit,
+                source: self.tier_source(index),
+                key: &key.key_str(),
+                latency: elapsed(start),
+                bytes: entry.value.byte_size(),
+                error: None,
+            };
+            if self.clock.system {
+                observer.on_event_at(&event, now);
+            } else {
+                observer.on_event(&event);
+            }
         }
     }
 
@@ -457,7 +465,7 @@ where
                         TagCheck::Unknown => return Read::TagsUnknown,
                     }
                 }
-                self.emit_hit(index, key, start, &entry);
+                self.emit_hit(index, key, start, &entry, now);
                 Read::Hit(entry)
             }
             Ok(_) => {
