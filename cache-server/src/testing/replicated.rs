@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sentinel::{pipe, wait, wait_caught_up};
+use super::sentinel::{info_field, pipe, wait, wait_caught_up, wait_explained};
 use super::{cluster_url, free_port, temp_dir, LoopbackProxy, RedisServer};
 
 /// The slots each of the three shards serves.
@@ -48,14 +48,6 @@ fn node_id(node: &RedisServer) -> String {
         .map(|id| id.trim().to_owned())
         .filter(|id| !id.is_empty())
         .expect("CLUSTER MYID")
-}
-
-/// A numeric field of `CLUSTER INFO`.
-fn cluster_info_field(node: &RedisServer, field: &str) -> Option<u64> {
-    let info = node.cli(&["CLUSTER", "INFO"])?;
-    info.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn role(node: &RedisServer) -> String {
@@ -175,12 +167,12 @@ impl ReplicatedCluster {
             Duration::from_secs(30),
             || {
                 let current: Vec<_> = all()
-                    .map(|n| cluster_info_field(n, "cluster_current_epoch"))
+                    .map(|n| info_field(n, &["CLUSTER", "INFO"], "cluster_current_epoch"))
                     .collect();
                 let mut mine: Vec<_> = self
                     .primaries
                     .iter()
-                    .map(|n| cluster_info_field(n, "cluster_my_epoch"))
+                    .map(|n| info_field(n, &["CLUSTER", "INFO"], "cluster_my_epoch"))
                     .collect();
                 mine.sort_unstable();
                 mine.dedup();
@@ -248,16 +240,17 @@ impl ReplicatedCluster {
     /// Waits until shard `i`'s replica is a primary and every live node
     /// says `cluster_state:ok` (blocking; up to 30 s).
     pub fn wait_for_promotion(&self, i: usize) {
-        let promoted = || {
-            role(&self.replicas[i]) == "master"
-                && self.live().all(|n| {
-                    n.cli(&["CLUSTER", "INFO"])
-                        .is_some_and(|info| info.contains("cluster_state:ok"))
-                })
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !promoted() {
-            if std::time::Instant::now() > deadline {
+        wait_explained(
+            &format!("shard {i}'s promotion"),
+            Duration::from_secs(30),
+            || {
+                role(&self.replicas[i]) == "master"
+                    && self.live().all(|n| {
+                        n.cli(&["CLUSTER", "INFO"])
+                            .is_some_and(|info| info.contains("cluster_state:ok"))
+                    })
+            },
+            || {
                 let views: Vec<String> = self
                     .live()
                     .map(|n| {
@@ -269,13 +262,9 @@ impl ReplicatedCluster {
                         )
                     })
                     .collect();
-                panic!(
-                    "shard {i}'s promotion: not within 30 s. The nodes' views:\n{}",
-                    views.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                format!(". The nodes' views:\n{}", views.join("\n"))
+            },
+        );
     }
 
     fn live(&self) -> impl Iterator<Item = &RedisServer> {

@@ -60,9 +60,10 @@ pub struct SentinelGroup {
     dir: PathBuf,
 }
 
-/// A field of `INFO replication` (`master_repl_offset`, ...).
-fn replication_field(node: &RedisServer, field: &str) -> Option<u64> {
-    let info = node.cli(&["INFO", "replication"])?;
+/// A numeric `field:value` line of what `command` answers (`INFO
+/// replication`, `CLUSTER INFO`).
+pub(super) fn info_field(node: &RedisServer, command: &[&str], field: &str) -> Option<u64> {
+    let info = node.cli(command)?;
     info.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
@@ -72,20 +73,33 @@ fn replication_field(node: &RedisServer, field: &str) -> Option<u64> {
 /// this was called (blocking; up to 10 s): a stall that starts after this
 /// holds back only what comes later.
 pub(super) fn wait_caught_up(primary: &RedisServer, replica: &RedisServer) {
-    let Some(written) = replication_field(primary, "master_repl_offset") else {
+    let replication = ["INFO", "replication"];
+    let Some(written) = info_field(primary, &replication, "master_repl_offset") else {
         return;
     };
     wait(
         "the replica catches up before the stall",
         Duration::from_secs(10),
-        || replication_field(replica, "slave_repl_offset").is_some_and(|o| o >= written),
+        || info_field(replica, &replication, "slave_repl_offset").is_some_and(|o| o >= written),
     );
 }
 
-pub(super) fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+pub(super) fn wait(what: &str, within: Duration, ok: impl FnMut() -> bool) {
+    wait_explained(what, within, ok, String::new);
+}
+
+/// [`wait`], whose failure also says what `explain` finds then.
+pub(super) fn wait_explained(
+    what: &str,
+    within: Duration,
+    mut ok: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + within;
     while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        if Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
