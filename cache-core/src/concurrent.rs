@@ -7,13 +7,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 
 use async_trait::async_trait;
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use crossbeam_utils::CachePadded;
 use quick_cache::unsync::{Cache, DefaultLifecycle};
-use quick_cache::{OptionsBuilder, Weighter};
+use quick_cache::{Equivalent, OptionsBuilder, Weighter};
 
 use crate::in_process::InProcessTier;
 use crate::{
@@ -30,16 +30,96 @@ struct Weigh {
     floor: u64,
 }
 
-impl<K: CacheKey, V: ByteSize> Weighter<K, Entry<V>> for Weigh {
+impl<K: CacheKey, V: ByteSize> Weighter<Hashed<K>, Entry<V>> for Weigh {
     #[inline]
-    fn weight(&self, key: &K, entry: &Entry<V>) -> u64 {
-        let bytes = (key.key_str().len() + entry.value.byte_size()) as u64;
+    fn weight(&self, key: &Hashed<K>, entry: &Entry<V>) -> u64 {
+        let bytes = (key.key.key_str().len() + entry.value.byte_size()) as u64;
         bytes.max(self.floor).max(1)
     }
 }
 
 type Hasher = foldhash::fast::RandomState;
-type Shard<K, V> = Cache<K, Entry<V>, Weigh, Hasher, DefaultLifecycle<K, Entry<V>>>;
+type Shard<K, V> =
+    Cache<Hashed<K>, Entry<V>, Weigh, PassHash, DefaultLifecycle<Hashed<K>, Entry<V>>>;
+
+/// A stored key beside its hash. A key is hashed once per call: the hash
+/// picks the shard (high bits) and indexes the shard's table (through
+/// [`PassHash`]), as quick_cache's own sharded cache does; hashing it again
+/// inside the shard cost the hit path a second pass over the key.
+struct Hashed<K> {
+    hash: u64,
+    key: K,
+}
+
+impl<K> Hash for Hashed<K> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl<K: PartialEq> PartialEq for Hashed<K> {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for Hashed<K> {}
+
+/// A borrowed key and its hash, to look a [`Hashed`] up with. Keys are
+/// compared in full.
+struct Probe<'a, K> {
+    hash: u64,
+    key: &'a K,
+}
+
+impl<K> Hash for Probe<'_, K> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl<K: PartialEq> Equivalent<Hashed<K>> for Probe<'_, K> {
+    #[inline]
+    fn equivalent(&self, stored: &Hashed<K>) -> bool {
+        *self.key == stored.key
+    }
+}
+
+/// The shards' hasher: hands on the hash a [`Hashed`] or [`Probe`] carries.
+#[derive(Clone, Copy, Default)]
+struct PassHash;
+
+impl BuildHasher for PassHash {
+    type Hasher = Passed;
+    #[inline]
+    fn build_hasher(&self) -> Passed {
+        Passed(0)
+    }
+}
+
+/// See [`PassHash`].
+struct Passed(u64);
+
+impl std::hash::Hasher for Passed {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+    // Only `Hashed` and `Probe` are hashed here, and they write one u64;
+    // anything else is still spread (FNV-1a), never collapsed.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
 /// A shard behind its lock, alone on its cache lines.
 type Locked<K, V> = CachePadded<ShardedLock<Shard<K, V>>>;
 
@@ -131,24 +211,30 @@ impl<K: CacheKey, V: Clone + ByteSize> ConcurrentTier<K, V> {
         self.shards.iter().map(|s| read(s).weight()).sum()
     }
 
+    /// The key's shard, and the key with its hash for the shard's table.
     #[inline]
-    fn shard(&self, key: &K) -> &ShardedLock<Shard<K, V>> {
-        // The high bits: the shard's own table indexes by the low ones.
+    fn shard<'k>(&self, key: &'k K) -> (&ShardedLock<Shard<K, V>>, Probe<'k, K>) {
         let hash = self.hasher.hash_one(key);
+        // The high bits: the shard's own table indexes by the low ones.
         let index = (hash >> 40) as usize & (self.shards.len() - 1);
-        &self.shards[index]
+        (&self.shards[index], Probe { hash, key })
     }
 
     #[cold]
     #[inline(never)]
-    fn drop_expired(shard: &ShardedLock<Shard<K, V>>, key: &K, now: Timestamp) -> Option<Entry<V>> {
+    fn drop_expired(
+        shard: &ShardedLock<Shard<K, V>>,
+        probe: &Probe<'_, K>,
+        now: Timestamp,
+    ) -> Option<Entry<V>> {
         // Only while it is still expired: a fresh value written since stays.
-        write(shard).remove_if(key, |e| e.is_expired(now));
+        write(shard).remove_if(probe, |e| e.is_expired(now));
         None
     }
 
     fn remove_key(&self, key: &K) -> bool {
-        write(self.shard(key)).remove(key).is_some()
+        let (shard, probe) = self.shard(key);
+        write(shard).remove(&probe).is_some()
     }
 }
 
@@ -177,10 +263,10 @@ impl<K: CacheKey, V: Clone + ByteSize> InProcessTier<K, V> for ConcurrentTier<K,
     /// The hit path: one per-thread read lock, one clone.
     #[inline]
     fn get_entry(&self, key: &K, now: Timestamp) -> Option<Entry<V>> {
-        let shard = self.shard(key);
-        let entry = read(shard).get(key)?.clone();
+        let (shard, probe) = self.shard(key);
+        let entry = read(shard).get(&probe)?.clone();
         if entry.is_expired(now) {
-            return Self::drop_expired(shard, key, now);
+            return Self::drop_expired(shard, &probe, now);
         }
         Some(entry)
     }
@@ -196,17 +282,24 @@ impl<K: CacheKey, V: Clone + ByteSize> InProcessTier<K, V> for ConcurrentTier<K,
     ) -> bool {
         let entry = entry.capped_by_ttl(now, self.options.ttl);
         let too_big = key.key_str().len() + entry.value.byte_size() > self.options.max_bytes;
-        let mut shard = write(self.shard(key));
+        let (shard, probe) = self.shard(key);
+        let mut shard = write(shard);
         if !holds() {
             return false;
         }
         if entry.is_expired(now) || too_big {
             // The new value cannot be kept; the old one must not survive it.
-            shard.remove(key);
+            shard.remove(&probe);
         } else {
             // An entry too heavy for its shard is not admitted, and quick_cache
             // then removes the old value too.
-            shard.insert(key.clone(), entry);
+            shard.insert(
+                Hashed {
+                    hash: probe.hash,
+                    key: key.clone(),
+                },
+                entry,
+            );
         }
         true
     }
@@ -304,7 +397,7 @@ impl<K: CacheKey, V: Clone + ByteSize> ConcurrentTierBuilder<K, V> {
                 CachePadded::new(ShardedLock::new(Cache::with_options(
                     options,
                     Weigh { floor },
-                    Hasher::default(),
+                    PassHash,
                     DefaultLifecycle::default(),
                 )))
             })
@@ -366,7 +459,7 @@ where
     // fence, and one into a shard not yet visited is removed when it is.
     async fn remove_prefix(&self, prefix: &str) -> Result<()> {
         for shard in self.shards.iter() {
-            write(shard).retain(|k, _| !k.key_str().starts_with(prefix));
+            write(shard).retain(|k, _| !k.key.key_str().starts_with(prefix));
         }
         Ok(())
     }

@@ -439,6 +439,7 @@ impl Monitor {
         }
     }
 
+    #[inline]
     fn track_key(&self, key: &str, hit: bool) {
         if let Some(keys) = &self.shared.keys {
             keys.record(key, hit);

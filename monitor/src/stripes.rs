@@ -6,11 +6,12 @@
 //!
 //! Each thread takes a stripe number from a process-wide pool the first
 //! time it records, and gives it back when it exits; a thread beyond
-//! [`STRIPES`] (or one recording while it exits) falls back to the shared
-//! atomic counters. A stripe has one writer at a time: its number belongs
+//! [`STRIPES`] (or one recording after it gave its number back) falls back
+//! to the shared atomic counters. A stripe has one writer at a time: its number belongs
 //! to one live thread, and the pool's mutex orders the hand-over. Readers
 //! sum every stripe with relaxed loads (64-bit loads do not tear).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -53,46 +54,76 @@ pub(crate) fn bump(counter: &AtomicU64, n: u64) {
 /// Numbers given back by threads that exited, and the next fresh one.
 static POOL: Mutex<(Vec<usize>, usize)> = Mutex::new((Vec::new(), 0));
 
-/// This thread's stripe number, given back on exit.
-struct Local {
-    number: usize,
+/// `NUMBER` before the thread first records.
+const UNSET: usize = usize::MAX;
+/// `NUMBER` once the thread gave its number back (it is exiting).
+const GONE: usize = usize::MAX - 1;
+
+thread_local! {
+    /// This thread's stripe number: [`UNSET`] until it first records, and
+    /// [`STRIPES`] or more when it has none. A `const` cell with no
+    /// destructor, so the hot path reads it with one load and no
+    /// initialisation check; [`GUARD`] gives the number back.
+    static NUMBER: Cell<usize> = const { Cell::new(UNSET) };
+    /// Gives this thread's number back to the pool when the thread exits.
+    static GUARD: Guard = const { Guard };
 }
 
-impl Local {
-    fn take() -> Self {
+/// See [`GUARD`].
+struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let number = NUMBER.with(|n| n.replace(GONE));
+        give_back(number);
+    }
+}
+
+fn give_back(number: usize) {
+    if number < STRIPES {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let number = match pool.0.pop() {
+        pool.0.push(number);
+    }
+}
+
+/// A number from the pool for this thread, with its guard armed; none (and
+/// the number given back) when the guard cannot be armed any more.
+#[cold]
+#[inline(never)]
+fn take() -> Option<usize> {
+    let number = {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        match pool.0.pop() {
             Some(n) => n,
             None => {
                 pool.1 += 1;
                 pool.1 - 1
             }
-        };
-        Local { number }
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        if self.number < STRIPES {
-            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-            pool.0.push(self.number);
         }
+    };
+    // Touching the guard registers its destructor. A thread already
+    // running its destructors may be refused: it records without a stripe.
+    if GUARD.try_with(|_| ()).is_err() {
+        give_back(number);
+        NUMBER.with(|n| n.set(GONE));
+        return None;
     }
-}
-
-thread_local! {
-    static LOCAL: Local = Local::take();
+    NUMBER.with(|n| n.set(number));
+    (number < STRIPES).then_some(number)
 }
 
 /// This thread's stripe, if it has one (a thread beyond [`STRIPES`], or one
-/// recording while it exits, has none).
+/// recording after it gave its number back on exit, has none).
 #[inline]
 pub(crate) fn local() -> Option<usize> {
-    LOCAL
-        .try_with(|l| (l.number < STRIPES).then_some(l.number))
-        .ok()
-        .flatten()
+    let number = NUMBER.with(Cell::get);
+    if number < STRIPES {
+        Some(number)
+    } else if number == UNSET {
+        take()
+    } else {
+        None
+    }
 }
 
 /// This thread's stripe, if it has one.
