@@ -44,7 +44,7 @@ pub(super) async fn put_avatar(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let user = state.user(&id)?;
+    let user = state.user(&id)?.to_owned();
     let too_big = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
