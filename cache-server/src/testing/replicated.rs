@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sentinel::{info_field, pipe, wait, wait_caught_up, wait_explained};
+use super::sentinel::{info_field, pipe, wait_caught_up, wait_explained};
 use super::{cluster_url, free_port, temp_dir, LoopbackProxy, RedisServer};
 
 /// The slots each of the three shards serves.
@@ -122,7 +122,7 @@ impl ReplicatedCluster {
             );
         }
         let all = || self.primaries.iter().chain(&self.replicas);
-        wait(
+        wait_explained(
             "every node knows the others",
             Duration::from_secs(20),
             || {
@@ -134,16 +134,22 @@ impl ReplicatedCluster {
                     })
                 })
             },
+            || self.views(),
         );
         for (replica, primary) in self.replicas.iter().zip(&self.primaries) {
             let id = node_id(primary);
-            wait("CLUSTER REPLICATE", Duration::from_secs(20), || {
-                replica
-                    .cli(&["CLUSTER", "REPLICATE", &id])
-                    .is_some_and(|o| o.trim() == "OK")
-            });
+            wait_explained(
+                "CLUSTER REPLICATE",
+                Duration::from_secs(20),
+                || {
+                    replica
+                        .cli(&["CLUSTER", "REPLICATE", &id])
+                        .is_some_and(|o| o.trim() == "OK")
+                },
+                || self.views(),
+            );
         }
-        wait(
+        wait_explained(
             "the cluster is ok and in sync",
             Duration::from_secs(30),
             || {
@@ -155,6 +161,7 @@ impl ReplicatedCluster {
                         .is_some_and(|i| i.contains("master_link_status:up"))
                 })
             },
+            || self.views(),
         );
         // A new cluster's primaries start with colliding config epochs,
         // which the nodes resolve by bumping the current epoch. A replica
@@ -162,7 +169,7 @@ impl ReplicatedCluster {
         // refused, and retries only after twice the node timeout (10 s and
         // more): wait until every node has the same current epoch and the
         // primaries' config epochs are distinct.
-        wait(
+        wait_explained(
             "the nodes agree on the epochs",
             Duration::from_secs(30),
             || {
@@ -179,6 +186,7 @@ impl ReplicatedCluster {
                 current.iter().all(|e| e.is_some() && *e == current[0])
                     && mine.len() == self.primaries.len()
             },
+            || self.views(),
         );
     }
 
@@ -250,21 +258,25 @@ impl ReplicatedCluster {
                             .is_some_and(|info| info.contains("cluster_state:ok"))
                     })
             },
-            || {
-                let views: Vec<String> = self
-                    .live()
-                    .map(|n| {
-                        format!(
-                            "node {}: {}\n{}",
-                            n.port(),
-                            n.cli(&["CLUSTER", "INFO"]).unwrap_or_default(),
-                            n.cli(&["CLUSTER", "NODES"]).unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                format!(". The nodes' views:\n{}", views.join("\n"))
-            },
+            || self.views(),
         );
+    }
+
+    /// Every live node's `CLUSTER INFO` and `CLUSTER NODES`, for a wait that
+    /// timed out.
+    fn views(&self) -> String {
+        let views: Vec<String> = self
+            .live()
+            .map(|n| {
+                format!(
+                    "node {}: {}\n{}",
+                    n.port(),
+                    n.cli(&["CLUSTER", "INFO"]).unwrap_or_default(),
+                    n.cli(&["CLUSTER", "NODES"]).unwrap_or_default()
+                )
+            })
+            .collect();
+        format!(". The nodes' views:\n{}", views.join("\n"))
     }
 
     fn live(&self) -> impl Iterator<Item = &RedisServer> {
@@ -277,7 +289,7 @@ impl ReplicatedCluster {
     /// Waits until shard `i`'s first primary has become a replica of the
     /// new one and synced from it (blocking; up to 60 s).
     pub fn wait_for_old_primary_demoted(&self, i: usize) {
-        wait(
+        wait_explained(
             "the old primary's demotion",
             Duration::from_secs(60),
             || {
@@ -287,6 +299,7 @@ impl ReplicatedCluster {
                         info.contains("role:slave") && info.contains("master_link_status:up")
                     })
             },
+            || self.views(),
         );
     }
 }
