@@ -103,15 +103,41 @@ fn chain_hit(c: &mut Criterion) {
         })
     });
 
-    let chain = chain(memory_tier(&keys), None);
+    let memory = chain(memory_tier(&keys), None);
     let mut i = 0;
     group.bench_function("chain_tier0_hit_no_observer", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
-            black_box(chain_hit_once(&chain, black_box(&keys[i])))
+            black_box(chain_hit_once(&memory, black_box(&keys[i])))
         })
     });
+
+    // The server's tier 0, with and without the monitor: a target to run
+    // under `perf` (`--bench chain_hit -- concurrent`) for the hit the
+    // interleaved table measures.
+    let monitor = Monitor::new();
+    for (name, observer) in [
+        ("chain_tier0_concurrent_hit_no_observer", None),
+        ("chain_tier0_concurrent_hit_monitor", Some(&monitor)),
+    ] {
+        let cache = chain(concurrent_tier(&keys), observer);
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                black_box(chain_hit_once(&cache, black_box(&keys[i])))
+            })
+        });
+    }
     group.finish();
+}
+
+/// The server's tier 0 holding an hour-long URL for every key.
+fn concurrent_tier(keys: &[String]) -> ConcurrentTier<String, String> {
+    fill(
+        ConcurrentTier::builder().max_entries(2 * KEYS).build(),
+        keys,
+    )
 }
 
 /// Hits per side per round.
@@ -348,9 +374,7 @@ fn interleaved() {
     );
     measure_tier(&mut results, "MemoryTier", memory_tier);
     measure_tier(&mut results, "MokaTier", moka_tier);
-    measure_tier(&mut results, "ConcurrentTier", |k| {
-        fill(ConcurrentTier::builder().max_entries(2 * KEYS).build(), k)
-    });
+    measure_tier(&mut results, "ConcurrentTier", concurrent_tier);
     results.table_method(
         "chain_when_off",
         format!(
@@ -359,9 +383,7 @@ fn interleaved() {
         ),
     );
     measure_off(&mut results, "MemoryTier", memory_tier);
-    measure_off(&mut results, "ConcurrentTier", |k| {
-        fill(ConcurrentTier::builder().max_entries(2 * KEYS).build(), k)
-    });
+    measure_off(&mut results, "ConcurrentTier", concurrent_tier);
     results.finish();
 }
 
