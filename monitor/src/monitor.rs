@@ -76,7 +76,7 @@ struct Shared {
     clock: Arc<dyn Clock>,
     /// Whether `clock` is the default wall clock: then a chain's own time of
     /// an event ([`Observer::on_event_at`]) places it as well.
-    wall_clock: bool,
+    default_clock: bool,
     started: Timestamp,
     prefix: String,
     /// Set by [`MonitorBuilder::export_metrics`].
@@ -255,7 +255,7 @@ impl Monitor {
             #[cfg(feature = "metrics")]
             export: b.export.then(|| crate::export::Names::new(&b.prefix)),
             clock: b.clock,
-            wall_clock: b.default_clock,
+            default_clock: b.default_clock,
             started: now,
             prefix: b.prefix,
             tiers: (0..MAX_TIERS)
@@ -796,7 +796,7 @@ impl Observer for Monitor {
     /// ([`MonitorBuilder::clock`]), the monitor reads that one.
     #[inline]
     fn on_event_at(&self, event: &Event<'_>, at: Timestamp) {
-        if self.shared.wall_clock {
+        if self.shared.default_clock {
             self.record_at(event, at);
         } else {
             self.record(event);

@@ -61,7 +61,12 @@ struct AvatarBody<'a> {
 
 /// The ETag, quotes included: `"<24 hex digits>"`.
 fn etag_of(url: &PresignedUrl) -> String {
-    format!("\"{}\"", etag_tag(url))
+    quoted(&etag_tag(url))
+}
+
+/// An ETag from its opaque tag: the tag between double quotes.
+fn quoted(tag: &str) -> String {
+    format!("\"{tag}\"")
 }
 
 /// The ETag's opaque tag (between its quotes): 24 hex digits.
@@ -109,7 +114,7 @@ fn avatar_json(url: &PresignedUrl, tag: &str) -> Vec<u8> {
             .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'))
     };
     if !(plain(&url.url) && plain(tag)) {
-        let body = body_of(url, format!("\"{tag}\""));
+        let body = body_of(url, quoted(tag));
         // Serializing strings and a number into a Vec cannot fail.
         return serde_json::to_vec(&body).unwrap_or_default();
     }
@@ -165,10 +170,7 @@ pub(super) async fn get_avatar(
     let user = state.user(&id)?;
     let url = state.urls.url(user).await?;
     let tag = etag_tag(&url);
-    let mut etag = String::with_capacity(tag.len() + 2);
-    etag.push('"');
-    etag.push_str(&tag);
-    etag.push('"');
+    let etag = quoted(&tag);
     // The request's headers are read in place (the `HeaderMap` extractor
     // would copy them).
     let mut response = if if_none_match(request.headers(), &etag) {
