@@ -129,5 +129,6 @@ mod profile;
 #[cfg(target_family = "wasm")]
 pub use profile::{
     use_profile_picture, Picture, ProfilePicture, ProfilePictures, ProfilePicturesBuilder,
-    ResolvedPicture, TierContents, BYTES_TTL, DATA_URL_MAX_BYTES, LOCAL_STORAGE_TTL,
+    ResolvedPicture, TierContents, BYTES_TTL, DATA_URL_MAX_BYTES, LOCAL_STORAGE_PICTURE_BYTES,
+    LOCAL_STORAGE_TTL,
 };

@@ -8,7 +8,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use cache_browser::{CrossTabInvalidation, ProfilePictures};
+use bytes::Bytes;
+use cache_browser::{CrossTabInvalidation, Picture, ProfilePictures};
 use cache_core::{BoxError, CacheLayer, Clock, Entry, ManualClock, MemoryTier, Tier, TieredCache};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
@@ -95,11 +96,12 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
     );
     assert_eq!(p.get("42").await.unwrap().unwrap().served_by, "memory");
 
-    // A new page session: memory is empty, LocalStorage has the URL.
+    // A new page session: memory is empty, LocalStorage has the URL and,
+    // the picture being small, its bytes.
     let p2 = pictures(&ns, &clock, calls.clone()).await;
     let hit = p2.get("42").await.unwrap().unwrap();
     assert_eq!(hit.served_by, "local_storage");
-    assert_eq!(hit.src, "https://img.example/42.png?v=1");
+    assert_eq!(hit.src, first.src);
 
     // 46 minutes later LocalStorage has expired; IndexedDB has the bytes.
     clock.advance(Duration::from_secs(46 * 60));
@@ -133,6 +135,82 @@ async fn profile_preset_serves_from_each_tier_in_order_and_backfills() {
     let p6 = pictures(&ns, &clock, calls.clone()).await;
     assert_eq!(p6.get("42").await.unwrap().unwrap().served_by, "network");
     assert_eq!(calls.get(), 2);
+}
+
+/// User `n`'s picture is `n` bytes (`https://img.example/{n}`), valid 30 days.
+fn sized_network(clock: &ManualClock) -> impl Fn(String) -> support::Answer + 'static {
+    let clock = clock.clone();
+    move |user: String| {
+        let now = clock.now();
+        Box::pin(async move {
+            let n: usize = user.parse()?;
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
+            let picture = Picture {
+                url: format!("https://img.example/{user}"),
+                bytes: Some(Bytes::from(bytes)),
+                content_type: "image/png".into(),
+            };
+            Ok(Some(Entry::expiring_in(picture, now, 30 * day())))
+        })
+    }
+}
+
+#[wasm_bindgen_test]
+async fn local_storage_keeps_the_bytes_of_pictures_up_to_the_limit() {
+    let ns = unique("inline");
+    let clock = ManualClock::new();
+    let session = || {
+        ProfilePictures::builder(&ns)
+            .clock(clock.clone())
+            .local_storage_picture_bytes(6)
+            .network(sized_network(&clock))
+            .build()
+    };
+    let users: Vec<String> = (0..=9).map(|n| n.to_string()).collect();
+    let first = session().await;
+    let mut shown = Vec::new();
+    for user in &users {
+        let p = first.get(user).await.unwrap().unwrap();
+        assert_eq!(p.served_by, "network");
+        shown.push(p.src);
+    }
+
+    // A new page session: pictures of 1 to 6 bytes (every base64 padding)
+    // come from LocalStorage as they were shown; an empty one and those over
+    // the limit as their URL.
+    let second = session().await;
+    for (n, user) in users.iter().enumerate() {
+        let p = second.get(user).await.unwrap().unwrap();
+        assert_eq!(p.served_by, "local_storage", "user {user}");
+        if (1..=6).contains(&n) {
+            assert_eq!(p.src, shown[n], "user {user}");
+            assert!(p.src.starts_with("data:image/png;base64,"), "{}", p.src);
+        } else {
+            assert_eq!(p.src, format!("https://img.example/{user}"));
+        }
+    }
+
+    // Stored bytes that do not decode leave the URL, which still loads.
+    let prefix = cache_browser::LocalStorageTier::<String>::builder(&ns)
+        .open()
+        .unwrap()
+        .prefix()
+        .to_owned();
+    let storage = web_sys::window().unwrap().local_storage().unwrap().unwrap();
+    let record = storage.get_item(&format!("{prefix}3")).unwrap().unwrap();
+    let b64 = shown[3].trim_start_matches("data:image/png;base64,");
+    let stored = format!("\"base64\":\"{b64}\"");
+    assert!(record.contains(&stored), "{record} holds {stored}");
+    storage
+        .set_item(
+            &format!("{prefix}3"),
+            &record.replace(&stored, "\"base64\":\"@@@=\""),
+        )
+        .unwrap();
+    let third = session().await;
+    let p = third.get("3").await.unwrap().unwrap();
+    assert_eq!(p.served_by, "local_storage");
+    assert_eq!(p.src, "https://img.example/3");
 }
 
 #[wasm_bindgen_test]

@@ -105,11 +105,9 @@ async fn peek_shows_each_tier_and_invalidate_empties_every_one() {
             .picture
             .as_ref()
             .unwrap_or_else(|| panic!("{} is empty", t.tier));
-        // LocalStorage keeps only the URL; the others the bytes too.
-        match t.tier.as_str() {
-            "local_storage" => assert_eq!(p.bytes, None),
-            _ => assert_eq!(p.bytes.as_deref(), Some(PNG), "{}", t.tier),
-        }
+        // Every tier keeps the bytes (LocalStorage too: the picture is
+        // under its limit).
+        assert_eq!(p.bytes.as_deref(), Some(PNG), "{}", t.tier);
     }
     let watched = Rc::new(Cell::new(0));
     let count = watched.clone();

@@ -39,6 +39,12 @@ pub const DATA_URL_MAX_BYTES: usize = 64 * 1024;
 
 /// LocalStorage lifetime of a picture URL in the preset.
 pub const LOCAL_STORAGE_TTL: Duration = Duration::from_secs(45 * 60);
+/// Pictures up to this many bytes keep their bytes in LocalStorage beside
+/// their URL by default (see
+/// [`ProfilePicturesBuilder::local_storage_picture_bytes`]): 4 KiB, about
+/// 5.5 KB of base64, holds a small avatar, and some 900 of them fit the
+/// origin's 5 MB.
+pub const LOCAL_STORAGE_PICTURE_BYTES: usize = 4 * 1024;
 /// IndexedDB and Cache API lifetime of picture bytes in the preset.
 pub const BYTES_TTL: Duration = Duration::from_secs(7 * 86_400);
 
@@ -76,7 +82,8 @@ pub struct ResolvedPicture {
 
 /// The profile-picture chain of the original design:
 ///
-/// memory → LocalStorage (the URL, 45 min) → IndexedDB (the bytes, 7 days) →
+/// memory → LocalStorage (the URL, and a small picture's bytes, 45 min) →
+/// IndexedDB (the bytes, 7 days) →
 /// Cache API (the response, 7 days) → the caller's network loader.
 ///
 /// # Order
@@ -175,6 +182,7 @@ pub struct ProfilePicturesBuilder {
     max_entries: usize,
     cache_api_base_url: Option<String>,
     channel: Option<String>,
+    local_storage_picture_bytes: usize,
 }
 
 impl fmt::Debug for ProfilePicturesBuilder {
@@ -218,6 +226,16 @@ impl ProfilePicturesBuilder {
     /// The IndexedDB byte budget (default [`crate::DEFAULT_MAX_BYTES`]).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
+        self
+    }
+
+    /// Pictures up to `max` bytes keep their bytes in LocalStorage beside
+    /// their URL, in base64 (default [`LOCAL_STORAGE_PICTURE_BYTES`]); 0 keeps
+    /// URLs only. A reload then shows such a picture from LocalStorage as a
+    /// `data:` URL instead of loading its URL from the browser's HTTP cache.
+    /// When the origin's quota runs out, the tier evicts its oldest entries.
+    pub fn local_storage_picture_bytes(mut self, max: usize) -> Self {
+        self.local_storage_picture_bytes = max;
         self
     }
 
@@ -268,7 +286,11 @@ impl ProfilePicturesBuilder {
             .ttl(LOCAL_STORAGE_TTL)
             .open()
         {
-            tiers.push((Arc::new(UrlTier(t)), Some(LOCAL_STORAGE_TTL)));
+            let tier = UrlTier {
+                tier: t,
+                max_picture_bytes: self.local_storage_picture_bytes,
+            };
+            tiers.push((Arc::new(tier), Some(LOCAL_STORAGE_TTL)));
         }
         if let Ok(t) = IndexedDbTier::<Vec<u8>>::builder(&ns)
             .clock(clock.clone())
@@ -350,6 +372,7 @@ impl ProfilePictures {
             max_entries: crate::DEFAULT_MAX_ENTRIES,
             cache_api_base_url: None,
             channel: None,
+            local_storage_picture_bytes: LOCAL_STORAGE_PICTURE_BYTES,
         }
     }
 
@@ -443,8 +466,9 @@ impl ProfilePictures {
         result
     }
 
-    /// Drops `key` from the tiers that hold only its URL (memory, LocalStorage)
-    /// when that URL no longer loads (it expired, or the browser is offline), so
+    /// Drops `key` from the tiers read first (memory, LocalStorage), which
+    /// may hand out its URL, when that URL no longer loads (it expired, or
+    /// the browser is offline), so
     /// the next [`ProfilePictures::get`] answers from the bytes kept in
     /// IndexedDB or the Cache API. Watchers are not woken.
     ///
@@ -580,7 +604,6 @@ impl ProfilePictures {
 /// `data:<content type>;base64,<bytes>`; a content type with characters a
 /// media type does not use is replaced by `application/octet-stream`.
 fn data_url(content_type: &str, bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let plain = !content_type.is_empty()
         && content_type
             .bytes()
@@ -594,18 +617,73 @@ fn data_url(content_type: &str, bytes: &[u8]) -> String {
     out.push_str("data:");
     out.push_str(content_type);
     out.push_str(";base64,");
+    base64_into(&mut out, bytes);
+    out
+}
+
+/// The standard base64 alphabet (RFC 4648, section 4), padded.
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_into(out: &mut String, bytes: &[u8]) {
     for chunk in bytes.chunks(3) {
         let at = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
         let n = (at(0) << 16) | (at(1) << 8) | at(2);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+                out.push(char::from(BASE64[((n >> (18 - 6 * i)) & 63) as usize]));
             } else {
                 out.push('=');
             }
         }
     }
+}
+
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    base64_into(&mut out, bytes);
     out
+}
+
+/// The bytes of padded standard base64, or `None` for anything else.
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.as_bytes();
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let value = |c: u8| {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        Some(u32::from(v))
+    };
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let quads = text.len() / 4;
+    for (q, quad) in text.chunks(4).enumerate() {
+        // Padding only at the very end: `xx==` or `xxx=`.
+        let pad = if q + 1 == quads {
+            quad.iter().rev().take_while(|&&c| c == b'=').count()
+        } else {
+            0
+        };
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, &c) in quad.iter().enumerate() {
+            n <<= 6;
+            if i < 4 - pad {
+                n |= value(c)?;
+            }
+        }
+        let got = n.to_be_bytes();
+        out.extend_from_slice(&got[1..4 - pad]);
+    }
+    Some(out)
 }
 
 impl Drop for ProfilePictures {

@@ -9,8 +9,9 @@
 //! 1. first visit: all from the network, and every tier then holds every
 //!    picture; the page's wasm and JS came as their brotli copies;
 //! 2. the list shown again in the same page: all from memory;
-//! 3. a reload: all from LocalStorage, the images' bytes from the browser's
-//!    HTTP cache (S3 served no object request meanwhile); the page's
+//! 3. a reload: all from LocalStorage, which keeps a small picture's bytes
+//!    beside its URL, and a presigned URL loads from the browser's HTTP
+//!    cache (S3 served no object request meanwhile); the page's
 //!    monitor, opened, lists the five tiers with their hits and misses
 //!    (zeros included), spreads its chart over its width, sits beside the
 //!    list and closes;
@@ -806,8 +807,8 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         .script("document.getElementById('probe').remove()", vec![])
         .await;
 
-    // 3. Reload: all from LocalStorage (URLs only); the images' bytes come from
-    // the HTTP cache, so S3 serves no object meanwhile.
+    // 3. Reload: all from LocalStorage, which keeps a small picture's bytes
+    // beside its URL, so S3 serves no object meanwhile.
     let s3_before = s3_get_objects(&origin).await;
     browser.refresh().await;
     browser.wait_list("the reload", 1).await;
@@ -816,15 +817,35 @@ async fn journey_five_visits_then_upload_in_two_windows() {
     for (user, p) in pictures.as_object().unwrap() {
         let src = p["src"].as_str().unwrap();
         assert!(
-            src.starts_with("http"),
-            "reload: user {user} shows {src}, not its URL"
+            src.starts_with("data:image/png;base64,"),
+            "reload: user {user} shows {src}, not the bytes LocalStorage keeps"
         );
     }
+    // A picture's presigned URL itself (what the page shows for a picture
+    // over LocalStorage's byte limit) loads from the browser's HTTP cache:
+    // the first visit fetched it with the signed `response-cache-control`.
+    let loaded = browser
+        .script_async(
+            "const [user, done] = arguments;
+             fetch('/api/users/' + user + '/avatar').then(r => r.json()).then(({ url }) => {
+               const img = new Image();
+               img.crossOrigin = 'anonymous';
+               img.onload = () => done(img.naturalWidth);
+               img.onerror = () => done('error loading ' + url);
+               img.src = url;
+             }).catch(e => done('error: ' + e));",
+            vec![json!(first)],
+        )
+        .await;
+    assert!(
+        loaded.as_u64().is_some_and(|w| w > 0),
+        "reload: the presigned URL did not load: {loaded}"
+    );
     let s3_after = s3_get_objects(&origin).await;
     assert_eq!(
         s3_after,
         s3_before,
-        "reload: S3 served {} object requests; the HTTP cache should have",
+        "reload: S3 served {} object requests; LocalStorage and the HTTP cache should have",
         s3_after - s3_before
     );
     browser.screenshot("3-reload").await;

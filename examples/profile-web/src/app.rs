@@ -96,7 +96,8 @@ async fn body_bytes(response: &Response) -> Result<Vec<u8>, BoxError> {
 /// The bytes are fetched with the browser's default cache mode, in CORS mode
 /// like the `<img crossorigin>` that later shows the URL: the presigned URL
 /// carries a signed `response-cache-control` (private, immutable), so after a
-/// reload a LocalStorage hit's `<img>` gets its bytes from the HTTP cache.
+/// reload the `<img>` of a LocalStorage hit without bytes (a picture over
+/// its byte limit) gets them from the HTTP cache.
 async fn load_from_network(
     clock: PageClock,
     user: String,
@@ -126,7 +127,7 @@ async fn load_from_network(
         .unwrap_or_else(|| "application/octet-stream".to_owned());
     let bytes = body_bytes(&image).await?;
     // The bytes stay good after the URL expires: keep them as long as the
-    // byte tiers allow (LocalStorage keeps only the URL, for less time).
+    // byte tiers allow (LocalStorage keeps its entries for less time).
     let expires_at = clock.now().saturating_add(BYTES_TTL);
     Ok(Some(Entry::new(
         Picture {
