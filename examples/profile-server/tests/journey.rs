@@ -165,6 +165,28 @@ async fn check_visit(browser: &Browser, name: &'static str, tier: &str) -> Visit
     }
 }
 
+/// How many of this page's fetches its service worker was woken for only to
+/// pass them on to the network (the worker counts them per page). Its static
+/// routes send those (the presigned picture URLs on S3's origin, the API)
+/// past it, so a visit's count is 0.
+async fn fetches_passed_through_worker(browser: &Browser) -> Value {
+    browser
+        .script_async(
+            "const done = arguments[0];
+             const sw = navigator.serviceWorker;
+             if (!sw || !sw.controller) { done('no service worker controls the page'); return; }
+             sw.addEventListener('message', function on(e) {
+               if (e.data && e.data.type === 'page-source') {
+                 sw.removeEventListener('message', on);
+                 done(e.data.passed_on);
+               }
+             });
+             sw.controller.postMessage({ type: 'page-source' });",
+            vec![],
+        )
+        .await
+}
+
 fn write_visits(visits: &[Visit]) {
     let json: Vec<Value> = visits
         .iter()
@@ -847,6 +869,12 @@ async fn journey_five_visits_then_upload_in_two_windows() {
         s3_before,
         "reload: S3 served {} object requests; LocalStorage and the HTTP cache should have",
         s3_after - s3_before
+    );
+    assert_eq!(
+        fetches_passed_through_worker(&browser).await,
+        json!(0),
+        "reload: the service worker was woken for requests it only passed on \
+         (its static routes should send them straight to the network)"
     );
     browser.screenshot("3-reload").await;
     check_page_monitor(&browser).await;

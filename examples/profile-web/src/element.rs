@@ -185,6 +185,10 @@ fn draw(id: u32, p: &ProfilePicture) {
         m.img.remove_attribute("crossorigin").ok();
     } else {
         m.img.set_cross_origin(Some("anonymous"));
+        // Chromium holds low-priority image requests to 6 per host in
+        // flight, HTTP-cache hits too: a probe of 50 cached pictures saw
+        // them arrive about 6 at a time; at high priority they did not wait.
+        let _ = m.img.set_attribute("fetchpriority", "high");
     }
     m.img.set_src(&url);
     let tier = p.served_by().unwrap_or_default();

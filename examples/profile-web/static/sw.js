@@ -1,14 +1,8 @@
-// Service worker of the profile-picture demo.
-//
-// - The app shell (page, JS glue, wasm) lives in a cache named after the build
-//   (`cargo xtask` writes the build id below), network first: online, a new
-//   build is picked up on the next load; offline, the cache answers. A new
-//   build's worker takes over at once (skipWaiting + clients.claim) and deletes
-//   the older builds' caches.
-// - `/pictures/{id}` is answered from the page's Cache API tier (the cache
-//   "profile-pictures", entries with their expiry in a header), online or not:
-//   `<img src="/pictures/42">` works offline once the page has seen user 42.
-// - The API, metrics and dashboard always go to the network.
+// Service worker of the profile-picture demo (see the README):
+// - the app shell in a cache named after the build, network first;
+// - `/pictures/{id}` from the page's Cache API tier, online or not;
+// - static routes send other origins (presigned URLs) and the API to the
+//   network without waking this worker.
 const BUILD = "__BUILD__";
 const SHELL_PREFIX = "profile-web-shell-";
 const SHELL = SHELL_PREFIX + BUILD;
@@ -17,8 +11,43 @@ const EXPIRES_HEADER = "x-cache-browser-expires-at";
 const FILES = ["./", "./index.html", "./profile_web.js", "./profile_web_bg.wasm"];
 // client id → "sw-cache" | "sw-network": how each page was served.
 const served = new Map();
+// client id → fetches passed on unanswered (the static routes avoid them).
+const passedOn = new Map();
+const passOn = (event) => passedOn.set(event.clientId, (passedOn.get(event.clientId) || 0) + 1);
+
+// First match wins; the rest goes to the fetch handler.
+function staticRoutes() {
+  const here = new URL(self.registration.scope);
+  const sameOrigin = new URLPattern({
+    protocol: here.protocol.slice(0, -1),
+    hostname: here.hostname,
+    port: here.port,
+  });
+  return [
+    { condition: { urlPattern: "/pictures/*" }, source: "fetch-event" },
+    { condition: { not: { urlPattern: sameOrigin } }, source: "network" },
+    {
+      condition: {
+        or: [{ urlPattern: "/api/*" }, { urlPattern: "/metrics" }, { urlPattern: "/dashboard" }],
+      },
+      source: "network",
+    },
+  ];
+}
 
 self.addEventListener("install", (event) => {
+  // Without them the fetch handler still handles everything.
+  if (typeof event.addRoutes === "function" && typeof URLPattern === "function") {
+    try {
+      event.waitUntil(
+        Promise.resolve(event.addRoutes(staticRoutes())).catch((e) =>
+          console.warn("service worker static routes:", e),
+        ),
+      );
+    } catch (e) {
+      console.warn("service worker static routes:", e);
+    }
+  }
   event.waitUntil(
     caches
       .open(SHELL)
@@ -44,7 +73,12 @@ self.addEventListener("activate", (event) => {
 
 self.addEventListener("message", (event) => {
   if (event.data && event.data.type === "page-source" && event.source) {
-    event.source.postMessage({ type: "page-source", source: served.get(event.source.id) || "unknown", build: BUILD });
+    event.source.postMessage({
+      type: "page-source",
+      source: served.get(event.source.id) || "unknown",
+      build: BUILD,
+      passed_on: passedOn.get(event.source.id) || 0,
+    });
   }
 });
 
@@ -88,11 +122,17 @@ async function shell(event) {
 self.addEventListener("fetch", (event) => {
   const request = event.request;
   const url = new URL(request.url);
-  if (request.method !== "GET" || url.origin !== self.location.origin) return;
+  if (request.method !== "GET" || url.origin !== self.location.origin) {
+    passOn(event);
+    return;
+  }
   if (url.pathname.startsWith("/pictures/")) {
     event.respondWith(picture(request));
     return;
   }
-  if (url.pathname.startsWith("/api/") || url.pathname === "/metrics" || url.pathname === "/dashboard") return;
+  if (url.pathname.startsWith("/api/") || url.pathname === "/metrics" || url.pathname === "/dashboard") {
+    passOn(event);
+    return;
+  }
   event.respondWith(shell(event));
 });
