@@ -36,8 +36,11 @@ const DB_VERSION: u8 = 1;
 
 /// A stored value, its expiry and its tags.
 type Stored = (Vec<u8>, Timestamp, Tags);
-/// One record to write: encoded key, key, bytes, expiry, tags as JSON.
-type Write<'a> = (String, String, &'a [u8], Timestamp, Option<String>);
+/// One record ready for a batch write: its encoded key, its `entries`
+/// record and its size in bytes.
+type Prepared = (String, JsValue, u64);
+/// A [`write_batch`] whose transaction is made, still running.
+type Writing = std::pin::Pin<Box<dyn Future<Output = std::result::Result<(), IdbError>>>>;
 
 /// Default byte budget: 50 MiB of values.
 pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
@@ -314,6 +317,81 @@ async fn write_touches(
     for w in join_all(writes).await {
         w?;
     }
+    tx.commit().await
+}
+
+/// Writes every prepared record and its LRU record in one read-write
+/// transaction, evicting least recently used keys first if the total goes
+/// over `max` bytes. The transaction is made, and its first requests, in
+/// the future's first poll.
+async fn write_batch(
+    db: Database,
+    batch: Vec<Prepared>,
+    max: f64,
+    now: Timestamp,
+) -> std::result::Result<(), IdbError> {
+    let tx = db
+        .transaction([ENTRIES, LRU, META])
+        .with_mode(TransactionMode::Readwrite)
+        .build()?;
+    let entries = tx.object_store(ENTRIES)?;
+    let lru = tx.object_store(LRU)?;
+    let meta = tx.object_store(META)?;
+    let olds = batch
+        .iter()
+        .map(|(enc, ..)| lru.get(enc.clone()).primitive())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let total = meta.get(TOTAL).primitive()?;
+    let mut old = 0.0;
+    for rec in join_all(olds).await {
+        let rec: Option<JsValue> = rec?;
+        old += rec.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
+    }
+    let total: Option<JsValue> = total.await?;
+    let size: f64 = batch.iter().map(|(.., size)| *size as f64).sum();
+    let mut total = total.and_then(|v| v.as_f64()).unwrap_or(0.0) - old + size;
+    // Over budget: evict least recently used keys, in this transaction.
+    while total > max {
+        let victims: Vec<JsValue> = lru
+            .index(BY_ACCESS)?
+            .get_all_keys::<JsValue>()
+            .with_limit(16 + batch.len() as u32)
+            .primitive()?
+            .await?
+            .collect::<std::result::Result<_, _>>()?;
+        let victims: Vec<JsValue> = victims
+            .into_iter()
+            .filter(|k| {
+                k.as_string()
+                    .is_none_or(|k| batch.iter().all(|(enc, ..)| *enc != k))
+            })
+            .collect();
+        if victims.is_empty() {
+            break;
+        }
+        for k in victims {
+            if total <= max {
+                break;
+            }
+            let rec: Option<JsValue> = lru.get(k.clone()).primitive()?.await?;
+            total -= rec.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
+            entries.delete(k.clone()).primitive()?.await?;
+            lru.delete(k).primitive()?.await?;
+        }
+    }
+    let mut writes = Vec::with_capacity(2 * batch.len());
+    for (enc, rec, size) in batch {
+        writes.push(entries.put(rec).with_key(enc.clone()).primitive()?);
+        writes.push(lru.put(lru_record(now, size)?).with_key(enc).primitive()?);
+    }
+    let meta_write = meta
+        .put(JsValue::from_f64(total.max(0.0)))
+        .with_key(TOTAL)
+        .primitive()?;
+    for w in join_all(writes).await {
+        w?;
+    }
+    meta_write.await?;
     tx.commit().await
 }
 
@@ -673,16 +751,14 @@ impl<V> IndexedDbTier<V> {
         .await
     }
 
-    /// Writes every `(key, bytes, expires_at, tags)` in one read-write
-    /// transaction (a later duplicate of a key wins), evicting least recently
-    /// used keys first if the total goes over the budget.
-    async fn put_many_bytes(
+    /// The records of every `(key, bytes, expires_at, tags)` (a later
+    /// duplicate of a key wins), each marked as touched now.
+    fn prepare(
         &self,
         items: Vec<(String, &[u8], Timestamp, &Tags)>,
-        op: Operation,
-    ) -> Result<()> {
-        let now = self.clock.now();
-        let mut batch: Vec<Write<'_>> = Vec::with_capacity(items.len());
+        now: Timestamp,
+    ) -> Result<Vec<Prepared>> {
+        let mut batch: Vec<Prepared> = Vec::with_capacity(items.len());
         for (key, bytes, expires_at, tags) in items {
             let size = bytes.len() as u64;
             if size > self.max_bytes {
@@ -699,90 +775,131 @@ impl<V> IndexedDbTier<V> {
             }
             let tags = record::tags_to_json(tags, &self.name)?;
             let enc = key::encode(&key);
+            let rec = new_record(&key, bytes, expires_at, tags.as_deref())
+                .map_err(|e| self.map_err(Operation::Put, &e))?;
             batch.retain(|(e, ..)| *e != enc);
-            batch.push((enc, key, bytes, expires_at, tags));
-        }
-        if batch.is_empty() {
-            return Ok(());
+            batch.push((enc, rec, size));
         }
         for (enc, ..) in &batch {
             self.mark_touched(enc.clone(), now);
         }
-        let max = self.max_bytes as f64;
-        self.with_db(op, |db| {
-            let batch = &batch;
-            async move {
-                let tx = db
-                    .transaction([ENTRIES, LRU, META])
-                    .with_mode(TransactionMode::Readwrite)
-                    .build()?;
-                let entries = tx.object_store(ENTRIES)?;
-                let lru = tx.object_store(LRU)?;
-                let meta = tx.object_store(META)?;
-                let olds = batch
-                    .iter()
-                    .map(|(enc, ..)| lru.get(enc.clone()).primitive())
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                let total = meta.get(TOTAL).primitive()?;
-                let mut old = 0.0;
-                for rec in join_all(olds).await {
-                    let rec: Option<JsValue> = rec?;
-                    old += rec.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
+        Ok(batch)
+    }
+
+    /// Writes every `(key, bytes, expires_at, tags)` in one read-write
+    /// transaction (a later duplicate of a key wins), evicting least recently
+    /// used keys first if the total goes over the budget.
+    async fn put_many_bytes(
+        &self,
+        items: Vec<(String, &[u8], Timestamp, &Tags)>,
+        op: Operation,
+    ) -> Result<()> {
+        if let Some(write) = self.start_write(items, op).await? {
+            write.await.map_err(|e| self.map_err(op, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts [`write_batch`] for `items` on the connection (reopened once if
+    /// it was closing): the transaction and its first requests are made when
+    /// this returns. `None` when there was nothing left to wait for.
+    async fn start_write(
+        &self,
+        items: Vec<(String, &[u8], Timestamp, &Tags)>,
+        op: Operation,
+    ) -> Result<Option<Writing>> {
+        let now = self.clock.now();
+        let batch = self.prepare(items, now)?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let mut reopened = false;
+        loop {
+            let db = self.connection().await?;
+            let mut write: Writing =
+                Box::pin(write_batch(db, batch.clone(), self.max_bytes as f64, now));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match write.as_mut().poll(&mut cx) {
+                std::task::Poll::Pending => return Ok(Some(write)),
+                std::task::Poll::Ready(Ok(())) => return Ok(None),
+                std::task::Poll::Ready(Err(e)) if is_closing(&e) && !reopened => {
+                    self.conn.borrow_mut().take();
+                    reopened = true;
                 }
-                let total: Option<JsValue> = total.await?;
-                let size: f64 = batch.iter().map(|(_, _, b, ..)| b.len() as f64).sum();
-                let mut total = total.and_then(|v| v.as_f64()).unwrap_or(0.0) - old + size;
-                // Over budget: evict least recently used keys, in this transaction.
-                while total > max {
-                    let victims: Vec<JsValue> = lru
-                        .index(BY_ACCESS)?
-                        .get_all_keys::<JsValue>()
-                        .with_limit(16 + batch.len() as u32)
-                        .primitive()?
-                        .await?
-                        .collect::<std::result::Result<_, _>>()?;
-                    let victims: Vec<JsValue> = victims
-                        .into_iter()
-                        .filter(|k| {
-                            k.as_string()
-                                .is_none_or(|k| batch.iter().all(|(enc, ..)| *enc != k))
-                        })
-                        .collect();
-                    if victims.is_empty() {
-                        break;
-                    }
-                    for k in victims {
-                        if total <= max {
-                            break;
-                        }
-                        let rec: Option<JsValue> = lru.get(k.clone()).primitive()?.await?;
-                        total -= rec.as_ref().and_then(|r| num(r, "size")).unwrap_or(0.0);
-                        entries.delete(k.clone()).primitive()?.await?;
-                        lru.delete(k).primitive()?.await?;
-                    }
+                std::task::Poll::Ready(Err(e)) => return Err(self.map_err(op, &e)),
+            }
+        }
+    }
+
+    /// The entries' `(key, bytes, expires_at, tags)` to write, and the keys
+    /// of those already expired (or at once past the tier's TTL), which are
+    /// not written.
+    #[allow(clippy::type_complexity)]
+    fn to_write<'e, K: CacheKey>(
+        &self,
+        entries: &'e [(K, Entry<V>)],
+    ) -> Result<(Vec<(String, &'e [u8], Timestamp, &'e Tags)>, Vec<String>)>
+    where
+        V: AsRef<[u8]>,
+    {
+        let now = self.clock.now();
+        let mut items = Vec::with_capacity(entries.len());
+        let mut expired = Vec::new();
+        for (key, entry) in entries {
+            let key = record::checked_key(key)?.into_owned();
+            match record::put_expiry(entry.expires_at, now, self.ttl) {
+                Some(expires_at) => {
+                    items.push((key, entry.value.as_ref(), expires_at, &entry.tags))
                 }
-                let mut writes = Vec::with_capacity(2 * batch.len());
-                for (enc, key, bytes, expires_at, tags) in batch {
-                    let rec = new_record(key, bytes, *expires_at, tags.as_deref())?;
-                    writes.push(entries.put(rec).with_key(enc.clone()).primitive()?);
-                    writes.push(
-                        lru.put(lru_record(now, bytes.len() as u64)?)
-                            .with_key(enc.clone())
-                            .primitive()?,
+                None => {
+                    items.retain(|(k, ..)| *k != key);
+                    expired.push(key);
+                }
+            }
+        }
+        Ok((items, expired))
+    }
+
+    /// Like [`CacheLayer::put_many`], but returns as soon as the write's
+    /// transaction exists and its first requests are made; the commit runs
+    /// in the background. IndexedDB runs read-write transactions on the same
+    /// stores in the order they were made, so a removal (or another write)
+    /// made after this returns still comes after it, and a read made after
+    /// it sees it. A write that fails in the background is reported on the
+    /// console and leaves its entries out of the tier (a cache miss later).
+    ///
+    /// An entry already expired is left out (not removed, as `put_many`
+    /// does). The preset's chain backfills its IndexedDB tier this way, so a
+    /// read answered by a tier below it does not wait for the commit. Another tab
+    /// may not see the entries until the commit: use
+    /// [`CacheLayer::put_many`] for a new value.
+    ///
+    /// # Errors
+    ///
+    /// As [`CacheLayer::put_many`], for what fails before the transaction
+    /// runs (a value over the byte budget, a bad key, the connection).
+    pub async fn put_many_in_background<K: CacheKey>(
+        &self,
+        entries: Vec<(K, Entry<V>)>,
+    ) -> Result<()>
+    where
+        V: AsRef<[u8]>,
+    {
+        // An entry already expired is left out: a backfill's key is one
+        // this tier missed, so it holds nothing older to remove.
+        let (items, _) = self.to_write(&entries)?;
+        if let Some(write) = self.start_write(items, Operation::PutMany).await? {
+            let name = self.name.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Err(e) = write.await {
+                    let e = idb_err(&e);
+                    web_sys::console::warn_1(
+                        &format!("{name}: a write in the background failed: {e}").into(),
                     );
                 }
-                let meta_write = meta
-                    .put(JsValue::from_f64(total.max(0.0)))
-                    .with_key(TOTAL)
-                    .primitive()?;
-                for w in join_all(writes).await {
-                    w?;
-                }
-                meta_write.await?;
-                tx.commit().await
-            }
-        })
-        .await
+            });
+        }
+        Ok(())
     }
 
     async fn remove_range(&self, start: String, op: Operation) -> Result<()> {
@@ -879,20 +996,10 @@ where
     /// Every entry in one read-write transaction; an entry already expired
     /// (or at once past the tier's TTL) is removed instead.
     async fn put_many(&self, entries: Vec<(K, Entry<V>)>) -> Result<()> {
-        let now = self.clock.now();
-        let mut items = Vec::with_capacity(entries.len());
-        for (key, entry) in &entries {
-            let key = record::checked_key(key)?.into_owned();
-            match record::put_expiry(entry.expires_at, now, self.ttl) {
-                Some(expires_at) => {
-                    items.push((key, entry.value.as_ref(), expires_at, &entry.tags))
-                }
-                None => {
-                    items.retain(|(k, ..)| *k != key);
-                    self.delete_key(&key::encode(&key), Operation::PutMany)
-                        .await?;
-                }
-            }
+        let (items, expired) = self.to_write(&entries)?;
+        for key in expired {
+            self.delete_key(&key::encode(&key), Operation::PutMany)
+                .await?;
         }
         self.put_many_bytes(items, Operation::PutMany).await
     }

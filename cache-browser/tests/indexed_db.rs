@@ -136,6 +136,52 @@ async fn byte_budget_evicts_least_recently_used() {
 }
 
 #[wasm_bindgen_test]
+async fn a_write_in_the_background_is_ordered_before_what_comes_after_it() {
+    let clock = ManualClock::new();
+    let t = tier("background", &clock, 1 << 20).await;
+    let key = |i: u32| format!("k{i}");
+    let entry = |i: u32| Entry::expiring_in(vec![i as u8; 300], clock.now(), day());
+    for i in 0..20 {
+        // Written in the background, then removed at once: the removal,
+        // made later, runs later, so nothing is left.
+        t.put_many_in_background(vec![(key(i), entry(i))])
+            .await
+            .unwrap();
+        CacheLayer::<String, Vec<u8>>::remove(&t, &key(i))
+            .await
+            .unwrap();
+        let got = CacheLayer::<String, Vec<u8>>::get(&t, &key(i))
+            .await
+            .unwrap();
+        assert_eq!(got, None, "round {i}: the removal lost to the write");
+    }
+    // Written in the background and then read: the read sees it, as does
+    // the byte count.
+    let batch: Vec<(String, Entry<Vec<u8>>)> = (100..150).map(|i| (key(i), entry(i))).collect();
+    t.put_many_in_background(batch).await.unwrap();
+    let got = CacheLayer::<String, Vec<u8>>::get_many(&t, &(100..150).map(key).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(got.iter().all(Option::is_some), "{got:?}");
+    assert_eq!(t.total_bytes().await.unwrap(), 50 * 300);
+    // A value over the budget fails before anything is written.
+    let huge = Entry::expiring_in(vec![0; 2 << 20], clock.now(), day());
+    assert!(matches!(
+        t.put_many_in_background(vec![(key(999), huge)]).await,
+        Err(Error::QuotaExceeded { .. })
+    ));
+    // Without a connection (closed under it), it writes and waits.
+    t.close_connection_for_test();
+    t.put_many_in_background(vec![(key(500), entry(5))])
+        .await
+        .unwrap();
+    let got = CacheLayer::<String, Vec<u8>>::get(&t, &key(500))
+        .await
+        .unwrap();
+    assert_eq!(got.map(|e| e.value), Some(vec![5; 300]));
+}
+
+#[wasm_bindgen_test]
 async fn reopens_and_retries_once_when_the_connection_was_closed() {
     let clock = ManualClock::new();
     let t = tier("reopen", &clock, 1 << 20).await;

@@ -182,6 +182,9 @@ impl CacheLayer<String, Picture> for BytesTier {
     /// One read-write transaction for every entry (a batch's backfill): the
     /// fences are checked first, as the default `put_fenced` does before its
     /// write, and the chain keeps this tier's fills apart from its removals.
+    /// The transaction commits in the background: a removal made once this
+    /// returns runs after it (see [`IndexedDbTier::put_many_in_background`]),
+    /// and the read that backfills does not wait for the commit.
     async fn put_many_fenced(
         &self,
         entries: Vec<(String, Entry<Picture>)>,
@@ -198,7 +201,7 @@ impl CacheLayer<String, Picture> for BytesTier {
             batch.extend(packed(&key, entry));
         }
         if !batch.is_empty() {
-            self.0.put_many(batch).await?;
+            self.0.put_many_in_background(batch).await?;
         }
         Ok(fills)
     }
