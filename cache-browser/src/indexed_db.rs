@@ -645,6 +645,11 @@ impl<V> IndexedDbTier<V> {
         if batch.is_empty() {
             return Ok(None);
         }
+        // The reopen-once of `with_db`, by hand: `with_db` awaits the whole
+        // write, and one more instantiation of it for this caller cost the
+        // page 461 B over the wire, more than half of what its budget had
+        // left. A closing connection fails the transaction's creation, which
+        // is in the first poll.
         let mut reopened = false;
         loop {
             let db = self.connection().await?;
