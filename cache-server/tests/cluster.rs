@@ -135,3 +135,138 @@ async fn redis_cluster_end_to_end() {
     assert_eq!(got, Invalidation::Key(key.clone()));
     assert!(!b_moka.contains(&key));
 }
+
+/// Instance A, on its own single-thread runtime on its own thread: its bus in
+/// cluster mode on `channel`, a moka tier as its only local tier. `freeze`
+/// blocks that thread (A neither reads its subscription nor acknowledges
+/// until it thaws), as a stopped process would.
+struct Frozen {
+    moka: MokaTier<String, String>,
+    id: u64,
+    freeze: std::sync::mpsc::Sender<Duration>,
+    frozen: std::sync::mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Frozen {
+    fn start(url: String, channel: String) -> Frozen {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (freeze, freeze_rx) = std::sync::mpsc::channel::<Duration>();
+        let (frozen_tx, frozen) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let moka: MokaTier<String, String> = MokaTier::builder().build();
+                let chain = TieredCache::builder().tier(Tier::new(moka.clone())).build();
+                let bus = InvalidationBus::builder()
+                    .url(url)
+                    .channel(channel)
+                    .connect()
+                    .await
+                    .unwrap();
+                let a = SyncedCache::new(chain, bus, vec![0]);
+                ready_tx.send((moka, a.bus().instance_id())).unwrap();
+                loop {
+                    match freeze_rx.try_recv() {
+                        Ok(d) => {
+                            frozen_tx.send(()).unwrap();
+                            std::thread::sleep(d);
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                    }
+                }
+                a.bus().shutdown().await;
+            });
+        });
+        let (moka, id) = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Frozen {
+            moka,
+            id,
+            freeze,
+            frozen,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let (tx, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.freeze, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A bus on a plain connection to the cluster node that owns its registry
+/// (as the race test wires two of its instances) waits for an instance
+/// subscribed on another node. `PUBSUB NUMSUB` counts one node's subscribers
+/// only: such a bus once took "none here" for "its connection is gone",
+/// excused the live instance at its first look and returned before that
+/// instance had applied the invalidation (the cluster race test caught it in
+/// CI, on a loaded machine). Here A is frozen while B invalidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_bus_on_a_cluster_node_waits_for_an_instance_subscribed_on_another() {
+    let cluster = RedisCluster::start();
+    // A channel whose registry lives on another node than A's subscription
+    // (A's subscriber picks its node itself).
+    let mut found = None;
+    for i in 0..12 {
+        let channel = format!("plain-{i}");
+        let a = Frozen::start(cluster.url(), channel.clone());
+        let inbox = format!("{{{channel}}}:i:{:016x}", a.id);
+        let subscribed: Vec<usize> = (0..cluster.nodes().len())
+            .filter(|&n| {
+                let out = cluster.nodes()[n]
+                    .cli(&["PUBSUB", "NUMSUB", &inbox])
+                    .unwrap();
+                out.lines().nth(1).map(str::trim) == Some("1")
+            })
+            .collect();
+        let owner = cluster.owner_of(&format!("{{{channel}}}:live"));
+        if subscribed.len() == 1 && subscribed[0] != owner {
+            found = Some((channel, a, owner));
+            break;
+        }
+    }
+    let (channel, a, owner) =
+        found.expect("in 12 channels, A subscribed once on a node that is not the registry's");
+    let plain = format!("redis://127.0.0.1:{}", cluster.nodes()[owner].port());
+    let moka: MokaTier<String, String> = MokaTier::builder().build();
+    let chain = TieredCache::builder().tier(Tier::new(moka)).build();
+    let bus = InvalidationBus::builder()
+        .url(plain)
+        .channel(channel)
+        .connect()
+        .await
+        .unwrap();
+    let b = SyncedCache::new(chain, bus, vec![0]);
+    support::wait_for!(
+        "B lists A",
+        b.bus().live_peers().await.unwrap() == vec![a.id]
+    );
+
+    let key = "user:1".to_string();
+    a.moka
+        .put(
+            &key,
+            Entry::expiring_in("old".into(), SystemClock.now(), Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    a.freeze.send(Duration::from_millis(800)).unwrap();
+    a.frozen.recv_timeout(Duration::from_secs(10)).unwrap();
+    b.invalidate(&key).await.unwrap();
+    assert!(
+        !a.moka.contains(&key),
+        "B's invalidation returned while A (subscribed on another node, frozen) still held the key"
+    );
+    assert_eq!(b.bus().stats().excused, 0, "A was live: nobody excuses it");
+}

@@ -997,7 +997,7 @@ async fn race(wiring: &Wiring, label: &str, seed: u64, ops: usize, until_stale: 
     for inst in instances.iter() {
         let s = inst.cache.bus().stats();
         println!(
-            "{label}: {}: fills its moka tier refused {}, its redis tier {}; link downs {}, resync flushes {}, sequence gaps {}, unconfirmed {}, acks sent {}",
+            "{label}: {}: fills its moka tier refused {}, its redis tier {}; link downs {}, resync flushes {}, sequence gaps {}, unconfirmed {}, acks sent {}, instances excused {}",
             inst.name,
             inst.refusals.0[0].load(Ordering::Relaxed),
             inst.refusals.0[1].load(Ordering::Relaxed),
@@ -1005,7 +1005,8 @@ async fn race(wiring: &Wiring, label: &str, seed: u64, ops: usize, until_stale: 
             inst.cache.resync_flushes(),
             s.sequence_gaps,
             s.unconfirmed,
-            s.acks_sent
+            s.acks_sent,
+            s.excused
         );
     }
     for e in f.writer_errors.iter().take(5) {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use cache_core::{Error, Result};
 use fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy};
 use fred::types::config::{ServerConfig, UnresponsiveConfig};
+use fred::types::CustomCommand;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -285,7 +286,7 @@ impl InvalidationBusBuilder {
             })?;
             config
         };
-        let clustered = matches!(config.server, ServerConfig::Clustered { .. });
+        let cluster_url = matches!(config.server, ServerConfig::Clustered { .. });
         let timing = self.timing;
         let connect_timeout = self.command_timeout.max(Duration::from_secs(1));
         let mut builder =
@@ -304,6 +305,7 @@ impl InvalidationBusBuilder {
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         publisher.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
+        let clustered = cluster_url || !is_standalone(&publisher).await;
 
         let registry = Registry::new(&self.channel);
         let build = self.build.unwrap_or_else(Build::this);
@@ -539,4 +541,22 @@ fn spawn_reconnect_watch(
             let _ = inner.resync().await;
         }
     })
+}
+
+/// Whether the server a plain connection reaches is a standalone one, not a
+/// node of a cluster (`INFO cluster` says `cluster_enabled:0`). A node of a
+/// cluster counts only its own subscribers in `PUBSUB NUMSUB`, while an
+/// instance may be subscribed on another node: a bus that took "no
+/// subscriber" there for "its connection is gone" excused live instances
+/// before they had applied its invalidations. When the server does not say
+/// (the command is denied, or fails), it is taken for a cluster node: the
+/// bus then only waits longer for a dead instance, never less for a live one.
+async fn is_standalone(client: &fred::clients::Client) -> bool {
+    let info: std::result::Result<String, _> = client
+        .custom(
+            CustomCommand::new_static("INFO", None, false),
+            vec![fred::types::Value::from("cluster")],
+        )
+        .await;
+    info.is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_enabled:0"))
 }

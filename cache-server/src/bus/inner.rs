@@ -78,7 +78,8 @@ pub(super) struct BusInner {
     /// This bus's id on the wire.
     pub(super) origin: u64,
     pub(super) build: Build,
-    /// Whether Redis is a cluster (`PUBSUB NUMSUB` then sees one node only).
+    /// Whether Redis is a cluster, reached by a cluster URL or by a plain
+    /// one to one of its nodes (`PUBSUB NUMSUB` then sees one node only).
     pub(super) clustered: bool,
     /// The number of the last invalidation published; held while publishing,
     /// so numbers reach Redis in order.
@@ -523,7 +524,7 @@ impl BusInner {
     /// Excused: one whose record said "down" (it flushes, and says "up" only
     /// before its last flush), one whose registration ran out or was removed
     /// (it stopped, or its heartbeats stopped: it has declared its link down
-    /// and is flushing), and on a single node one with no subscriber on its
+    /// and is flushing), and on a standalone server one with no subscriber on its
     /// inbox (its connection is gone: it flushes when it subscribes again, or
     /// within the bound when it cannot).
     pub(super) async fn confirm(

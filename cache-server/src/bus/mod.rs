@@ -129,7 +129,7 @@ pub struct BusStats {
     pub unconfirmed: u64,
     /// Instances a confirmed invalidation stopped waiting for without an
     /// ack: they had left, their registration ran out, their link was down,
-    /// or (single node) they had no subscriber connection. Each is flushing
+    /// or (standalone server) they had no subscriber connection. Each is flushing
     /// its in-process tiers.
     pub excused: u64,
     /// Other instances' invalidations that failed to apply here (the local
@@ -157,8 +157,9 @@ pub struct BusStats {
 /// [`InvalidationBus::shutdown`] (or when the last handle drops) it leaves the
 /// registry and is excused at once. An instance that dies stops refreshing
 /// its registration and is excused when it runs out (at most heartbeat
-/// interval + timeout after its last heartbeat); on a single node it is
-/// excused sooner, as soon as Redis has closed its subscriber connection.
+/// interval + timeout after its last heartbeat); on a standalone server
+/// (not a node of a cluster, even one reached by a plain URL) it is excused
+/// sooner, as soon as Redis has closed its subscriber connection.
 ///
 /// **Lost messages.** Pub/sub does not buffer: messages published while the
 /// subscriber is disconnected are lost. So when the subscriber reconnects (after

@@ -124,7 +124,7 @@ where
 /// same step; each registered only once subscribed, so each receives it).
 /// One that leaves ([`InvalidationBus::shutdown`]) is gone from the registry
 /// and not waited for. One whose registration says its link is down, or runs
-/// out (it stopped refreshing it: dead, or its link is down), or (single node)
+/// out (it stopped refreshing it: dead, or its link is down), or (standalone server)
 /// that has no subscriber on its inbox (its connection is gone) is excused:
 /// it is flushing, or flushes before it can serve again. An instance that
 /// does none of this and does not acknowledge within the ack timeout

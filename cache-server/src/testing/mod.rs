@@ -60,19 +60,35 @@ pub(crate) fn cli_on(port: u16, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(crate) fn free_port() -> u16 {
-    // Cluster bus ports are port + 10000: keep below 55535.
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+/// A loopback port for a server a test starts, free together with its
+/// cluster bus port (port + 10000).
+///
+/// Picked below Linux's ephemeral range (32768-60999): an outgoing
+/// connection of another test can take an ephemeral port between the pick
+/// and the server's own bind (a redis-server in CI once failed to start that
+/// way). Never the same port twice in one process; each process starts at
+/// its own offset.
+///
+/// ```no_run
+/// let port = cache_server::testing::free_port();
+/// assert!(port < 32_768 - 10_000);
+/// ```
+pub fn free_port() -> u16 {
+    // Ports 12000-21999; their bus ports 22000-31999.
+    const LOW: u64 = 12_000;
+    const SPAN: u64 = 10_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let offset = u64::from(std::process::id()).wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (offset + n) % SPAN).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
             return port;
         }
     }
-    panic!("no free loopback port pair found");
+    panic!("no free loopback port pair found in 12000-31999");
 }
 
 pub(crate) fn temp_dir(tag: &str) -> PathBuf {
@@ -154,7 +170,9 @@ impl RedisServer {
             // primary) syncs alone, so it starts at once.
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
-            .arg(&self.dir);
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.log());
         cmd.args(&self.extra);
         if self.cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
@@ -170,17 +188,37 @@ impl RedisServer {
         self.wait_ready();
     }
 
-    fn wait_ready(&self) {
+    /// Its log file (in its directory, which several servers may share).
+    fn log(&self) -> PathBuf {
+        self.dir.join(format!("redis-{}.log", self.port))
+    }
+
+    /// Waits until it answers PING; panics with its log if it exits first or
+    /// does not answer within 10 s.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.cli(&["PING"]).is_some_and(|out| out.trim() == "PONG") {
                 return;
             }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "redis-server on port {} exited ({status}) before it answered; its log:\n{}",
+                    self.port,
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "redis-server on port {} did not start within 10 s",
-            self.port
+            "redis-server on port {} did not answer within 10 s; its log:\n{}",
+            self.port,
+            std::fs::read_to_string(self.log()).unwrap_or_default()
         );
     }
 

@@ -37,12 +37,10 @@ struct Instance {
     live: AtomicBool,
 }
 
+/// Below the ephemeral range, so no outgoing connection takes it before
+/// the child binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    cache_server::testing::free_port()
 }
 
 impl Instance {

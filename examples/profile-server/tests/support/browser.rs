@@ -3,7 +3,6 @@
 //! relays (`goog/cdp/execute`, issued through fantoccini's custom commands on
 //! the same connection), network emulation, screenshots and waiting.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,12 +58,10 @@ pub(crate) fn bytes_of(value: &Value) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Below the ephemeral range, so no outgoing connection takes it before
+/// the child binds it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    cache_server::testing::free_port()
 }
 
 /// chromedriver on a free port, killed on drop.
