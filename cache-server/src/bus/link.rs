@@ -23,8 +23,13 @@ impl Timing {
     }
 
     /// Silence after which the watchdog declares the link down: one tick
-    /// early, so the flush happens within [`Timing::bound`], and before the
-    /// instance's registration runs out.
+    /// early, so the flush happens within [`Timing::bound`] of the last
+    /// heartbeat that came back. The registration that heartbeat refreshed
+    /// runs out `bound` after Redis ran the refresh, which is earlier by the
+    /// heartbeat's trip back: when that trip takes longer than a tick, a
+    /// publisher can skip this instance shortly before it declares itself
+    /// down. Both moments lie within the documented exception, which counts
+    /// from the last heartbeat that came back.
     pub(super) fn silence_limit(self) -> Duration {
         self.bound().saturating_sub(self.tick())
     }
