@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_core::{Clock, Entry, Source, SystemClock};
+use cache_core::{CacheLayer, Clock, Entry, Source, SystemClock};
 use cache_server::fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use cache_server::testing::{LoopbackProxy, RedisServer};
 use cache_server::{Invalidation, InvalidationBus, InvalidationBusBuilder, SyncedCache};
 use support::{
-    applied_until, fast_bus, next_applied, redis_tier, wait_for, wait_until, Instance, FAST_BOUND,
+    applied_until, fast_bus, next_applied, redis_tier, wait_for, wait_until, Frozen, Instance,
+    FAST_BOUND,
 };
 
 mod support;
@@ -536,6 +537,50 @@ async fn when_a_synced_call_returns_ok_no_other_instance_holds_the_old_value() {
     assert_eq!(stats.unconfirmed, 0, "{stats:?}");
     assert_eq!(stats.acks_received, 2 * 102, "{stats:?}");
     assert_eq!(a.cache.resync_flushes(), 0, "{stats:?}");
+}
+
+/// An instance paused for longer than the bound (a stopped process) is
+/// skipped by the others once its registration runs out, and its watchdog
+/// cannot flush while it is paused. The first read it serves when it thaws
+/// must not be the value their invalidation removed: a read looks at the
+/// link first. (Without that look the read is a hit on the old value,
+/// before the watchdog's next tick: seen.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_looks_at_its_link_before_it_serves_a_read() {
+    let server = RedisServer::start();
+    let a = Frozen::start(fast_bus(server.url()).channel(CHANNEL));
+    let b = SyncedCache::new(
+        cache_core::TieredCache::builder()
+            .tier(cache_core::Tier::new(
+                cache_server::MokaTier::<String, String>::builder().build(),
+            ))
+            .build(),
+        fast_bus(server.url())
+            .channel(CHANNEL)
+            .connect()
+            .await
+            .unwrap(),
+        vec![0],
+    );
+    wait_for!("B lists A", peers(&b).await == vec![a.id]);
+    let key = "user:1".to_string();
+    a.moka
+        .put(
+            &key,
+            Entry::expiring_in("old".into(), SystemClock.now(), Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let pause = 3 * FAST_BOUND;
+    a.freeze(pause, Some(&key));
+    // A's registration runs out within the bound: B stops waiting for it.
+    b.invalidate(&key).await.unwrap();
+    assert_eq!(b.bus().stats().excused, 1, "B excused the paused A");
+    assert_eq!(
+        a.thawed_read(pause).as_deref(),
+        Some("user:1@origin"),
+        "A's first read after it thawed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use cache_core::{conformance, CacheLayer, Clock, Entry, SystemClock, Tier, Tiere
 use cache_server::fred::interfaces::KeysInterface;
 use cache_server::testing::RedisCluster;
 use cache_server::{Invalidation, InvalidationBus, MokaTier, SyncedCache};
-use support::{conformance_tier, next_applied, redis_tier};
+use support::{conformance_tier, next_applied, redis_tier, Frozen};
 
 mod support;
 
@@ -136,75 +136,6 @@ async fn redis_cluster_end_to_end() {
     assert!(!b_moka.contains(&key));
 }
 
-/// Instance A, on its own single-thread runtime on its own thread: its bus in
-/// cluster mode on `channel`, a moka tier as its only local tier. `freeze`
-/// blocks that thread (A neither reads its subscription nor acknowledges
-/// until it thaws), as a stopped process would.
-struct Frozen {
-    moka: MokaTier<String, String>,
-    id: u64,
-    freeze: std::sync::mpsc::Sender<Duration>,
-    frozen: std::sync::mpsc::Receiver<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Frozen {
-    fn start(url: String, channel: String) -> Frozen {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (freeze, freeze_rx) = std::sync::mpsc::channel::<Duration>();
-        let (frozen_tx, frozen) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let moka: MokaTier<String, String> = MokaTier::builder().build();
-                let chain = TieredCache::builder().tier(Tier::new(moka.clone())).build();
-                let bus = InvalidationBus::builder()
-                    .url(url)
-                    .channel(channel)
-                    .connect()
-                    .await
-                    .unwrap();
-                let a = SyncedCache::new(chain, bus, vec![0]);
-                ready_tx.send((moka, a.bus().instance_id())).unwrap();
-                loop {
-                    match freeze_rx.try_recv() {
-                        Ok(d) => {
-                            frozen_tx.send(()).unwrap();
-                            std::thread::sleep(d);
-                        }
-                        Err(std::sync::mpsc::TryRecvError::Empty) => {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-                    }
-                }
-                a.bus().shutdown().await;
-            });
-        });
-        let (moka, id) = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Frozen {
-            moka,
-            id,
-            freeze,
-            frozen,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let (tx, _) = std::sync::mpsc::channel();
-        drop(std::mem::replace(&mut self.freeze, tx));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A bus on a plain connection to the cluster node that owns its registry
 /// (as the race test wires two of its instances) waits for an instance
 /// subscribed on another node. `PUBSUB NUMSUB` counts one node's subscribers
@@ -220,7 +151,11 @@ async fn a_plain_bus_on_a_cluster_node_waits_for_an_instance_subscribed_on_anoth
     let mut found = None;
     for i in 0..12 {
         let channel = format!("plain-{i}");
-        let a = Frozen::start(cluster.url(), channel.clone());
+        let a = Frozen::start(
+            InvalidationBus::builder()
+                .url(cluster.url())
+                .channel(&channel),
+        );
         let inbox = format!("{{{channel}}}:i:{:016x}", a.id);
         let subscribed: Vec<usize> = (0..cluster.nodes().len())
             .filter(|&n| {
@@ -261,8 +196,7 @@ async fn a_plain_bus_on_a_cluster_node_waits_for_an_instance_subscribed_on_anoth
         )
         .await
         .unwrap();
-    a.freeze.send(Duration::from_millis(800)).unwrap();
-    a.frozen.recv_timeout(Duration::from_secs(10)).unwrap();
+    a.freeze(Duration::from_millis(800), None);
     b.invalidate(&key).await.unwrap();
     assert!(
         !a.moka.contains(&key),

@@ -374,7 +374,11 @@ impl PresignedUrls {
     /// signed. It works for at least the margin more.
     pub async fn url(&self, user: &str) -> Result<PresignedUrl> {
         let user = UserId::parse(user)?;
-        let lookup = self.cache.get(&user.0).await?;
+        // Through the bus when there is one: it looks at its link first.
+        let lookup = match &self.synced {
+            Some(synced) => synced.get(&user.0).await?,
+            None => self.cache.get(&user.0).await?,
+        };
         lookup
             .map(|l| l.into_value())
             .ok_or_else(|| no_picture(&user.0))
@@ -388,7 +392,10 @@ impl PresignedUrls {
             .iter()
             .map(|u| UserId::parse(u.as_ref()).map(|u| u.0))
             .collect::<Result<Vec<_>>>()?;
-        let found = self.cache.get_many(&keys).await?;
+        let found = match &self.synced {
+            Some(synced) => synced.get_many(&keys).await?,
+            None => self.cache.get_many(&keys).await?,
+        };
         found
             .into_iter()
             .zip(&keys)

@@ -376,6 +376,11 @@ impl InvalidationBusBuilder {
                 last_echo: now,
                 last_flush: now,
             }),
+            epoch: now,
+            look_by: AtomicU64::new(
+                u64::try_from(timing.silence_limit().as_nanos()).unwrap_or(u64::MAX),
+            ),
+            looking: tokio::sync::Mutex::new(()),
             link_tx: watch::Sender::new(false),
             pending: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),

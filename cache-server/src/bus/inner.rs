@@ -91,6 +91,15 @@ pub(super) struct BusInner {
     /// `mutations` switch `mutation::set_no_heartbeat_watchdog`).
     pub(super) watchdog: bool,
     pub(super) link: Mutex<Link>,
+    /// The origin of [`BusInner::look_by`].
+    pub(super) epoch: Instant,
+    /// Nanoseconds after [`BusInner::epoch`] past which the link must be
+    /// looked at before a read is served: the last heartbeat that came back
+    /// (while the link was up) plus the silence limit.
+    pub(super) look_by: AtomicU64,
+    /// Held by [`BusInner::watch_link`] while it decides and flushes, so a
+    /// read that looks meanwhile waits for the flush.
+    pub(super) looking: tokio::sync::Mutex<()>,
     pub(super) link_tx: watch::Sender<bool>,
     /// This bus's invalidations waiting for acknowledgements, by number.
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
@@ -433,6 +442,9 @@ impl BusInner {
             };
             link.last_echo = Instant::now();
             let was = link.state;
+            if was != LinkState::Down {
+                self.look_again_by(link.last_echo);
+            }
             if was == LinkState::Starting {
                 link.state = LinkState::Up;
                 self.link_tx.send_replace(true);
@@ -459,8 +471,35 @@ impl BusInner {
         if let Ok(mut link) = self.link.lock() {
             if link.state == LinkState::Down {
                 link.state = LinkState::Up;
+                self.look_again_by(link.last_echo);
                 self.link_tx.send_replace(true);
             }
+        }
+    }
+
+    /// The link is next looked at before a read the silence limit after
+    /// `echo` (the last heartbeat that came back).
+    fn look_again_by(&self, echo: Instant) {
+        let by = echo.saturating_duration_since(self.epoch) + self.timing.silence_limit();
+        self.look_by.store(
+            u64::try_from(by.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+    }
+
+    /// Called before a read is served from the local tiers. When the link
+    /// has been silent past the limit and the watchdog has not looked yet (a
+    /// process that was paused, a starved runtime), it looks now and waits
+    /// for the flush: the others stopped waiting for this instance once its
+    /// registration ran out, so its local tiers may hold what their
+    /// invalidations removed. Otherwise one clock read and one atomic load.
+    pub(super) async fn look_before_read(self: &Arc<Self>) {
+        if !self.watchdog {
+            return;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if now > self.look_by.load(Ordering::Acquire) {
+            self.watch_link().await;
         }
     }
 
@@ -477,6 +516,7 @@ impl BusInner {
     /// One look at the link: declares it down after too long a silence, and
     /// flushes every interval while it is down.
     pub(super) async fn watch_link(self: &Arc<Self>) {
+        let _looking = self.looking.lock().await;
         let (flush, went_down) = {
             let Ok(mut link) = self.link.lock() else {
                 return;

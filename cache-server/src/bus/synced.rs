@@ -135,6 +135,14 @@ where
 /// published. An instance acknowledges only once the invalidation is applied
 /// to its local tiers (or, if that failed, once they were flushed).
 ///
+/// **A paused process.** An instance that is paused (a stopped process, a
+/// starved runtime) for longer than the bound is skipped by the others once
+/// its registration runs out, and its watchdog cannot flush meanwhile. So a
+/// read through [`SyncedCache::get`] or [`SyncedCache::get_many`] first
+/// looks at the link when it has been silent past its limit (one clock read
+/// and one atomic load otherwise): the link is declared down and the local
+/// tiers flushed before the read is served.
+///
 /// Reads and plain fills never publish anything. When messages may have been
 /// lost (see [`InvalidationBus`]), the local tiers are flushed.
 ///
@@ -225,7 +233,10 @@ where
         &self.bus
     }
 
-    /// [`TieredCache::get`].
+    /// [`TieredCache::get`], after a look at the bus link if it has been
+    /// silent past its limit and the watchdog has not looked yet (see
+    /// [the guarantee](SyncedCache#the-guarantee)). Reading through
+    /// [`SyncedCache::chain`] skips that look.
     ///
     /// ```no_run
     /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {
@@ -235,10 +246,12 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, key: &K) -> Result<Option<Lookup<'_, V>>> {
+        self.bus.inner.look_before_read().await;
         self.chain.get(key).await
     }
 
-    /// [`TieredCache::get_many`].
+    /// [`TieredCache::get_many`], after the same look at the link as
+    /// [`SyncedCache::get`].
     ///
     /// ```no_run
     /// # async fn demo(cache: cache_server::SyncedCache<String, String>) -> cache_core::Result<()> {
@@ -246,6 +259,7 @@ where
     /// # let _ = hits; Ok(()) }
     /// ```
     pub async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Lookup<'_, V>>>> {
+        self.bus.inner.look_before_read().await;
         self.chain.get_many(keys).await
     }
 

@@ -218,3 +218,106 @@ pub(crate) fn instance(
         loads,
     }
 }
+
+/// What a [`Frozen`] instance is asked to do: stay paused this long, then
+/// (if a key is given) read it at once and send back the value.
+type Freeze = (Duration, Option<String>);
+
+/// An instance on its own single-thread runtime on its own thread, as a
+/// process of its own: a [`SyncedCache`] over one moka tier (its only local
+/// tier) whose origin answers `<key>@origin`, on the bus `bus` builds.
+/// [`Frozen::freeze`] blocks that thread: the instance neither refreshes its
+/// registration, nor reads its subscription, nor acknowledges, nor runs its
+/// watchdog until it thaws, as a stopped process would.
+pub(crate) struct Frozen {
+    pub(crate) moka: MokaTier<String, String>,
+    pub(crate) id: u64,
+    freeze: std::sync::mpsc::Sender<Freeze>,
+    answers: std::sync::mpsc::Receiver<Option<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Frozen {
+    pub(crate) fn start(bus: InvalidationBusBuilder) -> Frozen {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (freeze, freeze_rx) = std::sync::mpsc::channel::<Freeze>();
+        let (answer_tx, answers) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let moka: MokaTier<String, String> = MokaTier::builder().build();
+                let chain = TieredCache::builder()
+                    .tier(Tier::new(moka.clone()))
+                    .origin(loader_fn(|key: String| async move {
+                        Ok::<_, BoxError>(Some(Entry::expiring_in(
+                            format!("{key}@origin"),
+                            SystemClock.now(),
+                            Duration::from_secs(60),
+                        )))
+                    }))
+                    .build();
+                let bus = bus.connect().await.unwrap();
+                let a = SyncedCache::new(chain, bus, vec![0]);
+                ready_tx.send((moka, a.bus().instance_id())).unwrap();
+                loop {
+                    match freeze_rx.try_recv() {
+                        Ok((pause, read)) => {
+                            // Told it is paused, then paused: nothing of
+                            // this runtime runs until the sleep ends.
+                            answer_tx.send(None).unwrap();
+                            std::thread::sleep(pause);
+                            // The first thing it does when it thaws.
+                            if let Some(key) = read {
+                                let got = a.get(&key).await.unwrap().map(|l| l.into_value());
+                                answer_tx.send(Some(got)).unwrap();
+                            }
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                    }
+                }
+                a.bus().shutdown().await;
+            });
+        });
+        let (moka, id) = ready_rx.recv_timeout(LIVENESS).unwrap();
+        Frozen {
+            moka,
+            id,
+            freeze,
+            answers,
+            thread: Some(thread),
+        }
+    }
+
+    /// Pauses the instance for `pause` and returns once it is paused. With
+    /// `read`, the instance reads that key first thing when it thaws;
+    /// [`Frozen::thawed_read`] gives the answer.
+    pub(crate) fn freeze(&self, pause: Duration, read: Option<&str>) {
+        self.freeze.send((pause, read.map(str::to_owned))).unwrap();
+        assert!(matches!(self.answers.recv_timeout(LIVENESS), Ok(None)));
+    }
+
+    /// What the read asked of [`Frozen::freeze`] returned (waits for it to
+    /// thaw, up to `pause` + [`LIVENESS`]).
+    pub(crate) fn thawed_read(&self, pause: Duration) -> Option<String> {
+        match self.answers.recv_timeout(pause + LIVENESS) {
+            Ok(Some(got)) => got,
+            other => panic!("no answer from the thawed instance: {other:?}"),
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let (tx, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.freeze, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
