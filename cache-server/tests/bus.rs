@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_core::{CacheLayer, Clock, Entry, Source, SystemClock};
+use cache_core::{Clock, Entry, Source, SystemClock};
 use cache_server::fred::prelude::{ClientLike, Config, EventInterface, PubsubInterface};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -564,13 +564,7 @@ async fn a_paused_instance_looks_at_its_link_before_it_serves_a_read() {
     );
     wait_for!("B lists A", peers(&b).await == vec![a.id]);
     let key = "user:1".to_string();
-    a.moka
-        .put(
-            &key,
-            Entry::expiring_in("old".into(), SystemClock.now(), Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
+    a.hold(&key, "old").await;
     let pause = 3 * FAST_BOUND;
     a.freeze(pause, Some(&key));
     // A's registration runs out within the bound: B stops waiting for it.

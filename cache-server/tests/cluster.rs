@@ -189,13 +189,7 @@ async fn a_plain_bus_on_a_cluster_node_waits_for_an_instance_subscribed_on_anoth
     );
 
     let key = "user:1".to_string();
-    a.moka
-        .put(
-            &key,
-            Entry::expiring_in("old".into(), SystemClock.now(), Duration::from_secs(60)),
-        )
-        .await
-        .unwrap();
+    a.hold(&key, "old").await;
     a.freeze(Duration::from_millis(800), None);
     b.invalidate(&key).await.unwrap();
     assert!(

@@ -377,9 +377,8 @@ impl InvalidationBusBuilder {
                 last_flush: now,
             }),
             epoch: now,
-            look_by: AtomicU64::new(
-                u64::try_from(timing.silence_limit().as_nanos()).unwrap_or(u64::MAX),
-            ),
+            // Set below, from the connect time.
+            look_by: AtomicU64::new(0),
             looking: tokio::sync::Mutex::new(()),
             link_tx: watch::Sender::new(false),
             pending: Mutex::new(HashMap::new()),
@@ -390,6 +389,7 @@ impl InvalidationBusBuilder {
             refreshes: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
+        inner.look_again_by(now);
         let bus = InvalidationBus { inner };
         let inner = &bus.inner;
         // Listen before subscribing, so no message slips between the two.

@@ -55,6 +55,11 @@ pub(super) struct Counters {
     pub(super) last_peers: AtomicU64,
 }
 
+/// `d` in nanoseconds, saturating (for [`BusInner::look_by`]).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 pub(super) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -479,12 +484,9 @@ impl BusInner {
 
     /// The link is next looked at before a read the silence limit after
     /// `echo` (the last heartbeat that came back).
-    fn look_again_by(&self, echo: Instant) {
+    pub(super) fn look_again_by(&self, echo: Instant) {
         let by = echo.saturating_duration_since(self.epoch) + self.timing.silence_limit();
-        self.look_by.store(
-            u64::try_from(by.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Release,
-        );
+        self.look_by.store(nanos(by), Ordering::Release);
     }
 
     /// Called before a read is served from the local tiers. When the link
@@ -497,8 +499,7 @@ impl BusInner {
         if !self.watchdog {
             return;
         }
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if now > self.look_by.load(Ordering::Acquire) {
+        if nanos(self.epoch.elapsed()) > self.look_by.load(Ordering::Acquire) {
             self.watch_link().await;
         }
     }

@@ -193,6 +193,11 @@ impl RedisServer {
         self.dir.join(format!("redis-{}.log", self.port))
     }
 
+    /// What its log holds (empty if it cannot be read).
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
     /// Waits until it answers PING; panics with its log if it exits first or
     /// does not answer within 10 s.
     fn wait_ready(&mut self) {
@@ -210,7 +215,7 @@ impl RedisServer {
                 panic!(
                     "redis-server on port {} exited ({status}) before it answered; its log:\n{}",
                     self.port,
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                    self.log_text()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -218,7 +223,7 @@ impl RedisServer {
         panic!(
             "redis-server on port {} did not answer within 10 s; its log:\n{}",
             self.port,
-            std::fs::read_to_string(self.log()).unwrap_or_default()
+            self.log_text()
         );
     }
 

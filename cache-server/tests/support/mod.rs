@@ -232,7 +232,8 @@ type Freeze = (Duration, Option<String>);
 pub(crate) struct Frozen {
     pub(crate) moka: MokaTier<String, String>,
     pub(crate) id: u64,
-    freeze: std::sync::mpsc::Sender<Freeze>,
+    /// Dropped (taken) to stop the instance.
+    freeze: Option<std::sync::mpsc::Sender<Freeze>>,
     answers: std::sync::mpsc::Receiver<Option<Option<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -288,17 +289,31 @@ impl Frozen {
         Frozen {
             moka,
             id,
-            freeze,
+            freeze: Some(freeze),
             answers,
             thread: Some(thread),
         }
+    }
+
+    /// Puts `value` under `key` straight into the instance's moka tier,
+    /// expiring in a minute.
+    pub(crate) async fn hold(&self, key: &str, value: &str) {
+        let entry =
+            Entry::expiring_in(value.to_owned(), SystemClock.now(), Duration::from_secs(60));
+        cache_core::CacheLayer::put(&self.moka, &key.to_owned(), entry)
+            .await
+            .unwrap();
     }
 
     /// Pauses the instance for `pause` and returns once it is paused. With
     /// `read`, the instance reads that key first thing when it thaws;
     /// [`Frozen::thawed_read`] gives the answer.
     pub(crate) fn freeze(&self, pause: Duration, read: Option<&str>) {
-        self.freeze.send((pause, read.map(str::to_owned))).unwrap();
+        self.freeze
+            .as_ref()
+            .unwrap()
+            .send((pause, read.map(str::to_owned)))
+            .unwrap();
         assert!(matches!(self.answers.recv_timeout(LIVENESS), Ok(None)));
     }
 
@@ -314,8 +329,7 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        let (tx, _) = std::sync::mpsc::channel();
-        drop(std::mem::replace(&mut self.freeze, tx));
+        drop(self.freeze.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cache_server::testing::RedisServer;
+use cache_server::testing::{free_port, RedisServer};
 use futures_util::StreamExt;
 use presign::embedded::{EmbeddedS3, ACCESS_KEY_ID};
 use profile_server::avatar::generate_png;
@@ -35,12 +35,6 @@ struct Instance {
     child: Mutex<Option<Child>>,
     /// In rotation: the workers send requests to it.
     live: AtomicBool,
-}
-
-/// Below the ephemeral range, so no outgoing connection takes it before
-/// the child binds it.
-fn free_port() -> u16 {
-    cache_server::testing::free_port()
 }
 
 impl Instance {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cache_server::testing::free_port;
 use fantoccini::wd::{
     Capabilities, TimeoutConfiguration, WebDriverCompatibleCommand, WindowHandle,
 };
@@ -56,12 +57,6 @@ pub(crate) fn bytes_of(value: &Value) -> Option<Vec<u8>> {
         .iter()
         .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
         .collect()
-}
-
-/// Below the ephemeral range, so no outgoing connection takes it before
-/// the child binds it.
-fn free_port() -> u16 {
-    cache_server::testing::free_port()
 }
 
 /// chromedriver on a free port, killed on drop.
