@@ -361,6 +361,79 @@ impl FreezableProxy {
     }
 }
 
+/// A loopback TCP proxy to a Redis server whose answers can be made slow
+/// (every byte from the server delivered a set time after it arrived, in
+/// order) and whose requests can be stopped (a frozen upstream, sockets left
+/// open): a link whose heartbeats come back late, then stop reaching Redis.
+struct SlowProxy {
+    proxy: LoopbackProxy,
+    frozen: watch::Sender<bool>,
+    delay: watch::Sender<Duration>,
+}
+
+impl SlowProxy {
+    async fn start(upstream: u16) -> Self {
+        let (frozen, _) = watch::channel(false);
+        let (delay, _) = watch::channel(Duration::ZERO);
+        let (f, d) = (frozen.clone(), delay.clone());
+        let proxy = LoopbackProxy::start(upstream, move |cr, sw, sr, cw| {
+            (
+                pipe(cr, sw, f.subscribe()),
+                delayed_pipe(sr, cw, d.subscribe()),
+            )
+        })
+        .await;
+        SlowProxy {
+            proxy,
+            frozen,
+            delay,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.proxy.url()
+    }
+
+    /// Bytes the server sends from now on reach the client `delay` later.
+    fn delay_answers(&self, delay: Duration) {
+        self.delay.send_replace(delay);
+    }
+
+    /// Requests stop reaching the server; answers keep coming, late.
+    fn freeze_requests(&self) {
+        self.frozen.send_replace(true);
+    }
+}
+
+/// Copies `from` to `to`, each chunk written `delay` (as it was when the
+/// chunk was read) after it was read, in order.
+async fn delayed_pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: watch::Receiver<Duration>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let due = Instant::now() + *delay.borrow();
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
+
 /// Copies `from` to `to` while not frozen. Bytes read just before a freeze
 /// are held until the thaw.
 async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch::Receiver<bool>) {
@@ -575,6 +648,60 @@ async fn a_paused_instance_looks_at_its_link_before_it_serves_a_read() {
         Some("user:1@origin"),
         "A's first read after it thawed"
     );
+}
+
+/// The others stop waiting for an instance once its registration runs out,
+/// counted from when Redis ran its last refresh. Its watchdog must flush by
+/// then even when its heartbeats come back late: the link's silence is
+/// counted from when the last heartbeat that came back was sent. Counted
+/// from when it came back, B here still served the value A had invalidated,
+/// for up to the trip back (400 ms) after A's invalidation returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_flushes_before_its_registration_runs_out() {
+    let server = RedisServer::start();
+    let proxy = SlowProxy::start(server.port()).await;
+    let version = Arc::new(AtomicU64::new(1));
+    // Bound 1.5 s (registration 1.65 s after each refresh); the heartbeats'
+    // trip back of 400 ms is well inside it, so the slow link stays up.
+    let bus = |url: String| {
+        InvalidationBus::builder()
+            .url(url)
+            .heartbeat_interval(Duration::from_millis(100))
+            .heartbeat_timeout(Duration::from_millis(1400))
+    };
+    let b = instance_on(&server, version.clone(), bus(proxy.url())).await;
+    let a = instance_on(&server, version.clone(), bus(server.url())).await;
+    let b_id = b.cache.bus().instance_id();
+    wait_for!("A lists B", peers(&a.cache).await.contains(&b_id));
+    proxy.delay_answers(Duration::from_millis(400));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(b.cache.bus().link_is_up(), "a slow link is not a dead one");
+    assert_eq!(b.cache.bus().stats().link_downs, 0);
+    let key = "user:1".to_string();
+    assert_eq!(
+        b.cache.get(&key).await.unwrap().unwrap().value(),
+        "user:1@v1"
+    );
+    assert!(b.moka.contains(&key));
+
+    // B's refreshes stop reaching Redis; the heartbeats Redis already
+    // echoed still come back, 400 ms late.
+    proxy.freeze_requests();
+    wait_for!(
+        "B's registration runs out",
+        !peers(&a.cache).await.contains(&b_id)
+    );
+    version.store(2, Ordering::SeqCst);
+    a.cache.invalidate(&key).await.unwrap();
+    assert_eq!(a.cache.bus().stats().excused, 0, "B was not listed at all");
+    // The invalidation reaches B 400 ms from now: B must not have served
+    // from its moka tier past its registration.
+    assert_eq!(
+        b.cache.get(&key).await.unwrap().unwrap().value(),
+        "user:1@v2",
+        "B served the value A had invalidated"
+    );
+    assert_eq!(b.cache.bus().stats().link_downs, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

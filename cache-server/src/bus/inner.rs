@@ -99,8 +99,8 @@ pub(super) struct BusInner {
     /// The origin of [`BusInner::look_by`].
     pub(super) epoch: Instant,
     /// Nanoseconds after [`BusInner::epoch`] past which the link must be
-    /// looked at before a read is served: the last heartbeat that came back
-    /// (while the link was up) plus the silence limit.
+    /// looked at before a read is served: when the last heartbeat that came
+    /// back (while the link was up) was sent, plus the silence limit.
     pub(super) look_by: AtomicU64,
     /// Held by [`BusInner::watch_link`] while it decides and flushes, so a
     /// read that looks meanwhile waits for the flush.
@@ -216,7 +216,10 @@ impl BusInner {
     pub(super) async fn heartbeat_reporting(&self, link: LinkReport) {
         let seq = *self.last_seq.lock().await;
         let number = self.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
-        let heartbeat = self.message(seq, Body::Heartbeat);
+        // Taken before the refresh is sent: Redis runs it later, so the
+        // registration it renews runs out later than `bound` after this.
+        let sent = nanos(self.epoch.elapsed());
+        let heartbeat = self.message(seq, Body::Heartbeat { sent });
         let forget = super::wire::millis(FORGET_PEERS_AFTER);
         match self
             .registry
@@ -320,10 +323,10 @@ impl BusInner {
         };
         let inbox = raw.channel.as_bytes() == self.inbox.as_bytes();
         match (&msg.body, inbox) {
-            (Body::Heartbeat, true) if msg.origin == self.origin => {
+            (Body::Heartbeat { sent }, true) if msg.origin == self.origin => {
                 bump(&self.counters.received_heartbeats);
                 sequences.forget_silent();
-                self.heard_itself();
+                self.heard_itself(*sent);
             }
             (Body::Ack { origin, seq }, true) if *origin == self.origin => {
                 bump(&self.counters.received_acks);
@@ -439,13 +442,27 @@ impl BusInner {
         }
     }
 
-    /// A heartbeat of our own came back.
-    fn heard_itself(self: &Arc<Self>) {
+    /// A heartbeat of our own, sent `sent` nanoseconds after the epoch, came
+    /// back. The link's silence is counted from when it was sent, not from
+    /// now: the registration it refreshed runs out counted from the refresh,
+    /// and a slow trip back must not let this instance serve from its local
+    /// tiers after the others have stopped waiting for it.
+    fn heard_itself(self: &Arc<Self>, sent: u64) {
+        let now = Instant::now();
+        // A time after now was not sent by this process: ignored.
+        let Some(sent) = (self.epoch.checked_add(Duration::from_nanos(sent))).filter(|t| *t <= now)
+        else {
+            return;
+        };
         let was = {
             let Ok(mut link) = self.link.lock() else {
                 return;
             };
-            link.last_echo = Instant::now();
+            link.last_echo = link.last_echo.max(sent);
+            if now.saturating_duration_since(sent) > self.timing.silence_limit() {
+                // Sent so long ago that it proves nothing about the link now.
+                return;
+            }
             let was = link.state;
             if was != LinkState::Down {
                 self.look_again_by(link.last_echo);
@@ -483,7 +500,7 @@ impl BusInner {
     }
 
     /// The link is next looked at before a read the silence limit after
-    /// `echo` (the last heartbeat that came back).
+    /// `echo` (when the last heartbeat that came back was sent).
     pub(super) fn look_again_by(&self, echo: Instant) {
         let by = echo.saturating_duration_since(self.epoch) + self.timing.silence_limit();
         self.look_by.store(nanos(by), Ordering::Release);

@@ -17,19 +17,18 @@ impl Timing {
     }
 
     /// The documented bound: a link that dies is declared down, and the local
-    /// tiers flushed, at most this long after the last heartbeat came back.
+    /// tiers flushed, at most this long after the last heartbeat that came
+    /// back was sent.
     pub(super) fn bound(self) -> Duration {
         self.interval + self.timeout
     }
 
     /// Silence after which the watchdog declares the link down: one tick
-    /// early, so the flush happens within [`Timing::bound`] of the last
-    /// heartbeat that came back. The registration that heartbeat refreshed
-    /// runs out `bound` after Redis ran the refresh, which is earlier by the
-    /// heartbeat's trip back: when that trip takes longer than a tick, a
-    /// publisher can skip this instance shortly before it declares itself
-    /// down. Both moments lie within the documented exception, which counts
-    /// from the last heartbeat that came back.
+    /// early, so the flush happens within [`Timing::bound`] of when the last
+    /// heartbeat that came back was sent. The registration that heartbeat
+    /// refreshed runs out 110 % of `bound` after Redis ran the refresh, which
+    /// is later than the send, so the flush comes first however long the
+    /// heartbeat took to come back (a slow subscriber link).
     pub(super) fn silence_limit(self) -> Duration {
         self.bound().saturating_sub(self.tick())
     }
@@ -49,7 +48,10 @@ pub(super) enum LinkState {
 #[derive(Debug)]
 pub(super) struct Link {
     pub(super) state: LinkState,
-    /// When the last heartbeat of this bus's own came back.
+    /// When the last heartbeat of this bus's own that came back was **sent**
+    /// (not when it came back): Redis ran the registry refresh it carried
+    /// after that, so the registration runs out no earlier than its bound
+    /// after this moment, however long the heartbeat took to come back.
     pub(super) last_echo: Instant,
     /// When the local tiers were last flushed because the link is down.
     pub(super) last_flush: Instant,

@@ -179,7 +179,11 @@ pub struct BusStats {
 /// comes back (messages may have been lost meanwhile). So an instance whose
 /// link dies serves entries from its in-process tiers that another instance
 /// has since invalidated **for at most heartbeat interval + heartbeat timeout
-/// after its last heartbeat came back: at most 3 s with the defaults**. The
+/// after it sent the last heartbeat that came back: at most 3 s with the
+/// defaults**. The silence is counted from the send, not from the return, so
+/// a heartbeat that comes back late (a slow link) cannot keep an instance
+/// serving past its registration, which runs out 110 % of that bound after
+/// Redis ran the refresh the heartbeat carried. The
 /// connections themselves drop any command (the `PING` included) left
 /// unanswered for the heartbeat timeout, and reconnect, which resubscribes and
 /// flushes.
@@ -286,7 +290,8 @@ impl InvalidationBus {
     /// Whether this bus hears itself: its own heartbeats come back. `false`
     /// from the moment the link is declared down (see
     /// [`InvalidationBus`]: at most heartbeat interval + timeout after the last
-    /// heartbeat came back) until a heartbeat of its own comes back again.
+    /// heartbeat that came back was sent) until a heartbeat of its own comes
+    /// back again.
     ///
     /// ```no_run
     /// # async fn demo(bus: cache_server::InvalidationBus) {
@@ -344,7 +349,7 @@ impl InvalidationBus {
 
     /// The heartbeat interval and timeout in force: a link that dies is
     /// declared down, and the in-process tiers flushed, at most `interval +
-    /// timeout` after the last heartbeat came back.
+    /// timeout` after the last heartbeat that came back was sent.
     ///
     /// ```no_run
     /// # async fn demo(bus: cache_server::InvalidationBus) {

@@ -146,9 +146,10 @@ impl Registry {
             Value::from(format!("{id:016x}")),
             Value::from(format!("{number} {}", record.encode())),
             // Live for its bound + 10%: an instance whose refreshes stop
-            // declares its link down (and flushes) within its bound of the
-            // last echo, which comes back after the refresh; the slack keeps
-            // it waited for until then (lc2 gave peers 5% the same way).
+            // declares its link down (and flushes) within its bound of when
+            // it sent the last refresh whose heartbeat came back, which is
+            // before Redis ran it; the slack covers the watchdog's lateness
+            // and the two clocks' rates (lc2 gave peers 5% the same way).
             Value::from(super::wire::millis(record.bound + record.bound / 10).to_string()),
             Value::from(forget_after_ms.to_string()),
             Value::from(self.inbox(id)),

@@ -115,7 +115,8 @@ where
 /// hold an old value of the key, and no read that starts afterwards on any
 /// instance returns one, with one exception: an instance whose bus link is
 /// down, for **at most heartbeat interval + heartbeat timeout (3 s with the
-/// defaults)** after its last heartbeat came back; by then it has flushed its
+/// defaults)** after it sent the last heartbeat that came back (however
+/// slowly it came back); by then it has flushed its
 /// in-process tiers, and it keeps flushing them every interval until its link
 /// is back (see [`InvalidationBus`]).
 ///

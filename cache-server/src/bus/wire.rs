@@ -51,8 +51,12 @@ pub(super) struct Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Body {
     Invalidate(Invalidation),
-    /// Sent by an instance to its own inbox every heartbeat interval.
-    Heartbeat,
+    /// Sent by an instance to its own inbox every heartbeat interval, with
+    /// when it was sent (nanoseconds on the sender's own clock). Only the
+    /// sender reads it.
+    Heartbeat {
+        sent: u64,
+    },
     /// The sender applied invalidation `seq` of `origin`.
     Ack {
         origin: u64,
@@ -105,7 +109,7 @@ impl Message {
             Body::Invalidate(Invalidation::Tag { tag, generation }) => {
                 format!("{head}t\n{generation:x} {tag}")
             }
-            Body::Heartbeat => format!("{head}h\n"),
+            Body::Heartbeat { sent } => format!("{head}h\n{sent:x}"),
             Body::Ack { origin, seq } => format!("{head}a\n{origin:016x} {seq:x}"),
         }
     }
@@ -133,7 +137,7 @@ impl Message {
                     generation: hex(generation)?,
                 })
             }
-            "h" if body.is_empty() => Body::Heartbeat,
+            "h" => Body::Heartbeat { sent: hex(body)? },
             "a" => {
                 let (origin, seq) = body.split_once(' ')?;
                 Body::Ack {
@@ -344,15 +348,15 @@ mod tests {
             .encode(),
             "lc3\n0123456789abcdef\n7\na\n000000000000feed 1f"
         );
-        let m = msg(Body::Heartbeat);
+        let m = msg(Body::Heartbeat { sent: 0x2a });
         assert_eq!(Message::decode(&m.encode()), Some(m));
         assert_eq!(
             msg(Body::Invalidate(Invalidation::Key("a".into()))).encode(),
             "lc3\n0123456789abcdef\n7\nk\na"
         );
         assert_eq!(
-            msg(Body::Heartbeat).encode(),
-            "lc3\n0123456789abcdef\n7\nh\n"
+            msg(Body::Heartbeat { sent: 0x2a }).encode(),
+            "lc3\n0123456789abcdef\n7\nh\n2a"
         );
     }
 
@@ -380,6 +384,8 @@ mod tests {
             format!("LC3\n{o}\n1\nk\nx"),
             format!("lc3\n{o}\n1\nh\nu 10"),
             format!("lc3\n{o}\n1\nh"),
+            format!("lc3\n{o}\n1\nh\n"),
+            format!("lc3\n{o}\n1\nh\n2a "),
             format!("lc3\n{o}\n1\na\n"),
             format!("lc3\n{o}\n1\na\n{o}"),
             format!("lc3\n{o}\n1\na\n{o} "),
@@ -411,7 +417,7 @@ mod tests {
         let seeds = [
             msg(Body::Invalidate(Invalidation::Key("user:1".into()))).encode(),
             msg(Body::Invalidate(Invalidation::Clear)).encode(),
-            msg(Body::Heartbeat).encode(),
+            msg(Body::Heartbeat { sent: 0x2a }).encode(),
             msg(Body::Ack {
                 origin: 0xfeed,
                 seq: 0x1f,
