@@ -650,6 +650,61 @@ async fn a_paused_instance_looks_at_its_link_before_it_serves_a_read() {
     );
 }
 
+/// An instance is waited for once its bus is connected, but invalidations
+/// reach a chain only once it is wrapped in a `SyncedCache`. Those the bus
+/// acknowledged before (here: after the chain was filled, before it was
+/// wrapped) reached no tier of it; the first read through the `SyncedCache`
+/// flushes its local tiers before it is served. Without that, B served "old".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_before_the_chain_was_wrapped_is_not_lost() {
+    let server = RedisServer::start();
+    let a = instance(&server, Arc::new(AtomicU64::new(1))).await;
+    let bus = InvalidationBus::builder()
+        .url(server.url())
+        .channel(CHANNEL)
+        .connect()
+        .await
+        .unwrap();
+    wait_for!(
+        "A lists B's bus",
+        peers(&a.cache).await.contains(&bus.instance_id())
+    );
+    let moka = cache_server::MokaTier::<String, String>::builder().build();
+    let chain = cache_core::TieredCache::builder()
+        .tier(cache_core::Tier::new(moka.clone()))
+        .build();
+    let key = "user:1".to_string();
+    let old = Entry::expiring_in("old".to_owned(), SystemClock.now(), Duration::from_secs(60));
+    chain.put(&key, old).await.unwrap();
+
+    a.cache.invalidate(&key).await.unwrap();
+    assert_eq!(a.cache.bus().stats().excused, 0, "B's bus acknowledged it");
+    let b = SyncedCache::new(chain, bus, vec![0]);
+    assert_eq!(
+        b.get(&key).await.unwrap().map(|hit| hit.into_value()),
+        None,
+        "B served the value A had invalidated before B wrapped its chain"
+    );
+    assert_eq!(b.resync_flushes(), 1);
+
+    // A chain wrapped before any delivery is not flushed.
+    let c = SyncedCache::new(
+        cache_core::TieredCache::<String, String>::builder()
+            .tier(cache_core::Tier::new(
+                cache_server::MokaTier::<String, String>::builder().build(),
+            ))
+            .build(),
+        fast_bus(server.url())
+            .channel(CHANNEL)
+            .connect()
+            .await
+            .unwrap(),
+        vec![0],
+    );
+    c.get(&key).await.unwrap();
+    assert_eq!(c.resync_flushes(), 0);
+}
+
 /// The others stop waiting for an instance once its registration runs out,
 /// counted from when Redis ran its last refresh. Its watchdog must flush by
 /// then even when its heartbeats come back late: the link's silence is

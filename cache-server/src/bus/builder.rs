@@ -367,7 +367,7 @@ impl InvalidationBusBuilder {
             build,
             clustered,
             last_seq: tokio::sync::Mutex::new(0),
-            appliers: Mutex::new(Vec::new()),
+            appliers: Mutex::default(),
             next_applier: AtomicU64::new(0),
             timing,
             watchdog: watchdog_enabled(),

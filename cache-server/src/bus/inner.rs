@@ -33,6 +33,15 @@ pub(super) trait Applier: Send + Sync {
 
 pub(super) type Appliers = Vec<(u64, Arc<dyn Applier>)>;
 
+/// The registered appliers, and how many deliveries (invalidations applied,
+/// flushes) the bus has made to whoever was registered: an applier
+/// registered after one missed it.
+#[derive(Default)]
+pub(super) struct ApplierList {
+    pub(super) list: Appliers,
+    pub(super) deliveries: u64,
+}
+
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) published: AtomicU64,
@@ -89,7 +98,7 @@ pub(super) struct BusInner {
     /// The number of the last invalidation published; held while publishing,
     /// so numbers reach Redis in order.
     pub(super) last_seq: tokio::sync::Mutex<u64>,
-    pub(super) appliers: Mutex<Appliers>,
+    pub(super) appliers: Mutex<ApplierList>,
     pub(super) next_applier: AtomicU64,
     pub(super) timing: Timing,
     /// Whether the link watchdog runs (always, but under the
@@ -148,8 +157,16 @@ impl Drop for BusInner {
 pub(super) const APPLY_QUEUE: usize = 4096;
 
 impl BusInner {
+    /// The appliers to deliver to now; the delivery is counted (see
+    /// [`ApplierList`]).
     pub(super) fn appliers(&self) -> Appliers {
-        self.appliers.lock().map(|a| a.clone()).unwrap_or_default()
+        self.appliers
+            .lock()
+            .map(|mut a| {
+                a.deliveries += 1;
+                a.list.clone()
+            })
+            .unwrap_or_default()
     }
 
     /// Applies `invalidation` to every local applier but `except`; `Err` with

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use cache_core::{
@@ -17,15 +17,20 @@ use super::inner::{bump, Applier, BusInner};
 use super::{Invalidation, InvalidationBus};
 
 /// Registers an applier on `bus`; it is removed when the returned guard drops.
-fn register(bus: &InvalidationBus, applier: Arc<dyn Applier>) -> Registration {
+/// Registers `applier` with `bus`; `true` too if the bus has delivered
+/// invalidations or flushes before (which `applier` missed).
+fn register(bus: &InvalidationBus, applier: Arc<dyn Applier>) -> (Registration, bool) {
     let id = bus.inner.next_applier.fetch_add(1, Ordering::Relaxed);
+    let mut missed = false;
     if let Ok(mut appliers) = bus.inner.appliers.lock() {
-        appliers.push((id, applier));
+        missed = appliers.deliveries > 0;
+        appliers.list.push((id, applier));
     }
-    Registration {
+    let registration = Registration {
         bus: Arc::downgrade(&bus.inner),
         id,
-    }
+    };
+    (registration, missed)
 }
 
 /// Removes an applier from its bus when dropped.
@@ -38,7 +43,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(bus) = self.bus.upgrade() {
             if let Ok(mut appliers) = bus.appliers.lock() {
-                appliers.retain(|(id, _)| *id != self.id);
+                appliers.list.retain(|(id, _)| *id != self.id);
             }
         }
     }
@@ -50,6 +55,48 @@ struct LocalTiers<K, V> {
     tiers: Vec<usize>,
     applied: broadcast::Sender<Invalidation>,
     flushes: AtomicU64,
+    /// Set when the bus delivered invalidations before this chain was
+    /// wrapped (they reached no tier of it): the first read through the
+    /// [`SyncedCache`] flushes the local tiers before it is served.
+    missed: AtomicBool,
+    /// Held while that flush runs, so reads meanwhile wait for it.
+    catching_up: tokio::sync::Mutex<()>,
+}
+
+impl<K, V> LocalTiers<K, V>
+where
+    K: CacheKey + FromStr,
+    V: Clone + ByteSize + MaybeSend + MaybeSync + 'static,
+{
+    /// Before a read: one atomic load, unless invalidations were missed.
+    #[inline]
+    async fn catch_up(&self) -> Result<()> {
+        if self.missed.load(Ordering::Acquire) {
+            self.flush_missed().await?;
+        }
+        Ok(())
+    }
+
+    #[cold]
+    async fn flush_missed(&self) -> Result<()> {
+        let _one = self.catching_up.lock().await;
+        if !self.missed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        tracing::info!(
+            "the invalidation bus delivered invalidations before this chain was wrapped; flushing its in-process tiers"
+        );
+        self.flush()
+            .await
+            .map_err(|why| cache_core::Error::Unavailable {
+                tier: super::BUS.into(),
+                reason: format!(
+                    "flushing the in-process tiers for invalidations missed before the chain was wrapped: {why}"
+                ),
+            })?;
+        self.missed.store(false, Ordering::Release);
+        Ok(())
+    }
 }
 
 impl<K, V> Applier for LocalTiers<K, V>
@@ -119,6 +166,12 @@ where
 /// slowly it came back); by then it has flushed its
 /// in-process tiers, and it keeps flushing them every interval until its link
 /// is back (see [`InvalidationBus`]).
+///
+/// An instance is waited for from the moment its bus is connected, but an
+/// invalidation reaches a chain only once it is wrapped here. If the bus
+/// delivered any before [`SyncedCache::new`] (the chain was used before it
+/// was wrapped), the first read through this `SyncedCache` flushes the local
+/// tiers before it is served; reads through [`SyncedCache::chain`] skip that.
 ///
 /// The instances waited for are exactly those registered when the
 /// invalidation was published (the publish script reads the registry in the
@@ -202,8 +255,11 @@ where
             tiers: local_tiers,
             applied,
             flushes: AtomicU64::new(0),
+            missed: AtomicBool::new(false),
+            catching_up: tokio::sync::Mutex::new(()),
         });
-        let registration = register(&bus, local.clone());
+        let (registration, missed) = register(&bus, local.clone());
+        local.missed.store(missed, Ordering::Release);
         SyncedCache {
             chain,
             bus,
@@ -247,6 +303,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, key: &K) -> Result<Option<Lookup<'_, V>>> {
+        self.local.catch_up().await?;
         self.bus.inner.look_before_read().await;
         self.chain.get(key).await
     }
@@ -260,6 +317,7 @@ where
     /// # let _ = hits; Ok(()) }
     /// ```
     pub async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Lookup<'_, V>>>> {
+        self.local.catch_up().await?;
         self.bus.inner.look_before_read().await;
         self.chain.get_many(keys).await
     }
