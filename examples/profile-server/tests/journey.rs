@@ -118,6 +118,25 @@ async fn check_visit(browser: &Browser, name: &'static str, tier: &str) -> Visit
     let list = &report["list"];
     let served = list["pictures"].as_object().unwrap();
     println!("{name}: {} ; tiers {}", list["list_ms"], list["tiers"]);
+    // The page monitor's view of each tier so far (mean of its timed reads).
+    let per_tier: Vec<String> = report["tiers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            format!(
+                "{} {}/{} {:.2} ms",
+                t["tier"].as_str().unwrap_or("?"),
+                t["hits"],
+                t["misses"],
+                t["avg_ms"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    println!(
+        "{name}: page monitor (hits/misses, mean read) {}",
+        per_tier.join(", ")
+    );
     // Where the visit's time went: the tier lookup (the chain, the object
     // URL) and the rest until the image was decoded and drawn.
     let spread = |field: &str| {
