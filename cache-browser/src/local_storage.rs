@@ -75,6 +75,40 @@ export function ls_last_key() {
   lastKey = undefined;
   return k;
 }
+// IndexedDB's batch read (here so the page fetches one snippet, not two):
+// the records of `keys` in `store`, in order (undefined: none). One
+// `getAllKeys` and one `getAll` of the range the keys span, at most twice as
+// many records as keys, then a `get` for each key past what that returned.
+export function idb_get_many(store, keys) {
+  return new Promise((resolve, reject) => {
+    const fail = (e) => reject(e.target.error);
+    const sorted = keys.slice().sort();
+    const limit = 2 * keys.length;
+    const range = IDBKeyRange.bound(sorted[0], sorted[sorted.length - 1]);
+    const ks = store.getAllKeys(range, limit);
+    const vs = store.getAll(range, limit);
+    ks.onerror = vs.onerror = fail;
+    vs.onsuccess = () => {
+      const found = new Map();
+      ks.result.forEach((k, i) => found.set(k, vs.result[i]));
+      const last = ks.result.length < limit ? undefined : ks.result[limit - 1];
+      const out = new Array(keys.length);
+      let left = 1;
+      const done = () => { if (--left === 0) resolve(out); };
+      keys.forEach((k, i) => {
+        if (last === undefined || k <= last) {
+          out[i] = found.get(k);
+          return;
+        }
+        left++;
+        const r = store.get(k);
+        r.onerror = fail;
+        r.onsuccess = () => { out[i] = r.result; done(); };
+      });
+      done();
+    };
+  });
+}
 "#)]
 extern "C" {
     /// Gives the JS side the wasm memory (idempotent).
@@ -98,6 +132,11 @@ extern "C" {
     ) -> std::result::Result<i32, JsValue>;
     /// The storage key `ls_read_new` last made, as a JS string.
     fn ls_last_key() -> JsValue;
+    /// The records of `keys` (an array of storage keys) in the object store
+    /// `store`, in order, `undefined` for none: a promise of an array. Its
+    /// requests run in the store's transaction; a failed one rejects it with
+    /// the request's error.
+    pub(crate) fn idb_get_many(store: &JsValue, keys: &js_sys::Array) -> js_sys::Promise;
 }
 
 /// The scratch buffer's starting size, and the largest it grows to: records

@@ -77,6 +77,33 @@ export async function idb_batch(db, batch, size) {
   }
   return (performance.now() - s) / batch;
 }
+export async function idb_many_setup(keys, size) {
+  const db = await new Promise((res, rej) => {
+    const r = indexedDB.open("bench-baseline-" + Math.random(), 1);
+    r.onupgradeneeded = () => r.result.createObjectStore("s");
+    r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error);
+  });
+  await new Promise((res) => {
+    const tx = db.transaction("s", "readwrite");
+    for (const k of keys) tx.objectStore("s").put(new Uint8Array(size).fill(7), k);
+    tx.oncomplete = res;
+  });
+  return db;
+}
+// Every key's `get` issued at once in one readonly transaction, then all
+// awaited: what `IndexedDbTier::get_many` did before its range read.
+export async function idb_many_batch(db, keys, batch, size) {
+  const s = performance.now();
+  for (let j = 0; j < batch; j++) {
+    const store = db.transaction("s").objectStore("s");
+    const got = await Promise.all(keys.map((k) => new Promise((res) => {
+      const r = store.get(k);
+      r.onsuccess = () => res(r.result);
+    })));
+    if (got.some((v) => v.length !== size)) throw new Error("bad read");
+  }
+  return (performance.now() - s) / batch;
+}
 export async function cache_setup(size) {
   const cache = await caches.open("bench-baseline-" + Math.random());
   await cache.put("https://bench.invalid/k", new Response(new Uint8Array(size).fill(7)));
@@ -98,6 +125,8 @@ extern "C" {
     fn ls_json_many_batch(prefix: &str, n: usize, batch: usize) -> f64;
     async fn idb_setup(size: usize) -> JsValue;
     async fn idb_batch(db: &JsValue, batch: usize, size: usize) -> JsValue;
+    async fn idb_many_setup(keys: Vec<String>, size: usize) -> JsValue;
+    async fn idb_many_batch(db: &JsValue, keys: Vec<String>, batch: usize, size: usize) -> JsValue;
     async fn cache_setup(size: usize) -> JsValue;
     async fn cache_batch(cache: &JsValue, batch: usize, size: usize) -> JsValue;
 }
@@ -286,6 +315,57 @@ async fn browser_hit_latency() {
         &tier,
         &base,
         "raw IndexedDB `get` (one readonly tx)",
+    );
+
+    // IndexedDB's batch: the 50 pictures of a friend list (1 KB each) in one
+    // `get_many`, against 50 `get`s issued at once in one transaction.
+    let friends: Vec<String> = (1..=50).map(|i| format!("avatar:{i}")).collect();
+    let picture = vec![7u8; 1024];
+    for k in &friends {
+        idb.put(
+            k,
+            Entry::expiring_in(picture.clone(), SystemClock.now(), day),
+        )
+        .await
+        .unwrap();
+    }
+    let stored: Vec<String> = friends.iter().map(|k| cache_core::key::encode(k)).collect();
+    let db = idb_many_setup(stored.clone(), picture.len()).await;
+    let many_batch = || async {
+        let s = now();
+        for _ in 0..ASYNC_BATCH {
+            let got = CacheLayer::<String, Vec<u8>>::get_many(&idb, &friends)
+                .await
+                .unwrap();
+            assert!(got
+                .iter()
+                .all(|e| e.as_ref().map(|e| e.value.len()) == Some(1024)));
+        }
+        (now() - s) / ASYNC_BATCH as f64
+    };
+    let raw_batch = || async {
+        idb_many_batch(&db, stored.clone(), ASYNC_BATCH, picture.len())
+            .await
+            .as_f64()
+            .unwrap()
+    };
+    many_batch().await; // warm-up
+    raw_batch().await;
+    let (mut tier, mut base) = (Vec::new(), Vec::new());
+    for i in 0..N / 2 {
+        if i % 2 == 0 {
+            tier.push(many_batch().await);
+            base.push(raw_batch().await);
+        } else {
+            base.push(raw_batch().await);
+            tier.push(many_batch().await);
+        }
+    }
+    row(
+        "IndexedDbTier::get_many (50 pictures of 1 KB: one range read)",
+        &tier,
+        &base,
+        "raw IndexedDB: 50 `get`s at once in one readonly tx",
     );
 
     // Cache API: a 20 KB response body.

@@ -181,6 +181,65 @@ async fn a_write_in_the_background_is_ordered_before_what_comes_after_it() {
     assert_eq!(got.map(|e| e.value), Some(vec![5; 300]));
 }
 
+/// `get_many` reads the range its keys span (at most twice as many records
+/// as keys) and asks for each key past what that returned on its own; the
+/// answers come back in the order asked, duplicates and misses included,
+/// whatever else the range holds.
+#[wasm_bindgen_test]
+async fn get_many_answers_in_order_whatever_else_the_range_holds() {
+    let clock = ManualClock::new();
+    let t = tier("many", &clock, 1 << 20).await;
+    let key = |i: u32| format!("k{i:03}");
+    let value = |i: u32| vec![(i % 251) as u8, (i / 251) as u8, 9];
+    let stored: Vec<(String, Entry<Vec<u8>>)> = (0..300)
+        .map(|i| (key(i), Entry::expiring_in(value(i), clock.now(), day())))
+        .collect();
+    CacheLayer::<String, Vec<u8>>::put_many(&t, stored)
+        .await
+        .unwrap();
+    CacheLayer::<String, Vec<u8>>::remove(&t, &key(120))
+        .await
+        .unwrap();
+    let check = |asked: &[u32], got: Vec<Option<Entry<Vec<u8>>>>| {
+        assert_eq!(got.len(), asked.len());
+        for (&i, got) in asked.iter().zip(got) {
+            let want = (i < 300 && i != 120).then(|| value(i));
+            assert_eq!(got.map(|e| e.value), want, "key {}", key(i));
+        }
+    };
+    // Sparse: the range k000..=k299 holds 300 records, far more than twice
+    // the 9 keys, so most are read one by one. Unsorted, a duplicate, two
+    // misses (one past every stored key).
+    let asked = [299, 5, 150, 5, 0, 1000, 42, 120, 298];
+    let keys: Vec<String> = asked.iter().map(|&i| key(i)).collect();
+    check(
+        &asked,
+        CacheLayer::<String, Vec<u8>>::get_many(&t, &keys)
+            .await
+            .unwrap(),
+    );
+    // Dense: 50 consecutive keys, one of them removed, in reverse order.
+    let asked: Vec<u32> = (100..150).rev().collect();
+    let keys: Vec<String> = asked.iter().map(|&i| key(i)).collect();
+    check(
+        &asked,
+        CacheLayer::<String, Vec<u8>>::get_many(&t, &keys)
+            .await
+            .unwrap(),
+    );
+    // One key, and none.
+    check(
+        &[7],
+        CacheLayer::<String, Vec<u8>>::get_many(&t, &[key(7)])
+            .await
+            .unwrap(),
+    );
+    assert!(CacheLayer::<String, Vec<u8>>::get_many(&t, &[])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[wasm_bindgen_test]
 async fn reopens_and_retries_once_when_the_connection_was_closed() {
     let clock = ManualClock::new();
