@@ -196,20 +196,25 @@ fn browser_suite(results: &Path, quick: bool) -> Result<(), String> {
     }
     let (log, visits, results) = (path_arg(&log), path_arg(&visits), path_arg(results));
     let first_visits = path_arg(&first_visits);
-    run_visible(
-        "bench-report browser",
-        &mut bench_report(&[
-            "browser",
-            "--log",
-            &log,
-            "--visits",
-            &visits,
-            "--first-visit",
-            &first_visits,
-            "--results",
-            &results,
-        ]),
-    )
+    let mut report = bench_report(&[
+        "browser",
+        "--log",
+        &log,
+        "--visits",
+        &visits,
+        "--first-visit",
+        &first_visits,
+        "--results",
+        &results,
+    ]);
+    // The results file records whether the run was quick (its first visits
+    // had fewer rounds), as every other suite's does.
+    if quick {
+        report.env("BENCH_QUICK", "1");
+    } else {
+        report.env_remove("BENCH_QUICK");
+    }
+    run_visible("bench-report browser", &mut report)
 }
 
 fn path_arg(p: &Path) -> String {
