@@ -476,10 +476,6 @@ impl BusInner {
                 return;
             };
             link.last_echo = link.last_echo.max(sent);
-            if now.saturating_duration_since(sent) > self.timing.silence_limit() {
-                // Sent so long ago that it proves nothing about the link now.
-                return;
-            }
             let was = link.state;
             if was != LinkState::Down {
                 self.look_again_by(link.last_echo);
