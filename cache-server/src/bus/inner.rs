@@ -467,7 +467,10 @@ impl BusInner {
     fn heard_itself(self: &Arc<Self>, sent: u64) {
         let now = Instant::now();
         // A time after now was not sent by this process: ignored.
-        let Some(sent) = (self.epoch.checked_add(Duration::from_nanos(sent))).filter(|t| *t <= now)
+        let Some(sent) = self
+            .epoch
+            .checked_add(Duration::from_nanos(sent))
+            .filter(|t| *t <= now)
         else {
             return;
         };

@@ -16,9 +16,9 @@ use tokio::sync::broadcast;
 use super::inner::{bump, Applier, BusInner};
 use super::{Invalidation, InvalidationBus};
 
-/// Registers an applier on `bus`; it is removed when the returned guard drops.
-/// Registers `applier` with `bus`; `true` too if the bus has delivered
-/// invalidations or flushes before (which `applier` missed).
+/// Registers `applier` on `bus`; it is removed when the returned guard
+/// drops. `true` beside it if the bus has delivered invalidations or flushes
+/// before (which `applier` missed).
 fn register(bus: &InvalidationBus, applier: Arc<dyn Applier>) -> (Registration, bool) {
     let id = bus.inner.next_applier.fetch_add(1, Ordering::Relaxed);
     let mut missed = false;
