@@ -175,6 +175,30 @@ fn row(name: &str, tier: &[f64], base: &[f64], baseline: &str) {
     );
 }
 
+/// `samples` samples of each side, `tier` and `base` alternating (after one
+/// warm-up of each), the side that goes first swapping every sample.
+async fn alternate<T, TF, B, BF>(samples: usize, tier: T, base: B) -> (Vec<f64>, Vec<f64>)
+where
+    T: Fn() -> TF,
+    TF: std::future::Future<Output = f64>,
+    B: Fn() -> BF,
+    BF: std::future::Future<Output = f64>,
+{
+    tier().await;
+    base().await;
+    let (mut t, mut b) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for i in 0..samples {
+        if i % 2 == 0 {
+            t.push(tier().await);
+            b.push(base().await);
+        } else {
+            b.push(base().await);
+            t.push(tier().await);
+        }
+    }
+    (t, b)
+}
+
 #[wasm_bindgen_test]
 async fn browser_hit_latency() {
     let day = Duration::from_secs(86_400);
@@ -288,28 +312,17 @@ async fn browser_hit_latency() {
     .await
     .unwrap();
     let db = idb_setup(img.len()).await;
-    let (mut tier, mut base) = (Vec::new(), Vec::new());
-    tier_batch::<Vec<u8>, _>(&idb, &key).await; // warm-up
-    idb_batch(&db, ASYNC_BATCH, img.len()).await;
-    for i in 0..N {
-        if i % 2 == 0 {
-            tier.push(tier_batch::<Vec<u8>, _>(&idb, &key).await);
-            base.push(
-                idb_batch(&db, ASYNC_BATCH, img.len())
-                    .await
-                    .as_f64()
-                    .unwrap(),
-            );
-        } else {
-            base.push(
-                idb_batch(&db, ASYNC_BATCH, img.len())
-                    .await
-                    .as_f64()
-                    .unwrap(),
-            );
-            tier.push(tier_batch::<Vec<u8>, _>(&idb, &key).await);
-        }
-    }
+    let (tier, base) = alternate(
+        N,
+        || tier_batch::<Vec<u8>, _>(&idb, &key),
+        || async {
+            idb_batch(&db, ASYNC_BATCH, img.len())
+                .await
+                .as_f64()
+                .unwrap()
+        },
+    )
+    .await;
     row(
         "IndexedDbTier (20 KB image)",
         &tier,
@@ -349,18 +362,7 @@ async fn browser_hit_latency() {
             .as_f64()
             .unwrap()
     };
-    many_batch().await; // warm-up
-    raw_batch().await;
-    let (mut tier, mut base) = (Vec::new(), Vec::new());
-    for i in 0..N / 2 {
-        if i % 2 == 0 {
-            tier.push(many_batch().await);
-            base.push(raw_batch().await);
-        } else {
-            base.push(raw_batch().await);
-            tier.push(many_batch().await);
-        }
-    }
+    let (tier, base) = alternate(N / 2, many_batch, raw_batch).await;
     row(
         "IndexedDbTier::get_many (50 pictures of 1 KB: one range read)",
         &tier,
@@ -380,28 +382,17 @@ async fn browser_hit_latency() {
     .await
     .unwrap();
     let cache = cache_setup(img.len()).await;
-    let (mut tier, mut base) = (Vec::new(), Vec::new());
-    tier_batch::<Vec<u8>, _>(&ca, &key).await;
-    cache_batch(&cache, ASYNC_BATCH, img.len()).await;
-    for i in 0..N {
-        if i % 2 == 0 {
-            tier.push(tier_batch::<Vec<u8>, _>(&ca, &key).await);
-            base.push(
-                cache_batch(&cache, ASYNC_BATCH, img.len())
-                    .await
-                    .as_f64()
-                    .unwrap(),
-            );
-        } else {
-            base.push(
-                cache_batch(&cache, ASYNC_BATCH, img.len())
-                    .await
-                    .as_f64()
-                    .unwrap(),
-            );
-            tier.push(tier_batch::<Vec<u8>, _>(&ca, &key).await);
-        }
-    }
+    let (tier, base) = alternate(
+        N,
+        || tier_batch::<Vec<u8>, _>(&ca, &key),
+        || async {
+            cache_batch(&cache, ASYNC_BATCH, img.len())
+                .await
+                .as_f64()
+                .unwrap()
+        },
+    )
+    .await;
     row(
         "CacheApiTier (20 KB body)",
         &tier,
