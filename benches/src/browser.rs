@@ -72,27 +72,44 @@ fn visit_budget(visit: &str) -> Option<f64> {
 }
 
 /// The list time of each visit against the first visit's (the cold one),
-/// with the visit's budget where issue 21 sets one. Fails on a file that is
-/// not the journey's schema or has no visit.
-pub fn visit_rows(visits_json: &str) -> Result<Vec<Row>, String> {
-    let visits: Vec<Visit> = serde_json::from_str(visits_json)
-        .map_err(|e| format!("visits.json is not the journey's schema: {e}"))?;
+/// with the visit's budget where issue 21 sets one: from one journey's
+/// `visits.json` each in `journeys`, the median over them of each visit's
+/// time (its tiers are those of the first journey; the ratio is of the
+/// medians). Fails on a file that is not the journey's schema, on none, or
+/// on journeys that do not list the same visits.
+pub fn visit_rows(journeys: &[String]) -> Result<Vec<Row>, String> {
+    let runs = journeys
+        .iter()
+        .map(|json| {
+            serde_json::from_str::<Vec<Visit>>(json)
+                .map_err(|e| format!("visits.json is not the journey's schema: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let visits = runs.first().ok_or("no journey's visits.json was given")?;
     let first = visits.first().ok_or("visits.json lists no visit")?;
+    let names = |run: &[Visit]| run.iter().map(|v| v.visit.clone()).collect::<Vec<_>>();
+    if runs.iter().any(|run| names(run) != names(visits)) {
+        return Err("the journeys' visits.json files list different visits".into());
+    }
+    let median_ms = |i: usize| median(runs.iter().map(|run| run[i].list_ms).collect());
+    let first_ms = median_ms(0);
     let first_name = format!("50-picture list, {} visit", first.visit);
     Ok(visits
         .iter()
-        .map(|v| {
+        .enumerate()
+        .map(|(i, v)| {
             let tiers: Vec<String> = v.tiers.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            let ms = median_ms(i);
             let row = Row::new(
                 format!("50-picture list, {} visit ({})", v.visit, tiers.join(", ")),
-                v.list_ms,
+                ms,
                 "ms",
                 first_name.clone(),
-                first.list_ms,
-                v.list_ms / first.list_ms,
+                first_ms,
+                ms / first_ms,
             );
             match visit_budget(&v.visit) {
-                Some(ms) => row.goal(Goal::ValueAtMost(ms)),
+                Some(budget) => row.goal(Goal::ValueAtMost(budget)),
                 None => row,
             }
         })
@@ -219,14 +236,39 @@ mod tests {
     fn visit_rows_compare_each_visit_with_the_first() {
         let json = r#"[{"visit": "first", "list_ms": 200.0, "tiers": {"signer": 50}},
                        {"visit": "reload", "list_ms": 20.0, "tiers": {"local-storage": 50}}]"#;
-        let rows = visit_rows(json).expect("rows");
+        let rows = visit_rows(&[json.to_owned()]).expect("rows");
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].ratio, 0.1);
         assert!(rows[1].name.contains("reload") && rows[1].name.contains("local-storage 50"));
         assert_eq!(rows[0].goal, None);
         assert_eq!(rows[1].goal, Some(Goal::ValueAtMost(40.0)));
-        assert!(visit_rows("[]").is_err());
-        assert!(visit_rows(r#"{"visit": 1}"#).is_err());
+        assert!(visit_rows(&["[]".to_owned()]).is_err());
+        assert!(visit_rows(&[r#"{"visit": 1}"#.to_owned()]).is_err());
+        assert!(visit_rows(&[]).is_err());
+    }
+
+    #[test]
+    fn visit_rows_take_the_median_of_several_journeys() {
+        let journey = |first: f64, later: f64| {
+            format!(
+                r#"[{{"visit": "first", "list_ms": {first}, "tiers": {{"network": 50}}}},
+                    {{"visit": "later", "list_ms": {later}, "tiers": {{"indexed_db": 50}}}}]"#
+            )
+        };
+        let runs = [
+            journey(900.0, 70.0),
+            journey(800.0, 40.0),
+            journey(1000.0, 50.0),
+        ];
+        let rows = visit_rows(&runs).expect("rows");
+        assert_eq!((rows[0].value, rows[1].value), (900.0, 50.0));
+        assert_eq!(rows[1].baseline_value, 900.0);
+        assert_eq!(rows[1].goal, Some(Goal::ValueAtMost(60.0)));
+        let other = r#"[{"visit": "first", "list_ms": 1.0, "tiers": {}}]"#.to_owned();
+        assert!(
+            visit_rows(&[runs[0].clone(), other]).is_err(),
+            "different visits"
+        );
     }
 
     #[test]

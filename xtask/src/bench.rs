@@ -4,7 +4,8 @@
 //! The suites are the ones `bench-report suites` lists (the benches crate's
 //! `doc::SUITES`): each criterion suite writes
 //! `<target dir>/bench-results/<suite>.json`; the browser suite runs the
-//! browser benchmark in headless Chromium and the end-to-end journey, and
+//! browser benchmark in headless Chromium and the end-to-end journey (3
+//! times with `--quick`, 5 without: each visit's row is its median), and
 //! `bench-report browser` turns their output into `browser.json`. Then
 //! `bench-report render` rewrites the tables between BENCHMARKS.md's
 //! `<!-- bench:NAME -->` markers, with the machine and the date.
@@ -140,19 +141,35 @@ fn browser_suite(results: &Path, quick: bool) -> Result<(), String> {
         &log,
     )?;
 
+    // One journey's visits swing by half their time between runs on a
+    // shared machine: the table takes each visit's median over several.
     let visits = target_dir().join("journey").join("visits.json");
-    if visits.exists() {
-        fs::remove_file(&visits)
-            .map_err(|e| format!("cannot remove the old {}: {e}", visits.display()))?;
-    }
-    if !journey()? {
-        return Err("the journey failed".into());
-    }
-    if !visits.is_file() {
-        return Err(format!(
-            "the journey passed but wrote no {}: the visits table cannot be made",
-            visits.display()
-        ));
+    let journeys = if quick { 3 } else { 5 };
+    let mut kept = Vec::with_capacity(journeys);
+    for run in 1..=journeys {
+        if visits.exists() {
+            fs::remove_file(&visits)
+                .map_err(|e| format!("cannot remove the old {}: {e}", visits.display()))?;
+        }
+        println!("xtask: journey {run} of {journeys}");
+        if !journey()? {
+            return Err("the journey failed".into());
+        }
+        if !visits.is_file() {
+            return Err(format!(
+                "the journey passed but wrote no {}: the visits table cannot be made",
+                visits.display()
+            ));
+        }
+        let copy = results.join(format!("visits-{run}.json"));
+        fs::copy(&visits, &copy).map_err(|e| {
+            format!(
+                "cannot copy {} to {}: {e}",
+                visits.display(),
+                copy.display()
+            )
+        })?;
+        kept.push(path_arg(&copy));
     }
 
     // The first visit beside the previous build's: both builds served, each
@@ -194,19 +211,14 @@ fn browser_suite(results: &Path, quick: bool) -> Result<(), String> {
             first_visits.display()
         ));
     }
-    let (log, visits, results) = (path_arg(&log), path_arg(&visits), path_arg(results));
+    let (log, results) = (path_arg(&log), path_arg(results));
     let first_visits = path_arg(&first_visits);
-    let mut report = bench_report(&[
-        "browser",
-        "--log",
-        &log,
-        "--visits",
-        &visits,
-        "--first-visit",
-        &first_visits,
-        "--results",
-        &results,
-    ]);
+    let mut args = vec!["browser", "--log", &log];
+    for visits in &kept {
+        args.extend(["--visits", visits.as_str()]);
+    }
+    args.extend(["--first-visit", &first_visits, "--results", &results]);
+    let mut report = bench_report(&args);
     // The results file records whether the run was quick (its first visits
     // had fewer rounds), as every other suite's does.
     if quick {

@@ -4,8 +4,10 @@
 //! ```text
 //! bench-report suites          (one line each: name, criterion bench target or -)
 //! bench-report render [--doc BENCHMARKS.md] [--results DIR]
-//! bench-report browser --log FILE --visits FILE --first-visit FILE [--results DIR]
+//! bench-report browser --log FILE --visits FILE [--visits FILE ...] --first-visit FILE [--results DIR]
 //! ```
+//!
+//! `--visits` once per journey run: each visit's row is the median over them.
 //!
 //! `DIR` defaults to `$BENCH_RESULTS_DIR`, else `$CARGO_TARGET_DIR/bench-results`.
 
@@ -33,10 +35,22 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("render") => render(&flag("--doc").unwrap_or_else(|| "BENCHMARKS.md".into()), &dir),
-        Some("browser") => match (flag("--log"), flag("--visits"), flag("--first-visit")) {
-            (Some(log), Some(visits), Some(first)) => browser(&log, &visits, &first, &dir),
-            _ => Err("browser needs --log FILE, --visits FILE and --first-visit FILE".into()),
-        },
+        Some("browser") => {
+            let visits: Vec<PathBuf> = args
+                .windows(2)
+                .filter(|w| w[0] == "--visits")
+                .map(|w| PathBuf::from(&w[1]))
+                .collect();
+            match (flag("--log"), flag("--first-visit")) {
+                (Some(log), Some(first)) if !visits.is_empty() => {
+                    browser(&log, &visits, &first, &dir)
+                }
+                _ => Err(
+                    "browser needs --log FILE, --visits FILE (once per journey) and --first-visit FILE"
+                        .into(),
+                ),
+            }
+        }
         _ => Err("usage: bench-report suites | render [--doc FILE] [--results DIR] | browser --log FILE --visits FILE --first-visit FILE [--results DIR]".into()),
     };
     match outcome {
@@ -73,15 +87,20 @@ fn render(doc_path: &Path, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn browser(log: &Path, visits: &Path, first_visit: &Path, dir: &Path) -> Result<(), String> {
+fn browser(log: &Path, visits: &[PathBuf], first_visit: &Path, dir: &Path) -> Result<(), String> {
     let log_text =
         std::fs::read_to_string(log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
-    let visits_text = std::fs::read_to_string(visits).map_err(|e| {
-        format!(
-            "the journey wrote no {} ({e}): the browser suite's visits table cannot be made",
-            visits.display()
-        )
-    })?;
+    let journeys = visits
+        .iter()
+        .map(|file| {
+            std::fs::read_to_string(file).map_err(|e| {
+                format!(
+                    "the journey wrote no {} ({e}): the browser suite's visits table cannot be made",
+                    file.display()
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let first_text = std::fs::read_to_string(first_visit).map_err(|e| {
         format!(
             "the first-visit benchmark wrote no {} ({e}): its rows cannot be made",
@@ -97,11 +116,15 @@ fn browser(log: &Path, visits: &Path, first_visit: &Path, dir: &Path) -> Result<
     }
     let mut results = SuiteResults::new(
         "browser",
-        "tiers: medians of 100 batch means per side, alternating with the baseline, headless Chromium; visits: the journey's 50-picture list, one run; first visits: medians over rounds, each round one visit of each build in a new Chromium, in alternating order",
+        format!(
+            "tiers: medians of 100 batch means per side, alternating with the baseline, headless Chromium; visits: the journey's 50-picture list, median of {} journey{}; first visits: medians over rounds, each round one visit of each build in a new Chromium, in alternating order",
+            journeys.len(),
+            if journeys.len() == 1 { "" } else { "s" }
+        ),
     );
     for row in tiers
         .into_iter()
-        .chain(benches::browser::visit_rows(&visits_text)?)
+        .chain(benches::browser::visit_rows(&journeys)?)
         .chain(benches::browser::first_visit_rows(&first_text)?)
     {
         results.push(row);
