@@ -63,6 +63,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
 ///
 /// - Reads check `expires_at` against the tier's clock; [`IndexedDbTier::sweep_expired`]
 ///   deletes expired entries in bulk through the expiry index.
+/// - `get_many` reads in one read-only transaction: one `getAllKeys` and one
+///   `getAll` of the key range its keys span (at most twice as many records
+///   as keys), then a `get` for each key past what that returned.
 /// - A put that takes the total over the byte budget first evicts the least
 ///   recently used entries, in the same transaction.
 /// - Inside a transaction only IndexedDB requests are awaited, so transactions
@@ -826,7 +829,8 @@ where
             .await
     }
 
-    /// Every key in one read-only transaction.
+    /// Every key in one read-only transaction, through one range read (see
+    /// the type's docs).
     async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>> {
         let keys = keys
             .iter()
