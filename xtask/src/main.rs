@@ -7,8 +7,8 @@
 //! - `cargo xtask demo`: builds everything, wasm included, and serves the demo.
 //! - `cargo xtask bench [--quick]`: every benchmark suite, then BENCHMARKS.md
 //!   rewritten from the results (see `bench.rs`).
-//! - `cargo xtask chaos`: the long fault suite, writing RELIABILITY.md (not
-//!   wired yet: it says so and fails).
+//! - `cargo xtask chaos [--rounds N]`: the long fault suite, each fault and
+//!   race test `N` times (default 5), writing RELIABILITY.md (see `chaos.rs`).
 //!
 //! `test` also runs the publishing checks, each a subcommand of its own:
 //! `msrv` (every library crate's `rust-version` is the toolchain pinned in
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
                  \n  test   fmt, clippy, native tests (real Redis, real S3), browser tests in headless Chromium\
                  \n  demo   build everything (wasm included) and serve the profile-picture demo\
                  \n  bench  every benchmark suite, then BENCHMARKS.md from the results (--quick: shorter, wider error)\
-                 \n  chaos  the long fault suite, then RELIABILITY.md (not wired yet)\
+                 \n  chaos  the long fault suite (--rounds N, default 5), then RELIABILITY.md\
                  \n  setup  only install (or print how to install) what the other tasks need\
                  \n  journey  only the end-to-end journey in headless Chromium (the last suite of `test`)\
                  \n  msrv   only: every library crate's rust-version is the pinned toolchain\
