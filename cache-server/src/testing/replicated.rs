@@ -82,6 +82,8 @@ impl ReplicatedCluster {
                 proxy.port().to_string(),
                 "--cluster-announce-bus-port".to_owned(),
                 (port + 10_000).to_string(),
+                NO_AUTOMATIC_FAILOVER[0].to_owned(),
+                NO_AUTOMATIC_FAILOVER[1].to_owned(),
             ];
             let dir = dir.clone();
             let node =
@@ -91,7 +93,10 @@ impl ReplicatedCluster {
         }
         let replicas: Vec<RedisServer> = tokio::task::block_in_place(|| {
             (0..SLOTS.len())
-                .map(|_| RedisServer::start_cluster_node(free_port(), dir.clone(), &[]))
+                .map(|_| {
+                    let extra = NO_AUTOMATIC_FAILOVER.map(str::to_owned);
+                    RedisServer::start_cluster_node(free_port(), dir.clone(), &extra)
+                })
                 .collect()
         });
         let cluster = ReplicatedCluster {
@@ -303,6 +308,13 @@ impl ReplicatedCluster {
         );
     }
 }
+
+/// Every failover here is the test's own (`TAKEOVER`, `FORCE`; manual
+/// failovers still run with this). Without it, a loaded machine let a
+/// demoted primary win an election against the replica that had just taken
+/// its slots (its node timeout ran out on a starved peer), and the test's
+/// wait for that primary's demotion never ended.
+const NO_AUTOMATIC_FAILOVER: [&str; 2] = ["--cluster-replica-no-failover", "yes"];
 
 impl Drop for ReplicatedCluster {
     fn drop(&mut self) {
