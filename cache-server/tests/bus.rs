@@ -62,6 +62,25 @@ async fn instance_with_bus(
     support::instance(Some(redis), version, bus)
 }
 
+/// A chain of one moka tier and no origin.
+fn moka_chain() -> cache_core::TieredCache<String, String> {
+    cache_core::TieredCache::builder()
+        .tier(cache_core::Tier::new(
+            cache_server::MokaTier::<String, String>::builder().build(),
+        ))
+        .build()
+}
+
+/// [`moka_chain`] wrapped at once, on a new [`fast_bus`] on `server`.
+async fn synced_moka(server: &RedisServer) -> SyncedCache<String, String> {
+    let bus = fast_bus(server.url())
+        .channel(CHANNEL)
+        .connect()
+        .await
+        .unwrap();
+    SyncedCache::new(moka_chain(), bus, vec![0])
+}
+
 /// The other live instances `cache`'s bus sees in the registry.
 async fn peers(cache: &SyncedCache<String, String>) -> Vec<u64> {
     cache.bus().live_peers().await.unwrap()
@@ -622,19 +641,7 @@ async fn when_a_synced_call_returns_ok_no_other_instance_holds_the_old_value() {
 async fn a_paused_instance_looks_at_its_link_before_it_serves_a_read() {
     let server = RedisServer::start();
     let a = Frozen::start(fast_bus(server.url()).channel(CHANNEL));
-    let b = SyncedCache::new(
-        cache_core::TieredCache::builder()
-            .tier(cache_core::Tier::new(
-                cache_server::MokaTier::<String, String>::builder().build(),
-            ))
-            .build(),
-        fast_bus(server.url())
-            .channel(CHANNEL)
-            .connect()
-            .await
-            .unwrap(),
-        vec![0],
-    );
+    let b = synced_moka(&server).await;
     wait_for!("B lists A", peers(&b).await == vec![a.id]);
     let key = "user:1".to_string();
     a.hold(&key, "old").await;
@@ -669,10 +676,7 @@ async fn an_invalidation_before_the_chain_was_wrapped_is_not_lost() {
         "A lists B's bus",
         peers(&a.cache).await.contains(&bus.instance_id())
     );
-    let moka = cache_server::MokaTier::<String, String>::builder().build();
-    let chain = cache_core::TieredCache::builder()
-        .tier(cache_core::Tier::new(moka.clone()))
-        .build();
+    let chain = moka_chain();
     let key = "user:1".to_string();
     let old = Entry::expiring_in("old".to_owned(), SystemClock.now(), Duration::from_secs(60));
     chain.put(&key, old).await.unwrap();
@@ -688,19 +692,7 @@ async fn an_invalidation_before_the_chain_was_wrapped_is_not_lost() {
     assert_eq!(b.resync_flushes(), 1);
 
     // A chain wrapped before any delivery is not flushed.
-    let c = SyncedCache::new(
-        cache_core::TieredCache::<String, String>::builder()
-            .tier(cache_core::Tier::new(
-                cache_server::MokaTier::<String, String>::builder().build(),
-            ))
-            .build(),
-        fast_bus(server.url())
-            .channel(CHANNEL)
-            .connect()
-            .await
-            .unwrap(),
-        vec![0],
-    );
+    let c = synced_moka(&server).await;
     c.get(&key).await.unwrap();
     assert_eq!(c.resync_flushes(), 0);
 }
