@@ -1126,11 +1126,15 @@ async fn three_instances_race_on_a_cluster() {
 /// C, and C's moka tier may serve old values until it flushes. Those are
 /// counted as exempt; anything else is still a violation.
 ///
-/// It found a bus bug, now fixed: right after C's link was back up, a late
-/// "down" heartbeat of C's reaching A or B made them confirm invalidations
-/// without C, whose moka tier still held the old value (see
-/// `a_late_down_heartbeat_does_not_make_the_others_skip_a_live_instance` in
-/// tests/bus.rs).
+/// It found two bus bugs, both fixed. Right after C's link was back up, a
+/// late "down" refresh of C's reaching Redis made A and B confirm
+/// invalidations without C, whose moka tier still held the old value:
+/// first a refresh delayed on a dropped connection (refreshes are numbered
+/// since, see `the_registry_lists_the_live_refuses_stale_refreshes_and_forgets_who_leaves`
+/// in src/bus/registry.rs), then, in a CI run with seed 0x18ecb041d4d592e2,
+/// a heartbeat sent while C flushed on its way back up, which read "down"
+/// from the link's state (see `a_heartbeat_during_the_recovery_flush_says_up`
+/// in src/bus/inner.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_race_with_bus_stalls_on_a_single_node() {
     let server = RedisServer::start();

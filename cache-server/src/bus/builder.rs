@@ -18,7 +18,7 @@ use super::inner::{BusInner, Counters, APPLY_QUEUE};
 use super::link::{Link, LinkState, Timing};
 use super::registry::Registry;
 use super::sequences::Sequences;
-use super::wire::{Build, Message};
+use super::wire::{Build, LinkReport, Message};
 use super::{InvalidationBus, BUS};
 use crate::redis::{client_builder, default_reconnect_policy, describe_connect_error};
 
@@ -373,6 +373,7 @@ impl InvalidationBusBuilder {
             watchdog: watchdog_enabled(),
             link: Mutex::new(Link {
                 state: LinkState::Starting,
+                report: LinkReport::New,
                 last_echo: now,
                 last_flush: now,
             }),
@@ -408,7 +409,7 @@ impl InvalidationBusBuilder {
         }
         let tasks = [
             spawn_every(inner, timing.interval, |bus| async move {
-                bus.heartbeat().await
+                bus.heartbeat().await;
             }),
             spawn_every(inner, timing.interval, |bus| async move {
                 if let Err(err) = bus.subscriber.ping::<fred::types::Value>(None).await {

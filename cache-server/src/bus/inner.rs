@@ -226,13 +226,22 @@ impl BusInner {
         }
     }
 
-    /// Refreshes this bus's registration (reporting `link`) and sends a
-    /// heartbeat to its own inbox. Each refresh has a higher number than the
-    /// one before, so one delayed on a dropped connection cannot overwrite a
-    /// newer one (a late "down" would make the others skip this instance).
-    pub(super) async fn heartbeat_reporting(&self, link: LinkReport) {
+    /// Refreshes this bus's registration and sends a heartbeat to its own
+    /// inbox. Each refresh has a higher number than the one before, so one
+    /// delayed on a dropped connection cannot overwrite a newer one, and it
+    /// reports [`Link::report`] as it was when it took its number: a refresh
+    /// that overwrites another was decided after it. `false` if the refresh
+    /// failed (Redis may not have run it).
+    ///
+    /// [`Link::report`]: super::link::Link::report
+    pub(super) async fn heartbeat(&self) -> bool {
         let seq = *self.last_seq.lock().await;
-        let number = self.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+        let Ok((number, report)) = self.link.lock().map(|link| {
+            let number = self.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+            (number, link.report)
+        }) else {
+            return false;
+        };
         // Taken before the refresh is sent: Redis runs it later, so the
         // registration it renews runs out later than `bound` after this.
         let sent = nanos(self.epoch.elapsed());
@@ -243,34 +252,33 @@ impl BusInner {
             .heartbeat(
                 &self.publisher,
                 self.origin,
-                (number, &self.record(link)),
+                (number, &self.record(report)),
                 forget,
                 heartbeat,
             )
             .await
         {
-            Ok(true) => bump(&self.counters.heartbeats),
-            Ok(false) => tracing::debug!(
-                channel = %self.channel,
-                "a delayed registry refresh was stale and changed nothing"
-            ),
-            Err(err) => tracing::debug!(
-                channel = %self.channel,
-                instance = %format_args!("{:016x}", self.origin),
-                error = %err,
-                "a heartbeat failed"
-            ),
+            Ok(true) => {
+                bump(&self.counters.heartbeats);
+                true
+            }
+            Ok(false) => {
+                tracing::debug!(
+                    channel = %self.channel,
+                    "a delayed registry refresh was stale and changed nothing"
+                );
+                true
+            }
+            Err(err) => {
+                tracing::debug!(
+                    channel = %self.channel,
+                    instance = %format_args!("{:016x}", self.origin),
+                    error = %err,
+                    "a heartbeat failed"
+                );
+                false
+            }
         }
-    }
-
-    /// A heartbeat with this bus's view of its link.
-    pub(super) async fn heartbeat(&self) {
-        let link = match self.link_state() {
-            LinkState::Starting => LinkReport::New,
-            LinkState::Up => LinkReport::Up,
-            LinkState::Down => LinkReport::Down,
-        };
-        self.heartbeat_reporting(link).await;
     }
 
     /// Publishes invalidation `invalidation` under the next number,
@@ -464,6 +472,10 @@ impl BusInner {
     /// now: the registration it refreshed runs out counted from the refresh,
     /// and a slow trip back must not let this instance serve from its local
     /// tiers after the others have stopped waiting for it.
+    ///
+    /// A link that is down comes back only with a heartbeat sent within the
+    /// silence limit: older ones held up on the way (a stalled connection
+    /// lets them through in a burst) say nothing of the link now.
     fn heard_itself(self: &Arc<Self>, sent: u64) {
         let now = Instant::now();
         // A time after now was not sent by this process: ignored.
@@ -474,44 +486,69 @@ impl BusInner {
         else {
             return;
         };
+        let fresh = now.saturating_duration_since(sent) <= self.timing.silence_limit();
         let was = {
             let Ok(mut link) = self.link.lock() else {
                 return;
             };
             link.last_echo = link.last_echo.max(sent);
             let was = link.state;
-            if was != LinkState::Down {
-                self.look_again_by(link.last_echo);
-            }
-            if was == LinkState::Starting {
-                link.state = LinkState::Up;
-                self.link_tx.send_replace(true);
+            match was {
+                LinkState::Starting => {
+                    link.state = LinkState::Up;
+                    link.report = LinkReport::Up;
+                    self.look_again_by(link.last_echo);
+                    self.link_tx.send_replace(true);
+                }
+                LinkState::Up => self.look_again_by(link.last_echo),
+                LinkState::Down if fresh => {
+                    // From here on every refresh says "up".
+                    link.state = LinkState::Recovering;
+                    link.report = LinkReport::Up;
+                }
+                LinkState::Down | LinkState::Recovering => {}
             }
             was
         };
         match was {
-            LinkState::Starting => self.announce(LinkReport::Up),
-            LinkState::Down => {
+            LinkState::Starting => self.announce(),
+            LinkState::Down if fresh => {
                 let bus = self.clone();
                 tokio::spawn(async move { bus.back_up().await });
             }
-            LinkState::Up => {}
+            _ => {}
         }
     }
 
-    /// The link is back. The registry says "up" first, then the local tiers
-    /// are flushed: an invalidation published while the registry still said
-    /// "down" (nobody waits for this instance's ack) is covered by the flush.
+    /// The link is back ([`LinkState::Recovering`]). The registry says "up"
+    /// first, then the local tiers are flushed, then the link is up: an
+    /// invalidation published while the registry still said "down" (nobody
+    /// waited for this instance's ack) is covered by the flush, and every
+    /// one after it waits for this instance's ack. If the refresh or the
+    /// flush fails, the link is down again (and flushed every interval)
+    /// until the next heartbeat comes back.
     async fn back_up(self: Arc<Self>) {
         tracing::info!(channel = %self.channel, "invalidation bus link is back; flushing in-process tiers");
-        self.heartbeat_reporting(LinkReport::Up).await;
-        let _ = self.resync().await;
-        if let Ok(mut link) = self.link.lock() {
-            if link.state == LinkState::Down {
-                link.state = LinkState::Up;
-                self.look_again_by(link.last_echo);
-                self.link_tx.send_replace(true);
-            }
+        let told = self.heartbeat().await;
+        let flushed = told && self.resync().await.is_ok();
+        let Ok(mut link) = self.link.lock() else {
+            return;
+        };
+        if link.state != LinkState::Recovering {
+            return;
+        }
+        if flushed {
+            link.state = LinkState::Up;
+            self.look_again_by(link.last_echo);
+            self.link_tx.send_replace(true);
+        } else {
+            link.state = LinkState::Down;
+            link.report = LinkReport::Down;
+            tracing::warn!(
+                channel = %self.channel,
+                told_the_registry = told,
+                "the invalidation bus link came back, but telling the registry or flushing failed; it stays down"
+            );
         }
     }
 
@@ -537,21 +574,23 @@ impl BusInner {
         }
     }
 
-    /// Publishes a heartbeat reporting `link` now, in the background.
-    pub(super) fn announce(self: &Arc<Self>, link: LinkReport) {
+    /// Refreshes the registration now, in the background (a change of
+    /// [`Link::report`](super::link::Link::report) reaches the others
+    /// without waiting for the next interval).
+    pub(super) fn announce(self: &Arc<Self>) {
         let bus = self.clone();
-        tokio::spawn(async move { bus.heartbeat_reporting(link).await });
-    }
-
-    pub(super) fn link_state(&self) -> LinkState {
-        self.link.lock().map(|l| l.state).unwrap_or(LinkState::Down)
+        tokio::spawn(async move {
+            bus.heartbeat().await;
+        });
     }
 
     /// One look at the link: declares it down after too long a silence, and
-    /// flushes every interval while it is down.
+    /// flushes every interval while it is down (or recovering). The registry
+    /// is told "down" once a flush after the link went down succeeded: from
+    /// then on the others stop waiting for this instance.
     pub(super) async fn watch_link(self: &Arc<Self>) {
         let _looking = self.looking.lock().await;
-        let (flush, went_down) = {
+        let flush = {
             let Ok(mut link) = self.link.lock() else {
                 return;
             };
@@ -571,23 +610,30 @@ impl BusInner {
                         silent_for = ?now.saturating_duration_since(link.last_echo),
                         "invalidation bus link is down (no heartbeat came back); flushing in-process tiers"
                     );
-                    (true, true)
+                    true
                 }
-                LinkState::Down
+                LinkState::Down | LinkState::Recovering
                     if now.saturating_duration_since(link.last_flush) >= self.timing.interval =>
                 {
                     link.last_flush = now;
-                    (true, false)
+                    true
                 }
-                _ => (false, false),
+                _ => false,
             }
         };
-        if flush {
-            let _ = self.resync().await;
+        if !flush || self.resync().await.is_err() {
+            return;
         }
-        if went_down {
+        let tell = self.link.lock().is_ok_and(|mut link| {
+            let tell = link.state == LinkState::Down && link.report != LinkReport::Down;
+            if tell {
+                link.report = LinkReport::Down;
+            }
+            tell
+        });
+        if tell {
             // Flushed: the others may stop waiting for this one.
-            self.announce(LinkReport::Down);
+            self.announce();
         }
     }
 
@@ -746,5 +792,151 @@ impl BusInner {
                 None => true,
             }
         });
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+    use crate::InvalidationBus;
+
+    /// An applier whose flushes wait until the test lets them go.
+    #[derive(Default)]
+    struct HeldFlush {
+        started: AtomicU64,
+        go: Notify,
+    }
+
+    impl Applier for HeldFlush {
+        fn apply<'a>(
+            &'a self,
+            _: &'a Invalidation,
+        ) -> BoxFuture<'a, std::result::Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn flush(&self) -> BoxFuture<'_, std::result::Result<(), String>> {
+            Box::pin(async {
+                self.started.fetch_add(1, Ordering::SeqCst);
+                self.go.notified().await;
+                Ok(())
+            })
+        }
+    }
+
+    /// What this bus's registry record says of its link.
+    async fn reported(bus: &BusInner) -> LinkReport {
+        let status = bus
+            .registry
+            .status(&bus.publisher, &[bus.origin])
+            .await
+            .unwrap();
+        status[0].as_ref().unwrap().link
+    }
+
+    /// A link that comes back tells the registry "up", flushes, and only then
+    /// is up (and stops flushing). A heartbeat sent during that flush must
+    /// say "up" too: it is numbered after the "up", so it is the one the
+    /// others read, and they stop waiting for an instance whose record says
+    /// "down". When a heartbeat's report came from the link's state, this
+    /// one said "down" (the link was not up yet), and the record said so
+    /// after the instance had stopped flushing: the race test with bus
+    /// stalls saw another instance's invalidation return while this one
+    /// still held the old value. The watchdog's look and the heartbeat are
+    /// driven by hand here (the bus's own heartbeats come every 10 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heartbeat_during_the_recovery_flush_says_up() {
+        let server = RedisServer::start();
+        let bus = InvalidationBus::builder()
+            .url(server.url())
+            .channel("ch")
+            .heartbeat_interval(Duration::from_secs(10))
+            .heartbeat_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap();
+        let inner = bus.inner.clone();
+        let held = Arc::new(HeldFlush::default());
+        inner
+            .appliers
+            .lock()
+            .unwrap()
+            .list
+            .push((u64::MAX, held.clone()));
+        assert_eq!(reported(&inner).await, LinkReport::Up);
+
+        // The last heartbeat that came back is long past: the watchdog
+        // declares the link down, flushes (let go at once), and sends a
+        // heartbeat saying so.
+        inner.link.lock().unwrap().last_echo =
+            Instant::now().checked_sub(Duration::from_secs(60)).unwrap();
+        held.go.notify_one();
+        inner.watch_link().await;
+        assert_eq!(held.started.load(Ordering::SeqCst), 1);
+        assert!(!bus.link_is_up());
+
+        // That heartbeat comes back: the link recovers. The registry is told
+        // "up", then the flush begins, and is held.
+        wait_until(|| async { held.started.load(Ordering::SeqCst) >= 2 }).await;
+        assert_eq!(reported(&inner).await, LinkReport::Up);
+        assert!(!bus.link_is_up());
+        // The next heartbeat is sent while the flush runs.
+        let _ = inner.heartbeat().await;
+        held.go.notify_one();
+        wait_until(|| async { bus.link_is_up() }).await;
+        assert_eq!(
+            reported(&inner).await,
+            LinkReport::Up,
+            "a heartbeat sent during the recovery flush told the others the link was down"
+        );
+        bus.shutdown().await;
+    }
+
+    /// A heartbeat sent more than the silence limit ago says nothing of the
+    /// link now (a stalled connection lets old ones through in a burst, the
+    /// newest last): it does not bring a link that is down back up. Before,
+    /// each one did, and the link, its last echo still too old, went down
+    /// again at the next look: flapping, with a flush each time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_old_heartbeat_does_not_bring_a_down_link_back() {
+        let server = RedisServer::start();
+        let bus = InvalidationBus::builder()
+            .url(server.url())
+            .channel("ch")
+            .heartbeat_interval(Duration::from_millis(100))
+            .heartbeat_timeout(Duration::from_millis(100))
+            .connect()
+            .await
+            .unwrap();
+        let inner = bus.inner.clone();
+        // Its own heartbeats stop coming back: the link goes down.
+        bus.subscriber()
+            .unsubscribe(inner.inbox.clone())
+            .await
+            .unwrap();
+        wait_until(|| async { !bus.link_is_up() }).await;
+        // The heartbeat sent when it connected comes back now.
+        inner.heard_itself(0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(inner.link.lock().unwrap().state, LinkState::Down);
+        assert_eq!(bus.stats().link_downs, 1);
+        // One sent just now does.
+        inner.heard_itself(nanos(inner.epoch.elapsed()));
+        wait_until(|| async { bus.link_is_up() }).await;
+        bus.shutdown().await;
+    }
+
+    async fn wait_until<F, Fut>(cond: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond().await {
+            assert!(Instant::now() < deadline, "not within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

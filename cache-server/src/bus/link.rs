@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::wire::LinkReport;
+
 /// Heartbeat settings.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Timing {
@@ -43,11 +45,24 @@ pub(super) enum LinkState {
     /// No heartbeat of its own came back in time: the local tiers are flushed
     /// every heartbeat interval until one does.
     Down,
+    /// Down, and a heartbeat sent within the silence limit came back: the
+    /// registry is told "up", then the local tiers are flushed once more, then
+    /// the link is up. Until then it flushes every interval as when down.
+    Recovering,
 }
 
 #[derive(Debug)]
 pub(super) struct Link {
     pub(super) state: LinkState,
+    /// What this bus's registry refreshes report, read when a refresh takes
+    /// its number (under this lock, so a refresh numbered after a change
+    /// reports it). "Down" only once the local tiers were flushed after the
+    /// link went down, and never again once an echo came back: the others
+    /// stop waiting for an instance whose record says "down", so a late
+    /// "down" (one decided before the link came back, numbered after the
+    /// refresh that said "up") would let them confirm an invalidation this
+    /// instance has not applied, while it no longer flushes.
+    pub(super) report: LinkReport,
     /// When the last heartbeat of this bus's own that came back was **sent**
     /// (not when it came back): Redis ran the registry refresh it carried
     /// after that, so the registration runs out no earlier than its bound
