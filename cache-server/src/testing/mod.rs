@@ -171,6 +171,11 @@ impl RedisServer {
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&self.dir)
+            // Servers share a directory: a replica that loads a full sync
+            // from disk renames it to this file, then reads it back, so two
+            // syncing at once must not name the same file.
+            .arg("--dbfilename")
+            .arg(format!("dump-{}.rdb", self.port))
             .arg("--logfile")
             .arg(self.log());
         cmd.args(&self.extra);
