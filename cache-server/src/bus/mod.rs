@@ -175,8 +175,13 @@ pub struct BusStats {
 /// comes back for heartbeat interval + heartbeat timeout (default 1 s + 2 s),
 /// it declares its link **down** ([`InvalidationBus::link_is_up`],
 /// [`BusStats::link_downs`]) and flushes the in-process tiers, then again every
-/// interval while the link stays down, and once more when a heartbeat of its own
-/// comes back (messages may have been lost meanwhile). So an instance whose
+/// interval while the link stays down. Once it has flushed, its registration
+/// says "down", and the others stop waiting for its acks. A heartbeat of its
+/// own sent within that silence limit that comes back brings the link back
+/// (older ones, let through late by a stalled connection, do not): the
+/// registration says "up" again, the in-process tiers are flushed once more
+/// (messages may have been lost meanwhile), and only then is the link up and
+/// the periodic flushing over. So an instance whose
 /// link dies serves entries from its in-process tiers that another instance
 /// has since invalidated **for at most heartbeat interval + heartbeat timeout
 /// after it sent the last heartbeat that came back: at most 3 s with the
