@@ -526,7 +526,8 @@ impl BusInner {
     /// waited for this instance's ack) is covered by the flush, and every
     /// one after it waits for this instance's ack. If the refresh or the
     /// flush fails, the link is down again (and flushed every interval)
-    /// until the next heartbeat comes back.
+    /// until the next heartbeat comes back; its registration goes on saying
+    /// "up" (the others wait for it) until one of those flushes works.
     async fn back_up(self: Arc<Self>) {
         tracing::info!(channel = %self.channel, "invalidation bus link is back; flushing in-process tiers");
         let told = self.heartbeat().await;
@@ -542,8 +543,9 @@ impl BusInner {
             self.look_again_by(link.last_echo);
             self.link_tx.send_replace(true);
         } else {
+            // Down again; the registry is told so only after a flush works
+            // (see `watch_link`): until then the others wait for this one.
             link.state = LinkState::Down;
-            link.report = LinkReport::Down;
             tracing::warn!(
                 channel = %self.channel,
                 told_the_registry = told,
@@ -802,11 +804,13 @@ mod tests {
     use crate::testing::RedisServer;
     use crate::InvalidationBus;
 
-    /// An applier whose flushes wait until the test lets them go.
+    /// An applier whose flushes wait until the test lets them go, then fail
+    /// while `fail` is set.
     #[derive(Default)]
     struct HeldFlush {
         started: AtomicU64,
         go: Notify,
+        fail: std::sync::atomic::AtomicBool,
     }
 
     impl Applier for HeldFlush {
@@ -821,6 +825,9 @@ mod tests {
             Box::pin(async {
                 self.started.fetch_add(1, Ordering::SeqCst);
                 self.go.notified().await;
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err("the test failed this flush".to_owned());
+                }
                 Ok(())
             })
         }
@@ -849,6 +856,24 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_heartbeat_during_the_recovery_flush_says_up() {
         let server = RedisServer::start();
+        let (bus, inner, held) = recovering(&server).await;
+        // The next heartbeat is sent while the flush runs.
+        let _ = inner.heartbeat().await;
+        held.go.notify_one();
+        wait_until(|| async { bus.link_is_up() }).await;
+        assert_eq!(
+            reported(&inner).await,
+            LinkReport::Up,
+            "a heartbeat sent during the recovery flush told the others the link was down"
+        );
+        bus.shutdown().await;
+    }
+
+    /// A bus (heartbeats every 10 s: the test drives them) with a
+    /// [`HeldFlush`], whose link the watchdog has declared down (the flush
+    /// let go at once), and whose heartbeat saying so came back: the
+    /// registry says "up" again, and the recovery flush is held.
+    async fn recovering(server: &RedisServer) -> (InvalidationBus, Arc<BusInner>, Arc<HeldFlush>) {
         let bus = InvalidationBus::builder()
             .url(server.url())
             .channel("ch")
@@ -868,8 +893,7 @@ mod tests {
         assert_eq!(reported(&inner).await, LinkReport::Up);
 
         // The last heartbeat that came back is long past: the watchdog
-        // declares the link down, flushes (let go at once), and sends a
-        // heartbeat saying so.
+        // declares the link down, flushes, and sends a heartbeat saying so.
         inner.link.lock().unwrap().last_echo =
             Instant::now().checked_sub(Duration::from_secs(60)).unwrap();
         held.go.notify_one();
@@ -882,15 +906,33 @@ mod tests {
         wait_until(|| async { held.started.load(Ordering::SeqCst) >= 2 }).await;
         assert_eq!(reported(&inner).await, LinkReport::Up);
         assert!(!bus.link_is_up());
-        // The next heartbeat is sent while the flush runs.
-        let _ = inner.heartbeat().await;
+        (bus, inner, held)
+    }
+
+    /// A recovery whose flush fails leaves the link down (flushed every
+    /// interval, as before), not up with what the flush was to remove; and
+    /// the registration does not say "down" on the strength of a flush that
+    /// failed. The next heartbeat that comes back tries again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recovery_whose_flush_fails_leaves_the_link_down() {
+        let server = RedisServer::start();
+        let (bus, inner, held) = recovering(&server).await;
+        held.fail.store(true, Ordering::SeqCst);
         held.go.notify_one();
+        wait_until(|| async { inner.link.lock().unwrap().state == LinkState::Down }).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!bus.link_is_up());
+        assert_eq!(inner.link.lock().unwrap().state, LinkState::Down);
+        // What the next refresh will say, and what the registry says now.
+        assert_eq!(inner.link.lock().unwrap().report, LinkReport::Up);
+        assert_eq!(reported(&inner).await, LinkReport::Up);
+
+        // A heartbeat comes back, the flush works: the link is up.
+        held.fail.store(false, Ordering::SeqCst);
+        held.go.notify_one();
+        let _ = inner.heartbeat().await;
         wait_until(|| async { bus.link_is_up() }).await;
-        assert_eq!(
-            reported(&inner).await,
-            LinkReport::Up,
-            "a heartbeat sent during the recovery flush told the others the link was down"
-        );
+        assert_eq!(held.started.load(Ordering::SeqCst), 3);
         bus.shutdown().await;
     }
 
