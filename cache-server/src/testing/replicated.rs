@@ -25,9 +25,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::sentinel::{info_field, pipe, wait_caught_up, wait_explained};
+use super::sentinel::{demotion_report, info_field, pipe, wait_caught_up, wait_explained};
 use super::{cluster_url, free_port, temp_dir, LoopbackProxy, RedisServer};
 
 /// The slots each of the three shards serves.
@@ -160,13 +160,26 @@ impl ReplicatedCluster {
                 || self.views(),
             );
         }
+        // Every node must also know the replicas as replicas: a primary
+        // that still took one for a primary (it learns the role from the
+        // replica's next ping) refused it its vote in a forced failover
+        // ("it is a master node"), and the failover timed out.
+        let replica_ids: Vec<String> = self.replicas.iter().map(node_id).collect();
         wait_explained(
-            "the cluster is ok and in sync",
+            "the cluster is ok and in sync, and every node knows the replicas",
             Duration::from_secs(30),
             || {
                 all().all(|n| {
                     n.cli(&["CLUSTER", "INFO"])
                         .is_some_and(|i| i.contains("cluster_state:ok"))
+                        && n.cli(&["CLUSTER", "NODES"]).is_some_and(|nodes| {
+                            replica_ids.iter().all(|id| {
+                                nodes.lines().any(|l| {
+                                    l.starts_with(id.as_str())
+                                        && l.split(' ').nth(2).is_some_and(|f| f.contains("slave"))
+                                })
+                            })
+                        })
                 }) && self.replicas.iter().all(|r| {
                     r.cli(&["INFO", "replication"])
                         .is_some_and(|i| i.contains("master_link_status:up"))
@@ -238,9 +251,27 @@ impl ReplicatedCluster {
     }
 
     /// `CLUSTER FAILOVER FORCE` on shard `i`'s replica: it is elected
-    /// without its primary's consent (the primary may be dead).
+    /// without its primary's consent (the primary may be dead). Blocks until
+    /// the replica says it is a primary. An election that does not win
+    /// within the manual failover's 5 s is over, and with automatic
+    /// failovers off nothing tries again: so does this, up to three times.
     pub fn force_failover(&self, i: usize) {
-        self.failover(i, "FORCE");
+        for attempt in 1..=3 {
+            self.failover(i, "FORCE");
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline {
+                if role(&self.replicas[i]) == "master" {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("shard {i}: forced failover attempt {attempt} did not elect the replica");
+        }
+        panic!(
+            "shard {i}: three forced failovers did not elect the replica{}{}",
+            self.views(),
+            self.election_log()
+        );
     }
 
     fn failover(&self, i: usize, how: &str) {
@@ -269,7 +300,7 @@ impl ReplicatedCluster {
                             .is_some_and(|info| info.contains("cluster_state:ok"))
                     })
             },
-            || self.views(),
+            || format!("{}{}", self.views(), self.election_log()),
         );
     }
 
@@ -288,6 +319,28 @@ impl ReplicatedCluster {
             })
             .collect();
         format!(". The nodes' views:\n{}", views.join("\n"))
+    }
+
+    /// What every live node logged about failovers and votes.
+    fn election_log(&self) -> String {
+        let lines: Vec<String> = self
+            .live()
+            .flat_map(|n| {
+                let log = n.log_text();
+                let port = n.port();
+                log.lines()
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        l.contains("failover") || l.contains("vote") || l.contains("election")
+                    })
+                    .map(|l| format!("node {port}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        format!(
+            "\nWhat the nodes logged about failovers:\n{}",
+            lines.join("\n")
+        )
     }
 
     fn live(&self) -> impl Iterator<Item = &RedisServer> {
@@ -318,18 +371,9 @@ impl ReplicatedCluster {
                 })
             },
             || {
-                let log = old.log_text();
-                let tail: Vec<&str> = log.lines().rev().take(60).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!(
-                    ". The old primary ({}): {}\nIts log, last lines:\n{}\nThe new primary ({}): {}{}",
-                    old.port(),
-                    old.cli(&["INFO", "replication"]).unwrap_or_default(),
-                    tail.join("\n"),
-                    self.replicas[i].port(),
-                    self.replicas[i]
-                        .cli(&["INFO", "replication"])
-                        .unwrap_or_default(),
+                    "{}{}",
+                    demotion_report(old, &self.replicas[i]),
                     self.views()
                 )
             },

@@ -104,6 +104,22 @@ pub(super) fn wait_explained(
     }
 }
 
+/// For a demotion that did not complete: the old and the new primary's
+/// `INFO replication` and the last lines of the old one's log.
+pub(super) fn demotion_report(old: &RedisServer, new: &RedisServer) -> String {
+    let log = old.log_text();
+    let mut tail: Vec<&str> = log.lines().rev().take(60).collect();
+    tail.reverse();
+    format!(
+        ". The old primary ({}): {}\nIts log, last lines:\n{}\nThe new primary ({}): {}",
+        old.port(),
+        old.cli(&["INFO", "replication"]).unwrap_or_default(),
+        tail.join("\n"),
+        new.port(),
+        new.cli(&["INFO", "replication"]).unwrap_or_default(),
+    )
+}
+
 /// Copies `from` to `to`, holding the bytes while `stall` is on and this
 /// connection is a replication link; marks it as one when it sees `REPLCONF`
 /// (when `sniff`).
@@ -309,7 +325,7 @@ impl SentinelGroup {
     /// the Sentinels demote it a few seconds after the promotion; until then
     /// both answer as primaries). Blocking; up to 60 s.
     pub fn wait_for_old_primary_demoted(&self) {
-        wait(
+        wait_explained(
             "the old primary's demotion",
             Duration::from_secs(60),
             || {
@@ -317,6 +333,7 @@ impl SentinelGroup {
                     i.contains("role:slave") && i.contains("master_link_status:up")
                 })
             },
+            || demotion_report(&self.primary, &self.replica),
         );
     }
 
