@@ -494,12 +494,7 @@ impl BusInner {
             link.last_echo = link.last_echo.max(sent);
             let was = link.state;
             match was {
-                LinkState::Starting => {
-                    link.state = LinkState::Up;
-                    link.report = LinkReport::Up;
-                    self.look_again_by(link.last_echo);
-                    self.link_tx.send_replace(true);
-                }
+                LinkState::Starting => self.mark_up(&mut link),
                 LinkState::Up => self.look_again_by(link.last_echo),
                 LinkState::Down if fresh => {
                     // From here on every refresh says "up".
@@ -539,9 +534,7 @@ impl BusInner {
             return;
         }
         if flushed {
-            link.state = LinkState::Up;
-            self.look_again_by(link.last_echo);
-            self.link_tx.send_replace(true);
+            self.mark_up(&mut link);
         } else {
             // Down again; the registry is told so only after a flush works
             // (see `watch_link`): until then the others wait for this one.
@@ -552,6 +545,15 @@ impl BusInner {
                 "the invalidation bus link came back, but telling the registry or flushing failed; it stays down"
             );
         }
+    }
+
+    /// The link is up (and says so from the next refresh on): reads are
+    /// served until the silence limit after the last echo's send.
+    fn mark_up(&self, link: &mut Link) {
+        link.state = LinkState::Up;
+        link.report = LinkReport::Up;
+        self.look_again_by(link.last_echo);
+        self.link_tx.send_replace(true);
     }
 
     /// The link is next looked at before a read the silence limit after
@@ -833,6 +835,19 @@ mod tests {
         }
     }
 
+    /// A bus on `server` whose heartbeat interval and timeout are both
+    /// `heartbeat`.
+    async fn connect(server: &RedisServer, heartbeat: Duration) -> InvalidationBus {
+        InvalidationBus::builder()
+            .url(server.url())
+            .channel("ch")
+            .heartbeat_interval(heartbeat)
+            .heartbeat_timeout(heartbeat)
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// What this bus's registry record says of its link.
     async fn reported(bus: &BusInner) -> LinkReport {
         let status = bus
@@ -874,14 +889,7 @@ mod tests {
     /// let go at once), and whose heartbeat saying so came back: the
     /// registry says "up" again, and the recovery flush is held.
     async fn recovering(server: &RedisServer) -> (InvalidationBus, Arc<BusInner>, Arc<HeldFlush>) {
-        let bus = InvalidationBus::builder()
-            .url(server.url())
-            .channel("ch")
-            .heartbeat_interval(Duration::from_secs(10))
-            .heartbeat_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .unwrap();
+        let bus = connect(server, Duration::from_secs(10)).await;
         let inner = bus.inner.clone();
         let held = Arc::new(HeldFlush::default());
         inner
@@ -944,14 +952,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_old_heartbeat_does_not_bring_a_down_link_back() {
         let server = RedisServer::start();
-        let bus = InvalidationBus::builder()
-            .url(server.url())
-            .channel("ch")
-            .heartbeat_interval(Duration::from_millis(100))
-            .heartbeat_timeout(Duration::from_millis(100))
-            .connect()
-            .await
-            .unwrap();
+        let bus = connect(&server, Duration::from_millis(100)).await;
         let inner = bus.inner.clone();
         // Its own heartbeats stop coming back: the link goes down.
         bus.subscriber()
