@@ -25,9 +25,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::sentinel::{demotion_report, info_field, pipe, wait_caught_up, wait_explained};
+use super::sentinel::{
+    demotion_report, holds_within, info_field, pipe, wait_caught_up, wait_explained,
+};
 use super::{cluster_url, free_port, temp_dir, LoopbackProxy, RedisServer};
 
 /// The slots each of the three shards serves.
@@ -82,11 +84,10 @@ impl ReplicatedCluster {
                 proxy.port().to_string(),
                 "--cluster-announce-bus-port".to_owned(),
                 (port + 10_000).to_string(),
-                NO_AUTOMATIC_FAILOVER[0].to_owned(),
-                NO_AUTOMATIC_FAILOVER[1].to_owned(),
-                LOG_SYNCS[0].to_owned(),
-                LOG_SYNCS[1].to_owned(),
-            ];
+            ]
+            .into_iter()
+            .chain(NODE_FLAGS.map(str::to_owned))
+            .collect::<Vec<String>>();
             let dir = dir.clone();
             let node =
                 tokio::task::block_in_place(|| RedisServer::start_cluster_node(port, dir, &extra));
@@ -96,11 +97,7 @@ impl ReplicatedCluster {
         let replicas: Vec<RedisServer> = tokio::task::block_in_place(|| {
             (0..SLOTS.len())
                 .map(|_| {
-                    let extra: Vec<String> = NO_AUTOMATIC_FAILOVER
-                        .iter()
-                        .chain(&LOG_SYNCS)
-                        .map(|a| (*a).to_owned())
-                        .collect();
+                    let extra = NODE_FLAGS.map(str::to_owned);
                     RedisServer::start_cluster_node(free_port(), dir.clone(), &extra)
                 })
                 .collect()
@@ -258,12 +255,10 @@ impl ReplicatedCluster {
     pub fn force_failover(&self, i: usize) {
         for attempt in 1..=3 {
             self.failover(i, "FORCE");
-            let deadline = Instant::now() + Duration::from_secs(8);
-            while Instant::now() < deadline {
-                if role(&self.replicas[i]) == "master" {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if holds_within(Duration::from_secs(8), || {
+                role(&self.replicas[i]) == "master"
+            }) {
+                return;
             }
             eprintln!("shard {i}: forced failover attempt {attempt} did not elect the replica");
         }
@@ -381,16 +376,22 @@ impl ReplicatedCluster {
     }
 }
 
-/// Every failover here is the test's own (`TAKEOVER`, `FORCE`; manual
-/// failovers still run with this). Without it, a loaded machine let a
-/// demoted primary win an election against the replica that had just taken
-/// its slots (its node timeout ran out on a starved peer), and the test's
-/// wait for that primary's demotion never ended.
-const NO_AUTOMATIC_FAILOVER: [&str; 2] = ["--cluster-replica-no-failover", "yes"];
-
-/// The nodes log each step of a sync (the default here is warnings only),
-/// for a demotion that does not complete.
-const LOG_SYNCS: [&str; 2] = ["--loglevel", "notice"];
+/// Every node's flags beyond the defaults:
+/// - No automatic failovers: every failover here is the test's own
+///   (`TAKEOVER`, `FORCE`; manual failovers still run with this). Without
+///   it, a loaded machine let a demoted primary win an election against the
+///   replica that had just taken its slots (its node timeout ran out on a
+///   starved peer), and the test's wait for that primary's demotion never
+///   ended.
+/// - Notice-level logs: each step of a sync, and each vote, for a demotion
+///   or a promotion that does not complete (the default here is warnings
+///   only).
+const NODE_FLAGS: [&str; 4] = [
+    "--cluster-replica-no-failover",
+    "yes",
+    "--loglevel",
+    "notice",
+];
 
 impl Drop for ReplicatedCluster {
     fn drop(&mut self) {

@@ -92,16 +92,24 @@ pub(super) fn wait(what: &str, within: Duration, ok: impl FnMut() -> bool) {
 pub(super) fn wait_explained(
     what: &str,
     within: Duration,
-    mut ok: impl FnMut() -> bool,
+    ok: impl FnMut() -> bool,
     explain: impl FnOnce() -> String,
 ) {
+    if !holds_within(within, ok) {
+        panic!("{what}: not within {within:?}{}", explain());
+    }
+}
+
+/// Whether `ok` holds within `within`, asked every 20 ms (blocking).
+pub(super) fn holds_within(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while !ok() {
         if Instant::now() >= deadline {
-            panic!("{what}: not within {within:?}{}", explain());
+            return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// For a demotion that did not complete: the old and the new primary's
