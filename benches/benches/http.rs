@@ -29,6 +29,11 @@ use benches::results::{quantile, quick, rounds, Goal, Interleaved, SuiteResults}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The example server's allocator, as its binary runs with it (the load
+/// generator in this process uses it too).
+#[global_allocator]
+static ALLOCATOR: profile_server::Allocator = profile_server::Allocator;
+
 /// Open connections of the load generator.
 const CONNECTIONS: usize = 16;
 /// Users the example server seeds, and the ids the avatar routes read.

@@ -31,8 +31,9 @@ mod shared {
 
     /// Polls `fut` once with a no-op waker, so no executor cost dilutes a
     /// measurement. Panics if it is not ready: the suites only poll futures of
-    /// tiers that never wait.
-    #[inline]
+    /// tiers that never wait. Inlined always, as an `.await` is in the
+    /// future that contains it: a call would add a copy of every answer.
+    #[inline(always)]
     pub fn ready<F: Future>(fut: F) -> F::Output {
         let mut cx = Context::from_waker(Waker::noop());
         match pin!(fut).poll(&mut cx) {

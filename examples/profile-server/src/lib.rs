@@ -70,6 +70,27 @@ pub use events::EventsConfig;
 pub use s3_front::EmbeddedS3;
 pub use server::Server;
 
+/// The global allocator the `profile-server` binary runs with (mimalloc);
+/// a process that embeds the server (the HTTP benchmark does) installs it
+/// the same way:
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOCATOR: profile_server::Allocator = profile_server::Allocator;
+/// let url = String::from("allocated by mimalloc");
+/// assert_eq!(url.len(), 21);
+/// ```
+///
+/// Why not the system allocator: under a warm avatar load, glibc's malloc
+/// left small freed blocks in its fast bins, and hyper's 8 KiB read buffer,
+/// reserved again on every keep-alive read, is a request large enough to
+/// make glibc consolidate them first: `perf` put malloc's slow paths
+/// (`malloc_consolidate`, `_int_malloc`, `_int_free`) at about 4 % of the
+/// warm avatar route's time, against about 1 % for `/healthz`. With mimalloc
+/// the warm route served about 5 % more requests a second (BENCHMARKS.md,
+/// the HTTP table).
+pub use mimalloc::MiMalloc as Allocator;
+
 use app::build_unseeded;
 
 /// Most ids one batch request may ask for.

@@ -6,6 +6,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: profile_server::Allocator = profile_server::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut config = match profile_server::Config::from_env() {
