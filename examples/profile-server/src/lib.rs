@@ -87,8 +87,8 @@ pub use server::Server;
 /// make glibc consolidate them first: `perf` put malloc's slow paths
 /// (`malloc_consolidate`, `_int_malloc`, `_int_free`) at about 4 % of the
 /// warm avatar route's time, against about 1 % for `/healthz`. With mimalloc
-/// the warm route served about 5 % more requests a second (BENCHMARKS.md,
-/// the HTTP table).
+/// the warm route's requests a second against `/healthz`'s went from
+/// 0.887–0.899× to 0.918–0.926× (BENCHMARKS.md, §7).
 pub use mimalloc::MiMalloc as Allocator;
 
 use app::build_unseeded;
