@@ -157,7 +157,8 @@ where
 {
     type Output = Result<Option<Lookup<'s, V>>>;
 
-    #[inline(always)]
+    #[cfg_attr(not(target_family = "wasm"), inline(always))]
+    #[cfg_attr(target_family = "wasm", inline)]
     fn poll(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -339,7 +340,8 @@ where
     /// The value for `key`, from the first tier that holds it, else from the
     /// origin. `Ok(None)` when no tier holds it and the origin (if any) has no
     /// value. Errors only when no tier and no origin could answer.
-    #[inline(always)]
+    #[cfg_attr(not(target_family = "wasm"), inline(always))]
+    #[cfg_attr(target_family = "wasm", inline)]
     pub fn get<'s, 'k>(&'s self, key: &'k K) -> Get<'s, 'k, K, V> {
         Get {
             cache: self,
@@ -399,8 +401,11 @@ where
     /// awaits one chain type's `get` in several places got some of them out
     /// of line, and the hit's answer went through memory once more per call
     /// (the peers suite's chain hit: 1.50–1.55× quick_cache's `get` before,
-    /// 1.41–1.46× after, three quick runs each).
-    #[inline(always)]
+    /// 1.41–1.46× after, three quick runs each). Native only: in the web
+    /// page's size-optimised wasm, inlined at every call site, it took 875
+    /// bytes more over the wire than the page's budget had left.
+    #[cfg_attr(not(target_family = "wasm"), inline(always))]
+    #[cfg_attr(target_family = "wasm", inline)]
     fn start_read<'s, 'k>(
         &'s self,
         key: &'k K,

@@ -368,7 +368,8 @@ where
     /// `now` is the time the hit was checked against: with the default
     /// clock the observer gets it ([`Observer::on_event_at`]), so it need
     /// not read a clock itself.
-    #[inline(always)]
+    #[cfg_attr(not(target_family = "wasm"), inline(always))]
+    #[cfg_attr(target_family = "wasm", inline)]
     pub(super) fn emit_hit(
         &self,
         index: usize,
@@ -403,7 +404,8 @@ where
     /// hit needs no second clock read (refresh-ahead's check uses it). An
     /// out-parameter: returned beside the answer, it made the hit move the
     /// entry through the stack once more.
-    #[inline(always)]
+    #[cfg_attr(not(target_family = "wasm"), inline(always))]
+    #[cfg_attr(target_family = "wasm", inline)]
     pub(super) fn read_tier_now(
         &self,
         index: usize,
@@ -443,7 +445,8 @@ where
     /// Turns a tier's answer into a hit, miss or failure: checks expiry against
     /// `now` (read from the chain's clock), updates the breaker and reports to the
     /// observer.
-    #[inline(always)]
+    #[cfg_attr(not(target_family = "wasm"), inline(always))]
+    #[cfg_attr(target_family = "wasm", inline)]
     fn classify(
         &self,
         index: usize,
