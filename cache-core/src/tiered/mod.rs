@@ -401,9 +401,9 @@ where
     /// awaits one chain type's `get` in several places got some of them out
     /// of line, and the hit's answer went through memory once more per call
     /// (the peers suite's chain hit: 1.50–1.55× quick_cache's `get` before,
-    /// 1.41–1.46× after, three quick runs each). Native only: in the web
-    /// page's size-optimised wasm, inlined at every call site, it took 875
-    /// bytes more over the wire than the page's budget had left.
+    /// 1.41–1.46× after, three quick runs each). Native only: inlined at
+    /// every call site of the web page's size-optimised wasm, it added 875
+    /// bytes over the wire and put the page 422 bytes over its budget.
     #[cfg_attr(not(target_family = "wasm"), inline(always))]
     #[cfg_attr(target_family = "wasm", inline)]
     fn start_read<'s, 'k>(
