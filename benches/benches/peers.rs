@@ -94,6 +94,9 @@ fn counted() -> f64 {
 const KEYS: usize = 1_000;
 /// Entries of the memory benchmark.
 const MEMORY_ENTRIES: usize = 100_000;
+/// In the hit tables, every cache has room for this many times its keys
+/// (see [`contenders`]).
+const HIT_ROOM: usize = 2;
 /// Reads per contender per round and thread.
 const PER_ROUND: usize = 20_000;
 
@@ -311,7 +314,7 @@ fn chain_with<T: CacheLayer<String, String> + 'static>(
 fn contenders(keys: &[String]) -> Vec<(&'static str, Box<dyn Contender>)> {
     let all: Vec<_> = CONTENDERS
         .iter()
-        .map(|make| make(keys, 2 * keys.len()))
+        .map(|make| make(keys, HIT_ROOM * keys.len()))
         .collect();
     for (name, c) in &all {
         all_hit(name, c.as_ref(), keys);
@@ -332,7 +335,9 @@ fn all_hit(name: &str, c: &dyn Contender, keys: &[String]) {
 /// `MemoryTier::get_ready` read directly (no chain, no future), for the
 /// one-thread table only (its memory is the chain-over-MemoryTier row's).
 fn direct_memory(keys: &[String]) -> Direct<MemoryTier<String, String>> {
-    let chain = MemoryTier::builder().max_entries(2 * keys.len()).build();
+    let chain = MemoryTier::builder()
+        .max_entries(HIT_ROOM * keys.len())
+        .build();
     let now = SystemClock.now();
     for k in keys {
         let entry = Entry::expiring_in(url_value(k), now, Duration::from_secs(3_600));

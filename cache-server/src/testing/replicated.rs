@@ -52,6 +52,20 @@ fn node_id(node: &RedisServer) -> String {
         .expect("CLUSTER MYID")
 }
 
+/// Whether `node`'s `CLUSTER NODES` lists every node of `ids` with the
+/// `slave` flag (its lines: id, address, flags, ...).
+fn knows_as_replicas(node: &RedisServer, ids: &[String]) -> bool {
+    let Some(nodes) = node.cli(&["CLUSTER", "NODES"]) else {
+        return false;
+    };
+    ids.iter().all(|id| {
+        nodes.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            fields.next() == Some(id.as_str()) && fields.nth(1).is_some_and(|f| f.contains("slave"))
+        })
+    })
+}
+
 fn role(node: &RedisServer) -> String {
     node.cli(&["ROLE"])
         .and_then(|r| r.lines().next().map(str::to_owned))
@@ -169,14 +183,7 @@ impl ReplicatedCluster {
                 all().all(|n| {
                     n.cli(&["CLUSTER", "INFO"])
                         .is_some_and(|i| i.contains("cluster_state:ok"))
-                        && n.cli(&["CLUSTER", "NODES"]).is_some_and(|nodes| {
-                            replica_ids.iter().all(|id| {
-                                nodes.lines().any(|l| {
-                                    l.starts_with(id.as_str())
-                                        && l.split(' ').nth(2).is_some_and(|f| f.contains("slave"))
-                                })
-                            })
-                        })
+                        && knows_as_replicas(n, &replica_ids)
                 }) && self.replicas.iter().all(|r| {
                     r.cli(&["INFO", "replication"])
                         .is_some_and(|i| i.contains("master_link_status:up"))
