@@ -113,18 +113,25 @@ pub(super) fn holds_within(within: Duration, mut ok: impl FnMut() -> bool) -> bo
 }
 
 /// For a demotion that did not complete: the old and the new primary's
-/// `INFO replication` and the last lines of the old one's log.
+/// `INFO replication` and the last lines of both logs (the new primary's
+/// says whether it gave its slots back: in a chaos run, a cluster takeover
+/// was undone and the replica synced from the old primary again, which
+/// the old primary's log alone could not explain).
 pub(super) fn demotion_report(old: &RedisServer, new: &RedisServer) -> String {
-    let log = old.log_text();
-    let mut tail: Vec<&str> = log.lines().rev().take(60).collect();
-    tail.reverse();
+    let tail = |node: &RedisServer| {
+        let log = node.log_text();
+        let mut tail: Vec<&str> = log.lines().rev().take(60).collect();
+        tail.reverse();
+        tail.join("\n")
+    };
     format!(
-        ". The old primary ({}): {}\nIts log, last lines:\n{}\nThe new primary ({}): {}",
+        ". The old primary ({}): {}\nIts log, last lines:\n{}\nThe new primary ({}): {}\nIts log, last lines:\n{}",
         old.port(),
         old.cli(&["INFO", "replication"]).unwrap_or_default(),
-        tail.join("\n"),
+        tail(old),
         new.port(),
         new.cli(&["INFO", "replication"]).unwrap_or_default(),
+        tail(new),
     )
 }
 
