@@ -127,6 +127,27 @@ impl ReplicatedCluster {
     }
 
     fn join(&self) {
+        // Every node gets its own config epoch before it meets the others
+        // (as `redis-cli --cluster create` does). Left at 0, the nodes
+        // resolve their collisions one bump at a time, but only between
+        // primaries: a replica made one before its collision with its
+        // primary was resolved kept its primary's epoch. In CI that undid a
+        // takeover. `TAKEOVER` bumps the epoch only of a node whose epoch
+        // is not already the highest; this replica's was, so it claimed the
+        // slots with the same epoch as its primary; the primary, whose node
+        // ID was the smaller, resolved the collision by taking a new,
+        // higher epoch, and with it the slots back. (Reproduced on its own:
+        // a primary and its replica set to the same highest epoch, the
+        // replica made one before they met, then `TAKEOVER`: undone in two
+        // of four runs; with distinct epochs, in none.)
+        for (epoch, node) in self.primaries.iter().chain(&self.replicas).enumerate() {
+            let epoch = (epoch + 1).to_string();
+            let out = node.cli(&["CLUSTER", "SET-CONFIG-EPOCH", &epoch]);
+            assert!(
+                out.as_deref().is_some_and(|o| o.trim() == "OK"),
+                "CLUSTER SET-CONFIG-EPOCH: {out:?}"
+            );
+        }
         for (node, (lo, hi)) in self.primaries.iter().zip(SLOTS) {
             let out = node.cli(&["CLUSTER", "ADDSLOTSRANGE", &lo.to_string(), &hi.to_string()]);
             assert!(
@@ -191,12 +212,12 @@ impl ReplicatedCluster {
             },
             || self.views(),
         );
-        // A new cluster's primaries start with colliding config epochs,
-        // which the nodes resolve by bumping the current epoch. A replica
-        // that asks for votes before it has heard the newest epoch is
-        // refused, and retries only after twice the node timeout (10 s and
-        // more): wait until every node has the same current epoch and the
-        // primaries' config epochs are distinct.
+        // Each node starts with its own epoch as its current epoch. A
+        // replica that asks for votes before it has heard the newest epoch
+        // is refused, and retries only after twice the node timeout (10 s
+        // and more): wait until every node has the same current epoch (and,
+        // as the epochs set above promise, the primaries' config epochs are
+        // distinct).
         wait_explained(
             "the nodes agree on the epochs",
             Duration::from_secs(30),
