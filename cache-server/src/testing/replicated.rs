@@ -138,8 +138,9 @@ impl ReplicatedCluster {
         // ID was the smaller, resolved the collision by taking a new,
         // higher epoch, and with it the slots back. (Reproduced on its own:
         // a primary and its replica set to the same highest epoch, the
-        // replica made one before they met, then `TAKEOVER`: undone in two
-        // of four runs; with distinct epochs, in none.)
+        // replica made one as soon as it knew its primary, then `TAKEOVER`:
+        // undone in two of four runs; with distinct epochs, in none of
+        // seven.)
         for (epoch, node) in self.primaries.iter().chain(&self.replicas).enumerate() {
             let epoch = (epoch + 1).to_string();
             let out = node.cli(&["CLUSTER", "SET-CONFIG-EPOCH", &epoch]);
