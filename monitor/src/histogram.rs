@@ -17,6 +17,8 @@ const SUB: u64 = 1 << SUB_BITS;
 const MAX_EXP: u32 = 40;
 /// Number of buckets.
 pub(crate) const BUCKETS: usize = ((MAX_EXP - SUB_BITS) as usize) * SUB as usize + SUB as usize;
+// Snapshots name buckets by `u16`.
+const _: () = assert!(BUCKETS <= u16::MAX as usize);
 
 /// The bucket holding `ns`.
 #[inline]
@@ -85,15 +87,22 @@ impl AtomicHistogram {
         self.sum_ns.load(Ordering::Relaxed)
     }
 
+    /// The counters now: the buckets that hold anything, and the exact
+    /// maximum.
     pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             counts: self
                 .buckets
                 .iter()
-                .map(|b| b.load(Ordering::Relaxed))
+                .enumerate()
+                .filter_map(|(i, b)| {
+                    let n = b.load(Ordering::Relaxed);
+                    // `BUCKETS` is below `u16::MAX`.
+                    (n > 0).then_some((i as u16, n))
+                })
                 .collect(),
             sum_ns: self.sum_ns.load(Ordering::Relaxed),
-            max_ns: self.max_ns.load(Ordering::Relaxed),
+            max_ns: Some(self.max_ns.load(Ordering::Relaxed)),
         }
     }
 
@@ -103,31 +112,52 @@ impl AtomicHistogram {
     }
 }
 
-/// A copy of a histogram's counters.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A copy of a histogram's counters, sparse: the window rings keep one per
+/// tier in every bucket, and a tier's reads fill a few dozen of the
+/// [`BUCKETS`] at most, not all of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct HistogramSnapshot {
-    pub(crate) counts: Vec<u64>,
+    /// `(bucket index, count)` of the non-empty buckets, by index.
+    pub(crate) counts: Vec<(u16, u64)>,
     pub(crate) sum_ns: u64,
-    pub(crate) max_ns: u64,
+    /// The exact maximum; `None` where it is not known (a difference of two
+    /// snapshots taken by the window rings, which keep no maximum per bucket).
+    pub(crate) max_ns: Option<u64>,
 }
 
 impl HistogramSnapshot {
-    /// `self - earlier`, bucket by bucket; the max stays `self`'s.
+    /// `self - earlier`, bucket by bucket; the max stays `self`'s (the
+    /// maximum since the last reset, which is when `earlier` is taken).
     pub(crate) fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
         HistogramSnapshot {
-            counts: self
-                .counts
-                .iter()
-                .zip(&earlier.counts)
-                .map(|(a, b)| a.saturating_sub(*b))
-                .collect(),
+            counts: merge(&self.counts, &earlier.counts, u64::saturating_sub),
             sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
             max_ns: self.max_ns,
         }
     }
 
+    /// What was recorded between two snapshots of the window rings: as
+    /// [`HistogramSnapshot::since`], with no maximum (the percentiles are then
+    /// each their bucket's upper bound).
+    pub(crate) fn between(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            max_ns: None,
+            ..self.since(earlier)
+        }
+    }
+
+    /// The larger count of each bucket (and sum): of two snapshots of the
+    /// same counters, the later one, whichever order they are given in.
+    pub(crate) fn max_each(&self, other: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: merge(&self.counts, &other.counts, u64::max),
+            sum_ns: self.sum_ns.max(other.sum_ns),
+            max_ns: self.max_ns.max(other.max_ns),
+        }
+    }
+
     pub(crate) fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().map(|&(_, n)| n).sum()
     }
 
     /// The `q`-quantile (0 < q ≤ 1): the upper bound of the bucket holding the
@@ -141,18 +171,17 @@ impl HistogramSnapshot {
         // Nearest-rank definition; the float-to-int cast saturates.
         let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
         let mut seen = 0;
-        for (index, &n) in self.counts.iter().enumerate() {
+        for &(index, n) in &self.counts {
             seen += n;
             if seen >= rank {
-                let high = bucket_high(index);
-                return Some(if self.max_ns > 0 {
-                    high.min(self.max_ns)
-                } else {
-                    high
+                let high = bucket_high(usize::from(index));
+                return Some(match self.max_ns {
+                    Some(max) if max > 0 => high.min(max),
+                    _ => high,
                 });
             }
         }
-        Some(self.max_ns)
+        self.max_ns
     }
 
     /// Cumulative counts of values `<= bound_ns`, for each of `bounds_ns` (which
@@ -160,16 +189,52 @@ impl HistogramSnapshot {
     pub(crate) fn cumulative(&self, bounds_ns: &[u64]) -> Vec<u64> {
         let mut out = Vec::with_capacity(bounds_ns.len());
         let mut seen = 0;
-        let mut index = 0;
+        let mut next = self.counts.iter().peekable();
         for &bound in bounds_ns {
-            while index < self.counts.len() && bucket_high(index) <= bound {
-                seen += self.counts[index];
-                index += 1;
+            while let Some(&&(index, n)) = next.peek() {
+                if bucket_high(usize::from(index)) > bound {
+                    break;
+                }
+                seen += n;
+                next.next();
             }
             out.push(seen);
         }
         out
     }
+}
+
+/// The buckets of `a` and `b` (each sorted by index) combined by `f`, a
+/// bucket missing on one side counting 0 there; empty results left out.
+fn merge(a: &[(u16, u64)], b: &[(u16, u64)], f: fn(u64, u64) -> u64) -> Vec<(u16, u64)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let (index, n) = match (a.get(i), b.get(j)) {
+            (Some(&(x, n)), Some(&(y, m))) if x == y => {
+                i += 1;
+                j += 1;
+                (x, f(n, m))
+            }
+            (Some(&(x, n)), Some(&(y, _))) if x < y => {
+                i += 1;
+                (x, f(n, 0))
+            }
+            (Some(&(x, n)), None) => {
+                i += 1;
+                (x, f(n, 0))
+            }
+            (_, Some(&(y, m))) => {
+                j += 1;
+                (y, f(0, m))
+            }
+            (None, None) => break,
+        };
+        if n > 0 {
+            out.push((index, n));
+        }
+    }
+    out
 }
 
 /// Nice boundaries for exported (Prometheus) buckets, in nanoseconds.
@@ -251,7 +316,7 @@ mod tests {
         assert_eq!(s.quantile(0.95), Some(95));
         assert_eq!(s.quantile(0.99), Some(99));
         assert_eq!(s.quantile(1.0), Some(100));
-        assert_eq!(s.max_ns, 100);
+        assert_eq!(s.max_ns, Some(100));
         assert_eq!(s.sum_ns, 5050);
     }
 
@@ -302,5 +367,28 @@ mod tests {
         assert_eq!(d.count(), 2);
         assert_eq!(d.sum_ns, 40);
         assert_eq!(d.quantile(0.5), Some(20));
+    }
+
+    #[test]
+    fn between_has_no_maximum_and_max_each_takes_the_later_counts() {
+        let h = AtomicHistogram::new();
+        h.record(10);
+        h.record(5_000);
+        let a = h.snapshot();
+        h.record(20);
+        h.record(100_000);
+        let b = h.snapshot();
+        let d = b.between(&a);
+        assert_eq!(d.count(), 2);
+        assert_eq!(d.sum_ns, 100_020);
+        assert_eq!(d.max_ns, None);
+        // Without a maximum, a percentile is its bucket's upper bound.
+        assert_eq!(d.quantile(1.0), Some(bucket_high(bucket_index(100_000))));
+        assert_eq!(d.quantile(0.5), Some(20));
+        // Buckets only `a` or only `b` holds are kept, and empty ones dropped.
+        assert_eq!(a.max_each(&b), b);
+        assert_eq!(b.max_each(&a), b);
+        assert_eq!(b.since(&b).counts, []);
+        assert_eq!(HistogramSnapshot::default().max_each(&a), a);
     }
 }

@@ -18,7 +18,7 @@ use crate::layout::{
 };
 use crate::report::{build_report, Covers, KeyCount, Report};
 use crate::stripes::{self, Stripe};
-use crate::windows::Rings;
+use crate::windows::{Rings, Snap};
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
@@ -175,8 +175,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// with the next bucket's start): a chain's hit by the time the chain read
 /// for its expiry check ([`Observer::on_event_at`], with the default clock),
 /// any other event by a read of the monitor's clock; once per bucket (a minute by
-/// default) one event also copies the counters into the window ring under a
-/// mutex that other events never wait for. Key tracking, when enabled, takes a mutex per read.
+/// default) one event also copies the counters and the latency histograms
+/// into the window rings under a mutex that other events never wait for. Key tracking, when enabled, takes a mutex per read.
 ///
 /// # Windows
 ///
@@ -184,15 +184,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// [`reset`](Monitor::reset). [`Monitor::window`] covers the last N minutes and
 /// [`Monitor::timeline`] gives one report per bucket, for plotting. Each
 /// report states its period ([`Report::period`]) and how latency was sampled
-/// ([`Report::latency_timed_every`]). Window reports
-/// carry counts, rates, average times and bytes, but no percentiles (the
-/// histograms are kept since start only; compute windowed quantiles from the
-/// Prometheus buckets).
+/// ([`Report::latency_timed_every`]). Window and timeline reports carry
+/// what a report since start does, latency percentiles included, except the
+/// exact maximum ([`LatencyStats::max`](crate::LatencyStats::max) is `None`
+/// there, and each percentile is its bucket's upper bound: never below the
+/// true value, at most 3.1 % above it).
 ///
-/// The windows come from rings of counter snapshots kept in memory: a fine
-/// one ([`MonitorBuilder::window`], by default an hour by the minute) and any
+/// The windows come from rings of snapshots kept in memory: a fine one
+/// ([`MonitorBuilder::window`], by default an hour by the minute) and any
 /// coarser ones for a longer history ([`MonitorBuilder::long_window`]), so a
-/// dashboard opened now can show the last hour or day.
+/// dashboard opened now can show the last hour or day. A snapshot holds the
+/// counters (about 2 KiB) and each histogram's non-empty buckets (16 bytes
+/// each; a tier whose reads span three orders of magnitude fills about 300),
+/// and is shared by every ring and by the buckets of an idle stretch.
 ///
 /// `Monitor` is a cheap handle: clones record into the same counters.
 ///
@@ -482,7 +486,13 @@ impl Monitor {
         if bucket <= rings.fine().current() && ms < s.next_bucket_ms.load(Ordering::Acquire) {
             return;
         }
-        rings.advance(ms, &self.flat());
+        rings.advance(
+            ms,
+            Snap {
+                flat: self.flat(),
+                hists: self.histograms(),
+            },
+        );
         s.next_bucket_ms.store(
             bucket.saturating_add(1).saturating_mul(s.bucket_ms),
             Ordering::Release,
@@ -562,8 +572,8 @@ impl Monitor {
     /// The last `last` of activity, to the bucket: the current (partial) bucket
     /// and the full buckets before it, as many as `last` spans (rounded up, at
     /// most the depth of the ring that serves it: see
-    /// [`Monitor::resolution`]), and never from before the last reset. No
-    /// percentiles.
+    /// [`Monitor::resolution`]), and never from before the last reset. With
+    /// percentiles, but no exact maximum (see [Windows](Monitor#windows)).
     ///
     /// ```
     /// use std::time::Duration;
@@ -588,26 +598,32 @@ impl Monitor {
         let now = s.clock.now();
         self.tick(now);
         let flat = self.flat();
-        let (bucket, start_at, start) = {
+        let hists = self.histograms();
+        let (bucket, start_at, start, start_hists) = {
             let rings = lock(&s.rings);
             let ring = rings.for_window(last);
             let first = ring.first_of(last);
-            let start = match ring.at(first) {
-                Some(flat) => (bucket_start(first, ring.bucket_ms), flat.clone()),
-                None => (s.started, vec![0; FLAT_LEN]),
-            };
-            (Duration::from_millis(ring.bucket_ms), start.0, start.1)
+            let bucket = Duration::from_millis(ring.bucket_ms);
+            match ring.at(first) {
+                Some(snap) => (
+                    bucket,
+                    bucket_start(first, ring.bucket_ms),
+                    snap.flat.clone(),
+                    snap.hists.clone(),
+                ),
+                None => (bucket, s.started, vec![0; FLAT_LEN], Vec::new()),
+            }
         };
         let baseline = lock(&s.baseline);
-        let (since, start) = if baseline.at > start_at {
-            (baseline.at, baseline.flat.clone())
+        let (since, start, start_hists) = if baseline.at > start_at {
+            (baseline.at, baseline.flat.clone(), baseline.hists.clone())
         } else {
-            (start_at, start)
+            (start_at, start, start_hists)
         };
         drop(baseline);
         build_report(
             &sub(&flat, &start),
-            None,
+            Some(&between(&hists, &start_hists)),
             &self.names(),
             (since, now),
             (Covers::Window, Some(bucket)),
@@ -655,8 +671,8 @@ impl Monitor {
     /// One report per bucket over the last `last` (as [`Monitor::window`] counts
     /// it, in the buckets of [`Monitor::resolution`]), oldest first; the last
     /// one is the current, partial bucket. For plotting hit rate and access
-    /// time over time. No percentiles. Buckets from before the monitor was
-    /// built (or last reset) are empty.
+    /// time (and its percentiles: see [Windows](Monitor#windows)) over time.
+    /// Buckets from before the monitor was built (or last reset) are empty.
     ///
     /// ```
     /// use std::time::Duration;
@@ -677,11 +693,20 @@ impl Monitor {
         let s = &*self.shared;
         let now = s.clock.now();
         self.tick(now);
-        let flat = self.flat();
+        let current_snap = Snap {
+            flat: self.flat(),
+            hists: self.histograms(),
+        };
         let names = self.names();
-        let (reset_at, reset_flat) = {
+        let (reset_at, reset_snap) = {
             let b = lock(&s.baseline);
-            (b.at, b.flat.clone())
+            (
+                b.at,
+                Snap {
+                    flat: b.flat.clone(),
+                    hists: b.hists.clone(),
+                },
+            )
         };
         let rings = lock(&s.rings);
         let ring = rings.for_window(last);
@@ -697,21 +722,38 @@ impl Monitor {
             };
             let Some(start) = ring.at(b) else { continue };
             let stop = if b == current {
-                Some(&flat)
+                Some(&current_snap)
             } else {
                 ring.at(b + 1)
             };
             let Some(stop) = stop else { continue };
             // Buckets before a reset start from the reset's counters.
             let (begin, start) = if reset_at > begin {
-                (reset_at.min(end), max_each(start, &reset_flat))
+                (
+                    reset_at.min(end),
+                    Snap {
+                        flat: max_each(&start.flat, &reset_snap.flat),
+                        hists: start
+                            .hists
+                            .iter()
+                            .zip(&reset_snap.hists)
+                            .map(|(a, r)| a.max_each(r))
+                            .collect(),
+                    },
+                )
             } else {
-                (begin, start.clone())
+                (
+                    begin,
+                    Snap {
+                        flat: start.flat.clone(),
+                        hists: start.hists.clone(),
+                    },
+                )
             };
-            let stop = max_each(stop, &start);
+            let stop_flat = max_each(&stop.flat, &start.flat);
             out.push(build_report(
-                &sub(&stop, &start),
-                None,
+                &sub(&stop_flat, &start.flat),
+                Some(&between(&stop.hists, &start.hists)),
                 &names,
                 (begin, end),
                 (Covers::Bucket, Some(bucket)),
@@ -783,6 +825,17 @@ fn sub(a: &[u64], b: &[u64]) -> Vec<u64> {
 
 fn max_each(a: &[u64], b: &[u64]) -> Vec<u64> {
     a.iter().zip(b).map(|(x, y)| *x.max(y)).collect()
+}
+
+/// What each histogram of `stop` recorded since `start`'s (a missing one
+/// counts as empty), without a maximum ([`HistogramSnapshot::between`]). A
+/// bucket of `start` above `stop`'s (two snapshots racing a reset) counts 0.
+fn between(stop: &[HistogramSnapshot], start: &[HistogramSnapshot]) -> Vec<HistogramSnapshot> {
+    let empty = HistogramSnapshot::default();
+    stop.iter()
+        .enumerate()
+        .map(|(i, h)| h.between(start.get(i).unwrap_or(&empty)))
+        .collect()
 }
 
 impl Observer for Monitor {

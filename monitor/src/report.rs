@@ -132,7 +132,10 @@ pub struct LatencyStats {
     /// 99th percentile.
     #[serde(with = "opt_ms")]
     pub p99: Option<Duration>,
-    /// The largest value (exact).
+    /// The largest value (exact); `None` in
+    /// [`Monitor::window`](crate::Monitor::window) and
+    /// [`Monitor::timeline`](crate::Monitor::timeline) reports, whose rings keep no maximum per bucket
+    /// (their percentiles are then each their bucket's upper bound).
     #[serde(with = "opt_ms")]
     pub max: Option<Duration>,
     /// Cumulative counts at fixed bounds from 1 µs to 10 s (the `+Inf` bucket is
@@ -159,7 +162,7 @@ impl LatencyStats {
             p50: q(0.50),
             p95: q(0.95),
             p99: q(0.99),
-            max: (count > 0).then(|| Duration::from_nanos(h.max_ns)),
+            max: h.max_ns.filter(|_| count > 0).map(Duration::from_nanos),
             buckets,
         }
     }

@@ -5,7 +5,19 @@
 //! coarse bucket starts on a fine bucket's start, so all rings advance in the
 //! same rare step, under one mutex the recording path only `try_lock`s.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::histogram::HistogramSnapshot;
+
+/// The counters at the start of a bucket: the flat counters and each
+/// latency histogram (tiers, then the origin). One snapshot is shared by
+/// every ring, and by every bucket an idle stretch skipped.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Snap {
+    pub(crate) flat: Vec<u64>,
+    pub(crate) hists: Vec<HistogramSnapshot>,
+}
 
 /// Most buckets one ring keeps (more are capped), so that a mistyped depth
 /// cannot ask for terabytes.
@@ -18,7 +30,7 @@ pub(crate) struct Ring {
     /// epoch); `None` before the first.
     current: Option<u64>,
     /// Bucket number and the counters at its start.
-    slots: Vec<Option<(u64, Vec<u64>)>>,
+    slots: Vec<Option<(u64, Arc<Snap>)>>,
 }
 
 impl Ring {
@@ -43,7 +55,7 @@ impl Ring {
     /// Records `flat` as the counters at the start of every bucket after the
     /// newest one up to the bucket holding `ms` (buckets skipped had no
     /// events, so they start with the same counters).
-    fn advance(&mut self, ms: u64, flat: &[u64]) {
+    fn advance(&mut self, ms: u64, snap: &Arc<Snap>) {
         let bucket = ms / self.bucket_ms;
         let len = self.slots.len() as u64;
         let oldest_kept = bucket.saturating_sub(len - 1);
@@ -53,16 +65,16 @@ impl Ring {
             None => oldest_kept,
         };
         for b in first..=bucket {
-            self.slots[(b % len) as usize] = Some((b, flat.to_vec()));
+            self.slots[(b % len) as usize] = Some((b, snap.clone()));
         }
         self.current = Some(bucket);
     }
 
     /// The counters at the start of bucket `b`, if the ring still has them.
-    pub(crate) fn at(&self, b: u64) -> Option<&Vec<u64>> {
+    pub(crate) fn at(&self, b: u64) -> Option<&Snap> {
         let len = self.slots.len() as u64;
         match &self.slots[(b % len) as usize] {
-            Some((tag, flat)) if *tag == b => Some(flat),
+            Some((tag, snap)) if *tag == b => Some(snap),
             _ => None,
         }
     }
@@ -107,9 +119,10 @@ impl Rings {
     }
 
     /// Advances every ring to the bucket holding `ms`.
-    pub(crate) fn advance(&mut self, ms: u64, flat: &[u64]) {
+    pub(crate) fn advance(&mut self, ms: u64, snap: Snap) {
+        let snap = Arc::new(snap);
         for ring in &mut self.rings {
-            ring.advance(ms, flat);
+            ring.advance(ms, &snap);
         }
     }
 
@@ -158,29 +171,41 @@ mod tests {
         assert_eq!(rings.for_window(S * 604_800).bucket_ms, 300_000);
     }
 
+    fn snap(n: u64) -> Arc<Snap> {
+        Arc::new(Snap {
+            flat: vec![n],
+            hists: Vec::new(),
+        })
+    }
+
+    /// The flat counters bucket `b` starts with, if the ring has them.
+    fn at(ring: &Ring, b: u64) -> Option<u64> {
+        ring.at(b).map(|s| s.flat[0])
+    }
+
     #[test]
     fn a_ring_keeps_its_depth_and_fills_skipped_buckets() {
         let mut ring = Ring::new(1_000, 3);
-        ring.advance(500, &[1]);
-        ring.advance(2_500, &[7]);
+        ring.advance(500, &snap(1));
+        ring.advance(2_500, &snap(7));
         assert_eq!(ring.current(), 2);
         assert_eq!(
-            (ring.at(0), ring.at(1), ring.at(2)),
-            (Some(&vec![1]), Some(&vec![7]), Some(&vec![7]))
+            (at(&ring, 0), at(&ring, 1), at(&ring, 2)),
+            (Some(1), Some(7), Some(7))
         );
         // Ten buckets later only the last three are kept.
-        ring.advance(12_000, &[9]);
+        ring.advance(12_000, &snap(9));
         assert_eq!(
-            (ring.at(2), ring.at(9), ring.at(12)),
-            (None, None, Some(&vec![9]))
+            (at(&ring, 2), at(&ring, 9), at(&ring, 12)),
+            (None, None, Some(9))
         );
-        assert_eq!(ring.at(10), Some(&vec![9]));
+        assert_eq!(at(&ring, 10), Some(9));
         assert_eq!(ring.first_of(S * 2), 11);
         assert_eq!(ring.first_of(S * 3_600), 10);
         assert_eq!(ring.first_of(Duration::ZERO), 12);
         // A clock that went back changes nothing.
-        ring.advance(1_000, &[0]);
-        assert_eq!((ring.current(), ring.at(12)), (12, Some(&vec![9])));
+        ring.advance(1_000, &snap(0));
+        assert_eq!((ring.current(), at(&ring, 12)), (12, Some(9)));
     }
 
     #[test]

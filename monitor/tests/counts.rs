@@ -205,7 +205,12 @@ fn windows_cover_the_last_minutes_and_timeline_plots_them() {
 
     let w = m.window(minute);
     assert_eq!((w.requests, w.hits, w.hit_rate), (2, 1, Some(0.5)));
-    assert!(w.tiers[0].latency.is_none(), "windows carry no percentiles");
+    let l = w.tiers[0].latency.as_ref().unwrap();
+    assert_eq!(
+        (l.count, l.max),
+        (2, None),
+        "a window's own reads, no maximum"
+    );
     let w = m.window(minute * 3);
     assert_eq!((w.requests, w.hits), (4, 1));
     let w = m.window(minute * 4);
@@ -228,6 +233,63 @@ fn windows_cover_the_last_minutes_and_timeline_plots_them() {
     assert_eq!(m.window(Duration::from_secs(7_200)).requests, 1);
     assert_eq!(m.timeline(Duration::from_secs(7_200)).len(), 60);
     assert_eq!(m.report().requests, 9);
+}
+
+/// Whether `p` is what the histogram reports for values of `truth`: its
+/// bucket's upper bound, at most 1/32 above.
+fn about(p: Option<Duration>, truth: Duration) -> bool {
+    p.is_some_and(|p| p >= truth && p.as_nanos() * 32 <= truth.as_nanos() * 33)
+}
+
+#[test]
+fn windows_and_timelines_have_the_percentiles_of_their_own_buckets() {
+    let clock = ManualClock::new();
+    let m = monitor(&clock);
+    let minute = Duration::from_secs(60);
+    let (fast, slow) = (Duration::from_micros(2), Duration::from_millis(40));
+    // A quiet minute, then one with a slow tail: 2 reads in 100.
+    for _ in 0..100 {
+        m.record(&event(EventKind::Hit, tier(0), fast, 10));
+    }
+    m.record(&event(EventKind::OriginLoad, EventSource::Origin, slow, 10));
+    clock.advance(minute);
+    for i in 0..100 {
+        let latency = if i % 50 == 0 { slow } else { fast };
+        m.record(&event(EventKind::Hit, tier(0), latency, 10));
+    }
+    clock.advance(Duration::from_secs(30));
+
+    // Since start, 2 slow reads in 200 are below the 99th percentile; in the
+    // last minute they are 2 %, above it.
+    let all = m.report();
+    let all = all.tiers[0].latency.as_ref().unwrap();
+    assert!(about(all.p99, fast), "since start: {all:?}");
+    assert_eq!(all.max, Some(slow));
+    let w = m.window(minute);
+    let l = w.tiers[0].latency.as_ref().unwrap();
+    assert_eq!((l.count, l.max), (100, None));
+    assert!(
+        about(l.p50, fast) && about(l.p99, slow),
+        "last minute: {l:?}"
+    );
+    assert_eq!(w.origin.latency.as_ref().unwrap().count, 0);
+
+    let points = m.timeline(minute * 2);
+    assert_eq!(points.len(), 2);
+    let first = points[0].tiers[0].latency.as_ref().unwrap();
+    let second = points[1].tiers[0].latency.as_ref().unwrap();
+    assert_eq!((first.count, second.count), (100, 100));
+    assert!(about(first.p99, fast), "first minute: {first:?}");
+    assert!(about(second.p99, slow), "second minute: {second:?}");
+    let load = points[0].origin.latency.as_ref().unwrap();
+    assert!(load.count == 1 && about(load.p50, slow), "{load:?}");
+
+    // An idle hour later the old minutes are gone, and with them their tail.
+    clock.advance(Duration::from_secs(3_600));
+    m.record(&event(EventKind::Hit, tier(0), fast, 10));
+    let w = m.window(Duration::from_secs(7_200));
+    let l = w.tiers[0].latency.as_ref().unwrap();
+    assert!(l.count == 1 && about(l.p99, fast), "{l:?}");
 }
 
 #[test]
@@ -271,8 +333,20 @@ fn reset_starts_afresh_for_reports_windows_and_percentiles() {
             Some(Duration::from_nanos(40))
         )
     );
-    assert_eq!(m.window(Duration::from_secs(60)).requests, 1);
-    assert_eq!(m.timeline(Duration::from_secs(60))[0].requests, 1);
+    // The window and its bucket began before the reset, but their
+    // percentiles, like their counts, are of the read after it only.
+    let w = m.window(Duration::from_secs(60));
+    let p = &m.timeline(Duration::from_secs(60))[0];
+    for (requests, latency) in [
+        (w.requests, &w.tiers[0].latency),
+        (p.requests, &p.tiers[0].latency),
+    ] {
+        let l = latency.as_ref().unwrap();
+        assert_eq!(
+            (requests, l.count, l.p99),
+            (1, 1, Some(Duration::from_nanos(40)))
+        );
+    }
     assert_eq!(r.since, cache_core::Clock::now(&clock));
 }
 

@@ -375,6 +375,16 @@ async fn report_states_its_period_and_history_counts_every_lookup() {
             .map(|p| p["origin"]["loads"].as_u64().unwrap())
             .sum();
         assert_eq!(loads, 4, "{last}: one signing per user");
+        // Every signing is timed: a bucket with one has its percentiles (the
+        // median never above the 99th), a bucket without has none.
+        for p in points {
+            let (o, loads) = (&p["origin"], n(&p["origin"], "loads"));
+            assert_eq!(o["p99_ms"].is_number(), loads > 0, "{last}: {p}");
+            if loads > 0 {
+                let (p50, p99) = (o["p50_ms"].as_f64().unwrap(), o["p99_ms"].as_f64().unwrap());
+                assert!(0.0 < p50 && p50 <= p99, "{last}: {p}");
+            }
+        }
         let memory_hits: u64 = points
             .iter()
             .map(|p| p["tiers"]["memory"]["hits"].as_u64().unwrap_or(0))
@@ -495,7 +505,9 @@ async fn dashboard_draws_tiers_and_charts_in_chromium() {
         points(&latency, "signer") > 0,
         "no signing latency points: {latency}"
     );
-    for id in ["long-rate", "long-hit", "long-latency"] {
+    let p99 = chart("recent-p99");
+    assert!(points(&p99, "signer") > 0, "no signing p99 points: {p99}");
+    for id in ["long-rate", "long-hit", "long-latency", "long-p99"] {
         assert!(chart(id).contains("<circle"), "{id}: no points");
     }
     server.shutdown().await;

@@ -538,9 +538,11 @@ async fn check_dashboard(browser: &Browser, origin: &str) {
         "recent-rate",
         "recent-hit",
         "recent-latency",
+        "recent-p99",
         "long-rate",
         "long-hit",
         "long-latency",
+        "long-p99",
     ] {
         assert_distinct(&axes[id]["y"], &format!("{id} y"));
         assert_distinct(&axes[id]["x"], &format!("{id} x"));
