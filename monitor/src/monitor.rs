@@ -1,6 +1,5 @@
 //! [`Monitor`]: the observer that records a chain's events into atomic counters.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -729,32 +728,32 @@ impl Monitor {
             };
             let Some(stop) = stop else { continue };
             // Buckets before a reset start from the reset's counters.
-            let (begin, start_flat, start_hists): (
-                _,
-                Cow<'_, [u64]>,
-                Cow<'_, [HistogramSnapshot]>,
-            ) = if reset_at > begin {
+            let (begin, start) = if reset_at > begin {
                 (
                     reset_at.min(end),
-                    Cow::Owned(max_each(&start.flat, &reset_snap.flat)),
-                    start
-                        .hists
-                        .iter()
-                        .zip(&reset_snap.hists)
-                        .map(|(a, r)| a.max_each(r))
-                        .collect(),
+                    Snap {
+                        flat: max_each(&start.flat, &reset_snap.flat),
+                        hists: start
+                            .hists
+                            .iter()
+                            .zip(&reset_snap.hists)
+                            .map(|(a, r)| a.max_each(r))
+                            .collect(),
+                    },
                 )
             } else {
                 (
                     begin,
-                    Cow::Borrowed(&start.flat),
-                    Cow::Borrowed(&start.hists),
+                    Snap {
+                        flat: start.flat.clone(),
+                        hists: start.hists.clone(),
+                    },
                 )
             };
-            let stop_flat = max_each(&stop.flat, &start_flat);
+            let stop_flat = max_each(&stop.flat, &start.flat);
             out.push(build_report(
-                &sub(&stop_flat, &start_flat),
-                Some(&between(&stop.hists, &start_hists)),
+                &sub(&stop_flat, &start.flat),
+                Some(&between(&stop.hists, &start.hists)),
                 &names,
                 (begin, end),
                 (Covers::Bucket, Some(bucket)),
