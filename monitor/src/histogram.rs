@@ -113,8 +113,9 @@ impl AtomicHistogram {
 }
 
 /// A copy of a histogram's counters, sparse: the window rings keep one per
-/// tier in every bucket, and a tier's reads fill a few dozen of the
-/// [`BUCKETS`] at most, not all of them.
+/// tier in every bucket, and a tier's reads fill a few hundred of the
+/// [`BUCKETS`] at most (about 300 for reads spanning three orders of
+/// magnitude), not all of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct HistogramSnapshot {
     /// `(bucket index, count)` of the non-empty buckets, by index.

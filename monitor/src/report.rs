@@ -134,8 +134,9 @@ pub struct LatencyStats {
     pub p99: Option<Duration>,
     /// The largest value (exact); `None` in
     /// [`Monitor::window`](crate::Monitor::window) and
-    /// [`Monitor::timeline`](crate::Monitor::timeline) reports, whose rings keep no maximum per bucket
-    /// (their percentiles are then each their bucket's upper bound).
+    /// [`Monitor::timeline`](crate::Monitor::timeline) reports, whose rings
+    /// keep no maximum per bucket (their percentiles are then each their
+    /// bucket's upper bound).
     #[serde(with = "opt_ms")]
     pub max: Option<Duration>,
     /// Cumulative counts at fixed bounds from 1 µs to 10 s (the `+Inf` bucket is

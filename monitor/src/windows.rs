@@ -29,7 +29,7 @@ pub(crate) struct Ring {
     /// The newest bucket snapshotted (bucket numbers count from the Unix
     /// epoch); `None` before the first.
     current: Option<u64>,
-    /// Bucket number and the counters at its start.
+    /// Bucket number and the snapshot (counters, histograms) at its start.
     slots: Vec<Option<(u64, Arc<Snap>)>>,
 }
 
@@ -52,9 +52,9 @@ impl Ring {
         self.current.unwrap_or(0)
     }
 
-    /// Records `flat` as the counters at the start of every bucket after the
+    /// Records `snap` as the snapshot at the start of every bucket after the
     /// newest one up to the bucket holding `ms` (buckets skipped had no
-    /// events, so they start with the same counters).
+    /// events, so they start with the same counters and histograms).
     fn advance(&mut self, ms: u64, snap: &Arc<Snap>) {
         let bucket = ms / self.bucket_ms;
         let len = self.slots.len() as u64;
@@ -70,7 +70,7 @@ impl Ring {
         self.current = Some(bucket);
     }
 
-    /// The counters at the start of bucket `b`, if the ring still has them.
+    /// The snapshot at the start of bucket `b`, if the ring still has it.
     pub(crate) fn at(&self, b: u64) -> Option<&Snap> {
         let len = self.slots.len() as u64;
         match &self.slots[(b % len) as usize] {
