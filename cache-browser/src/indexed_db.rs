@@ -603,11 +603,13 @@ impl<V> IndexedDbTier<V> {
     }
 
     /// The records of every `(key, bytes, expires_at, tags)` (a later
-    /// duplicate of a key wins), each marked as touched now.
+    /// duplicate of a key wins), each marked as touched now; an error names
+    /// `op`.
     fn prepare(
         &self,
         items: Vec<(String, &[u8], Timestamp, &Tags)>,
         now: Timestamp,
+        op: Operation,
     ) -> Result<Vec<Prepared>> {
         let mut batch: Vec<Prepared> = Vec::with_capacity(items.len());
         for (key, bytes, expires_at, tags) in items {
@@ -627,7 +629,7 @@ impl<V> IndexedDbTier<V> {
             let tags = record::tags_to_json(tags, &self.name)?;
             let enc = key::encode(&key);
             let rec = new_record(&key, bytes, expires_at, tags.as_deref())
-                .map_err(|e| self.map_err(Operation::Put, &e))?;
+                .map_err(|e| self.map_err(op, &e))?;
             batch.retain(|(e, ..)| *e != enc);
             batch.push((enc, rec, size));
         }
@@ -660,7 +662,7 @@ impl<V> IndexedDbTier<V> {
         op: Operation,
     ) -> Result<Option<Writing>> {
         let now = self.clock.now();
-        let batch = self.prepare(items, now)?;
+        let batch = self.prepare(items, now, op)?;
         if batch.is_empty() {
             return Ok(None);
         }
