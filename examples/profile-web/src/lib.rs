@@ -43,6 +43,9 @@
 mod app;
 // Plain Rust (its tests run natively); only the page uses it.
 #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+mod by_name;
+// Plain Rust (its tests run natively); only the page uses it.
+#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
 mod chart;
 #[cfg(target_family = "wasm")]
 mod element;

@@ -17,6 +17,7 @@ use wasm_bindgen::JsCast;
 use web_sys::Event;
 
 use crate::app::{app, by_id, App};
+use crate::by_name::ByName;
 use crate::chart;
 
 /// Chart points kept (the oldest are dropped).
@@ -62,48 +63,6 @@ struct ListRun {
     /// How many pictures each tier served.
     tiers: ByName<u32>,
     pictures: ByName<Render>,
-}
-
-/// A map from names to `V` in name order: a vector searched by halves. The
-/// page keeps a few dozen names, and three `BTreeMap` value types put 15 KB
-/// more in the page's wasm (2 KB over the wire) than this.
-#[derive(Debug)]
-struct ByName<V>(Vec<(String, V)>);
-
-impl<V> Default for ByName<V> {
-    fn default() -> Self {
-        ByName(Vec::new())
-    }
-}
-
-impl<V> ByName<V> {
-    fn get(&self, name: &str) -> Option<&V> {
-        let i = self
-            .0
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .ok()?;
-        Some(&self.0[i].1)
-    }
-
-    /// The value for `name`, where `make()` is put first if it has none.
-    fn get_or(&mut self, name: &str, make: impl FnOnce() -> V) -> &mut V {
-        let i = match self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.0.insert(i, (name.to_owned(), make()));
-                i
-            }
-        };
-        &mut self.0[i].1
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
 }
 
 /// A JSON object, in name order.
