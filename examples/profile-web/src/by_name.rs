@@ -2,8 +2,8 @@
 //! run natively.
 
 /// A map from names to `V` in name order: a vector searched by halves. The
-/// page keeps a few dozen names, and three `BTreeMap` value types put 15 KB
-/// more in the page's wasm (2 KB over the wire) than this.
+/// page keeps a few dozen names; as `BTreeMap`s, its maps put 15 KB more
+/// B-tree code in the page's wasm (2 KB over the wire) than this.
 #[derive(Debug)]
 pub(crate) struct ByName<V>(Vec<(String, V)>);
 
