@@ -14,17 +14,19 @@ impl<V> Default for ByName<V> {
 }
 
 impl<V> ByName<V> {
+    /// Where `name` is (`Ok`), or where it would go (`Err`).
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&V> {
-        let i = self
-            .0
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .ok()?;
+        let i = self.find(name).ok()?;
         Some(&self.0[i].1)
     }
 
     /// The value for `name`, where `make()` is put first if it has none.
     pub(crate) fn get_or(&mut self, name: &str, make: impl FnOnce() -> V) -> &mut V {
-        let i = match self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+        let i = match self.find(name) {
             Ok(i) => i,
             Err(i) => {
                 self.0.insert(i, (name.to_owned(), make()));
@@ -32,6 +34,14 @@ impl<V> ByName<V> {
             }
         };
         &mut self.0[i].1
+    }
+
+    /// `value` for `name`, in place of the one it had.
+    pub(crate) fn insert(&mut self, name: &str, value: V) {
+        match self.find(name) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (name.to_owned(), value)),
+        }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
@@ -90,5 +100,15 @@ mod tests {
         *m.get_or("user 7", || unreachable!("user 7 is there")) = "last".to_owned();
         assert_eq!(made, 1);
         assert_eq!(m.get("user 7").map(String::as_str), Some("last"));
+    }
+
+    #[test]
+    fn insert_replaces_a_value_and_keeps_names_sorted() {
+        let mut m = ByName::default();
+        for (name, v) in [("user 9", 1), ("user 10", 2), ("user 9", 3), ("user 1", 4)] {
+            m.insert(name, v);
+        }
+        let all: Vec<(&str, i32)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(all, [("user 1", 4), ("user 10", 2), ("user 9", 3)]);
     }
 }

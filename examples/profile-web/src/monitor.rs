@@ -93,11 +93,11 @@ impl Records {
     }
 
     fn record(&mut self, r: Render) {
-        let latest = self.latest.get_or(&r.user, || (r.clone(), 0));
-        *latest = (r.clone(), latest.1 + 1);
+        let renders = self.latest.get(&r.user).map_or(0, |(_, n)| *n) + 1;
+        self.latest.insert(&r.user, (r.clone(), renders));
         if r.in_list && self.list.pending.remove(&r.user) {
             *self.list.tiers.get_or(&r.tier, || 0) += 1;
-            *self.list.pictures.get_or(&r.user, || r.clone()) = r.clone();
+            self.list.pictures.insert(&r.user, r.clone());
             if self.list.pending.is_empty() {
                 self.list.complete = true;
                 self.list.list_ms = Some(r.at_ms - self.list.started_ms);
